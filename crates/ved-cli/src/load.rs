@@ -1,0 +1,89 @@
+//! Reading, parsing and checking the files of one program.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use ved_check::hir;
+use ved_syntax::{diag, SourceMap};
+use ved_vm::CompiledProgram;
+
+pub struct Loaded {
+    pub sources: SourceMap,
+    pub program: hir::Program,
+    pub compiled: Arc<CompiledProgram>,
+}
+
+/// Largest source file accepted; a limit keeps a stray binary from eating memory.
+const FILE_BYTES_MAX: u64 = 16 * 1024 * 1024;
+
+/// Reads, parses and checks `files` as one program. Diagnostics (warnings
+/// included) go to stderr; on any error the exit code to return is given back.
+pub fn load(files: &[PathBuf]) -> Result<Loaded, ExitCode> {
+    let mut sources = SourceMap::new();
+    let mut ids = Vec::new();
+    for path in files {
+        let name = path.display().to_string();
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => {
+                eprintln!("error: `{name}` is a directory");
+                eprintln!("  = hint: pass the `.ved` files inside it, e.g. `{name}/*.ved`");
+                return Err(ExitCode::from(1));
+            }
+            Ok(m) if m.len() > FILE_BYTES_MAX => {
+                eprintln!("error: `{name}` is {} bytes; source files are limited to {FILE_BYTES_MAX}", m.len());
+                return Err(ExitCode::from(1));
+            }
+            _ => {}
+        }
+        match std::fs::read(path) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => ids.push(sources.add(name, text)),
+                Err(e) => {
+                    eprintln!("error: `{name}` is not valid UTF-8 (first bad byte at offset {})", e.utf8_error().valid_up_to());
+                    eprintln!("  = hint: Ved source files are UTF-8 text");
+                    return Err(ExitCode::from(1));
+                }
+            },
+            Err(e) => {
+                eprintln!("error: cannot read `{name}`: {e}");
+                return Err(ExitCode::from(1));
+            }
+        }
+    }
+    let mut asts = Vec::new();
+    let mut parse_errors = Vec::new();
+    for &id in &ids {
+        match ved_syntax::parse_file(id, &sources.file(id).text) {
+            Ok(f) => asts.push(f),
+            Err(d) => parse_errors.push(d),
+        }
+    }
+    if !parse_errors.is_empty() {
+        eprint!("{}", diag::render_all(&parse_errors, &sources));
+        summary(parse_errors.len(), 0);
+        return Err(ExitCode::from(1));
+    }
+    let checked = ved_check::check_program(&asts);
+    if !checked.diagnostics.is_empty() {
+        eprint!("{}", diag::render_all(&checked.diagnostics, &sources));
+    }
+    match checked.program {
+        Some(program) => {
+            let compiled = Arc::new(ved_vm::compile_program(&program));
+            Ok(Loaded { sources, program, compiled })
+        }
+        None => {
+            let errors = checked.diagnostics.iter().filter(|d| d.is_error()).count();
+            summary(errors, checked.diagnostics.len() - errors);
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
+fn summary(errors: usize, warnings: usize) {
+    let mut s = format!("\nerror: found {errors} error{}", if errors == 1 { "" } else { "s" });
+    if warnings > 0 {
+        s.push_str(&format!(" and {warnings} warning{}", if warnings == 1 { "" } else { "s" }));
+    }
+    eprintln!("{s}");
+}

@@ -1,0 +1,117 @@
+//! `ved run --stdin`: JSON lines in, JSON events out.
+
+use serde_json::Value as Json;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+fn run(files: &[&str], input: &str) -> (i32, Vec<Json>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ved"))
+        .arg("run")
+        .args(files)
+        .arg("--stdin")
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let events = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    (out.status.code().unwrap_or(-1), events, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn kinds(events: &[Json]) -> Vec<&str> {
+    events.iter().map(|e| e["event"].as_str().unwrap()).collect()
+}
+
+#[test]
+fn worker_pool_boots_then_heals_a_crash_and_exits_zero_at_end_of_input() {
+    let (code, ev, err) = run(&["examples/worker_pool.ved"], "{\"instance\":\"WorkerPool\",\"set\":{\"workers\":3}}\n");
+    assert_eq!(code, 0, "{err}");
+    // Sequence numbers are 1, 2, 3, ... and every event names its instance.
+    for (i, e) in ev.iter().enumerate() {
+        assert_eq!(e["seq"].as_u64(), Some(i as u64 + 1), "{e}");
+        assert_eq!(e["instance"], "WorkerPool", "{e}");
+    }
+    let k = kinds(&ev);
+    // Boot: five scale_up slices, then stable.
+    assert_eq!(k[..6], ["slice", "slice", "slice", "slice", "slice", "stable"]);
+    assert_eq!(ev[4]["changes"]["workers"], 5);
+    // The observation, two repairs, stable again.
+    assert_eq!(k[6..], ["slice", "slice", "slice", "stable"]);
+    assert_eq!(ev[6]["cause"]["kind"], "observe");
+    assert_eq!(ev[8]["cause"]["transition"], "scale_up");
+    assert_eq!(ev[8]["changes"]["workers"], 5);
+}
+
+#[test]
+fn intents_go_to_the_logging_adapter_and_are_acknowledged() {
+    let input = "{\"instance\":\"DatabaseRouting\",\"set\":{\"primary_status\":\"failed\"}}\n";
+    let (code, ev, err) = run(&["examples/database_routing.ved"], input);
+    assert_eq!(code, 0, "{err}");
+    let intents: Vec<&Json> = ev.iter().filter(|e| e["event"] == "intent").collect();
+    assert_eq!(intents.len(), 2);
+    assert_eq!(intents[0]["adapter"], "Network");
+    assert_eq!(intents[0]["action"], "UpdateDNS");
+    assert_eq!(intents[0]["args"], serde_json::json!(["replica"]));
+    assert_eq!(intents[1]["action"], "PageEngineers");
+    let results: Vec<&Json> = ev.iter().filter(|e| e["event"] == "result").collect();
+    assert_eq!(results.len(), 2);
+    assert!(results.iter().all(|r| r["ok"] == true));
+    assert_eq!(results[0]["id"], intents[0]["id"]);
+    assert_eq!(ev.last().unwrap()["event"], "stable");
+}
+
+#[test]
+fn bad_lines_get_error_events_and_change_nothing() {
+    let input = [
+        "not json",
+        "[1, 2]",
+        "{\"set\":{\"workers\":1}}",
+        "{\"instance\":\"Nope\",\"set\":{\"workers\":1}}",
+        "{\"instance\":\"WorkerPool\",\"set\":{\"wrkers\":1}}",
+        "{\"instance\":\"WorkerPool\",\"set\":{\"workers\":\"three\"}}",
+        "{\"instance\":\"WorkerPool\",\"set\":{\"workers\":1.5}}",
+        "{\"instance\":\"WorkerPool\"}",
+        "{\"instance\":\"WorkerPool\",\"set\":{\"workers\":5},\"extra\":1}",
+    ]
+    .join("\n");
+    let (code, ev, err) = run(&["examples/worker_pool.ved"], &input);
+    assert_eq!(code, 0, "{err}");
+    let errors: Vec<&Json> = ev.iter().filter(|e| e["event"] == "error").collect();
+    assert_eq!(errors.len(), 9, "{ev:?}");
+    let msgs: Vec<&str> = errors.iter().map(|e| e["message"].as_str().unwrap()).collect();
+    assert!(msgs[0].starts_with("invalid JSON"), "{}", msgs[0]);
+    assert!(msgs[2].contains("missing `instance`"), "{}", msgs[2]);
+    assert!(msgs[3].contains("no instance named `Nope`"), "{}", msgs[3]);
+    assert!(msgs[4].contains("no field `wrkers`"), "{}", msgs[4]);
+    assert!(msgs[5].contains("expected an integer"), "{}", msgs[5]);
+    assert!(msgs[7].contains("missing `set`"), "{}", msgs[7]);
+    assert!(msgs[8].contains("unknown key `extra`"), "{}", msgs[8]);
+    for (i, e) in errors.iter().enumerate() {
+        assert_eq!(e["line"].as_u64(), Some(i as u64 + 1));
+    }
+    // Nothing but the boot happened: five slices and one stable.
+    let slices = ev.iter().filter(|e| e["event"] == "slice").count();
+    assert_eq!(slices, 5);
+}
+
+#[test]
+fn stuck_and_livelock_are_reported_as_events() {
+    let (_, ev, _) = run(&["examples/security_policy.ved"], "{\"instance\":\"SecurityPolicy\",\"set\":{\"actual_ports\":[443,80]}}\n");
+    assert_eq!(ev.last().unwrap()["event"], "stuck");
+    let (_, ev, _) = run(&["examples/coarse_scaler.ved"], "");
+    let last = ev.last().unwrap();
+    assert_eq!(last["event"], "livelock");
+    assert!(last["reason"].as_str().unwrap().contains("already seen"));
+}

@@ -1,0 +1,126 @@
+//! What the runtime reports: events, intents and the status of an instance.
+
+use std::fmt;
+use std::sync::Arc;
+use ved_vm::{Fault, Value};
+
+/// Identifies an intent: the instance, the slice that emitted it and its index
+/// within that slice. Stable across restarts, so adapters use it as an
+/// idempotency key. Rendered as `instance/slice/index`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IntentId {
+    pub instance: Arc<str>,
+    pub slice: u64,
+    pub index: u32,
+}
+
+impl fmt::Display for IntentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.instance, self.slice, self.index)
+    }
+}
+
+/// A request for an effect, to be carried out by an adapter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Intent {
+    pub id: IntentId,
+    /// Index of the emitting transition in its domain.
+    pub transition: usize,
+    pub adapter: Arc<str>,
+    pub action: Arc<str>,
+    pub args: Vec<Value>,
+}
+
+impl fmt::Display for Intent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}(", self.adapter, self.action)?;
+        for (i, a) in self.args.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{a}")?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// Where an instance stands once it has nothing left to do for now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// Every goal holds; the instance sleeps until a message arrives.
+    Stable,
+    /// Goals are false and work is under way (only seen mid-run).
+    Converging,
+    /// Goals are false, nothing can run now, but transitions are pending:
+    /// intents in flight or retries backing off.
+    Waiting,
+    /// Goals are false, no transition is enabled and nothing is pending.
+    Stuck,
+    /// A state repeated (or the tick budget ran out) without the goals holding.
+    Livelock,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Stable => "stable",
+            Status::Converging => "converging",
+            Status::Waiting => "waiting",
+            Status::Stuck => "stuck",
+            Status::Livelock => "livelock",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What caused a slice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// An observation from the outside world.
+    Observe,
+    /// A transition's step ran.
+    Transition(usize),
+    /// An intent's result arrived.
+    Result(IntentId),
+    /// A retry timer came due for a transition.
+    Timer(usize),
+}
+
+/// Everything the runtime reports, in the order it happened.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A slice committed. `changes` are the fields it changed (new values);
+    /// `held` are changes a transition made that wait for its intents to succeed.
+    Slice { instance: Arc<str>, slice: u64, cause: Cause, changes: Vec<(u16, Value)>, held: Vec<(u16, Value)> },
+    /// A tick began: the scheduler visits the transitions in declaration order.
+    Tick { instance: Arc<str>, tick: u64 },
+    /// An intent leaves the runtime, to be delivered to its adapter.
+    Intent(Intent),
+    /// An adapter reported on an intent.
+    Result { instance: Arc<str>, id: IntentId, ok: bool, error: Option<String> },
+    /// A transition failed (an intent failed, or its step faulted) and will be retried at `at_ms`.
+    Retry { instance: Arc<str>, transition: usize, attempt: u32, at_ms: u64 },
+    /// A step or a goal hit a runtime error; the slice was aborted and the state is unchanged.
+    Fault { instance: Arc<str>, transition: Option<usize>, goal: Option<usize>, fault: Fault },
+    /// The instance reached a resting status: stable, waiting, stuck or livelock.
+    Status { instance: Arc<str>, status: Status, reason: Option<String> },
+}
+
+impl Event {
+    pub fn instance(&self) -> &Arc<str> {
+        match self {
+            Event::Slice { instance, .. }
+            | Event::Tick { instance, .. }
+            | Event::Result { instance, .. }
+            | Event::Retry { instance, .. }
+            | Event::Fault { instance, .. }
+            | Event::Status { instance, .. } => instance,
+            Event::Intent(i) => &i.id.instance,
+        }
+    }
+}

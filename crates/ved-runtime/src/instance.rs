@@ -1,0 +1,443 @@
+//! One domain instance: its state, its mailbox and the scheduler that drives it.
+//!
+//! The loop, one unit at a time ([`Instance::step`]):
+//! 1. a queued message is applied first, as one slice;
+//! 2. otherwise, if every goal holds, the instance is stable and sleeps;
+//! 3. otherwise a tick visits the transitions in declaration order and runs
+//!    each enabled one as its own slice, stopping early once the goals hold;
+//! 4. a tick that ran nothing ends in `waiting` (something pending) or `stuck`;
+//!    a tick that leads back to a state already seen since the last outside
+//!    input ends in `livelock`.
+//!
+//! Messages take priority over ticks so that the runtime always acts on the
+//! freshest view of the world: two alerts queued together are both applied
+//! before any transition reacts to them (seed 003's race).
+
+use crate::backoff::{mix, RetryPolicy};
+use crate::event::{Cause, Event, Intent, IntentId, Status};
+use rustc_hash::{FxHashSet, FxHasher};
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use ved_vm::{CompiledDomain, Value, Vm};
+
+/// Tunables of the scheduler. Every queue and loop has a bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Ticks allowed between two outside inputs before the instance is
+    /// declared livelocked even though no state repeated (a diverging run).
+    pub ticks_per_input_max: u64,
+    /// Messages a mailbox holds; further observations are refused.
+    pub mailbox_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { ticks_per_input_max: 10_000, mailbox_max: 65_536 }
+    }
+}
+
+/// Everything that can change an instance arrives as one of these.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Message {
+    /// New values for some fields, from an adapter's watcher or the API.
+    Observe(Vec<(u16, Value)>),
+    /// An adapter's verdict on an intent.
+    IntentResult { id: IntentId, ok: bool, error: Option<String> },
+    /// A retry timer of a transition came due.
+    Timer { transition: usize },
+}
+
+/// Why a message was refused before it reached the mailbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RejectReason {
+    MailboxFull { limit: usize },
+    UnknownField { slot: u16 },
+    WrongType { field: String, expected: String, value: String },
+}
+
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RejectReason::MailboxFull { limit } => write!(f, "mailbox is full ({limit} messages)"),
+            RejectReason::UnknownField { slot } => write!(f, "no field with slot {slot}"),
+            RejectReason::WrongType { field, expected, value } => {
+                write!(f, "field `{field}` is `{expected}`, but the observation gives {value}")
+            }
+        }
+    }
+}
+
+/// A transition that cannot be fired now.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Pending {
+    pub transition: usize,
+    pub phase: Phase,
+    /// Failed attempts so far; reset when the transition succeeds.
+    pub attempt: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Its intents are out; `held` applies when all of `outstanding` succeed.
+    InFlight { outstanding: Vec<IntentId>, held: Vec<(u16, Value)> },
+    /// It failed or faulted; it may run again at `until_ms`.
+    Backoff { until_ms: u64 },
+}
+
+/// What one call to [`Instance::step`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Applied a message or ran a tick; call again.
+    Ran,
+    /// Nothing more to do until a message arrives (or a timer comes due).
+    Idle(Status),
+}
+
+/// One instance of a domain.
+#[derive(Clone, Debug)]
+pub struct Instance {
+    pub name: Arc<str>,
+    /// Index of the domain in the compiled program.
+    pub domain: usize,
+    pub state: Vec<Value>,
+    /// Slices committed so far; the next slice gets `slice + 1`.
+    pub slice: u64,
+    /// Ticks run so far.
+    pub ticks: u64,
+    pub now_ms: u64,
+    /// Seeds the retry jitter.
+    pub seed: u64,
+    pub status: Status,
+    /// Only transitions that are not idle appear here, so an idle instance
+    /// carries no scheduler state beyond its fields.
+    pub pending: Vec<Pending>,
+    mailbox: VecDeque<Message>,
+    /// Hashes of (state, pending) after each tick since the last outside input.
+    seen: FxHashSet<u64>,
+    ticks_since_input: u64,
+    /// Attempt counts of transitions whose retry timer fired, carried to their next run.
+    retry_attempts: Vec<(usize, u32)>,
+}
+
+impl Instance {
+    pub fn new(name: impl Into<Arc<str>>, domain: usize, state: Vec<Value>, seed: u64) -> Instance {
+        let name = name.into();
+        Instance {
+            seed: mix(seed ^ fx(&name)),
+            name,
+            domain,
+            state,
+            slice: 0,
+            ticks: 0,
+            now_ms: 0,
+            status: Status::Converging,
+            pending: Vec::new(),
+            mailbox: VecDeque::new(),
+            seen: FxHashSet::default(),
+            ticks_since_input: 0,
+            retry_attempts: Vec::new(),
+        }
+    }
+
+    pub fn mailbox_len(&self) -> usize {
+        self.mailbox.len()
+    }
+
+    /// Queues an observation after checking its values against the field types.
+    pub fn observe(&mut self, dom: &CompiledDomain, writes: Vec<(u16, Value)>, limits: &Limits) -> Result<(), RejectReason> {
+        for (slot, v) in &writes {
+            let Some((name, ty)) = dom.fields.get(*slot as usize) else {
+                return Err(RejectReason::UnknownField { slot: *slot });
+            };
+            if !v.type_matches(ty) {
+                return Err(RejectReason::WrongType { field: name.clone(), expected: ty.to_string(), value: v.to_string() });
+            }
+        }
+        self.enqueue(Message::Observe(writes), limits)
+    }
+
+    /// Queues any message. Results and timers are never refused: they come
+    /// from the runtime's own work, and dropping one would strand a transition.
+    pub fn enqueue(&mut self, msg: Message, limits: &Limits) -> Result<(), RejectReason> {
+        if matches!(msg, Message::Observe(_)) && self.mailbox.len() >= limits.mailbox_max {
+            return Err(RejectReason::MailboxFull { limit: limits.mailbox_max });
+        }
+        self.mailbox.push_back(msg);
+        if self.status != Status::Converging {
+            self.status = Status::Converging;
+        }
+        Ok(())
+    }
+
+    /// Moves the clock to `now_ms` and queues a timer message for every retry
+    /// that has come due.
+    pub fn advance_time(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        let due: Vec<usize> = self
+            .pending
+            .iter()
+            .filter_map(|p| match p.phase {
+                Phase::Backoff { until_ms } if until_ms <= self.now_ms => Some(p.transition),
+                _ => None,
+            })
+            .collect();
+        for transition in due {
+            // Never refused (see `enqueue`).
+            let _ = self.enqueue(Message::Timer { transition }, &Limits::default());
+        }
+    }
+
+    /// The earliest time a retry comes due, if any.
+    pub fn next_timer_ms(&self) -> Option<u64> {
+        self.pending
+            .iter()
+            .filter_map(|p| match p.phase {
+                Phase::Backoff { until_ms } => Some(until_ms),
+                Phase::InFlight { .. } => None,
+            })
+            .min()
+    }
+
+    /// Runs until the instance is idle, reporting into `out`.
+    pub fn run(&mut self, dom: &CompiledDomain, vm: &mut Vm, policy: &RetryPolicy, limits: &Limits, out: &mut Vec<Event>) -> Status {
+        loop {
+            if let Progress::Idle(s) = self.step(dom, vm, policy, limits, out) {
+                return s;
+            }
+        }
+    }
+
+    /// Does one unit of work: one message, or one tick, or settles the status.
+    pub fn step(&mut self, dom: &CompiledDomain, vm: &mut Vm, policy: &RetryPolicy, limits: &Limits, out: &mut Vec<Event>) -> Progress {
+        if let Some(msg) = self.mailbox.pop_front() {
+            self.apply_message(dom, vm, policy, msg, out);
+            return Progress::Ran;
+        }
+        if matches!(self.status, Status::Stable | Status::Stuck | Status::Livelock | Status::Waiting) {
+            return Progress::Idle(self.status);
+        }
+        if self.goals_hold(dom, vm, out) {
+            return self.settle(Status::Stable, None, out);
+        }
+        if self.ticks_since_input >= limits.ticks_per_input_max {
+            let reason = format!(
+                "the goals still do not hold after {} ticks without new input; the transitions do not converge",
+                self.ticks_since_input
+            );
+            return self.settle(Status::Livelock, Some(reason), out);
+        }
+        let ran = self.tick(dom, vm, policy, out);
+        if !ran {
+            return if self.pending.is_empty() {
+                self.settle(Status::Stuck, Some("no transition is enabled and the goals do not hold".into()), out)
+            } else {
+                self.settle(Status::Waiting, None, out)
+            };
+        }
+        if !self.seen.insert(self.fingerprint()) {
+            let reason = format!("tick {} returned to a state already seen since the last input, without reaching the goals", self.ticks);
+            return self.settle(Status::Livelock, Some(reason), out);
+        }
+        Progress::Ran
+    }
+
+    fn settle(&mut self, status: Status, reason: Option<String>, out: &mut Vec<Event>) -> Progress {
+        self.status = status;
+        if status == Status::Stable {
+            // Stable instances cost only their state.
+            self.seen = FxHashSet::default();
+        }
+        out.push(Event::Status { instance: self.name.clone(), status, reason });
+        Progress::Idle(status)
+    }
+
+    /// A hash of what the scheduler's next move depends on.
+    fn fingerprint(&self) -> u64 {
+        let mut h = FxHasher::default();
+        self.state.hash(&mut h);
+        for p in &self.pending {
+            p.transition.hash(&mut h);
+            std::mem::discriminant(&p.phase).hash(&mut h);
+            if let Phase::InFlight { held, .. } = &p.phase {
+                held.hash(&mut h);
+            }
+        }
+        h.finish()
+    }
+
+    /// Whether every goal holds. A goal that faults does not hold; the fault is reported.
+    pub fn goals_hold(&self, dom: &CompiledDomain, vm: &mut Vm, out: &mut Vec<Event>) -> bool {
+        for (i, g) in dom.goals.iter().enumerate() {
+            match vm.eval_bool(&g.code, &self.state) {
+                Ok(true) => {}
+                Ok(false) => return false,
+                Err(fault) => {
+                    out.push(Event::Fault { instance: self.name.clone(), transition: None, goal: Some(i), fault });
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn next_slice(&mut self) -> u64 {
+        self.slice += 1;
+        self.slice
+    }
+
+    fn commit(&mut self, cause: Cause, changes: Vec<(u16, Value)>, held: Vec<(u16, Value)>, out: &mut Vec<Event>) -> u64 {
+        let slice = self.next_slice();
+        let mut applied = Vec::with_capacity(changes.len());
+        for (slot, v) in changes {
+            let cell = &mut self.state[slot as usize];
+            if *cell != v {
+                *cell = v.clone();
+                applied.push((slot, v));
+            }
+        }
+        out.push(Event::Slice { instance: self.name.clone(), slice, cause, changes: applied, held });
+        slice
+    }
+
+    fn apply_message(&mut self, dom: &CompiledDomain, vm: &mut Vm, policy: &RetryPolicy, msg: Message, out: &mut Vec<Event>) {
+        let _ = vm;
+        match msg {
+            Message::Observe(writes) => {
+                self.outside_input();
+                self.commit(Cause::Observe, writes, Vec::new(), out);
+            }
+            Message::Timer { transition } => {
+                let Some(pos) = self.pending.iter().position(|p| p.transition == transition) else { return };
+                if !matches!(self.pending[pos].phase, Phase::Backoff { until_ms } if until_ms <= self.now_ms) {
+                    return;
+                }
+                // The transition becomes eligible again; it keeps its attempt count
+                // until it succeeds, so a second failure backs off further.
+                let attempt = self.pending[pos].attempt;
+                self.pending.remove(pos);
+                self.retry_attempts.push((transition, attempt));
+                self.outside_input();
+                self.commit(Cause::Timer(transition), Vec::new(), Vec::new(), out);
+            }
+            Message::IntentResult { id, ok, error } => {
+                let Some(pos) = self.pending.iter().position(|p| match &p.phase {
+                    Phase::InFlight { outstanding, .. } => outstanding.contains(&id),
+                    Phase::Backoff { .. } => false,
+                }) else {
+                    // A duplicate or late result (its transition already failed): nothing to do.
+                    out.push(Event::Result { instance: self.name.clone(), id, ok, error });
+                    return;
+                };
+                out.push(Event::Result { instance: self.name.clone(), id: id.clone(), ok, error });
+                if ok {
+                    let done = match &mut self.pending[pos].phase {
+                        Phase::InFlight { outstanding, .. } => {
+                            outstanding.retain(|o| *o != id);
+                            outstanding.is_empty()
+                        }
+                        Phase::Backoff { .. } => false,
+                    };
+                    if done {
+                        let p = self.pending.remove(pos);
+                        let held = match p.phase {
+                            Phase::InFlight { held, .. } => held,
+                            Phase::Backoff { .. } => Vec::new(),
+                        };
+                        self.commit(Cause::Result(id), held, Vec::new(), out);
+                    } else {
+                        self.commit(Cause::Result(id), Vec::new(), Vec::new(), out);
+                    }
+                } else {
+                    // The held changes are dropped; the transition backs off and will be
+                    // re-evaluated on the state as it is then.
+                    let transition = self.pending[pos].transition;
+                    let attempt = self.pending[pos].attempt + 1;
+                    self.pending.remove(pos);
+                    self.commit(Cause::Result(id), Vec::new(), Vec::new(), out);
+                    self.back_off(transition, attempt, dom, policy, out);
+                }
+            }
+        }
+    }
+
+    /// An observation or a timer: the world moved, so livelock detection starts afresh.
+    fn outside_input(&mut self) {
+        self.seen.clear();
+        self.ticks_since_input = 0;
+    }
+
+    fn back_off(&mut self, transition: usize, attempt: u32, _dom: &CompiledDomain, policy: &RetryPolicy, out: &mut Vec<Event>) {
+        let at_ms = self.now_ms.saturating_add(policy.delay_ms(self.seed, transition, attempt));
+        self.pending.push(Pending { transition, phase: Phase::Backoff { until_ms: at_ms }, attempt });
+        out.push(Event::Retry { instance: self.name.clone(), transition, attempt, at_ms });
+    }
+
+    fn is_pending(&self, transition: usize) -> bool {
+        self.pending.iter().any(|p| p.transition == transition)
+    }
+
+    /// One tick. Returns whether any transition did something (ran, or faulted).
+    fn tick(&mut self, dom: &CompiledDomain, vm: &mut Vm, policy: &RetryPolicy, out: &mut Vec<Event>) -> bool {
+        self.ticks += 1;
+        self.ticks_since_input += 1;
+        out.push(Event::Tick { instance: self.name.clone(), tick: self.ticks });
+        let mut ran = false;
+        for (t, tr) in dom.transitions.iter().enumerate() {
+            if self.is_pending(t) {
+                continue;
+            }
+            // The dry run and the real run are the same deterministic computation on a
+            // copy-on-write view, so the transition runs once: a no-op outcome means
+            // "not enabled" and is discarded.
+            let attempt = self.take_retry_attempt(t);
+            match vm.run_step(&tr.code, &self.state) {
+                Err(fault) => {
+                    ran = true;
+                    out.push(Event::Fault { instance: self.name.clone(), transition: Some(t), goal: None, fault });
+                    // Aborted: the state is untouched. Back off so a faulting step is not
+                    // retried in a tight loop.
+                    self.back_off(t, attempt + 1, dom, policy, out);
+                }
+                Ok(outcome) if outcome.is_noop() => {}
+                Ok(outcome) => {
+                    ran = true;
+                    self.fire(t, tr.optimistic, attempt, outcome, out);
+                }
+            }
+            if self.goals_hold(dom, vm, &mut Vec::new()) {
+                break;
+            }
+        }
+        ran
+    }
+
+    fn take_retry_attempt(&mut self, transition: usize) -> u32 {
+        match self.retry_attempts.iter().position(|(t, _)| *t == transition) {
+            Some(i) => self.retry_attempts.swap_remove(i).1,
+            None => 0,
+        }
+    }
+
+    fn fire(&mut self, t: usize, optimistic: bool, attempt: u32, outcome: ved_vm::StepOutcome, out: &mut Vec<Event>) {
+        if outcome.intents.is_empty() {
+            self.commit(Cause::Transition(t), outcome.writes, Vec::new(), out);
+            return;
+        }
+        let (changes, held) = if optimistic { (outcome.writes, Vec::new()) } else { (Vec::new(), outcome.writes) };
+        let slice = self.commit(Cause::Transition(t), changes, held.clone(), out);
+        let mut outstanding = Vec::with_capacity(outcome.intents.len());
+        for (index, i) in outcome.intents.into_iter().enumerate() {
+            let id = IntentId { instance: self.name.clone(), slice, index: index as u32 };
+            outstanding.push(id.clone());
+            out.push(Event::Intent(Intent { id, transition: t, adapter: i.adapter, action: i.action, args: i.args }));
+        }
+        self.pending.push(Pending { transition: t, phase: Phase::InFlight { outstanding, held }, attempt });
+    }
+}
+
+fn fx(s: &str) -> u64 {
+    let mut h = FxHasher::default();
+    s.hash(&mut h);
+    h.finish()
+}

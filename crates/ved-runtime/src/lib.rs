@@ -1,0 +1,242 @@
+//! `ved-runtime` runs domain instances. It is pure and deterministic: it does
+//! no I/O, reads no clock and draws no randomness. Time enters as
+//! [`Runtime::advance_time`], the outside world as observations and intent
+//! results, and everything the runtime decides leaves as [`Event`]s, intents
+//! included. Drivers (the CLI, the scenario runner, later the daemon) deliver
+//! intents to adapters and feed the results back. The same initial state and
+//! the same messages always give the same states and the same intents.
+//!
+//! Components: [`Instance`] (state, mailbox, scheduler), [`Runtime`] (many
+//! instances of one program and a ready queue, so idle instances cost nothing
+//! but their state), [`scenario`] (the `ved test` harness with simulated
+//! adapters), [`backoff`] (retry delays with seeded jitter).
+
+pub mod backoff;
+pub mod event;
+pub mod instance;
+pub mod scenario;
+
+pub use backoff::RetryPolicy;
+pub use event::{Cause, Event, Intent, IntentId, Status};
+pub use instance::{Instance, Limits, Message, Pending, Phase, Progress, RejectReason};
+
+use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use ved_vm::{CompiledDomain, CompiledProgram, Fault, Value, Vm};
+
+/// Why an instance could not be created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CreateError {
+    DuplicateName(String),
+    UnknownDomain(usize),
+    /// A default value faulted (e.g. overflow in a constant expression).
+    Default { field: String, fault: Fault },
+    BadValue(RejectReason),
+}
+
+impl std::fmt::Display for CreateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CreateError::DuplicateName(n) => write!(f, "an instance named `{n}` already exists"),
+            CreateError::UnknownDomain(d) => write!(f, "no domain with index {d}"),
+            CreateError::Default { field, fault } => write!(f, "the default of `{field}` failed: {fault}"),
+            CreateError::BadValue(r) => write!(f, "{r}"),
+        }
+    }
+}
+
+/// Why an observation or a result was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ObserveError {
+    UnknownInstance(String),
+    Rejected(RejectReason),
+}
+
+impl std::fmt::Display for ObserveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ObserveError::UnknownInstance(n) => write!(f, "no instance named `{n}`"),
+            ObserveError::Rejected(r) => write!(f, "{r}"),
+        }
+    }
+}
+
+/// All the instances of one program.
+pub struct Runtime {
+    program: Arc<CompiledProgram>,
+    vm: Vm,
+    instances: Vec<Instance>,
+    by_name: FxHashMap<Arc<str>, usize>,
+    /// Instances with work to do, each at most once.
+    ready: VecDeque<usize>,
+    queued: Vec<bool>,
+    pub policy: RetryPolicy,
+    pub limits: Limits,
+    seed: u64,
+}
+
+impl Runtime {
+    /// A runtime with no instances.
+    pub fn empty(program: Arc<CompiledProgram>, seed: u64) -> Runtime {
+        Runtime {
+            program,
+            vm: Vm::new(),
+            instances: Vec::new(),
+            by_name: FxHashMap::default(),
+            ready: VecDeque::new(),
+            queued: Vec::new(),
+            policy: RetryPolicy::default(),
+            limits: Limits::default(),
+            seed,
+        }
+    }
+
+    /// A runtime with one instance per domain, named after the domain.
+    pub fn new(program: Arc<CompiledProgram>, seed: u64) -> Result<Runtime, CreateError> {
+        let mut rt = Runtime::empty(program, seed);
+        for d in 0..rt.program.domains.len() {
+            let name = rt.program.domains[d].name.clone();
+            rt.create_instance(&name, d, Vec::new())?;
+        }
+        Ok(rt)
+    }
+
+    pub fn program(&self) -> &Arc<CompiledProgram> {
+        &self.program
+    }
+
+    /// Creates an instance of `domain` from its defaults, with `overrides` applied.
+    pub fn create_instance(&mut self, name: &str, domain: usize, overrides: Vec<(u16, Value)>) -> Result<usize, CreateError> {
+        if self.by_name.contains_key(name) {
+            return Err(CreateError::DuplicateName(name.to_string()));
+        }
+        let program = self.program.clone();
+        let dom = program.domains.get(domain).ok_or(CreateError::UnknownDomain(domain))?;
+        let mut state = initial_state(&mut self.vm, dom)?;
+        for (slot, v) in overrides {
+            let Some((fname, ty)) = dom.fields.get(slot as usize) else {
+                return Err(CreateError::BadValue(RejectReason::UnknownField { slot }));
+            };
+            if !v.type_matches(ty) {
+                return Err(CreateError::BadValue(RejectReason::WrongType {
+                    field: fname.clone(),
+                    expected: ty.to_string(),
+                    value: v.to_string(),
+                }));
+            }
+            state[slot as usize] = v;
+        }
+        let idx = self.instances.len();
+        let name: Arc<str> = name.into();
+        self.instances.push(Instance::new(name.clone(), domain, state, self.seed));
+        self.by_name.insert(name, idx);
+        self.queued.push(false);
+        self.mark_ready(idx);
+        Ok(idx)
+    }
+
+    pub fn instances(&self) -> &[Instance] {
+        &self.instances
+    }
+
+    pub fn instance(&self, name: &str) -> Option<&Instance> {
+        self.by_name.get(name).map(|&i| &self.instances[i])
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
+    pub fn domain_of(&self, instance: usize) -> &CompiledDomain {
+        &self.program.domains[self.instances[instance].domain]
+    }
+
+    fn mark_ready(&mut self, idx: usize) {
+        if !self.queued[idx] {
+            self.queued[idx] = true;
+            self.ready.push_back(idx);
+        }
+    }
+
+    /// Queues an observation for the named instance.
+    pub fn observe(&mut self, name: &str, writes: Vec<(u16, Value)>) -> Result<(), ObserveError> {
+        let idx = self.index_of(name).ok_or_else(|| ObserveError::UnknownInstance(name.to_string()))?;
+        let program = self.program.clone();
+        let inst = &mut self.instances[idx];
+        inst.observe(&program.domains[inst.domain], writes, &self.limits).map_err(ObserveError::Rejected)?;
+        self.mark_ready(idx);
+        Ok(())
+    }
+
+    /// Queues an adapter's result for an intent.
+    pub fn deliver(&mut self, id: &IntentId, ok: bool, error: Option<String>) -> Result<(), ObserveError> {
+        let idx = self.index_of(&id.instance).ok_or_else(|| ObserveError::UnknownInstance(id.instance.to_string()))?;
+        let _ = self.instances[idx].enqueue(Message::IntentResult { id: id.clone(), ok, error }, &self.limits);
+        self.mark_ready(idx);
+        Ok(())
+    }
+
+    /// Moves every instance's clock to `now_ms`, queuing retries that came due.
+    pub fn advance_time(&mut self, now_ms: u64) {
+        for idx in 0..self.instances.len() {
+            let before = self.instances[idx].mailbox_len();
+            self.instances[idx].advance_time(now_ms);
+            if self.instances[idx].mailbox_len() > before {
+                self.mark_ready(idx);
+            }
+        }
+    }
+
+    /// The earliest retry timer of any instance.
+    pub fn next_timer_ms(&self) -> Option<u64> {
+        self.instances.iter().filter_map(Instance::next_timer_ms).min()
+    }
+
+    /// Runs every instance that has work until it is idle.
+    pub fn run(&mut self, out: &mut Vec<Event>) {
+        while let Some(idx) = self.ready.pop_front() {
+            self.queued[idx] = false;
+            self.run_instance(idx, out);
+        }
+    }
+
+    /// Runs one instance until it is idle.
+    pub fn run_instance(&mut self, idx: usize, out: &mut Vec<Event>) -> Status {
+        let program = self.program.clone();
+        let inst = &mut self.instances[idx];
+        inst.run(&program.domains[inst.domain], &mut self.vm, &self.policy, &self.limits, out)
+    }
+
+    /// Does one unit of work on one instance (see [`Instance::step`]).
+    pub fn step_instance(&mut self, idx: usize, out: &mut Vec<Event>) -> Progress {
+        let program = self.program.clone();
+        let inst = &mut self.instances[idx];
+        inst.step(&program.domains[inst.domain], &mut self.vm, &self.policy, &self.limits, out)
+    }
+
+    /// Evaluates every goal of an instance: name and truth (a faulting goal is false).
+    pub fn goal_truths(&mut self, idx: usize) -> Vec<(String, bool)> {
+        let program = self.program.clone();
+        let inst = &self.instances[idx];
+        program.domains[inst.domain]
+            .goals
+            .iter()
+            .map(|g| (g.name.clone(), self.vm.eval_bool(&g.code, &inst.state).unwrap_or(false)))
+            .collect()
+    }
+}
+
+/// The initial state of a new instance of `dom`.
+pub fn initial_state(vm: &mut Vm, dom: &CompiledDomain) -> Result<Vec<Value>, CreateError> {
+    vm.initial_state(dom).map_err(|fault| {
+        let field = dom
+            .defaults
+            .iter()
+            .zip(&dom.fields)
+            .find(|(code, _)| code.as_ref().is_some_and(|c| vm.eval(c, &[]).is_err()))
+            .map(|(_, (name, _))| name.clone())
+            .unwrap_or_default();
+        CreateError::Default { field, fault }
+    })
+}

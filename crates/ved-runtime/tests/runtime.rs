@@ -1,0 +1,262 @@
+//! Semantics of the scheduler, driven directly through the pure API.
+
+use std::sync::Arc;
+use ved_runtime::scenario::run_scenario;
+use ved_runtime::{Cause, Event, IntentId, Runtime, Status};
+use ved_syntax::SourceMap;
+use ved_vm::{CompiledProgram, Value};
+
+fn compile(src: &str) -> (ved_check::hir::Program, Arc<CompiledProgram>) {
+    let mut sources = SourceMap::new();
+    let id = sources.add("test.ved", src);
+    let ast = ved_syntax::parse_file(id, src).unwrap_or_else(|d| panic!("{}", d.render(&sources)));
+    let checked = ved_check::check_program(&[ast]);
+    let program = checked
+        .program
+        .unwrap_or_else(|| panic!("{}", ved_syntax::diag::render_all(&checked.diagnostics, &sources)));
+    let compiled = Arc::new(ved_vm::compile_program(&program));
+    (program, compiled)
+}
+
+fn intents(events: &[Event]) -> Vec<(IntentId, String)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Intent(i) => Some((i.id.clone(), i.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn last_status(events: &[Event]) -> Option<Status> {
+    events.iter().rev().find_map(|e| match e {
+        Event::Status { status, .. } => Some(*status),
+        _ => None,
+    })
+}
+
+const ROUTING: &str = include_str!("../../../examples/database_routing.ved");
+
+#[test]
+fn state_changes_wait_for_the_intents_and_apply_when_all_succeed() {
+    let (_, c) = compile(ROUTING);
+    let mut rt = Runtime::new(c, 1).unwrap();
+    let mut ev = Vec::new();
+    rt.run(&mut ev);
+    rt.observe("DatabaseRouting", vec![(0, Value::Str("failed".into()))]).unwrap();
+    ev.clear();
+    rt.run(&mut ev);
+    assert_eq!(last_status(&ev), Some(Status::Waiting));
+    // Both intents are out; nothing is applied yet.
+    let out = intents(&ev);
+    assert_eq!(out.len(), 2);
+    let inst = rt.instance("DatabaseRouting").unwrap();
+    assert_eq!(inst.state[1], Value::Str("primary".into()));
+    assert_eq!(inst.state[2], Value::Bool(false));
+    // The intent ids are instance/slice/index.
+    assert_eq!(out[0].0.to_string(), "DatabaseRouting/2/0");
+    assert_eq!(out[1].0.to_string(), "DatabaseRouting/3/0");
+    rt.deliver(&out[0].0, true, None).unwrap();
+    rt.run(&mut ev);
+    assert_eq!(rt.instance("DatabaseRouting").unwrap().state[1], Value::Str("replica".into()));
+    assert_eq!(rt.instance("DatabaseRouting").unwrap().state[2], Value::Bool(false));
+    rt.deliver(&out[1].0, true, None).unwrap();
+    ev.clear();
+    rt.run(&mut ev);
+    assert_eq!(rt.instance("DatabaseRouting").unwrap().state[2], Value::Bool(true));
+    assert_eq!(last_status(&ev), Some(Status::Stable));
+}
+
+#[test]
+fn a_failed_intent_drops_the_changes_backs_off_and_does_not_block_others() {
+    let (_, c) = compile(ROUTING);
+    let mut rt = Runtime::new(c, 1).unwrap();
+    let mut ev = Vec::new();
+    rt.run(&mut ev);
+    rt.observe("DatabaseRouting", vec![(0, Value::Str("failed".into()))]).unwrap();
+    ev.clear();
+    rt.run(&mut ev);
+    let out = intents(&ev);
+    rt.deliver(&out[1].0, false, Some("pager down".into())).unwrap();
+    rt.deliver(&out[0].0, true, None).unwrap();
+    ev.clear();
+    rt.run(&mut ev);
+    let inst = rt.instance("DatabaseRouting").unwrap();
+    assert_eq!(inst.state[1], Value::Str("replica".into()), "the failover is not blocked");
+    assert_eq!(inst.state[2], Value::Bool(false), "the failed page's change is dropped");
+    assert_eq!(inst.status, Status::Waiting);
+    let retry_at = ev
+        .iter()
+        .find_map(|e| match e {
+            Event::Retry { at_ms, attempt: 1, .. } => Some(*at_ms),
+            _ => None,
+        })
+        .expect("a retry is scheduled");
+    assert!((100..=200).contains(&retry_at), "first backoff is 200ms with jitter in [100, 200]: {retry_at}");
+    // The pending transition is not fired again before its timer.
+    rt.advance_time(retry_at - 1);
+    ev.clear();
+    rt.run(&mut ev);
+    assert!(intents(&ev).is_empty());
+    rt.advance_time(retry_at);
+    ev.clear();
+    rt.run(&mut ev);
+    let again = intents(&ev);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].1, "Alerts.PageEngineers(\"Primary DB Down\")");
+    // A fresh slice, so a fresh id.
+    assert_ne!(again[0].0, out[1].0);
+    // Fails again: the second delay is longer.
+    rt.deliver(&again[0].0, false, None).unwrap();
+    ev.clear();
+    rt.run(&mut ev);
+    let second = ev
+        .iter()
+        .find_map(|e| match e {
+            Event::Retry { at_ms, attempt, .. } => Some((*attempt, *at_ms)),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(second.0, 2);
+    assert!(second.1 >= retry_at + 200 && second.1 <= retry_at + 400, "{second:?}");
+}
+
+#[test]
+fn an_optimistic_transition_applies_its_state_at_once() {
+    let src = "domain D {\n state { open: bool = true }\n goal open == false\n optimistic transition Close {\n step {\n if open {\n emit Fw.Close()\n open = false\n }\n }\n }\n}\n";
+    let (_, c) = compile(src);
+    let mut rt = Runtime::new(c, 0).unwrap();
+    let mut ev = Vec::new();
+    rt.run(&mut ev);
+    // Applied before the intent's result arrives: the goal holds already.
+    assert_eq!(rt.instance("D").unwrap().state[0], Value::Bool(false));
+    assert_eq!(last_status(&ev), Some(Status::Stable));
+    let out = intents(&ev);
+    assert_eq!(out.len(), 1);
+    // A failure is reported and retried later, but the state is not rolled back.
+    rt.deliver(&out[0].0, false, None).unwrap();
+    ev.clear();
+    rt.run(&mut ev);
+    assert_eq!(rt.instance("D").unwrap().state[0], Value::Bool(false));
+    assert!(ev.iter().any(|e| matches!(e, Event::Retry { .. })));
+}
+
+#[test]
+fn a_fault_aborts_the_slice_keeps_the_state_and_backs_off() {
+    let src = "domain D {\n state { x: int = 9223372036854775806\n y: int }\n goal y == 1\n transition Bump {\n step {\n x += 5\n y = 1\n }\n }\n}\n";
+    let (_, c) = compile(src);
+    let mut rt = Runtime::new(c, 0).unwrap();
+    let mut ev = Vec::new();
+    rt.run(&mut ev);
+    let faults: Vec<_> = ev.iter().filter(|e| matches!(e, Event::Fault { .. })).collect();
+    assert_eq!(faults.len(), 1, "one fault, not a tight loop: {ev:?}");
+    if let Event::Fault { fault, .. } = faults[0] {
+        assert!(fault.to_string().contains("overflow"), "{fault}");
+    }
+    let inst = rt.instance("D").unwrap();
+    assert_eq!(inst.state, vec![Value::Int(9223372036854775806), Value::Int(0)]);
+    assert_eq!(inst.status, Status::Waiting);
+    // After the backoff it is tried once more, and faults once more.
+    let t = rt.next_timer_ms().unwrap();
+    rt.advance_time(t);
+    ev.clear();
+    rt.run(&mut ev);
+    assert_eq!(ev.iter().filter(|e| matches!(e, Event::Fault { .. })).count(), 1);
+}
+
+#[test]
+fn division_by_zero_is_a_fault() {
+    let src = "domain D {\n state { d: int\n y: int }\n goal y == 1\n transition T {\n step {\n y = 10 / d\n }\n }\n}\n";
+    let (_, c) = compile(src);
+    let mut rt = Runtime::new(c, 0).unwrap();
+    let mut ev = Vec::new();
+    rt.run(&mut ev);
+    assert!(ev.iter().any(|e| matches!(e, Event::Fault { fault, .. } if fault.to_string().contains("division by zero"))));
+    assert_eq!(rt.instance("D").unwrap().state[1], Value::Int(0));
+}
+
+#[test]
+fn ticks_visit_transitions_in_declaration_order_and_stop_when_goals_hold() {
+    let src = "domain D {\n state { a: int\n log: list<string> }\n goal a >= 1\n transition First {\n step {\n if a == 0 {\n a = 1\n log = log.add(\"first\")\n }\n }\n }\n transition Second {\n step {\n log = log.add(\"second\")\n }\n }\n}\n";
+    let (_, c) = compile(src);
+    let mut rt = Runtime::new(c, 0).unwrap();
+    let mut ev = Vec::new();
+    rt.run(&mut ev);
+    // First made the goal hold, so Second never ran in that tick.
+    assert_eq!(rt.instance("D").unwrap().state[1].to_string(), "[\"first\"]");
+    assert_eq!(last_status(&ev), Some(Status::Stable));
+}
+
+#[test]
+fn a_diverging_program_is_reported_as_livelock_after_the_tick_budget() {
+    let src = "domain D {\n state { xs: list<int> }\n goal xs.length < 0\n transition Grow {\n step {\n xs = xs.add(1)\n }\n }\n}\n";
+    let (_, c) = compile(src);
+    let mut rt = Runtime::new(c, 0).unwrap();
+    rt.limits.ticks_per_input_max = 50;
+    let mut ev = Vec::new();
+    rt.run(&mut ev);
+    assert_eq!(last_status(&ev), Some(Status::Livelock));
+    assert_eq!(rt.instance("D").unwrap().ticks, 50);
+}
+
+#[test]
+fn a_new_observation_wakes_a_stuck_instance() {
+    let src = include_str!("../../../examples/security_policy.ved");
+    let (_, c) = compile(src);
+    let mut rt = Runtime::new(c, 0).unwrap();
+    let mut ev = Vec::new();
+    rt.run(&mut ev);
+    let ports = |v: &[i64]| Value::List(Arc::new(v.iter().map(|p| Value::Int(*p)).collect()));
+    rt.observe("SecurityPolicy", vec![(1, ports(&[443, 80]))]).unwrap();
+    ev.clear();
+    rt.run(&mut ev);
+    assert_eq!(last_status(&ev), Some(Status::Stuck));
+    rt.observe("SecurityPolicy", vec![(1, ports(&[80, 443]))]).unwrap();
+    ev.clear();
+    rt.run(&mut ev);
+    assert_eq!(last_status(&ev), Some(Status::Stable));
+    assert!(matches!(ev[0], Event::Slice { cause: Cause::Observe, .. }));
+}
+
+#[test]
+fn an_observation_of_the_wrong_type_is_refused_and_changes_nothing() {
+    let (_, c) = compile(ROUTING);
+    let mut rt = Runtime::new(c, 0).unwrap();
+    let err = rt.observe("DatabaseRouting", vec![(2, Value::Int(1))]).unwrap_err();
+    assert!(err.to_string().contains("`alert_sent` is `bool`"), "{err}");
+    assert_eq!(rt.instance("DatabaseRouting").unwrap().mailbox_len(), 0);
+}
+
+#[test]
+fn every_seed_scenario_is_deterministic() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/");
+    let pairs = [
+        ("security_policy.ved", Some("security_policy.test.ved")),
+        ("database_routing.ved", Some("database_routing.test.ved")),
+        ("worker_pool.ved", Some("worker_pool.test.ved")),
+        ("coarse_scaler.ved", None),
+    ];
+    let mut ran = 0;
+    for (prog, tests) in pairs {
+        let mut sources = SourceMap::new();
+        let mut asts = Vec::new();
+        for f in std::iter::once(prog).chain(tests) {
+            let text = std::fs::read_to_string(format!("{root}{f}")).unwrap();
+            let id = sources.add(f, text.clone());
+            asts.push(ved_syntax::parse_file(id, &text).unwrap());
+        }
+        let checked = ved_check::check_program(&asts);
+        let program = checked.program.unwrap();
+        let compiled = ved_vm::compile_program(&program);
+        for sc in &program.scenarios {
+            let a = run_scenario(&program, &compiled, sc, 42);
+            let b = run_scenario(&program, &compiled, sc, 42);
+            assert!(a.passed(), "{}: {:?}", sc.name, a.failure);
+            assert_eq!(a.events, b.events, "{}: events differ between runs", sc.name);
+            assert_eq!(a.states, b.states, "{}: states differ between runs", sc.name);
+            assert!(!a.events.is_empty());
+            ran += 1;
+        }
+    }
+    assert_eq!(ran, 15);
+}
