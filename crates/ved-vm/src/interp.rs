@@ -1,0 +1,465 @@
+//! The interpreter: runs [`Code`] against a state it never mutates.
+
+use crate::code::{Code, Op};
+use crate::fault::{Fault, FaultKind};
+use crate::value::Value;
+use crate::{CompiledDomain, SIZE_MAX};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use ved_check::hir::{ArithOp, Builtin, CmpOp};
+use ved_syntax::Span;
+
+/// An effect requested by a step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Intent {
+    pub adapter: Arc<str>,
+    pub action: Arc<str>,
+    pub args: Vec<Value>,
+}
+
+/// What a step would do: the fields it changes and the intents it emits.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StepOutcome {
+    /// Final values of changed fields, by slot, ascending.
+    pub writes: Vec<(u16, Value)>,
+    pub intents: Vec<Intent>,
+}
+
+impl StepOutcome {
+    /// A step that changes nothing and emits nothing: its transition is not enabled.
+    pub fn is_noop(&self) -> bool {
+        self.writes.is_empty() && self.intents.is_empty()
+    }
+}
+
+/// Reusable scratch space, so that evaluation in steady state allocates only
+/// what the program itself builds.
+#[derive(Default)]
+pub struct Vm {
+    stack: Vec<Value>,
+    locals: Vec<Value>,
+    /// Copy-on-write view: a written field's new value, or `None`.
+    overlay: Vec<Option<Value>>,
+    dirty: Vec<u16>,
+    intents: Vec<Intent>,
+}
+
+type R<T> = Result<T, Fault>;
+
+fn fault(kind: FaultKind, span: Span) -> Fault {
+    Fault { kind, span }
+}
+
+impl Vm {
+    pub fn new() -> Vm {
+        Vm::default()
+    }
+
+    /// Evaluates an expression over `state`.
+    pub fn eval(&mut self, code: &Code, state: &[Value]) -> R<Value> {
+        self.reset(code, 0);
+        let r = self.exec(code, state);
+        let v = r.map(|()| self.stack.pop().unwrap_or(Value::Bool(false)));
+        self.stack.clear();
+        v
+    }
+
+    /// Evaluates a boolean expression.
+    pub fn eval_bool(&mut self, code: &Code, state: &[Value]) -> R<bool> {
+        Ok(matches!(self.eval(code, state)?, Value::Bool(true)))
+    }
+
+    /// Runs a step against a copy-on-write view of `state`.
+    pub fn run_step(&mut self, code: &Code, state: &[Value]) -> R<StepOutcome> {
+        self.reset(code, state.len());
+        let r = self.exec(code, state);
+        let mut out = StepOutcome::default();
+        if r.is_ok() {
+            self.dirty.sort_unstable();
+            for &slot in &self.dirty {
+                if let Some(v) = self.overlay[slot as usize].take() {
+                    if state.get(slot as usize) != Some(&v) {
+                        out.writes.push((slot, v));
+                    }
+                }
+            }
+            out.intents = std::mem::take(&mut self.intents);
+        }
+        for &slot in &self.dirty {
+            self.overlay[slot as usize] = None;
+        }
+        self.dirty.clear();
+        self.intents.clear();
+        self.stack.clear();
+        r.map(|()| out)
+    }
+
+    /// The initial state of an instance: defaults, or zero values.
+    pub fn initial_state(&mut self, d: &CompiledDomain) -> R<Vec<Value>> {
+        let mut state = Vec::with_capacity(d.fields.len());
+        for ((_, ty), default) in d.fields.iter().zip(&d.defaults) {
+            state.push(match default {
+                Some(code) => self.eval(code, &[])?,
+                None => Value::zero(ty),
+            });
+        }
+        Ok(state)
+    }
+
+    fn reset(&mut self, code: &Code, fields: usize) {
+        self.stack.clear();
+        self.stack.reserve(code.max_stack as usize);
+        self.locals.clear();
+        self.locals.resize(code.locals as usize, Value::Int(0));
+        if self.overlay.len() < fields {
+            self.overlay.resize(fields, None);
+        }
+    }
+
+    fn pop(&mut self) -> Value {
+        // The lowering guarantees operands; an empty stack would be a compiler bug,
+        // and a harmless value keeps that from becoming a panic.
+        self.stack.pop().unwrap_or(Value::Int(0))
+    }
+
+    fn pop_int(&mut self) -> i64 {
+        match self.pop() {
+            Value::Int(i) => i,
+            _ => 0,
+        }
+    }
+
+    fn pop_bool(&mut self) -> bool {
+        matches!(self.pop(), Value::Bool(true))
+    }
+
+    fn exec(&mut self, code: &Code, state: &[Value]) -> R<()> {
+        let mut pc = 0usize;
+        let ops = &code.ops;
+        while let Some(&op) = ops.get(pc) {
+            pc += 1;
+            match op {
+                Op::Const(i) => self.stack.push(code.consts[i as usize].clone()),
+                Op::LoadField(s) => {
+                    let v = match self.overlay.get(s as usize) {
+                        Some(Some(v)) => v.clone(),
+                        _ => state.get(s as usize).cloned().unwrap_or(Value::Int(0)),
+                    };
+                    self.stack.push(v);
+                }
+                Op::LoadLocal(s) => {
+                    let v = self.locals.get(s as usize).cloned().unwrap_or(Value::Int(0));
+                    self.stack.push(v);
+                }
+                Op::StoreLocal(s) => {
+                    let v = self.pop();
+                    if let Some(l) = self.locals.get_mut(s as usize) {
+                        *l = v;
+                    }
+                }
+                Op::StoreField(s) => {
+                    let v = self.pop();
+                    if let Some(cell) = self.overlay.get_mut(s as usize) {
+                        if cell.is_none() {
+                            self.dirty.push(s);
+                        }
+                        *cell = Some(v);
+                    }
+                }
+                Op::Not => {
+                    let b = self.pop_bool();
+                    self.stack.push(Value::Bool(!b));
+                }
+                Op::Neg => {
+                    let i = self.pop_int();
+                    let v = i.checked_neg().ok_or_else(|| fault(FaultKind::Overflow { op: "-" }, code.spans[pc - 1]))?;
+                    self.stack.push(Value::Int(v));
+                }
+                Op::Arith(a) => {
+                    let r = self.pop_int();
+                    let l = self.pop_int();
+                    let span = code.spans[pc - 1];
+                    let (v, sym) = match a {
+                        ArithOp::Add => (l.checked_add(r), "+"),
+                        ArithOp::Sub => (l.checked_sub(r), "-"),
+                        ArithOp::Mul => (l.checked_mul(r), "*"),
+                        ArithOp::Div | ArithOp::Rem if r == 0 => return Err(fault(FaultKind::DivisionByZero, span)),
+                        ArithOp::Div => (l.checked_div(r), "/"),
+                        ArithOp::Rem => (l.checked_rem(r), "%"),
+                    };
+                    let v = v.ok_or_else(|| fault(FaultKind::Overflow { op: sym }, span))?;
+                    self.stack.push(Value::Int(v));
+                }
+                Op::Concat => {
+                    let r = self.pop();
+                    let l = self.pop();
+                    let (Value::Str(l), Value::Str(r)) = (l, r) else { continue };
+                    if l.len() + r.len() > SIZE_MAX {
+                        return Err(fault(FaultKind::TooLarge { limit: SIZE_MAX }, code.spans[pc - 1]));
+                    }
+                    let mut s = String::with_capacity(l.len() + r.len());
+                    s.push_str(&l);
+                    s.push_str(&r);
+                    self.stack.push(Value::Str(Arc::from(s)));
+                }
+                Op::Cmp(c) => {
+                    let r = self.pop();
+                    let l = self.pop();
+                    let b = match c {
+                        CmpOp::Eq => l == r,
+                        CmpOp::Ne => l != r,
+                        CmpOp::Lt => l < r,
+                        CmpOp::Le => l <= r,
+                        CmpOp::Gt => l > r,
+                        CmpOp::Ge => l >= r,
+                    };
+                    self.stack.push(Value::Bool(b));
+                }
+                Op::MakeList(n) => {
+                    let at = self.stack.len().saturating_sub(n as usize);
+                    let items: Vec<Value> = self.stack.drain(at..).collect();
+                    self.stack.push(Value::List(Arc::new(items)));
+                }
+                Op::MakeSet(n) => {
+                    let at = self.stack.len().saturating_sub(n as usize);
+                    let items: BTreeSet<Value> = self.stack.drain(at..).collect();
+                    self.stack.push(Value::Set(Arc::new(items)));
+                }
+                Op::MakeMap(n) => {
+                    let at = self.stack.len().saturating_sub(2 * n as usize);
+                    let mut m = BTreeMap::new();
+                    let mut it = self.stack.drain(at..);
+                    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                        if let Value::Str(k) = k {
+                            m.insert(k, v);
+                        }
+                    }
+                    drop(it);
+                    self.stack.push(Value::Map(Arc::new(m)));
+                }
+                Op::Call(b) => {
+                    let span = code.spans[pc - 1];
+                    let argc = crate::code::builtin_argc(b) as usize;
+                    let at = self.stack.len().saturating_sub(argc);
+                    let args: Vec<Value> = self.stack.drain(at..).collect();
+                    let recv = self.pop();
+                    let v = call(b, recv, args, span)?;
+                    if v.size() > SIZE_MAX {
+                        return Err(fault(FaultKind::TooLarge { limit: SIZE_MAX }, span));
+                    }
+                    self.stack.push(v);
+                }
+                Op::Index => {
+                    let span = code.spans[pc - 1];
+                    let idx = self.pop();
+                    let recv = self.pop();
+                    let v = match (recv, idx) {
+                        (Value::List(l), Value::Int(i)) => usize::try_from(i)
+                            .ok()
+                            .and_then(|u| l.get(u).cloned())
+                            .ok_or(fault(FaultKind::IndexOutOfRange { index: i, len: l.len() }, span))?,
+                        (Value::Map(m), Value::Str(k)) => {
+                            m.get(&k).cloned().ok_or_else(|| fault(FaultKind::MissingKey { key: k.to_string() }, span))?
+                        }
+                        _ => Value::Int(0),
+                    };
+                    self.stack.push(v);
+                }
+                Op::Emit(i) => {
+                    let site = &code.emits[i as usize];
+                    let at = self.stack.len().saturating_sub(site.argc as usize);
+                    let args: Vec<Value> = self.stack.drain(at..).collect();
+                    self.intents.push(Intent { adapter: site.adapter.clone(), action: site.action.clone(), args });
+                }
+                Op::Jump(t) => pc = t as usize,
+                Op::JumpIfFalse(t) => {
+                    if !self.pop_bool() {
+                        pc = t as usize;
+                    }
+                }
+                Op::JumpIfFalseOrPop(t) => {
+                    if matches!(self.stack.last(), Some(Value::Bool(false))) {
+                        pc = t as usize;
+                    } else {
+                        self.stack.pop();
+                    }
+                }
+                Op::JumpIfTrueOrPop(t) => {
+                    if matches!(self.stack.last(), Some(Value::Bool(true))) {
+                        pc = t as usize;
+                    } else {
+                        self.stack.pop();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Elements of a list or set argument.
+fn elements(v: &Value) -> Vec<&Value> {
+    match v {
+        Value::List(l) => l.iter().collect(),
+        Value::Set(s) => s.iter().collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn membership(v: &Value) -> BTreeSet<&Value> {
+    elements(v).into_iter().collect()
+}
+
+fn call(b: Builtin, recv: Value, mut args: Vec<Value>, span: Span) -> R<Value> {
+    let arg = |args: &mut Vec<Value>| if args.is_empty() { Value::Int(0) } else { args.remove(0) };
+    Ok(match (b, recv) {
+        (Builtin::Length, v) => Value::Int(match &v {
+            Value::Str(s) => s.chars().count() as i64,
+            other => other.size() as i64,
+        }),
+        (Builtin::IsEmpty, v) => Value::Bool(match &v {
+            Value::Str(s) => s.is_empty(),
+            other => other.size() == 0,
+        }),
+        (Builtin::First, Value::List(l)) => l.first().cloned().ok_or(fault(FaultKind::EmptyCollection { member: "first" }, span))?,
+        (Builtin::Last, Value::List(l)) => l.last().cloned().ok_or(fault(FaultKind::EmptyCollection { member: "last" }, span))?,
+        (Builtin::First, Value::Set(s)) => s.first().cloned().ok_or(fault(FaultKind::EmptyCollection { member: "first" }, span))?,
+        (Builtin::Last, Value::Set(s)) => s.last().cloned().ok_or(fault(FaultKind::EmptyCollection { member: "last" }, span))?,
+        (Builtin::Contains, recv) => {
+            let x = arg(&mut args);
+            Value::Bool(match (&recv, &x) {
+                (Value::List(l), x) => l.contains(x),
+                (Value::Set(s), x) => s.contains(x),
+                (Value::Map(m), Value::Str(k)) => m.contains_key(k),
+                (Value::Str(s), Value::Str(sub)) => s.contains(&**sub),
+                _ => false,
+            })
+        }
+        (Builtin::Add, Value::List(mut l)) => {
+            Arc::make_mut(&mut l).push(arg(&mut args));
+            Value::List(l)
+        }
+        (Builtin::Add, Value::Set(mut s)) => {
+            Arc::make_mut(&mut s).insert(arg(&mut args));
+            Value::Set(s)
+        }
+        (Builtin::AddAll, Value::List(mut l)) => {
+            let more = arg(&mut args);
+            let extra = elements(&more);
+            if l.len() + extra.len() > SIZE_MAX {
+                return Err(fault(FaultKind::TooLarge { limit: SIZE_MAX }, span));
+            }
+            Arc::make_mut(&mut l).extend(extra.into_iter().cloned());
+            Value::List(l)
+        }
+        (Builtin::AddAll, Value::Set(mut s)) => {
+            let more = arg(&mut args);
+            Arc::make_mut(&mut s).extend(elements(&more).into_iter().cloned());
+            Value::Set(s)
+        }
+        (Builtin::Remove, Value::List(mut l)) => {
+            let x = arg(&mut args);
+            if l.contains(&x) {
+                Arc::make_mut(&mut l).retain(|e| *e != x);
+            }
+            Value::List(l)
+        }
+        (Builtin::Remove, Value::Set(mut s)) => {
+            let x = arg(&mut args);
+            if s.contains(&x) {
+                Arc::make_mut(&mut s).remove(&x);
+            }
+            Value::Set(s)
+        }
+        (Builtin::Remove, Value::Map(mut m)) => {
+            if let Value::Str(k) = arg(&mut args) {
+                if m.contains_key(&k) {
+                    Arc::make_mut(&mut m).remove(&k);
+                }
+            }
+            Value::Map(m)
+        }
+        (Builtin::RemoveAll | Builtin::Difference, Value::List(mut l)) => {
+            let other = arg(&mut args);
+            let drop = membership(&other);
+            if l.iter().any(|e| drop.contains(e)) {
+                Arc::make_mut(&mut l).retain(|e| !drop.contains(e));
+            }
+            Value::List(l)
+        }
+        (Builtin::RemoveAll | Builtin::Difference, Value::Set(mut s)) => {
+            let other = arg(&mut args);
+            let drop = membership(&other);
+            if s.iter().any(|e| drop.contains(e)) {
+                Arc::make_mut(&mut s).retain(|e| !drop.contains(e));
+            }
+            Value::Set(s)
+        }
+        (Builtin::RemoveAll, Value::Map(mut m)) => {
+            let other = arg(&mut args);
+            let keys: Vec<Arc<str>> = elements(&other)
+                .into_iter()
+                .filter_map(|k| match k {
+                    Value::Str(s) if m.contains_key(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect();
+            if !keys.is_empty() {
+                let mm = Arc::make_mut(&mut m);
+                for k in keys {
+                    mm.remove(&k);
+                }
+            }
+            Value::Map(m)
+        }
+        (Builtin::Union, Value::List(mut l)) => {
+            let other = arg(&mut args);
+            let mut present: BTreeSet<Value> = l.iter().cloned().collect();
+            let extra: Vec<Value> = elements(&other).into_iter().filter(|e| present.insert((*e).clone())).cloned().collect();
+            if l.len() + extra.len() > SIZE_MAX {
+                return Err(fault(FaultKind::TooLarge { limit: SIZE_MAX }, span));
+            }
+            if !extra.is_empty() {
+                Arc::make_mut(&mut l).extend(extra);
+            }
+            Value::List(l)
+        }
+        (Builtin::Union, Value::Set(mut s)) => {
+            let other = arg(&mut args);
+            Arc::make_mut(&mut s).extend(elements(&other).into_iter().cloned());
+            Value::Set(s)
+        }
+        (Builtin::Intersection, Value::List(mut l)) => {
+            let other = arg(&mut args);
+            let keep = membership(&other);
+            Arc::make_mut(&mut l).retain(|e| keep.contains(e));
+            Value::List(l)
+        }
+        (Builtin::Intersection, Value::Set(mut s)) => {
+            let other = arg(&mut args);
+            let keep = membership(&other);
+            Arc::make_mut(&mut s).retain(|e| keep.contains(e));
+            Value::Set(s)
+        }
+        (Builtin::Insert, Value::Map(mut m)) => {
+            let k = arg(&mut args);
+            let v = arg(&mut args);
+            if let Value::Str(k) = k {
+                Arc::make_mut(&mut m).insert(k, v);
+            }
+            Value::Map(m)
+        }
+        (Builtin::Get, Value::Map(m)) => {
+            let k = arg(&mut args);
+            let d = arg(&mut args);
+            match k {
+                Value::Str(k) => m.get(&k).cloned().unwrap_or(d),
+                _ => d,
+            }
+        }
+        (Builtin::Keys, Value::Map(m)) => Value::Set(Arc::new(m.keys().map(|k| Value::Str(k.clone())).collect())),
+        (Builtin::Values, Value::Map(m)) => Value::List(Arc::new(m.values().cloned().collect())),
+        // Unreachable for checked programs; a neutral value instead of a panic.
+        (_, v) => v,
+    })
+}

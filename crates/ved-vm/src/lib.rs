@@ -1,0 +1,83 @@
+//! `ved-vm` lowers a checked program to a compact stack bytecode and runs it.
+//! It is pure and deterministic: no I/O, no clock, no randomness. The
+//! interpreter never walks the syntax tree; it runs `Op`s with a constant pool,
+//! against a state it never mutates: a step's writes go to a copy-on-write
+//! overlay and come back as a [`StepOutcome`], which the runtime commits or
+//! drops. Values share their collections through `Arc`, so copying a state is
+//! cheap. Runtime errors are [`Fault`] values with the span that caused them.
+
+mod code;
+mod fault;
+mod interp;
+mod value;
+
+pub use code::{compile_expr, compile_step, disassemble, Code, EmitSite, Op};
+pub use fault::{Fault, FaultKind};
+pub use interp::{Intent, StepOutcome, Vm};
+pub use value::Value;
+
+use ved_check::hir;
+use ved_check::Type;
+use ved_syntax::Span;
+
+/// The largest collection (elements) or string (bytes) a program may build.
+pub const SIZE_MAX: usize = 1_000_000;
+
+#[derive(Clone, Debug)]
+pub struct CompiledTransition {
+    pub name: String,
+    pub optimistic: bool,
+    pub code: Code,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug)]
+pub struct CompiledGoal {
+    pub name: String,
+    pub code: Code,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug)]
+pub struct CompiledDomain {
+    pub name: String,
+    pub fields: Vec<(String, Type)>,
+    pub defaults: Vec<Option<Code>>,
+    pub goals: Vec<CompiledGoal>,
+    pub transitions: Vec<CompiledTransition>,
+}
+
+#[derive(Clone, Debug)]
+pub struct CompiledProgram {
+    pub domains: Vec<CompiledDomain>,
+}
+
+/// Lowers every domain of a checked program (scenarios stay in the HIR).
+pub fn compile_program(p: &hir::Program) -> CompiledProgram {
+    CompiledProgram {
+        domains: p
+            .domains
+            .iter()
+            .map(|d| CompiledDomain {
+                name: d.name.clone(),
+                fields: code::field_types(d),
+                defaults: d.fields.iter().map(|f| f.default.as_ref().map(compile_expr)).collect(),
+                goals: d
+                    .goals
+                    .iter()
+                    .map(|g| CompiledGoal { name: g.name.clone(), code: compile_expr(&g.predicate), span: g.span })
+                    .collect(),
+                transitions: d
+                    .transitions
+                    .iter()
+                    .map(|t| CompiledTransition {
+                        name: t.name.clone(),
+                        optimistic: t.optimistic,
+                        code: compile_step(t),
+                        span: t.span,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
