@@ -232,11 +232,8 @@ impl Checker {
 
         let mut transitions = Vec::new();
         for t in &draft.transitions {
-            if let Some(prev) = draft
-                .transitions
-                .iter()
-                .take_while(|p| !std::ptr::eq(**p, *t))
-                .find(|p| p.name.name == t.name.name)
+            if let Some(prev) =
+                draft.transitions.iter().take_while(|p| !std::ptr::eq(**p, *t)).find(|p| p.name.name == t.name.name)
             {
                 let prev = prev.name.span;
                 self.error(t.name.span, format!("transition `{}` is declared twice", t.name.name))
@@ -394,13 +391,23 @@ impl Checker {
                                 (Type::List(_) | Type::Set(_), AssignOp::Sub) => {
                                     format!("use `{0} = {0}.remove(...)` to remove from a collection", target.name)
                                 }
-                                _ => format!("`{sym}` works on `int` fields{}", if sym == "+=" { " and `string` fields" } else { "" }),
+                                _ => format!(
+                                    "`{sym}` works on `int` fields{}",
+                                    if sym == "+=" { " and `string` fields" } else { "" }
+                                ),
                             };
-                            self.error(*op_span, format!("`{sym}` cannot apply `{}` to field `{}` of type `{field_ty}`", value.ty, target.name))
-                                .with_hint_mut(hint);
+                            self.error(
+                                *op_span,
+                                format!(
+                                    "`{sym}` cannot apply `{}` to field `{}` of type `{field_ty}`",
+                                    value.ty, target.name
+                                ),
+                            )
+                            .with_hint_mut(hint);
                         }
                         let span = stmt.span;
-                        let current = hir::Expr { kind: hir::ExprKind::Field(slot), ty: field_ty.clone(), span: target.span };
+                        let current =
+                            hir::Expr { kind: hir::ExprKind::Field(slot), ty: field_ty.clone(), span: target.span };
                         let kind = if field_ty == Type::Str {
                             hir::ExprKind::Concat(Box::new(current), Box::new(value))
                         } else {
@@ -524,9 +531,15 @@ impl Checker {
                     UnaryOp::Neg => (Type::Int, "-"),
                 };
                 let inner = self.check_expr(scope, operand, Some(&want));
+                let mut want = want;
                 if !want.accepts(&inner.ty) {
+                    let hint = match op {
+                        UnaryOp::Not => "`!` negates a `bool`; for a number compare it, e.g. `x == 0`",
+                        UnaryOp::Neg => "`-` negates an `int`; for a `bool` use `!`",
+                    };
                     self.error(*op_span, format!("`{ty_name}` cannot be applied to `{}`", inner.ty))
-                        .with_hint_mut(format!("`{ty_name}` takes a `{want}`"));
+                        .with_hint_mut(hint);
+                    want = Type::Error;
                 }
                 let kind = match op {
                     UnaryOp::Not => hir::ExprKind::Not(Box::new(inner)),
@@ -575,8 +588,11 @@ impl Checker {
             match &elem_ty {
                 Some(t) => {
                     if !t.accepts(&ex.ty) {
-                        self.error(ex.span, format!("mismatched types: this element is `{}`, but the others are `{t}`", ex.ty))
-                            .with_hint_mut("every element of a collection has the same type");
+                        self.error(
+                            ex.span,
+                            format!("mismatched types: this element is `{}`, but the others are `{t}`", ex.ty),
+                        )
+                        .with_hint_mut("every element of a collection has the same type");
                     }
                 }
                 None => elem_ty = Some(ex.ty.clone()),
@@ -587,7 +603,8 @@ impl Checker {
         match elem_ty {
             Some(t) => hir::Expr { kind, ty: if is_set { Type::set(t) } else { Type::list(t) }, span },
             None => {
-                let (what, eg) = if is_set { ("set", "let s: set<int> = set[]") } else { ("list", "let xs: list<int> = []") };
+                let (what, eg) =
+                    if is_set { ("set", "let s: set<int> = set[]") } else { ("list", "let xs: list<int> = []") };
                 self.error(span, format!("cannot infer the element type of an empty {what}"))
                     .with_hint_mut(format!("give it a type, e.g. `{eg}`, or compare it with a typed value"));
                 hir::Expr { kind, ty: Type::Error, span }
@@ -617,16 +634,16 @@ impl Checker {
     }
 
     fn name_hint(&self, scope: &Scope, name: &str) -> String {
-        let candidates = scope
-            .domain
-            .fields
-            .iter()
-            .map(|f| f.name.as_str())
-            .chain(scope.locals.iter().map(|l| l.name.as_str()));
+        let candidates =
+            scope.domain.fields.iter().map(|f| f.name.as_str()).chain(scope.locals.iter().map(|l| l.name.as_str()));
         match suggest(name, candidates) {
             Some(s) => format!("did you mean `{s}`?"),
-            None if name == "True" || name == "False" => format!("booleans are written `{}`", name.to_lowercase()),
-            None if scope.domain.fields.is_empty() => format!("`{}` has no fields; declare them in `state {{ ... }}`", scope.domain.name),
+            None if name == "True" || name == "False" => {
+                format!("booleans are written `{}`", name.to_lowercase())
+            }
+            None if scope.domain.fields.is_empty() => {
+                format!("`{}` has no fields; declare them in `state {{ ... }}`", scope.domain.name)
+            }
             None => format!(
                 "the fields of `{}` are: {}",
                 scope.domain.name,
@@ -685,7 +702,7 @@ impl Checker {
                     self.error(op_span, format!("cannot compare `{}` with `{}`", l.ty, r.ty))
                         .with_label_mut("mismatched operand types")
                         .with_hint_mut(conversion_hint(&l.ty, &r.ty));
-                } else if !matches!(cmp, CmpOp::Eq | CmpOp::Ne) && !(l.ty.is_ordered() && r.ty.is_ordered()) {
+                } else if !(matches!(cmp, CmpOp::Eq | CmpOp::Ne) || l.ty.is_ordered() && r.ty.is_ordered()) {
                     let bad = if l.ty.is_ordered() { &r.ty } else { &l.ty };
                     self.error(op_span, format!("`{sym}` is not defined for `{bad}`"))
                         .with_hint_mut("ordering works on `int` and `string`; for collections compare `.length`");
@@ -701,15 +718,25 @@ impl Checker {
                 }
                 if !both(&Type::Int) {
                     let hint = match (&l.ty, &r.ty, op) {
-                        (Type::List(_) | Type::Set(_), _, BinaryOp::Add) => "to combine collections use `.add(...)` or `.union(...)`",
-                        (Type::List(_) | Type::Set(_), _, BinaryOp::Sub) => "to drop elements use `.remove(...)` or `.difference(...)`",
-                        (Type::Str, _, _) | (_, Type::Str, _) => "only `+` works on strings, and both sides must be `string`",
+                        (Type::List(_) | Type::Set(_), _, BinaryOp::Add) => {
+                            "to combine collections use `.add(...)` or `.union(...)`"
+                        }
+                        (Type::List(_) | Type::Set(_), _, BinaryOp::Sub) => {
+                            "to drop elements use `.remove(...)` or `.difference(...)`"
+                        }
+                        (Type::Str, _, _) | (_, Type::Str, _) => {
+                            "only `+` works on strings, and both sides must be `string`"
+                        }
                         _ => "arithmetic works on `int`",
                     };
                     self.error(op_span, format!("`{sym}` cannot be applied to `{}` and `{}`", l.ty, r.ty))
                         .with_label_mut("unsupported operand types")
                         .with_hint_mut(hint);
-                    return hir::Expr { kind: hir::ExprKind::Arith(ArithOp::Add, Box::new(l), Box::new(r)), ty: Type::Error, span };
+                    return hir::Expr {
+                        kind: hir::ExprKind::Arith(ArithOp::Add, Box::new(l), Box::new(r)),
+                        ty: Type::Error,
+                        span,
+                    };
                 }
                 let aop = match op {
                     BinaryOp::Add => ArithOp::Add,
@@ -749,7 +776,10 @@ impl Checker {
         let m = name.name.as_str();
         let members = members_of(&rty);
         let Some(&(_, is_property)) = members.iter().find(|(n, _)| *n == m) else {
-            let list = members.iter().map(|(n, p)| if *p { format!("`.{n}`") } else { format!("`.{n}(..)`") }).collect::<Vec<_>>();
+            let list = members
+                .iter()
+                .map(|(n, p)| if *p { format!("`.{n}`") } else { format!("`.{n}(..)`") })
+                .collect::<Vec<_>>();
             let hint = match suggest(m, members.iter().map(|(n, _)| *n)) {
                 Some(s) => format!("did you mean `.{s}`?"),
                 None if list.is_empty() => format!("`{rty}` has no members"),
@@ -785,12 +815,19 @@ impl Checker {
             _ => 1,
         };
         if args.len() != want_args {
-            self.error(span, format!("`.{m}` takes {want_args} argument{}, found {}", if want_args == 1 { "" } else { "s" }, args.len()))
-                .with_hint_mut(match m {
-                    "insert" => "write `.insert(key, value)`",
-                    "get" => "write `.get(key, default)`",
-                    _ => "pass exactly one value",
-                });
+            self.error(
+                span,
+                format!(
+                    "`.{m}` takes {want_args} argument{}, found {}",
+                    if want_args == 1 { "" } else { "s" },
+                    args.len()
+                ),
+            )
+            .with_hint_mut(match m {
+                "insert" => "write `.insert(key, value)`",
+                "get" => "write `.get(key, default)`",
+                _ => "pass exactly one value",
+            });
             for a in args {
                 self.check_expr(scope, a, None);
             }
@@ -942,8 +979,11 @@ impl Checker {
                 return None;
             }
             None => {
-                self.error(s.name_span, format!("the program has {} domains; say which one this scenario runs", program.domains.len()))
-                    .with_hint_mut(format!("add `domain {}` as the scenario's first line", program.domains[0].name));
+                self.error(
+                    s.name_span,
+                    format!("the program has {} domains; say which one this scenario runs", program.domains.len()),
+                )
+                .with_hint_mut(format!("add `domain {}` as the scenario's first line", program.domains[0].name));
                 return None;
             }
         };
@@ -1068,12 +1108,14 @@ impl Checker {
 
     fn lint_list_equality(&mut self, e: &hir::Expr) {
         match &e.kind {
-            hir::ExprKind::Compare(CmpOp::Eq | CmpOp::Ne, l, r) => {
-                if matches!(l.ty, Type::List(_)) && matches!(r.ty, Type::List(_)) {
-                    self.warn(e.span, "`==` on lists compares order as well as elements")
-                        .with_label_mut("`[443, 80] == [80, 443]` is false")
-                        .with_hint_mut("if order does not matter, declare the fields as `set<...>` so the goal cannot be stuck on a reordering");
-                }
+            hir::ExprKind::Compare(CmpOp::Eq | CmpOp::Ne, l, r)
+                if matches!(l.ty, Type::List(_)) && matches!(r.ty, Type::List(_)) =>
+            {
+                self.warn(e.span, "`==` on lists compares order as well as elements")
+                    .with_label_mut("`[443, 80] == [80, 443]` is false")
+                    .with_hint_mut(
+                        "if order does not matter, declare the fields as `set<...>` so the goal cannot be stuck on a reordering",
+                    );
             }
             hir::ExprKind::And(l, r) | hir::ExprKind::Or(l, r) => {
                 self.lint_list_equality(l);
@@ -1146,10 +1188,13 @@ fn conversion_hint(want: &Type, got: &Type) -> String {
         (Type::Int, Type::Str) => "remove the quotes to write a number".to_string(),
         (Type::Str, Type::Int) => "put the value in quotes to make it a string".to_string(),
         (Type::Bool, Type::Str) => "write `true` or `false` without quotes".to_string(),
-        (Type::Set(a), Type::List(b)) if a.accepts(b) => "a list literal becomes a set where a set is expected; a list value does not".to_string(),
+        (Type::Set(a), Type::List(b)) if a.accepts(b) => {
+            "a list literal becomes a set where a set is expected; a list value does not".to_string()
+        }
         (Type::List(a), _) if a.accepts(got) => "wrap the value in brackets to make a list: `[x]`".to_string(),
         (Type::Set(a), _) if a.accepts(got) => "wrap the value in brackets to make a set: `[x]`".to_string(),
-        _ => format!("expected `{want}`, found `{got}`"),
+        (Type::Bool, Type::Int) => "write `true` or `false`, or compare the number, e.g. `x > 0`".to_string(),
+        _ => format!("convert the value, or change the declared type to `{got}`"),
     }
 }
 
@@ -1158,7 +1203,8 @@ fn suggest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<
     candidates
         .filter(|c| *c != name)
         .map(|c| (strsim::damerau_levenshtein(name, c), c))
-        .filter(|(d, c)| *d <= (name.len().max(c.len()) / 3).max(1))
+        // One- and two-letter names are too short for a typo to be told from another name.
+        .filter(|(d, c)| name.len() >= 3 && *d <= (name.len().max(c.len()) / 3).max(1))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }

@@ -81,11 +81,25 @@ pub struct Stmt {
 
 #[derive(Clone, Debug)]
 pub enum StmtKind {
-    Let { local: LocalSlot, value: Expr },
+    Let {
+        local: LocalSlot,
+        value: Expr,
+    },
     /// `x += e` arrives here as `x = x + e`.
-    Assign { field: FieldSlot, value: Expr },
-    If { cond: Expr, then_body: Vec<Stmt>, else_body: Vec<Stmt> },
-    Emit { adapter: String, action: String, args: Vec<Expr> },
+    Assign {
+        field: FieldSlot,
+        value: Expr,
+    },
+    If {
+        cond: Expr,
+        then_body: Vec<Stmt>,
+        else_body: Vec<Stmt>,
+    },
+    Emit {
+        adapter: String,
+        action: String,
+        args: Vec<Expr>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -141,7 +155,11 @@ pub enum ExprKind {
     /// Short-circuit.
     Or(Box<Expr>, Box<Expr>),
     /// A member: `receiver.builtin(args)`; properties have no args.
-    Call { builtin: Builtin, receiver: Box<Expr>, args: Vec<Expr> },
+    Call {
+        builtin: Builtin,
+        receiver: Box<Expr>,
+        args: Vec<Expr>,
+    },
     /// `list[int]` (faults when out of range) or `map[string]` (faults when absent).
     Index(Box<Expr>, Box<Expr>),
 }
@@ -229,8 +247,14 @@ pub enum StepKind {
     /// `simultaneously` block has several, all queued before the runtime runs.
     /// The expressions are evaluated against the state when the message is applied.
     Observe(Vec<Vec<(FieldSlot, Expr)>>),
-    Fail { adapter: String, action: String, times: u32 },
-    Advance { ms: u64 },
+    Fail {
+        adapter: String,
+        action: String,
+        times: u32,
+    },
+    Advance {
+        ms: u64,
+    },
     Expect(Expect),
 }
 
@@ -241,10 +265,24 @@ pub enum Expect {
     Stuck,
     Livelock,
     Waiting,
-    StableWithin { ticks: u32 },
-    Emitted { adapter: String, action: String, args: Option<Vec<Expr>>, times: Option<u32> },
-    NotEmitted { adapter: String, action: String, args: Option<Vec<Expr>> },
+    StableWithin {
+        ticks: u32,
+    },
+    Emitted {
+        adapter: String,
+        action: String,
+        args: Option<Vec<Expr>>,
+        times: Option<u32>,
+    },
+    NotEmitted {
+        adapter: String,
+        action: String,
+        args: Option<Vec<Expr>>,
+    },
     /// Index into the domain's transitions.
     Faulted(usize),
-    Fired { transition: usize, times: Option<u32> },
+    Fired {
+        transition: usize,
+        times: Option<u32>,
+    },
 }

@@ -38,7 +38,10 @@ fn the_seed_programs_check() {
     assert_eq!(d.name, "SecurityPolicy");
     assert_eq!(d.fields[0].ty, Type::list(Type::Int));
     assert_eq!(d.goals[0].name, "PolicyEnforced");
-    assert_eq!(d.transitions.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["CloseRoguePorts", "OpenMissingPorts"]);
+    assert_eq!(
+        d.transitions.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        ["CloseRoguePorts", "OpenMissingPorts"]
+    );
     // `actual_ports.remove(rogue)` removes many; `.add(missing)` adds many.
     let StmtKind::If { then_body, .. } = &d.transitions[0].body[1].kind else { panic!() };
     let StmtKind::Assign { value, .. } = &then_body[1].kind else { panic!() };

@@ -39,7 +39,10 @@ pub fn load(files: &[PathBuf]) -> Result<Loaded, ExitCode> {
             Ok(bytes) => match String::from_utf8(bytes) {
                 Ok(text) => ids.push(sources.add(name, text)),
                 Err(e) => {
-                    eprintln!("error: `{name}` is not valid UTF-8 (first bad byte at offset {})", e.utf8_error().valid_up_to());
+                    eprintln!(
+                        "error: `{name}` is not valid UTF-8 (first bad byte at offset {})",
+                        e.utf8_error().valid_up_to()
+                    );
                     eprintln!("  = hint: Ved source files are UTF-8 text");
                     return Err(ExitCode::from(1));
                 }

@@ -62,7 +62,9 @@ fn main() -> ExitCode {
         Command::Run { files, stdin, seed } => {
             if !stdin {
                 eprintln!("error: `ved run` needs an input source");
-                eprintln!("  = hint: pass `--stdin` to read observations as JSON lines; the daemon mode comes with adapters");
+                eprintln!(
+                    "  = hint: pass `--stdin` to read observations as JSON lines; the daemon mode comes with adapters"
+                );
                 return ExitCode::from(2);
             }
             run::run_stdin(&files, seed)

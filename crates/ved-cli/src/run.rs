@@ -134,7 +134,10 @@ fn apply_line(rt: &mut Runtime, line: &str, now_ms: &mut u64) -> Result<(), Line
     };
     let Some(idx) = rt.index_of(&name) else {
         let names: Vec<String> = rt.instances().iter().map(|i| format!("`{}`", i.name)).collect();
-        return Err((Some(name.clone()), format!("no instance named `{name}`; the instances are {}", names.join(", "))));
+        return Err((
+            Some(name.clone()),
+            format!("no instance named `{name}`; the instances are {}", names.join(", ")),
+        ));
     };
     let set = match o.get("set") {
         Some(Json::Object(s)) => s,
@@ -146,9 +149,13 @@ fn apply_line(rt: &mut Runtime, line: &str, now_ms: &mut u64) -> Result<(), Line
     for (field, value) in set {
         let Some(slot) = dom.fields.iter().position(|(n, _)| n == field) else {
             let fields: Vec<String> = dom.fields.iter().map(|(n, _)| format!("`{n}`")).collect();
-            return Err((Some(name), format!("`{}` has no field `{field}`; its fields are {}", dom.name, fields.join(", "))));
+            return Err((
+                Some(name),
+                format!("`{}` has no field `{field}`; its fields are {}", dom.name, fields.join(", ")),
+            ));
         };
-        let v = from_json(value, &dom.fields[slot].1).map_err(|e| (Some(name.clone()), format!("field `{field}`: {e}")))?;
+        let v =
+            from_json(value, &dom.fields[slot].1).map_err(|e| (Some(name.clone()), format!("field `{field}`: {e}")))?;
         writes.push((slot as u16, v));
     }
     rt.observe(&name, writes).map_err(|e| (Some(name.clone()), e.to_string()))

@@ -25,11 +25,7 @@ fn fnv(bytes: &[u8]) -> u64 {
 
 #[test]
 fn examples_are_the_seed_programs_byte_for_byte() {
-    let pinned = [
-        ("database_routing.ved", 1_170usize),
-        ("security_policy.ved", 781),
-        ("worker_pool.ved", 195),
-    ];
+    let pinned = [("database_routing.ved", 1_170usize), ("security_policy.ved", 781), ("worker_pool.ved", 195)];
     let shared = root().join("../shared/seeds/programs");
     for (name, len) in pinned {
         let ours = std::fs::read(root().join("examples").join(name)).unwrap();

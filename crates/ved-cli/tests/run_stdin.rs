@@ -108,7 +108,10 @@ fn bad_lines_get_error_events_and_change_nothing() {
 
 #[test]
 fn stuck_and_livelock_are_reported_as_events() {
-    let (_, ev, _) = run(&["examples/security_policy.ved"], "{\"instance\":\"SecurityPolicy\",\"set\":{\"actual_ports\":[443,80]}}\n");
+    let (_, ev, _) = run(
+        &["examples/security_policy.ved"],
+        "{\"instance\":\"SecurityPolicy\",\"set\":{\"actual_ports\":[443,80]}}\n",
+    );
     assert_eq!(ev.last().unwrap()["event"], "stuck");
     let (_, ev, _) = run(&["examples/coarse_scaler.ved"], "");
     let last = ev.last().unwrap();

@@ -144,14 +144,32 @@ impl Instance {
         self.mailbox.len()
     }
 
+    /// Heap bytes held by the scheduler beyond the state itself: mailbox,
+    /// pending transitions, livelock hashes. Zero for an idle, stable instance.
+    pub fn scheduler_heap_bytes(&self) -> usize {
+        self.mailbox.capacity() * std::mem::size_of::<Message>()
+            + self.pending.capacity() * std::mem::size_of::<Pending>()
+            + self.seen.capacity() * std::mem::size_of::<u64>()
+            + self.retry_attempts.capacity() * std::mem::size_of::<(usize, u32)>()
+    }
+
     /// Queues an observation after checking its values against the field types.
-    pub fn observe(&mut self, dom: &CompiledDomain, writes: Vec<(u16, Value)>, limits: &Limits) -> Result<(), RejectReason> {
+    pub fn observe(
+        &mut self,
+        dom: &CompiledDomain,
+        writes: Vec<(u16, Value)>,
+        limits: &Limits,
+    ) -> Result<(), RejectReason> {
         for (slot, v) in &writes {
             let Some((name, ty)) = dom.fields.get(*slot as usize) else {
                 return Err(RejectReason::UnknownField { slot: *slot });
             };
             if !v.type_matches(ty) {
-                return Err(RejectReason::WrongType { field: name.clone(), expected: ty.to_string(), value: v.to_string() });
+                return Err(RejectReason::WrongType {
+                    field: name.clone(),
+                    expected: ty.to_string(),
+                    value: v.to_string(),
+                });
             }
         }
         self.enqueue(Message::Observe(writes), limits)
@@ -200,7 +218,14 @@ impl Instance {
     }
 
     /// Runs until the instance is idle, reporting into `out`.
-    pub fn run(&mut self, dom: &CompiledDomain, vm: &mut Vm, policy: &RetryPolicy, limits: &Limits, out: &mut Vec<Event>) -> Status {
+    pub fn run(
+        &mut self,
+        dom: &CompiledDomain,
+        vm: &mut Vm,
+        policy: &RetryPolicy,
+        limits: &Limits,
+        out: &mut Vec<Event>,
+    ) -> Status {
         loop {
             if let Progress::Idle(s) = self.step(dom, vm, policy, limits, out) {
                 return s;
@@ -209,7 +234,14 @@ impl Instance {
     }
 
     /// Does one unit of work: one message, or one tick, or settles the status.
-    pub fn step(&mut self, dom: &CompiledDomain, vm: &mut Vm, policy: &RetryPolicy, limits: &Limits, out: &mut Vec<Event>) -> Progress {
+    pub fn step(
+        &mut self,
+        dom: &CompiledDomain,
+        vm: &mut Vm,
+        policy: &RetryPolicy,
+        limits: &Limits,
+        out: &mut Vec<Event>,
+    ) -> Progress {
         if let Some(msg) = self.mailbox.pop_front() {
             self.apply_message(dom, vm, policy, msg, out);
             return Progress::Ran;
@@ -236,7 +268,10 @@ impl Instance {
             };
         }
         if !self.seen.insert(self.fingerprint()) {
-            let reason = format!("tick {} returned to a state already seen since the last input, without reaching the goals", self.ticks);
+            let reason = format!(
+                "tick {} returned to a state already seen since the last input, without reaching the goals",
+                self.ticks
+            );
             return self.settle(Status::Livelock, Some(reason), out);
         }
         Progress::Ran
@@ -245,8 +280,17 @@ impl Instance {
     fn settle(&mut self, status: Status, reason: Option<String>, out: &mut Vec<Event>) -> Progress {
         self.status = status;
         if status == Status::Stable {
-            // Stable instances cost only their state.
+            // A stable instance costs only its state: release what converging used.
             self.seen = FxHashSet::default();
+            if self.pending.is_empty() {
+                self.pending = Vec::new();
+            }
+            if self.mailbox.is_empty() {
+                self.mailbox = VecDeque::new();
+            }
+            if self.retry_attempts.is_empty() {
+                self.retry_attempts = Vec::new();
+            }
         }
         out.push(Event::Status { instance: self.name.clone(), status, reason });
         Progress::Idle(status)
@@ -286,7 +330,13 @@ impl Instance {
         self.slice
     }
 
-    fn commit(&mut self, cause: Cause, changes: Vec<(u16, Value)>, held: Vec<(u16, Value)>, out: &mut Vec<Event>) -> u64 {
+    fn commit(
+        &mut self,
+        cause: Cause,
+        changes: Vec<(u16, Value)>,
+        held: Vec<(u16, Value)>,
+        out: &mut Vec<Event>,
+    ) -> u64 {
         let slice = self.next_slice();
         let mut applied = Vec::with_capacity(changes.len());
         for (slot, v) in changes {
@@ -300,7 +350,14 @@ impl Instance {
         slice
     }
 
-    fn apply_message(&mut self, dom: &CompiledDomain, vm: &mut Vm, policy: &RetryPolicy, msg: Message, out: &mut Vec<Event>) {
+    fn apply_message(
+        &mut self,
+        dom: &CompiledDomain,
+        vm: &mut Vm,
+        policy: &RetryPolicy,
+        msg: Message,
+        out: &mut Vec<Event>,
+    ) {
         let _ = vm;
         match msg {
             Message::Observe(writes) => {
@@ -308,7 +365,9 @@ impl Instance {
                 self.commit(Cause::Observe, writes, Vec::new(), out);
             }
             Message::Timer { transition } => {
-                let Some(pos) = self.pending.iter().position(|p| p.transition == transition) else { return };
+                let Some(pos) = self.pending.iter().position(|p| p.transition == transition) else {
+                    return;
+                };
                 if !matches!(self.pending[pos].phase, Phase::Backoff { until_ms } if until_ms <= self.now_ms) {
                     return;
                 }
@@ -367,7 +426,14 @@ impl Instance {
         self.ticks_since_input = 0;
     }
 
-    fn back_off(&mut self, transition: usize, attempt: u32, _dom: &CompiledDomain, policy: &RetryPolicy, out: &mut Vec<Event>) {
+    fn back_off(
+        &mut self,
+        transition: usize,
+        attempt: u32,
+        _dom: &CompiledDomain,
+        policy: &RetryPolicy,
+        out: &mut Vec<Event>,
+    ) {
         let at_ms = self.now_ms.saturating_add(policy.delay_ms(self.seed, transition, attempt));
         self.pending.push(Pending { transition, phase: Phase::Backoff { until_ms: at_ms }, attempt });
         out.push(Event::Retry { instance: self.name.clone(), transition, attempt, at_ms });

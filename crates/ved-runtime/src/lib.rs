@@ -31,7 +31,10 @@ pub enum CreateError {
     DuplicateName(String),
     UnknownDomain(usize),
     /// A default value faulted (e.g. overflow in a constant expression).
-    Default { field: String, fault: Fault },
+    Default {
+        field: String,
+        fault: Fault,
+    },
     BadValue(RejectReason),
 }
 
@@ -40,7 +43,9 @@ impl std::fmt::Display for CreateError {
         match self {
             CreateError::DuplicateName(n) => write!(f, "an instance named `{n}` already exists"),
             CreateError::UnknownDomain(d) => write!(f, "no domain with index {d}"),
-            CreateError::Default { field, fault } => write!(f, "the default of `{field}` failed: {fault}"),
+            CreateError::Default { field, fault } => {
+                write!(f, "the default of `{field}` failed: {fault}")
+            }
             CreateError::BadValue(r) => write!(f, "{r}"),
         }
     }
@@ -107,7 +112,12 @@ impl Runtime {
     }
 
     /// Creates an instance of `domain` from its defaults, with `overrides` applied.
-    pub fn create_instance(&mut self, name: &str, domain: usize, overrides: Vec<(u16, Value)>) -> Result<usize, CreateError> {
+    pub fn create_instance(
+        &mut self,
+        name: &str,
+        domain: usize,
+        overrides: Vec<(u16, Value)>,
+    ) -> Result<usize, CreateError> {
         if self.by_name.contains_key(name) {
             return Err(CreateError::DuplicateName(name.to_string()));
         }

@@ -62,7 +62,12 @@ struct Harness<'a> {
 }
 
 /// Runs one scenario of a checked program.
-pub fn run_scenario(program: &hir::Program, compiled: &CompiledProgram, sc: &hir::Scenario, seed: u64) -> ScenarioReport {
+pub fn run_scenario(
+    program: &hir::Program,
+    compiled: &CompiledProgram,
+    sc: &hir::Scenario,
+    seed: u64,
+) -> ScenarioReport {
     run_scenario_with_limits(program, compiled, sc, seed, Limits::default())
 }
 
@@ -75,13 +80,24 @@ pub fn run_scenario_with_limits(
     limits: Limits,
 ) -> ScenarioReport {
     let dom = &compiled.domains[sc.domain];
-    let mut report = ScenarioReport { name: sc.name.clone(), failure: None, trace: Vec::new(), events: Vec::new(), states: Vec::new() };
+    let mut report = ScenarioReport {
+        name: sc.name.clone(),
+        failure: None,
+        trace: Vec::new(),
+        events: Vec::new(),
+        states: Vec::new(),
+    };
     let _ = program;
     let mut vm = Vm::new();
     let mut state = match initial_state(&mut vm, dom) {
         Ok(s) => s,
         Err(e) => {
-            report.failure = Some(Failure { span: sc.span, message: format!("the initial state cannot be built: {e}"), expected: String::new(), actual: String::new() });
+            report.failure = Some(Failure {
+                span: sc.span,
+                message: format!("the initial state cannot be built: {e}"),
+                expected: String::new(),
+                actual: String::new(),
+            });
             return report;
         }
     };
@@ -89,7 +105,12 @@ pub fn run_scenario_with_limits(
         match vm.eval(&compile_expr(e), &state) {
             Ok(v) => state[*slot as usize] = v,
             Err(fault) => {
-                report.failure = Some(Failure { span: e.span, message: format!("`given` faulted: {fault}"), expected: String::new(), actual: String::new() });
+                report.failure = Some(Failure {
+                    span: e.span,
+                    message: format!("`given` faulted: {fault}"),
+                    expected: String::new(),
+                    actual: String::new(),
+                });
                 return report;
             }
         }
@@ -236,7 +257,11 @@ impl Harness<'_> {
         match e {
             hir::Expect::Holds(ex) => match self.vm.eval_bool(&compile_expr(ex), &self.inst.state) {
                 Ok(true) => Ok(()),
-                Ok(false) => fail("the expectation does not hold".into(), "true".into(), format!("false, with {}", describe_state(self.dom, &self.inst.state))),
+                Ok(false) => fail(
+                    "the expectation does not hold".into(),
+                    "true".into(),
+                    format!("false, with {}", describe_state(self.dom, &self.inst.state)),
+                ),
                 Err(fault) => fail(format!("the expectation faulted: {fault}"), "true".into(), "a fault".into()),
             },
             hir::Expect::Stable | hir::Expect::Stuck | hir::Expect::Livelock | hir::Expect::Waiting => {
@@ -249,15 +274,27 @@ impl Harness<'_> {
                 if status == want {
                     Ok(())
                 } else {
-                    fail(format!("the instance is {status}, not {want}"), want.to_string(), format!("{status}, with {}", describe_state(self.dom, &self.inst.state)))
+                    fail(
+                        format!("the instance is {status}, not {want}"),
+                        want.to_string(),
+                        format!("{status}, with {}", describe_state(self.dom, &self.inst.state)),
+                    )
                 }
             }
             hir::Expect::StableWithin { ticks } => {
                 let used = self.inst.ticks - self.window_ticks;
                 if status != Status::Stable {
-                    fail(format!("the instance is {status}, not stable"), format!("stable within {ticks} ticks"), format!("{status} after {used} ticks"))
+                    fail(
+                        format!("the instance is {status}, not stable"),
+                        format!("stable within {ticks} ticks"),
+                        format!("{status} after {used} ticks"),
+                    )
                 } else if used > *ticks as u64 {
-                    fail(format!("stable only after {used} ticks"), format!("stable within {ticks} ticks"), format!("{used} ticks"))
+                    fail(
+                        format!("stable only after {used} ticks"),
+                        format!("stable within {ticks} ticks"),
+                        format!("{used} ticks"),
+                    )
                 } else {
                     Ok(())
                 }
@@ -286,27 +323,40 @@ impl Harness<'_> {
                 for ev in self.window() {
                     if let Event::Intent(i) = ev {
                         seen.push(i.to_string());
-                        if &*i.adapter == adapter && &*i.action == action && want_args.as_ref().is_none_or(|w| *w == i.args) {
+                        if &*i.adapter == adapter
+                            && &*i.action == action
+                            && want_args.as_ref().is_none_or(|w| *w == i.args)
+                        {
                             count += 1;
                         }
                     }
                 }
                 let what = match &want_args {
-                    Some(a) => format!("{adapter}.{action}({})", a.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
+                    Some(a) => format!(
+                        "{adapter}.{action}({})",
+                        a.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    ),
                     None => format!("{adapter}.{action}"),
                 };
                 let actual = if seen.is_empty() { "no intents".to_string() } else { seen.join(", ") };
                 match (negated, times) {
-                    (true, _) if count > 0 => fail(format!("{what} was emitted {count} time(s)"), format!("no {what}"), actual),
+                    (true, _) if count > 0 => {
+                        fail(format!("{what} was emitted {count} time(s)"), format!("no {what}"), actual)
+                    }
                     (true, _) => Ok(()),
                     (false, None) if count == 0 => fail(format!("{what} was not emitted"), what, actual),
-                    (false, Some(n)) if count != n => fail(format!("{what} was emitted {count} time(s), not {n}"), format!("{what} {n} times"), actual),
+                    (false, Some(n)) if count != n => fail(
+                        format!("{what} was emitted {count} time(s), not {n}"),
+                        format!("{what} {n} times"),
+                        actual,
+                    ),
                     (false, _) => Ok(()),
                 }
             }
             hir::Expect::Faulted(t) => {
                 let name = &self.dom.transitions[*t].name;
-                let hit = self.window().iter().any(|ev| matches!(ev, Event::Fault { transition: Some(x), .. } if x == t));
+                let hit =
+                    self.window().iter().any(|ev| matches!(ev, Event::Fault { transition: Some(x), .. } if x == t));
                 if hit {
                     Ok(())
                 } else {
@@ -321,8 +371,14 @@ impl Harness<'_> {
                     .filter(|ev| matches!(ev, Event::Slice { cause: Cause::Transition(x), .. } if x == transition))
                     .count() as u32;
                 match times {
-                    None if count == 0 => fail(format!("`{name}` did not fire"), format!("`{name}` fired"), "0 times".into()),
-                    Some(n) if count != *n => fail(format!("`{name}` fired {count} time(s), not {n}"), format!("{n} times"), format!("{count} times")),
+                    None if count == 0 => {
+                        fail(format!("`{name}` did not fire"), format!("`{name}` fired"), "0 times".into())
+                    }
+                    Some(n) if count != *n => fail(
+                        format!("`{name}` fired {count} time(s), not {n}"),
+                        format!("{n} times"),
+                        format!("{count} times"),
+                    ),
                     _ => Ok(()),
                 }
             }
@@ -370,7 +426,11 @@ pub fn describe_event(dom: &CompiledDomain, ev: &Event) -> String {
             let _ = write!(s, "intent {}: {i}", i.id);
         }
         Event::Result { id, ok, error, .. } => {
-            let _ = write!(s, "result {id}: {}", if *ok { "ok".to_string() } else { format!("failed ({})", error.as_deref().unwrap_or("no reason")) });
+            let _ = write!(
+                s,
+                "result {id}: {}",
+                if *ok { "ok".to_string() } else { format!("failed ({})", error.as_deref().unwrap_or("no reason")) }
+            );
         }
         Event::Retry { transition, attempt, at_ms, .. } => {
             let _ = write!(s, "{} will retry (attempt {attempt}) at {at_ms}ms", tname(*transition));

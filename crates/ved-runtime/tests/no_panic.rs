@@ -17,16 +17,66 @@ const CORPUS: [&str; 7] = [
     include_str!("../../../examples/worker_pool.ved"),
     include_str!("../../../examples/coarse_scaler.ved"),
     concat!(include_str!("../../../examples/worker_pool.ved"), include_str!("../../../examples/worker_pool.test.ved")),
-    concat!(include_str!("../../../examples/database_routing.ved"), include_str!("../../../examples/database_routing.test.ved")),
-    concat!(include_str!("../../../examples/security_policy.ved"), include_str!("../../../examples/security_policy.test.ved")),
+    concat!(
+        include_str!("../../../examples/database_routing.ved"),
+        include_str!("../../../examples/database_routing.test.ved")
+    ),
+    concat!(
+        include_str!("../../../examples/security_policy.ved"),
+        include_str!("../../../examples/security_policy.test.ved")
+    ),
 ];
 
 /// Fragments a mutation may splice in: tokens and near-tokens of the language.
 const FRAGMENTS: [&str; 48] = [
-    "{", "}", "(", ")", "[", "]", ",", ":", ".", "=", "==", "+=", "-=", "&&", "||", "!", "-", "*", "/", "%", "<", ">=",
-    "\n", " ", "//", "\"", "let x = ", "if ", "else ", "emit A.B(", "goal ", "transition t { step { ", "state {",
-    "domain D {", "9223372036854775807", "0", "-1", "[:]", "set[", "[\"k\": 1]", ".length", ".add(", ".remove(",
-    ".difference(", "list<int>", "map<string, int>", "expect ", "observe ",
+    "{",
+    "}",
+    "(",
+    ")",
+    "[",
+    "]",
+    ",",
+    ":",
+    ".",
+    "=",
+    "==",
+    "+=",
+    "-=",
+    "&&",
+    "||",
+    "!",
+    "-",
+    "*",
+    "/",
+    "%",
+    "<",
+    ">=",
+    "\n",
+    " ",
+    "//",
+    "\"",
+    "let x = ",
+    "if ",
+    "else ",
+    "emit A.B(",
+    "goal ",
+    "transition t { step { ",
+    "state {",
+    "domain D {",
+    "9223372036854775807",
+    "0",
+    "-1",
+    "[:]",
+    "set[",
+    "[\"k\": 1]",
+    ".length",
+    ".add(",
+    ".remove(",
+    ".difference(",
+    "list<int>",
+    "map<string, int>",
+    "expect ",
+    "observe ",
 ];
 
 #[derive(Clone, Debug)]
@@ -92,7 +142,9 @@ fn pipeline(text: &str) -> bool {
     };
     let checked = ved_check::check_program(&[ast]);
     let _ = ved_syntax::diag::render_all(&checked.diagnostics, &sources);
-    let Some(program) = checked.program else { return false };
+    let Some(program) = checked.program else {
+        return false;
+    };
     let compiled = Arc::new(ved_vm::compile_program(&program));
     let limits = Limits { ticks_per_input_max: 200, mailbox_max: 64 };
     if let Ok(mut rt) = Runtime::new(compiled.clone(), 7) {
@@ -124,7 +176,12 @@ fn mutated_programs_never_panic_or_hang() {
         .unwrap();
     assert!(ran.get() >= cases, "only {} of {cases} cases ran", ran.get());
     // The mutations must leave enough programs valid to exercise the runtime too.
-    assert!(executed.get() > cases / 50, "only {} of {} mutated programs reached the runtime", executed.get(), ran.get());
+    assert!(
+        executed.get() > cases / 50,
+        "only {} of {} mutated programs reached the runtime",
+        executed.get(),
+        ran.get()
+    );
 }
 
 #[test]

@@ -11,9 +11,8 @@ fn compile(src: &str) -> (ved_check::hir::Program, Arc<CompiledProgram>) {
     let id = sources.add("test.ved", src);
     let ast = ved_syntax::parse_file(id, src).unwrap_or_else(|d| panic!("{}", d.render(&sources)));
     let checked = ved_check::check_program(&[ast]);
-    let program = checked
-        .program
-        .unwrap_or_else(|| panic!("{}", ved_syntax::diag::render_all(&checked.diagnostics, &sources)));
+    let program =
+        checked.program.unwrap_or_else(|| panic!("{}", ved_syntax::diag::render_all(&checked.diagnostics, &sources)));
     let compiled = Arc::new(ved_vm::compile_program(&program));
     (program, compiled)
 }
@@ -166,12 +165,15 @@ fn a_fault_aborts_the_slice_keeps_the_state_and_backs_off() {
 
 #[test]
 fn division_by_zero_is_a_fault() {
-    let src = "domain D {\n state { d: int\n y: int }\n goal y == 1\n transition T {\n step {\n y = 10 / d\n }\n }\n}\n";
+    let src =
+        "domain D {\n state { d: int\n y: int }\n goal y == 1\n transition T {\n step {\n y = 10 / d\n }\n }\n}\n";
     let (_, c) = compile(src);
     let mut rt = Runtime::new(c, 0).unwrap();
     let mut ev = Vec::new();
     rt.run(&mut ev);
-    assert!(ev.iter().any(|e| matches!(e, Event::Fault { fault, .. } if fault.to_string().contains("division by zero"))));
+    assert!(ev
+        .iter()
+        .any(|e| matches!(e, Event::Fault { fault, .. } if fault.to_string().contains("division by zero"))));
     assert_eq!(rt.instance("D").unwrap().state[1], Value::Int(0));
 }
 
@@ -205,7 +207,14 @@ fn a_new_observation_wakes_a_stuck_instance() {
     let (_, c) = compile(src);
     let mut rt = Runtime::new(c, 0).unwrap();
     let mut ev = Vec::new();
+    // Boot opens the policy's ports; acknowledge that intent.
     rt.run(&mut ev);
+    let boot = intents(&ev);
+    assert_eq!(boot.len(), 1);
+    rt.deliver(&boot[0].0, true, None).unwrap();
+    ev.clear();
+    rt.run(&mut ev);
+    assert_eq!(last_status(&ev), Some(Status::Stable));
     let ports = |v: &[i64]| Value::List(Arc::new(v.iter().map(|p| Value::Int(*p)).collect()));
     rt.observe("SecurityPolicy", vec![(1, ports(&[443, 80]))]).unwrap();
     ev.clear();
@@ -259,4 +268,34 @@ fn every_seed_scenario_is_deterministic() {
         }
     }
     assert_eq!(ran, 15);
+}
+
+#[test]
+fn an_idle_instance_costs_no_more_than_its_state() {
+    let (_, c) = compile(ROUTING);
+    let mut rt = Runtime::empty(c, 0);
+    for i in 0..1_000 {
+        rt.create_instance(&format!("db-{i}"), 0, Vec::new()).unwrap();
+    }
+    let mut ev = Vec::new();
+    rt.run(&mut ev);
+    // Put one through a failover and back so its scheduler state was used.
+    rt.observe("db-7", vec![(0, Value::Str("failed".into()))]).unwrap();
+    loop {
+        ev.clear();
+        rt.run(&mut ev);
+        let out = intents(&ev);
+        if out.is_empty() {
+            break;
+        }
+        for (id, _) in out {
+            rt.deliver(&id, true, None).unwrap();
+        }
+    }
+    for inst in rt.instances() {
+        assert_eq!(inst.status, Status::Stable);
+        assert_eq!(inst.scheduler_heap_bytes(), 0, "{} holds scheduler memory while idle", inst.name);
+    }
+    // The instance struct itself is a fixed, small header next to its state.
+    assert!(std::mem::size_of::<ved_runtime::Instance>() <= 256, "{}", std::mem::size_of::<ved_runtime::Instance>());
 }

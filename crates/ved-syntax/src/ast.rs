@@ -180,12 +180,28 @@ pub enum ExprKind {
     MapLit(Vec<(Expr, Expr)>),
     /// A state field or a `let` name.
     Name(Ident),
-    Unary { op: UnaryOp, op_span: Span, operand: Box<Expr> },
-    Binary { op: BinaryOp, op_span: Span, lhs: Box<Expr>, rhs: Box<Expr> },
+    Unary {
+        op: UnaryOp,
+        op_span: Span,
+        operand: Box<Expr>,
+    },
+    Binary {
+        op: BinaryOp,
+        op_span: Span,
+        lhs: Box<Expr>,
+        rhs: Box<Expr>,
+    },
     /// `recv.name` (a property, `args == None`) or `recv.name(args)` (a method).
-    Member { receiver: Box<Expr>, name: Ident, args: Option<Vec<Expr>> },
+    Member {
+        receiver: Box<Expr>,
+        name: Ident,
+        args: Option<Vec<Expr>>,
+    },
     /// `recv[index]`.
-    Index { receiver: Box<Expr>, index: Box<Expr> },
+    Index {
+        receiver: Box<Expr>,
+        index: Box<Expr>,
+    },
     /// `(expr)`: kept so that the formatter can round-trip and spans stay honest.
     Paren(Box<Expr>),
 }
@@ -224,9 +240,15 @@ pub enum StepKind {
     /// together, before the runtime gets to run.
     Simultaneously(Vec<Vec<FieldValue>>),
     /// `fail ADAPTER.ACTION` or `fail ADAPTER.ACTION N times`.
-    Fail { adapter: Ident, action: Ident, times: u32 },
+    Fail {
+        adapter: Ident,
+        action: Ident,
+        times: u32,
+    },
     /// `advance 500ms`, stored in milliseconds.
-    Advance { ms: u64 },
+    Advance {
+        ms: u64,
+    },
     Expect(Expect),
 }
 

@@ -79,13 +79,14 @@ impl Diagnostic {
         };
         let _ = writeln!(out, "{}:{}:{}: {}: {}", file.name, line, col, sev, self.message);
         render_snippet(&mut out, sources, self.span, self.label.as_deref());
+        let gutter = line.to_string().len();
         for (span, note) in &self.notes {
             let f = sources.file(span.file);
             let (l, c) = f.line_col(span.start as usize);
-            let _ = writeln!(out, "  = note: {}:{}:{}: {}", f.name, l, c, note);
+            let _ = writeln!(out, "{:gutter$} = note: {}:{}:{}: {}", "", f.name, l, c, note);
         }
         if let Some(hint) = &self.hint {
-            let _ = writeln!(out, "  = hint: {hint}");
+            let _ = writeln!(out, "{:gutter$} = hint: {hint}", "");
         }
         out
     }

@@ -216,7 +216,9 @@ pub fn lex(file: FileId, text: &str) -> Result<Vec<Token>, Diagnostic> {
                     '#' => "comments start with `//`",
                     '\'' => "strings are written in double quotes",
                     '@' | '$' | '?' | '~' | '^' | '`' | '\\' => "this character has no meaning in Ved",
-                    _ if !ch.is_ascii() => "identifiers are ASCII letters, digits and `_`; other text belongs in a string",
+                    _ if !ch.is_ascii() => {
+                        "identifiers are ASCII letters, digits and `_`; other text belongs in a string"
+                    }
                     _ => "remove it",
                 };
                 return Err(Diagnostic::error(sp(i, end), format!("unexpected character `{}`", ch.escape_default()))

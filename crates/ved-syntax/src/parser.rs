@@ -128,8 +128,11 @@ impl Parser {
     fn expect_new_name(&mut self, what: &str) -> PResult<Ident> {
         let id = self.expect_ident(what)?;
         if RESERVED.contains(&id.name.as_str()) {
-            return Err(Diagnostic::error(id.span, format!("`{}` is a reserved word and cannot be used as a name", id.name))
-                .with_hint(format!("choose another name, e.g. `{}_`", id.name)));
+            return Err(Diagnostic::error(
+                id.span,
+                format!("`{}` is a reserved word and cannot be used as a name", id.name),
+            )
+            .with_hint(format!("choose another name, e.g. `{}_`", id.name)));
         }
         Ok(id)
     }
@@ -179,13 +182,25 @@ impl Parser {
                             .with_hint("write `domain Name { state { ... } }`"))
                     }
                     _ => {
-                        return Err(Diagnostic::error(self.span(), format!("expected `domain`, `goal`, `transition` or `scenario`, found {}", self.peek().describe()))
-                            .with_hint("statements go inside a transition's `step { ... }`"))
+                        return Err(Diagnostic::error(
+                            self.span(),
+                            format!(
+                                "expected `domain`, `goal`, `transition` or `scenario`, found {}",
+                                self.peek().describe()
+                            ),
+                        )
+                        .with_hint("statements go inside a transition's `step { ... }`"))
                     }
                 },
                 _ => {
-                    return Err(Diagnostic::error(self.span(), format!("expected `domain`, `goal`, `transition` or `scenario`, found {}", self.peek().describe()))
-                        .with_hint("a Ved file is a list of domains, goals, transitions and scenarios"))
+                    return Err(Diagnostic::error(
+                        self.span(),
+                        format!(
+                            "expected `domain`, `goal`, `transition` or `scenario`, found {}",
+                            self.peek().describe()
+                        ),
+                    )
+                    .with_hint("a Ved file is a list of domains, goals, transitions and scenarios"))
                 }
             }
         }
@@ -207,9 +222,9 @@ impl Parser {
                     "goal" => members.push(DomainMember::Goal(self.parse_goal()?)),
                     "transition" | "optimistic" => members.push(DomainMember::Transition(self.parse_transition()?)),
                     _ => {
-                        return Err(self
-                            .unexpected("`state`, `goal`, `transition` or `}` inside a domain")
-                            .with_hint("fields are declared inside `state { ... }`; statements inside a transition's `step`"))
+                        return Err(self.unexpected("`state`, `goal`, `transition` or `}` inside a domain").with_hint(
+                            "fields are declared inside `state { ... }`; statements inside a transition's `step`",
+                        ))
                     }
                 },
                 _ => return Err(self.unexpected("`state`, `goal`, `transition` or `}` inside a domain")),
@@ -238,7 +253,8 @@ impl Parser {
             }
             let name = self.expect_new_name("a field name")?;
             if !self.eat(&TokenKind::Colon) {
-                return Err(self.unexpected(&format!("`:` and a type after field `{}`", name.name))
+                return Err(self
+                    .unexpected(&format!("`:` and a type after field `{}`", name.name))
                     .with_hint(format!("declare it as `{}: int`", name.name)));
             }
             let ty = self.parse_type()?;
@@ -304,7 +320,9 @@ impl Parser {
             return Ok(Goal { name: Some(name), predicate, span: start.to(end) });
         }
         if matches!(self.peek(), TokenKind::Newline | TokenKind::Eof | TokenKind::RBrace) {
-            return Err(self.unexpected("a condition after `goal`").with_hint("write `goal workers == 5` or `goal Name { predicate ... }`"));
+            return Err(self
+                .unexpected("a condition after `goal`")
+                .with_hint("write `goal workers == 5` or `goal Name { predicate ... }`"));
         }
         let predicate = self.parse_expr()?;
         let span = start.to(predicate.span);
@@ -389,9 +407,9 @@ impl Parser {
                 self.bump();
                 let adapter = self.expect_ident("an adapter name after `emit`")?;
                 if !self.eat(&TokenKind::Dot) {
-                    return Err(self
-                        .unexpected(&format!("`.` and an action after `{}`", adapter.name))
-                        .with_hint(format!("an intent names an adapter and an action: `emit {}.Action(...)`", adapter.name)));
+                    return Err(self.unexpected(&format!("`.` and an action after `{}`", adapter.name)).with_hint(
+                        format!("an intent names an adapter and an action: `emit {}.Action(...)`", adapter.name),
+                    ));
                 }
                 let action = self.expect_ident("an action name")?;
                 let mut end = action.span;
@@ -418,9 +436,9 @@ impl Parser {
                             .with_hint(format!("write `{} = ...`", target.name)))
                     }
                     _ => {
-                        return Err(self
-                            .unexpected(&format!("`=`, `+=` or `-=` after `{}`", target.name))
-                            .with_hint("a statement is `let`, an assignment, `if` or `emit`; a bare expression does nothing"))
+                        return Err(self.unexpected(&format!("`=`, `+=` or `-=` after `{}`", target.name)).with_hint(
+                            "a statement is `let`, an assignment, `if` or `emit`; a bare expression does nothing",
+                        ))
                     }
                 };
                 self.bump();
@@ -527,7 +545,9 @@ impl Parser {
                     }
                 }
             }
-            let Some((op, level)) = binary_op(self.peek()) else { break };
+            let Some((op, level)) = binary_op(self.peek()) else {
+                break;
+            };
             if level < min_level.max(1) {
                 break;
             }
@@ -721,7 +741,11 @@ impl Parser {
         let start = self.bump().span;
         let (name, name_span) = match self.peek().clone() {
             TokenKind::Str(s) => (s, self.bump().span),
-            _ => return Err(self.unexpected("the scenario's name in quotes").with_hint("write `scenario \"port 22 is closed\" { ... }`")),
+            _ => {
+                return Err(self
+                    .unexpected("the scenario's name in quotes")
+                    .with_hint("write `scenario \"port 22 is closed\" { ... }`"))
+            }
         };
         self.skip_newlines();
         let open = self.expect(TokenKind::LBrace, "to open the scenario")?;
@@ -820,14 +844,14 @@ impl Parser {
 
     /// `N times` (or `1 time`), if present.
     fn parse_times(&mut self) -> PResult<Option<u32>> {
-        let TokenKind::Int(n) = *self.peek() else { return Ok(None) };
+        let TokenKind::Int(n) = *self.peek() else {
+            return Ok(None);
+        };
         let span = self.bump().span;
         if !(self.eat_ident("times") || self.eat_ident("time")) {
             return Err(self.unexpected(&format!("`times` after `{n}`")));
         }
-        u32::try_from(n).map(Some).map_err(|_| {
-            Diagnostic::error(span, "the count must be between 0 and 4294967295")
-        })
+        u32::try_from(n).map(Some).map_err(|_| Diagnostic::error(span, "the count must be between 0 and 4294967295"))
     }
 
     fn at_step_end(&self) -> bool {
@@ -857,7 +881,8 @@ impl Parser {
                 if !(self.eat_ident("ticks") || self.eat_ident("tick")) {
                     return Err(self.unexpected("`ticks` after the number"));
                 }
-                let ticks = u32::try_from(n).map_err(|_| Diagnostic::error(span, "the tick count must be between 0 and 4294967295"))?;
+                let ticks = u32::try_from(n)
+                    .map_err(|_| Diagnostic::error(span, "the tick count must be between 0 and 4294967295"))?;
                 Ok(Expect::StableWithin { ticks })
             }
             "stuck" if ends => {

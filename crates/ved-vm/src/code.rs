@@ -117,7 +117,12 @@ impl Lower {
 
     fn constant(&mut self, v: Value, span: Span) {
         // Reuse equal scalars; collections are rarely repeated.
-        let idx = match self.code.consts.iter().position(|c| *c == v && !matches!(c, Value::List(_) | Value::Set(_) | Value::Map(_))) {
+        let idx = match self
+            .code
+            .consts
+            .iter()
+            .position(|c| *c == v && !matches!(c, Value::List(_) | Value::Set(_) | Value::Map(_)))
+        {
             Some(i) => i,
             None => {
                 self.code.consts.push(v);
@@ -177,7 +182,9 @@ impl Lower {
             return;
         }
         match &e.kind {
-            hir::ExprKind::Int(_) | hir::ExprKind::Bool(_) | hir::ExprKind::Str(_) => unreachable!("constants are folded"),
+            hir::ExprKind::Int(_) | hir::ExprKind::Bool(_) | hir::ExprKind::Str(_) => {
+                unreachable!("constants are folded")
+            }
             hir::ExprKind::List(items) => {
                 for i in items {
                     self.expr(i);
@@ -274,11 +281,15 @@ fn const_value(e: &hir::Expr) -> Option<Value> {
         hir::ExprKind::List(items) if items.len() <= crate::SIZE_MAX => {
             Value::List(Arc::new(items.iter().map(const_value).collect::<Option<Vec<_>>>()?))
         }
-        hir::ExprKind::Set(items) => Value::Set(Arc::new(items.iter().map(const_value).collect::<Option<BTreeSet<_>>>()?)),
+        hir::ExprKind::Set(items) => {
+            Value::Set(Arc::new(items.iter().map(const_value).collect::<Option<BTreeSet<_>>>()?))
+        }
         hir::ExprKind::Map(entries) => {
             let mut m = BTreeMap::new();
             for (k, v) in entries {
-                let Value::Str(k) = const_value(k)? else { return None };
+                let Value::Str(k) = const_value(k)? else {
+                    return None;
+                };
                 m.insert(k, const_value(v)?);
             }
             Value::Map(Arc::new(m))

@@ -28,9 +28,13 @@ impl fmt::Display for FaultKind {
             FaultKind::IndexOutOfRange { index, len } => {
                 write!(f, "index {index} is out of range for a list of length {len}")
             }
-            FaultKind::EmptyCollection { member } => write!(f, "`.{member}` of an empty collection"),
+            FaultKind::EmptyCollection { member } => {
+                write!(f, "`.{member}` of an empty collection")
+            }
             FaultKind::MissingKey { key } => write!(f, "key {key:?} is not in the map"),
-            FaultKind::TooLarge { limit } => write!(f, "value exceeds the limit of {limit} elements"),
+            FaultKind::TooLarge { limit } => {
+                write!(f, "value exceeds the limit of {limit} elements")
+            }
         }
     }
 }

@@ -172,7 +172,8 @@ impl Vm {
                 }
                 Op::Neg => {
                     let i = self.pop_int();
-                    let v = i.checked_neg().ok_or_else(|| fault(FaultKind::Overflow { op: "-" }, code.spans[pc - 1]))?;
+                    let v =
+                        i.checked_neg().ok_or_else(|| fault(FaultKind::Overflow { op: "-" }, code.spans[pc - 1]))?;
                     self.stack.push(Value::Int(v));
                 }
                 Op::Arith(a) => {
@@ -193,7 +194,9 @@ impl Vm {
                 Op::Concat => {
                     let r = self.pop();
                     let l = self.pop();
-                    let (Value::Str(l), Value::Str(r)) = (l, r) else { continue };
+                    let (Value::Str(l), Value::Str(r)) = (l, r) else {
+                        continue;
+                    };
                     if l.len() + r.len() > SIZE_MAX {
                         return Err(fault(FaultKind::TooLarge { limit: SIZE_MAX }, code.spans[pc - 1]));
                     }
@@ -258,9 +261,10 @@ impl Vm {
                             .ok()
                             .and_then(|u| l.get(u).cloned())
                             .ok_or(fault(FaultKind::IndexOutOfRange { index: i, len: l.len() }, span))?,
-                        (Value::Map(m), Value::Str(k)) => {
-                            m.get(&k).cloned().ok_or_else(|| fault(FaultKind::MissingKey { key: k.to_string() }, span))?
-                        }
+                        (Value::Map(m), Value::Str(k)) => m
+                            .get(&k)
+                            .cloned()
+                            .ok_or_else(|| fault(FaultKind::MissingKey { key: k.to_string() }, span))?,
                         _ => Value::Int(0),
                     };
                     self.stack.push(v);
@@ -311,7 +315,13 @@ fn membership(v: &Value) -> BTreeSet<&Value> {
 }
 
 fn call(b: Builtin, recv: Value, mut args: Vec<Value>, span: Span) -> R<Value> {
-    let arg = |args: &mut Vec<Value>| if args.is_empty() { Value::Int(0) } else { args.remove(0) };
+    let arg = |args: &mut Vec<Value>| {
+        if args.is_empty() {
+            Value::Int(0)
+        } else {
+            args.remove(0)
+        }
+    };
     Ok(match (b, recv) {
         (Builtin::Length, v) => Value::Int(match &v {
             Value::Str(s) => s.chars().count() as i64,
@@ -321,10 +331,18 @@ fn call(b: Builtin, recv: Value, mut args: Vec<Value>, span: Span) -> R<Value> {
             Value::Str(s) => s.is_empty(),
             other => other.size() == 0,
         }),
-        (Builtin::First, Value::List(l)) => l.first().cloned().ok_or(fault(FaultKind::EmptyCollection { member: "first" }, span))?,
-        (Builtin::Last, Value::List(l)) => l.last().cloned().ok_or(fault(FaultKind::EmptyCollection { member: "last" }, span))?,
-        (Builtin::First, Value::Set(s)) => s.first().cloned().ok_or(fault(FaultKind::EmptyCollection { member: "first" }, span))?,
-        (Builtin::Last, Value::Set(s)) => s.last().cloned().ok_or(fault(FaultKind::EmptyCollection { member: "last" }, span))?,
+        (Builtin::First, Value::List(l)) => {
+            l.first().cloned().ok_or(fault(FaultKind::EmptyCollection { member: "first" }, span))?
+        }
+        (Builtin::Last, Value::List(l)) => {
+            l.last().cloned().ok_or(fault(FaultKind::EmptyCollection { member: "last" }, span))?
+        }
+        (Builtin::First, Value::Set(s)) => {
+            s.first().cloned().ok_or(fault(FaultKind::EmptyCollection { member: "first" }, span))?
+        }
+        (Builtin::Last, Value::Set(s)) => {
+            s.last().cloned().ok_or(fault(FaultKind::EmptyCollection { member: "last" }, span))?
+        }
         (Builtin::Contains, recv) => {
             let x = arg(&mut args);
             Value::Bool(match (&recv, &x) {
@@ -415,7 +433,8 @@ fn call(b: Builtin, recv: Value, mut args: Vec<Value>, span: Span) -> R<Value> {
         (Builtin::Union, Value::List(mut l)) => {
             let other = arg(&mut args);
             let mut present: BTreeSet<Value> = l.iter().cloned().collect();
-            let extra: Vec<Value> = elements(&other).into_iter().filter(|e| present.insert((*e).clone())).cloned().collect();
+            let extra: Vec<Value> =
+                elements(&other).into_iter().filter(|e| present.insert((*e).clone())).cloned().collect();
             if l.len() + extra.len() > SIZE_MAX {
                 return Err(fault(FaultKind::TooLarge { limit: SIZE_MAX }, span));
             }

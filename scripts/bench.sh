@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs the benchmarks and prints BENCHMARKS.md's table: each seed's cycle under
+# Ved against the hand-written Rust baseline measured in the same run.
+# Usage: scripts/bench.sh            (prints the table)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo bench -p ved-runtime --bench slices -- --noplot "$@" >&2
+python3 - <<'PY'
+import json, pathlib
+root = pathlib.Path("target/criterion")
+slices = {"worker_pool": 6, "security_policy": 3, "database_routing": 8}
+print("| seed cycle | slices | Ved ns/cycle | native ns/cycle | Ved slices/s | Ved / native |")
+print("|---|---:|---:|---:|---:|---:|")
+for group, n in slices.items():
+    def mean(fn):
+        est = json.loads((root / group / fn / "new" / "estimates.json").read_text())
+        return est["mean"]["point_estimate"]
+    ved, native = mean("ved"), mean("native")
+    print(f"| {group} | {n} | {ved:,.0f} | {native:,.0f} | {n / ved * 1e9:,.0f} | {ved / native:,.1f}x |")
+PY
