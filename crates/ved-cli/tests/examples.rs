@@ -100,3 +100,42 @@ fn livelock_example_scenarios_pass() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("2 passed, 0 failed"), "{out}");
 }
+
+#[test]
+fn a_failing_scenario_reports_the_line_expected_actual_and_trace_and_exits_1() {
+    let (code, out, err) = ved(&["test", "examples/worker_pool.ved", "tests/data/scenarios/failing.test.ved"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("scenario \"passes\" ... ok"), "{out}");
+    assert!(out.contains("scenario \"a wrong expectation\" ... FAILED"), "{out}");
+    assert!(out.contains("tests/data/scenarios/failing.test.ved:10:3: expect workers == 4"), "{out}");
+    assert!(out.contains("expected: true"), "{out}");
+    assert!(out.contains("actual:   false, with workers = 5"), "{out}");
+    // The trace shows the slices that led there.
+    assert!(out.contains("slice 6 [observe]: workers = 2"), "{out}");
+    assert!(out.contains("slice 9 [scale_up]: workers = 5"), "{out}");
+    assert!(out.contains("tests/data/scenarios/failing.test.ved:15:3: expect stable within 3 ticks"), "{out}");
+    assert!(out.contains("stable only after 4 ticks"), "{out}");
+    assert!(out.contains("`scale_up` fired 2 time(s), not 1"), "{out}");
+    assert!(out.trim_end().ends_with("1 passed, 3 failed"), "{out}");
+}
+
+#[test]
+fn check_rejects_a_bad_program_with_exit_1_and_a_located_error() {
+    let (code, _, err) = ved(&["check", "tests/data/errors/unknown_field_in_goal.ved"]);
+    assert_eq!(code, 1);
+    assert!(err.starts_with("tests/data/errors/unknown_field_in_goal.ved:6:6: error: unknown name `worker`"), "{err}");
+}
+
+#[test]
+fn missing_and_non_utf8_files_are_clear_errors() {
+    let (code, _, err) = ved(&["check", "examples/nope.ved"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("error: cannot read `examples/nope.ved`"), "{err}");
+    let dir = std::env::temp_dir().join(format!("ved-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("bin.ved");
+    std::fs::write(&bin, [0x64, 0x6f, 0xff, 0xfe, 0x0a]).unwrap();
+    let (code, _, err) = ved(&["check", bin.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is not valid UTF-8 (first bad byte at offset 2)"), "{err}");
+}
