@@ -16,6 +16,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use ved_runtime::{Cause, Event, Runtime};
+use ved_syntax::SourceMap;
 use ved_vm::CompiledProgram;
 
 /// Longest input line accepted; longer lines are refused with an error event.
@@ -53,7 +54,7 @@ pub fn run_stdin(files: &[PathBuf], seed: u64) -> ExitCode {
         }
     };
     let mut now_ms: u64 = 0;
-    settle(&mut rt, &loaded.compiled, &mut out);
+    settle(&mut rt, &loaded.sources, &mut out);
     let stdin = std::io::stdin();
     let mut lineno = 0u64;
     for line in stdin.lock().lines() {
@@ -78,7 +79,7 @@ pub fn run_stdin(files: &[PathBuf], seed: u64) -> ExitCode {
                 out.emit(e);
             }
         }
-        settle(&mut rt, &loaded.compiled, &mut out);
+        settle(&mut rt, &loaded.sources, &mut out);
         let _ = out.w.flush();
     }
     let _ = out.w.flush();
@@ -162,7 +163,8 @@ fn apply_line(rt: &mut Runtime, line: &str, now_ms: &mut u64) -> Result<(), Line
 }
 
 /// Runs the runtime until idle, printing events and acknowledging intents.
-fn settle<W: Write>(rt: &mut Runtime, program: &CompiledProgram, out: &mut Out<W>) {
+fn settle<W: Write>(rt: &mut Runtime, sources: &SourceMap, out: &mut Out<W>) {
+    let program = rt.program().clone();
     let mut buf = Vec::new();
     loop {
         rt.run(&mut buf);
@@ -170,7 +172,7 @@ fn settle<W: Write>(rt: &mut Runtime, program: &CompiledProgram, out: &mut Out<W
             return;
         }
         for ev in buf.drain(..) {
-            print_event(rt, program, &ev, out);
+            print_event(rt, &program, sources, &ev, out);
             if let Event::Intent(i) = &ev {
                 // The logging adapter: the intent was printed; acknowledge it.
                 let _ = rt.deliver(&i.id, true, None);
@@ -184,7 +186,7 @@ fn field_map(program: &CompiledProgram, domain: usize, changes: &[(u16, ved_vm::
     Json::Object(changes.iter().map(|(s, v)| (d.fields[*s as usize].0.clone(), to_json(v))).collect())
 }
 
-fn print_event<W: Write>(rt: &Runtime, program: &CompiledProgram, ev: &Event, out: &mut Out<W>) {
+fn print_event<W: Write>(rt: &Runtime, program: &CompiledProgram, sources: &SourceMap, ev: &Event, out: &mut Out<W>) {
     let inst = ev.instance().to_string();
     let domain = rt.instance(&inst).map(|i| i.domain).unwrap_or(0);
     let d = &program.domains[domain];
@@ -218,7 +220,10 @@ fn print_event<W: Write>(rt: &Runtime, program: &CompiledProgram, ev: &Event, ou
         Event::Retry { transition, attempt, at_ms, .. } => obj(json!({"event": "retry", "instance": inst,
             "transition": tname(*transition), "attempt": attempt, "at_ms": at_ms})),
         Event::Fault { transition, goal, fault, .. } => {
-            let mut m = obj(json!({"event": "fault", "instance": inst, "message": fault.to_string()}));
+            let f = sources.file(fault.span.file);
+            let (line, col) = f.line_col(fault.span.start as usize);
+            let at = format!("{}:{line}:{col}", f.name);
+            let mut m = obj(json!({"event": "fault", "instance": inst, "message": fault.to_string(), "at": at}));
             if let Some(t) = transition {
                 m.insert("transition".into(), json!(tname(*t)));
             }

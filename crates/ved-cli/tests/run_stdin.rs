@@ -118,3 +118,22 @@ fn stuck_and_livelock_are_reported_as_events() {
     assert_eq!(last["event"], "livelock");
     assert!(last["reason"].as_str().unwrap().contains("already seen"));
 }
+
+#[test]
+fn a_fault_is_an_event_with_its_location_and_the_state_is_kept() {
+    let dir = std::env::temp_dir().join(format!("ved-fault-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let prog = dir.join("div.ved");
+    std::fs::write(&prog, "domain D {\n  state {\n    d: int\n    y: int\n  }\n  goal y == 10\n  transition T {\n    step {\n      y = 100 / d\n    }\n  }\n}\n").unwrap();
+    let p = prog.to_str().unwrap();
+    let (code, ev, err) = run(&[p], "{\"instance\":\"D\",\"set\":{\"d\":10}}\n");
+    assert_eq!(code, 0, "{err}");
+    let fault = ev.iter().find(|e| e["event"] == "fault").expect("a fault event");
+    assert_eq!(fault["message"], "division by zero");
+    assert_eq!(fault["transition"], "T");
+    assert_eq!(fault["at"], format!("{p}:9:11"));
+    // Boot faulted and waited; the observation of d = 10 then lets T succeed.
+    assert_eq!(ev.iter().filter(|e| e["event"] == "retry").count(), 1);
+    let last_slice = ev.iter().rev().find(|e| e["event"] == "slice").unwrap();
+    assert_eq!(last_slice["changes"]["y"], 10);
+}

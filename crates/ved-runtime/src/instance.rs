@@ -81,8 +81,11 @@ pub struct Pending {
 pub enum Phase {
     /// Its intents are out; `held` applies when all of `outstanding` succeed.
     InFlight { outstanding: Vec<IntentId>, held: Vec<(u16, Value)> },
-    /// It failed or faulted; it may run again at `until_ms`.
-    Backoff { until_ms: u64 },
+    /// It failed or faulted; it may run again at `until_ms`. A step that
+    /// `faulted` may also run again as soon as an observation changes the state,
+    /// since a fault is a function of the state; a failed intent waits out its
+    /// delay whatever happens, so a struggling API is not hammered.
+    Backoff { until_ms: u64, faulted: bool },
 }
 
 /// What one call to [`Instance::step`] did.
@@ -196,7 +199,7 @@ impl Instance {
             .pending
             .iter()
             .filter_map(|p| match p.phase {
-                Phase::Backoff { until_ms } if until_ms <= self.now_ms => Some(p.transition),
+                Phase::Backoff { until_ms, .. } if until_ms <= self.now_ms => Some(p.transition),
                 _ => None,
             })
             .collect();
@@ -211,7 +214,7 @@ impl Instance {
         self.pending
             .iter()
             .filter_map(|p| match p.phase {
-                Phase::Backoff { until_ms } => Some(until_ms),
+                Phase::Backoff { until_ms, .. } => Some(until_ms),
                 Phase::InFlight { .. } => None,
             })
             .min()
@@ -243,7 +246,7 @@ impl Instance {
         out: &mut Vec<Event>,
     ) -> Progress {
         if let Some(msg) = self.mailbox.pop_front() {
-            self.apply_message(dom, vm, policy, msg, out);
+            self.apply_message(policy, msg, out);
             return Progress::Ran;
         }
         if matches!(self.status, Status::Stable | Status::Stuck | Status::Livelock | Status::Waiting) {
@@ -350,25 +353,21 @@ impl Instance {
         slice
     }
 
-    fn apply_message(
-        &mut self,
-        dom: &CompiledDomain,
-        vm: &mut Vm,
-        policy: &RetryPolicy,
-        msg: Message,
-        out: &mut Vec<Event>,
-    ) {
-        let _ = vm;
+    fn apply_message(&mut self, policy: &RetryPolicy, msg: Message, out: &mut Vec<Event>) {
         match msg {
             Message::Observe(writes) => {
                 self.outside_input();
-                self.commit(Cause::Observe, writes, Vec::new(), out);
+                let slice = self.commit(Cause::Observe, writes, Vec::new(), out);
+                let changed = matches!(out.last(), Some(Event::Slice { slice: s, changes, .. }) if *s == slice && !changes.is_empty());
+                if changed {
+                    self.release_faulted();
+                }
             }
             Message::Timer { transition } => {
                 let Some(pos) = self.pending.iter().position(|p| p.transition == transition) else {
                     return;
                 };
-                if !matches!(self.pending[pos].phase, Phase::Backoff { until_ms } if until_ms <= self.now_ms) {
+                if !matches!(self.pending[pos].phase, Phase::Backoff { until_ms, .. } if until_ms <= self.now_ms) {
                     return;
                 }
                 // The transition becomes eligible again; it keeps its attempt count
@@ -414,8 +413,21 @@ impl Instance {
                     let attempt = self.pending[pos].attempt + 1;
                     self.pending.remove(pos);
                     self.commit(Cause::Result(id), Vec::new(), Vec::new(), out);
-                    self.back_off(transition, attempt, dom, policy, out);
+                    self.back_off(transition, attempt, false, policy, out);
                 }
+            }
+        }
+    }
+
+    /// Faulted steps become eligible again once the state they faulted on has changed.
+    fn release_faulted(&mut self) {
+        let mut i = 0;
+        while i < self.pending.len() {
+            if matches!(self.pending[i].phase, Phase::Backoff { faulted: true, .. }) {
+                let p = self.pending.remove(i);
+                self.retry_attempts.push((p.transition, p.attempt));
+            } else {
+                i += 1;
             }
         }
     }
@@ -426,16 +438,9 @@ impl Instance {
         self.ticks_since_input = 0;
     }
 
-    fn back_off(
-        &mut self,
-        transition: usize,
-        attempt: u32,
-        _dom: &CompiledDomain,
-        policy: &RetryPolicy,
-        out: &mut Vec<Event>,
-    ) {
+    fn back_off(&mut self, transition: usize, attempt: u32, faulted: bool, policy: &RetryPolicy, out: &mut Vec<Event>) {
         let at_ms = self.now_ms.saturating_add(policy.delay_ms(self.seed, transition, attempt));
-        self.pending.push(Pending { transition, phase: Phase::Backoff { until_ms: at_ms }, attempt });
+        self.pending.push(Pending { transition, phase: Phase::Backoff { until_ms: at_ms, faulted }, attempt });
         out.push(Event::Retry { instance: self.name.clone(), transition, attempt, at_ms });
     }
 
@@ -463,7 +468,7 @@ impl Instance {
                     out.push(Event::Fault { instance: self.name.clone(), transition: Some(t), goal: None, fault });
                     // Aborted: the state is untouched. Back off so a faulting step is not
                     // retried in a tight loop.
-                    self.back_off(t, attempt + 1, dom, policy, out);
+                    self.back_off(t, attempt + 1, true, policy, out);
                 }
                 Ok(outcome) if outcome.is_noop() => {}
                 Ok(outcome) => {
