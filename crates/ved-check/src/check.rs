@@ -1060,7 +1060,9 @@ impl Checker {
                 let args = args.as_ref().map(|a| a.iter().map(|x| self.check_expr(scope, x, None)).collect());
                 hir::Expect::NotEmitted { adapter: adapter.name.clone(), action: action.name.clone(), args }
             }
-            ast::Expect::Faulted(t) => hir::Expect::Faulted(self.resolve_transition(domain, t)?),
+            ast::Expect::Faulted { transition, times } => {
+                hir::Expect::Faulted { transition: self.resolve_transition(domain, transition)?, times: *times }
+            }
             ast::Expect::Fired { transition, times } => {
                 hir::Expect::Fired { transition: self.resolve_transition(domain, transition)?, times: *times }
             }

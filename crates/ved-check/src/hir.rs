@@ -280,7 +280,10 @@ pub enum Expect {
         args: Option<Vec<Expr>>,
     },
     /// Index into the domain's transitions.
-    Faulted(usize),
+    Faulted {
+        transition: usize,
+        times: Option<u32>,
+    },
     Fired {
         transition: usize,
         times: Option<u32>,

@@ -139,3 +139,10 @@ fn missing_and_non_utf8_files_are_clear_errors() {
     assert_eq!(code, 1);
     assert!(err.contains("is not valid UTF-8 (first bad byte at offset 2)"), "{err}");
 }
+
+#[test]
+fn fault_scenarios_pass() {
+    let (code, out, err) = ved(&["test", "tests/data/scenarios/faults.ved"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("3 passed, 0 failed"), "{out}");
+}

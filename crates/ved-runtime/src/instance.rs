@@ -264,6 +264,12 @@ impl Instance {
         }
         let ran = self.tick(dom, vm, policy, out);
         if !ran {
+            // A pass that found nothing to run is not a tick: it moved nothing.
+            self.ticks -= 1;
+            self.ticks_since_input -= 1;
+            if matches!(out.last(), Some(Event::Tick { .. })) {
+                out.pop();
+            }
             return if self.pending.is_empty() {
                 self.settle(Status::Stuck, Some("no transition is enabled and the goals do not hold".into()), out)
             } else {

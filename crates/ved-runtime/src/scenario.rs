@@ -353,14 +353,23 @@ impl Harness<'_> {
                     (false, _) => Ok(()),
                 }
             }
-            hir::Expect::Faulted(t) => {
-                let name = &self.dom.transitions[*t].name;
-                let hit =
-                    self.window().iter().any(|ev| matches!(ev, Event::Fault { transition: Some(x), .. } if x == t));
-                if hit {
-                    Ok(())
-                } else {
-                    fail(format!("`{name}` did not fault"), format!("a fault in `{name}`"), "no fault".into())
+            hir::Expect::Faulted { transition, times } => {
+                let name = &self.dom.transitions[*transition].name;
+                let count = self
+                    .window()
+                    .iter()
+                    .filter(|ev| matches!(ev, Event::Fault { transition: Some(x), .. } if x == transition))
+                    .count() as u32;
+                match times {
+                    None if count == 0 => {
+                        fail(format!("`{name}` did not fault"), format!("a fault in `{name}`"), "no fault".into())
+                    }
+                    Some(n) if count != *n => fail(
+                        format!("`{name}` faulted {count} time(s), not {n}"),
+                        format!("{n} times"),
+                        format!("{count} times"),
+                    ),
+                    _ => Ok(()),
                 }
             }
             hir::Expect::Fired { transition, times } => {

@@ -174,6 +174,7 @@ fn mutated_programs_never_panic_or_hang() {
             Ok(())
         })
         .unwrap();
+    eprintln!("{} mutated programs, {} of them ran", ran.get(), executed.get());
     assert!(ran.get() >= cases, "only {} of {cases} cases ran", ran.get());
     // The mutations must leave enough programs valid to exercise the runtime too.
     assert!(

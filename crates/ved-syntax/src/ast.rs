@@ -270,8 +270,8 @@ pub enum Expect {
     Emitted { adapter: Ident, action: Ident, args: Option<Vec<Expr>>, times: Option<u32> },
     /// `expect not emitted A.B` (optionally with args).
     NotEmitted { adapter: Ident, action: Ident, args: Option<Vec<Expr>> },
-    /// `expect faulted TRANSITION`
-    Faulted(Ident),
+    /// `expect faulted TRANSITION` or `expect faulted TRANSITION N times`.
+    Faulted { transition: Ident, times: Option<u32> },
     /// `expect fired TRANSITION` or `expect fired TRANSITION N times`: the transition's
     /// step ran and committed (or went pending) since the last observe or advance.
     Fired { transition: Ident, times: Option<u32> },

@@ -913,7 +913,9 @@ impl Parser {
             }
             "faulted" if matches!(next, TokenKind::Ident(_)) => {
                 self.bump();
-                Ok(Expect::Faulted(self.expect_ident("a transition name")?))
+                let transition = self.expect_ident("a transition name")?;
+                let times = self.parse_times()?;
+                Ok(Expect::Faulted { transition, times })
             }
             "fired" if matches!(next, TokenKind::Ident(_)) => {
                 self.bump();
