@@ -21,7 +21,7 @@ impl fmt::Display for IntentId {
 }
 
 /// A request for an effect, to be carried out by an adapter.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Intent {
     pub id: IntentId,
     /// Index of the emitting transition in its domain.

@@ -80,7 +80,9 @@ pub struct Pending {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Phase {
     /// Its intents are out; `held` applies when all of `outstanding` succeed.
-    InFlight { outstanding: Vec<IntentId>, held: Vec<(u16, Value)> },
+    /// `intents` keeps every intent of the step, so that undelivered ones can be
+    /// delivered again (same id) after a restart.
+    InFlight { outstanding: Vec<IntentId>, held: Vec<(u16, Value)>, intents: Vec<Intent> },
     /// It failed or faulted; it may run again at `until_ms`. A step that
     /// `faulted` may also run again as soon as an observation changes the state,
     /// since a fault is a function of the state; a failed intent waits out its
@@ -121,6 +123,31 @@ pub struct Instance {
     ticks_since_input: u64,
     /// Attempt counts of transitions whose retry timer fired, carried to their next run.
     retry_attempts: Vec<(usize, u32)>,
+    /// The transition a tick in progress visits next; `None` between ticks.
+    /// A tick runs one slice per [`Instance::step`], so a snapshot can follow every slice.
+    tick_cursor: Option<u32>,
+    /// Whether the tick in progress has run anything yet.
+    tick_ran: bool,
+}
+
+/// Everything needed to resume an instance after a restart, as plain data.
+/// The mailbox is not part of it: a message counts as received only once the
+/// slice that applied it is durable. Livelock history restarts empty.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InstanceSnapshot {
+    pub name: String,
+    pub domain: usize,
+    pub state: Vec<Value>,
+    pub slice: u64,
+    pub ticks: u64,
+    pub now_ms: u64,
+    pub seed: u64,
+    pub status: Status,
+    pub pending: Vec<Pending>,
+    pub retry_attempts: Vec<(usize, u32)>,
+    pub tick_cursor: Option<u32>,
+    pub tick_ran: bool,
+    pub ticks_since_input: u64,
 }
 
 impl Instance {
@@ -140,7 +167,65 @@ impl Instance {
             seen: FxHashSet::default(),
             ticks_since_input: 0,
             retry_attempts: Vec::new(),
+            tick_cursor: None,
+            tick_ran: false,
         }
+    }
+
+    /// The instance as plain data, for the store.
+    pub fn snapshot(&self) -> InstanceSnapshot {
+        InstanceSnapshot {
+            name: self.name.to_string(),
+            domain: self.domain,
+            state: self.state.clone(),
+            slice: self.slice,
+            ticks: self.ticks,
+            now_ms: self.now_ms,
+            seed: self.seed,
+            status: self.status,
+            pending: self.pending.clone(),
+            retry_attempts: self.retry_attempts.clone(),
+            tick_cursor: self.tick_cursor,
+            tick_ran: self.tick_ran,
+            ticks_since_input: self.ticks_since_input,
+        }
+    }
+
+    /// Rebuilds an instance from a snapshot. It resumes at the next slice.
+    pub fn restore(s: InstanceSnapshot) -> Instance {
+        Instance {
+            name: Arc::from(s.name.as_str()),
+            domain: s.domain,
+            state: s.state,
+            slice: s.slice,
+            ticks: s.ticks,
+            now_ms: s.now_ms,
+            seed: s.seed,
+            status: s.status,
+            pending: s.pending,
+            mailbox: VecDeque::new(),
+            seen: FxHashSet::default(),
+            ticks_since_input: s.ticks_since_input,
+            retry_attempts: s.retry_attempts,
+            tick_cursor: s.tick_cursor,
+            tick_ran: s.tick_ran,
+        }
+    }
+
+    /// Intents recorded but not yet acknowledged, in emission order.
+    pub fn undelivered(&self) -> Vec<Intent> {
+        let mut out: Vec<Intent> = self
+            .pending
+            .iter()
+            .flat_map(|p| match &p.phase {
+                Phase::InFlight { outstanding, intents, .. } => {
+                    intents.iter().filter(|i| outstanding.contains(&i.id)).cloned().collect()
+                }
+                Phase::Backoff { .. } => Vec::new(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
     }
 
     pub fn mailbox_len(&self) -> usize {
@@ -245,6 +330,10 @@ impl Instance {
         limits: &Limits,
         out: &mut Vec<Event>,
     ) -> Progress {
+        // A tick in progress finishes before any message: a tick sees one state of the world.
+        if let Some(next) = self.tick_cursor {
+            return self.continue_tick(next as usize, dom, vm, policy, out);
+        }
         if let Some(msg) = self.mailbox.pop_front() {
             self.apply_message(policy, msg, out);
             return Progress::Ran;
@@ -262,8 +351,39 @@ impl Instance {
             );
             return self.settle(Status::Livelock, Some(reason), out);
         }
-        let ran = self.tick(dom, vm, policy, out);
-        if !ran {
+        self.ticks += 1;
+        self.ticks_since_input += 1;
+        self.tick_ran = false;
+        out.push(Event::Tick { instance: self.name.clone(), tick: self.ticks });
+        self.continue_tick(0, dom, vm, policy, out)
+    }
+
+    /// Visits transitions from `next` on until one of them does something (one
+    /// slice, or a fault), or the tick ends.
+    fn continue_tick(
+        &mut self,
+        next: usize,
+        dom: &CompiledDomain,
+        vm: &mut Vm,
+        policy: &RetryPolicy,
+        out: &mut Vec<Event>,
+    ) -> Progress {
+        let mut t = next;
+        while let Some(tr) = dom.transitions.get(t) {
+            t += 1;
+            if self.is_pending(t - 1) {
+                continue;
+            }
+            if !self.run_transition(t - 1, tr, vm, policy, out) {
+                continue;
+            }
+            self.tick_ran = true;
+            // Once the goals hold the tick stops: no further moves are wanted.
+            self.tick_cursor = if self.goals_hold(dom, vm, &mut Vec::new()) { None } else { Some(t as u32) };
+            return Progress::Ran;
+        }
+        self.tick_cursor = None;
+        if !self.tick_ran {
             // A pass that found nothing to run is not a tick: it moved nothing.
             self.ticks -= 1;
             self.ticks_since_input -= 1;
@@ -454,39 +574,39 @@ impl Instance {
         self.pending.iter().any(|p| p.transition == transition)
     }
 
-    /// One tick. Returns whether any transition did something (ran, or faulted).
-    fn tick(&mut self, dom: &CompiledDomain, vm: &mut Vm, policy: &RetryPolicy, out: &mut Vec<Event>) -> bool {
-        self.ticks += 1;
-        self.ticks_since_input += 1;
-        out.push(Event::Tick { instance: self.name.clone(), tick: self.ticks });
-        let mut ran = false;
-        for (t, tr) in dom.transitions.iter().enumerate() {
-            if self.is_pending(t) {
-                continue;
+    /// Runs one transition's step. Returns whether it did something: committed,
+    /// went pending on its intents, or faulted.
+    fn run_transition(
+        &mut self,
+        t: usize,
+        tr: &ved_vm::CompiledTransition,
+        vm: &mut Vm,
+        policy: &RetryPolicy,
+        out: &mut Vec<Event>,
+    ) -> bool {
+        // The dry run and the real run are the same deterministic computation on a
+        // copy-on-write view, so the transition runs once: a no-op outcome means
+        // "not enabled" and is discarded.
+        match vm.run_step(&tr.code, &self.state) {
+            Err(fault) => {
+                let attempt = self.take_retry_attempt(t);
+                out.push(Event::Fault { instance: self.name.clone(), transition: Some(t), goal: None, fault });
+                // Aborted: the state is untouched. Back off so a faulting step is not
+                // retried in a tight loop.
+                self.back_off(t, attempt + 1, true, policy, out);
+                true
             }
-            // The dry run and the real run are the same deterministic computation on a
-            // copy-on-write view, so the transition runs once: a no-op outcome means
-            // "not enabled" and is discarded.
-            let attempt = self.take_retry_attempt(t);
-            match vm.run_step(&tr.code, &self.state) {
-                Err(fault) => {
-                    ran = true;
-                    out.push(Event::Fault { instance: self.name.clone(), transition: Some(t), goal: None, fault });
-                    // Aborted: the state is untouched. Back off so a faulting step is not
-                    // retried in a tight loop.
-                    self.back_off(t, attempt + 1, true, policy, out);
-                }
-                Ok(outcome) if outcome.is_noop() => {}
-                Ok(outcome) => {
-                    ran = true;
-                    self.fire(t, tr.optimistic, attempt, outcome, out);
-                }
+            Ok(outcome) if outcome.is_noop() => {
+                // Not enabled: whatever failed before no longer needs doing.
+                self.take_retry_attempt(t);
+                false
             }
-            if self.goals_hold(dom, vm, &mut Vec::new()) {
-                break;
+            Ok(outcome) => {
+                let attempt = self.take_retry_attempt(t);
+                self.fire(t, tr.optimistic, attempt, outcome, out);
+                true
             }
         }
-        ran
     }
 
     fn take_retry_attempt(&mut self, transition: usize) -> u32 {
@@ -504,12 +624,15 @@ impl Instance {
         let (changes, held) = if optimistic { (outcome.writes, Vec::new()) } else { (Vec::new(), outcome.writes) };
         let slice = self.commit(Cause::Transition(t), changes, held.clone(), out);
         let mut outstanding = Vec::with_capacity(outcome.intents.len());
+        let mut intents = Vec::with_capacity(outcome.intents.len());
         for (index, i) in outcome.intents.into_iter().enumerate() {
             let id = IntentId { instance: self.name.clone(), slice, index: index as u32 };
             outstanding.push(id.clone());
-            out.push(Event::Intent(Intent { id, transition: t, adapter: i.adapter, action: i.action, args: i.args }));
+            let intent = Intent { id, transition: t, adapter: i.adapter, action: i.action, args: i.args };
+            intents.push(intent.clone());
+            out.push(Event::Intent(intent));
         }
-        self.pending.push(Pending { transition: t, phase: Phase::InFlight { outstanding, held }, attempt });
+        self.pending.push(Pending { transition: t, phase: Phase::InFlight { outstanding, held, intents }, attempt });
     }
 }
 

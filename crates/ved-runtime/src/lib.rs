@@ -18,7 +18,7 @@ pub mod scenario;
 
 pub use backoff::RetryPolicy;
 pub use event::{Cause, Event, Intent, IntentId, Status};
-pub use instance::{Instance, Limits, Message, Pending, Phase, Progress, RejectReason};
+pub use instance::{Instance, InstanceSnapshot, Limits, Message, Pending, Phase, Progress, RejectReason};
 
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;

@@ -299,3 +299,53 @@ fn an_idle_instance_costs_no_more_than_its_state() {
     // The instance struct itself is a fixed, small header next to its state.
     assert!(std::mem::size_of::<ved_runtime::Instance>() <= 256, "{}", std::mem::size_of::<ved_runtime::Instance>());
 }
+
+#[test]
+fn a_restored_snapshot_resumes_at_the_next_slice_exactly() {
+    use ved_runtime::{Instance, Limits, Progress, RetryPolicy};
+    let (_, c) = compile(include_str!("../../../examples/worker_pool.ved"));
+    let dom = &c.domains[0];
+    let (policy, limits) = (RetryPolicy::default(), Limits::default());
+    // Reference run, one step at a time, with a snapshot before each step.
+    let mut vm = ved_vm::Vm::new();
+    let mut inst = Instance::new("WorkerPool", 0, vm.initial_state(dom).unwrap(), 3);
+    let mut snaps = Vec::new();
+    let mut per_step = Vec::new();
+    loop {
+        snaps.push(inst.snapshot());
+        let mut ev = Vec::new();
+        let p = inst.step(dom, &mut vm, &policy, &limits, &mut ev);
+        per_step.push(ev);
+        if matches!(p, Progress::Idle(_)) {
+            break;
+        }
+    }
+    assert!(snaps.len() >= 6, "one step per slice: {}", snaps.len());
+    // From every snapshot, a restored instance produces exactly the rest of the run.
+    for (k, snap) in snaps.into_iter().enumerate() {
+        let mut again = Instance::restore(snap);
+        let mut ev = Vec::new();
+        again.run(dom, &mut vm, &policy, &limits, &mut ev);
+        let expected: Vec<Event> = per_step[k..].iter().flatten().cloned().collect();
+        assert_eq!(ev, expected, "diverged after restoring snapshot {k}");
+        assert_eq!(again.state, inst.state);
+        assert_eq!(again.slice, inst.slice);
+    }
+}
+
+#[test]
+fn undelivered_intents_survive_a_snapshot_with_their_ids() {
+    let (_, c) = compile(ROUTING);
+    let mut rt = Runtime::new(c, 1).unwrap();
+    let mut ev = Vec::new();
+    rt.run(&mut ev);
+    rt.observe("DatabaseRouting", vec![(0, Value::Str("failed".into()))]).unwrap();
+    ev.clear();
+    rt.run(&mut ev);
+    let sent = intents(&ev);
+    let snap = rt.instance("DatabaseRouting").unwrap().snapshot();
+    let restored = ved_runtime::Instance::restore(snap);
+    let again: Vec<(IntentId, String)> =
+        restored.undelivered().into_iter().map(|i| (i.id.clone(), i.to_string())).collect();
+    assert_eq!(again, sent);
+}
