@@ -2,6 +2,7 @@
 //! events, and wires the pure crates (syntax, check, vm, runtime) to the
 //! outside world. All I/O of the project lives at this edge.
 
+mod inspect;
 mod json;
 mod load;
 mod run;
@@ -51,7 +52,55 @@ enum Command {
         /// Seed for retry jitter.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Make every slice durable in this directory, and resume from it after a restart.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// `fsync`: a batch counts as durable once fsynced (default). `none`: once written
+        /// (survives a crash of ved, not of the machine; for tests and benchmarks).
+        #[arg(long, value_enum, default_value_t = DurabilityArg::Fsync, requires = "data_dir")]
+        durability: DurabilityArg,
+        /// Start even if the store is damaged: load the last good snapshots and set the damage aside.
+        #[arg(long, requires = "data_dir")]
+        recover: bool,
     },
+    /// Print the latest snapshot of each instance in a data directory (read-only).
+    Inspect {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Only this instance.
+        instance: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print an instance's causal journal: its recent slices, why, and what they did.
+    Journal {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        instance: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the audit log, or check its hash chain with `ved audit verify`.
+    Audit {
+        #[arg(long, value_name = "DIR", global = true)]
+        data_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        action: Option<AuditAction>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Check that no entry was edited, removed or reordered.
+    Verify,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DurabilityArg {
+    Fsync,
+    None,
 }
 
 fn main() -> ExitCode {
@@ -59,7 +108,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { files } => check(&files),
         Command::Test { files, seed, filter, trace } => test_cmd::test(&files, seed, filter.as_deref(), trace),
-        Command::Run { files, stdin, seed } => {
+        Command::Run { files, stdin, seed, data_dir, durability, recover } => {
             if !stdin {
                 eprintln!("error: `ved run` needs an input source");
                 eprintln!(
@@ -67,7 +116,23 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(2);
             }
-            run::run_stdin(&files, seed)
+            let durability = match durability {
+                DurabilityArg::Fsync => ved_store::Durability::Fsync,
+                DurabilityArg::None => ved_store::Durability::None,
+            };
+            run::run_stdin(&files, run::RunOptions { seed, data_dir, durability, recover })
+        }
+        Command::Inspect { data_dir, instance, json } => inspect::inspect(&data_dir, instance.as_deref(), json),
+        Command::Journal { data_dir, instance, json } => inspect::journal(&data_dir, &instance, json),
+        Command::Audit { data_dir, action, json } => {
+            let Some(dir) = data_dir else {
+                eprintln!("error: `ved audit` needs `--data-dir DIR`");
+                return ExitCode::from(2);
+            };
+            match action {
+                Some(AuditAction::Verify) => inspect::audit_verify(&dir),
+                None => inspect::audit(&dir, json),
+            }
         }
     }
 }

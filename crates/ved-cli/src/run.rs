@@ -1,26 +1,45 @@
-//! `ved run --stdin`: observations in as JSON lines, events out as JSON lines.
+//! `ved run --stdin`: observations in as JSON lines, events out as JSON lines,
+//! optionally durable in a data directory.
 //!
 //! Input lines:
 //! - `{"instance": "WorkerPool", "set": {"workers": 3}}`: one observation;
+//!   `"caused_by": "ID"` names the intent whose effect it reports (lineage);
 //! - `{"advance_ms": 500}`: simulated time passes; due retries run.
 //!
 //! Every output line is an object with `seq` (1, 2, ...), `event` and, where
-//! it applies, `instance`. Intents go to a logging adapter that prints them and
-//! acknowledges them at once. A bad line yields an `error` event and changes
-//! nothing. At the end of input the process exits 0.
+//! it applies, `instance`. With `--data-dir`, each input line is acknowledged
+//! (`ack`) once the slices it caused are durable, and an intent leaves for its
+//! adapter only after the slice that emitted it is durable (output commit).
+//! Intents go to a logging adapter that prints them and acknowledges them.
+//! A bad line yields an `error` event and changes nothing. At the end of
+//! input, once everything is durable and delivered, the process exits 0.
 
 use crate::json::{from_json, to_json};
 use crate::load;
 use serde_json::{json, Map, Value as Json};
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use ved_runtime::{Cause, Event, Runtime};
+use std::sync::mpsc;
+use ved_runtime::{Cause, Event, Instance, Intent, Runtime, Status};
+use ved_store::{AuditDraft, Durability, JournalEntry, Record, SnapshotRecord, Store, JOURNAL_MAX};
 use ved_syntax::SourceMap;
 use ved_vm::CompiledProgram;
 
 /// Longest input line accepted; longer lines are refused with an error event.
 const LINE_BYTES_MAX: usize = 1 << 20;
+/// Journal entries an instance keeps once it is stable again.
+const JOURNAL_STABLE_KEEP: usize = 64;
+/// Log bytes (estimated) after which the store is compacted into a checkpoint.
+const COMPACT_AFTER_RECORDS: usize = 200_000;
+
+pub struct RunOptions {
+    pub seed: u64,
+    pub data_dir: Option<PathBuf>,
+    pub durability: Durability,
+    pub recover: bool,
+}
 
 struct Out<W: Write> {
     w: W,
@@ -38,54 +57,6 @@ impl<W: Write> Out<W> {
     }
 }
 
-pub fn run_stdin(files: &[PathBuf], seed: u64) -> ExitCode {
-    let loaded = match load::load(files) {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
-    let stdout = std::io::stdout();
-    let mut out = Out { w: std::io::BufWriter::new(stdout.lock()), seq: 0 };
-    let mut rt = match Runtime::new(loaded.compiled.clone(), seed) {
-        Ok(rt) => rt,
-        Err(e) => {
-            out.emit(obj(json!({"event": "error", "message": format!("cannot start: {e}")})));
-            let _ = out.w.flush();
-            return ExitCode::from(1);
-        }
-    };
-    let mut now_ms: u64 = 0;
-    settle(&mut rt, &loaded.sources, &mut out);
-    let stdin = std::io::stdin();
-    let mut lineno = 0u64;
-    for line in stdin.lock().lines() {
-        lineno += 1;
-        let line = match line {
-            Ok(l) => l,
-            Err(e) => {
-                out.emit(obj(json!({"event": "error", "line": lineno, "message": format!("cannot read input: {e}")})));
-                break;
-            }
-        };
-        if line.trim().is_empty() {
-            continue;
-        }
-        match apply_line(&mut rt, &line, &mut now_ms) {
-            Ok(()) => {}
-            Err((instance, message)) => {
-                let mut e = obj(json!({"event": "error", "line": lineno, "message": message}));
-                if let Some(i) = instance {
-                    e.insert("instance".into(), json!(i));
-                }
-                out.emit(e);
-            }
-        }
-        settle(&mut rt, &loaded.sources, &mut out);
-        let _ = out.w.flush();
-    }
-    let _ = out.w.flush();
-    ExitCode::SUCCESS
-}
-
 fn obj(j: Json) -> Map<String, Json> {
     match j {
         Json::Object(m) => m,
@@ -93,152 +64,616 @@ fn obj(j: Json) -> Map<String, Json> {
     }
 }
 
-type LineError = (Option<String>, String);
+enum Input {
+    Line(u64, String),
+    ReadError(u64, String),
+    Eof,
+    /// A batch became durable; the driver reads the store's durable sequence itself.
+    Durable,
+}
 
-fn apply_line(rt: &mut Runtime, line: &str, now_ms: &mut u64) -> Result<(), LineError> {
-    if line.len() > LINE_BYTES_MAX {
-        return Err((None, format!("line is {} bytes; the limit is {LINE_BYTES_MAX}", line.len())));
-    }
-    let j: Json = serde_json::from_str(line).map_err(|e| (None, format!("invalid JSON: {e}")))?;
-    let Json::Object(o) = j else {
-        return Err((None, "expected a JSON object such as {\"instance\": \"Name\", \"set\": {\"field\": 1}}".into()));
+/// A drift and what was done about it, until the instance rests again.
+struct Episode {
+    what: Vec<String>,
+    done: Vec<String>,
+    ticks_at_start: u64,
+}
+
+struct Driver<W: Write> {
+    rt: Runtime,
+    program: std::sync::Arc<CompiledProgram>,
+    sources: SourceMap,
+    store: Option<Store>,
+    out: Out<W>,
+    /// Intents waiting for the batch that recorded them to be durable.
+    outbox: VecDeque<(u64, Intent)>,
+    /// Input lines waiting to be acknowledged: batch, line.
+    acks: VecDeque<(u64, u64)>,
+    journals: BTreeMap<String, VecDeque<JournalEntry>>,
+    episodes: BTreeMap<String, Episode>,
+    last_status: BTreeMap<String, Status>,
+    /// Records written since the last checkpoint.
+    records_since_checkpoint: usize,
+    now_ms: u64,
+}
+
+pub fn run_stdin(files: &[PathBuf], opts: RunOptions) -> ExitCode {
+    let loaded = match load::load(files) {
+        Ok(l) => l,
+        Err(code) => return code,
     };
-    if let Some(adv) = o.get("advance_ms") {
-        let ms = adv.as_u64().ok_or((None, "`advance_ms` must be a non-negative integer".to_string()))?;
-        if o.len() != 1 {
-            return Err((None, "`advance_ms` stands alone on its line".into()));
+    let (tx, rx) = mpsc::channel::<Input>();
+    let stdout = std::io::stdout();
+    let mut out = Out { w: std::io::BufWriter::new(stdout.lock()), seq: 0 };
+    let (store, recovered) = match &opts.data_dir {
+        Some(dir) => {
+            let hook_tx = tx.clone();
+            let hook: ved_store::DurableHook = Box::new(move |seq| {
+                let _ = seq;
+                let _ = hook_tx.send(Input::Durable);
+            });
+            match Store::open(dir, opts.durability, opts.recover, hook) {
+                Ok((s, r)) => (Some(s), Some(r)),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    eprintln!("  = hint: {}", e.hint());
+                    return ExitCode::from(1);
+                }
+            }
         }
-        // Step through every retry that comes due on the way.
-        let target = now_ms.saturating_add(ms);
-        while let Some(t) = rt.next_timer_ms().filter(|t| *t <= target) {
-            rt.advance_time(t);
-            *now_ms = t;
-            let mut buf = Vec::new();
-            rt.run(&mut buf);
-            if buf.is_empty() {
+        None => (None, None),
+    };
+    let program = loaded.compiled.clone();
+    let mut rt = Runtime::empty(program.clone(), opts.seed);
+    let mut journals = BTreeMap::new();
+    let mut last_status = BTreeMap::new();
+    if let Some(rec) = recovered {
+        for w in &rec.warnings {
+            eprintln!("warning: {w}");
+        }
+        for (name, snap) in rec.snapshots {
+            if let Err(msg) = check_compatible(&program, &snap) {
+                eprintln!("error: instance `{name}` in {} was written by a different program: {msg}", dir_name(&opts));
+                eprintln!("  = hint: run the program that wrote it, or start a new `--data-dir`");
+                return ExitCode::from(1);
+            }
+            let Some(s) = snap.to_snapshot() else {
+                eprintln!("error: instance `{name}` in {} has an unreadable status", dir_name(&opts));
+                return ExitCode::from(1);
+            };
+            last_status.insert(name.clone(), s.status);
+            if let Err(e) = rt.restore_instance(s) {
+                eprintln!("error: cannot restore `{name}`: {e}");
+                return ExitCode::from(1);
+            }
+        }
+        journals = rec.journals;
+    }
+    for (d, dom) in program.domains.iter().enumerate() {
+        if rt.index_of(&dom.name).is_none() {
+            if let Err(e) = rt.create_instance(&dom.name, d, Vec::new()) {
+                out.emit(obj(json!({"event": "error", "message": format!("cannot start `{}`: {e}", dom.name)})));
+                let _ = out.w.flush();
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let mut driver = Driver {
+        rt,
+        program,
+        sources: loaded.sources,
+        store,
+        out,
+        outbox: VecDeque::new(),
+        acks: VecDeque::new(),
+        journals,
+        episodes: BTreeMap::new(),
+        last_status,
+        records_since_checkpoint: 0,
+        now_ms: 0,
+    };
+    // Intents recorded before a restart but never acknowledged go out again, same id.
+    let undelivered: Vec<Intent> = driver.rt.instances().iter().flat_map(Instance::undelivered).collect();
+    for i in undelivered {
+        driver.outbox.push_back((0, i));
+    }
+    for inst in driver.rt.instances() {
+        if inst.slice > 0 && inst.status == Status::Stable {
+            continue;
+        }
+        let started = if inst.slice == 0 { "started" } else { "resumed" };
+        let what = format!("{started} at slice {}", inst.slice);
+        driver
+            .episodes
+            .insert(inst.name.to_string(), Episode { what: vec![what], done: Vec::new(), ticks_at_start: inst.ticks });
+    }
+    driver.settle();
+
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        let mut n = 0;
+        for line in stdin.lock().lines() {
+            n += 1;
+            let msg = match line {
+                Ok(l) => Input::Line(n, l),
+                Err(e) => Input::ReadError(n, e.to_string()),
+            };
+            let stop = matches!(msg, Input::ReadError(..));
+            if tx.send(msg).is_err() || stop {
                 break;
             }
         }
-        *now_ms = target;
-        rt.advance_time(target);
-        return Ok(());
-    }
-    for key in o.keys() {
-        if key != "instance" && key != "set" {
-            return Err((None, format!("unknown key `{key}`; an observation has `instance` and `set`")));
+        let _ = tx.send(Input::Eof);
+    });
+
+    let mut eof = false;
+    loop {
+        if eof && driver.drained() {
+            break;
+        }
+        let Ok(input) = rx.recv() else { break };
+        match input {
+            Input::Line(n, line) => {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                match driver.apply_line(&line) {
+                    Ok(caused_by) => {
+                        let seq = driver.run_and_persist(caused_by);
+                        driver.acks.push_back((seq, n));
+                    }
+                    Err((instance, message)) => {
+                        let mut e = obj(json!({"event": "error", "line": n, "message": message}));
+                        if let Some(i) = instance {
+                            e.insert("instance".into(), json!(i));
+                        }
+                        driver.out.emit(e);
+                    }
+                }
+                driver.settle();
+            }
+            Input::ReadError(n, e) => {
+                driver
+                    .out
+                    .emit(obj(json!({"event": "error", "line": n, "message": format!("cannot read input: {e}")})));
+            }
+            Input::Eof => eof = true,
+            Input::Durable => driver.settle(),
+        }
+        let _ = driver.out.w.flush();
+        if let Some(f) = driver.store.as_ref().and_then(Store::failure) {
+            eprintln!("error: the store failed: {f}");
+            eprintln!("  = hint: nothing after the last acknowledged line is durable; fix the disk and restart");
+            return ExitCode::from(1);
         }
     }
-    let name = match o.get("instance") {
-        Some(Json::String(s)) => s.clone(),
-        Some(_) => return Err((None, "`instance` must be a string".into())),
-        None => return Err((None, "missing `instance`: which instance does this observation concern?".into())),
+    // A clean stop leaves a compact store: one checkpoint, an empty log.
+    if driver.store.is_some() {
+        let records = driver.all_records();
+        if let Some(store) = driver.store.as_mut() {
+            let seq = store.compact(records);
+            if let Err(e) = store.wait_durable(seq) {
+                eprintln!("error: could not write the checkpoint: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    if let Some(store) = driver.store.take() {
+        if let Err(e) = store.close() {
+            eprintln!("error: the store failed: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let _ = driver.out.w.flush();
+    ExitCode::SUCCESS
+}
+
+fn dir_name(opts: &RunOptions) -> String {
+    opts.data_dir.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_default()
+}
+
+/// A snapshot fits the program if its domain exists with the same fields and types.
+fn check_compatible(program: &CompiledProgram, snap: &SnapshotRecord) -> Result<(), String> {
+    let Some(d) = program.domains.get(snap.domain_index).filter(|d| d.name == snap.domain) else {
+        return Err(format!("its domain `{}` is not in this program", snap.domain));
     };
-    let Some(idx) = rt.index_of(&name) else {
-        let names: Vec<String> = rt.instances().iter().map(|i| format!("`{}`", i.name)).collect();
-        return Err((
-            Some(name.clone()),
-            format!("no instance named `{name}`; the instances are {}", names.join(", ")),
-        ));
-    };
-    let set = match o.get("set") {
-        Some(Json::Object(s)) => s,
-        Some(_) => return Err((Some(name), "`set` must be an object of field to value".into())),
-        None => return Err((Some(name), "missing `set`: an object of field to value".into())),
-    };
-    let dom = rt.domain_of(idx);
-    let mut writes = Vec::with_capacity(set.len());
-    for (field, value) in set {
-        let Some(slot) = dom.fields.iter().position(|(n, _)| n == field) else {
-            let fields: Vec<String> = dom.fields.iter().map(|(n, _)| format!("`{n}`")).collect();
+    let ours: Vec<(String, String)> = d.fields.iter().map(|(n, t)| (n.clone(), t.to_string())).collect();
+    if ours != snap.fields {
+        let fmt = |f: &[(String, String)]| f.iter().map(|(n, t)| format!("{n}: {t}")).collect::<Vec<_>>().join(", ");
+        return Err(format!("its fields are [{}], the program declares [{}]", fmt(&snap.fields), fmt(&ours)));
+    }
+    Ok(())
+}
+
+type LineError = (Option<String>, String);
+
+impl<W: Write> Driver<W> {
+    fn drained(&self) -> bool {
+        self.outbox.is_empty()
+            && self.acks.is_empty()
+            && self.store.as_ref().is_none_or(|s| s.durable_seq() >= s.last_seq())
+    }
+
+    fn durable_seq(&self) -> u64 {
+        self.store.as_ref().map_or(u64::MAX, Store::durable_seq)
+    }
+
+    /// Runs what is ready, delivers released intents and feeds their results back,
+    /// until nothing moves.
+    fn settle(&mut self) {
+        loop {
+            self.release();
+            if !self.rt.has_work() {
+                return;
+            }
+            self.run_and_persist(None);
+        }
+    }
+
+    /// Acknowledges durable lines and hands durable intents to the logging adapter.
+    fn release(&mut self) {
+        let durable = self.durable_seq();
+        while self.acks.front().is_some_and(|(s, _)| *s <= durable) {
+            let (_, line) = self.acks.pop_front().expect("checked");
+            if self.store.is_some() {
+                self.out.emit(obj(json!({"event": "ack", "line": line})));
+            }
+        }
+        while self.outbox.front().is_some_and(|(s, _)| *s <= durable) {
+            let (_, intent) = self.outbox.pop_front().expect("checked");
+            let d = self.rt.instance(&intent.id.instance).map(|i| i.domain).unwrap_or(0);
+            let tname = self.program.domains[d].transitions.get(intent.transition).map(|t| t.name.clone());
+            self.out.emit(obj(
+                json!({"event": "intent", "instance": &*intent.id.instance, "id": intent.id.to_string(),
+                "transition": tname, "adapter": &*intent.adapter, "action": &*intent.action,
+                "args": intent.args.iter().map(to_json).collect::<Vec<_>>()}),
+            ));
+            // The logging adapter: the intent was printed; acknowledge it.
+            let _ = self.rt.deliver(&intent.id, true, None);
+        }
+    }
+
+    /// Runs the runtime until idle; snapshots and journals every step as one batch.
+    /// Returns the batch's sequence number.
+    fn run_and_persist(&mut self, mut caused_by: Option<String>) -> u64 {
+        let mut records = Vec::new();
+        let mut audit = Vec::new();
+        let mut intents = Vec::new();
+        let mut events = Vec::new();
+        let program = self.program.clone();
+        let persist = self.store.is_some();
+        self.rt.run_stepwise(|inst, evs| {
+            let dom = &program.domains[inst.domain];
+            if persist {
+                let snap = SnapshotRecord::from_snapshot(&inst.snapshot(), &dom.name, &dom.fields);
+                records.push(Record::Snapshot(snap));
+            }
+            events.push((inst.name.to_string(), inst.ticks, evs.to_vec()));
+        });
+        for (name, ticks, evs) in events {
+            let entry = self.journal_entry(&name, &evs, caused_by.take_if(|_| evs.iter().any(is_observe)));
+            if let Some(e) = entry {
+                if persist {
+                    records.push(Record::Journal(e.clone()));
+                }
+                let q = self.journals.entry(name.clone()).or_default();
+                q.push_back(e);
+                while q.len() > JOURNAL_MAX {
+                    q.pop_front();
+                }
+            }
+            for ev in &evs {
+                self.track_episode(&name, ticks, ev, &mut audit);
+                if let Event::Status { status: Status::Stable, .. } = ev {
+                    let q = self.journals.entry(name.clone()).or_default();
+                    if q.len() > JOURNAL_STABLE_KEEP {
+                        while q.len() > JOURNAL_STABLE_KEEP {
+                            q.pop_front();
+                        }
+                        if let Some(first) = q.front() {
+                            records.push(Record::Trim { instance: name.clone(), keep_from_slice: first.slice });
+                        }
+                    }
+                }
+                if let Event::Intent(i) = ev {
+                    intents.push(i.clone());
+                } else {
+                    self.print_event(ev);
+                }
+            }
+        }
+        let seq = match self.store.as_mut() {
+            Some(store) if !records.is_empty() || !audit.is_empty() => {
+                self.records_since_checkpoint += records.len();
+                store.append(records, audit)
+            }
+            Some(store) => store.last_seq(),
+            None => 0,
+        };
+        for i in intents {
+            self.outbox.push_back((seq, i));
+        }
+        if self.records_since_checkpoint > COMPACT_AFTER_RECORDS {
+            self.records_since_checkpoint = 0;
+            let all = self.all_records();
+            if let Some(store) = self.store.as_mut() {
+                store.compact(all);
+            }
+        }
+        seq
+    }
+
+    /// Every live record: the latest snapshot of each instance and its retained journal.
+    fn all_records(&self) -> Vec<Record> {
+        let mut records = Vec::new();
+        for inst in self.rt.instances() {
+            let dom = &self.program.domains[inst.domain];
+            records.push(Record::Snapshot(SnapshotRecord::from_snapshot(&inst.snapshot(), &dom.name, &dom.fields)));
+        }
+        for q in self.journals.values() {
+            records.extend(q.iter().cloned().map(Record::Journal));
+        }
+        records
+    }
+
+    fn field_name(&self, instance: &str, slot: u16) -> String {
+        let d = self.rt.instance(instance).map(|i| i.domain).unwrap_or(0);
+        self.program.domains[d].fields.get(slot as usize).map(|f| f.0.clone()).unwrap_or_else(|| format!("#{slot}"))
+    }
+
+    fn transition_name(&self, instance: &str, t: usize) -> String {
+        let d = self.rt.instance(instance).map(|i| i.domain).unwrap_or(0);
+        self.program.domains[d].transitions.get(t).map(|t| t.name.clone()).unwrap_or_default()
+    }
+
+    fn journal_entry(&self, name: &str, evs: &[Event], caused_by: Option<String>) -> Option<JournalEntry> {
+        let (slice, cause, changes, held) = evs.iter().find_map(|e| match e {
+            Event::Slice { slice, cause, changes, held, .. } => Some((*slice, cause, changes, held)),
+            _ => None,
+        })?;
+        let named = |c: &[(u16, ved_vm::Value)]| {
+            c.iter().map(|(s, v)| (self.field_name(name, *s), v.to_string())).collect::<Vec<_>>()
+        };
+        let (cause, detail) = match cause {
+            Cause::Observe => ("observe", None),
+            Cause::Transition(t) => ("transition", Some(self.transition_name(name, *t))),
+            Cause::Result(id) => ("result", Some(id.to_string())),
+            Cause::Timer(t) => ("timer", Some(self.transition_name(name, *t))),
+        };
+        Some(JournalEntry {
+            instance: name.to_string(),
+            slice,
+            at_ms: self.now_ms,
+            cause: cause.to_string(),
+            detail,
+            changes: named(changes),
+            held: named(held),
+            intents: evs
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Intent(i) => Some((i.id.to_string(), i.to_string())),
+                    _ => None,
+                })
+                .collect(),
+            results: evs
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Result { id, ok, error, .. } => Some((id.to_string(), *ok, error.clone())),
+                    _ => None,
+                })
+                .collect(),
+            caused_by,
+        })
+    }
+
+    /// Builds the audit trail: a drift, the corrections, and how it ended.
+    fn track_episode(&mut self, name: &str, ticks: u64, ev: &Event, audit: &mut Vec<AuditDraft>) {
+        let was_resting = self.last_status.get(name).is_some_and(|s| *s != Status::Converging);
+        match ev {
+            Event::Slice { cause: Cause::Observe, changes, .. } if !changes.is_empty() => {
+                let text = changes
+                    .iter()
+                    .map(|(s, v)| format!("{} drifted to {v}", self.field_name(name, *s)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let ep = self.episodes.entry(name.to_string()).or_insert(Episode {
+                    what: Vec::new(),
+                    done: Vec::new(),
+                    ticks_at_start: ticks,
+                });
+                if was_resting && ep.what.is_empty() {
+                    ep.ticks_at_start = ticks;
+                }
+                ep.what.push(text);
+                self.last_status.insert(name.to_string(), Status::Converging);
+            }
+            Event::Slice { cause: Cause::Transition(t), changes, .. } if !changes.is_empty() => {
+                let text = format!(
+                    "{} set {}",
+                    self.transition_name(name, *t),
+                    changes
+                        .iter()
+                        .map(|(s, v)| format!("{} = {v}", self.field_name(name, *s)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                if let Some(ep) = self.episodes.get_mut(name) {
+                    ep.done.push(text);
+                }
+            }
+            Event::Intent(i) => {
+                let text = format!("{} emitted {i}", self.transition_name(name, i.transition));
+                if let Some(ep) = self.episodes.get_mut(name) {
+                    ep.done.push(text);
+                }
+            }
+            Event::Result { ok: false, id, error, .. } => {
+                let text = format!("{id} failed ({})", error.as_deref().unwrap_or("no reason given"));
+                if let Some(ep) = self.episodes.get_mut(name) {
+                    ep.done.push(text);
+                }
+            }
+            Event::Status { status, reason, .. } => {
+                self.last_status.insert(name.to_string(), *status);
+                if *status == Status::Waiting {
+                    return;
+                }
+                let Some(ep) = self.episodes.remove(name) else { return };
+                if ep.what.is_empty() && ep.done.is_empty() {
+                    return;
+                }
+                let used = ticks.saturating_sub(ep.ticks_at_start);
+                let end = match status {
+                    Status::Stable => format!("stable again after {used} tick{}", if used == 1 { "" } else { "s" }),
+                    _ => format!("{status}: {}", reason.as_deref().unwrap_or("no transition can restore the goals")),
+                };
+                let mut parts = ep.what;
+                parts.extend(ep.done);
+                parts.push(end);
+                audit.push(AuditDraft { at_ms: self.now_ms, instance: name.to_string(), text: parts.join("; ") });
+            }
+            _ => {}
+        }
+    }
+
+    fn apply_line(&mut self, line: &str) -> Result<Option<String>, LineError> {
+        if line.len() > LINE_BYTES_MAX {
+            return Err((None, format!("line is {} bytes; the limit is {LINE_BYTES_MAX}", line.len())));
+        }
+        let j: Json = serde_json::from_str(line).map_err(|e| (None, format!("invalid JSON: {e}")))?;
+        let Json::Object(o) = j else {
             return Err((
-                Some(name),
-                format!("`{}` has no field `{field}`; its fields are {}", dom.name, fields.join(", ")),
+                None,
+                "expected a JSON object such as {\"instance\": \"Name\", \"set\": {\"field\": 1}}".into(),
             ));
         };
-        let v =
-            from_json(value, &dom.fields[slot].1).map_err(|e| (Some(name.clone()), format!("field `{field}`: {e}")))?;
-        writes.push((slot as u16, v));
-    }
-    rt.observe(&name, writes).map_err(|e| (Some(name.clone()), e.to_string()))
-}
-
-/// Runs the runtime until idle, printing events and acknowledging intents.
-fn settle<W: Write>(rt: &mut Runtime, sources: &SourceMap, out: &mut Out<W>) {
-    let program = rt.program().clone();
-    let mut buf = Vec::new();
-    loop {
-        rt.run(&mut buf);
-        if buf.is_empty() {
-            return;
+        if let Some(adv) = o.get("advance_ms") {
+            let ms = adv.as_u64().ok_or((None, "`advance_ms` must be a non-negative integer".to_string()))?;
+            if o.len() != 1 {
+                return Err((None, "`advance_ms` stands alone on its line".into()));
+            }
+            // Step through every retry that comes due on the way.
+            let target = self.now_ms.saturating_add(ms);
+            while let Some(t) = self.rt.next_timer_ms().filter(|t| *t <= target) {
+                self.rt.advance_time(t);
+                self.now_ms = t;
+                let before = self.rt.instances().iter().map(|i| i.slice).sum::<u64>();
+                self.run_and_persist(None);
+                self.settle();
+                if self.rt.instances().iter().map(|i| i.slice).sum::<u64>() == before {
+                    break;
+                }
+            }
+            self.now_ms = target;
+            self.rt.advance_time(target);
+            return Ok(None);
         }
-        for ev in buf.drain(..) {
-            print_event(rt, &program, sources, &ev, out);
-            if let Event::Intent(i) = &ev {
-                // The logging adapter: the intent was printed; acknowledge it.
-                let _ = rt.deliver(&i.id, true, None);
+        for key in o.keys() {
+            if !matches!(key.as_str(), "instance" | "set" | "caused_by") {
+                return Err((
+                    None,
+                    format!("unknown key `{key}`; an observation has `instance`, `set` and `caused_by`"),
+                ));
             }
         }
-    }
-}
-
-fn field_map(program: &CompiledProgram, domain: usize, changes: &[(u16, ved_vm::Value)]) -> Json {
-    let d = &program.domains[domain];
-    Json::Object(changes.iter().map(|(s, v)| (d.fields[*s as usize].0.clone(), to_json(v))).collect())
-}
-
-fn print_event<W: Write>(rt: &Runtime, program: &CompiledProgram, sources: &SourceMap, ev: &Event, out: &mut Out<W>) {
-    let inst = ev.instance().to_string();
-    let domain = rt.instance(&inst).map(|i| i.domain).unwrap_or(0);
-    let d = &program.domains[domain];
-    let tname = |t: usize| d.transitions.get(t).map(|t| t.name.clone()).unwrap_or_default();
-    let line = match ev {
-        Event::Slice { slice, cause, changes, held, .. } => {
-            let cause = match cause {
-                Cause::Observe => json!({"kind": "observe"}),
-                Cause::Transition(t) => json!({"kind": "transition", "transition": tname(*t)}),
-                Cause::Result(id) => json!({"kind": "result", "intent": id.to_string()}),
-                Cause::Timer(t) => json!({"kind": "timer", "transition": tname(*t)}),
+        let name = match o.get("instance") {
+            Some(Json::String(s)) => s.clone(),
+            Some(_) => return Err((None, "`instance` must be a string".into())),
+            None => return Err((None, "missing `instance`: which instance does this observation concern?".into())),
+        };
+        let Some(idx) = self.rt.index_of(&name) else {
+            let names: Vec<String> = self.rt.instances().iter().map(|i| format!("`{}`", i.name)).collect();
+            return Err((
+                Some(name.clone()),
+                format!("no instance named `{name}`; the instances are {}", names.join(", ")),
+            ));
+        };
+        let caused_by = match o.get("caused_by") {
+            None => None,
+            Some(Json::String(s)) => Some(s.clone()),
+            Some(_) => return Err((Some(name), "`caused_by` must be an intent id such as \"Name/3/0\"".into())),
+        };
+        let set = match o.get("set") {
+            Some(Json::Object(s)) => s,
+            Some(_) => return Err((Some(name), "`set` must be an object of field to value".into())),
+            None => return Err((Some(name), "missing `set`: an object of field to value".into())),
+        };
+        let dom = self.rt.domain_of(idx);
+        let mut writes = Vec::with_capacity(set.len());
+        for (field, value) in set {
+            let Some(slot) = dom.fields.iter().position(|(n, _)| n == field) else {
+                let fields: Vec<String> = dom.fields.iter().map(|(n, _)| format!("`{n}`")).collect();
+                return Err((
+                    Some(name),
+                    format!("`{}` has no field `{field}`; its fields are {}", dom.name, fields.join(", ")),
+                ));
             };
-            let mut m = obj(json!({"event": "slice", "instance": inst, "slice": slice, "cause": cause,
-                "changes": field_map(program, domain, changes)}));
-            if !held.is_empty() {
-                m.insert("held".into(), field_map(program, domain, held));
-            }
-            m
+            let v = from_json(value, &dom.fields[slot].1)
+                .map_err(|e| (Some(name.clone()), format!("field `{field}`: {e}")))?;
+            writes.push((slot as u16, v));
         }
-        Event::Tick { .. } => return,
-        Event::Intent(i) => obj(json!({"event": "intent", "instance": inst, "id": i.id.to_string(),
-            "transition": tname(i.transition), "adapter": &*i.adapter, "action": &*i.action,
-            "args": i.args.iter().map(to_json).collect::<Vec<_>>()})),
-        Event::Result { id, ok, error, .. } => {
-            let mut m = obj(json!({"event": "result", "instance": inst, "id": id.to_string(), "ok": ok}));
-            if let Some(e) = error {
-                m.insert("error".into(), json!(e));
+        self.rt.observe(&name, writes).map_err(|e| (Some(name.clone()), e.to_string()))?;
+        Ok(caused_by)
+    }
+
+    fn print_event(&mut self, ev: &Event) {
+        let inst = ev.instance().to_string();
+        let domain = self.rt.instance(&inst).map(|i| i.domain).unwrap_or(0);
+        let d = &self.program.domains[domain];
+        let tname = |t: usize| d.transitions.get(t).map(|t| t.name.clone()).unwrap_or_default();
+        let fields = |changes: &[(u16, ved_vm::Value)]| -> Json {
+            Json::Object(changes.iter().map(|(s, v)| (d.fields[*s as usize].0.clone(), to_json(v))).collect())
+        };
+        let line = match ev {
+            Event::Slice { slice, cause, changes, held, .. } => {
+                let cause = match cause {
+                    Cause::Observe => json!({"kind": "observe"}),
+                    Cause::Transition(t) => json!({"kind": "transition", "transition": tname(*t)}),
+                    Cause::Result(id) => json!({"kind": "result", "intent": id.to_string()}),
+                    Cause::Timer(t) => json!({"kind": "timer", "transition": tname(*t)}),
+                };
+                let mut m = obj(json!({"event": "slice", "instance": inst, "slice": slice, "cause": cause,
+                    "changes": fields(changes)}));
+                if !held.is_empty() {
+                    m.insert("held".into(), fields(held));
+                }
+                m
             }
-            m
-        }
-        Event::Retry { transition, attempt, at_ms, .. } => obj(json!({"event": "retry", "instance": inst,
-            "transition": tname(*transition), "attempt": attempt, "at_ms": at_ms})),
-        Event::Fault { transition, goal, fault, .. } => {
-            let f = sources.file(fault.span.file);
-            let (line, col) = f.line_col(fault.span.start as usize);
-            let at = format!("{}:{line}:{col}", f.name);
-            let mut m = obj(json!({"event": "fault", "instance": inst, "message": fault.to_string(), "at": at}));
-            if let Some(t) = transition {
-                m.insert("transition".into(), json!(tname(*t)));
+            Event::Tick { .. } | Event::Intent(_) => return,
+            Event::Result { id, ok, error, .. } => {
+                let mut m = obj(json!({"event": "result", "instance": inst, "id": id.to_string(), "ok": ok}));
+                if let Some(e) = error {
+                    m.insert("error".into(), json!(e));
+                }
+                m
             }
-            if let Some(g) = goal {
-                m.insert("goal".into(), json!(d.goals.get(*g).map(|g| g.name.clone())));
+            Event::Retry { transition, attempt, at_ms, .. } => obj(json!({"event": "retry", "instance": inst,
+                "transition": tname(*transition), "attempt": attempt, "at_ms": at_ms})),
+            Event::Fault { transition, goal, fault, .. } => {
+                let f = self.sources.file(fault.span.file);
+                let (line, col) = f.line_col(fault.span.start as usize);
+                let at = format!("{}:{line}:{col}", f.name);
+                let mut m = obj(json!({"event": "fault", "instance": inst, "message": fault.to_string(), "at": at}));
+                if let Some(t) = transition {
+                    m.insert("transition".into(), json!(tname(*t)));
+                }
+                if let Some(g) = goal {
+                    m.insert("goal".into(), json!(d.goals.get(*g).map(|g| g.name.clone())));
+                }
+                m
             }
-            m
-        }
-        Event::Status { status, reason, .. } => {
-            let mut m = obj(json!({"event": status.as_str(), "instance": inst}));
-            if let Some(r) = reason {
-                m.insert("reason".into(), json!(r));
+            Event::Status { status, reason, .. } => {
+                let mut m = obj(json!({"event": status.as_str(), "instance": inst}));
+                if let Some(r) = reason {
+                    m.insert("reason".into(), json!(r));
+                }
+                m
             }
-            m
-        }
-    };
-    out.emit(line);
+        };
+        self.out.emit(line);
+    }
+}
+
+fn is_observe(e: &Event) -> bool {
+    matches!(e, Event::Slice { cause: Cause::Observe, .. })
 }

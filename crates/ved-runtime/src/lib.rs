@@ -198,6 +198,11 @@ impl Runtime {
         }
     }
 
+    /// Whether any instance has something to do.
+    pub fn has_work(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
     /// The earliest retry timer of any instance.
     pub fn next_timer_ms(&self) -> Option<u64> {
         self.instances.iter().filter_map(Instance::next_timer_ms).min()
@@ -209,6 +214,45 @@ impl Runtime {
             self.queued[idx] = false;
             self.run_instance(idx, out);
         }
+    }
+
+    /// Runs every instance with work until it is idle, one step at a time, calling
+    /// `after_step` with the instance and the events of each step that ran. A step
+    /// commits at most one slice, so this is where a store snapshots every slice.
+    pub fn run_stepwise(&mut self, mut after_step: impl FnMut(&Instance, &[Event])) {
+        let program = self.program.clone();
+        let mut buf = Vec::new();
+        while let Some(idx) = self.ready.pop_front() {
+            self.queued[idx] = false;
+            loop {
+                buf.clear();
+                let inst = &mut self.instances[idx];
+                let p = inst.step(&program.domains[inst.domain], &mut self.vm, &self.policy, &self.limits, &mut buf);
+                if !buf.is_empty() {
+                    after_step(&self.instances[idx], &buf);
+                }
+                if matches!(p, Progress::Idle(_)) {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Puts back an instance from a snapshot; it resumes at its next slice.
+    pub fn restore_instance(&mut self, snap: InstanceSnapshot) -> Result<usize, CreateError> {
+        if self.by_name.contains_key(snap.name.as_str()) {
+            return Err(CreateError::DuplicateName(snap.name));
+        }
+        if snap.domain >= self.program.domains.len() {
+            return Err(CreateError::UnknownDomain(snap.domain));
+        }
+        let idx = self.instances.len();
+        let inst = Instance::restore(snap);
+        self.by_name.insert(inst.name.clone(), idx);
+        self.instances.push(inst);
+        self.queued.push(false);
+        self.mark_ready(idx);
+        Ok(idx)
     }
 
     /// Runs one instance until it is idle.

@@ -1,0 +1,247 @@
+//! The records the store writes, as serde types. Runtime values are converted
+//! here, at the edge, so the core types carry no serialization.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use ved_runtime::{InstanceSnapshot, Intent, IntentId, Pending, Phase, Status};
+use ved_vm::Value;
+
+/// A value, tagged so that lists, sets and maps survive the round trip.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum StoredValue {
+    #[serde(rename = "i")]
+    Int(i64),
+    #[serde(rename = "b")]
+    Bool(bool),
+    #[serde(rename = "s")]
+    Str(String),
+    #[serde(rename = "l")]
+    List(Vec<StoredValue>),
+    #[serde(rename = "set")]
+    Set(Vec<StoredValue>),
+    #[serde(rename = "m")]
+    Map(Vec<(String, StoredValue)>),
+}
+
+impl From<&Value> for StoredValue {
+    fn from(v: &Value) -> StoredValue {
+        match v {
+            Value::Int(i) => StoredValue::Int(*i),
+            Value::Bool(b) => StoredValue::Bool(*b),
+            Value::Str(s) => StoredValue::Str(s.to_string()),
+            Value::List(l) => StoredValue::List(l.iter().map(StoredValue::from).collect()),
+            Value::Set(s) => StoredValue::Set(s.iter().map(StoredValue::from).collect()),
+            Value::Map(m) => StoredValue::Map(m.iter().map(|(k, v)| (k.to_string(), StoredValue::from(v))).collect()),
+        }
+    }
+}
+
+impl StoredValue {
+    pub fn to_value(&self) -> Value {
+        match self {
+            StoredValue::Int(i) => Value::Int(*i),
+            StoredValue::Bool(b) => Value::Bool(*b),
+            StoredValue::Str(s) => Value::Str(Arc::from(s.as_str())),
+            StoredValue::List(l) => Value::List(Arc::new(l.iter().map(StoredValue::to_value).collect())),
+            StoredValue::Set(s) => Value::Set(Arc::new(s.iter().map(StoredValue::to_value).collect::<BTreeSet<_>>())),
+            StoredValue::Map(m) => Value::Map(Arc::new(
+                m.iter().map(|(k, v)| (Arc::from(k.as_str()), v.to_value())).collect::<BTreeMap<_, _>>(),
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredIntent {
+    pub slice: u64,
+    pub index: u32,
+    pub transition: usize,
+    pub adapter: String,
+    pub action: String,
+    pub args: Vec<StoredValue>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum StoredPhase {
+    InFlight { outstanding: Vec<(u64, u32)>, held: Vec<(u16, StoredValue)>, intents: Vec<StoredIntent> },
+    Backoff { until_ms: u64, faulted: bool },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredPending {
+    pub transition: usize,
+    pub attempt: u32,
+    pub phase: StoredPhase,
+}
+
+/// One instance's snapshot, as written after a slice.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    pub instance: String,
+    /// The domain's name and its fields (name, type), so a changed program is noticed.
+    pub domain: String,
+    pub fields: Vec<(String, String)>,
+    pub domain_index: usize,
+    pub slice: u64,
+    pub ticks: u64,
+    pub now_ms: u64,
+    pub seed: u64,
+    pub status: String,
+    pub state: Vec<StoredValue>,
+    pub pending: Vec<StoredPending>,
+    pub retry_attempts: Vec<(usize, u32)>,
+    pub tick_cursor: Option<u32>,
+    pub tick_ran: bool,
+    pub ticks_since_input: u64,
+}
+
+fn status_str(s: Status) -> &'static str {
+    s.as_str()
+}
+
+fn parse_status(s: &str) -> Option<Status> {
+    Some(match s {
+        "stable" => Status::Stable,
+        "converging" => Status::Converging,
+        "waiting" => Status::Waiting,
+        "stuck" => Status::Stuck,
+        "livelock" => Status::Livelock,
+        _ => return None,
+    })
+}
+
+impl SnapshotRecord {
+    pub fn from_snapshot(s: &InstanceSnapshot, domain: &str, fields: &[(String, ved_check::Type)]) -> SnapshotRecord {
+        let intent = |i: &Intent| StoredIntent {
+            slice: i.id.slice,
+            index: i.id.index,
+            transition: i.transition,
+            adapter: i.adapter.to_string(),
+            action: i.action.to_string(),
+            args: i.args.iter().map(StoredValue::from).collect(),
+        };
+        SnapshotRecord {
+            instance: s.name.clone(),
+            domain: domain.to_string(),
+            fields: fields.iter().map(|(n, t)| (n.clone(), t.to_string())).collect(),
+            domain_index: s.domain,
+            slice: s.slice,
+            ticks: s.ticks,
+            now_ms: s.now_ms,
+            seed: s.seed,
+            status: status_str(s.status).to_string(),
+            state: s.state.iter().map(StoredValue::from).collect(),
+            pending: s
+                .pending
+                .iter()
+                .map(|p| StoredPending {
+                    transition: p.transition,
+                    attempt: p.attempt,
+                    phase: match &p.phase {
+                        Phase::InFlight { outstanding, held, intents } => StoredPhase::InFlight {
+                            outstanding: outstanding.iter().map(|id| (id.slice, id.index)).collect(),
+                            held: held.iter().map(|(s, v)| (*s, StoredValue::from(v))).collect(),
+                            intents: intents.iter().map(intent).collect(),
+                        },
+                        Phase::Backoff { until_ms, faulted } => {
+                            StoredPhase::Backoff { until_ms: *until_ms, faulted: *faulted }
+                        }
+                    },
+                })
+                .collect(),
+            retry_attempts: s.retry_attempts.clone(),
+            tick_cursor: s.tick_cursor,
+            tick_ran: s.tick_ran,
+            ticks_since_input: s.ticks_since_input,
+        }
+    }
+
+    /// Back to a runtime snapshot; `None` if a field is out of range.
+    pub fn to_snapshot(&self) -> Option<InstanceSnapshot> {
+        let name: Arc<str> = Arc::from(self.instance.as_str());
+        let id = |slice: u64, index: u32| IntentId { instance: name.clone(), slice, index };
+        let pending = self
+            .pending
+            .iter()
+            .map(|p| Pending {
+                transition: p.transition,
+                attempt: p.attempt,
+                phase: match &p.phase {
+                    StoredPhase::InFlight { outstanding, held, intents } => Phase::InFlight {
+                        outstanding: outstanding.iter().map(|(s, i)| id(*s, *i)).collect(),
+                        held: held.iter().map(|(s, v)| (*s, v.to_value())).collect(),
+                        intents: intents
+                            .iter()
+                            .map(|i| Intent {
+                                id: id(i.slice, i.index),
+                                transition: i.transition,
+                                adapter: Arc::from(i.adapter.as_str()),
+                                action: Arc::from(i.action.as_str()),
+                                args: i.args.iter().map(StoredValue::to_value).collect(),
+                            })
+                            .collect(),
+                    },
+                    StoredPhase::Backoff { until_ms, faulted } => {
+                        Phase::Backoff { until_ms: *until_ms, faulted: *faulted }
+                    }
+                },
+            })
+            .collect();
+        Some(InstanceSnapshot {
+            name: self.instance.clone(),
+            domain: self.domain_index,
+            state: self.state.iter().map(StoredValue::to_value).collect(),
+            slice: self.slice,
+            ticks: self.ticks,
+            now_ms: self.now_ms,
+            seed: self.seed,
+            status: parse_status(&self.status)?,
+            pending,
+            retry_attempts: self.retry_attempts.clone(),
+            tick_cursor: self.tick_cursor,
+            tick_ran: self.tick_ran,
+            ticks_since_input: self.ticks_since_input,
+        })
+    }
+}
+
+/// One entry of an instance's causal journal: what one slice did and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    pub instance: String,
+    pub slice: u64,
+    pub at_ms: u64,
+    /// `observe`, `transition`, `result` or `timer`.
+    pub cause: String,
+    /// The transition, intent id or source the cause names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Fields changed by the slice: name, new value (Ved syntax).
+    pub changes: Vec<(String, String)>,
+    /// Changes held until the slice's intents succeed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<(String, String)>,
+    /// Intents emitted: id, call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub intents: Vec<(String, String)>,
+    /// Results this slice applied: id, ok, error.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub results: Vec<(String, bool, Option<String>)>,
+    /// Lineage: the intent whose effect this observation reports, when the adapter says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caused_by: Option<String>,
+}
+
+/// What the log holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Record {
+    Snapshot(SnapshotRecord),
+    Journal(JournalEntry),
+    /// The instance's journal was trimmed to its last `keep` entries.
+    Trim {
+        instance: String,
+        keep_from_slice: u64,
+    },
+}

@@ -1,0 +1,19 @@
+//! `ved-store` makes instances durable. After every slice the runtime's driver
+//! appends the instance's snapshot (state, pending transitions, undelivered
+//! intents, slice number) and its journal entry; a writer thread group-commits
+//! whatever is queued with one write and one fsync, and reports each batch as
+//! durable so that intents leave only after the slice that emitted them is on
+//! disk. Recovery loads the latest snapshot of every instance: the last
+//! checkpoint plus the records appended since, each of which is itself a
+//! snapshot, so no history is replayed. Every byte is covered by a checksum, and
+//! a damaged store is reported, never loaded silently. The audit log is a
+//! separate hash chain. The on-disk format is in `docs/store.md`.
+
+pub mod audit;
+pub mod codec;
+pub mod frame;
+mod store;
+
+pub use audit::{AuditDraft, AuditEntry, AuditError};
+pub use codec::{JournalEntry, Record, SnapshotRecord, StoredValue};
+pub use store::{read_only, verify_audit, Durability, DurableHook, Recovered, Store, StoreError, JOURNAL_MAX};

@@ -1,0 +1,678 @@
+//! Opening, recovering and writing the store.
+//!
+//! Files in the data directory (format in `docs/store.md`):
+//! - `manifest`: which generation is current, how many log bytes and audit
+//!   entries are committed, and the audit chain's head;
+//! - `checkpoint-G`: every live record at the start of generation G;
+//! - `log-G`: records appended since, in group-committed batches;
+//! - `audit.log`: the hash-chained audit trail;
+//! - `lock`: held by the one `ved run` that owns the directory.
+
+use crate::audit::{self, AuditDraft, AuditEntry, GENESIS};
+use crate::codec::{JournalEntry, Record, SnapshotRecord};
+use crate::frame::{self, FileKind, HEADER_LEN};
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+/// When a batch counts as durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// After `fsync` of the log and the audit log (the default).
+    Fsync,
+    /// As soon as the OS has the bytes; survives a crash of `ved`, not of the machine.
+    /// For tests and benchmarks.
+    None,
+}
+
+/// Entries an instance's journal keeps at most.
+pub const JOURNAL_MAX: usize = 256;
+/// Records one batch holds at most; more wait for the next batch.
+const BATCH_RECORDS_MAX: usize = 16_384;
+const MANIFEST_LEN: usize = HEADER_LEN + 8 + 8 + 64 + 4;
+
+/// Why the store cannot be used.
+#[derive(Debug)]
+pub enum StoreError {
+    Io {
+        path: PathBuf,
+        err: std::io::Error,
+    },
+    /// A file is damaged: never loaded silently.
+    Corrupt {
+        path: PathBuf,
+        detail: String,
+    },
+    /// Another `ved run` holds the directory.
+    Locked {
+        path: PathBuf,
+    },
+    /// The directory holds files but is not a Ved store.
+    Foreign {
+        path: PathBuf,
+    },
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Io { path, err } => write!(f, "{}: {err}", path.display()),
+            StoreError::Corrupt { path, detail } => write!(f, "{} is corrupt: {detail}", path.display()),
+            StoreError::Locked { path } => {
+                write!(f, "{} is in use by another `ved run`", path.display())
+            }
+            StoreError::Foreign { path } => {
+                write!(f, "{} holds files but is not a Ved data directory (no manifest)", path.display())
+            }
+        }
+    }
+}
+
+impl StoreError {
+    pub fn hint(&self) -> &'static str {
+        match self {
+            StoreError::Corrupt { .. } => {
+                "nothing was loaded. To start from the last good snapshot and set the damaged part aside, pass `--recover`"
+            }
+            StoreError::Locked { .. } => "stop the other process, or give this one its own `--data-dir`",
+            StoreError::Foreign { .. } => "point `--data-dir` at an empty or new directory",
+            StoreError::Io { .. } => "check that the directory exists and is writable",
+        }
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |err| StoreError::Io { path: path.to_path_buf(), err }
+}
+
+/// What the store held when it was opened.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// The latest snapshot of every instance.
+    pub snapshots: BTreeMap<String, SnapshotRecord>,
+    /// Each instance's retained journal, oldest first.
+    pub journals: BTreeMap<String, VecDeque<JournalEntry>>,
+    pub audit: Vec<AuditEntry>,
+    /// Things noticed and handled, e.g. an unfinished write after a crash.
+    pub warnings: Vec<String>,
+    pub generation: u64,
+}
+
+struct Manifest {
+    generation: u64,
+    log_len: u64,
+    audit_count: u64,
+    audit_head: String,
+}
+
+impl Manifest {
+    fn encode(&self) -> Vec<u8> {
+        let mut b = frame::header(FileKind::Manifest, self.generation).to_vec();
+        b.extend_from_slice(&self.log_len.to_le_bytes());
+        b.extend_from_slice(&self.audit_count.to_le_bytes());
+        let mut head = [b'0'; 64];
+        head[..self.audit_head.len().min(64)]
+            .copy_from_slice(&self.audit_head.as_bytes()[..self.audit_head.len().min(64)]);
+        b.extend_from_slice(&head);
+        let crc = crc32fast::hash(&b[HEADER_LEN..]);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    fn decode(path: &Path, b: &[u8]) -> Result<Manifest, StoreError> {
+        let corrupt = |detail: String| StoreError::Corrupt { path: path.to_path_buf(), detail };
+        let generation = frame::read_header(b, FileKind::Manifest).map_err(|e| corrupt(e.to_string()))?;
+        if b.len() != MANIFEST_LEN {
+            return Err(corrupt(format!("it is {} bytes, expected {MANIFEST_LEN}", b.len())));
+        }
+        let body = &b[HEADER_LEN..MANIFEST_LEN - 4];
+        let crc = u32::from_le_bytes(b[MANIFEST_LEN - 4..].try_into().expect("4 bytes"));
+        if crc32fast::hash(body) != crc {
+            return Err(corrupt("checksum mismatch".into()));
+        }
+        let log_len = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
+        let audit_count = u64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
+        let audit_head = String::from_utf8_lossy(&body[16..80]).into_owned();
+        Ok(Manifest { generation, log_len, audit_count, audit_head })
+    }
+}
+
+fn path_of(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}
+
+fn log_name(g: u64) -> String {
+    format!("log-{g}")
+}
+
+fn checkpoint_name(g: u64) -> String {
+    format!("checkpoint-{g}")
+}
+
+/// How to treat damage found while reading.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Refuse to load anything damaged.
+    Strict,
+    /// Keep what is valid up to the damage; set the rest aside.
+    Recover,
+    /// Read while a `ved run` may be writing: an unfinished tail is normal; change nothing.
+    ReadOnly,
+}
+
+/// Reads a store without locking or changing it (`ved inspect`, `ved journal`, `ved audit`).
+pub fn read_only(dir: &Path) -> Result<Recovered, StoreError> {
+    let manifest_path = path_of(dir, "manifest");
+    if !manifest_path.exists() {
+        return Err(StoreError::Foreign { path: dir.to_path_buf() });
+    }
+    load(dir, Mode::ReadOnly).map(|(r, _)| r)
+}
+
+/// Verifies the audit chain of a store; returns the number of entries.
+pub fn verify_audit(dir: &Path) -> Result<Result<usize, audit::AuditError>, StoreError> {
+    let mpath = path_of(dir, "manifest");
+    let bytes = fs::read(&mpath).map_err(io(&mpath))?;
+    let m = Manifest::decode(&mpath, &bytes)?;
+    let apath = path_of(dir, "audit.log");
+    let text = match fs::read(&apath) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(StoreError::Io { path: apath, err: e }),
+    };
+    Ok(audit::verify(&text, m.audit_count, &m.audit_head).map(|v| v.entries.len()))
+}
+
+/// Loads manifest, checkpoint, log and audit log. Returns what was recovered and the manifest.
+fn load(dir: &Path, mode: Mode) -> Result<(Recovered, Manifest), StoreError> {
+    let mpath = path_of(dir, "manifest");
+    let bytes = fs::read(&mpath).map_err(io(&mpath))?;
+    let mut m = Manifest::decode(&mpath, &bytes)?;
+    let mut rec = Recovered { generation: m.generation, ..Recovered::default() };
+    let apply = |rec: &mut Recovered, r: Record| match r {
+        Record::Snapshot(s) => {
+            let newer = rec.snapshots.get(&s.instance).is_none_or(|old| s.slice >= old.slice);
+            if newer {
+                rec.snapshots.insert(s.instance.clone(), s);
+            }
+        }
+        Record::Journal(j) => {
+            let q = rec.journals.entry(j.instance.clone()).or_default();
+            if q.back().is_none_or(|last| j.slice > last.slice) {
+                q.push_back(j);
+                while q.len() > JOURNAL_MAX {
+                    q.pop_front();
+                }
+            }
+        }
+        Record::Trim { instance, keep_from_slice } => {
+            if let Some(q) = rec.journals.get_mut(&instance) {
+                while q.front().is_some_and(|e| e.slice < keep_from_slice) {
+                    q.pop_front();
+                }
+            }
+        }
+    };
+
+    // The checkpoint: all or nothing; it was written whole and renamed into place.
+    if m.generation > 0 {
+        let cpath = path_of(dir, &checkpoint_name(m.generation));
+        let bytes = fs::read(&cpath).map_err(io(&cpath))?;
+        match read_checkpoint(&bytes, m.generation) {
+            Ok(records) => {
+                for r in records {
+                    apply(&mut rec, r);
+                }
+            }
+            Err(detail) if mode == Mode::Recover => {
+                rec.warnings.push(format!(
+                    "{} is damaged ({detail}); its records were not loaded and it was set aside",
+                    cpath.display()
+                ));
+                set_aside(&cpath)?;
+            }
+            Err(detail) => return Err(StoreError::Corrupt { path: cpath, detail }),
+        }
+    }
+
+    // The log: everything up to the committed length must be intact; past it, a crash may
+    // have left an unfinished batch, which was never acknowledged.
+    let lpath = path_of(dir, &log_name(m.generation));
+    let bytes = fs::read(&lpath).map_err(io(&lpath))?;
+    let corrupt = |detail: String| StoreError::Corrupt { path: lpath.clone(), detail };
+    match frame::read_header(&bytes, FileKind::Log) {
+        Ok(g) if g == m.generation => {}
+        Ok(g) => return Err(corrupt(format!("it belongs to generation {g}, the manifest says {}", m.generation))),
+        Err(e) => return Err(corrupt(e.to_string())),
+    }
+    if (bytes.len() as u64) < m.log_len && mode != Mode::Recover {
+        return Err(corrupt(format!(
+            "it is {} bytes long but {} bytes were committed: the file was truncated",
+            bytes.len(),
+            m.log_len
+        )));
+    }
+    let mut offset = HEADER_LEN;
+    let mut good_end = offset;
+    while offset < bytes.len() {
+        let parsed = frame::read_record(&bytes, offset).map_err(|e| e.to_string()).and_then(|(payload, next)| {
+            serde_json::from_slice::<Record>(payload)
+                .map(|r| (r, next))
+                .map_err(|e| format!("undecodable record at byte {offset}: {e}"))
+        });
+        match parsed {
+            Ok((r, next)) => {
+                apply(&mut rec, r);
+                offset = next;
+                good_end = next;
+            }
+            Err(detail) => {
+                // Past the committed length lies at most one batch that a crash cut short:
+                // it was never acknowledged, so dropping it loses nothing anyone was told about.
+                let committed = (offset as u64) < m.log_len;
+                match mode {
+                    Mode::Strict | Mode::ReadOnly if committed => return Err(corrupt(detail)),
+                    Mode::Recover if committed => rec.warnings.push(format!(
+                        "{}: {detail}; kept the records before it, copied the damaged file to {}",
+                        lpath.display(),
+                        lpath.with_extension("damaged").display()
+                    )),
+                    _ => rec.warnings.push(format!(
+                        "{}: discarded {} bytes of an unfinished write at the end (a crash before it was committed)",
+                        lpath.display(),
+                        bytes.len() - offset
+                    )),
+                }
+                break;
+            }
+        }
+    }
+    if good_end < bytes.len() && mode != Mode::ReadOnly {
+        if mode == Mode::Recover {
+            let aside = lpath.with_extension("damaged");
+            fs::write(&aside, &bytes).map_err(io(&aside))?;
+        }
+        let f = OpenOptions::new().write(true).open(&lpath).map_err(io(&lpath))?;
+        f.set_len(good_end as u64).map_err(io(&lpath))?;
+        f.sync_all().map_err(io(&lpath))?;
+    }
+    m.log_len = good_end as u64;
+
+    // The audit log.
+    let apath = path_of(dir, "audit.log");
+    let text = match fs::read(&apath) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(StoreError::Io { path: apath, err: e }),
+    };
+    match audit::verify(&text, m.audit_count, &m.audit_head) {
+        Ok(v) => {
+            if v.torn_tail && mode != Mode::ReadOnly {
+                rec.warnings.push(format!("{}: discarded an unfinished entry at the end", apath.display()));
+                let f = OpenOptions::new().write(true).open(&apath).map_err(io(&apath))?;
+                f.set_len(v.valid_len as u64).map_err(io(&apath))?;
+            }
+            m.audit_count = v.entries.len() as u64;
+            m.audit_head = v.entries.last().map(|e| e.hash.clone()).unwrap_or_else(|| GENESIS.to_string());
+            rec.audit = v.entries;
+        }
+        Err(e) if mode == Mode::Recover => {
+            let aside = apath.with_extension("damaged");
+            fs::rename(&apath, &aside).map_err(io(&apath))?;
+            rec.warnings.push(format!(
+                "{} is damaged ({e}); it was moved to {} and a new audit log starts",
+                apath.display(),
+                aside.display()
+            ));
+            m.audit_count = 0;
+            m.audit_head = GENESIS.to_string();
+        }
+        Err(e) => return Err(StoreError::Corrupt { path: apath, detail: e.to_string() }),
+    }
+    Ok((rec, m))
+}
+
+fn read_checkpoint(bytes: &[u8], generation: u64) -> Result<Vec<Record>, String> {
+    let g = frame::read_header(bytes, FileKind::Checkpoint).map_err(|e| e.to_string())?;
+    if g != generation {
+        return Err(format!("it belongs to generation {g}, expected {generation}"));
+    }
+    let mut offset = HEADER_LEN;
+    let mut records = Vec::new();
+    loop {
+        let (payload, next) = frame::read_record(bytes, offset).map_err(|e| e.to_string())?;
+        // The trailer counts the records, so a checkpoint cut at a record boundary is caught too.
+        if let Ok(count) = serde_json::from_slice::<CheckpointEnd>(payload) {
+            if count.end != records.len() as u64 {
+                return Err(format!("its trailer counts {} records, found {}", count.end, records.len()));
+            }
+            if next != bytes.len() {
+                return Err(format!("{} unexpected bytes after its trailer", bytes.len() - next));
+            }
+            return Ok(records);
+        }
+        records.push(serde_json::from_slice(payload).map_err(|e| format!("undecodable record at byte {offset}: {e}"))?);
+        offset = next;
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointEnd {
+    end: u64,
+}
+
+fn set_aside(path: &Path) -> Result<(), StoreError> {
+    let aside = path.with_extension("damaged");
+    fs::rename(path, &aside).map_err(io(path))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync the directory.
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    let tmp = path_of(dir, &format!("{name}.tmp"));
+    let path = path_of(dir, name);
+    let mut f = File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    fs::rename(&tmp, &path).map_err(io(&path))?;
+    sync_dir(dir)
+}
+
+enum Cmd {
+    Batch { seq: u64, records: Vec<Record>, audit: Vec<AuditDraft> },
+    Compact { seq: u64, records: Vec<Record> },
+}
+
+struct Shared {
+    durable: Mutex<u64>,
+    cond: Condvar,
+    failure: Mutex<Option<String>>,
+}
+
+/// An open, locked store with its writer thread.
+pub struct Store {
+    dir: PathBuf,
+    tx: Option<Sender<Cmd>>,
+    thread: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    next_seq: u64,
+    /// Held for the store's lifetime; the OS releases it if the process dies.
+    _lock: File,
+}
+
+/// Called by the writer thread with the sequence number of each batch made durable.
+pub type DurableHook = Box<dyn Fn(u64) + Send>;
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, recovering its contents.
+    pub fn open(
+        dir: &Path,
+        durability: Durability,
+        recover: bool,
+        on_durable: DurableHook,
+    ) -> Result<(Store, Recovered), StoreError> {
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let lpath = path_of(dir, "lock");
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lpath).map_err(io(&lpath))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(StoreError::Locked { path: dir.to_path_buf() }),
+            Err(fs::TryLockError::Error(e)) => return Err(StoreError::Io { path: lpath, err: e }),
+        }
+        let mpath = path_of(dir, "manifest");
+        if !mpath.exists() {
+            let others = fs::read_dir(dir).map_err(io(dir))?.filter_map(Result::ok).any(|e| e.file_name() != "lock");
+            if others {
+                return Err(StoreError::Foreign { path: dir.to_path_buf() });
+            }
+            // A new store: an empty log, then the manifest that makes it real.
+            write_atomic(dir, &log_name(0), &frame::header(FileKind::Log, 0))?;
+            let m = Manifest { generation: 0, log_len: HEADER_LEN as u64, audit_count: 0, audit_head: GENESIS.into() };
+            write_atomic(dir, "manifest", &m.encode())?;
+        }
+        let (rec, manifest) = load(dir, if recover { Mode::Recover } else { Mode::Strict })?;
+        let shared = Arc::new(Shared { durable: Mutex::new(0), cond: Condvar::new(), failure: Mutex::new(None) });
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer::new(dir, manifest, durability)?;
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("ved-store-writer".into())
+            .spawn(move || writer.run(rx, thread_shared, on_durable))
+            .map_err(io(dir))?;
+        Ok((
+            Store { dir: dir.to_path_buf(), tx: Some(tx), thread: Some(thread), shared, next_seq: 0, _lock: lock },
+            rec,
+        ))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Queues records and audit entries as one batch; returns its sequence number.
+    /// It does not wait: [`Store::durable_seq`] says when the batch is on disk.
+    pub fn append(&mut self, records: Vec<Record>, audit: Vec<AuditDraft>) -> u64 {
+        self.next_seq += 1;
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Cmd::Batch { seq: self.next_seq, records, audit });
+        }
+        self.next_seq
+    }
+
+    /// Replaces the log with a checkpoint holding `records` (every live record).
+    pub fn compact(&mut self, records: Vec<Record>) -> u64 {
+        self.next_seq += 1;
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Cmd::Compact { seq: self.next_seq, records });
+        }
+        self.next_seq
+    }
+
+    /// The highest batch known durable.
+    pub fn durable_seq(&self) -> u64 {
+        *self.shared.durable.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The sequence number the next batch will get, minus one.
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// A write that failed: the store stops accepting work after one.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Blocks until batch `seq` is durable or the writer failed.
+    pub fn wait_durable(&self, seq: u64) -> Result<(), String> {
+        let mut d = self.shared.durable.lock().unwrap_or_else(|p| p.into_inner());
+        while *d < seq {
+            if let Some(f) = self.failure() {
+                return Err(f);
+            }
+            d = self
+                .shared
+                .cond
+                .wait_timeout(d, std::time::Duration::from_millis(50))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Flushes everything queued and stops the writer.
+    pub fn close(mut self) -> Result<(), String> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), String> {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        match self.failure() {
+            Some(f) => Err(f),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+struct Writer {
+    dir: PathBuf,
+    manifest: Manifest,
+    manifest_file: File,
+    log: File,
+    audit: File,
+    durability: Durability,
+}
+
+impl Writer {
+    fn new(dir: &Path, manifest: Manifest, durability: Durability) -> Result<Writer, StoreError> {
+        let lpath = path_of(dir, &log_name(manifest.generation));
+        let mut log = OpenOptions::new().write(true).open(&lpath).map_err(io(&lpath))?;
+        log.seek(SeekFrom::Start(manifest.log_len)).map_err(io(&lpath))?;
+        let apath = path_of(dir, "audit.log");
+        let audit = OpenOptions::new().create(true).append(true).open(&apath).map_err(io(&apath))?;
+        let mpath = path_of(dir, "manifest");
+        let manifest_file = OpenOptions::new().write(true).open(&mpath).map_err(io(&mpath))?;
+        let w = Writer { dir: dir.to_path_buf(), manifest, manifest_file, log, audit, durability };
+        // Recovery may have trimmed a torn tail: make the manifest say what is really there.
+        w.write_manifest().map_err(io(&mpath))?;
+        Ok(w)
+    }
+
+    fn write_manifest(&self) -> std::io::Result<()> {
+        // Rewritten in place without fsync: it may lag the log after a power loss, and
+        // recovery accepts intact records past the committed length for that reason.
+        self.manifest_file.write_all_at(&self.manifest.encode(), 0)
+    }
+
+    fn run(mut self, rx: Receiver<Cmd>, shared: Arc<Shared>, on_durable: DurableHook) {
+        while let Ok(first) = rx.recv() {
+            // Group commit: everything already queued shares this write and this fsync.
+            let mut cmds = vec![first];
+            let mut count = 0;
+            while count < BATCH_RECORDS_MAX {
+                match rx.try_recv() {
+                    Ok(c) => {
+                        count += match &c {
+                            Cmd::Batch { records, .. } | Cmd::Compact { records, .. } => records.len(),
+                        };
+                        let is_compact = matches!(c, Cmd::Compact { .. });
+                        cmds.push(c);
+                        if is_compact {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut last = 0;
+            for cmd in cmds {
+                let r = match cmd {
+                    Cmd::Batch { seq, records, audit } => {
+                        last = seq;
+                        self.write_batch(&records, &audit)
+                    }
+                    Cmd::Compact { seq, records } => {
+                        // Everything before it must be on disk first; then the checkpoint.
+                        let r = self.sync().and_then(|_| self.compact(&records));
+                        last = seq;
+                        r
+                    }
+                };
+                if let Err(e) = r {
+                    *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    shared.cond.notify_all();
+                    return;
+                }
+            }
+            if let Err(e) = self.sync() {
+                *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                shared.cond.notify_all();
+                return;
+            }
+            *shared.durable.lock().unwrap_or_else(|p| p.into_inner()) = last;
+            shared.cond.notify_all();
+            on_durable(last);
+        }
+    }
+
+    fn write_batch(&mut self, records: &[Record], drafts: &[AuditDraft]) -> Result<(), String> {
+        let mut buf = Vec::new();
+        for r in records {
+            let payload = serde_json::to_vec(r).map_err(|e| format!("encoding a record: {e}"))?;
+            frame::write_record(&mut buf, &payload);
+        }
+        // One write call per batch keeps a crash from interleaving partial records.
+        self.log.write_all(&buf).map_err(|e| format!("writing the log: {e}"))?;
+        self.manifest.log_len += buf.len() as u64;
+        if !drafts.is_empty() {
+            let mut text = String::new();
+            for d in drafts {
+                let e = AuditEntry::new(self.manifest.audit_count + 1, &self.manifest.audit_head, d);
+                self.manifest.audit_count += 1;
+                self.manifest.audit_head = e.hash.clone();
+                text.push_str(&e.to_line());
+            }
+            self.audit.write_all(text.as_bytes()).map_err(|e| format!("writing the audit log: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), String> {
+        if self.durability == Durability::Fsync {
+            self.log.sync_data().map_err(|e| format!("fsync of the log: {e}"))?;
+            self.audit.sync_data().map_err(|e| format!("fsync of the audit log: {e}"))?;
+        }
+        self.write_manifest().map_err(|e| format!("writing the manifest: {e}"))
+    }
+
+    fn compact(&mut self, records: &[Record]) -> Result<(), String> {
+        let next = self.manifest.generation + 1;
+        let mut buf = frame::header(FileKind::Checkpoint, next).to_vec();
+        for r in records {
+            let payload = serde_json::to_vec(r).map_err(|e| format!("encoding a record: {e}"))?;
+            frame::write_record(&mut buf, &payload);
+        }
+        let end = serde_json::to_vec(&CheckpointEnd { end: records.len() as u64 }).expect("serializes");
+        frame::write_record(&mut buf, &end);
+        let err = |e: StoreError| e.to_string();
+        write_atomic(&self.dir, &checkpoint_name(next), &buf).map_err(err)?;
+        write_atomic(&self.dir, &log_name(next), &frame::header(FileKind::Log, next)).map_err(err)?;
+        // The manifest's rename is the commit point of the new generation.
+        let m = Manifest {
+            generation: next,
+            log_len: HEADER_LEN as u64,
+            audit_count: self.manifest.audit_count,
+            audit_head: self.manifest.audit_head.clone(),
+        };
+        write_atomic(&self.dir, "manifest", &m.encode()).map_err(err)?;
+        let old = self.manifest.generation;
+        self.manifest = m;
+        let lpath = path_of(&self.dir, &log_name(next));
+        self.log = OpenOptions::new().write(true).open(&lpath).map_err(|e| format!("{}: {e}", lpath.display()))?;
+        self.log.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
+        let mpath = path_of(&self.dir, "manifest");
+        self.manifest_file =
+            OpenOptions::new().write(true).open(&mpath).map_err(|e| format!("{}: {e}", mpath.display()))?;
+        let _ = fs::remove_file(path_of(&self.dir, &log_name(old)));
+        let _ = fs::remove_file(path_of(&self.dir, &checkpoint_name(old)));
+        Ok(())
+    }
+}
