@@ -2,11 +2,7 @@
 //! events, and wires the pure crates (syntax, check, vm, runtime) to the
 //! outside world. All I/O of the project lives at this edge.
 
-mod inspect;
-mod json;
-mod load;
-mod run;
-mod test_cmd;
+use ved_cli::{inspect, load, run, test_cmd};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -79,8 +79,9 @@ struct Episode {
     ticks_at_start: u64,
 }
 
-struct Driver<W: Write> {
+pub struct Driver<W: Write> {
     rt: Runtime,
+    adapter: Box<dyn Adapter>,
     program: std::sync::Arc<CompiledProgram>,
     sources: SourceMap,
     store: Option<Store>,
@@ -97,98 +98,189 @@ struct Driver<W: Write> {
     now_ms: u64,
 }
 
+/// Carries out intents. `ved run --stdin` uses [`LogAdapter`]; tests plug in their own.
+pub trait Adapter {
+    /// Performs the intent; `Err` carries the reason it failed.
+    fn deliver(&mut self, intent: &Intent) -> Result<(), String>;
+}
+
+/// Prints nothing itself (the driver prints every intent) and acknowledges at once.
+pub struct LogAdapter;
+
+impl Adapter for LogAdapter {
+    fn deliver(&mut self, _intent: &Intent) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Why the driver could not start.
+pub enum StartError {
+    /// Already reported on stderr.
+    Reported,
+}
+
+impl<W: Write> Driver<W> {
+    /// Opens the store (if any), restores or creates the instances, and runs them
+    /// until idle. `on_durable` is called from the store's writer after each batch.
+    pub fn start(
+        loaded: load::Loaded,
+        opts: &RunOptions,
+        adapter: Box<dyn Adapter>,
+        w: W,
+        on_durable: ved_store::DurableHook,
+    ) -> Result<Driver<W>, StartError> {
+        let mut out = Out { w, seq: 0 };
+        let (store, recovered) = match &opts.data_dir {
+            Some(dir) => match Store::open(dir, opts.durability, opts.recover, on_durable) {
+                Ok((s, r)) => (Some(s), Some(r)),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    eprintln!("  = hint: {}", e.hint());
+                    return Err(StartError::Reported);
+                }
+            },
+            None => (None, None),
+        };
+        let program = loaded.compiled.clone();
+        let mut rt = Runtime::empty(program.clone(), opts.seed);
+        let mut journals = BTreeMap::new();
+        let mut last_status = BTreeMap::new();
+        if let Some(rec) = recovered {
+            for w in &rec.warnings {
+                eprintln!("warning: {w}");
+            }
+            for (name, snap) in rec.snapshots {
+                if let Err(msg) = check_compatible(&program, &snap) {
+                    eprintln!(
+                        "error: instance `{name}` in {} was written by a different program: {msg}",
+                        dir_name(opts)
+                    );
+                    eprintln!("  = hint: run the program that wrote it, or start a new `--data-dir`");
+                    return Err(StartError::Reported);
+                }
+                let Some(s) = snap.to_snapshot() else {
+                    eprintln!("error: instance `{name}` in {} has an unreadable status", dir_name(opts));
+                    return Err(StartError::Reported);
+                };
+                last_status.insert(name.clone(), s.status);
+                if let Err(e) = rt.restore_instance(s) {
+                    eprintln!("error: cannot restore `{name}`: {e}");
+                    return Err(StartError::Reported);
+                }
+            }
+            journals = rec.journals;
+        }
+        for (d, dom) in program.domains.iter().enumerate() {
+            if rt.index_of(&dom.name).is_none() {
+                if let Err(e) = rt.create_instance(&dom.name, d, Vec::new()) {
+                    out.emit(obj(json!({"event": "error", "message": format!("cannot start `{}`: {e}", dom.name)})));
+                    let _ = out.w.flush();
+                    return Err(StartError::Reported);
+                }
+            }
+        }
+        let mut driver = Driver {
+            rt,
+            program,
+            sources: loaded.sources,
+            store,
+            out,
+            adapter,
+            outbox: VecDeque::new(),
+            acks: VecDeque::new(),
+            journals,
+            episodes: BTreeMap::new(),
+            last_status,
+            records_since_checkpoint: 0,
+            now_ms: 0,
+        };
+        // Intents recorded before a restart but never acknowledged go out again, same id.
+        let undelivered: Vec<Intent> = driver.rt.instances().iter().flat_map(Instance::undelivered).collect();
+        for i in undelivered {
+            driver.outbox.push_back((0, i));
+        }
+        for inst in driver.rt.instances() {
+            if inst.slice > 0 && inst.status == Status::Stable {
+                continue;
+            }
+            let started = if inst.slice == 0 { "started" } else { "resumed" };
+            let what = format!("{started} at slice {}", inst.slice);
+            driver.episodes.insert(
+                inst.name.to_string(),
+                Episode { what: vec![what], done: Vec::new(), ticks_at_start: inst.ticks },
+            );
+        }
+        driver.settle();
+        Ok(driver)
+    }
+
+    /// Handles one input line (1-based number `n`).
+    pub fn handle_line(&mut self, n: u64, line: &str) {
+        if line.trim().is_empty() {
+            return;
+        }
+        match self.apply_line(line) {
+            Ok(caused_by) => {
+                let seq = self.run_and_persist(caused_by);
+                self.acks.push_back((seq, n));
+            }
+            Err((instance, message)) => {
+                let mut e = obj(json!({"event": "error", "line": n, "message": message}));
+                if let Some(i) = instance {
+                    e.insert("instance".into(), json!(i));
+                }
+                self.out.emit(e);
+            }
+        }
+        self.settle();
+    }
+
+    /// The store's writer failed, if it did.
+    pub fn store_failure(&self) -> Option<String> {
+        self.store.as_ref().and_then(Store::failure)
+    }
+
+    /// Waits until everything is durable and delivered, writes a checkpoint, and closes the store.
+    pub fn finish(mut self) -> Result<W, String> {
+        while !self.drained() {
+            if let Some(store) = self.store.as_ref() {
+                store.wait_durable(store.last_seq())?;
+            }
+            self.settle();
+        }
+        if self.store.is_some() {
+            let records = self.all_records();
+            if let Some(store) = self.store.as_mut() {
+                let seq = store.compact(records);
+                store.wait_durable(seq).map_err(|e| format!("could not write the checkpoint: {e}"))?;
+            }
+        }
+        if let Some(store) = self.store.take() {
+            store.close()?;
+        }
+        let _ = self.out.w.flush();
+        Ok(self.out.w)
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.rt
+    }
+}
+
 pub fn run_stdin(files: &[PathBuf], opts: RunOptions) -> ExitCode {
     let loaded = match load::load(files) {
         Ok(l) => l,
         Err(code) => return code,
     };
     let (tx, rx) = mpsc::channel::<Input>();
-    let stdout = std::io::stdout();
-    let mut out = Out { w: std::io::BufWriter::new(stdout.lock()), seq: 0 };
-    let (store, recovered) = match &opts.data_dir {
-        Some(dir) => {
-            let hook_tx = tx.clone();
-            let hook: ved_store::DurableHook = Box::new(move |seq| {
-                let _ = seq;
-                let _ = hook_tx.send(Input::Durable);
-            });
-            match Store::open(dir, opts.durability, opts.recover, hook) {
-                Ok((s, r)) => (Some(s), Some(r)),
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    eprintln!("  = hint: {}", e.hint());
-                    return ExitCode::from(1);
-                }
-            }
-        }
-        None => (None, None),
+    let hook_tx = tx.clone();
+    let hook: ved_store::DurableHook = Box::new(move |_| {
+        let _ = hook_tx.send(Input::Durable);
+    });
+    let stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    let Ok(mut driver) = Driver::start(loaded, &opts, Box::new(LogAdapter), stdout, hook) else {
+        return ExitCode::from(1);
     };
-    let program = loaded.compiled.clone();
-    let mut rt = Runtime::empty(program.clone(), opts.seed);
-    let mut journals = BTreeMap::new();
-    let mut last_status = BTreeMap::new();
-    if let Some(rec) = recovered {
-        for w in &rec.warnings {
-            eprintln!("warning: {w}");
-        }
-        for (name, snap) in rec.snapshots {
-            if let Err(msg) = check_compatible(&program, &snap) {
-                eprintln!("error: instance `{name}` in {} was written by a different program: {msg}", dir_name(&opts));
-                eprintln!("  = hint: run the program that wrote it, or start a new `--data-dir`");
-                return ExitCode::from(1);
-            }
-            let Some(s) = snap.to_snapshot() else {
-                eprintln!("error: instance `{name}` in {} has an unreadable status", dir_name(&opts));
-                return ExitCode::from(1);
-            };
-            last_status.insert(name.clone(), s.status);
-            if let Err(e) = rt.restore_instance(s) {
-                eprintln!("error: cannot restore `{name}`: {e}");
-                return ExitCode::from(1);
-            }
-        }
-        journals = rec.journals;
-    }
-    for (d, dom) in program.domains.iter().enumerate() {
-        if rt.index_of(&dom.name).is_none() {
-            if let Err(e) = rt.create_instance(&dom.name, d, Vec::new()) {
-                out.emit(obj(json!({"event": "error", "message": format!("cannot start `{}`: {e}", dom.name)})));
-                let _ = out.w.flush();
-                return ExitCode::from(1);
-            }
-        }
-    }
-    let mut driver = Driver {
-        rt,
-        program,
-        sources: loaded.sources,
-        store,
-        out,
-        outbox: VecDeque::new(),
-        acks: VecDeque::new(),
-        journals,
-        episodes: BTreeMap::new(),
-        last_status,
-        records_since_checkpoint: 0,
-        now_ms: 0,
-    };
-    // Intents recorded before a restart but never acknowledged go out again, same id.
-    let undelivered: Vec<Intent> = driver.rt.instances().iter().flat_map(Instance::undelivered).collect();
-    for i in undelivered {
-        driver.outbox.push_back((0, i));
-    }
-    for inst in driver.rt.instances() {
-        if inst.slice > 0 && inst.status == Status::Stable {
-            continue;
-        }
-        let started = if inst.slice == 0 { "started" } else { "resumed" };
-        let what = format!("{started} at slice {}", inst.slice);
-        driver
-            .episodes
-            .insert(inst.name.to_string(), Episode { what: vec![what], done: Vec::new(), ticks_at_start: inst.ticks });
-    }
-    driver.settle();
-
     std::thread::spawn(move || {
         let stdin = std::io::stdin();
         let mut n = 0;
@@ -205,67 +297,32 @@ pub fn run_stdin(files: &[PathBuf], opts: RunOptions) -> ExitCode {
         }
         let _ = tx.send(Input::Eof);
     });
-
-    let mut eof = false;
     loop {
-        if eof && driver.drained() {
-            break;
-        }
         let Ok(input) = rx.recv() else { break };
         match input {
-            Input::Line(n, line) => {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                match driver.apply_line(&line) {
-                    Ok(caused_by) => {
-                        let seq = driver.run_and_persist(caused_by);
-                        driver.acks.push_back((seq, n));
-                    }
-                    Err((instance, message)) => {
-                        let mut e = obj(json!({"event": "error", "line": n, "message": message}));
-                        if let Some(i) = instance {
-                            e.insert("instance".into(), json!(i));
-                        }
-                        driver.out.emit(e);
-                    }
-                }
-                driver.settle();
-            }
+            Input::Line(n, line) => driver.handle_line(n, &line),
             Input::ReadError(n, e) => {
                 driver
                     .out
                     .emit(obj(json!({"event": "error", "line": n, "message": format!("cannot read input: {e}")})));
             }
-            Input::Eof => eof = true,
+            Input::Eof => break,
             Input::Durable => driver.settle(),
         }
         let _ = driver.out.w.flush();
-        if let Some(f) = driver.store.as_ref().and_then(Store::failure) {
+        if let Some(f) = driver.store_failure() {
             eprintln!("error: the store failed: {f}");
             eprintln!("  = hint: nothing after the last acknowledged line is durable; fix the disk and restart");
             return ExitCode::from(1);
         }
     }
-    // A clean stop leaves a compact store: one checkpoint, an empty log.
-    if driver.store.is_some() {
-        let records = driver.all_records();
-        if let Some(store) = driver.store.as_mut() {
-            let seq = store.compact(records);
-            if let Err(e) = store.wait_durable(seq) {
-                eprintln!("error: could not write the checkpoint: {e}");
-                return ExitCode::from(1);
-            }
-        }
-    }
-    if let Some(store) = driver.store.take() {
-        if let Err(e) = store.close() {
+    match driver.finish() {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
             eprintln!("error: the store failed: {e}");
-            return ExitCode::from(1);
+            ExitCode::from(1)
         }
     }
-    let _ = driver.out.w.flush();
-    ExitCode::SUCCESS
 }
 
 fn dir_name(opts: &RunOptions) -> String {
@@ -300,7 +357,7 @@ impl<W: Write> Driver<W> {
 
     /// Runs what is ready, delivers released intents and feeds their results back,
     /// until nothing moves.
-    fn settle(&mut self) {
+    pub fn settle(&mut self) {
         loop {
             self.release();
             if !self.rt.has_work() {
@@ -328,8 +385,8 @@ impl<W: Write> Driver<W> {
                 "transition": tname, "adapter": &*intent.adapter, "action": &*intent.action,
                 "args": intent.args.iter().map(to_json).collect::<Vec<_>>()}),
             ));
-            // The logging adapter: the intent was printed; acknowledge it.
-            let _ = self.rt.deliver(&intent.id, true, None);
+            let result = self.adapter.deliver(&intent);
+            let _ = self.rt.deliver(&intent.id, result.is_ok(), result.err());
         }
     }
 

@@ -1,0 +1,11 @@
+//! The `ved` command's library half: loading programs, the run driver (store,
+//! output commit, journal, audit), conversions to JSON, and the read-only views
+//! of a data directory. All I/O of the project lives at this edge; `main.rs`
+//! only parses arguments and calls in here. It is a library so that tests can
+//! drive the runtime with their own adapters.
+
+pub mod inspect;
+pub mod json;
+pub mod load;
+pub mod run;
+pub mod test_cmd;

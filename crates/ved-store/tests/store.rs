@@ -1,0 +1,283 @@
+//! The store's contract: what it keeps, and that damage is reported, never loaded.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use ved_store::codec::{JournalEntry, Record, SnapshotRecord, StoredValue};
+use ved_store::{read_only, verify_audit, AuditDraft, Durability, Store, StoreError};
+
+fn snap(instance: &str, slice: u64, workers: i64) -> Record {
+    Record::Snapshot(SnapshotRecord {
+        instance: instance.into(),
+        domain: "WorkerPool".into(),
+        fields: vec![("workers".into(), "int".into())],
+        domain_index: 0,
+        slice,
+        ticks: slice,
+        now_ms: 0,
+        seed: 1,
+        status: "converging".into(),
+        state: vec![StoredValue::Int(workers)],
+        pending: Vec::new(),
+        retry_attempts: Vec::new(),
+        tick_cursor: None,
+        tick_ran: false,
+        ticks_since_input: 0,
+    })
+}
+
+fn journal(instance: &str, slice: u64) -> Record {
+    Record::Journal(JournalEntry {
+        instance: instance.into(),
+        slice,
+        at_ms: 0,
+        cause: "transition".into(),
+        detail: Some("scale_up".into()),
+        changes: vec![("workers".into(), slice.to_string())],
+        held: Vec::new(),
+        intents: Vec::new(),
+        results: Vec::new(),
+        caused_by: None,
+    })
+}
+
+fn draft(text: &str) -> AuditDraft {
+    AuditDraft { at_ms: 5, instance: "WorkerPool".into(), text: text.into() }
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ved-store-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn open(dir: &Path) -> Result<(Store, ved_store::Recovered), StoreError> {
+    Store::open(dir, Durability::Fsync, false, Box::new(|_| {}))
+}
+
+/// A store with a checkpoint (generation 1) and log records after it.
+fn populated(tag: &str) -> PathBuf {
+    let dir = tempdir(tag);
+    let (mut s, _) = open(&dir).unwrap();
+    for i in 1..=5 {
+        s.append(vec![snap("WorkerPool", i, i as i64), journal("WorkerPool", i)], vec![draft(&format!("step {i}"))]);
+    }
+    let seq = s.compact(vec![snap("WorkerPool", 5, 5), journal("WorkerPool", 5)]);
+    s.wait_durable(seq).unwrap();
+    for i in 6..=8 {
+        s.append(vec![snap("WorkerPool", i, i as i64), journal("WorkerPool", i)], vec![draft(&format!("step {i}"))]);
+    }
+    s.close().unwrap();
+    dir
+}
+
+#[test]
+fn a_reopened_store_has_the_latest_snapshot_journal_and_audit() {
+    let dir = populated("roundtrip");
+    let (s, rec) = open(&dir).unwrap();
+    drop(s);
+    let snap = &rec.snapshots["WorkerPool"];
+    assert_eq!(snap.slice, 8);
+    assert_eq!(snap.state, vec![StoredValue::Int(8)]);
+    let slices: Vec<u64> = rec.journals["WorkerPool"].iter().map(|e| e.slice).collect();
+    assert_eq!(slices, [5, 6, 7, 8]);
+    assert_eq!(rec.audit.len(), 8);
+    assert_eq!(rec.audit[7].text, "step 8");
+    assert!(rec.warnings.is_empty(), "{:?}", rec.warnings);
+    assert_eq!(verify_audit(&dir).unwrap().unwrap(), 8);
+}
+
+#[test]
+fn only_one_process_may_hold_a_store() {
+    let dir = tempdir("lock");
+    let (_s, _) = open(&dir).unwrap();
+    assert!(matches!(open(&dir), Err(StoreError::Locked { .. })));
+    // Readers need no lock.
+    assert!(read_only(&dir).is_ok());
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap() != "lock")
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_flipped_bit_anywhere_is_detected_and_nothing_is_loaded() {
+    let pristine = populated("flip-src");
+    let names: Vec<String> = files(&pristine).iter().map(|p| p.file_name().unwrap().to_string_lossy().into()).collect();
+    assert_eq!(names, ["audit.log", "checkpoint-1", "log-1", "manifest"]);
+    let dir = tempdir("flip");
+    let mut tried = 0;
+    for name in &names {
+        let original = std::fs::read(pristine.join(name)).unwrap();
+        // Every byte of small files; a spread of offsets in larger ones.
+        let step = (original.len() / 97).max(1);
+        for offset in (0..original.len()).step_by(step) {
+            for bit in [0u8, 5] {
+                let _ = std::fs::remove_dir_all(&dir);
+                std::fs::create_dir_all(&dir).unwrap();
+                for n in &names {
+                    std::fs::copy(pristine.join(n), dir.join(n)).unwrap();
+                }
+                let mut bytes = original.clone();
+                bytes[offset] ^= 1 << bit;
+                std::fs::write(dir.join(name), &bytes).unwrap();
+                let r = read_only(&dir);
+                assert!(r.is_err(), "{name}: flip at byte {offset} bit {bit} was read without complaint");
+                match open(&dir) {
+                    Err(StoreError::Corrupt { path, detail }) => {
+                        assert!(path.ends_with(name), "{name}@{offset}: blamed {}", path.display());
+                        assert!(!detail.is_empty());
+                    }
+                    Err(other) => panic!("{name}@{offset}: expected a corruption report, got {other}"),
+                    Ok(_) => panic!("{name}: flip at byte {offset} bit {bit} was loaded"),
+                }
+                tried += 1;
+            }
+        }
+    }
+    assert!(tried > 400, "{tried}");
+}
+
+#[test]
+fn truncated_files_are_detected() {
+    let pristine = populated("trunc-src");
+    for name in ["audit.log", "checkpoint-1", "log-1", "manifest"] {
+        let len = std::fs::metadata(pristine.join(name)).unwrap().len();
+        for cut in [1, len / 2, len - 1] {
+            let dir = tempdir("trunc");
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in files(&pristine) {
+                std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+            }
+            let f = std::fs::OpenOptions::new().write(true).open(dir.join(name)).unwrap();
+            f.set_len(cut).unwrap();
+            let err = open(&dir).err().unwrap_or_else(|| panic!("{name} cut to {cut} bytes was loaded"));
+            assert!(matches!(err, StoreError::Corrupt { .. }), "{name}@{cut}: {err}");
+        }
+    }
+}
+
+#[test]
+fn a_foreign_directory_or_file_is_refused() {
+    let dir = tempdir("foreign");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("notes.txt"), "hello").unwrap();
+    assert!(matches!(open(&dir), Err(StoreError::Foreign { .. })));
+    let dir = populated("foreign2");
+    std::fs::write(dir.join("manifest"), b"PK\x03\x04 a zip file, not a manifest").unwrap();
+    let err = open(&dir).err().unwrap();
+    assert!(err.to_string().contains("not a Ved store file"), "{err}");
+}
+
+#[test]
+fn an_unfinished_write_after_the_committed_end_is_discarded_with_a_warning() {
+    let dir = populated("torn");
+    // A batch that a crash cut short: half a record past the committed length.
+    let mut log = std::fs::OpenOptions::new().append(true).open(dir.join("log-1")).unwrap();
+    std::io::Write::write_all(&mut log, &[200, 0, 0, 0, 1, 2, 3, 4, b'{']).unwrap();
+    drop(log);
+    let (s, rec) = open(&dir).unwrap();
+    drop(s);
+    assert_eq!(rec.snapshots["WorkerPool"].slice, 8);
+    assert!(rec.warnings.iter().any(|w| w.contains("unfinished write")), "{:?}", rec.warnings);
+    // The tail is gone: a second open is clean.
+    let (_s, rec) = open(&dir).unwrap();
+    assert!(rec.warnings.is_empty(), "{:?}", rec.warnings);
+}
+
+#[test]
+fn recover_keeps_the_last_good_snapshot_and_sets_the_damage_aside() {
+    let dir = populated("recover");
+    let mut bytes = std::fs::read(dir.join("log-1")).unwrap();
+    bytes[24 + 20] ^= 0xff; // inside the first record after the checkpoint: the snapshot of slice 6
+    std::fs::write(dir.join("log-1"), &bytes).unwrap();
+    assert!(matches!(open(&dir), Err(StoreError::Corrupt { .. })));
+    let (s, rec) = Store::open(&dir, Durability::Fsync, true, Box::new(|_| {})).unwrap();
+    drop(s);
+    assert_eq!(rec.snapshots["WorkerPool"].slice, 5, "the last good snapshot is the checkpoint's");
+    assert!(rec.warnings.iter().any(|w| w.contains("checksum mismatch")), "{:?}", rec.warnings);
+    assert!(dir.join("log-1.damaged").exists());
+    // Recovered and repaired: a normal open works again.
+    assert!(open(&dir).is_ok());
+}
+
+fn edit_audit(dir: &Path, f: impl FnOnce(&mut Vec<String>)) {
+    let text = std::fs::read_to_string(dir.join("audit.log")).unwrap();
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    f(&mut lines);
+    std::fs::write(dir.join("audit.log"), lines.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn audit_verify_names_the_first_edited_removed_or_reordered_entry() {
+    let dir = populated("audit-edit");
+    edit_audit(&dir, |l| l[2] = l[2].replace("step 3", "step 9"));
+    let e = verify_audit(&dir).unwrap().unwrap_err();
+    assert_eq!(e.line, 3);
+    assert!(e.reason.contains("edited"), "{e}");
+
+    let dir = populated("audit-remove");
+    edit_audit(&dir, |l| {
+        l.remove(4);
+    });
+    let e = verify_audit(&dir).unwrap().unwrap_err();
+    assert_eq!(e.line, 5);
+    assert!(e.reason.contains("removed or reordered"), "{e}");
+
+    let dir = populated("audit-reorder");
+    edit_audit(&dir, |l| l.swap(1, 2));
+    let e = verify_audit(&dir).unwrap().unwrap_err();
+    assert_eq!(e.line, 2);
+
+    let dir = populated("audit-tail");
+    edit_audit(&dir, |l| {
+        l.pop();
+    });
+    let e = verify_audit(&dir).unwrap().unwrap_err();
+    assert!(e.reason.contains("removed from the end"), "{e}");
+}
+
+#[test]
+fn batches_queued_while_a_flush_is_under_way_share_one_fsync() {
+    // The durable hook blocks the writer after its first batch, standing in for a
+    // slow disk. Meanwhile the caller keeps appending without waiting.
+    let dir = tempdir("group");
+    let (gate_tx, gate_rx) = mpsc::channel::<()>();
+    let (seen_tx, seen_rx) = mpsc::channel::<u64>();
+    let gate = std::sync::Mutex::new(gate_rx);
+    let hook = Box::new(move |seq| {
+        seen_tx.send(seq).unwrap();
+        let _ = gate.lock().unwrap().recv();
+    });
+    let (mut s, _) = Store::open(&dir, Durability::Fsync, false, hook).unwrap();
+    let first = s.append(vec![snap("WorkerPool", 1, 1)], vec![]);
+    assert_eq!(seen_rx.recv().unwrap(), first);
+    // The writer is stuck in its hook; appending does not wait for it.
+    let started = std::time::Instant::now();
+    let mut last = 0;
+    for i in 2..=500 {
+        last = s.append(vec![snap("WorkerPool", i, i as i64)], vec![]);
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(s.durable_seq() < last, "nothing after the first batch can be durable yet");
+    // Release the writer: everything queued goes out in far fewer flushes than batches.
+    let mut flushes = 0;
+    loop {
+        gate_tx.send(()).unwrap();
+        let seq = seen_rx.recv().unwrap();
+        flushes += 1;
+        if seq == last {
+            break;
+        }
+    }
+    gate_tx.send(()).unwrap();
+    assert!(flushes <= 3, "499 batches took {flushes} flushes");
+    drop(s);
+    let rec = read_only(&dir).unwrap();
+    assert_eq!(rec.snapshots["WorkerPool"].slice, 500);
+}
