@@ -297,8 +297,7 @@ pub fn run_stdin(files: &[PathBuf], opts: RunOptions) -> ExitCode {
         }
         let _ = tx.send(Input::Eof);
     });
-    loop {
-        let Ok(input) = rx.recv() else { break };
+    while let Ok(input) = rx.recv() {
         match input {
             Input::Line(n, line) => driver.handle_line(n, &line),
             Input::ReadError(n, e) => {
