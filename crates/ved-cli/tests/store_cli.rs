@@ -1,0 +1,199 @@
+//! `ved run --data-dir`: output commit, restart, corruption, and the read-only views.
+
+use serde_json::Value as Json;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use ved_cli::run::{Adapter, Driver, RunOptions};
+use ved_runtime::Intent;
+use ved_store::Durability;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ved-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn ved(args: &[&str], input: &str) -> (i32, Vec<Json>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ved"))
+        .args(args)
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let events = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    (out.status.code().unwrap_or(-1), events, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// An adapter that, when called, reads the store from disk and records what it finds.
+struct ReadsTheStore {
+    dir: PathBuf,
+    seen: Arc<Mutex<Vec<(String, u64, u64)>>>,
+}
+
+impl Adapter for ReadsTheStore {
+    fn deliver(&mut self, intent: &Intent) -> Result<(), String> {
+        let rec = ved_store::read_only(&self.dir).map_err(|e| e.to_string())?;
+        let stored = rec.snapshots.get(&*intent.id.instance).map(|s| s.slice).unwrap_or(0);
+        self.seen.lock().unwrap().push((intent.to_string(), intent.id.slice, stored));
+        Ok(())
+    }
+}
+
+#[test]
+fn no_intent_reaches_an_adapter_before_its_slice_is_durable() {
+    let dir = tempdir("output-commit");
+    let loaded = ved_cli::load::load(&[root().join("examples/database_routing.ved")]).ok().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let adapter = ReadsTheStore { dir: dir.clone(), seen: seen.clone() };
+    let (tx, rx) = mpsc::channel();
+    let hook = Box::new(move |_| {
+        let _ = tx.send(());
+    });
+    let opts = RunOptions { seed: 0, data_dir: Some(dir.clone()), durability: Durability::Fsync, recover: false };
+    let mut d = Driver::start(loaded, &opts, Box::new(adapter), Vec::new(), hook).ok().unwrap();
+    d.handle_line(1, r#"{"instance":"DatabaseRouting","set":{"primary_status":"failed"}}"#);
+    d.handle_line(2, r#"{"instance":"DatabaseRouting","set":{"primary_status":"healthy"}}"#);
+    while seen.lock().unwrap().len() < 3 {
+        rx.recv_timeout(std::time::Duration::from_secs(10)).expect("durability progresses");
+        d.settle();
+    }
+    let out = String::from_utf8(d.finish().unwrap()).unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "{seen:?}\n{out}");
+    for (intent, emitted_at, stored) in &seen {
+        assert!(
+            stored >= emitted_at,
+            "{intent} (slice {emitted_at}) reached the adapter while the store held slice {stored}"
+        );
+    }
+    assert_eq!(seen[0].0, "Network.UpdateDNS(\"replica\")");
+    // Each intent was printed after the line that caused it was acknowledged as durable.
+    let lines: Vec<Json> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let ack1 = lines.iter().position(|e| e["event"] == "ack" && e["line"] == 1).unwrap();
+    let first_intent = lines.iter().position(|e| e["event"] == "intent").unwrap();
+    assert!(ack1 < first_intent, "{out}");
+}
+
+#[test]
+fn a_restart_resumes_every_instance_at_its_next_slice() {
+    let dir = tempdir("restart");
+    let d = dir.to_str().unwrap();
+    let (code, ev, err) = ved(
+        &["run", "examples/worker_pool.ved", "--stdin", "--data-dir", d],
+        "{\"instance\":\"WorkerPool\",\"set\":{\"workers\":2}}\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let last_slice = ev.iter().filter(|e| e["event"] == "slice").map(|e| e["slice"].as_u64().unwrap()).max().unwrap();
+    assert_eq!(last_slice, 9, "boot 5 slices, observe 1, repair 3");
+    // The second run boots nothing: it is stable at slice 9 and continues from there.
+    let (code, ev, err) = ved(
+        &["run", "examples/worker_pool.ved", "--stdin", "--data-dir", d],
+        "{\"instance\":\"WorkerPool\",\"set\":{\"workers\":4}}\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let slices: Vec<u64> = ev.iter().filter(|e| e["event"] == "slice").map(|e| e["slice"].as_u64().unwrap()).collect();
+    assert_eq!(slices, [10, 11]);
+    // Read-only views.
+    let out = Command::new(env!("CARGO_BIN_EXE_ved")).args(["inspect", "--data-dir", d, "--json"]).output().unwrap();
+    let snap: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(snap["slice"], 11);
+    assert_eq!(snap["state"]["workers"], 5);
+    assert_eq!(snap["status"], "stable");
+    let out = Command::new(env!("CARGO_BIN_EXE_ved")).args(["inspect", "--data-dir", d]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("WorkerPool (WorkerPool) at slice 11: stable\n  workers: int = 5"), "{text}");
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_ved")).args(["journal", "--data-dir", d, "WorkerPool"]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("slice 10 at 0ms [observe]: workers = 4"), "{text}");
+    assert!(text.contains("slice 11 at 0ms [transition scale_up]: workers = 5"), "{text}");
+    let out = Command::new(env!("CARGO_BIN_EXE_ved")).args(["audit", "--data-dir", d]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("WorkerPool: workers drifted to 4; scale_up set workers = 5; stable again after 1 tick"),
+        "{text}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_ved")).args(["audit", "verify", "--data-dir", d]).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "ok: 3 audit entries, hash chain intact\n");
+}
+
+#[test]
+fn the_audit_log_records_a_drift_and_its_correction_in_words() {
+    let dir = tempdir("audit-words");
+    let d = dir.to_str().unwrap();
+    let input = "{\"instance\":\"SecurityPolicy\",\"set\":{\"actual_ports\":[80,443]}}\n";
+    ved(&["run", "examples/security_policy.ved", "--stdin", "--data-dir", d], input);
+    let input = "{\"instance\":\"SecurityPolicy\",\"set\":{\"actual_ports\":[80,443,22]}}\n";
+    let (code, _, err) = ved(&["run", "examples/security_policy.ved", "--stdin", "--data-dir", d], input);
+    assert_eq!(code, 0, "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_ved")).args(["audit", "--data-dir", d, "--json"]).output().unwrap();
+    let entries: Vec<Json> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let last = entries.last().unwrap();
+    assert_eq!(
+        last["text"],
+        "actual_ports drifted to [80, 443, 22]; CloseRoguePorts emitted Firewall.ClosePorts([22]); stable again after 1 tick"
+    );
+    assert_eq!(last["prev"], entries[entries.len() - 2]["hash"]);
+}
+
+#[test]
+fn a_corrupt_store_stops_ved_run_unless_told_to_recover() {
+    let dir = tempdir("corrupt");
+    let d = dir.to_str().unwrap();
+    let input = "{\"instance\":\"WorkerPool\",\"set\":{\"workers\":2}}\n";
+    // `--durability none` keeps the log (no checkpoint is taken until a clean stop, which this is),
+    // so damage the checkpoint the clean stop wrote.
+    let (code, _, err) =
+        ved(&["run", "examples/worker_pool.ved", "--stdin", "--data-dir", d, "--durability", "none"], input);
+    assert_eq!(code, 0, "{err}");
+    let cp = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("checkpoint-"))
+        .unwrap();
+    let mut bytes = std::fs::read(&cp).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&cp, bytes).unwrap();
+    let (code, ev, err) = ved(&["run", "examples/worker_pool.ved", "--stdin", "--data-dir", d], "");
+    assert_eq!(code, 1, "{err}");
+    assert!(ev.is_empty());
+    assert!(err.contains("is corrupt: checksum mismatch in the record at byte"), "{err}");
+    assert!(err.contains("--recover"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_ved")).args(["inspect", "--data-dir", d]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let (code, _, err) = ved(&["run", "examples/worker_pool.ved", "--stdin", "--data-dir", d, "--recover"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("warning:") && err.contains("set aside"), "{err}");
+}
+
+#[test]
+fn a_store_written_by_another_program_is_refused() {
+    let dir = tempdir("other-program");
+    let d = dir.to_str().unwrap();
+    ved(&["run", "examples/worker_pool.ved", "--stdin", "--data-dir", d], "");
+    // Same domain name, different fields.
+    let other = dir.join("other.ved");
+    std::fs::write(&other, "domain WorkerPool {\n  state {\n    count: int\n  }\n}\ngoal count == 1\n").unwrap();
+    let (code, _, err) = ved(&["run", other.to_str().unwrap(), "--stdin", "--data-dir", d], "");
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(
+            "was written by a different program: its fields are [workers: int], the program declares [count: int]"
+        ),
+        "{err}"
+    );
+}
