@@ -197,3 +197,71 @@ fn a_store_written_by_another_program_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn the_journal_records_lineage_and_is_trimmed_while_the_instance_stays_stable() {
+    let dir = tempdir("journal");
+    let d = dir.to_str().unwrap();
+    // 60 crashes and repairs: 240 slices, far more than a stable instance keeps.
+    let mut input = String::new();
+    for i in 0..60 {
+        input.push_str(&format!("{{\"instance\":\"WorkerPool\",\"set\":{{\"workers\":{}}}}}\n", i % 3 + 2));
+    }
+    input.push_str("{\"instance\":\"WorkerPool\",\"set\":{\"workers\":4},\"caused_by\":\"WorkerPool/3/0\"}\n");
+    let (code, _, err) = ved(&["run", "examples/worker_pool.ved", "--stdin", "--data-dir", d], &input);
+    assert_eq!(code, 0, "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_ved"))
+        .args(["journal", "--data-dir", d, "WorkerPool", "--json"])
+        .output()
+        .unwrap();
+    let entries: Vec<Json> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(entries.len() <= 64, "{} entries kept", entries.len());
+    assert!(entries.len() >= 2);
+    // Newest last, slices increasing, and the lineage of the last observation kept.
+    assert!(entries.windows(2).all(|w| w[0]["slice"].as_u64() < w[1]["slice"].as_u64()));
+    let observe = entries.iter().rev().find(|e| e["cause"] == "observe").unwrap();
+    assert_eq!(observe["caused_by"], "WorkerPool/3/0");
+    assert_eq!(observe["changes"][0], serde_json::json!(["workers", "4"]));
+}
+
+#[test]
+fn inspect_works_while_ved_run_holds_the_directory() {
+    let dir = tempdir("inspect-live");
+    let d = dir.to_str().unwrap().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ved"))
+        .args(["run", "examples/worker_pool.ved", "--stdin", "--data-dir", &d])
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"{\"instance\":\"WorkerPool\",\"set\":{\"workers\":1}}\n").unwrap();
+    stdin.flush().unwrap();
+    // Wait for the acknowledgement: the line's slices are durable.
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(std::io::BufRead::read_line(&mut reader, &mut line).unwrap() > 0, "ved run ended early");
+        if line.contains("\"event\":\"ack\"") {
+            break;
+        }
+    }
+    // A second owner is refused, a reader is not.
+    let (code, _, err) = ved(&["run", "examples/worker_pool.ved", "--stdin", "--data-dir", &d], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("is in use by another `ved run`"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_ved"))
+        .args(["inspect", "--data-dir", &d, "WorkerPool", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let snap: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(snap["instance"], "WorkerPool");
+    assert!(snap["slice"].as_u64().unwrap() >= 6);
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
