@@ -5,7 +5,7 @@
 //! drive the runtime with their own adapters.
 
 pub mod inspect;
-pub mod json;
+pub use ved_adapters::json;
 pub mod load;
 pub mod run;
 pub mod test_cmd;

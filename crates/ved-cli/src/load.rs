@@ -90,3 +90,32 @@ fn summary(errors: usize, warnings: usize) {
     }
     eprintln!("{s}");
 }
+
+/// Reads `ved.toml` and checks it against the loaded program. Diagnostics go to stderr.
+pub fn load_config(loaded: &mut Loaded, path: &std::path::Path) -> Result<ved_adapters::config::Config, ExitCode> {
+    let name = path.display().to_string();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read `{name}`: {e}");
+            return Err(ExitCode::from(1));
+        }
+    };
+    let id = loaded.sources.add(name, text.clone());
+    let config = match ved_adapters::config::parse_config(id, &text) {
+        Ok(c) => c,
+        Err(d) => {
+            eprint!("{}", d.render(&loaded.sources));
+            summary(1, 0);
+            return Err(ExitCode::from(1));
+        }
+    };
+    let mut diags = ved_adapters::config::validate(&config, id, &loaded.program);
+    if !diags.is_empty() {
+        diags.sort_by_key(|d| (d.span.file, d.span.start));
+        eprint!("{}", diag::render_all(&diags, &loaded.sources));
+        summary(diags.len(), 0);
+        return Err(ExitCode::from(1));
+    }
+    Ok(config)
+}

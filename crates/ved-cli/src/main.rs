@@ -22,6 +22,9 @@ enum Command {
         /// The files of one program, in order.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Also check this `ved.toml` against the program: bindings, drivers, watched fields.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// Run the `scenario` blocks of a program as deterministic chaos tests.
     Test {
@@ -48,6 +51,9 @@ enum Command {
         /// Seed for retry jitter.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Adapters and watchers (`ved.toml`). Without it, intents go to a logging adapter.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
         /// Make every slice durable in this directory, and resume from it after a restart.
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
@@ -102,9 +108,9 @@ enum DurabilityArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { files } => check(&files),
+        Command::Check { files, config } => check(&files, config.as_deref()),
         Command::Test { files, seed, filter, trace } => test_cmd::test(&files, seed, filter.as_deref(), trace),
-        Command::Run { files, stdin, seed, data_dir, durability, recover } => {
+        Command::Run { files, stdin, seed, config, data_dir, durability, recover } => {
             if !stdin {
                 eprintln!("error: `ved run` needs an input source");
                 eprintln!(
@@ -116,7 +122,11 @@ fn main() -> ExitCode {
                 DurabilityArg::Fsync => ved_store::Durability::Fsync,
                 DurabilityArg::None => ved_store::Durability::None,
             };
-            run::run_stdin(&files, run::RunOptions { seed, data_dir, durability, recover })
+            run::run_stdin(
+                &files,
+                config.as_deref(),
+                run::RunOptions { seed, data_dir, durability, recover, config: None },
+            )
         }
         Command::Inspect { data_dir, instance, json } => inspect::inspect(&data_dir, instance.as_deref(), json),
         Command::Journal { data_dir, instance, json } => inspect::journal(&data_dir, &instance, json),
@@ -133,9 +143,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(files: &[PathBuf]) -> ExitCode {
+fn check(files: &[PathBuf], config: Option<&std::path::Path>) -> ExitCode {
     match load::load(files) {
-        Ok(loaded) => {
+        Ok(mut loaded) => {
+            if let Some(path) = config {
+                if let Err(code) = load::load_config(&mut loaded, path) {
+                    return code;
+                }
+            }
             let p = &loaded.program;
             let transitions: usize = p.domains.iter().map(|d| d.transitions.len()).sum();
             eprintln!(

@@ -10,7 +10,10 @@
 //! it applies, `instance`. With `--data-dir`, each input line is acknowledged
 //! (`ack`) once the slices it caused are durable, and an intent leaves for its
 //! adapter only after the slice that emitted it is durable (output commit).
-//! Intents go to a logging adapter that prints them and acknowledges them.
+//! Without `--config`, intents go to a logging adapter that prints them and
+//! acknowledges them; with it, each adapter name goes to its configured driver
+//! on worker threads, and watchers feed observations in. Results and
+//! observations come back through one ordered channel.
 //! A bad line yields an `error` event and changes nothing. At the end of
 //! input, once everything is durable and delivered, the process exits 0.
 
@@ -21,7 +24,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use ved_runtime::{Cause, Event, Instance, Intent, Runtime, Status};
 use ved_store::{AuditDraft, Durability, JournalEntry, Record, SnapshotRecord, Store, JOURNAL_MAX};
 use ved_syntax::SourceMap;
@@ -39,6 +42,8 @@ pub struct RunOptions {
     pub data_dir: Option<PathBuf>,
     pub durability: Durability,
     pub recover: bool,
+    /// `ved.toml`, already validated against the program.
+    pub config: Option<ved_adapters::config::Config>,
 }
 
 struct Out<W: Write> {
@@ -68,6 +73,8 @@ enum Input {
     Line(u64, String),
     ReadError(u64, String),
     Eof,
+    /// A result or an observation from the adapters, in the order they reported.
+    Inbound(ved_adapters::Inbound),
     /// A batch became durable; the driver reads the store's durable sequence itself.
     Durable,
 }
@@ -81,7 +88,7 @@ struct Episode {
 
 pub struct Driver<W: Write> {
     rt: Runtime,
-    adapter: Box<dyn Adapter>,
+    adapters: Adapters,
     program: std::sync::Arc<CompiledProgram>,
     sources: SourceMap,
     store: Option<Store>,
@@ -98,18 +105,24 @@ pub struct Driver<W: Write> {
     now_ms: u64,
 }
 
-/// Carries out intents. `ved run --stdin` uses [`LogAdapter`]; tests plug in their own.
-pub trait Adapter {
-    /// Performs the intent; `Err` carries the reason it failed.
-    fn deliver(&mut self, intent: &Intent) -> Result<(), String>;
+/// Which driver serves each adapter name, and how intents reach them.
+pub struct Adapters {
+    pub by_name: BTreeMap<String, Arc<dyn ved_adapters::Driver>>,
+    /// For names not in `by_name` (without a configuration: every name).
+    pub fallback: Arc<dyn ved_adapters::Driver>,
+    /// Worker threads; `None` delivers inline, on the driver's own thread.
+    pub pool: Option<ved_adapters::DeliveryPool>,
 }
 
-/// Prints nothing itself (the driver prints every intent) and acknowledges at once.
-pub struct LogAdapter;
+impl Adapters {
+    /// Everything acknowledged at once by the logging driver, inline.
+    pub fn logging() -> Adapters {
+        Adapters { by_name: BTreeMap::new(), fallback: Arc::new(ved_adapters::LogDriver), pool: None }
+    }
 
-impl Adapter for LogAdapter {
-    fn deliver(&mut self, _intent: &Intent) -> Result<(), String> {
-        Ok(())
+    /// One driver for every name, inline (tests).
+    pub fn single(driver: Arc<dyn ved_adapters::Driver>) -> Adapters {
+        Adapters { by_name: BTreeMap::new(), fallback: driver, pool: None }
     }
 }
 
@@ -125,7 +138,7 @@ impl<W: Write> Driver<W> {
     pub fn start(
         loaded: load::Loaded,
         opts: &RunOptions,
-        adapter: Box<dyn Adapter>,
+        adapters: Adapters,
         w: W,
         on_durable: ved_store::DurableHook,
     ) -> Result<Driver<W>, StartError> {
@@ -143,6 +156,14 @@ impl<W: Write> Driver<W> {
         };
         let program = loaded.compiled.clone();
         let mut rt = Runtime::empty(program.clone(), opts.seed);
+        if let Some(c) = &opts.config {
+            rt.policy = ved_runtime::RetryPolicy {
+                initial_ms: c.retry.initial_ms,
+                factor: c.retry.factor,
+                cap_ms: c.retry.cap_ms,
+                breaker_after: c.retry.breaker_after,
+            };
+        }
         let mut journals = BTreeMap::new();
         let mut last_status = BTreeMap::new();
         if let Some(rec) = recovered {
@@ -185,7 +206,7 @@ impl<W: Write> Driver<W> {
             sources: loaded.sources,
             store,
             out,
-            adapter,
+            adapters,
             outbox: VecDeque::new(),
             acks: VecDeque::new(),
             journals,
@@ -235,6 +256,36 @@ impl<W: Write> Driver<W> {
         self.settle();
     }
 
+    /// Applies a result or an observation reported by an adapter.
+    pub fn handle_inbound(&mut self, inbound: ved_adapters::Inbound) {
+        match inbound {
+            ved_adapters::Inbound::Result { id, outcome } => match parse_intent_id(&id) {
+                Some(iid) => {
+                    let _ = self.rt.deliver(&iid, outcome.is_ok(), outcome.err());
+                }
+                None => self.out.emit(obj(
+                    json!({"event": "error", "message": format!("a driver reported on unknown intent `{id}`")}),
+                )),
+            },
+            ved_adapters::Inbound::Observed(o) => {
+                let r = self.observe(&o.instance, &o.fields, o.version.map(|v| (o.source.as_str(), v)));
+                match r {
+                    Ok(()) => {
+                        self.run_and_persist(None);
+                    }
+                    Err((instance, message)) => {
+                        let mut e = obj(json!({"event": "error", "source": o.source, "message": message}));
+                        if let Some(i) = instance {
+                            e.insert("instance".into(), json!(i));
+                        }
+                        self.out.emit(e);
+                    }
+                }
+            }
+        }
+        self.settle();
+    }
+
     /// The store's writer failed, if it did.
     pub fn store_failure(&self) -> Option<String> {
         self.store.as_ref().and_then(Store::failure)
@@ -267,20 +318,56 @@ impl<W: Write> Driver<W> {
     }
 }
 
-pub fn run_stdin(files: &[PathBuf], opts: RunOptions) -> ExitCode {
-    let loaded = match load::load(files) {
+pub fn run_stdin(files: &[PathBuf], config: Option<&Path>, mut opts: RunOptions) -> ExitCode {
+    let mut loaded = match load::load(files) {
         Ok(l) => l,
         Err(code) => return code,
     };
+    if let Some(path) = config {
+        match load::load_config(&mut loaded, path) {
+            Ok(c) => opts.config = Some(c),
+            Err(code) => return code,
+        }
+    }
     let (tx, rx) = mpsc::channel::<Input>();
     let hook_tx = tx.clone();
     let hook: ved_store::DurableHook = Box::new(move |_| {
         let _ = hook_tx.send(Input::Durable);
     });
     let stdout = std::io::BufWriter::new(std::io::stdout().lock());
-    let Ok(mut driver) = Driver::start(loaded, &opts, Box::new(LogAdapter), stdout, hook) else {
+    let (inbound_tx, inbound_rx) = mpsc::channel::<ved_adapters::Inbound>();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (adapters, watchers) = match &opts.config {
+        Some(c) => match build_adapters(c, &loaded.compiled, inbound_tx.clone()) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        None => (Adapters::logging(), Vec::new()),
+    };
+    let resync =
+        opts.config.as_ref().map(|c| c.resync.interval_ms).filter(|ms| *ms > 0).map(std::time::Duration::from_millis);
+    let Ok(mut driver) = Driver::start(loaded, &opts, adapters, stdout, hook) else {
         return ExitCode::from(1);
     };
+    // Results and observations keep their order on the way to the main loop.
+    let forward_tx = tx.clone();
+    std::thread::spawn(move || {
+        for x in inbound_rx {
+            if forward_tx.send(Input::Inbound(x)).is_err() {
+                break;
+            }
+        }
+    });
+    let mut watcher_threads = Vec::new();
+    for w in watchers {
+        let sink = inbound_tx.clone();
+        let stop = stop.clone();
+        watcher_threads.push(std::thread::spawn(move || w.run(sink, stop, resync)));
+    }
+    drop(inbound_tx);
     std::thread::spawn(move || {
         let stdin = std::io::stdin();
         let mut n = 0;
@@ -307,6 +394,7 @@ pub fn run_stdin(files: &[PathBuf], opts: RunOptions) -> ExitCode {
             }
             Input::Eof => break,
             Input::Durable => driver.settle(),
+            Input::Inbound(x) => driver.handle_inbound(x),
         }
         let _ = driver.out.w.flush();
         if let Some(f) = driver.store_failure() {
@@ -315,6 +403,7 @@ pub fn run_stdin(files: &[PathBuf], opts: RunOptions) -> ExitCode {
             return ExitCode::from(1);
         }
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     match driver.finish() {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
@@ -322,6 +411,66 @@ pub fn run_stdin(files: &[PathBuf], opts: RunOptions) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+type Watchers = Vec<Box<dyn ved_adapters::Watcher>>;
+
+/// Builds the drivers and watchers that `ved.toml` describes.
+pub fn build_adapters(
+    config: &ved_adapters::config::Config,
+    program: &CompiledProgram,
+    sink: mpsc::Sender<ved_adapters::Inbound>,
+) -> Result<(Adapters, Watchers), String> {
+    use ved_adapters::{exec, http, process, sim};
+    let mut by_name: BTreeMap<String, Arc<dyn ved_adapters::Driver>> = BTreeMap::new();
+    let mut pools: BTreeMap<String, Arc<process::Pool>> = BTreeMap::new();
+    for (name, a) in &config.adapters {
+        let name = name.get_ref().clone();
+        let timeout = std::time::Duration::from_millis(a.timeout_ms);
+        let driver: Arc<dyn ved_adapters::Driver> = match a.driver.get_ref().as_str() {
+            "exec" => Arc::new(exec::ExecDriver { command: a.command.clone(), timeout }),
+            "http" => Arc::new(http::HttpDriver::new(a.url.clone().unwrap_or_default(), timeout)),
+            "process" => {
+                let pool = process::Pool::new(a.command.clone());
+                pools.insert(name.clone(), pool.clone());
+                Arc::new(process::ProcessDriver { pool })
+            }
+            "sim" => Arc::new(sim::SimDriver::new(a.fail.clone(), a.delay_ms)),
+            "log" => Arc::new(ved_adapters::LogDriver),
+            other => return Err(format!("adapter `{name}`: the `{other}` driver is not available in this build")),
+        };
+        by_name.insert(name, driver);
+    }
+    let mut watchers: Watchers = Vec::new();
+    for (i, w) in config.watch.iter().enumerate() {
+        let w = w.get_ref();
+        let instance = match &w.instance {
+            Some(i) => i.get_ref().clone(),
+            None => program.domains.first().map(|d| d.name.clone()).unwrap_or_default(),
+        };
+        let source = format!("watch#{}", i + 1);
+        match w.driver.get_ref().as_str() {
+            "exec" => watchers.push(Box::new(exec::ExecWatcher {
+                instance,
+                command: w.command.clone(),
+                interval: w.interval_ms.map(std::time::Duration::from_millis),
+                timeout: std::time::Duration::from_secs(10),
+                source,
+            })),
+            "process" => {
+                let adapter = w.adapter.as_ref().map(|a| a.get_ref().clone()).unwrap_or_default();
+                let pool = pools
+                    .get(&adapter)
+                    .cloned()
+                    .ok_or_else(|| format!("watch #{}: `{adapter}` is not a process adapter", i + 1))?;
+                let field = w.fields.first().map(|f| f.get_ref().clone()).unwrap_or_default();
+                watchers.push(Box::new(process::ProcessWatcher { pool, instance, field, source }));
+            }
+            other => return Err(format!("watch #{}: the `{other}` watcher is not available in this build", i + 1)),
+        }
+    }
+    let pool = Some(ved_adapters::DeliveryPool::new(sink));
+    Ok((Adapters { by_name, fallback: Arc::new(ved_adapters::LogDriver), pool }, watchers))
 }
 
 fn dir_name(opts: &RunOptions) -> String {
@@ -384,8 +533,16 @@ impl<W: Write> Driver<W> {
                 "transition": tname, "adapter": &*intent.adapter, "action": &*intent.action,
                 "args": intent.args.iter().map(to_json).collect::<Vec<_>>()}),
             ));
-            let result = self.adapter.deliver(&intent);
-            let _ = self.rt.deliver(&intent.id, result.is_ok(), result.err());
+            let req = ved_adapters::IntentRequest::from_intent(&intent);
+            let driver = self.adapters.by_name.get(&*intent.adapter).unwrap_or(&self.adapters.fallback).clone();
+            match &self.adapters.pool {
+                Some(pool) => pool.submit(driver, req),
+                None => {
+                    let mut outcome = Ok(());
+                    driver.deliver_then(&req, &mut |r| outcome = r);
+                    let _ = self.rt.deliver(&intent.id, outcome.is_ok(), outcome.err());
+                }
+            }
         }
     }
 
@@ -625,10 +782,12 @@ impl<W: Write> Driver<W> {
             return Ok(None);
         }
         for key in o.keys() {
-            if !matches!(key.as_str(), "instance" | "set" | "caused_by") {
+            if !matches!(key.as_str(), "instance" | "set" | "caused_by" | "source" | "version") {
                 return Err((
                     None,
-                    format!("unknown key `{key}`; an observation has `instance`, `set` and `caused_by`"),
+                    format!(
+                        "unknown key `{key}`; an observation has `instance`, `set`, and optionally `caused_by`, `source` and `version`"
+                    ),
                 ));
             }
         }
@@ -637,22 +796,38 @@ impl<W: Write> Driver<W> {
             Some(_) => return Err((None, "`instance` must be a string".into())),
             None => return Err((None, "missing `instance`: which instance does this observation concern?".into())),
         };
-        let Some(idx) = self.rt.index_of(&name) else {
-            let names: Vec<String> = self.rt.instances().iter().map(|i| format!("`{}`", i.name)).collect();
-            return Err((
-                Some(name.clone()),
-                format!("no instance named `{name}`; the instances are {}", names.join(", ")),
-            ));
-        };
         let caused_by = match o.get("caused_by") {
             None => None,
             Some(Json::String(s)) => Some(s.clone()),
             Some(_) => return Err((Some(name), "`caused_by` must be an intent id such as \"Name/3/0\"".into())),
         };
+        let version = match (o.get("source"), o.get("version")) {
+            (None, None) => None,
+            (Some(Json::String(s)), Some(v)) => match v.as_u64() {
+                Some(v) => Some((s.as_str(), v)),
+                None => return Err((Some(name), "`version` must be a non-negative integer".into())),
+            },
+            _ => {
+                return Err((Some(name), "`source` (a string) and `version` (an integer) go together".into()));
+            }
+        };
         let set = match o.get("set") {
             Some(Json::Object(s)) => s,
             Some(_) => return Err((Some(name), "`set` must be an object of field to value".into())),
             None => return Err((Some(name), "missing `set`: an object of field to value".into())),
+        };
+        self.observe(&name, set, version)?;
+        Ok(caused_by)
+    }
+
+    /// Checks an observation against the instance's fields and queues it.
+    fn observe(&mut self, name: &str, set: &Map<String, Json>, version: Option<(&str, u64)>) -> Result<(), LineError> {
+        let Some(idx) = self.rt.index_of(name) else {
+            let names: Vec<String> = self.rt.instances().iter().map(|i| format!("`{}`", i.name)).collect();
+            return Err((
+                Some(name.to_string()),
+                format!("no instance named `{name}`; the instances are {}", names.join(", ")),
+            ));
         };
         let dom = self.rt.domain_of(idx);
         let mut writes = Vec::with_capacity(set.len());
@@ -660,16 +835,19 @@ impl<W: Write> Driver<W> {
             let Some(slot) = dom.fields.iter().position(|(n, _)| n == field) else {
                 let fields: Vec<String> = dom.fields.iter().map(|(n, _)| format!("`{n}`")).collect();
                 return Err((
-                    Some(name),
+                    Some(name.to_string()),
                     format!("`{}` has no field `{field}`; its fields are {}", dom.name, fields.join(", ")),
                 ));
             };
             let v = from_json(value, &dom.fields[slot].1)
-                .map_err(|e| (Some(name.clone()), format!("field `{field}`: {e}")))?;
+                .map_err(|e| (Some(name.to_string()), format!("field `{field}`: {e}")))?;
             writes.push((slot as u16, v));
         }
-        self.rt.observe(&name, writes).map_err(|e| (Some(name.clone()), e.to_string()))?;
-        Ok(caused_by)
+        let r = match version {
+            Some((source, v)) => self.rt.observe_versioned(name, writes, source, v),
+            None => self.rt.observe(name, writes),
+        };
+        r.map_err(|e| (Some(name.to_string()), e.to_string()))
     }
 
     fn print_event(&mut self, ev: &Event) {
@@ -696,6 +874,8 @@ impl<W: Write> Driver<W> {
                 m
             }
             Event::Tick { .. } | Event::Intent(_) => return,
+            Event::Stale { source, version, last, .. } => obj(json!({"event": "stale", "instance": inst,
+                "source": &**source, "version": version, "last": last})),
             Event::Result { id, ok, error, .. } => {
                 let mut m = obj(json!({"event": "result", "instance": inst, "id": id.to_string(), "ok": ok}));
                 if let Some(e) = error {
@@ -728,6 +908,15 @@ impl<W: Write> Driver<W> {
         };
         self.out.emit(line);
     }
+}
+
+/// `instance/slice/index` back to an id; instance names may not contain `/`.
+fn parse_intent_id(s: &str) -> Option<ved_runtime::IntentId> {
+    let mut parts = s.rsplitn(3, '/');
+    let index = parts.next()?.parse().ok()?;
+    let slice = parts.next()?.parse().ok()?;
+    let instance = parts.next()?;
+    Some(ved_runtime::IntentId { instance: Arc::from(instance), slice, index })
 }
 
 fn is_observe(e: &Event) -> bool {

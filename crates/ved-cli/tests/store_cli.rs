@@ -5,8 +5,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
-use ved_cli::run::{Adapter, Driver, RunOptions};
-use ved_runtime::Intent;
+use ved_adapters::IntentRequest;
+use ved_cli::run::{Adapters, Driver, RunOptions};
 use ved_store::Durability;
 
 fn root() -> PathBuf {
@@ -41,11 +41,18 @@ struct ReadsTheStore {
     seen: Arc<Mutex<Vec<(String, u64, u64)>>>,
 }
 
-impl Adapter for ReadsTheStore {
-    fn deliver(&mut self, intent: &Intent) -> Result<(), String> {
+impl ved_adapters::Driver for ReadsTheStore {
+    fn deliver(&self, intent: &IntentRequest) -> Result<(), String> {
         let rec = ved_store::read_only(&self.dir).map_err(|e| e.to_string())?;
-        let stored = rec.snapshots.get(&*intent.id.instance).map(|s| s.slice).unwrap_or(0);
-        self.seen.lock().unwrap().push((intent.to_string(), intent.id.slice, stored));
+        let stored = rec.snapshots.get(&intent.instance).map(|s| s.slice).unwrap_or(0);
+        let slice: u64 = intent.id.split('/').nth(1).unwrap().parse().unwrap();
+        let call = format!(
+            "{}.{}({})",
+            intent.adapter,
+            intent.action,
+            intent.args.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+        );
+        self.seen.lock().unwrap().push((call, slice, stored));
         Ok(())
     }
 }
@@ -60,8 +67,14 @@ fn no_intent_reaches_an_adapter_before_its_slice_is_durable() {
     let hook = Box::new(move |_| {
         let _ = tx.send(());
     });
-    let opts = RunOptions { seed: 0, data_dir: Some(dir.clone()), durability: Durability::Fsync, recover: false };
-    let mut d = Driver::start(loaded, &opts, Box::new(adapter), Vec::new(), hook).ok().unwrap();
+    let opts = RunOptions {
+        seed: 0,
+        data_dir: Some(dir.clone()),
+        durability: Durability::Fsync,
+        recover: false,
+        config: None,
+    };
+    let mut d = Driver::start(loaded, &opts, Adapters::single(Arc::new(adapter)), Vec::new(), hook).ok().unwrap();
     d.handle_line(1, r#"{"instance":"DatabaseRouting","set":{"primary_status":"failed"}}"#);
     d.handle_line(2, r#"{"instance":"DatabaseRouting","set":{"primary_status":"healthy"}}"#);
     while seen.lock().unwrap().len() < 3 {

@@ -13,11 +13,14 @@ pub struct RetryPolicy {
     pub factor: u32,
     /// The delay never exceeds this.
     pub cap_ms: u64,
+    /// After this many consecutive failures the instance is degraded and the
+    /// transition is only probed, once every `cap_ms`.
+    pub breaker_after: u32,
 }
 
 impl Default for RetryPolicy {
     fn default() -> RetryPolicy {
-        RetryPolicy { initial_ms: 200, factor: 2, cap_ms: 60_000 }
+        RetryPolicy { initial_ms: 200, factor: 2, cap_ms: 60_000, breaker_after: 5 }
     }
 }
 
@@ -25,6 +28,10 @@ impl RetryPolicy {
     /// The delay before retry number `attempt` (1-based): the exponential
     /// delay `d`, capped, then jittered uniformly into `[d/2, d]`.
     pub fn delay_ms(&self, seed: u64, transition: usize, attempt: u32) -> u64 {
+        if attempt >= self.breaker_after.max(1) {
+            // Breaker open: probe at the cap, without jitter, so the interval is predictable.
+            return self.cap_ms.max(1);
+        }
         let exp = attempt.saturating_sub(1).min(63);
         let mut d = self.initial_ms.max(1);
         for _ in 0..exp {
@@ -54,7 +61,7 @@ mod tests {
 
     #[test]
     fn delays_grow_exponentially_within_jitter_bounds_and_cap() {
-        let p = RetryPolicy { initial_ms: 100, factor: 2, cap_ms: 1_000 };
+        let p = RetryPolicy { initial_ms: 100, factor: 2, cap_ms: 1_000, breaker_after: 100 };
         for attempt in 1..=10 {
             let d = p.delay_ms(7, 0, attempt);
             let full = (100u64 << (attempt - 1)).min(1_000);

@@ -58,6 +58,9 @@ pub enum Status {
     Stuck,
     /// A state repeated (or the tick budget ran out) without the goals holding.
     Livelock,
+    /// Waiting, and a transition has failed so often in a row that its retries
+    /// only probe, at the backoff cap (a circuit breaker).
+    Degraded,
 }
 
 impl Status {
@@ -68,6 +71,7 @@ impl Status {
             Status::Waiting => "waiting",
             Status::Stuck => "stuck",
             Status::Livelock => "livelock",
+            Status::Degraded => "degraded",
         }
     }
 }
@@ -107,6 +111,8 @@ pub enum Event {
     Retry { instance: Arc<str>, transition: usize, attempt: u32, at_ms: u64 },
     /// A step or a goal hit a runtime error; the slice was aborted and the state is unchanged.
     Fault { instance: Arc<str>, transition: Option<usize>, goal: Option<usize>, fault: Fault },
+    /// A versioned observation older than the last one applied from its source was dropped.
+    Stale { instance: Arc<str>, source: Arc<str>, version: u64, last: u64 },
     /// The instance reached a resting status: stable, waiting, stuck or livelock.
     Status { instance: Arc<str>, status: Status, reason: Option<String> },
 }
@@ -119,6 +125,7 @@ impl Event {
             | Event::Result { instance, .. }
             | Event::Retry { instance, .. }
             | Event::Fault { instance, .. }
+            | Event::Stale { instance, .. }
             | Event::Status { instance, .. } => instance,
             Event::Intent(i) => &i.id.instance,
         }

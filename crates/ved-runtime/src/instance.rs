@@ -42,6 +42,9 @@ impl Default for Limits {
 pub enum Message {
     /// New values for some fields, from an adapter's watcher or the API.
     Observe(Vec<(u16, Value)>),
+    /// The same, from a source that numbers its readings: a reading older than the
+    /// last one applied from that source is stale and is dropped.
+    ObserveVersioned { writes: Vec<(u16, Value)>, source: Arc<str>, version: u64 },
     /// An adapter's verdict on an intent.
     IntentResult { id: IntentId, ok: bool, error: Option<String> },
     /// A retry timer of a transition came due.
@@ -128,6 +131,8 @@ pub struct Instance {
     tick_cursor: Option<u32>,
     /// Whether the tick in progress has run anything yet.
     tick_ran: bool,
+    /// The last version applied from each versioned source.
+    pub sources: Vec<(Arc<str>, u64)>,
 }
 
 /// Everything needed to resume an instance after a restart, as plain data.
@@ -148,6 +153,7 @@ pub struct InstanceSnapshot {
     pub tick_cursor: Option<u32>,
     pub tick_ran: bool,
     pub ticks_since_input: u64,
+    pub sources: Vec<(String, u64)>,
 }
 
 impl Instance {
@@ -169,6 +175,7 @@ impl Instance {
             retry_attempts: Vec::new(),
             tick_cursor: None,
             tick_ran: false,
+            sources: Vec::new(),
         }
     }
 
@@ -188,6 +195,7 @@ impl Instance {
             tick_cursor: self.tick_cursor,
             tick_ran: self.tick_ran,
             ticks_since_input: self.ticks_since_input,
+            sources: self.sources.iter().map(|(s, v)| (s.to_string(), *v)).collect(),
         }
     }
 
@@ -209,6 +217,7 @@ impl Instance {
             retry_attempts: s.retry_attempts,
             tick_cursor: s.tick_cursor,
             tick_ran: s.tick_ran,
+            sources: s.sources.into_iter().map(|(k, v)| (Arc::from(k.as_str()), v)).collect(),
         }
     }
 
@@ -248,25 +257,29 @@ impl Instance {
         writes: Vec<(u16, Value)>,
         limits: &Limits,
     ) -> Result<(), RejectReason> {
-        for (slot, v) in &writes {
-            let Some((name, ty)) = dom.fields.get(*slot as usize) else {
-                return Err(RejectReason::UnknownField { slot: *slot });
-            };
-            if !v.type_matches(ty) {
-                return Err(RejectReason::WrongType {
-                    field: name.clone(),
-                    expected: ty.to_string(),
-                    value: v.to_string(),
-                });
-            }
-        }
+        check_writes(dom, &writes)?;
         self.enqueue(Message::Observe(writes), limits)
+    }
+
+    /// Queues an observation that carries its source's version.
+    pub fn observe_versioned(
+        &mut self,
+        dom: &CompiledDomain,
+        writes: Vec<(u16, Value)>,
+        source: &str,
+        version: u64,
+        limits: &Limits,
+    ) -> Result<(), RejectReason> {
+        check_writes(dom, &writes)?;
+        self.enqueue(Message::ObserveVersioned { writes, source: Arc::from(source), version }, limits)
     }
 
     /// Queues any message. Results and timers are never refused: they come
     /// from the runtime's own work, and dropping one would strand a transition.
     pub fn enqueue(&mut self, msg: Message, limits: &Limits) -> Result<(), RejectReason> {
-        if matches!(msg, Message::Observe(_)) && self.mailbox.len() >= limits.mailbox_max {
+        if matches!(msg, Message::Observe(_) | Message::ObserveVersioned { .. })
+            && self.mailbox.len() >= limits.mailbox_max
+        {
             return Err(RejectReason::MailboxFull { limit: limits.mailbox_max });
         }
         self.mailbox.push_back(msg);
@@ -338,7 +351,8 @@ impl Instance {
             self.apply_message(policy, msg, out);
             return Progress::Ran;
         }
-        if matches!(self.status, Status::Stable | Status::Stuck | Status::Livelock | Status::Waiting) {
+        if matches!(self.status, Status::Stable | Status::Stuck | Status::Livelock | Status::Waiting | Status::Degraded)
+        {
             return Progress::Idle(self.status);
         }
         if self.goals_hold(dom, vm, out) {
@@ -393,7 +407,18 @@ impl Instance {
             return if self.pending.is_empty() {
                 self.settle(Status::Stuck, Some("no transition is enabled and the goals do not hold".into()), out)
             } else {
-                self.settle(Status::Waiting, None, out)
+                // Past the breaker's threshold the instance is degraded: its retries only probe.
+                match self.pending.iter().find(|p| p.attempt >= policy.breaker_after) {
+                    Some(p) => {
+                        let name = dom.transitions.get(p.transition).map(|t| t.name.as_str()).unwrap_or("?");
+                        let reason = format!(
+                            "{name} failed {} times in a row; probing every {} ms until it succeeds",
+                            p.attempt, policy.cap_ms
+                        );
+                        self.settle(Status::Degraded, Some(reason), out)
+                    }
+                    None => self.settle(Status::Waiting, None, out),
+                }
             };
         }
         if !self.seen.insert(self.fingerprint()) {
@@ -481,6 +506,18 @@ impl Instance {
 
     fn apply_message(&mut self, policy: &RetryPolicy, msg: Message, out: &mut Vec<Event>) {
         match msg {
+            Message::ObserveVersioned { writes, source, version } => {
+                let last = self.sources.iter().find(|(s, _)| *s == source).map(|(_, v)| *v);
+                if let Some(last) = last.filter(|l| version < *l) {
+                    out.push(Event::Stale { instance: self.name.clone(), source, version, last });
+                    return;
+                }
+                match self.sources.iter_mut().find(|(s, _)| *s == source) {
+                    Some(entry) => entry.1 = version,
+                    None => self.sources.push((source, version)),
+                }
+                self.apply_message(policy, Message::Observe(writes), out);
+            }
             Message::Observe(writes) => {
                 self.outside_input();
                 let slice = self.commit(Cause::Observe, writes, Vec::new(), out);
@@ -634,6 +671,23 @@ impl Instance {
         }
         self.pending.push(Pending { transition: t, phase: Phase::InFlight { outstanding, held, intents }, attempt });
     }
+}
+
+/// Checks an observation's values against the field types.
+fn check_writes(dom: &CompiledDomain, writes: &[(u16, Value)]) -> Result<(), RejectReason> {
+    for (slot, v) in writes {
+        let Some((name, ty)) = dom.fields.get(*slot as usize) else {
+            return Err(RejectReason::UnknownField { slot: *slot });
+        };
+        if !v.type_matches(ty) {
+            return Err(RejectReason::WrongType {
+                field: name.clone(),
+                expected: ty.to_string(),
+                value: v.to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn fx(s: &str) -> u64 {

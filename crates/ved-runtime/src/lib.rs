@@ -179,6 +179,23 @@ impl Runtime {
         Ok(())
     }
 
+    /// Queues an observation that carries its source's version (stale ones are dropped when applied).
+    pub fn observe_versioned(
+        &mut self,
+        name: &str,
+        writes: Vec<(u16, Value)>,
+        source: &str,
+        version: u64,
+    ) -> Result<(), ObserveError> {
+        let idx = self.index_of(name).ok_or_else(|| ObserveError::UnknownInstance(name.to_string()))?;
+        let program = self.program.clone();
+        let inst = &mut self.instances[idx];
+        inst.observe_versioned(&program.domains[inst.domain], writes, source, version, &self.limits)
+            .map_err(ObserveError::Rejected)?;
+        self.mark_ready(idx);
+        Ok(())
+    }
+
     /// Queues an adapter's result for an intent.
     pub fn deliver(&mut self, id: &IntentId, ok: bool, error: Option<String>) -> Result<(), ObserveError> {
         let idx = self.index_of(&id.instance).ok_or_else(|| ObserveError::UnknownInstance(id.instance.to_string()))?;

@@ -452,6 +452,9 @@ pub fn describe_event(dom: &CompiledDomain, ev: &Event) -> String {
             };
             let _ = write!(s, "fault in {whose}: {fault}");
         }
+        Event::Stale { source, version, last, .. } => {
+            let _ = write!(s, "dropped a stale observation from {source}: version {version}, already applied {last}");
+        }
         Event::Status { status, reason, .. } => {
             let _ = write!(s, "{status}");
             if let Some(r) = reason {

@@ -94,6 +94,9 @@ pub struct SnapshotRecord {
     pub tick_cursor: Option<u32>,
     pub tick_ran: bool,
     pub ticks_since_input: u64,
+    /// The last version applied from each versioned observation source.
+    #[serde(default)]
+    pub sources: Vec<(String, u64)>,
 }
 
 fn status_str(s: Status) -> &'static str {
@@ -107,6 +110,7 @@ fn parse_status(s: &str) -> Option<Status> {
         "waiting" => Status::Waiting,
         "stuck" => Status::Stuck,
         "livelock" => Status::Livelock,
+        "degraded" => Status::Degraded,
         _ => return None,
     })
 }
@@ -154,6 +158,7 @@ impl SnapshotRecord {
             tick_cursor: s.tick_cursor,
             tick_ran: s.tick_ran,
             ticks_since_input: s.ticks_since_input,
+            sources: s.sources.clone(),
         }
     }
 
@@ -202,6 +207,7 @@ impl SnapshotRecord {
             tick_cursor: self.tick_cursor,
             tick_ran: self.tick_ran,
             ticks_since_input: self.ticks_since_input,
+            sources: self.sources.clone(),
         })
     }
 }

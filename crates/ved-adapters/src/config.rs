@@ -1,0 +1,345 @@
+//! `ved.toml`: which driver serves each adapter name used in `emit`, which
+//! watcher feeds which fields, and the retry and resync policies. Parsing keeps
+//! byte spans so that every mistake is reported at its place in the file.
+
+use serde::Deserialize;
+use serde_spanned::Spanned;
+use std::collections::BTreeMap;
+use ved_check::{hir, Type};
+use ved_syntax::{Diagnostic, FileId, Span};
+
+/// The drivers Ved ships.
+pub const DRIVERS: &[&str] = &["exec", "http", "process", "sim", "log"];
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub adapters: BTreeMap<Spanned<String>, AdapterConfig>,
+    #[serde(default)]
+    pub watch: Vec<Spanned<WatchConfig>>,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub resync: ResyncConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+/// One adapter name bound to a driver. Which keys apply depends on the driver.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterConfig {
+    pub driver: Spanned<String>,
+    /// `exec`, `process`: the command line.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// `http`: where intents are POSTed.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// `exec`, `http`: how long one intent may take.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// `nftables`: the table, chain and network namespace whose rules are managed.
+    #[serde(default)]
+    pub table: Option<String>,
+    #[serde(default)]
+    pub chain: Option<String>,
+    #[serde(default)]
+    pub netns: Option<String>,
+    /// `sim`: actions whose intents fail, and how many times each (`{ "PageEngineers" = 2 }`).
+    #[serde(default)]
+    pub fail: BTreeMap<String, u32>,
+    /// `sim`: how long each intent takes.
+    #[serde(default)]
+    pub delay_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+
+/// A watcher: turns the outside world into observations of some fields.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchConfig {
+    /// The instance it feeds; defaults to the program's only domain's instance.
+    #[serde(default)]
+    pub instance: Option<Spanned<String>>,
+    pub fields: Vec<Spanned<String>>,
+    pub driver: Spanned<String>,
+    /// `exec`: the command. Without `interval_ms` it runs for as long as Ved does and prints
+    /// one JSON object (field to value) per line; with it, it is run every `interval_ms` and
+    /// its output is one such object.
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub interval_ms: Option<u64>,
+    /// `process`, `nftables`: the adapter whose resource is watched.
+    #[serde(default)]
+    pub adapter: Option<Spanned<String>>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    #[serde(default = "d_initial")]
+    pub initial_ms: u64,
+    #[serde(default = "d_factor")]
+    pub factor: u32,
+    #[serde(default = "d_cap")]
+    pub cap_ms: u64,
+    /// Consecutive failures after which an instance is reported `degraded`.
+    #[serde(default = "d_breaker")]
+    pub breaker_after: u32,
+}
+
+fn d_initial() -> u64 {
+    200
+}
+fn d_factor() -> u32 {
+    2
+}
+fn d_cap() -> u64 {
+    60_000
+}
+fn d_breaker() -> u32 {
+    5
+}
+
+impl Default for RetryConfig {
+    fn default() -> RetryConfig {
+        RetryConfig { initial_ms: d_initial(), factor: d_factor(), cap_ms: d_cap(), breaker_after: d_breaker() }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResyncConfig {
+    /// Every watcher is re-read this often as a safety net; 0 turns it off.
+    #[serde(default = "d_resync")]
+    pub interval_ms: u64,
+}
+
+fn d_resync() -> u64 {
+    60_000
+}
+
+impl Default for ResyncConfig {
+    fn default() -> ResyncConfig {
+        ResyncConfig { interval_ms: d_resync() }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Bearer token for mutating API calls; `VED_API_TOKEN` overrides it.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+fn span(file: FileId, r: std::ops::Range<usize>) -> Span {
+    Span::new(file, r.start, r.end)
+}
+
+/// Parses `ved.toml`. A syntax error, an unknown key or a value of the wrong kind is a diagnostic.
+pub fn parse_config(file: FileId, text: &str) -> Result<Config, Diagnostic> {
+    toml::from_str::<Config>(text).map_err(|e| {
+        let at = e.span().map(|r| span(file, r)).unwrap_or_else(|| Span::new(file, 0, 0));
+        // toml's message repeats the location; keep its first line, which says what is wrong.
+        let msg = e.message().lines().next().unwrap_or("invalid configuration").to_string();
+        Diagnostic::error(at, format!("invalid ved.toml: {msg}")).with_hint(
+            "the sections are [adapters.NAME], [[watch]], [retry], [resync] and [api]; see docs/reference.md",
+        )
+    })
+}
+
+/// What kind of value a watcher driver produces, if it fixes one.
+fn watcher_type(driver: &str) -> Option<&'static [&'static str]> {
+    match driver {
+        "process" => Some(&["int"]),
+        "nftables" => Some(&["list<int>", "set<int>"]),
+        _ => None,
+    }
+}
+
+/// Checks the configuration against the program: every `emit` adapter is bound,
+/// every driver is known, every watched field exists with a type its driver can feed.
+pub fn validate(config: &Config, file: FileId, program: &hir::Program) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let bound = |name: &str| config.adapters.keys().any(|k| k.get_ref() == name);
+    for (name, a) in &config.adapters {
+        let d = a.driver.get_ref();
+        if !DRIVERS.contains(&d.as_str()) {
+            out.push(
+                Diagnostic::error(
+                    span(file, a.driver.span()),
+                    format!("unknown driver `{d}` for adapter `{}`", name.get_ref()),
+                )
+                .with_hint(format!(
+                    "the drivers are {}",
+                    DRIVERS.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", ")
+                )),
+            );
+            continue;
+        }
+        let need = |what: &str, ok: bool, out: &mut Vec<Diagnostic>| {
+            if !ok {
+                out.push(
+                    Diagnostic::error(
+                        span(file, name.span()),
+                        format!("adapter `{}` uses driver `{d}`, which needs `{what}`", name.get_ref()),
+                    )
+                    .with_hint(format!("add `{what} = ...` under [adapters.{}]", name.get_ref())),
+                );
+            }
+        };
+        match d.as_str() {
+            "exec" | "process" => need("command", !a.command.is_empty(), &mut out),
+            "http" => need("url", a.url.is_some(), &mut out),
+            "nftables" => {
+                need("table", a.table.is_some(), &mut out);
+                need("chain", a.chain.is_some(), &mut out);
+            }
+            _ => {}
+        }
+    }
+    // Every adapter that a transition emits to must be bound.
+    for d in &program.domains {
+        for t in &d.transitions {
+            let mut emits = Vec::new();
+            collect_emits(&t.body, &mut emits);
+            for (adapter, action, at) in emits {
+                if !bound(adapter) {
+                    out.push(
+                        Diagnostic::error(
+                            at,
+                            format!("`emit {adapter}.{action}`: adapter `{adapter}` is not bound to a driver"),
+                        )
+                        .with_label("not in ved.toml")
+                        .with_hint(format!(
+                            "add [adapters.{adapter}] with a driver, e.g. `driver = \"exec\"` and a `command`"
+                        )),
+                    );
+                }
+            }
+        }
+    }
+    for w in &config.watch {
+        let wr = w.get_ref();
+        let wspan = span(file, w.span());
+        let driver = wr.driver.get_ref();
+        if !DRIVERS.contains(&driver.as_str()) || matches!(driver.as_str(), "http" | "log" | "sim") {
+            out.push(
+                Diagnostic::error(span(file, wr.driver.span()), format!("`{driver}` cannot watch"))
+                    .with_hint("watchers use the `exec`, `process` or `nftables` driver"),
+            );
+            continue;
+        }
+        let domain = match &wr.instance {
+            Some(i) => match program.domains.iter().find(|d| d.name == *i.get_ref()) {
+                Some(d) => d,
+                None => {
+                    out.push(
+                        Diagnostic::error(span(file, i.span()), format!("no instance named `{}`", i.get_ref()))
+                            .with_hint(format!(
+                                "the program starts {}",
+                                program.domains.iter().map(|d| format!("`{}`", d.name)).collect::<Vec<_>>().join(", ")
+                            )),
+                    );
+                    continue;
+                }
+            },
+            None if program.domains.len() == 1 => &program.domains[0],
+            None => {
+                out.push(
+                    Diagnostic::error(wspan, "this watcher does not say which instance it feeds")
+                        .with_hint("add `instance = \"NAME\"`: the program has several domains"),
+                );
+                continue;
+            }
+        };
+        if let Some(a) = &wr.adapter {
+            if !bound(a.get_ref()) {
+                out.push(
+                    Diagnostic::error(span(file, a.span()), format!("no adapter named `{}`", a.get_ref()))
+                        .with_hint("a watcher's `adapter` names an [adapters.NAME] section"),
+                );
+            }
+        } else if matches!(driver.as_str(), "process" | "nftables") {
+            out.push(
+                Diagnostic::error(wspan, format!("a `{driver}` watcher needs `adapter = \"NAME\"`"))
+                    .with_hint("it watches the resource that adapter manages"),
+            );
+        }
+        if driver == "exec" && wr.command.is_empty() {
+            out.push(
+                Diagnostic::error(wspan, "an `exec` watcher needs a `command`")
+                    .with_hint("e.g. `command = [\"./probe.sh\"]`"),
+            );
+        }
+        for f in &wr.fields {
+            let Some((_, field)) = domain.field(f.get_ref()) else {
+                out.push(
+                    Diagnostic::error(
+                        span(file, f.span()),
+                        format!("`{}` has no field `{}`", domain.name, f.get_ref()),
+                    )
+                    .with_hint(format!(
+                        "its fields are {}",
+                        domain.fields.iter().map(|f| format!("`{}`", f.name)).collect::<Vec<_>>().join(", ")
+                    )),
+                );
+                continue;
+            };
+            if let Some(types) = watcher_type(driver) {
+                let ty = field.ty.to_string();
+                if !types.contains(&ty.as_str()) {
+                    out.push(
+                        Diagnostic::error(
+                            span(file, f.span()),
+                            format!(
+                                "field `{}` is `{ty}`, but a `{driver}` watcher reports {}",
+                                f.get_ref(),
+                                types.join(" or ")
+                            ),
+                        )
+                        .with_hint(format!("watch a field of type {}", types.join(" or "))),
+                    );
+                }
+            }
+        }
+        if wr.fields.is_empty() {
+            out.push(Diagnostic::error(wspan, "this watcher feeds no field").with_hint("add `fields = [\"name\"]`"));
+        }
+    }
+    if config.retry.factor == 0 || config.retry.initial_ms == 0 || config.retry.cap_ms < config.retry.initial_ms {
+        out.push(
+            Diagnostic::error(
+                Span::new(file, 0, 0),
+                "[retry] needs initial_ms > 0, factor > 0 and cap_ms >= initial_ms",
+            )
+            .with_hint("the defaults are initial_ms = 200, factor = 2, cap_ms = 60000"),
+        );
+    }
+    out
+}
+
+fn collect_emits<'a>(body: &'a [hir::Stmt], out: &mut Vec<(&'a str, &'a str, Span)>) {
+    for s in body {
+        match &s.kind {
+            hir::StmtKind::Emit { adapter, action, .. } => out.push((adapter, action, s.span)),
+            hir::StmtKind::If { then_body, else_body, .. } => {
+                collect_emits(then_body, out);
+                collect_emits(else_body, out);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The type a watcher's field must have, for messages.
+pub fn describe(ty: &Type) -> String {
+    ty.to_string()
+}

@@ -1,0 +1,40 @@
+//! The `http` driver: POSTs each intent as JSON, with its id as the
+//! `Idempotency-Key` header. A 2xx answer is success.
+
+use crate::{Driver, IntentRequest};
+use std::time::Duration;
+
+pub struct HttpDriver {
+    pub url: String,
+    agent: ureq::Agent,
+}
+
+impl HttpDriver {
+    pub fn new(url: String, timeout: Duration) -> HttpDriver {
+        let config = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            // A non-2xx status is an answer to report, not a transport error.
+            .http_status_as_error(false)
+            .build();
+        HttpDriver { url, agent: config.into() }
+    }
+}
+
+impl Driver for HttpDriver {
+    fn deliver(&self, intent: &IntentRequest) -> Result<(), String> {
+        let body = serde_json::to_string(&intent.to_json()).map_err(|e| e.to_string())?;
+        let resp = self
+            .agent
+            .post(&self.url)
+            .header("Content-Type", "application/json")
+            .header("Idempotency-Key", &intent.id)
+            .send(body.as_str())
+            .map_err(|e| format!("POST {}: {e}", self.url))?;
+        let status = resp.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("POST {} answered {status}", self.url))
+        }
+    }
+}

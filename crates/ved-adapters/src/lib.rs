@@ -1,0 +1,151 @@
+//! `ved-adapters` is the only code that touches the world on the runtime's
+//! behalf. An adapter has two halves: a [`Driver`] carries out intents and says
+//! whether they succeeded, and a [`Watcher`] turns the world into observations.
+//! Which driver serves which adapter name, and which watcher feeds which field,
+//! is configuration (`ved.toml`, see [`config`]), not code in the program.
+//!
+//! Built in: `exec` (a command per intent, JSON on stdin), `http` (a POST per
+//! intent with an idempotency key), `process` (a pool of real OS processes and
+//! a watcher of their live count), `sim` (scripted failures and delays, for
+//! tests) and `log` (acknowledges everything). Programs that embed Ved add
+//! their own by implementing [`Driver`] and [`Watcher`].
+
+pub mod config;
+pub mod exec;
+pub mod http;
+pub mod json;
+pub mod process;
+pub mod sim;
+
+use serde_json::{Map, Value as Json};
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+
+/// An intent as adapters see it: plain JSON-ready data.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IntentRequest {
+    /// `instance/slice/index`: stable across restarts; use it as an idempotency key.
+    pub id: String,
+    pub instance: String,
+    pub adapter: String,
+    pub action: String,
+    pub args: Vec<Json>,
+}
+
+impl IntentRequest {
+    pub fn from_intent(i: &ved_runtime::Intent) -> IntentRequest {
+        IntentRequest {
+            id: i.id.to_string(),
+            instance: i.id.instance.to_string(),
+            adapter: i.adapter.to_string(),
+            action: i.action.to_string(),
+            args: i.args.iter().map(json::to_json).collect(),
+        }
+    }
+
+    /// The JSON document a driver sends: `{"id", "instance", "adapter", "action", "args"}`.
+    pub fn to_json(&self) -> Json {
+        serde_json::json!({
+            "id": self.id, "instance": self.instance, "adapter": self.adapter,
+            "action": self.action, "args": self.args,
+        })
+    }
+}
+
+/// Carries out intents. Called from a worker thread; may block up to its timeout.
+pub trait Driver: Send + Sync {
+    /// Performs the intent. `Err` carries why it failed, in words for the journal.
+    fn deliver(&self, intent: &IntentRequest) -> Result<(), String>;
+
+    /// Performs the intent and hands the outcome to `report`. Drivers whose watcher
+    /// must not overtake a result (the process pool) report while holding their lock.
+    fn deliver_then(&self, intent: &IntentRequest, report: &mut dyn FnMut(Result<(), String>)) {
+        report(self.deliver(intent));
+    }
+}
+
+/// New values for some fields of an instance, as a watcher saw them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observation {
+    pub instance: String,
+    pub fields: Map<String, Json>,
+    /// Which watcher saw it, for stale-observation checks and the journal.
+    pub source: String,
+    /// Increases with every reading of the source; an older one than the last applied is stale.
+    pub version: Option<u64>,
+}
+
+/// What flows back from adapters to the runtime, in one ordered stream.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Inbound {
+    /// A driver finished an intent.
+    Result { id: String, outcome: Result<(), String> },
+    /// A watcher saw the world.
+    Observed(Observation),
+}
+
+/// Turns the outside world into observations. Runs on its own thread until `stop` is set.
+pub trait Watcher: Send {
+    /// Sends an observation whenever the watched state changes, at least once at
+    /// start, and again at least every `resync` (when set) even if nothing changed.
+    fn run(self: Box<Self>, sink: Sender<Inbound>, stop: Arc<AtomicBool>, resync: Option<std::time::Duration>);
+}
+
+/// Worker threads that carry out intents, so a slow adapter never stalls the runtime.
+pub struct DeliveryPool {
+    jobs: Option<std::sync::mpsc::Sender<(Arc<dyn Driver>, IntentRequest)>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Intents carried out at once.
+pub const DELIVERY_THREADS: usize = 8;
+
+impl DeliveryPool {
+    /// Results go to `sink`, in the order the drivers report them.
+    pub fn new(sink: Sender<Inbound>) -> DeliveryPool {
+        let (tx, rx) = std::sync::mpsc::channel::<(Arc<dyn Driver>, IntentRequest)>();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        let threads = (0..DELIVERY_THREADS)
+            .map(|i| {
+                let rx = rx.clone();
+                let sink = sink.clone();
+                std::thread::Builder::new()
+                    .name(format!("ved-deliver-{i}"))
+                    .spawn(move || loop {
+                        let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let Ok((driver, intent)) = job else { return };
+                        driver.deliver_then(&intent, &mut |outcome| {
+                            let _ = sink.send(Inbound::Result { id: intent.id.clone(), outcome });
+                        });
+                    })
+                    .expect("spawning a delivery thread")
+            })
+            .collect();
+        DeliveryPool { jobs: Some(tx), threads }
+    }
+
+    pub fn submit(&self, driver: Arc<dyn Driver>, intent: IntentRequest) {
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send((driver, intent));
+        }
+    }
+}
+
+impl Drop for DeliveryPool {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The `log` driver: acknowledges every intent (the driver loop prints it).
+pub struct LogDriver;
+
+impl Driver for LogDriver {
+    fn deliver(&self, _intent: &IntentRequest) -> Result<(), String> {
+        Ok(())
+    }
+}
