@@ -7,6 +7,9 @@
 //! - `Stop()` or `Stop(n)`: stop one (or n) members with SIGKILL, those not
 //!   started by Ved first.
 //!
+//! Members outlive Ved: a stopped or crashed Ved leaves its workers running,
+//! and a restarted one adopts them, because membership is the command line.
+//!
 //! The watcher reads `/proc` every 50 ms and reports the live count whenever it
 //! changes. Actions and readings share a lock and report while holding it, so
 //! an intent's result and a reading taken after it reach the runtime in that
@@ -172,17 +175,6 @@ impl Watcher for ProcessWatcher {
                 }
             }
             std::thread::sleep(POLL_INTERVAL);
-        }
-    }
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        // Ved's own members outlive Ved only if the configuration says so; today it does not.
-        let children = self.children.get_mut().unwrap_or_else(|p| p.into_inner());
-        for c in children.iter_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
         }
     }
 }

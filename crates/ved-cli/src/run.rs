@@ -102,6 +102,8 @@ pub struct Driver<W: Write> {
     last_status: BTreeMap<String, Status>,
     /// Records written since the last checkpoint.
     records_since_checkpoint: usize,
+    /// Intents handed to the delivery pool whose results have not come back yet.
+    in_flight: usize,
     now_ms: u64,
 }
 
@@ -213,6 +215,7 @@ impl<W: Write> Driver<W> {
             episodes: BTreeMap::new(),
             last_status,
             records_since_checkpoint: 0,
+            in_flight: 0,
             now_ms: 0,
         };
         // Intents recorded before a restart but never acknowledged go out again, same id.
@@ -261,6 +264,7 @@ impl<W: Write> Driver<W> {
         match inbound {
             ved_adapters::Inbound::Result { id, outcome } => match parse_intent_id(&id) {
                 Some(iid) => {
+                    self.in_flight = self.in_flight.saturating_sub(1);
                     let _ = self.rt.deliver(&iid, outcome.is_ok(), outcome.err());
                 }
                 None => self.out.emit(obj(
@@ -384,7 +388,10 @@ pub fn run_stdin(files: &[PathBuf], config: Option<&Path>, mut opts: RunOptions)
         }
         let _ = tx.send(Input::Eof);
     });
-    while let Ok(input) = rx.recv() {
+    // At the end of input, keep going until every intent is durable and answered.
+    let mut eof = false;
+    while !(eof && driver.drained()) {
+        let Ok(input) = rx.recv() else { break };
         match input {
             Input::Line(n, line) => driver.handle_line(n, &line),
             Input::ReadError(n, e) => {
@@ -392,7 +399,7 @@ pub fn run_stdin(files: &[PathBuf], config: Option<&Path>, mut opts: RunOptions)
                     .out
                     .emit(obj(json!({"event": "error", "line": n, "message": format!("cannot read input: {e}")})));
             }
-            Input::Eof => break,
+            Input::Eof => eof = true,
             Input::Durable => driver.settle(),
             Input::Inbound(x) => driver.handle_inbound(x),
         }
@@ -494,7 +501,8 @@ type LineError = (Option<String>, String);
 
 impl<W: Write> Driver<W> {
     fn drained(&self) -> bool {
-        self.outbox.is_empty()
+        self.in_flight == 0
+            && self.outbox.is_empty()
             && self.acks.is_empty()
             && self.store.as_ref().is_none_or(|s| s.durable_seq() >= s.last_seq())
     }
@@ -536,7 +544,10 @@ impl<W: Write> Driver<W> {
             let req = ved_adapters::IntentRequest::from_intent(&intent);
             let driver = self.adapters.by_name.get(&*intent.adapter).unwrap_or(&self.adapters.fallback).clone();
             match &self.adapters.pool {
-                Some(pool) => pool.submit(driver, req),
+                Some(pool) => {
+                    self.in_flight += 1;
+                    pool.submit(driver, req);
+                }
                 None => {
                     let mut outcome = Ok(());
                     driver.deliver_then(&req, &mut |r| outcome = r);

@@ -520,6 +520,23 @@ impl Instance {
             }
             Message::Observe(writes) => {
                 self.outside_input();
+                // An observation that brings news about a field is newer truth than a step's
+                // prediction of it: the held write is superseded, so an acknowledgement that
+                // arrives later cannot overwrite what was observed meanwhile. A report that
+                // merely repeats the committed value says nothing about the intent in flight
+                // (the world has not caught up yet), so the prediction stands.
+                let news: Vec<u16> = writes
+                    .iter()
+                    .filter(|(slot, v)| self.state.get(usize::from(*slot)) != Some(v))
+                    .map(|(slot, _)| *slot)
+                    .collect();
+                if !news.is_empty() {
+                    for p in &mut self.pending {
+                        if let Phase::InFlight { held, .. } = &mut p.phase {
+                            held.retain(|(slot, _)| !news.contains(slot));
+                        }
+                    }
+                }
                 let slice = self.commit(Cause::Observe, writes, Vec::new(), out);
                 let changed = matches!(out.last(), Some(Event::Slice { slice: s, changes, .. }) if *s == slice && !changes.is_empty());
                 if changed {

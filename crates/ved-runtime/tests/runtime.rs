@@ -67,6 +67,32 @@ fn state_changes_wait_for_the_intents_and_apply_when_all_succeed() {
 }
 
 #[test]
+fn an_observation_supersedes_a_held_write_to_the_same_field() {
+    // OpenMissingPorts holds `actual_ports = [80, 443]` while its intent is out. The world then
+    // reports port 22 open. The late acknowledgement must not paint over that report.
+    let (_, c) = compile(include_str!("../../../examples/security_policy.ved"));
+    let mut rt = Runtime::new(c, 1).unwrap();
+    let mut ev = Vec::new();
+    rt.run(&mut ev);
+    let open = intents(&ev);
+    assert_eq!(open.len(), 1, "{open:?}");
+    let ports = |v: &[i64]| Value::List(Arc::new(v.iter().map(|p| Value::Int(*p)).collect()));
+    rt.observe("SecurityPolicy", vec![(1, ports(&[80, 443, 22]))]).unwrap();
+    ev.clear();
+    rt.run(&mut ev);
+    let close = intents(&ev);
+    assert_eq!(close.len(), 1, "CloseRoguePorts fires on the observed state: {close:?}");
+    rt.deliver(&open[0].0, true, None).unwrap();
+    rt.run(&mut ev);
+    assert_eq!(rt.instance("SecurityPolicy").unwrap().state[1], ports(&[80, 443, 22]), "the ack applied a stale write");
+    rt.deliver(&close[0].0, true, None).unwrap();
+    ev.clear();
+    rt.run(&mut ev);
+    assert_eq!(rt.instance("SecurityPolicy").unwrap().state[1], ports(&[80, 443]));
+    assert_eq!(last_status(&ev), Some(Status::Stable));
+}
+
+#[test]
 fn a_failed_intent_drops_the_changes_backs_off_and_does_not_block_others() {
     let (_, c) = compile(ROUTING);
     let mut rt = Runtime::new(c, 1).unwrap();

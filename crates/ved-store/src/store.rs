@@ -169,6 +169,10 @@ enum Mode {
 pub fn read_only(dir: &Path) -> Result<Recovered, StoreError> {
     let manifest_path = path_of(dir, "manifest");
     if !manifest_path.exists() {
+        // A store whose creation a crash interrupted holds nothing yet.
+        if only_creation_leftovers(dir)? {
+            return Ok(Recovered::default());
+        }
         return Err(StoreError::Foreign { path: dir.to_path_buf() });
     }
     load(dir, Mode::ReadOnly).map(|(r, _)| r)
@@ -377,6 +381,19 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 /// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync the directory.
+/// True when `dir` holds nothing but what an interrupted creation of a store leaves
+/// behind (or nothing at all): no manifest has been written, so nothing was committed.
+fn only_creation_leftovers(dir: &Path) -> Result<bool, StoreError> {
+    let log0 = log_name(0);
+    let leftovers = ["lock".to_string(), log0.clone(), format!("{log0}.tmp"), "manifest.tmp".to_string()];
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(StoreError::Io { path: dir.to_path_buf(), err: e }),
+    };
+    Ok(entries.filter_map(Result::ok).all(|e| leftovers.iter().any(|l| e.file_name() == l.as_str())))
+}
+
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
     let tmp = path_of(dir, &format!("{name}.tmp"));
     let path = path_of(dir, name);
@@ -430,8 +447,9 @@ impl Store {
         }
         let mpath = path_of(dir, "manifest");
         if !mpath.exists() {
-            let others = fs::read_dir(dir).map_err(io(dir))?.filter_map(Result::ok).any(|e| e.file_name() != "lock");
-            if others {
+            // Creation writes the log, then the manifest: a crash in between leaves only
+            // our own leftovers, and creation simply starts over.
+            if !only_creation_leftovers(dir)? {
                 return Err(StoreError::Foreign { path: dir.to_path_buf() });
             }
             // A new store: an empty log, then the manifest that makes it real.

@@ -176,6 +176,24 @@ fn a_foreign_directory_or_file_is_refused() {
 }
 
 #[test]
+fn a_creation_cut_short_before_the_manifest_starts_over() {
+    // A kill after the first log file was written but before the manifest: nothing was
+    // committed, so readers see an empty store and the next open creates it afresh.
+    let dir = tempdir("creation");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("lock"), b"").unwrap();
+    std::fs::write(dir.join("log-0"), b"half a header").unwrap();
+    std::fs::write(dir.join("manifest.tmp"), b"half a manifest").unwrap();
+    let rec = read_only(&dir).unwrap();
+    assert!(rec.snapshots.is_empty());
+    let (mut s, _) = open(&dir).unwrap();
+    let seq = s.append(vec![snap("WorkerPool", 1, 1)], Vec::new());
+    s.wait_durable(seq).unwrap();
+    drop(s);
+    assert_eq!(read_only(&dir).unwrap().snapshots["WorkerPool"].slice, 1);
+}
+
+#[test]
 fn an_unfinished_write_after_the_committed_end_is_discarded_with_a_warning() {
     let dir = populated("torn");
     // A batch that a crash cut short: half a record past the committed length.
