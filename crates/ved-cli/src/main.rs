@@ -41,13 +41,18 @@ enum Command {
         #[arg(long)]
         trace: bool,
     },
-    /// Run the program: one instance per domain, converging forever.
+    /// Run the program: one instance per domain, converging forever. Without `--stdin`
+    /// it is a daemon serving the HTTP API until SIGTERM.
     Run {
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Read observations as JSON lines on stdin and write events as JSON lines on stdout.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "listen")]
         stdin: bool,
+        /// Address of the HTTP API (daemon mode). Port 0 picks a free port; the
+        /// `listening` event on stdout says which.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7410")]
+        listen: std::net::SocketAddr,
         /// Seed for retry jitter.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -110,22 +115,17 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { files, config } => check(&files, config.as_deref()),
         Command::Test { files, seed, filter, trace } => test_cmd::test(&files, seed, filter.as_deref(), trace),
-        Command::Run { files, stdin, seed, config, data_dir, durability, recover } => {
-            if !stdin {
-                eprintln!("error: `ved run` needs an input source");
-                eprintln!(
-                    "  = hint: pass `--stdin` to read observations as JSON lines; the daemon mode comes with adapters"
-                );
-                return ExitCode::from(2);
-            }
+        Command::Run { files, stdin, listen, seed, config, data_dir, durability, recover } => {
+            let mode = if stdin { run::Mode::Stdin } else { run::Mode::Daemon { listen } };
             let durability = match durability {
                 DurabilityArg::Fsync => ved_store::Durability::Fsync,
                 DurabilityArg::None => ved_store::Durability::None,
             };
-            run::run_stdin(
+            run::run(
                 &files,
                 config.as_deref(),
                 run::RunOptions { seed, data_dir, durability, recover, config: None },
+                mode,
             )
         }
         Command::Inspect { data_dir, instance, json } => inspect::inspect(&data_dir, instance.as_deref(), json),

@@ -30,6 +30,9 @@ use ved_store::{AuditDraft, Durability, JournalEntry, Record, SnapshotRecord, St
 use ved_syntax::SourceMap;
 use ved_vm::CompiledProgram;
 
+mod api;
+pub use api::{BODY_LIMIT, OPENAPI};
+
 /// Longest input line accepted; longer lines are refused with an error event.
 const LINE_BYTES_MAX: usize = 1 << 20;
 /// Journal entries an instance keeps once it is stable again.
@@ -77,6 +80,26 @@ enum Input {
     Inbound(ved_adapters::Inbound),
     /// A batch became durable; the driver reads the store's durable sequence itself.
     Durable,
+    /// A call to the HTTP API and where to answer it.
+    Api(api::Call, api::Responder),
+    /// SIGTERM or SIGINT: flush and stop.
+    Shutdown,
+}
+
+/// What to do once a batch is durable.
+enum Ack {
+    /// Print an `ack` for this input line.
+    Line(u64),
+    /// Answer an API call.
+    Reply(api::Responder, api::Reply),
+}
+
+/// Where `ved run` takes its input from.
+pub enum Mode {
+    /// JSON lines on stdin; simulated time (`advance_ms`); exit at the end of input.
+    Stdin,
+    /// The HTTP API on this address; wall-clock time; exit on SIGTERM or SIGINT.
+    Daemon { listen: std::net::SocketAddr },
 }
 
 /// A drift and what was done about it, until the instance rests again.
@@ -95,8 +118,8 @@ pub struct Driver<W: Write> {
     out: Out<W>,
     /// Intents waiting for the batch that recorded them to be durable.
     outbox: VecDeque<(u64, Intent)>,
-    /// Input lines waiting to be acknowledged: batch, line.
-    acks: VecDeque<(u64, u64)>,
+    /// Input lines and API calls waiting for their batch to be durable.
+    acks: VecDeque<(u64, Ack)>,
     journals: BTreeMap<String, VecDeque<JournalEntry>>,
     episodes: BTreeMap<String, Episode>,
     last_status: BTreeMap<String, Status>,
@@ -246,7 +269,7 @@ impl<W: Write> Driver<W> {
         match self.apply_line(line) {
             Ok(caused_by) => {
                 let seq = self.run_and_persist(caused_by);
-                self.acks.push_back((seq, n));
+                self.acks.push_back((seq, Ack::Line(n)));
             }
             Err((instance, message)) => {
                 let mut e = obj(json!({"event": "error", "line": n, "message": message}));
@@ -296,8 +319,10 @@ impl<W: Write> Driver<W> {
     }
 
     /// Waits until everything is durable and delivered, writes a checkpoint, and closes the store.
+    /// Results still in flight are not awaited: their intents stay recorded as
+    /// undelivered and go out again, same id, after a restart.
     pub fn finish(mut self) -> Result<W, String> {
-        while !self.drained() {
+        while !self.durable_and_released() {
             if let Some(store) = self.store.as_ref() {
                 store.wait_durable(store.last_seq())?;
             }
@@ -322,7 +347,14 @@ impl<W: Write> Driver<W> {
     }
 }
 
-pub fn run_stdin(files: &[PathBuf], config: Option<&Path>, mut opts: RunOptions) -> ExitCode {
+/// `ved run --stdin`: observations as JSON lines in, events as JSON lines out.
+pub fn run_stdin(files: &[PathBuf], config: Option<&Path>, opts: RunOptions) -> ExitCode {
+    run(files, config, opts, Mode::Stdin)
+}
+
+/// `ved run`: loads the program and its configuration, starts adapters and
+/// watchers, and feeds everything through one ordered channel to the driver.
+pub fn run(files: &[PathBuf], config: Option<&Path>, mut opts: RunOptions, mode: Mode) -> ExitCode {
     let mut loaded = match load::load(files) {
         Ok(l) => l,
         Err(code) => return code,
@@ -334,6 +366,27 @@ pub fn run_stdin(files: &[PathBuf], config: Option<&Path>, mut opts: RunOptions)
         }
     }
     let (tx, rx) = mpsc::channel::<Input>();
+    // In daemon mode the port is bound before anything starts, so a busy port
+    // is reported at once and the store is never opened for nothing.
+    let server = match &mode {
+        Mode::Stdin => None,
+        Mode::Daemon { listen } => {
+            let token = std::env::var("VED_API_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+                .or_else(|| opts.config.as_ref().and_then(|c| c.api.token.clone()));
+            match api::serve(*listen, token, tx.clone()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    eprintln!(
+                        "  = hint: choose another address with `--listen ADDR`, e.g. 127.0.0.1:0 for any free port"
+                    );
+                    return ExitCode::from(1);
+                }
+            }
+        }
+    };
     let hook_tx = tx.clone();
     let hook: ved_store::DurableHook = Box::new(move |_| {
         let _ = hook_tx.send(Input::Durable);
@@ -356,6 +409,10 @@ pub fn run_stdin(files: &[PathBuf], config: Option<&Path>, mut opts: RunOptions)
     let Ok(mut driver) = Driver::start(loaded, &opts, adapters, stdout, hook) else {
         return ExitCode::from(1);
     };
+    if let Some((addr, _)) = &server {
+        driver.out.emit(obj(json!({"event": "listening", "addr": addr.to_string()})));
+        let _ = driver.out.w.flush();
+    }
     // Results and observations keep their order on the way to the main loop.
     let forward_tx = tx.clone();
     std::thread::spawn(move || {
@@ -372,6 +429,30 @@ pub fn run_stdin(files: &[PathBuf], config: Option<&Path>, mut opts: RunOptions)
         watcher_threads.push(std::thread::spawn(move || w.run(sink, stop, resync)));
     }
     drop(inbound_tx);
+    let code = match mode {
+        Mode::Stdin => {
+            spawn_stdin_reader(tx);
+            stdin_loop(&mut driver, &rx)
+        }
+        Mode::Daemon { .. } => {
+            drop(tx);
+            daemon_loop(&mut driver, &rx)
+        }
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(code) = code {
+        return code;
+    }
+    match driver.finish() {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: the store failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn spawn_stdin_reader(tx: mpsc::Sender<Input>) {
     std::thread::spawn(move || {
         let stdin = std::io::stdin();
         let mut n = 0;
@@ -388,36 +469,102 @@ pub fn run_stdin(files: &[PathBuf], config: Option<&Path>, mut opts: RunOptions)
         }
         let _ = tx.send(Input::Eof);
     });
-    // At the end of input, keep going until every intent is durable and answered.
+}
+
+/// Applies one input; true when it asks the process to stop.
+fn handle_input<W: Write>(driver: &mut Driver<W>, input: Input) -> bool {
+    match input {
+        Input::Line(n, line) => driver.handle_line(n, &line),
+        Input::ReadError(n, e) => {
+            driver.out.emit(obj(json!({"event": "error", "line": n, "message": format!("cannot read input: {e}")})));
+        }
+        Input::Eof | Input::Shutdown => return true,
+        Input::Durable => driver.settle(),
+        Input::Inbound(x) => driver.handle_inbound(x),
+        Input::Api(call, reply) => driver.handle_api(call, reply),
+    }
+    false
+}
+
+/// Reports a failed store; `Some` exit code when the process must stop.
+fn check_store<W: Write>(driver: &mut Driver<W>) -> Option<ExitCode> {
+    let _ = driver.out.w.flush();
+    let f = driver.store_failure()?;
+    eprintln!("error: the store failed: {f}");
+    eprintln!("  = hint: nothing after the last acknowledged input is durable; fix the disk and restart");
+    Some(ExitCode::from(1))
+}
+
+/// `--stdin`: at the end of input, keep going until every intent is durable and answered.
+fn stdin_loop<W: Write>(driver: &mut Driver<W>, rx: &mpsc::Receiver<Input>) -> Option<ExitCode> {
     let mut eof = false;
     while !(eof && driver.drained()) {
         let Ok(input) = rx.recv() else { break };
-        match input {
-            Input::Line(n, line) => driver.handle_line(n, &line),
-            Input::ReadError(n, e) => {
-                driver
-                    .out
-                    .emit(obj(json!({"event": "error", "line": n, "message": format!("cannot read input: {e}")})));
+        eof |= handle_input(driver, input);
+        if let Some(code) = check_store(driver) {
+            return Some(code);
+        }
+    }
+    None
+}
+
+/// How long the daemon may sleep when no retry is due: an upper bound on how late
+/// a clock-driven step can be noticed.
+const DAEMON_IDLE_WAKE: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long a stopping daemon waits for results already in flight.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The daemon: wall-clock time drives retries; SIGTERM or SIGINT stops it after a flush.
+fn daemon_loop<W: Write>(driver: &mut Driver<W>, rx: &mpsc::Receiver<Input>) -> Option<ExitCode> {
+    // Time continues from the snapshots, so retry deadlines written before a restart still hold.
+    let base = driver.rt.instances().iter().map(|i| i.now_ms).max().unwrap_or(0);
+    let started = std::time::Instant::now();
+    let now = || base + started.elapsed().as_millis() as u64;
+    loop {
+        let wait = match driver.rt.next_timer_ms() {
+            Some(t) => std::time::Duration::from_millis(t.saturating_sub(now())).min(DAEMON_IDLE_WAKE),
+            None => DAEMON_IDLE_WAKE,
+        };
+        let input = match rx.recv_timeout(wait) {
+            Ok(i) => Some(i),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        driver.advance_clock(now());
+        let stop = input.is_some_and(|i| handle_input(driver, i));
+        if let Some(code) = check_store(driver) {
+            return Some(code);
+        }
+        if stop {
+            break;
+        }
+    }
+    driver.out.emit(obj(json!({"event": "stopping"})));
+    // Give results already in flight a moment; whatever is still out after that is
+    // recorded as undelivered and goes out again after a restart.
+    let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
+    while !driver.drained() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match rx.recv_timeout(left) {
+            Ok(Input::Api(_, reply)) => {
+                let _ = reply.send(api::Reply {
+                    status: 503,
+                    body: json!({"error": {"status": 503, "message": "ved is shutting down"}}),
+                });
             }
-            Input::Eof => eof = true,
-            Input::Durable => driver.settle(),
-            Input::Inbound(x) => driver.handle_inbound(x),
+            Ok(i) => {
+                handle_input(driver, i);
+            }
+            Err(_) => break,
         }
-        let _ = driver.out.w.flush();
-        if let Some(f) = driver.store_failure() {
-            eprintln!("error: the store failed: {f}");
-            eprintln!("  = hint: nothing after the last acknowledged line is durable; fix the disk and restart");
-            return ExitCode::from(1);
+        if let Some(code) = check_store(driver) {
+            return Some(code);
         }
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    match driver.finish() {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: the store failed: {e}");
-            ExitCode::from(1)
-        }
-    }
+    None
 }
 
 type Watchers = Vec<Box<dyn ved_adapters::Watcher>>;
@@ -500,11 +647,30 @@ fn check_compatible(program: &CompiledProgram, snap: &SnapshotRecord) -> Result<
 type LineError = (Option<String>, String);
 
 impl<W: Write> Driver<W> {
+    /// Everything durable, acknowledged and answered.
     fn drained(&self) -> bool {
-        self.in_flight == 0
-            && self.outbox.is_empty()
+        self.in_flight == 0 && self.durable_and_released()
+    }
+
+    /// Everything durable, acknowledged and handed to the adapters.
+    fn durable_and_released(&self) -> bool {
+        self.outbox.is_empty()
             && self.acks.is_empty()
             && self.store.as_ref().is_none_or(|s| s.durable_seq() >= s.last_seq())
+    }
+
+    /// Moves the runtime's clock to `now_ms` and runs the retries that came due.
+    fn advance_clock(&mut self, now_ms: u64) {
+        if now_ms <= self.now_ms {
+            return;
+        }
+        self.now_ms = now_ms;
+        let due = self.rt.next_timer_ms().is_some_and(|t| t <= now_ms);
+        self.rt.advance_time(now_ms);
+        if due {
+            self.run_and_persist(None);
+            self.settle();
+        }
     }
 
     fn durable_seq(&self) -> u64 {
@@ -527,9 +693,15 @@ impl<W: Write> Driver<W> {
     fn release(&mut self) {
         let durable = self.durable_seq();
         while self.acks.front().is_some_and(|(s, _)| *s <= durable) {
-            let (_, line) = self.acks.pop_front().expect("checked");
-            if self.store.is_some() {
-                self.out.emit(obj(json!({"event": "ack", "line": line})));
+            match self.acks.pop_front().expect("checked").1 {
+                Ack::Line(line) => {
+                    if self.store.is_some() {
+                        self.out.emit(obj(json!({"event": "ack", "line": line})));
+                    }
+                }
+                Ack::Reply(to, reply) => {
+                    let _ = to.send(reply);
+                }
             }
         }
         while self.outbox.front().is_some_and(|(s, _)| *s <= durable) {
