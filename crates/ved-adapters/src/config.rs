@@ -9,7 +9,7 @@ use ved_check::{hir, Type};
 use ved_syntax::{Diagnostic, FileId, Span};
 
 /// The drivers Ved ships.
-pub const DRIVERS: &[&str] = &["exec", "http", "process", "sim", "log"];
+pub const DRIVERS: &[&str] = &["exec", "http", "process", "nftables", "sim", "log"];
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,7 +40,9 @@ pub struct AdapterConfig {
     /// `exec`, `http`: how long one intent may take.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// `nftables`: the table, chain and network namespace whose rules are managed.
+    /// `nftables`: the family (default `inet`), table, chain and network namespace whose rules are managed.
+    #[serde(default = "default_family")]
+    pub family: String,
     #[serde(default)]
     pub table: Option<String>,
     #[serde(default)]
@@ -53,6 +55,10 @@ pub struct AdapterConfig {
     /// `sim`: how long each intent takes.
     #[serde(default)]
     pub delay_ms: u64,
+}
+
+fn default_family() -> String {
+    "inet".into()
 }
 
 fn default_timeout_ms() -> u64 {
@@ -261,11 +267,25 @@ pub fn validate(config: &Config, file: FileId, program: &hir::Program) -> Vec<Di
             }
         };
         if let Some(a) = &wr.adapter {
-            if !bound(a.get_ref()) {
-                out.push(
+            let target = config.adapters.iter().find(|(k, _)| k.get_ref() == a.get_ref()).map(|(_, v)| v);
+            match target {
+                None => out.push(
                     Diagnostic::error(span(file, a.span()), format!("no adapter named `{}`", a.get_ref()))
                         .with_hint("a watcher's `adapter` names an [adapters.NAME] section"),
-                );
+                ),
+                Some(t) if matches!(driver.as_str(), "process" | "nftables") && t.driver.get_ref() != driver => out
+                    .push(
+                        Diagnostic::error(
+                            span(file, a.span()),
+                            format!(
+                                "a `{driver}` watcher needs a `{driver}` adapter; `{}` uses `{}`",
+                                a.get_ref(),
+                                t.driver.get_ref()
+                            ),
+                        )
+                        .with_hint(format!("point `adapter` at an [adapters.NAME] with `driver = \"{driver}\"`")),
+                    ),
+                Some(_) => {}
             }
         } else if matches!(driver.as_str(), "process" | "nftables") {
             out.push(

@@ -14,6 +14,7 @@ pub mod config;
 pub mod exec;
 pub mod http;
 pub mod json;
+pub mod nftables;
 pub mod process;
 pub mod sim;
 

@@ -575,9 +575,10 @@ pub fn build_adapters(
     program: &CompiledProgram,
     sink: mpsc::Sender<ved_adapters::Inbound>,
 ) -> Result<(Adapters, Watchers), String> {
-    use ved_adapters::{exec, http, process, sim};
+    use ved_adapters::{exec, http, nftables, process, sim};
     let mut by_name: BTreeMap<String, Arc<dyn ved_adapters::Driver>> = BTreeMap::new();
     let mut pools: BTreeMap<String, Arc<process::Pool>> = BTreeMap::new();
+    let mut chains: BTreeMap<String, nftables::Chain> = BTreeMap::new();
     for (name, a) in &config.adapters {
         let name = name.get_ref().clone();
         let timeout = std::time::Duration::from_millis(a.timeout_ms);
@@ -588,6 +589,17 @@ pub fn build_adapters(
                 let pool = process::Pool::new(a.command.clone());
                 pools.insert(name.clone(), pool.clone());
                 Arc::new(process::ProcessDriver { pool })
+            }
+            "nftables" => {
+                let chain = nftables::Chain {
+                    family: a.family.clone(),
+                    table: a.table.clone().unwrap_or_default(),
+                    chain: a.chain.clone().unwrap_or_default(),
+                    netns: a.netns.clone(),
+                    timeout,
+                };
+                chains.insert(name.clone(), chain.clone());
+                Arc::new(nftables::NftDriver { chain })
             }
             "sim" => Arc::new(sim::SimDriver::new(a.fail.clone(), a.delay_ms)),
             "log" => Arc::new(ved_adapters::LogDriver),
@@ -619,6 +631,15 @@ pub fn build_adapters(
                     .ok_or_else(|| format!("watch #{}: `{adapter}` is not a process adapter", i + 1))?;
                 let field = w.fields.first().map(|f| f.get_ref().clone()).unwrap_or_default();
                 watchers.push(Box::new(process::ProcessWatcher { pool, instance, field, source }));
+            }
+            "nftables" => {
+                let adapter = w.adapter.as_ref().map(|a| a.get_ref().clone()).unwrap_or_default();
+                let chain = chains
+                    .get(&adapter)
+                    .cloned()
+                    .ok_or_else(|| format!("watch #{}: `{adapter}` is not an nftables adapter", i + 1))?;
+                let field = w.fields.first().map(|f| f.get_ref().clone()).unwrap_or_default();
+                watchers.push(Box::new(nftables::NftWatcher { chain, instance, field, source }));
             }
             other => return Err(format!("watch #{}: the `{other}` watcher is not available in this build", i + 1)),
         }

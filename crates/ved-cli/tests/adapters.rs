@@ -318,6 +318,31 @@ fn check_config_reports_unbound_emits_unknown_drivers_and_bad_watchers_with_loca
 }
 
 #[test]
+fn check_config_requires_a_watcher_to_name_an_adapter_of_its_own_driver() {
+    let dir = tempdir("config-kind");
+    let config = dir.join("ved.toml");
+    std::fs::write(
+        &config,
+        "[adapters.Firewall]\ndriver = \"exec\"\ncommand = [\"true\"]\n\n[[watch]]\nfields = [\"actual_ports\"]\ndriver = \"nftables\"\nadapter = \"Firewall\"\n\n[[watch]]\nfields = [\"desired_ports\"]\ndriver = \"nftables\"\n",
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    let (code, _, err) = ved(&["check", "examples/security_policy.ved", "--config", c], "");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{c}:8:11: error: a `nftables` watcher needs a `nftables` adapter; `Firewall` uses `exec`"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("error: a `nftables` watcher needs `adapter = \"NAME\"`"), "{err}");
+    // The demo configuration is valid.
+    let (code, _, err) =
+        ved(&["check", "examples/security_policy.ved", "--config", "examples/demo/security_policy/ved.toml"], "");
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
 fn a_stale_observation_is_dropped_and_reported() {
     let input = [
         r#"{"instance":"WorkerPool","set":{"workers":4},"source":"alerts","version":7}"#,

@@ -2,94 +2,12 @@
 //! requests that change nothing, instance creation that survives a restart, and
 //! a clean SIGTERM.
 
-use serde_json::{json, Value as Json};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::Receiver;
+mod common;
+
+use common::{root, tempdir, Daemon};
+use serde_json::json;
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ved-daemon-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-struct Daemon {
-    child: Child,
-    lines: Receiver<String>,
-    base: String,
-    agent: ureq::Agent,
-}
-
-impl Daemon {
-    fn start(args: &[&str], token: Option<&str>) -> Daemon {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ved"));
-        cmd.arg("run").args(args).args(["--listen", "127.0.0.1:0"]).current_dir(root());
-        cmd.env_remove("VED_API_TOKEN");
-        if let Some(t) = token {
-            cmd.env("VED_API_TOKEN", t);
-        }
-        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(l);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let addr = loop {
-            let l = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("a listening event");
-            let e: Json = serde_json::from_str(&l).unwrap();
-            if e["event"] == "listening" {
-                break e["addr"].as_str().unwrap().to_string();
-            }
-        };
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(20)))
-            .build()
-            .into();
-        Daemon { child, lines, base: format!("http://{addr}"), agent }
-    }
-
-    fn get(&self, path: &str) -> (u16, Json) {
-        let mut r = self.agent.get(&format!("{}{path}", self.base)).call().unwrap();
-        let status = r.status().as_u16();
-        (status, serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap())
-    }
-
-    fn post(&self, path: &str, token: Option<&str>, body: &[u8]) -> (u16, Json) {
-        let mut req = self.agent.post(&format!("{}{path}", self.base)).header("Content-Type", "application/json");
-        if let Some(t) = token {
-            req = req.header("Authorization", &format!("Bearer {t}"));
-        }
-        let mut r = req.send(body).unwrap();
-        let status = r.status().as_u16();
-        (status, serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap())
-    }
-
-    /// SIGTERM, and the exit status with every line printed.
-    fn terminate(mut self) -> (i32, Vec<Json>) {
-        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
-        let status = self.child.wait().unwrap();
-        let lines = self.lines.iter().filter_map(|l| serde_json::from_str(&l).ok()).collect();
-        (status.code().unwrap_or(-1), lines)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 const TOKEN: &str = "t0ken-for-tests";
 

@@ -1,0 +1,77 @@
+//! Embedding Ved in a Rust program with an adapter of your own.
+//!
+//! The program's `Firewall` adapter is served here by an in-memory firewall
+//! that implements `ved_adapters::Driver`. Ved opens the wanted ports, then an
+//! observation reports a rogue port and Ved closes it through the same trait.
+//!
+//! Run it with `cargo run -p ved-cli --example embed`; the test suite runs it too.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use ved_adapters::{Driver, IntentRequest};
+use ved_cli::run::{Adapters, RunOptions};
+
+/// A firewall that lives in memory: the set of open ports.
+#[derive(Default)]
+pub struct MemoryFirewall {
+    pub open: Mutex<BTreeSet<i64>>,
+}
+
+impl Driver for MemoryFirewall {
+    fn deliver(&self, intent: &IntentRequest) -> Result<(), String> {
+        let ports: Vec<i64> = intent
+            .args
+            .first()
+            .and_then(|a| a.as_array())
+            .ok_or_else(|| format!("{} takes a list of ports", intent.action))?
+            .iter()
+            .filter_map(|p| p.as_i64())
+            .collect();
+        let mut open = self.open.lock().map_err(|_| "the firewall's lock is poisoned".to_string())?;
+        match intent.action.as_str() {
+            "OpenPorts" => open.extend(ports),
+            "ClosePorts" => open.retain(|p| !ports.contains(p)),
+            other => return Err(format!("no action `{other}`")),
+        }
+        Ok(())
+    }
+}
+
+/// Runs seed 000 against the in-memory firewall; returns the ports left open.
+pub fn run() -> Result<Vec<i64>, String> {
+    let program = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/security_policy.ved");
+    let loaded = ved_cli::load::load(&[program]).map_err(|_| "the program has errors (printed above)".to_string())?;
+    let firewall = Arc::new(MemoryFirewall::default());
+    let opts =
+        RunOptions { seed: 7, data_dir: None, durability: ved_store::Durability::None, recover: false, config: None };
+    // Events go to any `Write`; here, a buffer.
+    let mut ved =
+        ved_cli::run::Driver::start(loaded, &opts, Adapters::single(firewall.clone()), Vec::new(), Box::new(|_| {}))
+            .map_err(|_| "Ved could not start".to_string())?;
+    // At start the wanted ports are opened through the trait.
+    // Then the outside world reports a rogue port; Ved closes it.
+    firewall.open.lock().map_err(|e| e.to_string())?.insert(22);
+    ved.handle_line(1, r#"{"instance": "SecurityPolicy", "set": {"actual_ports": [80, 443, 22]}}"#);
+    let status = ved.runtime().instance("SecurityPolicy").map(|i| i.status.as_str()).unwrap_or("missing");
+    let events = String::from_utf8(ved.finish()?).map_err(|e| e.to_string())?;
+    println!("{events}");
+    println!("status: {status}");
+    let open: Vec<i64> = firewall.open.lock().map_err(|e| e.to_string())?.iter().copied().collect();
+    println!("open ports: {open:?}");
+    Ok(open)
+}
+
+fn main() {
+    match run() {
+        Ok(open) if open == [80, 443] => {}
+        Ok(open) => {
+            eprintln!("error: expected ports [80, 443] open, found {open:?}");
+            std::process::exit(1);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Seed 000 against the real Linux firewall, in a network namespace this test
+//! creates: a rogue `tcp dport 22 accept` rule added by hand with `nft`
+//! disappears, the audit log says so, and the test measures how long it lived.
+
+mod common;
+
+use common::{sh, tempdir, wait_for, Daemon};
+use std::time::Duration;
+
+/// A network namespace that is deleted when the test ends, however it ends.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("ved-{tag}-{}", std::process::id());
+        let _ = std::process::Command::new("ip").args(["netns", "del", &name]).output();
+        sh(&["ip", "netns", "add", &name]);
+        Netns(name)
+    }
+
+    fn nft(&self, args: &[&str]) -> String {
+        let mut cmd = vec!["ip", "netns", "exec", &self.0, "nft"];
+        cmd.extend_from_slice(args);
+        sh(&cmd)
+    }
+
+    /// The ports that the chain's rules accept, as `ved`'s own parser reads them
+    /// (none while the chain does not exist yet).
+    fn open_ports(&self) -> Vec<i64> {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.0, "nft", "-j", "-a", "list", "chain", "inet", "ved", "input"])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            assert!(String::from_utf8_lossy(&out.stderr).contains("No such file"), "{out:?}");
+            return Vec::new();
+        }
+        let out = String::from_utf8(out.stdout).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let mut ports = Vec::new();
+        for r in ved_adapters::nftables::parse_port_rules(&doc) {
+            ports.extend(r.ports);
+        }
+        ports
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+#[test]
+fn a_rogue_rule_added_by_hand_disappears_and_is_audited() {
+    let ns = Netns::new("fw");
+    let dir = tempdir("nft");
+    let config = dir.join("ved.toml");
+    let toml = std::fs::read_to_string(common::root().join("examples/demo/security_policy/ved.toml")).unwrap();
+    std::fs::write(&config, toml.replace("\"ved-demo\"", &format!("\"{}\"", ns.0))).unwrap();
+    let data = dir.join("data");
+    let d = Daemon::start(
+        &["examples/security_policy.ved", "--config", config.to_str().unwrap(), "--data-dir", data.to_str().unwrap()],
+        None,
+    );
+    let stable = |d: &Daemon| d.get("/v1/instances/SecurityPolicy").1["status"] == "stable";
+
+    // From an empty namespace, Ved creates the chain and opens the desired ports.
+    wait_for("80 and 443 to be opened", Duration::from_secs(20), || ns.open_ports() == vec![80, 443]);
+    wait_for("the policy to be stable", Duration::from_secs(20), || stable(&d));
+
+    // A junior engineer opens SSH by hand.
+    ns.nft(&["add", "rule", "inet", "ved", "input", "tcp", "dport", "22", "accept"]);
+    let lived = wait_for("the rogue rule to disappear", Duration::from_secs(20), || !ns.open_ports().contains(&22));
+    eprintln!("the rogue `tcp dport 22 accept` rule lived {} ms", lived.as_millis());
+    assert_eq!(ns.open_ports(), vec![80, 443], "the wanted ports stayed open");
+    wait_for("the policy to be stable again", Duration::from_secs(20), || stable(&d));
+
+    // A set rule that opens a rogue port beside a wanted one: only the rogue port goes.
+    ns.nft(&["add", "rule", "inet", "ved", "input", "tcp", "dport", "{ 443, 2222 }", "accept"]);
+    wait_for("port 2222 to be closed", Duration::from_secs(20), || !ns.open_ports().contains(&2222));
+    wait_for("the policy to be stable again", Duration::from_secs(20), || stable(&d));
+    let mut ports = ns.open_ports();
+    ports.sort();
+    assert_eq!(ports, vec![80, 443]);
+
+    // The audit log records the drift and the correction in words.
+    let (_, audit) = d.get("/v1/audit");
+    let texts: Vec<String> =
+        audit["entries"].as_array().unwrap().iter().map(|e| e["text"].as_str().unwrap().to_string()).collect();
+    let entry = texts
+        .iter()
+        .find(|t| t.contains("actual_ports drifted to [80, 443, 22]"))
+        .unwrap_or_else(|| panic!("no audit entry for the rogue rule: {texts:#?}"));
+    assert!(entry.contains("CloseRoguePorts emitted Firewall.ClosePorts([22])"), "{entry}");
+    assert!(entry.contains("stable again"), "{entry}");
+    assert_eq!(d.terminate().0, 0);
+}
