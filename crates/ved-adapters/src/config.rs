@@ -145,6 +145,28 @@ pub struct ApiConfig {
     pub token: Option<String>,
 }
 
+impl Config {
+    /// A command given as a relative path with a `/` in it (`./probe.sh`, `scripts/dns.sh`)
+    /// is taken relative to the directory of `ved.toml`, so a configuration and its scripts
+    /// move together; a bare name (`pg_isready`) is looked up on `PATH` as usual.
+    pub fn resolve_commands(&mut self, config_dir: &std::path::Path) {
+        let resolve = |cmd: &mut Vec<String>| {
+            if let Some(first) = cmd.first_mut() {
+                let p = std::path::Path::new(first.as_str());
+                if p.is_relative() && first.contains('/') {
+                    *first = config_dir.join(p).display().to_string();
+                }
+            }
+        };
+        for a in self.adapters.values_mut() {
+            resolve(&mut a.command);
+        }
+        for w in &mut self.watch {
+            resolve(&mut w.get_mut().command);
+        }
+    }
+}
+
 fn span(file: FileId, r: std::ops::Range<usize>) -> Span {
     Span::new(file, r.start, r.end)
 }
@@ -362,4 +384,21 @@ fn collect_emits<'a>(body: &'a [hir::Stmt], out: &mut Vec<(&'a str, &'a str, Spa
 /// The type a watcher's field must have, for messages.
 pub fn describe(ty: &Type) -> String {
     ty.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_commands_are_taken_from_the_configuration_directory() {
+        let text = "[adapters.A]\ndriver = \"exec\"\ncommand = [\"./dns.sh\", \"x\"]\n\n[adapters.B]\ndriver = \"exec\"\ncommand = [\"pg_isready\"]\n\n[[watch]]\nfields = [\"f\"]\ndriver = \"exec\"\ncommand = [\"scripts/probe.sh\"]\n\n[[watch]]\nfields = [\"g\"]\ndriver = \"exec\"\ncommand = [\"/usr/bin/true\"]\n";
+        let mut c = parse_config(FileId(0), text).unwrap();
+        c.resolve_commands(std::path::Path::new("/etc/ved"));
+        let cmd = |n: &str| c.adapters.iter().find(|(k, _)| k.get_ref() == n).unwrap().1.command.clone();
+        assert_eq!(cmd("A"), vec!["/etc/ved/./dns.sh".to_string(), "x".into()]);
+        assert_eq!(cmd("B"), vec!["pg_isready".to_string()], "a bare name stays for PATH lookup");
+        assert_eq!(c.watch[0].get_ref().command, vec!["/etc/ved/scripts/probe.sh".to_string()]);
+        assert_eq!(c.watch[1].get_ref().command, vec!["/usr/bin/true".to_string()]);
+    }
 }

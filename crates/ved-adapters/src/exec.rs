@@ -111,8 +111,9 @@ fn parse_object(text: &str) -> Option<Map<String, Json>> {
 }
 
 impl Watcher for ExecWatcher {
-    fn run(self: Box<Self>, sink: Sender<Inbound>, stop: Arc<AtomicBool>, _resync: Option<Duration>) {
-        // A periodic command is re-read every interval anyway; a long-running one reports as it sees fit.
+    fn run(self: Box<Self>, sink: Sender<Inbound>, stop: Arc<AtomicBool>, resync: Option<Duration>) {
+        // A periodic command reports a reading when it differs from the last one sent, or when
+        // a resync is due; a long-running one reports as it sees fit.
         let mut version = 0u64;
         let mut send = |fields: Map<String, Json>| {
             version += 1;
@@ -126,13 +127,27 @@ impl Watcher for ExecWatcher {
         };
         match self.interval {
             Some(every) => {
+                let mut last: Option<Map<String, Json>> = None;
+                let mut last_sent = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
-                    if let Ok(out) = run_command(&self.command, b"", self.timeout) {
-                        if let Some(m) = parse_object(&String::from_utf8_lossy(&out)) {
-                            if !send(m) {
-                                return;
+                    match run_command(&self.command, b"", self.timeout) {
+                        Ok(out) => match parse_object(&String::from_utf8_lossy(&out)) {
+                            Some(m) => {
+                                let resync_due = resync.is_some_and(|r| last_sent.elapsed() >= r);
+                                if last.as_ref() != Some(&m) || resync_due {
+                                    last_sent = Instant::now();
+                                    last = Some(m.clone());
+                                    if !send(m) {
+                                        return;
+                                    }
+                                }
                             }
-                        }
+                            None => eprintln!(
+                                "warning: {}: the command did not print a JSON object of field to value",
+                                self.source
+                            ),
+                        },
+                        Err(e) => eprintln!("warning: {}: {e}", self.source),
                     }
                     let until = Instant::now() + every;
                     while Instant::now() < until && !stop.load(Ordering::Relaxed) {
@@ -158,10 +173,14 @@ impl Watcher for ExecWatcher {
                 });
                 for line in BufReader::new(out).lines() {
                     let Ok(line) = line else { break };
-                    if let Some(m) = parse_object(&line) {
-                        if !send(m) {
-                            break;
+                    match parse_object(&line) {
+                        Some(m) => {
+                            if !send(m) {
+                                break;
+                            }
                         }
+                        None if line.trim().is_empty() => {}
+                        None => eprintln!("warning: {}: not a JSON object of field to value: {line}", self.source),
                     }
                 }
                 let _ = child.kill();

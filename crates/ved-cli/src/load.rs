@@ -117,5 +117,9 @@ pub fn load_config(loaded: &mut Loaded, path: &std::path::Path) -> Result<ved_ad
         summary(diags.len(), 0);
         return Err(ExitCode::from(1));
     }
+    let mut config = config;
+    if let Some(dir) = path.parent() {
+        config.resolve_commands(dir);
+    }
     Ok(config)
 }

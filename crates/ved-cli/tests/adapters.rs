@@ -1,5 +1,7 @@
 //! Adapters against the real thing: processes, commands, HTTP; and `ved.toml` checks.
 
+mod common;
+
 use serde_json::Value as Json;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -227,45 +229,10 @@ fn exec_kills_a_command_that_outlives_its_timeout() {
     assert!(start.elapsed() < Duration::from_secs(3));
 }
 
-/// A minimal HTTP server on loopback that answers with the given statuses in turn.
-fn http_server(statuses: Vec<u16>) -> (String, std::sync::mpsc::Receiver<(String, String)>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/page", listener.local_addr().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for (status, stream) in statuses.into_iter().zip(listener.incoming()) {
-            let mut stream = stream.unwrap();
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut key = String::new();
-            let mut len = 0;
-            let mut line = String::new();
-            loop {
-                line.clear();
-                reader.read_line(&mut line).unwrap();
-                let l = line.trim_end().to_ascii_lowercase();
-                if l.is_empty() {
-                    break;
-                }
-                if let Some(v) = l.strip_prefix("idempotency-key: ") {
-                    key = v.to_string();
-                }
-                if let Some(v) = l.strip_prefix("content-length: ") {
-                    len = v.parse().unwrap();
-                }
-            }
-            let mut body = vec![0; len];
-            reader.read_exact(&mut body).unwrap();
-            tx.send((key, String::from_utf8(body).unwrap())).unwrap();
-            write!(stream, "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").unwrap();
-        }
-    });
-    (url, rx)
-}
-
 #[test]
 fn http_posts_the_intent_with_its_idempotency_key_and_treats_non_2xx_as_failure() {
-    let (url, rx) = http_server(vec![500, 204]);
-    let d = ved_adapters::http::HttpDriver::new(url, Duration::from_secs(5));
+    let hook = common::Webhook::start(vec![500, 204]);
+    let d = ved_adapters::http::HttpDriver::new(hook.url.clone(), Duration::from_secs(5));
     let intent = ved_adapters::IntentRequest {
         id: "DatabaseRouting/3/0".into(),
         instance: "DatabaseRouting".into(),
@@ -277,11 +244,11 @@ fn http_posts_the_intent_with_its_idempotency_key_and_treats_non_2xx_as_failure(
     let err = d.deliver(&intent).unwrap_err();
     assert!(err.contains("500"), "{err}");
     d.deliver(&intent).unwrap();
-    let (key, body) = rx.recv().unwrap();
-    assert_eq!(key, "databaserouting/3/0", "header values are compared lowercased here");
-    let j: Json = serde_json::from_str(&body).unwrap();
-    assert_eq!(j["action"], "PageEngineers");
-    assert_eq!(j["args"][0], "Primary DB Down");
+    let hits = hook.hits();
+    assert_eq!(hits.iter().map(|h| h.status).collect::<Vec<_>>(), vec![500, 204]);
+    assert!(hits.iter().all(|h| h.key == "DatabaseRouting/3/0"), "the same key on a repeat: {hits:?}");
+    assert_eq!(hits[1].body["action"], "PageEngineers");
+    assert_eq!(hits[1].body["args"][0], "Primary DB Down");
     // An unreachable endpoint is a failure with a reason, not a hang.
     let d = ved_adapters::http::HttpDriver::new("http://127.0.0.1:9/x".into(), Duration::from_secs(2));
     assert!(d.deliver(&intent).unwrap_err().contains("POST http://127.0.0.1:9/x"));

@@ -108,3 +108,68 @@ pub fn sh(args: &[&str]) -> String {
     assert!(out.status.success(), "`{}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// One request the webhook receiver answered.
+#[derive(Clone, Debug)]
+pub struct Hit {
+    pub at: Instant,
+    /// The `Idempotency-Key` header, as sent.
+    pub key: String,
+    pub body: Json,
+    pub status: u16,
+}
+
+/// A local HTTP receiver: answers with `script`'s statuses in turn, then 200, and
+/// records every request.
+pub struct Webhook {
+    pub url: String,
+    pub hits: std::sync::Arc<std::sync::Mutex<Vec<Hit>>>,
+}
+
+impl Webhook {
+    pub fn start(script: Vec<u16>) -> Webhook {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/page", listener.local_addr().unwrap());
+        let hits = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = hits.clone();
+        std::thread::spawn(move || {
+            let mut script = script.into_iter();
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let (mut key, mut len, mut line) = (String::new(), 0usize, String::new());
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    let l = line.trim_end();
+                    if l.is_empty() {
+                        break;
+                    }
+                    if let Some((name, value)) = l.split_once(':') {
+                        match name.to_ascii_lowercase().as_str() {
+                            "idempotency-key" => key = value.trim().to_string(),
+                            "content-length" => len = value.trim().parse().unwrap_or(0),
+                            _ => {}
+                        }
+                    }
+                }
+                let mut body = vec![0; len];
+                if reader.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                let status = script.next().unwrap_or(200);
+                let body = serde_json::from_slice(&body).unwrap_or(Json::Null);
+                record.lock().unwrap().push(Hit { at: Instant::now(), key, body, status });
+                let _ = write!(stream, "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            }
+        });
+        Webhook { url, hits }
+    }
+
+    pub fn hits(&self) -> Vec<Hit> {
+        self.hits.lock().unwrap().clone()
+    }
+}
