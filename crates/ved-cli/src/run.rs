@@ -104,8 +104,10 @@ pub enum Mode {
 
 /// A drift and what was done about it, until the instance rests again.
 struct Episode {
-    what: Vec<String>,
-    done: Vec<String>,
+    /// What happened, in order: drifts, corrections, failures, later readings.
+    log: Vec<String>,
+    /// Whether Ved has acted yet: a reading after that reports an effect, not a drift.
+    acted: bool,
     ticks_at_start: u64,
 }
 
@@ -252,10 +254,9 @@ impl<W: Write> Driver<W> {
             }
             let started = if inst.slice == 0 { "started" } else { "resumed" };
             let what = format!("{started} at slice {}", inst.slice);
-            driver.episodes.insert(
-                inst.name.to_string(),
-                Episode { what: vec![what], done: Vec::new(), ticks_at_start: inst.ticks },
-            );
+            driver
+                .episodes
+                .insert(inst.name.to_string(), Episode { log: vec![what], acted: false, ticks_at_start: inst.ticks });
         }
         driver.settle();
         Ok(driver)
@@ -888,20 +889,22 @@ impl<W: Write> Driver<W> {
         let was_resting = self.last_status.get(name).is_some_and(|s| *s != Status::Converging);
         match ev {
             Event::Slice { cause: Cause::Observe, changes, .. } if !changes.is_empty() => {
+                let acted = self.episodes.get(name).is_some_and(|ep| ep.acted);
+                let verb = if acted { "observed as" } else { "drifted to" };
                 let text = changes
                     .iter()
-                    .map(|(s, v)| format!("{} drifted to {v}", self.field_name(name, *s)))
+                    .map(|(s, v)| format!("{} {verb} {v}", self.field_name(name, *s)))
                     .collect::<Vec<_>>()
                     .join(", ");
                 let ep = self.episodes.entry(name.to_string()).or_insert(Episode {
-                    what: Vec::new(),
-                    done: Vec::new(),
+                    log: Vec::new(),
+                    acted: false,
                     ticks_at_start: ticks,
                 });
-                if was_resting && ep.what.is_empty() {
+                if was_resting && ep.log.is_empty() {
                     ep.ticks_at_start = ticks;
                 }
-                ep.what.push(text);
+                ep.log.push(text);
                 self.last_status.insert(name.to_string(), Status::Converging);
             }
             Event::Slice { cause: Cause::Transition(t), changes, .. } if !changes.is_empty() => {
@@ -915,19 +918,21 @@ impl<W: Write> Driver<W> {
                         .join(", ")
                 );
                 if let Some(ep) = self.episodes.get_mut(name) {
-                    ep.done.push(text);
+                    ep.log.push(text);
+                    ep.acted = true;
                 }
             }
             Event::Intent(i) => {
                 let text = format!("{} emitted {i}", self.transition_name(name, i.transition));
                 if let Some(ep) = self.episodes.get_mut(name) {
-                    ep.done.push(text);
+                    ep.log.push(text);
+                    ep.acted = true;
                 }
             }
             Event::Result { ok: false, id, error, .. } => {
                 let text = format!("{id} failed ({})", error.as_deref().unwrap_or("no reason given"));
                 if let Some(ep) = self.episodes.get_mut(name) {
-                    ep.done.push(text);
+                    ep.log.push(text);
                 }
             }
             Event::Status { status, reason, .. } => {
@@ -936,7 +941,7 @@ impl<W: Write> Driver<W> {
                     return;
                 }
                 let Some(ep) = self.episodes.remove(name) else { return };
-                if ep.what.is_empty() && ep.done.is_empty() {
+                if ep.log.is_empty() {
                     return;
                 }
                 let used = ticks.saturating_sub(ep.ticks_at_start);
@@ -944,8 +949,7 @@ impl<W: Write> Driver<W> {
                     Status::Stable => format!("stable again after {used} tick{}", if used == 1 { "" } else { "s" }),
                     _ => format!("{status}: {}", reason.as_deref().unwrap_or("no transition can restore the goals")),
                 };
-                let mut parts = ep.what;
-                parts.extend(ep.done);
+                let mut parts = ep.log;
                 parts.push(end);
                 audit.push(AuditDraft { at_ms: self.now_ms, instance: name.to_string(), text: parts.join("; ") });
             }
