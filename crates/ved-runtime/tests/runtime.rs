@@ -147,6 +147,66 @@ fn a_failed_intent_drops_the_changes_backs_off_and_does_not_block_others() {
 }
 
 #[test]
+fn backoff_resets_once_the_transition_succeeds() {
+    let (_, c) = compile(ROUTING);
+    let mut rt = Runtime::new(c, 1).unwrap();
+    let mut ev = Vec::new();
+    rt.run(&mut ev);
+    let retry_of = |ev: &[Event]| {
+        ev.iter().find_map(|e| match e {
+            Event::Retry { at_ms, attempt, .. } => Some((*attempt, *at_ms)),
+            _ => None,
+        })
+    };
+    let page = |ev: &[Event]| intents(ev).into_iter().find(|(_, s)| s.starts_with("Alerts."));
+    // An outage: the page fails twice, then gets through.
+    rt.observe("DatabaseRouting", vec![(0, Value::Str("failed".into()))]).unwrap();
+    ev.clear();
+    rt.run(&mut ev);
+    for (id, _) in intents(&ev).into_iter().filter(|(_, s)| s.starts_with("Network.")) {
+        rt.deliver(&id, true, None).unwrap();
+    }
+    let mut now = 0;
+    let mut last = None;
+    for expected_attempt in 1..=2 {
+        let (id, _) = page(&ev).expect("a page");
+        rt.deliver(&id, false, None).unwrap();
+        ev.clear();
+        rt.run(&mut ev);
+        let (attempt, at) = retry_of(&ev).expect("a retry");
+        assert_eq!(attempt, expected_attempt);
+        now = at;
+        last = Some(at);
+        rt.advance_time(now);
+        ev.clear();
+        rt.run(&mut ev);
+    }
+    let (id, _) = page(&ev).expect("the third page");
+    rt.deliver(&id, true, None).unwrap();
+    ev.clear();
+    rt.run(&mut ev);
+    assert_eq!(rt.instance("DatabaseRouting").unwrap().status, Status::Stable, "{last:?}");
+    // Recovery, then a second outage: the first failure backs off from the start again.
+    rt.observe("DatabaseRouting", vec![(0, Value::Str("healthy".into()))]).unwrap();
+    ev.clear();
+    rt.run(&mut ev);
+    for (id, _) in intents(&ev) {
+        rt.deliver(&id, true, None).unwrap();
+    }
+    rt.run(&mut ev);
+    rt.observe("DatabaseRouting", vec![(0, Value::Str("failed".into()))]).unwrap();
+    ev.clear();
+    rt.run(&mut ev);
+    let (id, _) = page(&ev).expect("a page in the second outage");
+    rt.deliver(&id, false, None).unwrap();
+    ev.clear();
+    rt.run(&mut ev);
+    let (attempt, at) = retry_of(&ev).expect("a retry");
+    assert_eq!(attempt, 1, "the count was reset by the success");
+    assert!((now + 100..=now + 200).contains(&at), "the first delay again: {at} after {now}");
+}
+
+#[test]
 fn an_optimistic_transition_applies_its_state_at_once() {
     let src = "domain D {\n state { open: bool = true }\n goal open == false\n optimistic transition Close {\n step {\n if open {\n emit Fw.Close()\n open = false\n }\n }\n }\n}\n";
     let (_, c) = compile(src);
