@@ -6,8 +6,9 @@
 //!
 //! Built in: `exec` (a command per intent, JSON on stdin), `http` (a POST per
 //! intent with an idempotency key), `process` (a pool of real OS processes and
-//! a watcher of their live count), `sim` (scripted failures and delays, for
-//! tests) and `log` (acknowledges everything). Programs that embed Ved add
+//! a watcher of their live count), `nftables` (firewall rules, watched through
+//! `nft monitor`), `sim` (scripted failures and delays, for tests) and `log`
+//! (acknowledges everything). Programs that embed Ved add
 //! their own by implementing [`Driver`] and [`Watcher`].
 
 pub mod config;
