@@ -48,6 +48,7 @@ struct DomainDraft<'a> {
     states: Vec<&'a ast::StateBlock>,
     goals: Vec<&'a ast::Goal>,
     transitions: Vec<&'a ast::Transition>,
+    verify: Vec<&'a ast::VerifyBlock>,
 }
 
 /// What names mean inside one expression or step body.
@@ -100,13 +101,19 @@ impl Checker {
                                 .with_hint_mut("give each domain a unique name");
                             continue;
                         }
-                        let mut draft =
-                            DomainDraft { ast: d, states: Vec::new(), goals: Vec::new(), transitions: Vec::new() };
+                        let mut draft = DomainDraft {
+                            ast: d,
+                            states: Vec::new(),
+                            goals: Vec::new(),
+                            transitions: Vec::new(),
+                            verify: Vec::new(),
+                        };
                         for member in &d.members {
                             match member {
                                 ast::DomainMember::State(s) => draft.states.push(s),
                                 ast::DomainMember::Goal(g) => draft.goals.push(g),
                                 ast::DomainMember::Transition(t) => draft.transitions.push(t),
+                                ast::DomainMember::Verify(v) => draft.verify.push(v),
                             }
                         }
                         drafts.push(draft);
@@ -132,6 +139,14 @@ impl Checker {
                         }
                     },
                     ast::Item::Scenario(s) => scenarios.push(s),
+                    ast::Item::Verify(v) => match drafts.last_mut() {
+                        Some(d) => d.verify.push(v),
+                        None => {
+                            self.error(v.span, "this `verify` block has no domain to belong to")
+                                .with_label_mut("top-level `verify` before any domain")
+                                .with_hint_mut("a top-level `verify` belongs to the domain declared above it; move it below a `domain` block");
+                        }
+                    },
                 }
             }
         }
@@ -164,6 +179,7 @@ impl Checker {
             fields: Vec::new(),
             goals: Vec::new(),
             transitions: Vec::new(),
+            verify: Vec::new(),
         };
         if let Some(second) = draft.states.get(1) {
             let first = draft.states[0].span;
@@ -253,12 +269,68 @@ impl Checker {
             });
         }
         domain.transitions = transitions;
+        domain.verify = self.check_verify(&domain, &draft.verify);
         if domain.goals.is_empty() {
             self.warn(d.name.span, format!("domain `{}` has no goal", d.name.name))
                 .with_label_mut("always stable")
                 .with_hint_mut("add `goal NAME { predicate ... }` so the runtime knows what to converge to");
         }
         domain
+    }
+
+    /// `verify` bounds: each names a field once; a range needs an int field; values are a
+    /// constant list of the field's type (of its element type for a list or set).
+    fn check_verify(&mut self, domain: &hir::Domain, blocks: &[&ast::VerifyBlock]) -> Vec<hir::VerifyBound> {
+        let mut out: Vec<hir::VerifyBound> = Vec::new();
+        for b in blocks.iter().flat_map(|v| &v.bounds) {
+            let Some((slot, field)) = domain.field(&b.field.name) else {
+                let fields: Vec<String> = domain.fields.iter().map(|f| format!("`{}`", f.name)).collect();
+                self.error(b.field.span, format!("`{}` has no field `{}`", domain.name, b.field.name))
+                    .with_hint_mut(format!("its fields are {}", fields.join(", ")));
+                continue;
+            };
+            if let Some(prev) = out.iter().find(|o| o.field == slot) {
+                let prev = prev.span;
+                self.error(b.field.span, format!("`{}` is bounded twice", b.field.name))
+                    .with_note_mut(prev, "first bounded here")
+                    .with_hint_mut("give each field one bound");
+                continue;
+            }
+            let ty = field.ty.clone();
+            let values = match &b.values {
+                ast::VerifyValues::Range { lo, hi } => {
+                    if ty != Type::Int {
+                        self.error(b.span, format!("a range bounds an int field, but `{}` is `{ty}`", b.field.name))
+                            .with_hint_mut(format!("list the values instead: `{} in [...]`", b.field.name));
+                        continue;
+                    }
+                    if lo > hi {
+                        self.error(b.span, format!("the range {lo}..{hi} is empty"))
+                            .with_hint_mut(format!("write the smaller end first: `{hi}..{lo}`"));
+                        continue;
+                    }
+                    hir::VerifyValues::Range { lo: *lo, hi: *hi }
+                }
+                ast::VerifyValues::Values(e) => {
+                    let elem = match &ty {
+                        Type::List(t) | Type::Set(t) => (**t).clone(),
+                        other => other.clone(),
+                    };
+                    let want = Type::List(Box::new(elem.clone()));
+                    let mut scope = Scope::new(domain, false);
+                    let ex = self.check_expr(&mut scope, e, Some(&want));
+                    if !matches!(ex.kind, hir::ExprKind::List(_)) {
+                        self.error(e.span, "the values of a bound are a list literal, such as `[1, 2, 3]`")
+                            .with_label_mut("not a list literal");
+                        continue;
+                    }
+                    self.expect_type(&ex, &want, || format!("the values of `{}` (each a `{elem}`)", b.field.name));
+                    hir::VerifyValues::Values(ex)
+                }
+            };
+            out.push(hir::VerifyBound { field: slot, values, span: b.span });
+        }
+        out
     }
 
     fn resolve_type(&mut self, t: &ast::TypeExpr) -> Type {

@@ -32,6 +32,25 @@ pub struct Domain {
     pub goals: Vec<Goal>,
     /// In declaration order (the order ticks visit them), top-level ones included.
     pub transitions: Vec<Transition>,
+    /// The bounds `verify { ... }` gives fields, in declaration order.
+    pub verify: Vec<VerifyBound>,
+}
+
+/// The values `ved verify` gives one field.
+#[derive(Clone, Debug)]
+pub struct VerifyBound {
+    pub field: FieldSlot,
+    pub values: VerifyValues,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug)]
+pub enum VerifyValues {
+    /// An int field: every value from `lo` to `hi`, both included.
+    Range { lo: i64, hi: i64 },
+    /// A constant list literal of values of the field's type (for a list or set
+    /// field, of its element type). It refers to no field.
+    Values(Expr),
 }
 
 impl Domain {

@@ -9,3 +9,4 @@ pub use ved_adapters::json;
 pub mod load;
 pub mod run;
 pub mod test_cmd;
+pub mod verify_cmd;

@@ -2,7 +2,7 @@
 //! events, and wires the pure crates (syntax, check, vm, runtime) to the
 //! outside world. All I/O of the project lives at this edge.
 
-use ved_cli::{inspect, load, run, test_cmd};
+use ved_cli::{inspect, load, run, test_cmd, verify_cmd};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -40,6 +40,27 @@ enum Command {
         /// Print the trace of every scenario, not only of failures.
         #[arg(long)]
         trace: bool,
+    },
+    /// Prove that every domain converges from every state within a bound, or print a
+    /// shortest counterexample. Exit 0 proven, 1 counterexample, 2 inconclusive.
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Only this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Intents that may fail, in all, in the second run.
+        #[arg(long, default_value_t = 2)]
+        failures: u8,
+        /// Give up after exploring this many states in one run.
+        #[arg(long, default_value_t = 20_000_000)]
+        max_states: usize,
+        /// Derived int bounds: each literal plus and minus this.
+        #[arg(long, default_value_t = 2)]
+        margin: i64,
+        /// Derived list and set bounds: at most this many elements.
+        #[arg(long, default_value_t = 3)]
+        max_len: usize,
     },
     /// Run the program: one instance per domain, converging forever. Without `--stdin`
     /// it is a daemon serving the HTTP API until SIGTERM.
@@ -115,6 +136,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { files, config } => check(&files, config.as_deref()),
         Command::Test { files, seed, filter, trace } => test_cmd::test(&files, seed, filter.as_deref(), trace),
+        Command::Verify { files, domain, failures, max_states, margin, max_len } => {
+            let opts = ved_verify::Options { shape: ved_verify::Shape { margin, max_len }, failures, max_states };
+            verify_cmd::verify(&files, domain.as_deref(), opts)
+        }
         Command::Run { files, stdin, listen, seed, config, data_dir, durability, recover } => {
             let mode = if stdin { run::Mode::Stdin } else { run::Mode::Daemon { listen } };
             let durability = match durability {

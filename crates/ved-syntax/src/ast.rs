@@ -23,6 +23,8 @@ pub enum Item {
     /// A `transition` at the top level: it belongs to the domain declared above it.
     Transition(Transition),
     Scenario(Scenario),
+    /// A `verify { ... }` block at the top level: it belongs to the domain declared above it.
+    Verify(VerifyBlock),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -37,6 +39,32 @@ pub enum DomainMember {
     State(StateBlock),
     Goal(Goal),
     Transition(Transition),
+    Verify(VerifyBlock),
+}
+
+/// `verify { workers in 0..20, status in ["up", "down"] }`: the values `ved verify`
+/// gives fields, instead of the ones it derives from the program's literals.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VerifyBlock {
+    pub bounds: Vec<VerifyBound>,
+    /// The `verify` keyword.
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct VerifyBound {
+    pub field: Ident,
+    pub values: VerifyValues,
+    /// From the field name to the end of the bound.
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum VerifyValues {
+    /// `lo..hi`, both ends included.
+    Range { lo: i64, hi: i64 },
+    /// A list literal of values (for a list or set field: of elements).
+    Values(Expr),
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -177,6 +177,7 @@ impl Parser {
                     "goal" => items.push(Item::Goal(self.parse_goal()?)),
                     "transition" | "optimistic" => items.push(Item::Transition(self.parse_transition()?)),
                     "scenario" => items.push(Item::Scenario(self.parse_scenario()?)),
+                    "verify" => items.push(Item::Verify(self.parse_verify()?)),
                     "state" => {
                         return Err(Diagnostic::error(self.span(), "`state` must be inside a `domain`")
                             .with_hint("write `domain Name { state { ... } }`"))
@@ -221,6 +222,7 @@ impl Parser {
                     "state" => members.push(DomainMember::State(self.parse_state()?)),
                     "goal" => members.push(DomainMember::Goal(self.parse_goal()?)),
                     "transition" | "optimistic" => members.push(DomainMember::Transition(self.parse_transition()?)),
+                    "verify" => members.push(DomainMember::Verify(self.parse_verify()?)),
                     _ => {
                         return Err(self.unexpected("`state`, `goal`, `transition` or `}` inside a domain").with_hint(
                             "fields are declared inside `state { ... }`; statements inside a transition's `step`",
@@ -328,6 +330,60 @@ impl Parser {
         let span = start.to(predicate.span);
         self.expect_end_of_line("the goal")?;
         Ok(Goal { name: None, predicate, span })
+    }
+
+    /// `verify { FIELD in LO..HI, FIELD in [V, ...] }`, bounds separated by commas or newlines.
+    fn parse_verify(&mut self) -> PResult<VerifyBlock> {
+        let span = self.bump().span;
+        self.skip_newlines();
+        let open = self.expect(TokenKind::LBrace, "after `verify`")?;
+        let mut bounds = Vec::new();
+        loop {
+            while matches!(self.peek(), TokenKind::Newline | TokenKind::Semi | TokenKind::Comma) {
+                self.bump();
+            }
+            match self.peek() {
+                TokenKind::RBrace => {
+                    self.bump();
+                    break;
+                }
+                TokenKind::Eof => return Err(unclosed(open, "verify block")),
+                _ => {}
+            }
+            let field = self.expect_ident("a field name in `verify`")?;
+            if !self.eat_ident("in") {
+                return Err(self
+                    .unexpected(&format!("`in` after `{}`", field.name))
+                    .with_hint(format!("write `{} in 0..20` or `{} in [\"a\", \"b\"]`", field.name, field.name)));
+            }
+            let values = if *self.peek() == TokenKind::LBracket {
+                VerifyValues::Values(self.parse_expr()?)
+            } else {
+                let lo = self.parse_bound_int()?;
+                if !(self.eat(&TokenKind::Dot) && self.eat(&TokenKind::Dot)) {
+                    return Err(self.unexpected("`..` in a range such as `0..20`"));
+                }
+                let hi = self.parse_bound_int()?;
+                VerifyValues::Range { lo, hi }
+            };
+            let end = self.tokens[self.pos.saturating_sub(1)].span;
+            bounds.push(VerifyBound { span: field.span.to(end), field, values });
+        }
+        Ok(VerifyBlock { bounds, span })
+    }
+
+    /// An integer literal, possibly negative, in a `verify` range.
+    fn parse_bound_int(&mut self) -> PResult<i64> {
+        let negative = self.eat(&TokenKind::Minus);
+        match self.peek().clone() {
+            TokenKind::Int(n) => {
+                self.bump();
+                Ok(if negative { n.wrapping_neg() } else { n })
+            }
+            _ => Err(self
+                .unexpected("an integer in a range such as `0..20`")
+                .with_hint("a bound is `FIELD in LO..HI` (both ends included) or a list of values")),
+        }
     }
 
     fn parse_transition(&mut self) -> PResult<Transition> {

@@ -1,0 +1,242 @@
+//! `ved verify`: prints what `ved-verify` proved or the counterexample it found.
+
+use crate::load;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use ved_verify::{Options, Problem, Report, TraceEdge, TraceStep};
+use ved_vm::Value;
+
+pub fn verify(files: &[PathBuf], domain: Option<&str>, opts: Options) -> ExitCode {
+    let loaded = match load::load(files) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let mut out = std::io::stdout().lock();
+    let mut worst = 0u8;
+    let mut any = false;
+    for (d, compiled) in loaded.program.domains.iter().zip(&loaded.compiled.domains) {
+        if domain.is_some_and(|n| n != d.name) {
+            continue;
+        }
+        any = true;
+        let _ = writeln!(out, "verifying {}", d.name);
+        let _ = out.flush();
+        let mut progress = Progress::new();
+        let report = match ved_verify::verify_domain(d, compiled, opts, &mut |done, seen| progress.show(done, seen)) {
+            Ok(r) => r,
+            Err(e) => {
+                progress.clear();
+                eprintln!("error: {e}");
+                eprintln!("  = hint: narrow the bound with `verify {{ field in LO..HI }}` inside the domain");
+                worst = worst.max(2);
+                continue;
+            }
+        };
+        progress.clear();
+        worst = worst.max(print_report(&mut out, &report, opts));
+    }
+    if !any {
+        let names: Vec<String> = loaded.program.domains.iter().map(|d| format!("`{}`", d.name)).collect();
+        eprintln!("error: no domain named `{}`", domain.unwrap_or(""));
+        eprintln!("  = hint: the domains are {}", names.join(", "));
+        return ExitCode::from(2);
+    }
+    ExitCode::from(worst)
+}
+
+/// Progress on a terminal for long runs; nothing when stderr is not one.
+struct Progress {
+    tty: bool,
+    started: Instant,
+    last: Instant,
+    shown: bool,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        let now = Instant::now();
+        Progress { tty: std::io::stderr().is_terminal(), started: now, last: now, shown: false }
+    }
+
+    fn show(&mut self, done: usize, seen: usize) {
+        if !self.tty || self.last.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.last = Instant::now();
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        eprint!("\r  {done} states explored, {} queued, {:.0} states/s   ", seen - done, done as f64 / secs);
+        self.shown = true;
+    }
+
+    fn clear(&mut self) {
+        if self.shown {
+            eprint!("\r{:60}\r", "");
+            self.shown = false;
+        }
+    }
+}
+
+fn run_name(failures: u8) -> String {
+    match failures {
+        0 => "every intent succeeds".into(),
+        1 => "up to 1 intent fails".into(),
+        n => format!("up to {n} intents fail"),
+    }
+}
+
+/// Prints one domain's report; returns 0 (proven), 1 (counterexample) or 2 (inconclusive).
+fn print_report(out: &mut impl Write, r: &Report, opts: Options) -> u8 {
+    let annotated = r.bounds.iter().any(|b| b.annotated);
+    let origin = if annotated {
+        "from `verify { ... }` and the program's literals"
+    } else {
+        "derived from the program's literals; `verify { ... }` changes it"
+    };
+    let _ = writeln!(out, "  bound ({origin}):");
+    for b in &r.bounds {
+        let _ = writeln!(out, "    {}", b.describe);
+    }
+    let starts = r.runs.first().map_or(0, |run| run.start_states);
+    let _ = writeln!(out, "  {starts} start states");
+    let mut verdict = 0u8;
+    for run in &r.runs {
+        let status = if run.proven() {
+            "proven"
+        } else if !run.problems.is_empty() {
+            "FAILED"
+        } else {
+            "INCONCLUSIVE"
+        };
+        let detail = if run.proven() {
+            format!(", goals reached within {} slice{}", run.depth, if run.depth == 1 { "" } else { "s" })
+        } else {
+            String::new()
+        };
+        let _ = writeln!(out, "  {:<26} {:<12} {} states explored{detail}", run_name(run.failures), status, run.states);
+        if !run.complete {
+            let _ = writeln!(
+                out,
+                "  = note: stopped after {} states (the limit); some states leave the bound without end",
+                opts.max_states
+            );
+            verdict = verdict.max(2);
+        }
+        if let Some(p) = run.problems.first() {
+            print_problem(out, r, run.failures, p);
+            return 1;
+        }
+    }
+    if verdict == 0 {
+        let _ = writeln!(
+            out,
+            "ok: {} converges from every start state within the bound ({} states explored)",
+            r.domain,
+            r.states()
+        );
+    }
+    verdict
+}
+
+fn print_problem(out: &mut impl Write, r: &Report, failures: u8, p: &Problem) {
+    let when = if failures == 0 { String::new() } else { format!(" when {}", run_name(failures)) };
+    match p {
+        Problem::Stuck { trace, false_goals, count } => {
+            let goals: Vec<String> = false_goals.iter().map(|g| format!("`{g}`")).collect();
+            let _ = writeln!(
+                out,
+                "error: {} gets stuck{when}: no transition is enabled and {} {} not hold",
+                r.domain,
+                goals.join(", "),
+                if goals.len() == 1 { "does" } else { "do" }
+            );
+            let _ =
+                writeln!(out, "  {count} stuck state{} found; the shortest trace:", if *count == 1 { "" } else { "s" });
+            print_trace(out, r, trace, 0);
+            let _ =
+                writeln!(out, "  = hint: add a transition that moves this state toward the goals, or relax the goals");
+        }
+        Problem::Livelock { trace, cycle } => {
+            let _ = writeln!(
+                out,
+                "error: {} livelocks{when}: a cycle of {} slice{} never reaches the goals",
+                r.domain,
+                cycle.len(),
+                if cycle.len() == 1 { "" } else { "s" }
+            );
+            print_trace(out, r, trace, 0);
+            let _ = writeln!(out, "  cycle:");
+            let last = trace.last().map(|s| s.state.clone()).unwrap_or_default();
+            let mut prev = last.clone();
+            for (i, s) in cycle.iter().enumerate() {
+                let tail = if i + 1 == cycle.len() { "   (back where the cycle began)" } else { "" };
+                let _ = writeln!(
+                    out,
+                    "  {:>4}. {:<22} {}{tail}",
+                    trace.len() + i,
+                    edge_text(&s.edge),
+                    changes(r, &prev, &s.state)
+                );
+                prev = s.state.clone();
+            }
+            let _ = writeln!(
+                out,
+                "  = hint: the transitions undo each other; make their conditions exclusive or their steps smaller"
+            );
+        }
+        Problem::Fault { trace, what, message } => {
+            let _ = writeln!(out, "error: {} faults{when}: {what} fails with {message}", r.domain);
+            print_trace(out, r, trace, 0);
+            let _ =
+                writeln!(out, "  = hint: guard the step (e.g. check a divisor or a length) so no state makes it fail");
+        }
+        Problem::Unsatisfiable { never } => {
+            let _ = writeln!(out, "error: {}: no state satisfies the goals", r.domain);
+            for g in never {
+                let _ = writeln!(out, "  = note: goal `{g}` never holds");
+            }
+            let _ =
+                writeln!(out, "  = hint: the goals contradict each other or the bound; check them, or widen the bound");
+        }
+    }
+}
+
+fn edge_text(e: &Option<TraceEdge>) -> String {
+    match e {
+        None => "start".into(),
+        Some(TraceEdge::Timer) => "(retry timers fire)".into(),
+        Some(TraceEdge::Fired { transition, failed: false }) => transition.clone(),
+        Some(TraceEdge::Fired { transition, failed: true }) => format!("{transition} (intent fails)"),
+    }
+}
+
+fn changes(r: &Report, before: &[Value], after: &[Value]) -> String {
+    let c: Vec<String> = r
+        .fields
+        .iter()
+        .zip(before.iter().zip(after))
+        .filter(|(_, (a, b))| a != b)
+        .map(|(n, (_, b))| format!("{n} = {b}"))
+        .collect();
+    if c.is_empty() {
+        "(no change)".into()
+    } else {
+        c.join(", ")
+    }
+}
+
+fn print_trace(out: &mut impl Write, r: &Report, trace: &[TraceStep], from: usize) {
+    let mut prev: Vec<Value> = Vec::new();
+    for (i, s) in trace.iter().enumerate() {
+        let text = if s.edge.is_none() {
+            let all: Vec<String> = r.fields.iter().zip(&s.state).map(|(n, v)| format!("{n} = {v}")).collect();
+            all.join(", ")
+        } else {
+            changes(r, &prev, &s.state)
+        };
+        let n = if s.edge.is_none() { "".to_string() } else { format!("{}.", from + i) };
+        let _ = writeln!(out, "  {n:>5} {:<22} {text}", edge_text(&s.edge));
+        prev = s.state.clone();
+    }
+}

@@ -1,0 +1,264 @@
+//! `ved-verify` proves, before deploy, that a domain's transitions converge: it
+//! explores every state reachable from every start state inside a bound, and
+//! either proves that the goals are always reached or returns a shortest
+//! counterexample: a stuck state, a livelock cycle, a fault, or goals that no
+//! state satisfies. It runs the program's own compiled steps, with the
+//! runtime's scheduling rules (see [`explore`]), so what it proves is what runs.
+//! Like the runtime it is pure: no I/O, no clock; the caller prints.
+
+pub mod bounds;
+pub mod explore;
+
+pub use bounds::{FieldBound, Shape};
+use explore::{Edge, Explorer, Graph, Kind};
+use ved_check::hir;
+use ved_vm::{CompiledDomain, Value, Vm};
+
+/// What `ved verify` may do.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    pub shape: Shape,
+    /// How many intents may fail, in all, in the second run.
+    pub failures: u8,
+    /// Nodes explored at most, per run, before giving up.
+    pub max_states: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { shape: Shape::default(), failures: 2, max_states: 20_000_000 }
+    }
+}
+
+/// One step of a trace.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TraceStep {
+    /// `None` for the start state.
+    pub edge: Option<TraceEdge>,
+    /// The state after the step.
+    pub state: Vec<Value>,
+    /// Failures still allowed after it.
+    pub budget: u8,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum TraceEdge {
+    Fired {
+        transition: String,
+        failed: bool,
+    },
+    /// The retry timers fired.
+    Timer,
+}
+
+/// Why a domain does not converge.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Problem {
+    /// Goals false and no transition can run: `false_goals` names those that do not hold.
+    Stuck { trace: Vec<TraceStep>, false_goals: Vec<String>, count: usize },
+    /// A cycle that never reaches the goals: the trace leads to it, `cycle` goes round it once.
+    Livelock { trace: Vec<TraceStep>, cycle: Vec<TraceStep> },
+    /// A goal or a step faulted.
+    Fault { trace: Vec<TraceStep>, what: String, message: String },
+    /// No explored state satisfies every goal; `never` lists goals that never hold on their own.
+    Unsatisfiable { never: Vec<String> },
+}
+
+/// One exploration: every intent succeeds, or some may fail.
+#[derive(Clone, Debug)]
+pub struct Run {
+    /// 0 for "every intent succeeds".
+    pub failures: u8,
+    pub states: usize,
+    pub start_states: usize,
+    /// When proven: the most slices any start state needs to reach the goals.
+    pub depth: u32,
+    pub complete: bool,
+    pub problems: Vec<Problem>,
+}
+
+impl Run {
+    pub fn proven(&self) -> bool {
+        self.complete && self.problems.is_empty()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub domain: String,
+    pub fields: Vec<String>,
+    pub bounds: Vec<FieldBound>,
+    pub runs: Vec<Run>,
+}
+
+impl Report {
+    pub fn proven(&self) -> bool {
+        self.runs.iter().all(Run::proven)
+    }
+
+    pub fn states(&self) -> usize {
+        self.runs.iter().map(|r| r.states).sum()
+    }
+}
+
+/// Why verification could not run at all.
+#[derive(Clone, Debug, PartialEq)]
+pub enum VerifyError {
+    TooManyStarts { domain: String, starts: u128, limit: usize },
+    TooManyTransitions { domain: String, count: usize },
+    Bound(String),
+}
+
+impl std::fmt::Display for VerifyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VerifyError::TooManyStarts { domain, starts, limit } => {
+                write!(f, "`{domain}` has {starts} start states within its bound, more than the limit of {limit}")
+            }
+            VerifyError::TooManyTransitions { domain, count } => {
+                write!(f, "`{domain}` has {count} transitions; `ved verify` handles at most 64")
+            }
+            VerifyError::Bound(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Verifies one domain. `progress(explored, discovered)` is called now and then.
+pub fn verify_domain(
+    d: &hir::Domain,
+    compiled: &CompiledDomain,
+    opts: Options,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Report, VerifyError> {
+    if compiled.transitions.len() > 64 {
+        return Err(VerifyError::TooManyTransitions { domain: d.name.clone(), count: compiled.transitions.len() });
+    }
+    let bounds = bounds::field_bounds(d, compiled, opts.shape).map_err(VerifyError::Bound)?;
+    let starts: u128 = bounds.iter().map(|b| b.values.len().max(1) as u128).product();
+    if starts > opts.max_states as u128 {
+        return Err(VerifyError::TooManyStarts { domain: d.name.clone(), starts, limit: opts.max_states });
+    }
+    let initial = Vm::new().initial_state(compiled).map_err(|f| VerifyError::Bound(f.to_string()))?;
+    let starts = start_states(&bounds, &initial);
+    let mut runs = Vec::new();
+    for failures in [0, opts.failures] {
+        if failures == 0 && !runs.is_empty() {
+            continue;
+        }
+        let mut ex = Explorer::new(compiled);
+        for s in &starts {
+            ex.add_start(s.clone(), failures);
+        }
+        let g = ex.run(opts.max_states, progress);
+        runs.push(judge(compiled, &g, failures, starts.len()));
+        if failures == opts.failures {
+            break;
+        }
+    }
+    Ok(Report {
+        domain: d.name.clone(),
+        fields: compiled.fields.iter().map(|(n, _)| n.clone()).collect(),
+        bounds,
+        runs,
+    })
+}
+
+/// The cartesian product of the bounds; start states nearest the declared initial
+/// state come first, so that among equally short counterexamples the one closest to
+/// what the program declares is found.
+fn start_states(bounds: &[FieldBound], initial: &[Value]) -> Vec<Vec<Value>> {
+    let mut all: Vec<Vec<Value>> = vec![Vec::new()];
+    for b in bounds {
+        let mut next = Vec::with_capacity(all.len() * b.values.len().max(1));
+        for prefix in &all {
+            for v in &b.values {
+                let mut s = prefix.clone();
+                s.push(v.clone());
+                next.push(s);
+            }
+        }
+        all = next;
+    }
+    all.sort_by_key(|s| s.iter().zip(initial).filter(|(a, b)| a != b).count());
+    all
+}
+
+fn trace_of(compiled: &CompiledDomain, g: &Graph, path: &[(u32, Edge)]) -> Vec<TraceStep> {
+    path.iter()
+        .map(|(i, e)| {
+            let node = &g.nodes[*i as usize];
+            let edge = match e {
+                Edge::Start => None,
+                Edge::Timer => Some(TraceEdge::Timer),
+                Edge::Fire { t, failed } => Some(TraceEdge::Fired {
+                    transition: compiled.transitions[*t as usize].name.clone(),
+                    failed: *failed,
+                }),
+            };
+            TraceStep { edge, state: node.values.to_vec(), budget: node.budget }
+        })
+        .collect()
+}
+
+fn judge(compiled: &CompiledDomain, g: &Graph, failures: u8, start_states: usize) -> Run {
+    let mut problems = Vec::new();
+    if let Some(i) = g.kinds.iter().position(|k| matches!(k, Kind::Fault { .. })) {
+        if let Kind::Fault { what, fault } = &g.kinds[i] {
+            let trace = trace_of(compiled, g, &g.path_to(i as u32));
+            problems.push(Problem::Fault { trace, what: what.clone(), message: fault.to_string() });
+        }
+    }
+    let stuck: Vec<usize> = g.kinds.iter().enumerate().filter(|(_, k)| **k == Kind::Stuck).map(|(i, _)| i).collect();
+    if let Some(&i) = stuck.first() {
+        let trace = trace_of(compiled, g, &g.path_to(i as u32));
+        let mut vm = Vm::new();
+        let values = &g.nodes[i].values;
+        let false_goals = compiled
+            .goals
+            .iter()
+            .filter(|goal| !vm.eval_bool(&goal.code, values).unwrap_or(false))
+            .map(|goal| goal.name.clone())
+            .collect();
+        problems.push(Problem::Stuck { trace, false_goals, count: stuck.len() });
+    }
+    if let Some(cycle) = g.find_cycle() {
+        let entry = cycle[0];
+        let trace = trace_of(compiled, g, &g.path_to(entry));
+        // Round the cycle once: each node after the entry, then back to it.
+        let mut round = Vec::new();
+        for w in cycle.iter().skip(1).chain(std::iter::once(&entry)) {
+            let prev = round.last().map(|(i, _): &(u32, Edge)| *i).unwrap_or(entry);
+            let edge = edge_between(compiled, g, prev, *w);
+            round.push((*w, edge));
+        }
+        let cycle = trace_of(compiled, g, &round);
+        problems.push(Problem::Livelock { trace, cycle });
+    }
+    if g.complete && !g.kinds.contains(&Kind::Stable) {
+        let never = compiled
+            .goals
+            .iter()
+            .zip(&g.goal_ever_true)
+            .filter(|(_, t)| !**t)
+            .map(|(goal, _)| goal.name.clone())
+            .collect();
+        problems.push(Problem::Unsatisfiable { never });
+    }
+    Run {
+        failures,
+        states: g.nodes.len(),
+        start_states,
+        depth: if problems.is_empty() && g.complete { g.longest_path() } else { 0 },
+        complete: g.complete,
+        problems,
+    }
+}
+
+/// The edge by which `to` follows `from`: found again by expanding `from`.
+fn edge_between(compiled: &CompiledDomain, g: &Graph, from: u32, to: u32) -> Edge {
+    let target = &g.nodes[to as usize];
+    let mut ex = Explorer::new(compiled);
+    let mut out = Vec::new();
+    ex.successors_of(&g.nodes[from as usize], &mut out);
+    out.into_iter().find(|(n, _)| n == target).map(|(_, e)| e).unwrap_or(Edge::Timer)
+}
