@@ -130,7 +130,7 @@ impl<'a> Explorer<'a> {
         let mut i = 0usize;
         let mut succs: Vec<(Node, Edge)> = Vec::new();
         while i < self.g.nodes.len() {
-            if i % 65_536 == 0 {
+            if i.is_multiple_of(65_536) {
                 progress(i, self.g.nodes.len());
             }
             let node = self.g.nodes[i].clone();
