@@ -196,6 +196,9 @@ fn print_problem(out: &mut impl Write, r: &Report, failures: u8, p: &Problem) {
             for g in never {
                 let _ = writeln!(out, "  = note: goal `{g}` never holds");
             }
+            if never.is_empty() {
+                let _ = writeln!(out, "  = note: each goal holds in some state, but never all of them at once");
+            }
             let _ =
                 writeln!(out, "  = hint: the goals contradict each other or the bound; check them, or widen the bound");
         }

@@ -249,6 +249,11 @@ pub fn field_bounds(d: &hir::Domain, compiled: &CompiledDomain, shape: Shape) ->
                 let text = format!("{name} in {}", list_text(&v));
                 (v, annotated, text)
             }
+            (Type::Bool, Some(hir::VerifyValues::Values(e))) => {
+                let v = eval_values(&mut vm, e)?;
+                let text = format!("{name} in {}", list_text(&v));
+                (v, true, text)
+            }
             (Type::Bool, _) => (vec![Value::Bool(false), Value::Bool(true)], false, format!("{name} in [false, true]")),
             (Type::List(elem) | Type::Set(elem), ann) => {
                 let (pool, annotated) = match ann {

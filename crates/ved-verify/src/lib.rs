@@ -202,6 +202,17 @@ fn trace_of(compiled: &CompiledDomain, g: &Graph, path: &[(u32, Edge)]) -> Vec<T
 
 fn judge(compiled: &CompiledDomain, g: &Graph, failures: u8, start_states: usize) -> Run {
     let mut problems = Vec::new();
+    // Goals that no state satisfies come first: every other problem follows from them.
+    if g.complete && !g.kinds.contains(&Kind::Stable) {
+        let never = compiled
+            .goals
+            .iter()
+            .zip(&g.goal_ever_true)
+            .filter(|(_, t)| !**t)
+            .map(|(goal, _)| goal.name.clone())
+            .collect();
+        problems.push(Problem::Unsatisfiable { never });
+    }
     if let Some(i) = g.kinds.iter().position(|k| matches!(k, Kind::Fault { .. })) {
         if let Kind::Fault { what, fault } = &g.kinds[i] {
             let trace = trace_of(compiled, g, &g.path_to(i as u32));
@@ -233,16 +244,6 @@ fn judge(compiled: &CompiledDomain, g: &Graph, failures: u8, start_states: usize
         }
         let cycle = trace_of(compiled, g, &round);
         problems.push(Problem::Livelock { trace, cycle });
-    }
-    if g.complete && !g.kinds.contains(&Kind::Stable) {
-        let never = compiled
-            .goals
-            .iter()
-            .zip(&g.goal_ever_true)
-            .filter(|(_, t)| !**t)
-            .map(|(goal, _)| goal.name.clone())
-            .collect();
-        problems.push(Problem::Unsatisfiable { never });
     }
     Run {
         failures,
