@@ -142,7 +142,7 @@ fn print_report(out: &mut impl Write, r: &Report, opts: Options) -> u8 {
 fn print_problem(out: &mut impl Write, r: &Report, failures: u8, p: &Problem) {
     let when = if failures == 0 { String::new() } else { format!(" when {}", run_name(failures)) };
     match p {
-        Problem::Stuck { trace, false_goals, count } => {
+        Problem::Stuck { trace, false_goals, count, reached } => {
             let goals: Vec<String> = false_goals.iter().map(|g| format!("`{g}`")).collect();
             let _ = writeln!(
                 out,
@@ -154,6 +154,10 @@ fn print_problem(out: &mut impl Write, r: &Report, failures: u8, p: &Problem) {
             let _ =
                 writeln!(out, "  {count} stuck state{} found; the shortest trace:", if *count == 1 { "" } else { "s" });
             print_trace(out, r, trace, 0);
+            if let Some(reached) = reached {
+                let _ = writeln!(out, "  the shortest trace that gets stuck after moving:");
+                print_trace(out, r, reached, 0);
+            }
             let _ =
                 writeln!(out, "  = hint: add a transition that moves this state toward the goals, or relax the goals");
         }

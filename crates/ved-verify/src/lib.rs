@@ -55,7 +55,9 @@ pub enum TraceEdge {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Problem {
     /// Goals false and no transition can run: `false_goals` names those that do not hold.
-    Stuck { trace: Vec<TraceStep>, false_goals: Vec<String>, count: usize },
+    /// `reached`: when the shortest trace is a bare start state, the shortest one that
+    /// gets stuck after at least one slice, which shows how such a state arises.
+    Stuck { trace: Vec<TraceStep>, false_goals: Vec<String>, count: usize, reached: Option<Vec<TraceStep>> },
     /// A cycle that never reaches the goals: the trace leads to it, `cycle` goes round it once.
     Livelock { trace: Vec<TraceStep>, cycle: Vec<TraceStep> },
     /// A goal or a step faulted.
@@ -230,7 +232,11 @@ fn judge(compiled: &CompiledDomain, g: &Graph, failures: u8, start_states: usize
             .filter(|goal| !vm.eval_bool(&goal.code, values).unwrap_or(false))
             .map(|goal| goal.name.clone())
             .collect();
-        problems.push(Problem::Stuck { trace, false_goals, count: stuck.len() });
+        let reached = (trace.len() == 1)
+            .then(|| stuck.iter().find(|&&j| g.depth[j] > 0))
+            .flatten()
+            .map(|&j| trace_of(compiled, g, &g.path_to(j as u32)));
+        problems.push(Problem::Stuck { trace, false_goals, count: stuck.len(), reached });
     }
     if let Some(cycle) = g.find_cycle() {
         let entry = cycle[0];
