@@ -18,3 +18,6 @@ for group, n in slices.items():
     ved, native = mean("ved"), mean("native")
     print(f"| {group} | {n} | {ved:,.0f} | {native:,.0f} | {n / ved * 1e9:,.0f} | {ved / native:,.1f}x |")
 PY
+echo
+# `ved verify`: exploration speed against a hand-written explorer of the same model.
+cargo bench -q -p ved-verify --bench explore 2>/dev/null
