@@ -78,8 +78,8 @@ fn native(side: i64) -> (usize, f64) {
     let mut i = 0;
     while i < nodes.len() {
         if let Some(next) = step(nodes[i]) {
-            if !index.contains_key(&next) {
-                index.insert(next, nodes.len() as u32);
+            if let std::collections::hash_map::Entry::Vacant(e) = index.entry(next) {
+                e.insert(nodes.len() as u32);
                 nodes.push(next);
                 parent.push(i as u32);
             }
