@@ -43,8 +43,14 @@ pub fn run() -> Result<Vec<i64>, String> {
     let program = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/security_policy.ved");
     let loaded = ved_cli::load::load(&[program]).map_err(|_| "the program has errors (printed above)".to_string())?;
     let firewall = Arc::new(MemoryFirewall::default());
-    let opts =
-        RunOptions { seed: 7, data_dir: None, durability: ved_store::Durability::None, recover: false, config: None };
+    let opts = RunOptions {
+        seed: 7,
+        data_dir: None,
+        durability: ved_store::Durability::None,
+        recover: false,
+        config: None,
+        flush: ved_store::Flush::Background,
+    };
     // Events go to any `Write`; here, a buffer.
     let mut ved =
         ved_cli::run::Driver::start(loaded, &opts, Adapters::single(firewall.clone()), Vec::new(), Box::new(|_| {}))

@@ -149,7 +149,14 @@ fn main() -> ExitCode {
             run::run(
                 &files,
                 config.as_deref(),
-                run::RunOptions { seed, data_dir, durability, recover, config: None },
+                run::RunOptions {
+                    seed,
+                    data_dir,
+                    durability,
+                    recover,
+                    config: None,
+                    flush: ved_store::Flush::Background,
+                },
                 mode,
             )
         }

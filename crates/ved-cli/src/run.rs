@@ -47,6 +47,8 @@ pub struct RunOptions {
     pub recover: bool,
     /// `ved.toml`, already validated against the program.
     pub config: Option<ved_adapters::config::Config>,
+    /// `Background` for `ved run`; `Manual` lets a simulation decide when writes happen.
+    pub flush: ved_store::Flush,
 }
 
 struct Out<W: Write> {
@@ -139,17 +141,30 @@ pub struct Adapters {
     pub fallback: Arc<dyn ved_adapters::Driver>,
     /// Worker threads; `None` delivers inline, on the driver's own thread.
     pub pool: Option<ved_adapters::DeliveryPool>,
+    /// When set, released intents are only queued here, and their results come back
+    /// through [`Driver::handle_inbound`]: a simulation decides when, how and how often.
+    pub manual: Option<Arc<std::sync::Mutex<Vec<ved_adapters::IntentRequest>>>>,
 }
 
 impl Adapters {
     /// Everything acknowledged at once by the logging driver, inline.
     pub fn logging() -> Adapters {
-        Adapters { by_name: BTreeMap::new(), fallback: Arc::new(ved_adapters::LogDriver), pool: None }
+        Adapters { by_name: BTreeMap::new(), fallback: Arc::new(ved_adapters::LogDriver), pool: None, manual: None }
     }
 
     /// One driver for every name, inline (tests).
     pub fn single(driver: Arc<dyn ved_adapters::Driver>) -> Adapters {
-        Adapters { by_name: BTreeMap::new(), fallback: driver, pool: None }
+        Adapters { by_name: BTreeMap::new(), fallback: driver, pool: None, manual: None }
+    }
+
+    /// Intents queue up in `queue`; results are fed back by the caller.
+    pub fn manual(queue: Arc<std::sync::Mutex<Vec<ved_adapters::IntentRequest>>>) -> Adapters {
+        Adapters {
+            by_name: BTreeMap::new(),
+            fallback: Arc::new(ved_adapters::LogDriver),
+            pool: None,
+            manual: Some(queue),
+        }
     }
 }
 
@@ -171,7 +186,7 @@ impl<W: Write> Driver<W> {
     ) -> Result<Driver<W>, StartError> {
         let mut out = Out { w, seq: 0 };
         let (store, recovered) = match &opts.data_dir {
-            Some(dir) => match Store::open(dir, opts.durability, opts.recover, on_durable) {
+            Some(dir) => match Store::open_with(dir, opts.durability, opts.recover, opts.flush, on_durable) {
                 Ok((s, r)) => (Some(s), Some(r)),
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -324,8 +339,8 @@ impl<W: Write> Driver<W> {
     /// undelivered and go out again, same id, after a restart.
     pub fn finish(mut self) -> Result<W, String> {
         while !self.durable_and_released() {
-            if let Some(store) = self.store.as_ref() {
-                store.wait_durable(store.last_seq())?;
+            if let Some(store) = self.store.as_mut() {
+                store.flush()?;
             }
             self.settle();
         }
@@ -345,6 +360,37 @@ impl<W: Write> Driver<W> {
 
     pub fn runtime(&self) -> &Runtime {
         &self.rt
+    }
+
+    /// With `Flush::Manual`: writes and syncs what is queued, then releases what became
+    /// durable (acks, intents). In background mode it waits for the writer instead.
+    pub fn flush(&mut self) -> Result<(), String> {
+        if let Some(store) = self.store.as_mut() {
+            store.flush()?;
+        }
+        self.settle();
+        Ok(())
+    }
+
+    /// With `Flush::Manual`: writes and syncs what is queued without releasing anything,
+    /// as a crash right after the write would leave it.
+    pub fn write_only(&mut self) -> Result<(), String> {
+        match self.store.as_mut() {
+            Some(store) => store.flush().map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops as a crash would: nothing queued is written, nothing is flushed.
+    pub fn crash(mut self) {
+        if let Some(store) = self.store.take() {
+            store.abandon();
+        }
+    }
+
+    /// The events printed so far (the writer given to [`Driver::start`]).
+    pub fn output(&self) -> &W {
+        &self.out.w
     }
 }
 
@@ -646,7 +692,7 @@ pub fn build_adapters(
         }
     }
     let pool = Some(ved_adapters::DeliveryPool::new(sink));
-    Ok((Adapters { by_name, fallback: Arc::new(ved_adapters::LogDriver), pool }, watchers))
+    Ok((Adapters { by_name, fallback: Arc::new(ved_adapters::LogDriver), pool, manual: None }, watchers))
 }
 
 fn dir_name(opts: &RunOptions) -> String {
@@ -737,6 +783,11 @@ impl<W: Write> Driver<W> {
             ));
             let req = ved_adapters::IntentRequest::from_intent(&intent);
             let driver = self.adapters.by_name.get(&*intent.adapter).unwrap_or(&self.adapters.fallback).clone();
+            if let Some(queue) = &self.adapters.manual {
+                self.in_flight += 1;
+                queue.lock().unwrap_or_else(|p| p.into_inner()).push(req);
+                continue;
+            }
             match &self.adapters.pool {
                 Some(pool) => {
                     self.in_flight += 1;

@@ -73,6 +73,7 @@ fn no_intent_reaches_an_adapter_before_its_slice_is_durable() {
         durability: Durability::Fsync,
         recover: false,
         config: None,
+        flush: ved_store::Flush::Background,
     };
     let mut d = Driver::start(loaded, &opts, Adapters::single(Arc::new(adapter)), Vec::new(), hook).ok().unwrap();
     d.handle_line(1, r#"{"instance":"DatabaseRouting","set":{"primary_status":"failed"}}"#);

@@ -16,4 +16,4 @@ mod store;
 
 pub use audit::{AuditDraft, AuditEntry, AuditError};
 pub use codec::{JournalEntry, Record, SnapshotRecord, StoredValue};
-pub use store::{read_only, verify_audit, Durability, DurableHook, Recovered, Store, StoreError, JOURNAL_MAX};
+pub use store::{read_only, verify_audit, Durability, DurableHook, Flush, Recovered, Store, StoreError, JOURNAL_MAX};

@@ -424,6 +424,24 @@ pub struct Store {
     next_seq: u64,
     /// Held for the store's lifetime; the OS releases it if the process dies.
     _lock: File,
+    /// Manual mode (no writer thread): the writer, the queued commands and the hook.
+    manual: Option<Manual>,
+}
+
+struct Manual {
+    writer: Writer,
+    queued: Vec<Cmd>,
+    on_durable: DurableHook,
+}
+
+/// When queued batches are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flush {
+    /// A writer thread writes them as they come, many batches per fsync (group commit).
+    Background,
+    /// Only [`Store::flush`] writes them, on the caller's thread. For deterministic
+    /// simulation: the caller decides when a write happens, and may crash in between.
+    Manual,
 }
 
 /// Called by the writer thread with the sequence number of each batch made durable.
@@ -435,6 +453,17 @@ impl Store {
         dir: &Path,
         durability: Durability,
         recover: bool,
+        on_durable: DurableHook,
+    ) -> Result<(Store, Recovered), StoreError> {
+        Store::open_with(dir, durability, recover, Flush::Background, on_durable)
+    }
+
+    /// [`Store::open`] with a choice of [`Flush`] mode.
+    pub fn open_with(
+        dir: &Path,
+        durability: Durability,
+        recover: bool,
+        flush: Flush,
         on_durable: DurableHook,
     ) -> Result<(Store, Recovered), StoreError> {
         fs::create_dir_all(dir).map_err(io(dir))?;
@@ -459,15 +488,29 @@ impl Store {
         }
         let (rec, manifest) = load(dir, if recover { Mode::Recover } else { Mode::Strict })?;
         let shared = Arc::new(Shared { durable: Mutex::new(0), cond: Condvar::new(), failure: Mutex::new(None) });
-        let (tx, rx) = mpsc::channel();
         let writer = Writer::new(dir, manifest, durability)?;
+        if flush == Flush::Manual {
+            let manual = Some(Manual { writer, queued: Vec::new(), on_durable });
+            let store =
+                Store { dir: dir.to_path_buf(), tx: None, thread: None, shared, next_seq: 0, _lock: lock, manual };
+            return Ok((store, rec));
+        }
+        let (tx, rx) = mpsc::channel();
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("ved-store-writer".into())
             .spawn(move || writer.run(rx, thread_shared, on_durable))
             .map_err(io(dir))?;
         Ok((
-            Store { dir: dir.to_path_buf(), tx: Some(tx), thread: Some(thread), shared, next_seq: 0, _lock: lock },
+            Store {
+                dir: dir.to_path_buf(),
+                tx: Some(tx),
+                thread: Some(thread),
+                shared,
+                next_seq: 0,
+                _lock: lock,
+                manual: None,
+            },
             rec,
         ))
     }
@@ -480,17 +523,55 @@ impl Store {
     /// It does not wait: [`Store::durable_seq`] says when the batch is on disk.
     pub fn append(&mut self, records: Vec<Record>, audit: Vec<AuditDraft>) -> u64 {
         self.next_seq += 1;
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(Cmd::Batch { seq: self.next_seq, records, audit });
+        let cmd = Cmd::Batch { seq: self.next_seq, records, audit };
+        match (&mut self.manual, &self.tx) {
+            (Some(m), _) => m.queued.push(cmd),
+            (None, Some(tx)) => {
+                let _ = tx.send(cmd);
+            }
+            (None, None) => {}
         }
         self.next_seq
+    }
+
+    /// Manual mode: writes and syncs everything queued, as one group commit.
+    /// Returns the durable sequence number. In background mode it only waits.
+    pub fn flush(&mut self) -> Result<u64, String> {
+        if self.manual.is_none() {
+            self.wait_durable(self.next_seq)?;
+            return Ok(self.durable_seq());
+        }
+        if let Some(f) = self.failure() {
+            return Err(f);
+        }
+        let Some(m) = self.manual.as_mut() else { return Ok(0) };
+        let cmds = std::mem::take(&mut m.queued);
+        if cmds.is_empty() {
+            return Ok(self.durable_seq());
+        }
+        match m.writer.apply(cmds) {
+            Ok(last) => {
+                *self.shared.durable.lock().unwrap_or_else(|p| p.into_inner()) = last;
+                (m.on_durable)(last);
+                Ok(last)
+            }
+            Err(e) => {
+                *self.shared.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+                Err(e)
+            }
+        }
     }
 
     /// Replaces the log with a checkpoint holding `records` (every live record).
     pub fn compact(&mut self, records: Vec<Record>) -> u64 {
         self.next_seq += 1;
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(Cmd::Compact { seq: self.next_seq, records });
+        let cmd = Cmd::Compact { seq: self.next_seq, records };
+        match (&mut self.manual, &self.tx) {
+            (Some(m), _) => m.queued.push(cmd),
+            (None, Some(tx)) => {
+                let _ = tx.send(cmd);
+            }
+            (None, None) => {}
         }
         self.next_seq
     }
@@ -512,6 +593,14 @@ impl Store {
 
     /// Blocks until batch `seq` is durable or the writer failed.
     pub fn wait_durable(&self, seq: u64) -> Result<(), String> {
+        if self.manual.is_some() {
+            // Nothing else writes in manual mode: what is not durable now waits for `flush`.
+            return match self.failure() {
+                Some(f) => Err(f),
+                None if self.durable_seq() >= seq => Ok(()),
+                None => Err(format!("batch {seq} is queued; manual mode writes it only on flush")),
+            };
+        }
         let mut d = self.shared.durable.lock().unwrap_or_else(|p| p.into_inner());
         while *d < seq {
             if let Some(f) = self.failure() {
@@ -527,12 +616,25 @@ impl Store {
         Ok(())
     }
 
+    /// Manual mode: drops the store as a crash would, without writing what is queued.
+    /// (In background mode the writer still finishes what it was given.)
+    pub fn abandon(mut self) {
+        if let Some(m) = self.manual.as_mut() {
+            m.queued.clear();
+        }
+        self.manual = None;
+    }
+
     /// Flushes everything queued and stops the writer.
     pub fn close(mut self) -> Result<(), String> {
         self.shutdown()
     }
 
     fn shutdown(&mut self) -> Result<(), String> {
+        if self.manual.is_some() {
+            self.flush()?;
+            self.manual = None;
+        }
         drop(self.tx.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -568,9 +670,12 @@ impl Writer {
         let audit = OpenOptions::new().create(true).append(true).open(&apath).map_err(io(&apath))?;
         let mpath = path_of(dir, "manifest");
         let manifest_file = OpenOptions::new().write(true).open(&mpath).map_err(io(&mpath))?;
-        let w = Writer { dir: dir.to_path_buf(), manifest, manifest_file, log, audit, durability };
-        // Recovery may have trimmed a torn tail: make the manifest say what is really there.
-        w.write_manifest().map_err(io(&mpath))?;
+        let mut w = Writer { dir: dir.to_path_buf(), manifest, manifest_file, log, audit, durability };
+        // Recovery may have accepted intact records that were written but never synced
+        // before the crash, and trimmed a torn tail. Make what was recovered durable before
+        // anything acts on it (re-sent intents, acknowledgements), then make the manifest
+        // say what is really there.
+        w.sync().map_err(|e| StoreError::Io { path: mpath.clone(), err: std::io::Error::other(e) })?;
         Ok(w)
     }
 
@@ -578,6 +683,27 @@ impl Writer {
         // Rewritten in place without fsync: it may lag the log after a power loss, and
         // recovery accepts intact records past the committed length for that reason.
         self.manifest_file.write_all_at(&self.manifest.encode(), 0)
+    }
+
+    /// Writes commands in order and syncs once; returns the last sequence number.
+    fn apply(&mut self, cmds: Vec<Cmd>) -> Result<u64, String> {
+        let mut last = 0;
+        for cmd in cmds {
+            match cmd {
+                Cmd::Batch { seq, records, audit } => {
+                    last = seq;
+                    self.write_batch(&records, &audit)?;
+                }
+                Cmd::Compact { seq, records } => {
+                    // Everything before it must be on disk first; then the checkpoint.
+                    self.sync()?;
+                    self.compact(&records)?;
+                    last = seq;
+                }
+            }
+        }
+        self.sync()?;
+        Ok(last)
     }
 
     fn run(mut self, rx: Receiver<Cmd>, shared: Arc<Shared>, on_durable: DurableHook) {
@@ -600,31 +726,14 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let mut last = 0;
-            for cmd in cmds {
-                let r = match cmd {
-                    Cmd::Batch { seq, records, audit } => {
-                        last = seq;
-                        self.write_batch(&records, &audit)
-                    }
-                    Cmd::Compact { seq, records } => {
-                        // Everything before it must be on disk first; then the checkpoint.
-                        let r = self.sync().and_then(|_| self.compact(&records));
-                        last = seq;
-                        r
-                    }
-                };
-                if let Err(e) = r {
+            let last = match self.apply(cmds) {
+                Ok(last) => last,
+                Err(e) => {
                     *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                     shared.cond.notify_all();
                     return;
                 }
-            }
-            if let Err(e) = self.sync() {
-                *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                shared.cond.notify_all();
-                return;
-            }
+            };
             *shared.durable.lock().unwrap_or_else(|p| p.into_inner()) = last;
             shared.cond.notify_all();
             on_durable(last);
