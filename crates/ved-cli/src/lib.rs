@@ -7,6 +7,7 @@
 pub mod inspect;
 pub use ved_adapters::json;
 pub mod load;
+pub mod replay_cmd;
 pub mod run;
 pub mod test_cmd;
 pub mod verify_cmd;

@@ -9,6 +9,8 @@ use ved_vm::CompiledProgram;
 
 pub struct Loaded {
     pub sources: SourceMap,
+    /// The program's source files as read: name, text (recorded in the store for `ved replay`).
+    pub files: Vec<(String, String)>,
     pub program: hir::Program,
     pub compiled: Arc<CompiledProgram>,
 }
@@ -19,8 +21,7 @@ const FILE_BYTES_MAX: u64 = 16 * 1024 * 1024;
 /// Reads, parses and checks `files` as one program. Diagnostics (warnings
 /// included) go to stderr; on any error the exit code to return is given back.
 pub fn load(files: &[PathBuf]) -> Result<Loaded, ExitCode> {
-    let mut sources = SourceMap::new();
-    let mut ids = Vec::new();
+    let mut texts = Vec::new();
     for path in files {
         let name = path.display().to_string();
         match std::fs::metadata(path) {
@@ -37,7 +38,7 @@ pub fn load(files: &[PathBuf]) -> Result<Loaded, ExitCode> {
         }
         match std::fs::read(path) {
             Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => ids.push(sources.add(name, text)),
+                Ok(text) => texts.push((name, text)),
                 Err(e) => {
                     eprintln!(
                         "error: `{name}` is not valid UTF-8 (first bad byte at offset {})",
@@ -53,6 +54,13 @@ pub fn load(files: &[PathBuf]) -> Result<Loaded, ExitCode> {
             }
         }
     }
+    load_texts(texts)
+}
+
+/// Parses and checks source texts (name, text) as one program, as [`load`] does files.
+pub fn load_texts(texts: Vec<(String, String)>) -> Result<Loaded, ExitCode> {
+    let mut sources = SourceMap::new();
+    let ids: Vec<_> = texts.iter().map(|(n, t)| sources.add(n.clone(), t.clone())).collect();
     let mut asts = Vec::new();
     let mut parse_errors = Vec::new();
     for &id in &ids {
@@ -73,7 +81,7 @@ pub fn load(files: &[PathBuf]) -> Result<Loaded, ExitCode> {
     match checked.program {
         Some(program) => {
             let compiled = Arc::new(ved_vm::compile_program(&program));
-            Ok(Loaded { sources, program, compiled })
+            Ok(Loaded { sources, files: texts, program, compiled })
         }
         None => {
             let errors = checked.diagnostics.iter().filter(|d| d.is_error()).count();

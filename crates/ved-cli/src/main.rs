@@ -2,7 +2,7 @@
 //! events, and wires the pure crates (syntax, check, vm, runtime) to the
 //! outside world. All I/O of the project lives at this edge.
 
-use ved_cli::{inspect, load, run, test_cmd, verify_cmd};
+use ved_cli::{inspect, load, replay_cmd, run, test_cmd, verify_cmd};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -91,6 +91,19 @@ enum Command {
         #[arg(long, requires = "data_dir")]
         recover: bool,
     },
+    /// Re-execute an instance's journaled messages from its retained snapshot and check
+    /// that every state and intent comes out the same; report the first divergence.
+    Replay {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        instance: String,
+        /// Replay with these source files instead of the program recorded in the store,
+        /// to see where a changed program would have acted differently.
+        #[arg(long, value_name = "FILE", num_args = 1..)]
+        program: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the latest snapshot of each instance in a data directory (read-only).
     Inspect {
         #[arg(long, value_name = "DIR")]
@@ -159,6 +172,9 @@ fn main() -> ExitCode {
                 },
                 mode,
             )
+        }
+        Command::Replay { data_dir, instance, program, json } => {
+            replay_cmd::replay(&data_dir, &instance, &program, json)
         }
         Command::Inspect { data_dir, instance, json } => inspect::inspect(&data_dir, instance.as_deref(), json),
         Command::Journal { data_dir, instance, json } => inspect::journal(&data_dir, &instance, json),

@@ -131,6 +131,11 @@ pub struct Driver<W: Write> {
     records_since_checkpoint: usize,
     /// Intents handed to the delivery pool whose results have not come back yet.
     in_flight: usize,
+    /// Per instance, recent snapshots (oldest first), so that a checkpoint can keep the one
+    /// before the oldest journal entry: where `ved replay` starts.
+    history: BTreeMap<String, VecDeque<SnapshotRecord>>,
+    /// The program's sources, recorded in the store.
+    files: Vec<(String, String)>,
     now_ms: u64,
 }
 
@@ -208,7 +213,14 @@ impl<W: Write> Driver<W> {
         }
         let mut journals = BTreeMap::new();
         let mut last_status = BTreeMap::new();
+        let mut history: BTreeMap<String, VecDeque<SnapshotRecord>> = BTreeMap::new();
+        let mut recorded_program = None;
+        let program_files = loaded.files.clone();
         if let Some(rec) = recovered {
+            recorded_program = rec.program.clone().map(|p| (p, rec.retry));
+            for (name, base) in &rec.bases {
+                history.entry(name.clone()).or_default().push_back(base.clone());
+            }
             for w in &rec.warnings {
                 eprintln!("warning: {w}");
             }
@@ -226,6 +238,7 @@ impl<W: Write> Driver<W> {
                     return Err(StartError::Reported);
                 };
                 last_status.insert(name.clone(), s.status);
+                history.entry(name.clone()).or_default().push_back(snap.clone());
                 if let Err(e) = rt.restore_instance(s) {
                     eprintln!("error: cannot restore `{name}`: {e}");
                     return Err(StartError::Reported);
@@ -256,8 +269,30 @@ impl<W: Write> Driver<W> {
             last_status,
             records_since_checkpoint: 0,
             in_flight: 0,
+            history,
+            files: program_files,
             now_ms: 0,
         };
+        // Simulated time continues from the snapshots after a restart.
+        driver.now_ms = driver.rt.instances().iter().map(|i| i.now_ms).max().unwrap_or(0);
+        // A new store records the program; a changed program is recorded again.
+        let retry = driver.retry();
+        if let Some(store) = driver.store.as_mut() {
+            let mut records = Vec::new();
+            if recorded_program != Some((driver.files.clone(), Some(retry))) {
+                records.push(Record::Program { files: driver.files.clone(), retry: Some(retry) });
+            }
+            // New instances are recorded at slice 0, so that replay can start from the beginning.
+            for inst in driver.rt.instances().iter().filter(|i| i.slice == 0) {
+                let dom = &driver.program.domains[inst.domain];
+                let snap = SnapshotRecord::from_snapshot(&inst.snapshot(), &dom.name, &dom.fields);
+                driver.history.entry(inst.name.to_string()).or_default().push_back(snap.clone());
+                records.push(Record::Snapshot(snap));
+            }
+            if !records.is_empty() {
+                store.append(records, Vec::new());
+            }
+        }
         // Intents recorded before a restart but never acknowledged go out again, same id.
         let undelivered: Vec<Intent> = driver.rt.instances().iter().flat_map(Instance::undelivered).collect();
         for i in undelivered {
@@ -379,6 +414,12 @@ impl<W: Write> Driver<W> {
             Some(store) => store.flush().map(|_| ()),
             None => Ok(()),
         }
+    }
+
+    /// The retry policy as recorded in the store.
+    fn retry(&self) -> (u64, u32, u64, u32) {
+        let p = self.rt.policy;
+        (p.initial_ms, p.factor, p.cap_ms, p.breaker_after)
     }
 
     /// Stops as a crash would: nothing queued is written, nothing is flushed.
@@ -811,10 +852,19 @@ impl<W: Write> Driver<W> {
         let mut events = Vec::new();
         let program = self.program.clone();
         let persist = self.store.is_some();
+        let history = &mut self.history;
         self.rt.run_stepwise(|inst, evs| {
             let dom = &program.domains[inst.domain];
             if persist {
                 let snap = SnapshotRecord::from_snapshot(&inst.snapshot(), &dom.name, &dom.fields);
+                let q = history.entry(inst.name.to_string()).or_default();
+                if q.back().is_some_and(|last| last.slice == snap.slice) {
+                    q.pop_back();
+                }
+                q.push_back(snap.clone());
+                while q.len() > JOURNAL_MAX + 2 {
+                    q.pop_front();
+                }
                 records.push(Record::Snapshot(snap));
             }
             events.push((inst.name.to_string(), inst.ticks, evs.to_vec()));
@@ -874,9 +924,15 @@ impl<W: Write> Driver<W> {
 
     /// Every live record: the latest snapshot of each instance and its retained journal.
     fn all_records(&self) -> Vec<Record> {
-        let mut records = Vec::new();
+        let mut records = vec![Record::Program { files: self.files.clone(), retry: Some(self.retry()) }];
         for inst in self.rt.instances() {
             let dom = &self.program.domains[inst.domain];
+            // The snapshot before the oldest journal entry first (replay starts there), then the latest.
+            let first = self.journals.get(&*inst.name).and_then(|q| q.front()).map(|e| e.slice);
+            let base = first.and_then(|f| self.history.get(&*inst.name)?.iter().rev().find(|s| s.slice < f));
+            if let Some(b) = base {
+                records.push(Record::Snapshot(b.clone()));
+            }
             records.push(Record::Snapshot(SnapshotRecord::from_snapshot(&inst.snapshot(), &dom.name, &dom.fields)));
         }
         for q in self.journals.values() {
@@ -932,6 +988,10 @@ impl<W: Write> Driver<W> {
                 })
                 .collect(),
             caused_by,
+            observed: match cause {
+                "observe" => changes.iter().map(|(s, v)| (self.field_name(name, *s), to_json(v))).collect(),
+                _ => Vec::new(),
+            },
         })
     }
 

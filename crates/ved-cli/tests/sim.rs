@@ -380,6 +380,13 @@ impl Sim {
             if !s.pending.is_empty() {
                 self.fail(&format!("`{name}` still has pending transitions on disk: {:?}", s.pending));
             }
+            // The journal, crashes and all, replays to the same states and intents.
+            match ved_cli::replay_cmd::replay_instance(&self.dir, name, None, |_| {}) {
+                Ok(ved_cli::replay_cmd::Outcome::Reproduced { .. }) => {}
+                Ok(other) => self.fail(&format!("replay of `{name}` diverged: {other:?}")),
+                Err((m, _)) if m.contains("no snapshot") || m.contains("no journal") => {}
+                Err((m, h)) => self.fail(&format!("replay of `{name}` could not run: {m} ({h})")),
+            }
         }
     }
 }

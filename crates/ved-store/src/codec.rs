@@ -237,6 +237,10 @@ pub struct JournalEntry {
     /// Lineage: the intent whose effect this observation reports, when the adapter says so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caused_by: Option<String>,
+    /// For an observation: the values it changed, as JSON, so that `ved replay` can feed
+    /// the same message again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub observed: Vec<(String, serde_json::Value)>,
 }
 
 /// What the log holds.
@@ -249,5 +253,19 @@ pub enum Record {
     Trim {
         instance: String,
         keep_from_slice: u64,
+    },
+    /// The source files of the program that wrote the store: name, text. `ved replay`
+    /// runs them again.
+    /// Ends a batch in the log. Recovery applies a batch's records only when its
+    /// `Commit` is there too, so a batch is all or nothing even when a crash tears it.
+    /// `at`: the log offset where the batch began.
+    Commit {
+        at: u64,
+    },
+    Program {
+        files: Vec<(String, String)>,
+        /// The retry policy in force: initial ms, factor, cap ms, breaker threshold.
+        #[serde(default)]
+        retry: Option<(u64, u32, u64, u32)>,
     },
 }

@@ -101,6 +101,13 @@ pub struct Recovered {
     /// Things noticed and handled, e.g. an unfinished write after a crash.
     pub warnings: Vec<String>,
     pub generation: u64,
+    /// Per instance, the snapshot taken just before its oldest retained journal entry:
+    /// where `ved replay` starts.
+    pub bases: BTreeMap<String, SnapshotRecord>,
+    /// The program that wrote the store, when it recorded itself.
+    pub program: Option<Vec<(String, String)>>,
+    /// Its retry policy: initial ms, factor, cap ms, breaker threshold.
+    pub retry: Option<(u64, u32, u64, u32)>,
 }
 
 struct Manifest {
@@ -198,12 +205,27 @@ fn load(dir: &Path, mode: Mode) -> Result<(Recovered, Manifest), StoreError> {
     let bytes = fs::read(&mpath).map_err(io(&mpath))?;
     let mut m = Manifest::decode(&mpath, &bytes)?;
     let mut rec = Recovered { generation: m.generation, ..Recovered::default() };
-    let apply = |rec: &mut Recovered, r: Record| match r {
+    // Recent snapshots per instance, enough to find the one before the oldest journal entry.
+    let mut recent: BTreeMap<String, VecDeque<SnapshotRecord>> = BTreeMap::new();
+    let mut apply = |rec: &mut Recovered, r: Record| match r {
         Record::Snapshot(s) => {
+            let q = recent.entry(s.instance.clone()).or_default();
+            if q.back().is_some_and(|last| last.slice == s.slice) {
+                q.pop_back();
+            }
+            q.push_back(s.clone());
+            while q.len() > JOURNAL_MAX + 2 {
+                q.pop_front();
+            }
             let newer = rec.snapshots.get(&s.instance).is_none_or(|old| s.slice >= old.slice);
             if newer {
                 rec.snapshots.insert(s.instance.clone(), s);
             }
+        }
+        Record::Commit { .. } => {}
+        Record::Program { files, retry } => {
+            rec.program = Some(files);
+            rec.retry = retry;
         }
         Record::Journal(j) => {
             let q = rec.journals.entry(j.instance.clone()).or_default();
@@ -263,6 +285,8 @@ fn load(dir: &Path, mode: Mode) -> Result<(Recovered, Manifest), StoreError> {
     }
     let mut offset = HEADER_LEN;
     let mut good_end = offset;
+    // The records of the batch being read; applied at its `Commit`.
+    let mut batch: Vec<Record> = Vec::new();
     while offset < bytes.len() {
         let parsed = frame::read_record(&bytes, offset).map_err(|e| e.to_string()).and_then(|(payload, next)| {
             serde_json::from_slice::<Record>(payload)
@@ -270,10 +294,16 @@ fn load(dir: &Path, mode: Mode) -> Result<(Recovered, Manifest), StoreError> {
                 .map_err(|e| format!("undecodable record at byte {offset}: {e}"))
         });
         match parsed {
-            Ok((r, next)) => {
-                apply(&mut rec, r);
+            Ok((Record::Commit { .. }, next)) => {
+                for r in batch.drain(..) {
+                    apply(&mut rec, r);
+                }
                 offset = next;
                 good_end = next;
+            }
+            Ok((r, next)) => {
+                batch.push(r);
+                offset = next;
             }
             Err(detail) => {
                 // Past the committed length lies at most one batch that a crash cut short:
@@ -295,6 +325,13 @@ fn load(dir: &Path, mode: Mode) -> Result<(Recovered, Manifest), StoreError> {
                 break;
             }
         }
+    }
+    if !batch.is_empty() {
+        rec.warnings.push(format!(
+            "{}: discarded {} records of a batch without its commit at the end (a crash before it was committed)",
+            lpath.display(),
+            batch.len()
+        ));
     }
     if good_end < bytes.len() && mode != Mode::ReadOnly {
         if mode == Mode::Recover {
@@ -337,6 +374,12 @@ fn load(dir: &Path, mode: Mode) -> Result<(Recovered, Manifest), StoreError> {
             m.audit_head = GENESIS.to_string();
         }
         Err(e) => return Err(StoreError::Corrupt { path: apath, detail: e.to_string() }),
+    }
+    for (instance, q) in recent {
+        let first = rec.journals.get(&instance).and_then(|j| j.front()).map(|e| e.slice);
+        if let Some(base) = first.and_then(|f| q.iter().rev().find(|s| s.slice < f)) {
+            rec.bases.insert(instance, base.clone());
+        }
     }
     Ok((rec, m))
 }
@@ -746,6 +789,8 @@ impl Writer {
             let payload = serde_json::to_vec(r).map_err(|e| format!("encoding a record: {e}"))?;
             frame::write_record(&mut buf, &payload);
         }
+        let commit = serde_json::to_vec(&Record::Commit { at: self.manifest.log_len }).expect("serializes");
+        frame::write_record(&mut buf, &commit);
         // One write call per batch keeps a crash from interleaving partial records.
         self.log.write_all(&buf).map_err(|e| format!("writing the log: {e}"))?;
         self.manifest.log_len += buf.len() as u64;

@@ -38,6 +38,7 @@ fn journal(instance: &str, slice: u64) -> Record {
         intents: Vec::new(),
         results: Vec::new(),
         caused_by: None,
+        observed: Vec::new(),
     })
 }
 
@@ -191,6 +192,45 @@ fn a_creation_cut_short_before_the_manifest_starts_over() {
     s.wait_durable(seq).unwrap();
     drop(s);
     assert_eq!(read_only(&dir).unwrap().snapshots["WorkerPool"].slice, 1);
+}
+
+#[test]
+fn a_batch_without_its_commit_is_discarded_whole() {
+    // A crash cut the last batch exactly between its records and its commit: every record of
+    // it is intact, yet none may be applied, or a snapshot would survive without its journal.
+    let dir = populated("uncommitted");
+    let (mut s, _) = open(&dir).unwrap();
+    let seq = s.append(vec![snap("WorkerPool", 9, 9), journal("WorkerPool", 9)], Vec::new());
+    s.wait_durable(seq).unwrap();
+    s.close().unwrap();
+    let log = dir.join("log-1");
+    let bytes = std::fs::read(&log).unwrap();
+    let needle = b"{\"kind\":\"commit\"";
+    let commit = bytes.windows(needle.len()).rposition(|w| w == needle).expect("a commit record");
+    std::fs::OpenOptions::new().write(true).open(&log).unwrap().set_len((commit - 8) as u64).unwrap();
+    // The manifest (rewritten after the batch) says it was committed; a real crash at this
+    // point never wrote that manifest, so put the one from before the batch back.
+    let (s, rec) = open_with_manifest_before(&dir, &bytes[..commit - 8]);
+    drop(s);
+    assert_eq!(rec.snapshots["WorkerPool"].slice, 8, "the uncommitted snapshot was applied");
+    assert_eq!(rec.journals["WorkerPool"].back().unwrap().slice, 8);
+}
+
+/// Reopens after putting back the manifest of a store whose log was `before_batch`.
+fn open_with_manifest_before(dir: &Path, before_batch: &[u8]) -> (Store, ved_store::Recovered) {
+    // The manifest before the batch differs only in its committed log length: the length of
+    // the log up to the batch's last commit.
+    let needle = b"{\"kind\":\"commit\"";
+    let last = before_batch.windows(needle.len()).rposition(|w| w == needle).expect("an earlier commit");
+    let end = last + before_batch[last..].iter().position(|b| *b == b'}').expect("closed") + 1;
+    // The manifest: a 24-byte header, the log length, the audit count and head, a CRC (docs/store.md).
+    let mut m = std::fs::read(dir.join("manifest")).unwrap();
+    assert_eq!(m.len(), 108);
+    m[24..32].copy_from_slice(&(end as u64).to_le_bytes());
+    let crc = crc32fast::hash(&m[24..104]);
+    m[104..108].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(dir.join("manifest"), &m).unwrap();
+    open(dir).unwrap()
 }
 
 #[test]

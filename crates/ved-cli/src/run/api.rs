@@ -452,6 +452,13 @@ impl<W: Write> Driver<W> {
             Some(_) => return Err(error(400, "`state` must be an object of field to value")),
         }
         self.rt.create_instance(&name, d, overrides).map_err(|e| error(400, e.to_string()))?;
+        // Recorded at slice 0, so that `ved replay` can start from its beginning.
+        if let (Some(store), Some(inst)) = (self.store.as_mut(), self.rt.instance(&name)) {
+            let dom = &self.program.domains[inst.domain];
+            let snap = ved_store::SnapshotRecord::from_snapshot(&inst.snapshot(), &dom.name, &dom.fields);
+            self.history.entry(name.clone()).or_default().push_back(snap.clone());
+            store.append(vec![ved_store::Record::Snapshot(snap)], Vec::new());
+        }
         self.out.emit(obj(json!({"event": "created", "instance": name, "domain": domain})));
         Ok(name)
     }

@@ -1,0 +1,303 @@
+//! `ved replay --data-dir DIR INSTANCE`: re-executes an instance's journaled
+//! messages from the snapshot retained before its oldest journal entry, with
+//! the program recorded in the store, and checks that every slice comes out
+//! the same: its number, its cause, its state changes, its held changes and
+//! its intents. Read-only: the store is never written.
+
+use crate::json::from_json;
+use crate::load;
+use serde_json::json;
+use std::path::Path;
+use std::process::ExitCode;
+use ved_runtime::{Cause, Event, IntentId, Progress, RetryPolicy, Runtime};
+use ved_store::JournalEntry;
+
+/// What one replayed slice produced, in the journal's terms.
+#[derive(Debug, PartialEq)]
+struct Produced {
+    slice: u64,
+    cause: String,
+    detail: Option<String>,
+    changes: Vec<(String, String)>,
+    held: Vec<(String, String)>,
+    intents: Vec<(String, String)>,
+}
+
+fn fail(msg: impl std::fmt::Display, hint: &str) -> ExitCode {
+    // Exit 2: the replay could not run, which is not a divergence.
+    eprintln!("error: {msg}");
+    if !hint.is_empty() {
+        eprintln!("  = hint: {hint}");
+    }
+    ExitCode::from(2)
+}
+
+/// How a replay ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Every journaled slice came out the same: how many, from which snapshot slice.
+    Reproduced { slices: usize, from_slice: u64 },
+    /// The first slice that did not, and how.
+    Diverged { slice: u64, cause: String, what: String, reproduced: usize },
+}
+
+/// Why a replay could not run: a message and a hint.
+pub type ReplayError = (String, String);
+
+/// Replays `instance` from the store in `dir`, with the recorded program or with
+/// `program` (name, text) instead, to see what a changed program would have done.
+pub fn replay_instance(
+    dir: &Path,
+    instance: &str,
+    program: Option<Vec<(String, String)>>,
+    mut on_slice: impl FnMut(&JournalEntry),
+) -> Result<Outcome, ReplayError> {
+    let rec = ved_store::read_only(dir).map_err(|e| (e.to_string(), e.hint().to_string()))?;
+    let files = match program.or_else(|| rec.program.clone()) {
+        Some(f) => f,
+        None => {
+            return Err((
+                format!("{} does not record the program that wrote it", dir.display()),
+                "stores written before `ved replay` existed cannot be replayed; pass the program with `--program`"
+                    .into(),
+            ))
+        }
+    };
+    let Some(journal) = rec.journals.get(instance) else {
+        let names: Vec<String> = rec.journals.keys().map(|n| format!("`{n}`")).collect();
+        return Err((
+            format!("no journal for `{instance}` in {}", dir.display()),
+            format!(
+                "journals exist for {}",
+                if names.is_empty() { "no instance yet".into() } else { names.join(", ") }
+            ),
+        ));
+    };
+    let Some(base) = rec.bases.get(instance) else {
+        return Err((
+            format!("no snapshot of `{instance}` is retained from before its oldest journal entry"),
+            "the journal reaches back further than the retained snapshots".into(),
+        ));
+    };
+    let loaded = load::load_texts(files)
+        .map_err(|_| ("the program does not check (errors above)".to_string(), String::new()))?;
+    let snap =
+        base.to_snapshot().ok_or((format!("the retained snapshot of `{instance}` is unreadable"), String::new()))?;
+    let mut rt = Runtime::empty(loaded.compiled.clone(), snap.seed);
+    if let Some((initial_ms, factor, cap_ms, breaker_after)) = rec.retry {
+        rt.policy = RetryPolicy { initial_ms, factor, cap_ms, breaker_after };
+    }
+    let idx = rt.restore_instance(snap).map_err(|e| (format!("cannot restore `{instance}`: {e}"), String::new()))?;
+    let dom = loaded.compiled.domains[rt.instances()[idx].domain].clone();
+    for (n, e) in journal.iter().enumerate() {
+        let diverged = |what: String| Outcome::Diverged { slice: e.slice, cause: e.cause.clone(), what, reproduced: n };
+        let got = match step(&mut rt, idx, &dom, e) {
+            Ok(p) => p,
+            Err(msg) => return Ok(diverged(msg)),
+        };
+        let want = Produced {
+            slice: e.slice,
+            cause: e.cause.clone(),
+            detail: e.detail.clone(),
+            changes: e.changes.clone(),
+            held: e.held.clone(),
+            intents: e.intents.clone(),
+        };
+        if got != want {
+            return Ok(diverged(describe_difference(&want, &got)));
+        }
+        on_slice(e);
+    }
+    // The last replayed state is the latest snapshot's, when the journal reaches it.
+    if let Some(latest) = rec.snapshots.get(instance).filter(|s| Some(s.slice) == journal.back().map(|e| e.slice)) {
+        let stored: Vec<ved_vm::Value> = latest.state.iter().map(|v| v.to_value()).collect();
+        if rt.instances()[idx].state != stored {
+            let last = journal.back().expect("non-empty");
+            return Ok(Outcome::Diverged {
+                slice: last.slice,
+                cause: last.cause.clone(),
+                what: "the replayed state differs from the latest snapshot".into(),
+                reproduced: journal.len(),
+            });
+        }
+    }
+    Ok(Outcome::Reproduced { slices: journal.len(), from_slice: base.slice })
+}
+
+pub fn replay(dir: &Path, instance: &str, program: &[std::path::PathBuf], as_json: bool) -> ExitCode {
+    let files = if program.is_empty() {
+        None
+    } else {
+        let mut v = Vec::new();
+        for p in program {
+            match std::fs::read_to_string(p) {
+                Ok(t) => v.push((p.display().to_string(), t)),
+                Err(e) => return fail(format!("cannot read `{}`: {e}", p.display()), ""),
+            }
+        }
+        Some(v)
+    };
+    let mut shown = 0usize;
+    let outcome = replay_instance(dir, instance, files, |e| {
+        if as_json {
+            println!("{}", json!({"slice": e.slice, "cause": e.cause, "reproduced": true}));
+        } else if shown < 3 {
+            println!("  slice {} ({}) reproduced", e.slice, e.cause);
+        } else if shown == 3 {
+            println!("  ...");
+        }
+        shown += 1;
+    });
+    match outcome {
+        Err((msg, hint)) => fail(msg, &hint),
+        Ok(Outcome::Reproduced { slices, from_slice }) => {
+            if as_json {
+                println!(
+                    "{}",
+                    json!({"instance": instance, "from_slice": from_slice, "replayed": slices, "diverged": false})
+                );
+            } else {
+                println!(
+                    "ok: {slices} slices replayed from the snapshot at slice {from_slice}: every state change and every intent matches the journal"
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Outcome::Diverged { slice, cause, what, reproduced }) => {
+            if as_json {
+                println!(
+                    "{}",
+                    json!({"slice": slice, "cause": cause, "reproduced": false, "divergence": what, "matched_before": reproduced})
+                );
+            } else {
+                println!("error: slice {slice} ({cause}) diverges after {reproduced} matching slices: {what}");
+                println!(
+                    "  = hint: the program, the retry policy or the runtime changed since the journal was written"
+                );
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn describe_difference(want: &Produced, got: &Produced) -> String {
+    let pairs = |v: &[(String, String)]| {
+        if v.is_empty() {
+            "nothing".to_string()
+        } else {
+            v.iter().map(|(a, b)| format!("{a} = {b}")).collect::<Vec<_>>().join(", ")
+        }
+    };
+    if want.slice != got.slice {
+        return format!("the journal has slice {}, the replay produced slice {}", want.slice, got.slice);
+    }
+    if (&want.cause, &want.detail) != (&got.cause, &got.detail) {
+        return format!(
+            "the journal's cause is {} {}, the replay's is {} {}",
+            want.cause,
+            want.detail.as_deref().unwrap_or(""),
+            got.cause,
+            got.detail.as_deref().unwrap_or("")
+        );
+    }
+    if want.changes != got.changes {
+        return format!("the journal changed {}, the replay changed {}", pairs(&want.changes), pairs(&got.changes));
+    }
+    if want.held != got.held {
+        return format!("the journal held {}, the replay held {}", pairs(&want.held), pairs(&got.held));
+    }
+    format!("the journal emitted {}, the replay emitted {}", pairs(&want.intents), pairs(&got.intents))
+}
+
+/// Feeds the entry's message (if it has one) and steps until the instance produces a slice.
+fn step(rt: &mut Runtime, idx: usize, dom: &ved_vm::CompiledDomain, e: &JournalEntry) -> Result<Produced, String> {
+    let name = rt.instances()[idx].name.to_string();
+    let mut out = Vec::new();
+    if e.cause != "transition" {
+        // An outside message (or the clock) reached an idle instance: the driver runs each
+        // input to rest before the next. Resting may change the scheduler without a slice
+        // (a stable instance forgets its retry counts), so run it to rest here too.
+        for _ in 0..10_000 {
+            out.clear();
+            let progress = rt.step_instance(idx, &mut out);
+            if let Some(p) = produced(dom, &out) {
+                return Err(format!(
+                    "the replay produced slice {} ({}) that the journal does not have before slice {}",
+                    p.slice, p.cause, e.slice
+                ));
+            }
+            if matches!(progress, Progress::Idle(_)) {
+                break;
+            }
+        }
+        rt.advance_time(e.at_ms);
+    }
+    match e.cause.as_str() {
+        "observe" => {
+            let mut writes = Vec::new();
+            for (field, value) in &e.observed {
+                let slot = dom.fields.iter().position(|(n, _)| n == field).ok_or(format!("no field `{field}`"))?;
+                let v = from_json(value, &dom.fields[slot].1).map_err(|m| format!("field `{field}`: {m}"))?;
+                writes.push((slot as u16, v));
+            }
+            rt.observe(&name, writes).map_err(|e| e.to_string())?;
+        }
+        "result" => {
+            let id = e.detail.as_deref().ok_or("a result entry without its intent")?;
+            let (_, ok, err) = e.results.iter().find(|(i, _, _)| i == id).ok_or("a result entry without its result")?;
+            rt.deliver(&parse_id(id).ok_or(format!("`{id}` is not an intent id"))?, *ok, err.clone())
+                .map_err(|e| e.to_string())?;
+        }
+        _ => {}
+    }
+    for _ in 0..10_000 {
+        out.clear();
+        let progress = rt.step_instance(idx, &mut out);
+        if let Some(p) = produced(dom, &out) {
+            return Ok(p);
+        }
+        if matches!(progress, Progress::Idle(_)) {
+            return Err(format!("the journal has slice {}, the replay produced none", e.slice));
+        }
+    }
+    Err("the replay ran 10,000 steps without producing a slice".into())
+}
+
+fn produced(dom: &ved_vm::CompiledDomain, out: &[Event]) -> Option<Produced> {
+    let (slice, cause, changes, held) = out.iter().find_map(|e| match e {
+        Event::Slice { slice, cause, changes, held, .. } => Some((*slice, cause, changes, held)),
+        _ => None,
+    })?;
+    let tname = |t: usize| dom.transitions.get(t).map(|t| t.name.clone());
+    let (cause, detail) = match cause {
+        Cause::Observe => ("observe", None),
+        Cause::Transition(t) => ("transition", tname(*t)),
+        Cause::Result(id) => ("result", Some(id.to_string())),
+        Cause::Timer(t) => ("timer", tname(*t)),
+    };
+    let named = |c: &[(u16, ved_vm::Value)]| {
+        c.iter().map(|(s, v)| (dom.fields[*s as usize].0.clone(), v.to_string())).collect::<Vec<_>>()
+    };
+    Some(Produced {
+        slice,
+        cause: cause.to_string(),
+        detail,
+        changes: named(changes),
+        held: named(held),
+        intents: out
+            .iter()
+            .filter_map(|e| match e {
+                Event::Intent(i) => Some((i.id.to_string(), i.to_string())),
+                _ => None,
+            })
+            .collect(),
+    })
+}
+
+fn parse_id(s: &str) -> Option<IntentId> {
+    let mut parts = s.rsplitn(3, '/');
+    let index = parts.next()?.parse().ok()?;
+    let slice = parts.next()?.parse().ok()?;
+    let instance = parts.next()?;
+    Some(IntentId { instance: std::sync::Arc::from(instance), slice, index })
+}
