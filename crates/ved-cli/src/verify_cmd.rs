@@ -52,15 +52,21 @@ struct Progress {
     started: Instant,
     last: Instant,
     shown: bool,
+    /// States explored at the last call: a smaller count means the next run began.
+    done: usize,
 }
 
 impl Progress {
     fn new() -> Progress {
         let now = Instant::now();
-        Progress { tty: std::io::stderr().is_terminal(), started: now, last: now, shown: false }
+        Progress { tty: std::io::stderr().is_terminal(), started: now, last: now, shown: false, done: 0 }
     }
 
     fn show(&mut self, done: usize, seen: usize) {
+        if done < self.done {
+            self.started = Instant::now();
+        }
+        self.done = done;
         if !self.tty || self.last.elapsed() < Duration::from_secs(1) {
             return;
         }

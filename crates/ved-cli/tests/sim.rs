@@ -60,6 +60,8 @@ type FieldCandidates = (String, Vec<Json>);
 
 struct Sim {
     seed: u64,
+    /// The test that runs this program, for the replay command.
+    test: &'static str,
     program: PathBuf,
     dir: PathBuf,
     rng: Rng,
@@ -90,7 +92,7 @@ fn opts(dir: &Path) -> RunOptions {
 }
 
 impl Sim {
-    fn new(program: &str, seed: u64) -> Sim {
+    fn new(program: &str, test: &'static str, seed: u64) -> Sim {
         let program = root().join(program);
         let dir = std::env::temp_dir().join(format!(
             "ved-sim-{}-{}-{seed}",
@@ -111,6 +113,7 @@ impl Sim {
         }
         let mut sim = Sim {
             seed,
+            test,
             program,
             dir,
             rng: Rng(seed),
@@ -131,11 +134,12 @@ impl Sim {
     fn fail(&self, what: &str) -> ! {
         let tail: Vec<&String> = self.log.iter().rev().take(400).collect::<Vec<_>>().into_iter().rev().collect();
         panic!(
-            "simulation seed {} of {} failed: {what}\nlast steps:\n  {}\nreplay: VED_SIM_SEED={} cargo test -p ved-cli --test sim -- --nocapture",
+            "simulation seed {} of {} failed: {what}\nlast steps:\n  {}\nreplay: VED_SIM_SEED={} cargo test -p ved-cli --test sim {} -- --nocapture",
             self.seed,
             self.program.display(),
             tail.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n  "),
-            self.seed
+            self.seed,
+            self.test
         )
     }
 
@@ -399,23 +403,23 @@ fn seeds() -> Vec<u64> {
     (1..=n).collect()
 }
 
-fn simulate(program: &str) {
+fn simulate(program: &str, test: &'static str) {
     for seed in seeds() {
-        Sim::new(program, seed).run(60);
+        Sim::new(program, test, seed).run(60);
     }
 }
 
 #[test]
 fn database_routing_survives_every_seed() {
-    simulate("examples/database_routing.ved");
+    simulate("examples/database_routing.ved", "database_routing_survives_every_seed");
 }
 
 #[test]
 fn the_worker_pool_survives_every_seed() {
-    simulate("examples/demo/worker_pool/worker_pool.ved");
+    simulate("examples/demo/worker_pool/worker_pool.ved", "the_worker_pool_survives_every_seed");
 }
 
 #[test]
 fn the_set_based_security_policy_survives_every_seed() {
-    simulate("tests/data/verify/security_policy_set.ved");
+    simulate("tests/data/verify/security_policy_set.ved", "the_set_based_security_policy_survives_every_seed");
 }

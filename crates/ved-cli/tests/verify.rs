@@ -92,3 +92,21 @@ fn an_exploration_that_leaves_the_bound_forever_is_inconclusive() {
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("INCONCLUSIVE") && text.contains("stopped after 1000 states"), "{text}");
 }
+
+#[test]
+fn a_long_run_shows_its_progress_on_a_terminal() {
+    // `script` runs `ved verify` on a pseudo-terminal, as a person at a shell would.
+    let grid = std::fs::read_to_string(root().join("benches/verify_grid.ved")).unwrap().replace("0..99", "0..59");
+    let dir = std::env::temp_dir().join(format!("ved-verify-tty-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("grid.ved");
+    std::fs::write(&f, grid).unwrap();
+    let cmd = format!("{} verify {}", env!("CARGO_BIN_EXE_ved"), f.display());
+    let out = Command::new("script").args(["-qec", &cmd, "/dev/null"]).output().expect("`script` (util-linux) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(" states explored, ") && text.contains(" queued, ") && text.contains(" states/s"), "{text}");
+    // Without a terminal there is no progress line.
+    let plain = Command::new(env!("CARGO_BIN_EXE_ved")).args(["verify", f.to_str().unwrap()]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&plain.stderr).contains("queued"));
+}
