@@ -23,13 +23,13 @@ impl HttpDriver {
 impl Driver for HttpDriver {
     fn deliver(&self, intent: &IntentRequest) -> Result<(), String> {
         let body = serde_json::to_string(&intent.to_json()).map_err(|e| e.to_string())?;
-        let resp = self
-            .agent
-            .post(&self.url)
-            .header("Content-Type", "application/json")
-            .header("Idempotency-Key", &intent.id)
-            .send(body.as_str())
-            .map_err(|e| format!("POST {}: {e}", self.url))?;
+        let mut req =
+            self.agent.post(&self.url).header("Content-Type", "application/json").header("Idempotency-Key", &intent.id);
+        if let Some(f) = intent.fence {
+            // Cluster mode: the owner's fencing token, for receivers that refuse stale owners.
+            req = req.header("Ved-Fence", f.to_string());
+        }
+        let resp = req.send(body.as_str()).map_err(|e| format!("POST {}: {e}", self.url))?;
         let status = resp.status();
         if status.is_success() {
             Ok(())

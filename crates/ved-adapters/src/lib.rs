@@ -33,6 +33,9 @@ pub struct IntentRequest {
     pub adapter: String,
     pub action: String,
     pub args: Vec<Json>,
+    /// Cluster mode: the owner's fencing token. It only grows for an instance, so an
+    /// adapter that remembers the highest it has seen can refuse a stale owner.
+    pub fence: Option<i64>,
 }
 
 impl IntentRequest {
@@ -43,15 +46,21 @@ impl IntentRequest {
             adapter: i.adapter.to_string(),
             action: i.action.to_string(),
             args: i.args.iter().map(json::to_json).collect(),
+            fence: None,
         }
     }
 
-    /// The JSON document a driver sends: `{"id", "instance", "adapter", "action", "args"}`.
+    /// The JSON document a driver sends: `{"id", "instance", "adapter", "action", "args"}`,
+    /// and `"fence"` in cluster mode.
     pub fn to_json(&self) -> Json {
-        serde_json::json!({
+        let mut j = serde_json::json!({
             "id": self.id, "instance": self.instance, "adapter": self.adapter,
             "action": self.action, "args": self.args,
-        })
+        });
+        if let Some(f) = self.fence {
+            j["fence"] = serde_json::json!(f);
+        }
+        j
     }
 }
 

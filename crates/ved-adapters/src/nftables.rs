@@ -338,6 +338,7 @@ mod tests {
             adapter: "Firewall".into(),
             action: "ClosePorts".into(),
             args: args.as_array().unwrap().clone(),
+            fence: None,
         };
         assert_eq!(ports_of(&req(json!([[22, 80]]))).unwrap(), vec![22, 80]);
         assert_eq!(ports_of(&req(json!([443]))).unwrap(), vec![443]);

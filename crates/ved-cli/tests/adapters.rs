@@ -239,6 +239,7 @@ fn http_posts_the_intent_with_its_idempotency_key_and_treats_non_2xx_as_failure(
         adapter: "Alerts".into(),
         action: "PageEngineers".into(),
         args: vec![Json::String("Primary DB Down".into())],
+        fence: None,
     };
     use ved_adapters::Driver;
     let err = d.deliver(&intent).unwrap_err();

@@ -272,6 +272,21 @@ impl Runtime {
         Ok(idx)
     }
 
+    /// Takes an instance out (cluster mode hands it to another node); returns its last snapshot.
+    pub fn remove_instance(&mut self, name: &str) -> Option<InstanceSnapshot> {
+        let idx = self.by_name.remove(name)?;
+        let inst = self.instances.remove(idx);
+        self.queued.remove(idx);
+        // Indices after it shift down by one.
+        for v in self.by_name.values_mut() {
+            if *v > idx {
+                *v -= 1;
+            }
+        }
+        self.ready = self.ready.iter().filter(|&&i| i != idx).map(|&i| if i > idx { i - 1 } else { i }).collect();
+        Some(inst.snapshot())
+    }
+
     /// Runs one instance until it is idle.
     pub fn run_instance(&mut self, idx: usize, out: &mut Vec<Event>) -> Status {
         let program = self.program.clone();

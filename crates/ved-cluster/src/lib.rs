@@ -1,0 +1,211 @@
+//! `ved-cluster`: Ved nodes sharing instances through etcd, with no consensus of
+//! our own. A node registers under a lease; each instance is owned by one node,
+//! recorded as a key attached to the owner's lease, so it vanishes when the owner
+//! dies and a survivor takes over. Every snapshot is written in a transaction that
+//! checks the owner key still names this node under this node's lease (fencing):
+//! a node that lost its lease can neither write state nor, since intents leave only
+//! after their snapshot is written, deliver intents. The owner key's creation
+//! revision is the fencing token every intent carries.
+
+pub mod etcd;
+
+use etcd::{Compare, Etcd, EtcdError, Op};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One node's membership: its lease, kept alive in the background.
+pub struct Membership {
+    pub etcd: Arc<Etcd>,
+    prefix: String,
+    pub node: String,
+    ttl: i64,
+    lease: AtomicI64,
+    /// Set once the lease may have lapsed: the node must stop acting.
+    lost: AtomicBool,
+    stop: AtomicBool,
+    last_renewed: Mutex<Instant>,
+}
+
+impl Membership {
+    /// Registers `node` under a lease of `ttl` seconds and keeps it alive.
+    pub fn join(etcd: Arc<Etcd>, prefix: &str, node: &str, ttl: i64) -> Result<Arc<Membership>, EtcdError> {
+        let m = Arc::new(Membership {
+            etcd,
+            prefix: prefix.trim_end_matches('/').to_string(),
+            node: node.to_string(),
+            ttl,
+            lease: AtomicI64::new(0),
+            lost: AtomicBool::new(true),
+            stop: AtomicBool::new(false),
+            last_renewed: Mutex::new(Instant::now()),
+        });
+        m.register()?;
+        let bg = m.clone();
+        std::thread::Builder::new()
+            .name("ved-lease".into())
+            .spawn(move || bg.keep_alive())
+            .map_err(|e| EtcdError::Unavailable(e.to_string()))?;
+        Ok(m)
+    }
+
+    fn register(&self) -> Result<(), EtcdError> {
+        let lease = self.etcd.grant(self.ttl)?;
+        self.etcd.put(&self.key("nodes", &self.node), self.node.as_bytes(), lease)?;
+        self.lease.store(lease, Ordering::SeqCst);
+        *self.last_renewed.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.lost.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Renews the lease a few times per TTL. If renewal fails for a whole TTL, or etcd says
+    /// the lease expired, the node stops acting; when etcd answers again it registers anew.
+    fn keep_alive(self: Arc<Self>) {
+        let period = Duration::from_millis((self.ttl as u64 * 1000 / 4).max(100));
+        while !self.stop.load(Ordering::SeqCst) {
+            std::thread::sleep(period);
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            if self.lost.load(Ordering::SeqCst) {
+                let _ = self.register();
+                continue;
+            }
+            match self.etcd.keepalive(self.lease()) {
+                Ok(left) if left > 0 => {
+                    *self.last_renewed.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+                }
+                Ok(_) => self.lost.store(true, Ordering::SeqCst),
+                Err(_) => {
+                    let since = self.last_renewed.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
+                    // Stop before the lease can have lapsed on the server, with a margin.
+                    if since + period >= Duration::from_secs(self.ttl as u64) {
+                        self.lost.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn lease(&self) -> i64 {
+        self.lease.load(Ordering::SeqCst)
+    }
+
+    /// Whether this node may act: its lease is known to be alive.
+    pub fn acting(&self) -> bool {
+        !self.lost.load(Ordering::SeqCst)
+    }
+
+    fn key(&self, kind: &str, name: &str) -> String {
+        format!("{}/{kind}/{name}", self.prefix)
+    }
+
+    /// The nodes whose leases are alive.
+    pub fn live_nodes(&self) -> Result<Vec<String>, EtcdError> {
+        let kvs = self.etcd.get_prefix(&format!("{}/nodes/", self.prefix))?;
+        let mut nodes: Vec<String> = kvs.into_iter().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()).collect();
+        nodes.sort();
+        Ok(nodes)
+    }
+
+    /// The owner of an instance and its fencing token, if it has one.
+    pub fn owner(&self, instance: &str) -> Result<Option<(String, i64)>, EtcdError> {
+        Ok(self
+            .etcd
+            .get(&self.key("owners", instance))?
+            .map(|kv| (String::from_utf8_lossy(&kv.value).into_owned(), kv.create_revision)))
+    }
+
+    /// Takes an instance that has no owner; returns its fencing token.
+    pub fn acquire(&self, instance: &str) -> Result<Option<i64>, EtcdError> {
+        let key = self.key("owners", instance);
+        let (ok, rev) = self.etcd.txn(
+            &[Compare::Absent(key.clone())],
+            &[Op::Put { key, value: self.node.as_bytes().to_vec(), lease: self.lease() }],
+        )?;
+        Ok(ok.then_some(rev))
+    }
+
+    /// Gives an instance up (after saving it), so a successor need not wait for the TTL.
+    pub fn release(&self, instance: &str) -> Result<bool, EtcdError> {
+        let key = self.key("owners", instance);
+        let (ok, _) = self.etcd.txn(&self.fence(&key), &[Op::Delete(key.clone())])?;
+        Ok(ok)
+    }
+
+    fn fence(&self, owner_key: &str) -> Vec<Compare> {
+        vec![
+            Compare::ValueIs(owner_key.to_string(), self.node.as_bytes().to_vec()),
+            Compare::LeaseIs(owner_key.to_string(), self.lease()),
+        ]
+    }
+
+    /// Writes an instance's snapshot if this node still owns it under its current lease.
+    /// `Ok(false)`: fenced out, another node owns it now.
+    pub fn save(&self, instance: &str, snapshot: &[u8]) -> Result<bool, EtcdError> {
+        let owner = self.key("owners", instance);
+        let (ok, _) = self.etcd.txn(
+            &self.fence(&owner),
+            &[Op::Put { key: self.key("snapshots", instance), value: snapshot.to_vec(), lease: 0 }],
+        )?;
+        Ok(ok)
+    }
+
+    pub fn load(&self, instance: &str) -> Result<Option<Vec<u8>>, EtcdError> {
+        Ok(self.etcd.get(&self.key("snapshots", instance))?.map(|kv| kv.value))
+    }
+
+    /// Leaves the cluster: revokes the lease, which deletes the node key and every owner
+    /// key under it at once.
+    pub fn leave(&self) -> Result<(), EtcdError> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.lost.store(true, Ordering::SeqCst);
+        self.etcd.revoke(self.lease())
+    }
+}
+
+/// Rendezvous hashing: the node that should own `instance`. Every node computes the
+/// same answer from the same live set, and a join or a loss moves only the instances
+/// that must move.
+pub fn rendezvous<'a>(instance: &str, nodes: &'a [String]) -> Option<&'a str> {
+    nodes.iter().max_by_key(|n| score(instance, n)).map(String::as_str)
+}
+
+fn score(instance: &str, node: &str) -> u64 {
+    // FNV-1a: stable across builds and platforms, unlike the std hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in instance.bytes().chain([0xff]).chain(node.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // A final mix so that similar names spread.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 33)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendezvous_spreads_and_moves_only_what_it_must() {
+        let three: Vec<String> = ["n1", "n2", "n3"].iter().map(|s| s.to_string()).collect();
+        let two: Vec<String> = ["n1", "n2"].iter().map(|s| s.to_string()).collect();
+        let names: Vec<String> = (0..60).map(|i| format!("instance-{i}")).collect();
+        let mut per = std::collections::BTreeMap::new();
+        for n in &names {
+            *per.entry(rendezvous(n, &three).unwrap().to_string()).or_insert(0) += 1;
+        }
+        assert_eq!(per.len(), 3, "{per:?}");
+        assert!(per.values().all(|c| *c >= 10), "{per:?}");
+        // Losing n3 moves only n3's instances.
+        for n in &names {
+            let before = rendezvous(n, &three).unwrap();
+            let after = rendezvous(n, &two).unwrap();
+            if before != "n3" {
+                assert_eq!(before, after);
+            }
+        }
+    }
+}
