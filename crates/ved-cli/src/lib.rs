@@ -4,6 +4,7 @@
 //! only parses arguments and calls in here. It is a library so that tests can
 //! drive the runtime with their own adapters.
 
+pub mod cluster_run;
 pub mod inspect;
 pub use ved_adapters::json;
 pub mod load;

@@ -74,6 +74,20 @@ enum Command {
         /// `listening` event on stdout says which.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7410")]
         listen: std::net::SocketAddr,
+        /// Cluster mode: etcd client URLs, comma-separated. State lives in etcd, and the
+        /// program's instances are shared among the nodes.
+        #[arg(long, value_name = "URLS", value_delimiter = ',', requires = "node_id", conflicts_with_all = ["stdin", "data_dir"])]
+        cluster: Vec<String>,
+        /// Cluster mode: this node's name, unique in the cluster.
+        #[arg(long, value_name = "N")]
+        node_id: Option<String>,
+        /// Cluster mode: seconds a node's lease lives without renewal. A dead node's
+        /// instances resume elsewhere within this plus about a second.
+        #[arg(long, value_name = "SECS", default_value_t = 5)]
+        lease_ttl: i64,
+        /// Cluster mode: key prefix in etcd.
+        #[arg(long, value_name = "PREFIX", default_value = "/ved")]
+        cluster_prefix: String,
         /// Seed for retry jitter.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -153,7 +167,37 @@ fn main() -> ExitCode {
             let opts = ved_verify::Options { shape: ved_verify::Shape { margin, max_len }, failures, max_states };
             verify_cmd::verify(&files, domain.as_deref(), opts)
         }
-        Command::Run { files, stdin, listen, seed, config, data_dir, durability, recover } => {
+        Command::Run {
+            files,
+            stdin,
+            listen,
+            cluster,
+            node_id,
+            lease_ttl,
+            cluster_prefix,
+            seed,
+            config,
+            data_dir,
+            durability,
+            recover,
+        } => {
+            if !cluster.is_empty() {
+                let opts = run::RunOptions {
+                    seed,
+                    data_dir: None,
+                    durability: ved_store::Durability::Fsync,
+                    recover: false,
+                    config: None,
+                    flush: ved_store::Flush::Background,
+                };
+                let c = ved_cli::cluster_run::ClusterOptions {
+                    endpoints: cluster,
+                    node: node_id.unwrap_or_default(),
+                    ttl: lease_ttl.max(1),
+                    prefix: cluster_prefix,
+                };
+                return ved_cli::cluster_run::run_cluster(&files, config.as_deref(), opts, c);
+            }
             let mode = if stdin { run::Mode::Stdin } else { run::Mode::Daemon { listen } };
             let durability = match durability {
                 DurabilityArg::Fsync => ved_store::Durability::Fsync,

@@ -1229,6 +1229,11 @@ impl<W: Write> Driver<W> {
     }
 }
 
+/// [`parse_intent_id`] for the cluster driver.
+pub fn parse_intent_id_pub(s: &str) -> Option<ved_runtime::IntentId> {
+    parse_intent_id(s)
+}
+
 /// `instance/slice/index` back to an id; instance names may not contain `/`.
 fn parse_intent_id(s: &str) -> Option<ved_runtime::IntentId> {
     let mut parts = s.rsplitn(3, '/');

@@ -1,0 +1,310 @@
+//! `ved run --cluster URLS --node-id N`: this node's share of the program's
+//! instances, persisted in etcd (see `ved-cluster`). One thread does the work, in
+//! this order, again and again: follow membership and take or hand over
+//! instances; apply adapter results; run the runtime; write each changed
+//! instance's snapshot in a fenced transaction; and only then release that
+//! instance's intents, each carrying the owner's fencing token.
+
+use crate::load;
+use crate::run::{build_adapters, Adapters, RunOptions};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+use ved_cluster::etcd::Etcd;
+use ved_cluster::{rendezvous, Membership};
+use ved_runtime::{Event, Intent, Runtime};
+use ved_store::SnapshotRecord;
+
+pub struct ClusterOptions {
+    pub endpoints: Vec<String>,
+    pub node: String,
+    /// Lease TTL in seconds.
+    pub ttl: i64,
+    /// Key prefix in etcd, so several programs can share one etcd.
+    pub prefix: String,
+}
+
+/// How often membership is read and instances are balanced.
+const REBALANCE_EVERY: Duration = Duration::from_millis(250);
+
+fn emit(v: serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+struct Node {
+    m: Arc<Membership>,
+    rt: Runtime,
+    program: Arc<ved_vm::CompiledProgram>,
+    adapters: Adapters,
+    /// Owned instances and their fencing tokens.
+    owned: BTreeMap<String, i64>,
+    /// Instances whose latest state is not yet written.
+    dirty: BTreeSet<String>,
+    /// Intents waiting for their instance's snapshot to be written.
+    held: BTreeMap<String, Vec<Intent>>,
+    clock_base: u64,
+    started: Instant,
+}
+
+impl Node {
+    fn now(&self) -> u64 {
+        self.clock_base + self.started.elapsed().as_millis() as u64
+    }
+
+    fn snapshot_bytes(&self, name: &str) -> Option<Vec<u8>> {
+        let inst = self.rt.instance(name)?;
+        let dom = &self.program.domains[inst.domain];
+        serde_json::to_vec(&SnapshotRecord::from_snapshot(&inst.snapshot(), &dom.name, &dom.fields)).ok()
+    }
+
+    fn drop_instance(&mut self, name: &str, why: &str) {
+        self.rt.remove_instance(name);
+        self.owned.remove(name);
+        self.dirty.remove(name);
+        self.held.remove(name);
+        emit(json!({"event": why, "instance": name, "node": self.m.node}));
+    }
+
+    /// Takes the instances rendezvous hashing gives this node; hands over the others.
+    fn rebalance(&mut self) {
+        let Ok(nodes) = self.m.live_nodes() else { return };
+        let names: Vec<String> = self.program.domains.iter().map(|d| d.name.clone()).collect();
+        for (d, name) in names.iter().enumerate() {
+            let desired = rendezvous(name, &nodes);
+            let mine = self.owned.contains_key(name);
+            if mine && desired.is_some_and(|n| n != self.m.node) {
+                // A node joined that this instance now belongs to: write it, then let go.
+                if let Some(bytes) = self.snapshot_bytes(name) {
+                    if self.m.save(name, &bytes).unwrap_or(false) && self.m.release(name).unwrap_or(false) {
+                        self.drop_instance(name, "handed_over");
+                    }
+                }
+            } else if !mine && desired == Some(self.m.node.as_str()) {
+                if let Ok(Some(fence)) = self.m.acquire(name) {
+                    self.take(name, d, fence);
+                }
+            }
+        }
+    }
+
+    /// Restores an instance from its last snapshot in etcd (or creates it) after acquiring it.
+    fn take(&mut self, name: &str, domain: usize, fence: i64) {
+        let snap = match self.m.load(name) {
+            Ok(s) => s.and_then(|b| serde_json::from_slice::<SnapshotRecord>(&b).ok()).and_then(|r| r.to_snapshot()),
+            Err(_) => {
+                let _ = self.m.release(name);
+                return;
+            }
+        };
+        let resumed = snap.is_some();
+        let r = match snap {
+            Some(s) => {
+                // Time continues from the snapshot, so retry deadlines still hold.
+                let behind = s.now_ms.saturating_sub(self.now());
+                self.clock_base += behind;
+                self.rt.restore_instance(s).map(|_| ())
+            }
+            None => self.rt.create_instance(name, domain, Vec::new()).map(|_| ()),
+        };
+        if r.is_err() {
+            let _ = self.m.release(name);
+            return;
+        }
+        self.owned.insert(name.to_string(), fence);
+        let slice = self.rt.instance(name).map(|i| i.slice).unwrap_or(0);
+        emit(json!({"event": "acquired", "instance": name, "node": self.m.node, "fence": fence, "slice": slice, "resumed": resumed}));
+        // Intents recorded by the previous owner but never acknowledged go out again, same id.
+        let undelivered = self.rt.instance(name).map(|i| i.undelivered()).unwrap_or_default();
+        if !undelivered.is_empty() {
+            self.release_intents(name, undelivered);
+        }
+        if !resumed {
+            self.dirty.insert(name.to_string());
+        }
+    }
+
+    fn release_intents(&mut self, name: &str, intents: Vec<Intent>) {
+        let fence = self.owned.get(name).copied();
+        for i in intents {
+            let mut req = ved_adapters::IntentRequest::from_intent(&i);
+            req.fence = fence;
+            emit(json!({"event": "intent", "instance": name, "id": req.id, "fence": fence, "node": self.m.node}));
+            let driver = self.adapters.by_name.get(&*i.adapter).unwrap_or(&self.adapters.fallback).clone();
+            match &self.adapters.pool {
+                Some(pool) => pool.submit(driver, req),
+                None => {
+                    let mut outcome = Ok(());
+                    driver.deliver_then(&req, &mut |r| outcome = r);
+                    let _ = self.rt.deliver(&i.id, outcome.is_ok(), outcome.err());
+                }
+            }
+        }
+    }
+
+    /// Writes every changed instance; releases its intents once written.
+    fn persist(&mut self) {
+        for name in std::mem::take(&mut self.dirty) {
+            let Some(bytes) = self.snapshot_bytes(&name) else { continue };
+            match self.m.save(&name, &bytes) {
+                Ok(true) => {
+                    let intents = self.held.remove(&name).unwrap_or_default();
+                    self.release_intents(&name, intents);
+                }
+                // Another node owns it now: this one must not act on it again.
+                Ok(false) => self.drop_instance(&name, "fenced_out"),
+                // etcd is unreachable: keep the intents and try again.
+                Err(_) => {
+                    self.dirty.insert(name);
+                }
+            }
+        }
+    }
+
+    fn run(&mut self) {
+        let mut changed: Vec<(String, Vec<Intent>)> = Vec::new();
+        self.rt.run_stepwise(|inst, evs| {
+            let intents: Vec<Intent> = evs
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Intent(i) => Some(i.clone()),
+                    _ => None,
+                })
+                .collect();
+            changed.push((inst.name.to_string(), intents));
+        });
+        for (name, intents) in changed {
+            self.dirty.insert(name.clone());
+            self.held.entry(name).or_default().extend(intents);
+        }
+    }
+
+    /// Stops acting: the lease may have lapsed, so another node may own everything now.
+    fn stand_down(&mut self) {
+        let names: Vec<String> = self.owned.keys().cloned().collect();
+        for n in names {
+            self.drop_instance(&n, "stood_down");
+        }
+    }
+}
+
+pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOptions, c: ClusterOptions) -> ExitCode {
+    let mut loaded = match load::load(files) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    if let Some(path) = config {
+        match load::load_config(&mut loaded, path) {
+            Ok(cfg) => opts.config = Some(cfg),
+            Err(code) => return code,
+        }
+    }
+    let etcd = Arc::new(Etcd::new(c.endpoints.clone(), Duration::from_millis(1500)));
+    let m = match Membership::join(etcd, &c.prefix, &c.node, c.ttl) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: cannot join the cluster at {}: {e}", c.endpoints.join(","));
+            eprintln!("  = hint: check that etcd is running and that `--cluster` lists its client URLs");
+            return ExitCode::from(1);
+        }
+    };
+    let (inbound_tx, inbound_rx) = mpsc::channel::<ved_adapters::Inbound>();
+    let adapters = match &opts.config {
+        Some(cfg) => match build_adapters(cfg, &loaded.compiled, inbound_tx.clone()) {
+            Ok((a, _watchers)) => a,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        None => Adapters::logging(),
+    };
+    let mut rt = Runtime::empty(loaded.compiled.clone(), opts.seed);
+    if let Some(cfg) = &opts.config {
+        rt.policy = ved_runtime::RetryPolicy {
+            initial_ms: cfg.retry.initial_ms,
+            factor: cfg.retry.factor,
+            cap_ms: cfg.retry.cap_ms,
+            breaker_after: cfg.retry.breaker_after,
+        };
+    }
+    let term = Arc::new(AtomicBool::new(false));
+    let t = term.clone();
+    std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            rt.block_on(async {
+                use tokio::signal::unix::{signal, SignalKind};
+                if let (Ok(mut a), Ok(mut b)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+                    tokio::select! { _ = a.recv() => {}, _ = b.recv() => {} }
+                    t.store(true, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    let mut node = Node {
+        m: m.clone(),
+        rt,
+        program: loaded.compiled.clone(),
+        adapters,
+        owned: BTreeMap::new(),
+        dirty: BTreeSet::new(),
+        held: BTreeMap::new(),
+        clock_base: 0,
+        started: Instant::now(),
+    };
+    emit(json!({"event": "joined", "node": c.node, "lease": m.lease(), "ttl_s": c.ttl}));
+    let mut last_balance = Instant::now() - REBALANCE_EVERY;
+    loop {
+        if term.load(Ordering::SeqCst) {
+            // Graceful handover: write everything, give every instance up, revoke the lease.
+            node.run();
+            node.persist();
+            let names: Vec<String> = node.owned.keys().cloned().collect();
+            for n in names {
+                if let Some(bytes) = node.snapshot_bytes(&n) {
+                    let _ = node.m.save(&n, &bytes);
+                }
+                let _ = node.m.release(&n);
+                node.drop_instance(&n, "handed_over");
+            }
+            let _ = node.m.leave();
+            emit(json!({"event": "left", "node": c.node}));
+            return ExitCode::SUCCESS;
+        }
+        if !node.m.acting() {
+            if !node.owned.is_empty() {
+                node.stand_down();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        if last_balance.elapsed() >= REBALANCE_EVERY {
+            last_balance = Instant::now();
+            node.rebalance();
+        }
+        // Results from adapters, in the order they came.
+        if let Ok(first) = inbound_rx.recv_timeout(Duration::from_millis(10)) {
+            let mut batch = vec![first];
+            batch.extend(inbound_rx.try_iter());
+            for x in batch {
+                if let ved_adapters::Inbound::Result { id, outcome } = x {
+                    if let Some(iid) = crate::run::parse_intent_id_pub(&id) {
+                        if node.owned.contains_key(&*iid.instance) {
+                            let _ = node.rt.deliver(&iid, outcome.is_ok(), outcome.err());
+                        }
+                    }
+                }
+            }
+        }
+        let now = node.now();
+        node.rt.advance_time(now);
+        node.run();
+        node.persist();
+    }
+}
