@@ -119,7 +119,9 @@ impl Node {
         }
         self.owned.insert(name.to_string(), fence);
         let slice = self.rt.instance(name).map(|i| i.slice).unwrap_or(0);
-        emit(json!({"event": "acquired", "instance": name, "node": self.m.node, "fence": fence, "slice": slice, "resumed": resumed}));
+        emit(
+            json!({"event": "acquired", "instance": name, "node": self.m.node, "fence": fence, "slice": slice, "resumed": resumed}),
+        );
         // Intents recorded by the previous owner but never acknowledged go out again, same id.
         let undelivered = self.rt.instance(name).map(|i| i.undelivered()).unwrap_or_default();
         if !undelivered.is_empty() {

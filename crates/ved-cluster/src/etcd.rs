@@ -165,10 +165,8 @@ impl Etcd {
     }
 
     pub fn get_prefix(&self, prefix: &str) -> Result<Vec<Kv>, EtcdError> {
-        let j = self.call(
-            "/v3/kv/range",
-            json!({"key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(prefix))}),
-        )?;
+        let j =
+            self.call("/v3/kv/range", json!({"key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(prefix))}))?;
         Ok(j["kvs"].as_array().map(|a| a.iter().map(kv_of).collect()).unwrap_or_default())
     }
 

@@ -103,7 +103,8 @@ impl Membership {
     /// The nodes whose leases are alive.
     pub fn live_nodes(&self) -> Result<Vec<String>, EtcdError> {
         let kvs = self.etcd.get_prefix(&format!("{}/nodes/", self.prefix))?;
-        let mut nodes: Vec<String> = kvs.into_iter().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()).collect();
+        let mut nodes: Vec<String> =
+            kvs.into_iter().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()).collect();
         nodes.sort();
         Ok(nodes)
     }

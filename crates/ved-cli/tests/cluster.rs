@@ -1,0 +1,331 @@
+//! Cluster mode on a real etcd: the test starts a 3-member etcd cluster and 3 Ved
+//! nodes on loopback ports. A program of six "beat" instances emits one intent
+//! per slice to a webhook this test runs; every intent carries its owner's
+//! fencing token and its beat number, which is how the test sees who acted when.
+
+mod common;
+
+use common::{tempdir, wait_for, Webhook};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const INSTANCES: usize = 6;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A 3-member etcd cluster on loopback.
+struct EtcdCluster {
+    dir: PathBuf,
+    names: Vec<String>,
+    client: Vec<u16>,
+    peer: Vec<u16>,
+    procs: Vec<Option<Child>>,
+}
+
+impl EtcdCluster {
+    fn start(tag: &str) -> EtcdCluster {
+        let dir = tempdir(&format!("etcd-{tag}"));
+        let names: Vec<String> = (1..=3).map(|i| format!("e{i}")).collect();
+        let client: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let peer: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut c = EtcdCluster { dir, names, client, peer, procs: vec![None, None, None] };
+        for i in 0..3 {
+            c.start_member(i, "new");
+        }
+        wait_for("etcd to elect a leader", Duration::from_secs(30), || c.healthy());
+        c
+    }
+
+    fn urls(&self) -> String {
+        self.client.iter().map(|p| format!("http://127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+    }
+
+    fn start_member(&mut self, i: usize, state: &str) {
+        let initial: Vec<String> =
+            (0..3).map(|j| format!("{}=http://127.0.0.1:{}", self.names[j], self.peer[j])).collect();
+        let log = std::fs::File::create(self.dir.join(format!("{}.log", self.names[i]))).unwrap();
+        let child = Command::new("etcd")
+            .args(["--name", &self.names[i]])
+            .arg("--data-dir")
+            .arg(self.dir.join(&self.names[i]))
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{}", self.client[i])])
+            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{}", self.client[i])])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", self.peer[i])])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{}", self.peer[i])])
+            .args(["--initial-cluster", &initial.join(",")])
+            .args(["--initial-cluster-state", state])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("etcd is installed (.ci/deps installs etcd-server)");
+        self.procs[i] = Some(child);
+    }
+
+    fn kill_member(&mut self, i: usize) {
+        if let Some(mut c) = self.procs[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn healthy(&self) -> bool {
+        self.client.iter().enumerate().any(|(i, p)| {
+            self.procs[i].is_some()
+                && ureq::get(&format!("http://127.0.0.1:{p}/health"))
+                    .call()
+                    .ok()
+                    .and_then(|mut r| r.body_mut().read_to_string().ok())
+                    .is_some_and(|b| b.contains("\"true\""))
+        })
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..3 {
+            self.kill_member(i);
+        }
+    }
+}
+
+/// A Ved node; its stdout events are collected.
+struct VedNode {
+    name: String,
+    child: Option<Child>,
+    events: Arc<Mutex<Vec<(Instant, serde_json::Value)>>>,
+}
+
+impl VedNode {
+    fn start(name: &str, program: &Path, config: &Path, etcd: &str, ttl: u32) -> VedNode {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ved"))
+            .arg("run")
+            .arg(program)
+            .arg("--config")
+            .arg(config)
+            .args(["--cluster", etcd, "--node-id", name, "--lease-ttl", &ttl.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&l) {
+                    if v["event"] != "intent" {
+                        sink.lock().unwrap().push((Instant::now(), v));
+                    }
+                }
+            }
+        });
+        VedNode { name: name.into(), child: Some(child), events }
+    }
+
+    /// Instances this node holds now, by its own account.
+    fn holding(&self) -> Vec<String> {
+        let mut held = BTreeMap::new();
+        for (_, e) in self.events.lock().unwrap().iter() {
+            let inst = e["instance"].as_str().unwrap_or("").to_string();
+            match e["event"].as_str() {
+                Some("acquired") => {
+                    held.insert(inst, true);
+                }
+                Some("handed_over" | "fenced_out" | "stood_down") => {
+                    held.remove(&inst);
+                }
+                _ => {}
+            }
+        }
+        held.into_keys().collect()
+    }
+
+    fn signal(&mut self, sig: &str) {
+        if let Some(c) = &self.child {
+            Command::new("kill").args([sig, &c.id().to_string()]).status().unwrap();
+        }
+    }
+
+    fn wait(&mut self) -> Option<i32> {
+        self.child.take().and_then(|mut c| c.wait().ok()).and_then(|s| s.code())
+    }
+}
+
+impl Drop for VedNode {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A beat seen by the webhook.
+#[derive(Clone, Debug)]
+struct Beat {
+    instance: String,
+    n: i64,
+    fence: i64,
+}
+
+fn beats(hook: &Webhook) -> Vec<Beat> {
+    hook.hits()
+        .into_iter()
+        .filter(|h| h.status == 200)
+        .map(|h| Beat {
+            instance: h.body["instance"].as_str().unwrap_or("").to_string(),
+            n: h.body["args"][0].as_i64().unwrap_or(-1),
+            fence: h.body["fence"].as_i64().unwrap_or(-1),
+        })
+        .collect()
+}
+
+fn setup(tag: &str) -> (PathBuf, PathBuf, Webhook) {
+    let dir = tempdir(&format!("cluster-{tag}"));
+    let program = dir.join("beats.ved");
+    let mut src = String::new();
+    for i in 1..=INSTANCES {
+        src.push_str(&format!(
+            "domain Beat{i} {{\n  state {{ n: int }}\n  goal n == 1000000000\n  transition beat {{\n    step {{\n      if n < 1000000000 {{\n        emit Pulse.Beat(n)\n        n += 1\n      }}\n    }}\n  }}\n}}\n"
+        ));
+    }
+    std::fs::write(&program, src).unwrap();
+    let hook = Webhook::start(Vec::new());
+    let config = dir.join("ved.toml");
+    std::fs::write(
+        &config,
+        format!("[adapters.Pulse]\ndriver = \"http\"\nurl = \"{}\"\ntimeout_ms = 2000\n", hook.url),
+    )
+    .unwrap();
+    (program, config, hook)
+}
+
+/// Per instance: beats are contiguous from 0 (duplicates allowed), and fencing tokens never go
+/// back in the order the webhook saw them: no instance was ever run by two nodes at once.
+fn check_history(all: &[Beat]) {
+    let mut by: BTreeMap<&str, Vec<&Beat>> = BTreeMap::new();
+    for b in all {
+        by.entry(&b.instance).or_default().push(b);
+    }
+    assert_eq!(by.len(), INSTANCES, "every instance beat");
+    for (inst, bs) in by {
+        let mut seen: Vec<i64> = bs.iter().map(|b| b.n).collect();
+        seen.sort();
+        seen.dedup();
+        let max = *seen.last().unwrap();
+        assert_eq!(seen.len() as i64, max + 1, "{inst}: a beat was lost (saw {} distinct of 0..={max})", seen.len());
+        for w in bs.windows(2) {
+            assert!(
+                w[1].fence >= w[0].fence,
+                "{inst}: fence went back from {} to {}: two owners at once",
+                w[0].fence,
+                w[1].fence
+            );
+        }
+    }
+}
+
+#[test]
+fn a_killed_node_fails_over_within_the_ttl_and_etcd_member_loss_and_quorum_loss_are_survived() {
+    let ttl = 2;
+    let mut etcd = EtcdCluster::start("failover");
+    let (program, config, hook) = setup("failover");
+    let urls = etcd.urls();
+    let mut nodes: Vec<VedNode> =
+        ["a", "b", "c"].iter().map(|n| VedNode::start(n, &program, &config, &urls, ttl)).collect();
+    wait_for("every instance to beat", Duration::from_secs(30), || {
+        let b = beats(&hook);
+        (1..=INSTANCES).all(|i| b.iter().filter(|x| x.instance == format!("Beat{i}")).count() >= 5)
+    });
+    // Steady state: throughput with three nodes.
+    let before = beats(&hook).len();
+    std::thread::sleep(Duration::from_secs(2));
+    let rate = (beats(&hook).len() - before) as f64 / 2.0;
+    eprintln!("steady state: {rate:.0} intents/s across {INSTANCES} instances on 3 nodes");
+    assert!(rate > 10.0, "{rate}");
+
+    // SIGKILL a node that holds instances.
+    let victim = nodes.iter().position(|n| !n.holding().is_empty()).expect("a node holds instances");
+    let orphans = nodes[victim].holding();
+    let last_fence: BTreeMap<String, i64> = orphans
+        .iter()
+        .map(|i| (i.clone(), beats(&hook).iter().filter(|b| &b.instance == i).map(|b| b.fence).max().unwrap_or(0)))
+        .collect();
+    let killed = Instant::now();
+    nodes[victim].signal("-KILL");
+    nodes[victim].wait();
+    eprintln!("killed node {} holding {orphans:?}", nodes[victim].name);
+    let mut worst = Duration::ZERO;
+    for inst in &orphans {
+        let took = wait_for(&format!("{inst} to resume on a survivor"), Duration::from_secs(20), || {
+            beats(&hook).iter().any(|b| &b.instance == inst && b.fence > last_fence[inst])
+        });
+        worst = worst.max(took);
+    }
+    eprintln!("failover: every orphaned instance beat again within {} ms of the kill", worst.as_millis());
+    assert!(
+        killed.elapsed() >= worst && worst <= Duration::from_millis(ttl as u64 * 1000 + 1000),
+        "failover took {worst:?}, more than the TTL ({ttl} s) plus 1 s"
+    );
+    check_history(&beats(&hook));
+
+    // Kill one etcd member: everything continues.
+    etcd.kill_member(0);
+    let n0 = beats(&hook).len();
+    wait_for("beats to continue with one etcd member down", Duration::from_secs(10), || beats(&hook).len() > n0 + 50);
+
+    // Kill the quorum: the nodes stop acting once their leases may have lapsed.
+    etcd.kill_member(1);
+    let lost = Instant::now();
+    std::thread::sleep(Duration::from_millis(ttl as u64 * 1000 + 1500));
+    let quiet_from = beats(&hook).len();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(beats(&hook).len(), quiet_from, "nodes acted without quorum ({:?} after the loss)", lost.elapsed());
+    // Quorum returns: they resume.
+    etcd.start_member(0, "existing");
+    etcd.start_member(1, "existing");
+    wait_for("etcd to be healthy again", Duration::from_secs(30), || etcd.healthy());
+    wait_for("beats to resume with quorum back", Duration::from_secs(30), || beats(&hook).len() > quiet_from + 50);
+    check_history(&beats(&hook));
+    drop(nodes);
+}
+
+#[test]
+fn a_joining_node_takes_its_share_and_sigterm_hands_over_without_waiting_for_the_ttl() {
+    let ttl = 15;
+    let etcd = EtcdCluster::start("handover");
+    let (program, config, hook) = setup("handover");
+    let urls = etcd.urls();
+    let mut a = VedNode::start("a", &program, &config, &urls, ttl);
+    wait_for("node a to hold every instance", Duration::from_secs(30), || a.holding().len() == INSTANCES);
+    // A second node joins: instances rebalance onto it.
+    let mut b = VedNode::start("b", &program, &config, &urls, ttl);
+    wait_for("node b to take its share", Duration::from_secs(20), || !b.holding().is_empty());
+    wait_for("the share to settle", Duration::from_secs(20), || a.holding().len() + b.holding().len() == INSTANCES);
+    assert!(!a.holding().is_empty(), "node a kept its share");
+    // SIGTERM on b: it writes, releases and leaves; a takes over long before the 15 s TTL.
+    let moved = b.holding();
+    let last: BTreeMap<String, i64> = moved
+        .iter()
+        .map(|i| (i.clone(), beats(&hook).iter().filter(|x| &x.instance == i).map(|x| x.fence).max().unwrap_or(0)))
+        .collect();
+    b.signal("-TERM");
+    assert_eq!(b.wait(), Some(0), "a clean exit");
+    let took = wait_for("node a to take b's instances back", Duration::from_secs(10), || {
+        moved.iter().all(|i| beats(&hook).iter().any(|x| &x.instance == i && x.fence > last[i]))
+    });
+    eprintln!("graceful handover took {} ms (TTL {ttl} s)", took.as_millis());
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    wait_for("node a to report every instance", Duration::from_secs(5), || a.holding().len() == INSTANCES);
+    check_history(&beats(&hook));
+    a.signal("-TERM");
+    assert_eq!(a.wait(), Some(0));
+}
