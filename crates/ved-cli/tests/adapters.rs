@@ -20,18 +20,7 @@ fn tempdir(tag: &str) -> PathBuf {
 }
 
 fn ved(args: &[&str], input: &str) -> (i32, Vec<Json>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ved"))
-        .args(args)
-        .current_dir(root())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let events = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    (out.status.code().unwrap_or(-1), events, String::from_utf8_lossy(&out.stderr).into_owned())
+    common::ved_events(args, input)
 }
 
 /// Pids of processes whose command line is exactly `argv`.
@@ -48,14 +37,7 @@ fn members(argv: &[&str]) -> Vec<u32> {
     out
 }
 
-fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
-}
+use common::wait_for;
 
 struct Daemon {
     child: Child,

@@ -1,17 +1,17 @@
 //! `ved run --data-dir`: output commit, restart, corruption, and the read-only views.
 
+mod common;
+
 use serde_json::Value as Json;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use ved_adapters::IntentRequest;
 use ved_cli::run::{Adapters, Driver, RunOptions};
 use ved_store::Durability;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
+use common::root;
 
 fn tempdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("ved-cli-{tag}-{}", std::process::id()));
@@ -20,19 +20,7 @@ fn tempdir(tag: &str) -> PathBuf {
 }
 
 fn ved(args: &[&str], input: &str) -> (i32, Vec<Json>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ved"))
-        .args(args)
-        .current_dir(root())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let events = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    (out.status.code().unwrap_or(-1), events, String::from_utf8_lossy(&out.stderr).into_owned())
+    common::ved_events(args, input)
 }
 
 /// An adapter that, when called, reads the store from disk and records what it finds.

@@ -173,3 +173,29 @@ impl Webhook {
         self.hits.lock().unwrap().clone()
     }
 }
+
+/// Runs `ved ARGS` from the repository root with `input` on stdin: exit code, stdout, stderr.
+pub fn ved_text(args: &[&str], input: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ved"))
+        .args(args)
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// [`ved_text`] with stdout read as JSON lines (events); lines that are not JSON are skipped.
+pub fn ved_events(args: &[&str], input: &str) -> (i32, Vec<Json>, String) {
+    let (code, out, err) = ved_text(args, input);
+    (code, out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect(), err)
+}
