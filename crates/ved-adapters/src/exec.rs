@@ -127,19 +127,13 @@ impl Watcher for ExecWatcher {
         };
         match self.interval {
             Some(every) => {
-                let mut last: Option<Map<String, Json>> = None;
-                let mut last_sent = Instant::now();
+                let mut reporter = crate::Reporter::new(&self.instance, &self.source, resync);
                 while !stop.load(Ordering::Relaxed) {
                     match run_command(&self.command, b"", self.timeout) {
                         Ok(out) => match parse_object(&String::from_utf8_lossy(&out)) {
                             Some(m) => {
-                                let resync_due = resync.is_some_and(|r| last_sent.elapsed() >= r);
-                                if last.as_ref() != Some(&m) || resync_due {
-                                    last_sent = Instant::now();
-                                    last = Some(m.clone());
-                                    if !send(m) {
-                                        return;
-                                    }
+                                if reporter.offer(m, &sink).is_err() {
+                                    return;
                                 }
                             }
                             None => eprintln!(

@@ -96,6 +96,64 @@ pub enum Inbound {
     Observed(Observation),
 }
 
+/// The runtime stopped listening: a watcher should end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gone;
+
+/// What every watcher does with a reading: send it when it differs from the last one
+/// sent, or when a resync is due, numbered so that a stale one can be recognised.
+pub struct Reporter {
+    instance: String,
+    source: String,
+    resync: Option<std::time::Duration>,
+    version: u64,
+    last: Option<Map<String, Json>>,
+    last_sent: std::time::Instant,
+}
+
+impl Reporter {
+    pub fn new(instance: &str, source: &str, resync: Option<std::time::Duration>) -> Reporter {
+        Reporter {
+            instance: instance.to_string(),
+            source: source.to_string(),
+            resync,
+            version: 0,
+            last: None,
+            last_sent: std::time::Instant::now(),
+        }
+    }
+
+    /// When the next resync is due, if resync is on.
+    pub fn resync_in(&self) -> Option<std::time::Duration> {
+        self.resync.map(|r| r.saturating_sub(self.last_sent.elapsed()))
+    }
+
+    /// Sends `fields` if they are news or a resync is due. `Err` when the runtime is gone.
+    pub fn offer(&mut self, fields: Map<String, Json>, sink: &Sender<Inbound>) -> Result<(), Gone> {
+        let due = self.resync.is_some_and(|r| self.last_sent.elapsed() >= r);
+        if self.last.as_ref() == Some(&fields) && !due {
+            return Ok(());
+        }
+        self.version += 1;
+        self.last_sent = std::time::Instant::now();
+        self.last = Some(fields.clone());
+        let obs = Observation {
+            instance: self.instance.clone(),
+            fields,
+            source: self.source.clone(),
+            version: Some(self.version),
+        };
+        sink.send(Inbound::Observed(obs)).map_err(|_| Gone)
+    }
+
+    /// [`Reporter::offer`] for a single field.
+    pub fn offer_one(&mut self, field: &str, value: Json, sink: &Sender<Inbound>) -> Result<(), Gone> {
+        let mut m = Map::new();
+        m.insert(field.to_string(), value);
+        self.offer(m, sink)
+    }
+}
+
 /// Turns the outside world into observations. Runs on its own thread until `stop` is set.
 pub trait Watcher: Send {
     /// Sends an observation whenever the watched state changes, at least once at

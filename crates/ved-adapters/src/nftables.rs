@@ -10,14 +10,14 @@
 //! transaction, by single-port rules for the ports that stay open.
 
 use crate::exec::run_command;
-use crate::{Driver, Inbound, IntentRequest, Observation, Watcher};
-use serde_json::{json, Map, Value as Json};
+use crate::{Driver, Inbound, IntentRequest, Watcher};
+use serde_json::{json, Value as Json};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// One managed chain.
 #[derive(Clone, Debug)]
@@ -237,9 +237,7 @@ impl NftWatcher {
 
 impl Watcher for NftWatcher {
     fn run(self: Box<Self>, sink: Sender<Inbound>, stop: Arc<AtomicBool>, resync: Option<Duration>) {
-        let mut version = 0u64;
-        let mut last: Option<Vec<i64>> = None;
-        let mut last_sent = Instant::now();
+        let mut reporter = crate::Reporter::new(&self.instance, &self.source, resync);
         let mut monitor: Option<std::process::Child> = None;
         let (tx, rx) = mpsc::channel::<()>();
         let mut read_now = true;
@@ -258,32 +256,19 @@ impl Watcher for NftWatcher {
                     }
                 }
             }
-            let resync_due = resync.is_some_and(|r| last_sent.elapsed() >= r);
+            let resync_due = reporter.resync_in().is_some_and(|d| d.is_zero());
             if read_now || resync_due {
                 read_now = false;
                 match self.chain.open_ports() {
                     Ok(ports) => {
-                        if last.as_ref() != Some(&ports) || resync_due {
-                            version += 1;
-                            last_sent = Instant::now();
-                            let mut fields = Map::new();
-                            fields.insert(self.field.clone(), json!(ports));
-                            let obs = Observation {
-                                instance: self.instance.clone(),
-                                fields,
-                                source: self.source.clone(),
-                                version: Some(version),
-                            };
-                            if sink.send(Inbound::Observed(obs)).is_err() {
-                                break;
-                            }
-                            last = Some(ports);
+                        if reporter.offer_one(&self.field, json!(ports), &sink).is_err() {
+                            break;
                         }
                     }
                     Err(e) => eprintln!("warning: {}: cannot read the ruleset: {e}", self.source),
                 }
             }
-            let wait = resync.map_or(STOP_CHECK, |r| r.saturating_sub(last_sent.elapsed()).min(STOP_CHECK));
+            let wait = reporter.resync_in().map_or(STOP_CHECK, |d| d.min(STOP_CHECK));
             match rx.recv_timeout(wait) {
                 Ok(()) => {
                     // Let the rest of the transaction's lines arrive, then read once.

@@ -15,13 +15,16 @@
 //! an intent's result and a reading taken after it reach the runtime in that
 //! order: a reading taken before an action can never be mistaken for its effect.
 
-use crate::{Driver, Inbound, IntentRequest, Observation, Watcher};
-use serde_json::{json, Map};
+use crate::{Driver, Inbound, IntentRequest, Watcher};
+use serde_json::json;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// How long a started member may take to exec its command before the start counts as failed.
+const EXEC_WAIT: Duration = Duration::from_secs(5);
 
 /// How often the watcher reads `/proc`.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -76,6 +79,7 @@ impl Pool {
         match intent.action.as_str() {
             "Start" => {
                 let (prog, args) = self.command.split_first().ok_or("the pool's command is empty")?;
+                let mut started = Vec::new();
                 for _ in 0..n {
                     let child = Command::new(prog)
                         .args(args)
@@ -84,10 +88,27 @@ impl Pool {
                         .stderr(Stdio::null())
                         .spawn()
                         .map_err(|e| format!("cannot start `{prog}`: {e}"))?;
+                    started.push(child.id());
                     children.push(child);
                 }
-                // Wait until the new members are visible, so the next reading includes them.
-                Ok(())
+                // Wait until the new members are visible, so the next reading includes them:
+                // between fork and exec a child still shows the parent's command line.
+                let deadline = std::time::Instant::now() + EXEC_WAIT;
+                loop {
+                    let members = self.members();
+                    if started.iter().all(|p| members.contains(p)) {
+                        return Ok(());
+                    }
+                    for c in children.iter_mut().filter(|c| started.contains(&c.id())) {
+                        if let Ok(Some(status)) = c.try_wait() {
+                            return Err(format!("`{prog}` exited at once ({status})"));
+                        }
+                    }
+                    if std::time::Instant::now() >= deadline {
+                        return Err(format!("`{prog}` did not start within {} ms", EXEC_WAIT.as_millis()));
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
             }
             "Stop" => {
                 let ours: Vec<u32> = children.iter().map(Child::id).collect();
@@ -148,30 +169,15 @@ pub struct ProcessWatcher {
 
 impl Watcher for ProcessWatcher {
     fn run(self: Box<Self>, sink: Sender<Inbound>, stop: Arc<AtomicBool>, resync: Option<Duration>) {
-        let mut last: Option<usize> = None;
-        let mut version = 0u64;
-        let mut last_sent = std::time::Instant::now();
+        let mut reporter = crate::Reporter::new(&self.instance, &self.source, resync);
         while !stop.load(Ordering::Relaxed) {
             {
+                // Read and report under the pool's lock (see the module's comment).
                 let mut children = self.pool.children.lock().unwrap_or_else(|p| p.into_inner());
                 Pool::reap(&mut children);
                 let n = self.pool.members().len();
-                let resync_due = resync.is_some_and(|r| last_sent.elapsed() >= r);
-                if last != Some(n) || resync_due {
-                    last_sent = std::time::Instant::now();
-                    version += 1;
-                    let mut fields = Map::new();
-                    fields.insert(self.field.clone(), json!(n));
-                    let obs = Observation {
-                        instance: self.instance.clone(),
-                        fields,
-                        source: self.source.clone(),
-                        version: Some(version),
-                    };
-                    if sink.send(Inbound::Observed(obs)).is_err() {
-                        return;
-                    }
-                    last = Some(n);
+                if reporter.offer_one(&self.field, json!(n), &sink).is_err() {
+                    return;
                 }
             }
             std::thread::sleep(POLL_INTERVAL);
