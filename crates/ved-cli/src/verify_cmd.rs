@@ -22,6 +22,10 @@ pub fn verify(files: &[PathBuf], domain: Option<&str>, opts: Options) -> ExitCod
         }
         any = true;
         let _ = writeln!(out, "verifying {}", d.name);
+        // The bound first, so that a long run shows what it is exploring.
+        if let Ok(bounds) = ved_verify::bounds::field_bounds(d, compiled, opts.shape) {
+            print_bound(&mut out, &bounds);
+        }
         let _ = out.flush();
         let mut progress = Progress::new();
         let report = match ved_verify::verify_domain(d, compiled, opts, &mut |done, seen| progress.show(done, seen)) {
@@ -93,17 +97,20 @@ fn run_name(failures: u8) -> String {
 }
 
 /// Prints one domain's report; returns 0 (proven), 1 (counterexample) or 2 (inconclusive).
-fn print_report(out: &mut impl Write, r: &Report, opts: Options) -> u8 {
-    let annotated = r.bounds.iter().any(|b| b.annotated);
+fn print_bound(out: &mut impl Write, bounds: &[ved_verify::FieldBound]) {
+    let annotated = bounds.iter().any(|b| b.annotated);
     let origin = if annotated {
         "from `verify { ... }` and the program's literals"
     } else {
         "derived from the program's literals; `verify { ... }` changes it"
     };
     let _ = writeln!(out, "  bound ({origin}):");
-    for b in &r.bounds {
+    for b in bounds {
         let _ = writeln!(out, "    {}", b.describe);
     }
+}
+
+fn print_report(out: &mut impl Write, r: &Report, opts: Options) -> u8 {
     let starts = r.runs.first().map_or(0, |run| run.start_states);
     let _ = writeln!(out, "  {starts} start states");
     let mut verdict = 0u8;

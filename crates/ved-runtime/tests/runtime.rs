@@ -435,3 +435,22 @@ fn undelivered_intents_survive_a_snapshot_with_their_ids() {
         restored.undelivered().into_iter().map(|i| (i.id.clone(), i.to_string())).collect();
     assert_eq!(again, sent);
 }
+
+#[test]
+fn a_removed_instance_leaves_the_others_working() {
+    // Cluster mode hands instances to other nodes: removing one must not disturb the rest.
+    let src = "domain A {\n  state { n: int }\n  goal n == 2\n  transition up { step { if n < 2 { n += 1 } } }\n}\ndomain B {\n  state { m: int }\n  goal m == 3\n  transition up { step { if m < 3 { m += 1 } } }\n}\n";
+    let (_, c) = compile(src);
+    let mut rt = Runtime::new(c, 1).unwrap();
+    let snap = rt.remove_instance("A").expect("A exists");
+    assert_eq!(snap.name, "A");
+    assert!(rt.instance("A").is_none());
+    let mut ev = Vec::new();
+    rt.run(&mut ev);
+    assert_eq!(rt.instance("B").unwrap().state[0], Value::Int(3));
+    // And it can come back from its snapshot.
+    rt.restore_instance(snap).unwrap();
+    rt.run(&mut ev);
+    assert_eq!(rt.instance("A").unwrap().state[0], Value::Int(2));
+    assert!(rt.remove_instance("nobody").is_none());
+}
