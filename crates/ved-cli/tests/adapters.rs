@@ -156,6 +156,8 @@ fn exec_passes_the_intent_as_json_and_reports_failures_with_stderr() {
     // give the daemon a moment by sending the advance after the first result.
     let mut child = Command::new(env!("CARGO_BIN_EXE_ved"))
         .args(["run", "examples/security_policy.ved", "--stdin", "--config", config.to_str().unwrap()])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
         .current_dir(root())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -200,6 +202,11 @@ fn exec_passes_the_intent_as_json_and_reports_failures_with_stderr() {
     assert_eq!(closes[0]["adapter"], "Firewall");
     assert_eq!(closes[0]["instance"], "SecurityPolicy");
     assert_ne!(closes[0]["id"], closes[1]["id"], "a retry is a new slice, so a new id");
+    // The command's stderr is in the journal, with the failed result.
+    let data = dir.join("data");
+    let (code, text, err) = common::ved_text(&["journal", "--data-dir", data.to_str().unwrap(), "SecurityPolicy"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("failed: `") && text.contains("exit status 3: iptables: resource busy"), "{text}");
 }
 
 #[test]
