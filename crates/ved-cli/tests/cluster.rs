@@ -335,3 +335,28 @@ fn a_joining_node_takes_its_share_and_sigterm_hands_over_without_waiting_for_the
     a.signal("-TERM");
     assert_eq!(a.wait(), Some(0));
 }
+
+#[test]
+fn an_unreachable_etcd_is_a_clear_error_at_start() {
+    let (program, config, _hook) = setup("unreachable");
+    let out = Command::new(env!("CARGO_BIN_EXE_ved"))
+        .arg("run")
+        .arg(&program)
+        .arg("--config")
+        .arg(&config)
+        .args(["--cluster", "http://127.0.0.1:9", "--node-id", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot join the cluster at http://127.0.0.1:9") && err.contains("= hint:"), "{err}");
+    // --cluster needs a node id.
+    let out = Command::new(env!("CARGO_BIN_EXE_ved"))
+        .arg("run")
+        .arg(&program)
+        .args(["--cluster", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--node-id"));
+}
