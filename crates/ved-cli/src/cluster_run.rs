@@ -30,7 +30,7 @@ pub struct ClusterOptions {
 }
 
 /// How often membership is read and instances are balanced.
-const REBALANCE_EVERY: Duration = Duration::from_millis(250);
+const REBALANCE_EVERY: Duration = Duration::from_millis(100);
 
 fn emit(v: serde_json::Value) {
     let mut out = std::io::stdout().lock();
