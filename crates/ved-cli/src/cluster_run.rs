@@ -187,6 +187,38 @@ impl Node {
         }
     }
 
+    /// A watcher's reading, applied if this node owns the instance. Versions are per source
+    /// and per node: another node's watcher counts its own readings.
+    fn observe(&mut self, o: ved_adapters::Observation) {
+        if !self.owned.contains_key(&o.instance) {
+            return;
+        }
+        let Some(idx) = self.rt.index_of(&o.instance) else { return };
+        let fields = self.rt.domain_of(idx).fields.clone();
+        let mut writes = Vec::new();
+        for (field, value) in &o.fields {
+            let Some(slot) = fields.iter().position(|(n, _)| n == field) else {
+                emit(json!({"event": "error", "instance": o.instance, "message": format!("no field `{field}`")}));
+                return;
+            };
+            match crate::json::from_json(value, &fields[slot].1) {
+                Ok(v) => writes.push((slot as u16, v)),
+                Err(m) => {
+                    emit(json!({"event": "error", "instance": o.instance, "message": format!("field `{field}`: {m}")}));
+                    return;
+                }
+            }
+        }
+        let source = format!("{}@{}", o.source, self.m.node);
+        let r = match o.version {
+            Some(v) => self.rt.observe_versioned(&o.instance, writes, &source, v),
+            None => self.rt.observe(&o.instance, writes),
+        };
+        if let Err(e) = r {
+            emit(json!({"event": "error", "instance": o.instance, "message": e.to_string()}));
+        }
+    }
+
     /// Stops acting: the lease may have lapsed, so another node may own everything now.
     fn stand_down(&mut self) {
         let names: Vec<String> = self.owned.keys().cloned().collect();
@@ -217,16 +249,25 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
         }
     };
     let (inbound_tx, inbound_rx) = mpsc::channel::<ved_adapters::Inbound>();
-    let adapters = match &opts.config {
+    let (adapters, watchers) = match &opts.config {
         Some(cfg) => match build_adapters(cfg, &loaded.compiled, inbound_tx.clone()) {
-            Ok((a, _watchers)) => a,
+            Ok(x) => x,
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::from(1);
             }
         },
-        None => Adapters::logging(),
+        None => (Adapters::logging(), Vec::new()),
     };
+    // Every node runs every watcher; a reading counts only on the node that owns its
+    // instance (see `observe`). Suited to watchers that probe something remote.
+    let resync = opts.config.as_ref().map(|c| c.resync.interval_ms).filter(|ms| *ms > 0).map(Duration::from_millis);
+    let watch_stop = Arc::new(AtomicBool::new(false));
+    for w in watchers {
+        let sink = inbound_tx.clone();
+        let stop = watch_stop.clone();
+        std::thread::spawn(move || w.run(sink, stop, resync));
+    }
     let mut rt = Runtime::empty(loaded.compiled.clone(), opts.seed);
     if let Some(cfg) = &opts.config {
         rt.policy = ved_runtime::RetryPolicy {
@@ -275,6 +316,7 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
                 let _ = node.m.release(&n);
                 node.drop_instance(&n, "handed_over");
             }
+            watch_stop.store(true, Ordering::SeqCst);
             let _ = node.m.leave();
             emit(json!({"event": "left", "node": c.node}));
             return ExitCode::SUCCESS;
@@ -295,12 +337,15 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
             let mut batch = vec![first];
             batch.extend(inbound_rx.try_iter());
             for x in batch {
-                if let ved_adapters::Inbound::Result { id, outcome } = x {
-                    if let Some(iid) = crate::run::parse_intent_id_pub(&id) {
-                        if node.owned.contains_key(&*iid.instance) {
-                            let _ = node.rt.deliver(&iid, outcome.is_ok(), outcome.err());
+                match x {
+                    ved_adapters::Inbound::Result { id, outcome } => {
+                        if let Some(iid) = crate::run::parse_intent_id_pub(&id) {
+                            if node.owned.contains_key(&*iid.instance) {
+                                let _ = node.rt.deliver(&iid, outcome.is_ok(), outcome.err());
+                            }
                         }
                     }
+                    ved_adapters::Inbound::Observed(o) => node.observe(o),
                 }
             }
         }

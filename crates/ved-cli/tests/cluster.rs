@@ -362,3 +362,57 @@ fn an_unreachable_etcd_is_a_clear_error_at_start() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--node-id"));
 }
+
+#[test]
+fn watched_observations_reach_the_owner_and_its_state_survives_a_failover() {
+    // Seed 001 on two nodes: a probe (a command reading a file) feeds `primary_status`.
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let etcd = EtcdCluster::start("routing");
+    let dir = tempdir("cluster-routing");
+    let status = dir.join("status.json");
+    std::fs::write(&status, r#"{"primary_status": "healthy"}"#).unwrap();
+    let hook = Webhook::start(Vec::new());
+    let config = dir.join("ved.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[adapters.Network]\ndriver = \"http\"\nurl = \"{u}\"\n\n[adapters.Alerts]\ndriver = \"http\"\nurl = \"{u}\"\n\n[[watch]]\nfields = [\"primary_status\"]\ndriver = \"exec\"\ncommand = [\"cat\", \"{s}\"]\ninterval_ms = 100\n",
+            u = hook.url,
+            s = status.display()
+        ),
+    )
+    .unwrap();
+    let program = common::root().join("examples/database_routing.ved");
+    let urls = etcd.urls();
+    let mut nodes: Vec<VedNode> = ["a", "b"].iter().map(|n| VedNode::start(n, &program, &config, &urls, 2)).collect();
+    wait_for("a node to own the routing", Duration::from_secs(20), || nodes.iter().any(|n| !n.holding().is_empty()));
+    let calls = |action: &str| -> Vec<(String, i64)> {
+        hook.hits()
+            .iter()
+            .filter(|h| h.status == 200 && h.body["action"] == action)
+            .map(|h| (h.body["args"][0].as_str().unwrap_or("").to_string(), h.body["fence"].as_i64().unwrap_or(-1)))
+            .collect()
+    };
+    // The primary fails: the owner's probe sees it; DNS moves and one page goes out.
+    std::fs::write(&status, r#"{"primary_status": "failed"}"#).unwrap();
+    wait_for("the failover", Duration::from_secs(20), || calls("UpdateDNS").iter().any(|(a, _)| a == "replica"));
+    wait_for("the page", Duration::from_secs(20), || calls("PageEngineers").len() == 1);
+    let first_fence = calls("UpdateDNS")[0].1;
+    // Let the owner write the page's acknowledgement (a few milliseconds). Killed before
+    // that, the page would be in flight and rightly sent again: at least once.
+    std::thread::sleep(Duration::from_millis(500));
+    // Kill the owner; the survivor resumes from etcd with the failover and the page remembered.
+    let owner = nodes.iter().position(|n| !n.holding().is_empty()).unwrap();
+    nodes[owner].signal("-KILL");
+    nodes[owner].wait();
+    let survivor = 1 - owner;
+    wait_for("the survivor to take the routing", Duration::from_secs(20), || !nodes[survivor].holding().is_empty());
+    // The primary comes back: the survivor's probe sees it and restores the route.
+    std::fs::write(&status, r#"{"primary_status": "healthy"}"#).unwrap();
+    wait_for("the route to be restored", Duration::from_secs(20), || {
+        calls("UpdateDNS").iter().any(|(a, f)| a == "primary" && *f > first_fence)
+    });
+    assert_eq!(calls("PageEngineers").len(), 1, "the page was not sent again after the failover");
+    let fences: Vec<i64> = hook.hits().iter().filter_map(|h| h.body["fence"].as_i64()).collect();
+    assert!(fences.windows(2).all(|w| w[1] >= w[0]), "fencing tokens went back: {fences:?}");
+}
