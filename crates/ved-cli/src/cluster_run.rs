@@ -339,7 +339,7 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
             for x in batch {
                 match x {
                     ved_adapters::Inbound::Result { id, outcome } => {
-                        if let Some(iid) = crate::run::parse_intent_id_pub(&id) {
+                        if let Some(iid) = ved_runtime::IntentId::parse(&id) {
                             if node.owned.contains_key(&*iid.instance) {
                                 let _ = node.rt.deliver(&iid, outcome.is_ok(), outcome.err());
                             }

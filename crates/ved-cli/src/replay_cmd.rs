@@ -245,7 +245,7 @@ fn step(rt: &mut Runtime, idx: usize, dom: &ved_vm::CompiledDomain, e: &JournalE
         "result" => {
             let id = e.detail.as_deref().ok_or("a result entry without its intent")?;
             let (_, ok, err) = e.results.iter().find(|(i, _, _)| i == id).ok_or("a result entry without its result")?;
-            rt.deliver(&parse_id(id).ok_or(format!("`{id}` is not an intent id"))?, *ok, err.clone())
+            rt.deliver(&IntentId::parse(id).ok_or(format!("`{id}` is not an intent id"))?, *ok, err.clone())
                 .map_err(|e| e.to_string())?;
         }
         _ => {}
@@ -292,12 +292,4 @@ fn produced(dom: &ved_vm::CompiledDomain, out: &[Event]) -> Option<Produced> {
             })
             .collect(),
     })
-}
-
-fn parse_id(s: &str) -> Option<IntentId> {
-    let mut parts = s.rsplitn(3, '/');
-    let index = parts.next()?.parse().ok()?;
-    let slice = parts.next()?.parse().ok()?;
-    let instance = parts.next()?;
-    Some(IntentId { instance: std::sync::Arc::from(instance), slice, index })
 }

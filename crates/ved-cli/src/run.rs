@@ -336,7 +336,7 @@ impl<W: Write> Driver<W> {
     /// Applies a result or an observation reported by an adapter.
     pub fn handle_inbound(&mut self, inbound: ved_adapters::Inbound) {
         match inbound {
-            ved_adapters::Inbound::Result { id, outcome } => match parse_intent_id(&id) {
+            ved_adapters::Inbound::Result { id, outcome } => match ved_runtime::IntentId::parse(&id) {
                 Some(iid) => {
                     self.in_flight = self.in_flight.saturating_sub(1);
                     let _ = self.rt.deliver(&iid, outcome.is_ok(), outcome.err());
@@ -1227,20 +1227,6 @@ impl<W: Write> Driver<W> {
         };
         self.out.emit(line);
     }
-}
-
-/// [`parse_intent_id`] for the cluster driver.
-pub fn parse_intent_id_pub(s: &str) -> Option<ved_runtime::IntentId> {
-    parse_intent_id(s)
-}
-
-/// `instance/slice/index` back to an id; instance names may not contain `/`.
-fn parse_intent_id(s: &str) -> Option<ved_runtime::IntentId> {
-    let mut parts = s.rsplitn(3, '/');
-    let index = parts.next()?.parse().ok()?;
-    let slice = parts.next()?.parse().ok()?;
-    let instance = parts.next()?;
-    Some(ved_runtime::IntentId { instance: Arc::from(instance), slice, index })
 }
 
 fn is_observe(e: &Event) -> bool {

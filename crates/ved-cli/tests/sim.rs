@@ -190,7 +190,7 @@ impl Sim {
         let new: Vec<IntentRequest> = self.queue.lock().unwrap()[self.seen..].to_vec();
         self.seen += new.len();
         for i in new {
-            let slice: u64 = i.id.split('/').nth(1).and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
+            let slice = ved_runtime::IntentId::parse(&i.id).map_or(u64::MAX, |id| id.slice);
             let durable = self.durable.get(&i.instance).copied().unwrap_or(0);
             if slice > durable {
                 self.fail(&format!("intent {} left before its slice was durable (durable: {durable})", i.id));

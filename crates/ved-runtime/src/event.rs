@@ -14,6 +14,18 @@ pub struct IntentId {
     pub index: u32,
 }
 
+impl IntentId {
+    /// Reads `instance/slice/index` back, the inverse of `Display`. Instance names may
+    /// contain `/`: the last two parts are the numbers.
+    pub fn parse(s: &str) -> Option<IntentId> {
+        let mut parts = s.rsplitn(3, '/');
+        let index = parts.next()?.parse().ok()?;
+        let slice = parts.next()?.parse().ok()?;
+        let instance = parts.next()?;
+        Some(IntentId { instance: Arc::from(instance), slice, index })
+    }
+}
+
 impl fmt::Display for IntentId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}/{}", self.instance, self.slice, self.index)

@@ -454,3 +454,11 @@ fn a_removed_instance_leaves_the_others_working() {
     assert_eq!(rt.instance("A").unwrap().state[0], Value::Int(2));
     assert!(rt.remove_instance("nobody").is_none());
 }
+
+#[test]
+fn an_intent_id_reads_back_from_its_text() {
+    let id = IntentId { instance: Arc::from("team/web"), slice: 42, index: 3 };
+    assert_eq!(IntentId::parse(&id.to_string()), Some(id));
+    assert_eq!(IntentId::parse("Web/x/0"), None);
+    assert_eq!(IntentId::parse("nothing"), None);
+}
