@@ -138,14 +138,8 @@ impl Node {
             let mut req = ved_adapters::IntentRequest::from_intent(&i);
             req.fence = fence;
             emit(json!({"event": "intent", "instance": name, "id": req.id, "fence": fence, "node": self.m.node}));
-            let driver = self.adapters.by_name.get(&*i.adapter).unwrap_or(&self.adapters.fallback).clone();
-            match &self.adapters.pool {
-                Some(pool) => pool.submit(driver, req),
-                None => {
-                    let mut outcome = Ok(());
-                    driver.deliver_then(&req, &mut |r| outcome = r);
-                    let _ = self.rt.deliver(&i.id, outcome.is_ok(), outcome.err());
-                }
+            if let Some(outcome) = self.adapters.dispatch(req) {
+                let _ = self.rt.deliver(&i.id, outcome.is_ok(), outcome.err());
             }
         }
     }

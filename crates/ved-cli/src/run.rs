@@ -162,6 +162,28 @@ impl Adapters {
         Adapters { by_name: BTreeMap::new(), fallback: driver, pool: None, manual: None }
     }
 
+    /// Hands an intent to the driver bound to its adapter name. Returns the outcome when it
+    /// was carried out inline; `None` when it went to the worker pool or the manual queue,
+    /// whose result comes back later as an `Inbound::Result`.
+    pub fn dispatch(&self, req: ved_adapters::IntentRequest) -> Option<Result<(), String>> {
+        if let Some(queue) = &self.manual {
+            queue.lock().unwrap_or_else(|p| p.into_inner()).push(req);
+            return None;
+        }
+        let driver = self.by_name.get(&req.adapter).unwrap_or(&self.fallback).clone();
+        match &self.pool {
+            Some(pool) => {
+                pool.submit(driver, req);
+                None
+            }
+            None => {
+                let mut outcome = Ok(());
+                driver.deliver_then(&req, &mut |r| outcome = r);
+                Some(outcome)
+            }
+        }
+    }
+
     /// Intents queue up in `queue`; results are fed back by the caller.
     pub fn manual(queue: Arc<std::sync::Mutex<Vec<ved_adapters::IntentRequest>>>) -> Adapters {
         Adapters {
@@ -822,23 +844,11 @@ impl<W: Write> Driver<W> {
                 "transition": tname, "adapter": &*intent.adapter, "action": &*intent.action,
                 "args": intent.args.iter().map(to_json).collect::<Vec<_>>()}),
             ));
-            let req = ved_adapters::IntentRequest::from_intent(&intent);
-            let driver = self.adapters.by_name.get(&*intent.adapter).unwrap_or(&self.adapters.fallback).clone();
-            if let Some(queue) = &self.adapters.manual {
-                self.in_flight += 1;
-                queue.lock().unwrap_or_else(|p| p.into_inner()).push(req);
-                continue;
-            }
-            match &self.adapters.pool {
-                Some(pool) => {
-                    self.in_flight += 1;
-                    pool.submit(driver, req);
-                }
-                None => {
-                    let mut outcome = Ok(());
-                    driver.deliver_then(&req, &mut |r| outcome = r);
+            match self.adapters.dispatch(ved_adapters::IntentRequest::from_intent(&intent)) {
+                Some(outcome) => {
                     let _ = self.rt.deliver(&intent.id, outcome.is_ok(), outcome.err());
                 }
+                None => self.in_flight += 1,
             }
         }
     }
