@@ -9,10 +9,11 @@ use crate::load;
 use serde_json::json;
 use std::path::Path;
 use std::process::ExitCode;
-use ved_runtime::{Cause, Event, IntentId, Progress, RetryPolicy, Runtime};
+use ved_runtime::{Event, IntentId, Progress, RetryPolicy, Runtime};
 use ved_store::JournalEntry;
 
-/// What one replayed slice produced, in the journal's terms.
+/// What a slice did, as replay compares it: the journal entry without its time, results
+/// and lineage (those describe the messages, which replay feeds from the journal itself).
 #[derive(Debug, PartialEq)]
 struct Produced {
     slice: u64,
@@ -21,6 +22,24 @@ struct Produced {
     changes: Vec<(String, String)>,
     held: Vec<(String, String)>,
     intents: Vec<(String, String)>,
+}
+
+impl Produced {
+    fn of(e: &JournalEntry) -> Produced {
+        Produced {
+            slice: e.slice,
+            cause: e.cause.clone(),
+            detail: e.detail.clone(),
+            changes: e.changes.clone(),
+            held: e.held.clone(),
+            intents: e.intents.clone(),
+        }
+    }
+}
+
+/// The slice a step produced, if it produced one, built as the driver journals it.
+fn produced(dom: &ved_vm::CompiledDomain, out: &[Event]) -> Option<Produced> {
+    crate::run::journal_entry(dom, "", 0, out, None).map(|e| Produced::of(&e))
 }
 
 fn fail(msg: impl std::fmt::Display, hint: &str) -> ExitCode {
@@ -95,14 +114,7 @@ pub fn replay_instance(
             Ok(p) => p,
             Err(msg) => return Ok(diverged(msg)),
         };
-        let want = Produced {
-            slice: e.slice,
-            cause: e.cause.clone(),
-            detail: e.detail.clone(),
-            changes: e.changes.clone(),
-            held: e.held.clone(),
-            intents: e.intents.clone(),
-        };
+        let want = Produced::of(e);
         if got != want {
             return Ok(diverged(describe_difference(&want, &got)));
         }
@@ -261,35 +273,4 @@ fn step(rt: &mut Runtime, idx: usize, dom: &ved_vm::CompiledDomain, e: &JournalE
         }
     }
     Err("the replay ran 10,000 steps without producing a slice".into())
-}
-
-fn produced(dom: &ved_vm::CompiledDomain, out: &[Event]) -> Option<Produced> {
-    let (slice, cause, changes, held) = out.iter().find_map(|e| match e {
-        Event::Slice { slice, cause, changes, held, .. } => Some((*slice, cause, changes, held)),
-        _ => None,
-    })?;
-    let tname = |t: usize| dom.transitions.get(t).map(|t| t.name.clone());
-    let (cause, detail) = match cause {
-        Cause::Observe => ("observe", None),
-        Cause::Transition(t) => ("transition", tname(*t)),
-        Cause::Result(id) => ("result", Some(id.to_string())),
-        Cause::Timer(t) => ("timer", tname(*t)),
-    };
-    let named = |c: &[(u16, ved_vm::Value)]| {
-        c.iter().map(|(s, v)| (dom.fields[*s as usize].0.clone(), v.to_string())).collect::<Vec<_>>()
-    };
-    Some(Produced {
-        slice,
-        cause: cause.to_string(),
-        detail,
-        changes: named(changes),
-        held: named(held),
-        intents: out
-            .iter()
-            .filter_map(|e| match e {
-                Event::Intent(i) => Some((i.id.to_string(), i.to_string())),
-                _ => None,
-            })
-            .collect(),
-    })
 }

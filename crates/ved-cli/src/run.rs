@@ -962,47 +962,8 @@ impl<W: Write> Driver<W> {
     }
 
     fn journal_entry(&self, name: &str, evs: &[Event], caused_by: Option<String>) -> Option<JournalEntry> {
-        let (slice, cause, changes, held) = evs.iter().find_map(|e| match e {
-            Event::Slice { slice, cause, changes, held, .. } => Some((*slice, cause, changes, held)),
-            _ => None,
-        })?;
-        let named = |c: &[(u16, ved_vm::Value)]| {
-            c.iter().map(|(s, v)| (self.field_name(name, *s), v.to_string())).collect::<Vec<_>>()
-        };
-        let (cause, detail) = match cause {
-            Cause::Observe => ("observe", None),
-            Cause::Transition(t) => ("transition", Some(self.transition_name(name, *t))),
-            Cause::Result(id) => ("result", Some(id.to_string())),
-            Cause::Timer(t) => ("timer", Some(self.transition_name(name, *t))),
-        };
-        Some(JournalEntry {
-            instance: name.to_string(),
-            slice,
-            at_ms: self.now_ms,
-            cause: cause.to_string(),
-            detail,
-            changes: named(changes),
-            held: named(held),
-            intents: evs
-                .iter()
-                .filter_map(|e| match e {
-                    Event::Intent(i) => Some((i.id.to_string(), i.to_string())),
-                    _ => None,
-                })
-                .collect(),
-            results: evs
-                .iter()
-                .filter_map(|e| match e {
-                    Event::Result { id, ok, error, .. } => Some((id.to_string(), *ok, error.clone())),
-                    _ => None,
-                })
-                .collect(),
-            caused_by,
-            observed: match cause {
-                "observe" => changes.iter().map(|(s, v)| (self.field_name(name, *s), to_json(v))).collect(),
-                _ => Vec::new(),
-            },
-        })
+        let d = self.rt.instance(name).map(|i| i.domain).unwrap_or(0);
+        journal_entry(&self.program.domains[d], name, self.now_ms, evs, caused_by)
     }
 
     /// Builds the audit trail: a drift, the corrections, and how it ended.
@@ -1237,6 +1198,58 @@ impl<W: Write> Driver<W> {
         };
         self.out.emit(line);
     }
+}
+
+/// The journal entry for one step's events: its slice, cause, changes, held changes,
+/// intents and results. `ved replay` builds the same entry from its own run to compare.
+pub fn journal_entry(
+    dom: &ved_vm::CompiledDomain,
+    instance: &str,
+    at_ms: u64,
+    evs: &[Event],
+    caused_by: Option<String>,
+) -> Option<JournalEntry> {
+    let (slice, cause, changes, held) = evs.iter().find_map(|e| match e {
+        Event::Slice { slice, cause, changes, held, .. } => Some((*slice, cause, changes, held)),
+        _ => None,
+    })?;
+    let field = |s: u16| dom.fields.get(s as usize).map(|f| f.0.clone()).unwrap_or_else(|| format!("#{s}"));
+    let named = |c: &[(u16, ved_vm::Value)]| c.iter().map(|(s, v)| (field(*s), v.to_string())).collect::<Vec<_>>();
+    let tname = |t: usize| Some(dom.transitions.get(t).map(|t| t.name.clone()).unwrap_or_default());
+    let (cause, detail) = match cause {
+        Cause::Observe => ("observe", None),
+        Cause::Transition(t) => ("transition", tname(*t)),
+        Cause::Result(id) => ("result", Some(id.to_string())),
+        Cause::Timer(t) => ("timer", tname(*t)),
+    };
+    Some(JournalEntry {
+        instance: instance.to_string(),
+        slice,
+        at_ms,
+        cause: cause.to_string(),
+        detail,
+        changes: named(changes),
+        held: named(held),
+        intents: evs
+            .iter()
+            .filter_map(|e| match e {
+                Event::Intent(i) => Some((i.id.to_string(), i.to_string())),
+                _ => None,
+            })
+            .collect(),
+        results: evs
+            .iter()
+            .filter_map(|e| match e {
+                Event::Result { id, ok, error, .. } => Some((id.to_string(), *ok, error.clone())),
+                _ => None,
+            })
+            .collect(),
+        caused_by,
+        observed: match cause {
+            "observe" => changes.iter().map(|(s, v)| (field(*s), to_json(v))).collect(),
+            _ => Vec::new(),
+        },
+    })
 }
 
 fn is_observe(e: &Event) -> bool {
