@@ -13,6 +13,9 @@
 //! `cargo test` runs 200 seeds per program; `VED_SIM_SEEDS=N` runs N;
 //! `VED_SIM_SEED=S` replays one. A failure prints the command that replays it.
 
+mod common;
+
+use common::{root, Rng};
 use serde_json::{json, Value as Json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,31 +23,6 @@ use std::sync::{Arc, Mutex};
 use ved_adapters::{Inbound, IntentRequest};
 use ved_cli::run::{Adapters, Driver, RunOptions};
 use ved_runtime::Status;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
-
-/// SplitMix64: small, fast, and the same everywhere.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn percent(&mut self, p: u64) -> bool {
-        self.next() % 100 < p
-    }
-}
 
 /// The files of the store that a crash may tear, as they were after the last flush.
 #[derive(Clone)]

@@ -199,3 +199,25 @@ pub fn ved_events(args: &[&str], input: &str) -> (i32, Vec<Json>, String) {
     let (code, out, err) = ved_text(args, input);
     (code, out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect(), err)
 }
+
+/// Randomness for tests that a seed reproduces.
+/// SplitMix64: small, fast, and the same everywhere.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    pub fn percent(&mut self, p: u64) -> bool {
+        self.next() % 100 < p
+    }
+}
