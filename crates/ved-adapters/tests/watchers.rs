@@ -34,6 +34,17 @@ fn tempfile(tag: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("ved-watch-{tag}-{}", std::process::id()))
 }
 
+/// A periodic probe that prints the file's contents every 20 ms.
+fn probe(file: &std::path::Path) -> ExecWatcher {
+    ExecWatcher {
+        instance: "DatabaseRouting".into(),
+        command: sh(&format!("cat {}", file.display())),
+        interval: Some(Duration::from_millis(20)),
+        timeout: Duration::from_secs(5),
+        source: "probe".into(),
+    }
+}
+
 #[test]
 fn a_long_running_command_reports_each_line_and_skips_junk() {
     let w = ExecWatcher {
@@ -57,13 +68,7 @@ fn a_long_running_command_reports_each_line_and_skips_junk() {
 fn a_periodic_command_reports_changes_and_resyncs_an_unchanged_reading() {
     let file = tempfile("periodic");
     std::fs::write(&file, r#"{"primary_status": "healthy"}"#).unwrap();
-    let w = ExecWatcher {
-        instance: "DatabaseRouting".into(),
-        command: sh(&format!("cat {}", file.display())),
-        interval: Some(Duration::from_millis(20)),
-        timeout: Duration::from_secs(5),
-        source: "probe".into(),
-    };
+    let w = probe(&file);
     let (rx, stop) = start(w, Some(Duration::from_millis(400)));
     let first = next(&rx, Duration::from_secs(10)).expect("a reading at start");
     assert_eq!(first.fields["primary_status"], "healthy");
@@ -84,13 +89,7 @@ fn a_periodic_command_reports_changes_and_resyncs_an_unchanged_reading() {
 fn with_resync_off_an_unchanged_reading_is_reported_once() {
     let file = tempfile("noresync");
     std::fs::write(&file, r#"{"primary_status": "healthy"}"#).unwrap();
-    let w = ExecWatcher {
-        instance: "DatabaseRouting".into(),
-        command: sh(&format!("cat {}", file.display())),
-        interval: Some(Duration::from_millis(20)),
-        timeout: Duration::from_secs(5),
-        source: "probe".into(),
-    };
+    let w = probe(&file);
     let (rx, stop) = start(w, None);
     assert!(next(&rx, Duration::from_secs(10)).is_some());
     assert!(next(&rx, Duration::from_millis(600)).is_none(), "resync is off: nothing more without a change");

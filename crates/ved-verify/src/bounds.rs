@@ -148,7 +148,7 @@ fn other_than(pool: &BTreeSet<Value>, elem: &Type) -> Option<Value> {
                 i += 1;
             }
         }
-        Type::Bool => None,
+        // Bools have no third value; other element types get none.
         _ => None,
     }
 }
