@@ -98,6 +98,10 @@ pub struct RetryConfig {
     /// Consecutive failures after which an instance is reported `degraded`.
     #[serde(default = "d_breaker")]
     pub breaker_after: u32,
+    /// How long a watcher has to confirm an effect on a field it feeds before the
+    /// transition counts as failed.
+    #[serde(default = "d_confirm")]
+    pub confirm_ms: u64,
 }
 
 fn d_initial() -> u64 {
@@ -112,10 +116,19 @@ fn d_cap() -> u64 {
 fn d_breaker() -> u32 {
     5
 }
+fn d_confirm() -> u64 {
+    10_000
+}
 
 impl Default for RetryConfig {
     fn default() -> RetryConfig {
-        RetryConfig { initial_ms: d_initial(), factor: d_factor(), cap_ms: d_cap(), breaker_after: d_breaker() }
+        RetryConfig {
+            initial_ms: d_initial(),
+            factor: d_factor(),
+            cap_ms: d_cap(),
+            breaker_after: d_breaker(),
+            confirm_ms: d_confirm(),
+        }
     }
 }
 

@@ -100,8 +100,28 @@ pub enum Inbound {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gone;
 
+/// Requests for a fresh reading, per instance: a counter the driver loop bumps when
+/// an effect on a watched field succeeded. The runtime then waits for a reading to
+/// confirm that effect (see `Phase::Confirming` in ved-runtime); when the effect left
+/// the reading unchanged, a watcher would otherwise stay silent, so a bumped counter
+/// makes the next reading go out even if it is no news. Process-wide, because the
+/// watchers and the driver loop of one process share the world they look at.
+static READING_REQUESTS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, u64>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Asks every watcher of `instance` for a fresh reading, even if it brings no news.
+pub fn request_reading(instance: &str) {
+    let mut m = READING_REQUESTS.lock().unwrap_or_else(|p| p.into_inner());
+    *m.entry(instance.to_string()).or_default() += 1;
+}
+
+fn reading_epoch(instance: &str) -> u64 {
+    READING_REQUESTS.lock().unwrap_or_else(|p| p.into_inner()).get(instance).copied().unwrap_or(0)
+}
+
 /// What every watcher does with a reading: send it when it differs from the last one
-/// sent, or when a resync is due, numbered so that a stale one can be recognised.
+/// sent, when a resync is due, or when a reading was requested; numbered so that a
+/// stale one can be recognised.
 pub struct Reporter {
     instance: String,
     source: String,
@@ -109,6 +129,8 @@ pub struct Reporter {
     version: u64,
     last: Option<Map<String, Json>>,
     last_sent: std::time::Instant,
+    /// The reading-request count already served.
+    served: u64,
 }
 
 impl Reporter {
@@ -120,7 +142,14 @@ impl Reporter {
             version: 0,
             last: None,
             last_sent: std::time::Instant::now(),
+            served: reading_epoch(instance),
         }
+    }
+
+    /// Whether the driver asked for a fresh reading since the last one sent: a
+    /// watcher that polls checks this to read at once instead of at its next turn.
+    pub fn reading_requested(&self) -> bool {
+        reading_epoch(&self.instance) > self.served
     }
 
     /// When the next resync is due, if resync is on.
@@ -131,9 +160,11 @@ impl Reporter {
     /// Sends `fields` if they are news or a resync is due. `Err` when the runtime is gone.
     pub fn offer(&mut self, fields: Map<String, Json>, sink: &Sender<Inbound>) -> Result<(), Gone> {
         let due = self.resync.is_some_and(|r| self.last_sent.elapsed() >= r);
-        if self.last.as_ref() == Some(&fields) && !due {
+        let epoch = reading_epoch(&self.instance);
+        if self.last.as_ref() == Some(&fields) && !due && epoch <= self.served {
             return Ok(());
         }
+        self.served = epoch;
         self.version += 1;
         self.last_sent = std::time::Instant::now();
         self.last = Some(fields.clone());

@@ -1084,6 +1084,21 @@ impl Checker {
                     hir::StepKind::Fail { adapter: adapter.name.clone(), action: action.name.clone(), times: *times }
                 }
                 ast::StepKind::Advance { ms } => hir::StepKind::Advance { ms: *ms },
+                ast::StepKind::HoldIntents => hir::StepKind::HoldIntents,
+                ast::StepKind::Answer { newest, ok } => hir::StepKind::Answer { newest: *newest, ok: *ok },
+                ast::StepKind::Watch(fields) => {
+                    let mut slots = Vec::with_capacity(fields.len());
+                    for f in fields {
+                        match scope.domain.field(&f.name) {
+                            Some((slot, _)) => slots.push(slot),
+                            None => {
+                                let hint = self.name_hint(&scope, &f.name);
+                                self.error(f.span, format!("unknown field `{}`", f.name)).with_hint_mut(hint);
+                            }
+                        }
+                    }
+                    hir::StepKind::Watch(slots)
+                }
                 ast::StepKind::Expect(e) => hir::StepKind::Expect(self.check_expect(&mut scope, domain, e)?),
             };
             started = true;
@@ -1121,6 +1136,7 @@ impl Checker {
             ast::Expect::Stuck => hir::Expect::Stuck,
             ast::Expect::Livelock => hir::Expect::Livelock,
             ast::Expect::Waiting => hir::Expect::Waiting,
+            ast::Expect::Degraded => hir::Expect::Degraded,
             ast::Expect::StableWithin { ticks } => hir::Expect::StableWithin { ticks: *ticks },
             ast::Expect::Emitted { adapter, action, args, times } => {
                 self.lint_unknown_action(domain, adapter, action);

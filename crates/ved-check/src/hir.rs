@@ -274,6 +274,12 @@ pub enum StepKind {
     Advance {
         ms: u64,
     },
+    HoldIntents,
+    Answer {
+        newest: bool,
+        ok: bool,
+    },
+    Watch(Vec<FieldSlot>),
     Expect(Expect),
 }
 
@@ -284,6 +290,7 @@ pub enum Expect {
     Stuck,
     Livelock,
     Waiting,
+    Degraded,
     StableWithin {
         ticks: u32,
     },

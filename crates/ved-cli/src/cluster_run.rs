@@ -269,6 +269,7 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
             factor: cfg.retry.factor,
             cap_ms: cfg.retry.cap_ms,
             breaker_after: cfg.retry.breaker_after,
+            confirm_ms: cfg.retry.confirm_ms,
         };
     }
     let term = Arc::new(AtomicBool::new(false));

@@ -59,7 +59,7 @@ pub fn inspect(dir: &Path, instance: Option<&str>, as_json: bool) -> ExitCode {
                         )
                     })
                     .collect::<Vec<_>>(),
-                StoredPhase::Backoff { .. } => Vec::new(),
+                StoredPhase::Confirming { .. } | StoredPhase::Backoff { .. } => Vec::new(),
             })
             .collect();
         let pending: Vec<(usize, String)> = s
@@ -68,6 +68,9 @@ pub fn inspect(dir: &Path, instance: Option<&str>, as_json: bool) -> ExitCode {
             .map(|p| {
                 let what = match &p.phase {
                     StoredPhase::InFlight { outstanding, .. } => format!("{} intent(s) in flight", outstanding.len()),
+                    StoredPhase::Confirming { until_ms, .. } => {
+                        format!("effect done, waiting for the watcher's reading until {until_ms}ms")
+                    }
                     StoredPhase::Backoff { until_ms, .. } => format!("retry {} at {until_ms}ms", p.attempt),
                 };
                 (p.transition, what)

@@ -104,7 +104,10 @@ pub fn replay_instance(
         base.to_snapshot().ok_or((format!("the retained snapshot of `{instance}` is unreadable"), String::new()))?;
     let mut rt = Runtime::empty(loaded.compiled.clone(), snap.seed);
     if let Some((initial_ms, factor, cap_ms, breaker_after)) = rec.retry {
-        rt.policy = RetryPolicy { initial_ms, factor, cap_ms, breaker_after };
+        rt.policy = RetryPolicy { initial_ms, factor, cap_ms, breaker_after, ..RetryPolicy::default() };
+    }
+    if let Some(confirm_ms) = rec.confirm_ms {
+        rt.policy.confirm_ms = confirm_ms;
     }
     let idx = rt.restore_instance(snap).map_err(|e| (format!("cannot restore `{instance}`: {e}"), String::new()))?;
     let dom = loaded.compiled.domains[rt.instances()[idx].domain].clone();

@@ -231,6 +231,7 @@ impl<W: Write> Driver<W> {
                 factor: c.retry.factor,
                 cap_ms: c.retry.cap_ms,
                 breaker_after: c.retry.breaker_after,
+                confirm_ms: c.retry.confirm_ms,
             };
         }
         let mut journals = BTreeMap::new();
@@ -239,7 +240,7 @@ impl<W: Write> Driver<W> {
         let mut recorded_program = None;
         let program_files = loaded.files.clone();
         if let Some(rec) = recovered {
-            recorded_program = rec.program.clone().map(|p| (p, rec.retry));
+            recorded_program = rec.program.clone().map(|p| (p, rec.retry, rec.confirm_ms));
             for (name, base) in &rec.bases {
                 history.entry(name.clone()).or_default().push_back(base.clone());
             }
@@ -277,6 +278,13 @@ impl<W: Write> Driver<W> {
                 }
             }
         }
+        // Fields fed by a watcher take their values from readings only; the runtime
+        // waits for a reading to confirm an effect on them.
+        if let Some(c) = &opts.config {
+            for (name, fields) in watched_fields(c, &program) {
+                rt.set_watched(&name, fields);
+            }
+        }
         let mut driver = Driver {
             rt,
             program,
@@ -301,8 +309,9 @@ impl<W: Write> Driver<W> {
         let retry = driver.retry();
         if let Some(store) = driver.store.as_mut() {
             let mut records = Vec::new();
-            if recorded_program != Some((driver.files.clone(), Some(retry))) {
-                records.push(Record::Program { files: driver.files.clone(), retry: Some(retry) });
+            let confirm_ms = Some(driver.rt.policy.confirm_ms);
+            if recorded_program != Some((driver.files.clone(), Some(retry), confirm_ms)) {
+                records.push(Record::Program { files: driver.files.clone(), retry: Some(retry), confirm_ms });
             }
             // New instances are recorded at slice 0, so that replay can start from the beginning.
             for inst in driver.rt.instances().iter().filter(|i| i.slice == 0) {
@@ -361,6 +370,12 @@ impl<W: Write> Driver<W> {
             ved_adapters::Inbound::Result { id, outcome } => match ved_runtime::IntentId::parse(&id) {
                 Some(iid) => {
                     self.in_flight = self.in_flight.saturating_sub(1);
+                    let watched = self.rt.instance(&iid.instance).is_some_and(|i| !i.watched.is_empty());
+                    if outcome.is_ok() && watched {
+                        // The runtime will wait for a reading to confirm the effect; make sure one comes
+                        // even if the effect left the watched value as it was.
+                        ved_adapters::request_reading(&iid.instance);
+                    }
                     let _ = self.rt.deliver(&iid, outcome.is_ok(), outcome.err());
                 }
                 None => self.out.emit(obj(
@@ -679,6 +694,25 @@ fn daemon_loop<W: Write>(driver: &mut Driver<W>, rx: &mpsc::Receiver<Input>) -> 
 
 type Watchers = Vec<Box<dyn ved_adapters::Watcher>>;
 
+/// For each instance, the slots of the fields that `ved.toml`'s watchers feed.
+pub fn watched_fields(config: &ved_adapters::config::Config, program: &CompiledProgram) -> BTreeMap<String, Vec<u16>> {
+    let mut out: BTreeMap<String, Vec<u16>> = BTreeMap::new();
+    for w in &config.watch {
+        let w = w.get_ref();
+        let instance = match &w.instance {
+            Some(i) => i.get_ref().clone(),
+            None => program.domains.first().map(|d| d.name.clone()).unwrap_or_default(),
+        };
+        let Some(dom) = program.domains.iter().find(|d| d.name == instance) else { continue };
+        for f in &w.fields {
+            if let Some(slot) = dom.fields.iter().position(|(n, _)| n == f.get_ref()) {
+                out.entry(instance.clone()).or_default().push(slot as u16);
+            }
+        }
+    }
+    out
+}
+
 /// Builds the drivers and watchers that `ved.toml` describes.
 pub fn build_adapters(
     config: &ved_adapters::config::Config,
@@ -934,7 +968,11 @@ impl<W: Write> Driver<W> {
 
     /// Every live record: the latest snapshot of each instance and its retained journal.
     fn all_records(&self) -> Vec<Record> {
-        let mut records = vec![Record::Program { files: self.files.clone(), retry: Some(self.retry()) }];
+        let mut records = vec![Record::Program {
+            files: self.files.clone(),
+            retry: Some(self.retry()),
+            confirm_ms: Some(self.rt.policy.confirm_ms),
+        }];
         for inst in self.rt.instances() {
             let dom = &self.program.domains[inst.domain];
             // The snapshot before the oldest journal entry first (replay starts there), then the latest.
@@ -1072,11 +1110,11 @@ impl<W: Write> Driver<W> {
             return Ok(None);
         }
         for key in o.keys() {
-            if !matches!(key.as_str(), "instance" | "set" | "caused_by" | "source" | "version") {
+            if !matches!(key.as_str(), "instance" | "set" | "add" | "caused_by" | "source" | "version") {
                 return Err((
                     None,
                     format!(
-                        "unknown key `{key}`; an observation has `instance`, `set`, and optionally `caused_by`, `source` and `version`"
+                        "unknown key `{key}`; an observation has `instance`, `set` (or `add`), and optionally `caused_by`, `source` and `version`"
                     ),
                 ));
             }
@@ -1101,13 +1139,60 @@ impl<W: Write> Driver<W> {
                 return Err((Some(name), "`source` (a string) and `version` (an integer) go together".into()));
             }
         };
+        if let Some(add) = o.get("add") {
+            if o.contains_key("set") || version.is_some() {
+                return Err((
+                    Some(name),
+                    "`add` stands without `set`, `source` and `version`: send the relative change on its own line"
+                        .into(),
+                ));
+            }
+            let Json::Object(add) = add else {
+                return Err((Some(name), "`add` must be an object of field to integer delta".into()));
+            };
+            self.observe_add(&name, add)?;
+            return Ok(caused_by);
+        }
         let set = match o.get("set") {
             Some(Json::Object(s)) => s,
             Some(_) => return Err((Some(name), "`set` must be an object of field to value".into())),
-            None => return Err((Some(name), "missing `set`: an object of field to value".into())),
+            None => return Err((Some(name), "missing `set` (or `add`): an object of field to value".into())),
         };
         self.observe(&name, set, version)?;
         Ok(caused_by)
+    }
+
+    /// Checks a relative observation (`{"add": {"workers": -1}}`) and queues it.
+    fn observe_add(&mut self, name: &str, add: &Map<String, Json>) -> Result<(), LineError> {
+        let Some(idx) = self.rt.index_of(name) else {
+            let names: Vec<String> = self.rt.instances().iter().map(|i| format!("`{}`", i.name)).collect();
+            return Err((
+                Some(name.to_string()),
+                format!("no instance named `{name}`; the instances are {}", names.join(", ")),
+            ));
+        };
+        if add.is_empty() {
+            return Err((Some(name.to_string()), "`add` is empty: give at least one field and its delta".into()));
+        }
+        let dom = self.rt.domain_of(idx);
+        let mut deltas = Vec::with_capacity(add.len());
+        for (field, value) in add {
+            let Some(slot) = dom.fields.iter().position(|(n, _)| n == field) else {
+                let fields: Vec<String> = dom.fields.iter().map(|(n, _)| format!("`{n}`")).collect();
+                return Err((
+                    Some(name.to_string()),
+                    format!("`{}` has no field `{field}`; its fields are {}", dom.name, fields.join(", ")),
+                ));
+            };
+            let Some(d) = value.as_i64() else {
+                return Err((
+                    Some(name.to_string()),
+                    format!("`add.{field}` must be an integer delta such as -1, not {value}"),
+                ));
+            };
+            deltas.push((slot as u16, d));
+        }
+        self.rt.observe_add(name, deltas).map_err(|e| (Some(name.to_string()), e.to_string()))
     }
 
     /// Checks an observation against the instance's fields and queues it.

@@ -81,12 +81,12 @@ fn run_suite(program: &str, tests: &str, expect_passed: usize) {
 
 #[test]
 fn security_policy_chaos_scenarios_pass() {
-    run_suite("examples/security_policy.ved", "examples/security_policy.test.ved", 4);
+    run_suite("examples/security_policy.ved", "examples/security_policy.test.ved", 9);
 }
 
 #[test]
 fn database_routing_chaos_scenarios_pass() {
-    run_suite("examples/database_routing.ved", "examples/database_routing.test.ved", 4);
+    run_suite("examples/database_routing.ved", "examples/database_routing.test.ved", 6);
 }
 
 #[test]
@@ -116,7 +116,12 @@ fn a_failing_scenario_reports_the_line_expected_actual_and_trace_and_exits_1() {
     assert!(out.contains("tests/data/scenarios/failing.test.ved:15:3: expect stable within 3 ticks"), "{out}");
     assert!(out.contains("stable only after 4 ticks"), "{out}");
     assert!(out.contains("`scale_up` fired 2 time(s), not 1"), "{out}");
-    assert!(out.trim_end().ends_with("1 passed, 3 failed"), "{out}");
+    // `answer` with nothing in flight is a scenario error, not a silent no-op.
+    assert!(out.contains("tests/data/scenarios/failing.test.ved:26:3: answer oldest"), "{out}");
+    assert!(out.contains("`answer oldest`: no intent is in flight"), "{out}");
+    assert!(out.contains("`answer newest`: no intent is in flight"), "{out}");
+    assert!(out.contains("none: intents are answered at once until a `hold intents` step"), "{out}");
+    assert!(out.trim_end().ends_with("1 passed, 5 failed"), "{out}");
 }
 
 #[test]

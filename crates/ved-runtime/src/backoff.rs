@@ -16,11 +16,14 @@ pub struct RetryPolicy {
     /// After this many consecutive failures the instance is degraded and the
     /// transition is only probed, once every `cap_ms`.
     pub breaker_after: u32,
+    /// How long a watched field's watcher has to confirm an effect that succeeded
+    /// before the transition counts as failed (see `Phase::Confirming`).
+    pub confirm_ms: u64,
 }
 
 impl Default for RetryPolicy {
     fn default() -> RetryPolicy {
-        RetryPolicy { initial_ms: 200, factor: 2, cap_ms: 60_000, breaker_after: 5 }
+        RetryPolicy { initial_ms: 200, factor: 2, cap_ms: 60_000, breaker_after: 5, confirm_ms: 10_000 }
     }
 }
 
@@ -61,7 +64,7 @@ mod tests {
 
     #[test]
     fn delays_grow_exponentially_within_jitter_bounds_and_cap() {
-        let p = RetryPolicy { initial_ms: 100, factor: 2, cap_ms: 1_000, breaker_after: 100 };
+        let p = RetryPolicy { initial_ms: 100, factor: 2, cap_ms: 1_000, breaker_after: 100, confirm_ms: 10_000 };
         for attempt in 1..=10 {
             let d = p.delay_ms(7, 0, attempt);
             let full = (100u64 << (attempt - 1)).min(1_000);

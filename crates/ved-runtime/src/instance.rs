@@ -45,6 +45,10 @@ pub enum Message {
     /// The same, from a source that numbers its readings: a reading older than the
     /// last one applied from that source is stale and is dropped.
     ObserveVersioned { writes: Vec<(u16, Value)>, source: Arc<str>, version: u64 },
+    /// Relative changes to integer fields (`{"add": {"workers": -1}}`): events such as
+    /// alerts rather than readings. Each delta applies to the value the field has when
+    /// the message is applied, so two that arrive together both count.
+    Add(Vec<(u16, i64)>),
     /// An adapter's verdict on an intent.
     IntentResult { id: IntentId, ok: bool, error: Option<String> },
     /// A retry timer of a transition came due.
@@ -54,9 +58,22 @@ pub enum Message {
 /// Why a message was refused before it reached the mailbox.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RejectReason {
-    MailboxFull { limit: usize },
-    UnknownField { slot: u16 },
-    WrongType { field: String, expected: String, value: String },
+    MailboxFull {
+        limit: usize,
+    },
+    UnknownField {
+        slot: u16,
+    },
+    WrongType {
+        field: String,
+        expected: String,
+        value: String,
+    },
+    /// A relative change to a field that is not an `int`.
+    NotAnInt {
+        field: String,
+        ty: String,
+    },
 }
 
 impl std::fmt::Display for RejectReason {
@@ -66,6 +83,9 @@ impl std::fmt::Display for RejectReason {
             RejectReason::UnknownField { slot } => write!(f, "no field with slot {slot}"),
             RejectReason::WrongType { field, expected, value } => {
                 write!(f, "field `{field}` is `{expected}`, but the observation gives {value}")
+            }
+            RejectReason::NotAnInt { field, ty } => {
+                write!(f, "field `{field}` is `{ty}`; only `int` fields take a relative change (`add`)")
             }
         }
     }
@@ -85,12 +105,28 @@ pub enum Phase {
     /// Its intents are out; `held` applies when all of `outstanding` succeed.
     /// `intents` keeps every intent of the step, so that undelivered ones can be
     /// delivered again (same id) after a restart.
-    InFlight { outstanding: Vec<IntentId>, held: Vec<(u16, Value)>, intents: Vec<Intent> },
+    /// `confirm` are the watched fields the step wrote: their new values come from
+    /// the watcher, never from the step's prediction (see `Confirming`).
+    InFlight { outstanding: Vec<IntentId>, held: Vec<(u16, Value)>, intents: Vec<Intent>, confirm: Vec<u16> },
+    /// Its intents all succeeded, and it wrote watched fields: it stays pending
+    /// until an observation of each of `fields` arrives, so that the status rests
+    /// on what the watcher reports (in its canonical form) rather than on the
+    /// step's guess. Past `until_ms` the effect counts as failed.
+    Confirming { fields: Vec<u16>, until_ms: u64 },
     /// It failed or faulted; it may run again at `until_ms`. A step that
     /// `faulted` may also run again as soon as an observation changes the state,
     /// since a fault is a function of the state; a failed intent waits out its
-    /// delay whatever happens, so a struggling API is not hammered.
-    Backoff { until_ms: u64, faulted: bool },
+    /// delay whatever happens, so a struggling API is not hammered. `error` is
+    /// the last failure in words, quoted when the instance turns degraded.
+    Backoff { until_ms: u64, faulted: bool, error: Option<String> },
+}
+
+impl Phase {
+    /// In flight or confirming: its effect is not settled yet, so the fields it
+    /// writes are held and the instance cannot be stable.
+    pub fn is_active(&self) -> bool {
+        matches!(self, Phase::InFlight { .. } | Phase::Confirming { .. })
+    }
 }
 
 /// What one call to [`Instance::step`] did.
@@ -133,6 +169,9 @@ pub struct Instance {
     tick_ran: bool,
     /// The last version applied from each versioned source.
     pub sources: Vec<(Arc<str>, u64)>,
+    /// Fields a watcher feeds (sorted). An effect on one counts only once a reading confirms it.
+    /// A boxed slice, not a `Vec`, to keep an idle instance's header small.
+    pub watched: Box<[u16]>,
 }
 
 /// Everything needed to resume an instance after a restart, as plain data.
@@ -154,6 +193,7 @@ pub struct InstanceSnapshot {
     pub tick_ran: bool,
     pub ticks_since_input: u64,
     pub sources: Vec<(String, u64)>,
+    pub watched: Vec<u16>,
 }
 
 impl Instance {
@@ -176,7 +216,20 @@ impl Instance {
             tick_cursor: None,
             tick_ran: false,
             sources: Vec::new(),
+            watched: Box::default(),
         }
+    }
+
+    /// Declares which fields a watcher feeds. Effects on them are confirmed by readings.
+    pub fn set_watched(&mut self, mut fields: Vec<u16>) {
+        fields.sort_unstable();
+        fields.dedup();
+        self.watched = fields.into_boxed_slice();
+    }
+
+    /// Whether a transition's effect is still unsettled (in flight or confirming).
+    pub fn has_active(&self) -> bool {
+        self.pending.iter().any(|p| p.phase.is_active())
     }
 
     /// The instance as plain data, for the store.
@@ -196,6 +249,7 @@ impl Instance {
             tick_ran: self.tick_ran,
             ticks_since_input: self.ticks_since_input,
             sources: self.sources.iter().map(|(s, v)| (s.to_string(), *v)).collect(),
+            watched: self.watched.to_vec(),
         }
     }
 
@@ -218,6 +272,7 @@ impl Instance {
             tick_cursor: s.tick_cursor,
             tick_ran: s.tick_ran,
             sources: s.sources.into_iter().map(|(k, v)| (Arc::from(k.as_str()), v)).collect(),
+            watched: s.watched.into_boxed_slice(),
         }
     }
 
@@ -230,7 +285,7 @@ impl Instance {
                 Phase::InFlight { outstanding, intents, .. } => {
                     intents.iter().filter(|i| outstanding.contains(&i.id)).cloned().collect()
                 }
-                Phase::Backoff { .. } => Vec::new(),
+                Phase::Confirming { .. } | Phase::Backoff { .. } => Vec::new(),
             })
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -274,10 +329,28 @@ impl Instance {
         self.enqueue(Message::ObserveVersioned { writes, source: Arc::from(source), version }, limits)
     }
 
+    /// Queues relative changes to `int` fields.
+    pub fn observe_add(
+        &mut self,
+        dom: &CompiledDomain,
+        deltas: Vec<(u16, i64)>,
+        limits: &Limits,
+    ) -> Result<(), RejectReason> {
+        for (slot, _) in &deltas {
+            let Some((name, ty)) = dom.fields.get(*slot as usize) else {
+                return Err(RejectReason::UnknownField { slot: *slot });
+            };
+            if *ty != ved_check::Type::Int {
+                return Err(RejectReason::NotAnInt { field: name.clone(), ty: ty.to_string() });
+            }
+        }
+        self.enqueue(Message::Add(deltas), limits)
+    }
+
     /// Queues any message. Results and timers are never refused: they come
     /// from the runtime's own work, and dropping one would strand a transition.
     pub fn enqueue(&mut self, msg: Message, limits: &Limits) -> Result<(), RejectReason> {
-        if matches!(msg, Message::Observe(_) | Message::ObserveVersioned { .. })
+        if matches!(msg, Message::Observe(_) | Message::ObserveVersioned { .. } | Message::Add(_))
             && self.mailbox.len() >= limits.mailbox_max
         {
             return Err(RejectReason::MailboxFull { limit: limits.mailbox_max });
@@ -297,7 +370,9 @@ impl Instance {
             .pending
             .iter()
             .filter_map(|p| match p.phase {
-                Phase::Backoff { until_ms, .. } if until_ms <= self.now_ms => Some(p.transition),
+                Phase::Backoff { until_ms, .. } | Phase::Confirming { until_ms, .. } if until_ms <= self.now_ms => {
+                    Some(p.transition)
+                }
                 _ => None,
             })
             .collect();
@@ -312,7 +387,7 @@ impl Instance {
         self.pending
             .iter()
             .filter_map(|p| match p.phase {
-                Phase::Backoff { until_ms, .. } => Some(until_ms),
+                Phase::Backoff { until_ms, .. } | Phase::Confirming { until_ms, .. } => Some(until_ms),
                 Phase::InFlight { .. } => None,
             })
             .min()
@@ -348,7 +423,7 @@ impl Instance {
             return self.continue_tick(next as usize, dom, vm, policy, out);
         }
         if let Some(msg) = self.mailbox.pop_front() {
-            self.apply_message(policy, msg, out);
+            self.apply_message(dom, policy, msg, out);
             return Progress::Ran;
         }
         if matches!(self.status, Status::Stable | Status::Stuck | Status::Livelock | Status::Waiting | Status::Degraded)
@@ -356,7 +431,9 @@ impl Instance {
             return Progress::Idle(self.status);
         }
         if self.goals_hold(dom, vm, out) {
-            return self.settle(Status::Stable, None, out);
+            // Goals that hold while an effect is unsettled are a prediction, not a fact.
+            let status = if self.has_active() { Status::Waiting } else { Status::Stable };
+            return self.settle(status, None, out);
         }
         if self.ticks_since_input >= limits.ticks_per_input_max {
             let reason = format!(
@@ -385,7 +462,7 @@ impl Instance {
         let mut t = next;
         while let Some(tr) = dom.transitions.get(t) {
             t += 1;
-            if self.is_pending(t - 1) {
+            if self.is_pending(t - 1) || self.is_held_back(dom, tr) {
                 continue;
             }
             if !self.run_transition(t - 1, tr, vm, policy, out) {
@@ -411,8 +488,12 @@ impl Instance {
                 match self.pending.iter().find(|p| p.attempt >= policy.breaker_after) {
                     Some(p) => {
                         let name = dom.transitions.get(p.transition).map(|t| t.name.as_str()).unwrap_or("?");
+                        let last = match &p.phase {
+                            Phase::Backoff { error: Some(e), .. } => format!(" (last error: {e})"),
+                            _ => String::new(),
+                        };
                         let reason = format!(
-                            "{name} failed {} times in a row; probing every {} ms until it succeeds",
+                            "{name} failed {} times in a row{last}; probing every {} ms until it succeeds",
                             p.attempt, policy.cap_ms
                         );
                         self.settle(Status::Degraded, Some(reason), out)
@@ -504,7 +585,7 @@ impl Instance {
         slice
     }
 
-    fn apply_message(&mut self, policy: &RetryPolicy, msg: Message, out: &mut Vec<Event>) {
+    fn apply_message(&mut self, dom: &CompiledDomain, policy: &RetryPolicy, msg: Message, out: &mut Vec<Event>) {
         match msg {
             Message::ObserveVersioned { writes, source, version } => {
                 let last = self.sources.iter().find(|(s, _)| *s == source).map(|(_, v)| *v);
@@ -516,7 +597,7 @@ impl Instance {
                     Some(entry) => entry.1 = version,
                     None => self.sources.push((source, version)),
                 }
-                self.apply_message(policy, Message::Observe(writes), out);
+                self.apply_message(dom, policy, Message::Observe(writes), out);
             }
             Message::Observe(writes) => {
                 self.outside_input();
@@ -537,16 +618,99 @@ impl Instance {
                         }
                     }
                 }
+                // A reading of a watched field confirms the effects waiting on it, whatever
+                // its value: from here on the state says what the world says.
+                let mut confirmed = Vec::new();
+                for p in &mut self.pending {
+                    if let Phase::Confirming { fields, .. } = &mut p.phase {
+                        fields.retain(|f| !writes.iter().any(|(slot, _)| slot == f));
+                        if fields.is_empty() {
+                            confirmed.push(p.transition);
+                        }
+                    }
+                }
+                self.pending.retain(|p| !confirmed.contains(&p.transition));
                 let slice = self.commit(Cause::Observe, writes, Vec::new(), out);
                 let changed = matches!(out.last(), Some(Event::Slice { slice: s, changes, .. }) if *s == slice && !changes.is_empty());
                 if changed {
                     self.release_faulted();
                 }
             }
+            Message::Add(deltas) => {
+                // An alert is an event in the world, independent of the effects in flight: it
+                // shifts the committed value *and* every held prediction of the field, so that
+                // `Start` in flight (held `workers = 5`) plus a second death gives 4 when the
+                // start succeeds, not 5 (a lost update), and not a discarded prediction either
+                // (which would start one worker too many).
+                let overflow =
+                    || ved_vm::Fault { kind: ved_vm::FaultKind::Overflow { op: "add" }, span: Default::default() };
+                let shift = |v: &Value, d: i64| match v {
+                    Value::Int(old) => old.checked_add(d).map(Value::Int),
+                    _ => None,
+                };
+                let mut writes = Vec::with_capacity(deltas.len());
+                for (slot, d) in &deltas {
+                    let Some(new) = self.state.get(usize::from(*slot)).and_then(|v| shift(v, *d)) else {
+                        // Overflow is an error, never a wrap: the whole message is refused.
+                        out.push(Event::Fault {
+                            instance: self.name.clone(),
+                            transition: None,
+                            goal: None,
+                            fault: overflow(),
+                        });
+                        return;
+                    };
+                    writes.push((*slot, new));
+                }
+                let mut shifted = self.pending.clone();
+                for p in &mut shifted {
+                    if let Phase::InFlight { held, .. } = &mut p.phase {
+                        for (slot, v) in held.iter_mut() {
+                            if let Some((_, d)) = deltas.iter().find(|(s, _)| s == slot) {
+                                let Some(new) = shift(v, *d) else {
+                                    out.push(Event::Fault {
+                                        instance: self.name.clone(),
+                                        transition: None,
+                                        goal: None,
+                                        fault: overflow(),
+                                    });
+                                    return;
+                                };
+                                *v = new;
+                            }
+                        }
+                    }
+                }
+                self.pending = shifted;
+                self.outside_input();
+                self.commit(Cause::Observe, writes, Vec::new(), out);
+                self.release_faulted();
+            }
             Message::Timer { transition } => {
                 let Some(pos) = self.pending.iter().position(|p| p.transition == transition) else {
                     return;
                 };
+                if let Phase::Confirming { fields, until_ms } = &self.pending[pos].phase {
+                    if *until_ms > self.now_ms {
+                        return;
+                    }
+                    // No reading came: the effect is unconfirmed, which counts as a failure.
+                    let names: Vec<String> = fields
+                        .iter()
+                        .map(|f| dom.fields.get(usize::from(*f)).map_or(format!("#{f}"), |(n, _)| format!("`{n}`")))
+                        .collect();
+                    let error = format!(
+                        "no reading of field(s) {} confirmed the effect within {} ms",
+                        names.join(", "),
+                        policy.confirm_ms
+                    );
+                    let attempt = self.pending[pos].attempt + 1;
+                    self.pending.remove(pos);
+                    self.outside_input();
+                    self.commit(Cause::Timer(transition), Vec::new(), Vec::new(), out);
+                    self.back_off(transition, attempt, false, Some(error), policy, out);
+                    return;
+                }
                 if !matches!(self.pending[pos].phase, Phase::Backoff { until_ms, .. } if until_ms <= self.now_ms) {
                     return;
                 }
@@ -561,28 +725,40 @@ impl Instance {
             Message::IntentResult { id, ok, error } => {
                 let Some(pos) = self.pending.iter().position(|p| match &p.phase {
                     Phase::InFlight { outstanding, .. } => outstanding.contains(&id),
-                    Phase::Backoff { .. } => false,
+                    Phase::Confirming { .. } | Phase::Backoff { .. } => false,
                 }) else {
                     // A duplicate or late result (its transition already failed): nothing to do.
                     out.push(Event::Result { instance: self.name.clone(), id, ok, error });
                     return;
                 };
-                out.push(Event::Result { instance: self.name.clone(), id: id.clone(), ok, error });
+                out.push(Event::Result { instance: self.name.clone(), id: id.clone(), ok, error: error.clone() });
                 if ok {
                     let done = match &mut self.pending[pos].phase {
                         Phase::InFlight { outstanding, .. } => {
                             outstanding.retain(|o| *o != id);
                             outstanding.is_empty()
                         }
-                        Phase::Backoff { .. } => false,
+                        Phase::Confirming { .. } | Phase::Backoff { .. } => false,
                     };
                     if done {
                         let p = self.pending.remove(pos);
-                        let held = match p.phase {
-                            Phase::InFlight { held, .. } => held,
-                            Phase::Backoff { .. } => Vec::new(),
+                        let (held, confirm) = match p.phase {
+                            Phase::InFlight { held, confirm, .. } => (held, confirm),
+                            Phase::Confirming { .. } | Phase::Backoff { .. } => (Vec::new(), Vec::new()),
                         };
-                        self.commit(Cause::Result(id), held, Vec::new(), out);
+                        // Watched fields take their value from the watcher's next reading,
+                        // never from the step's prediction; the rest applies now.
+                        let applied: Vec<(u16, Value)> =
+                            held.into_iter().filter(|(slot, _)| !confirm.contains(slot)).collect();
+                        self.commit(Cause::Result(id), applied, Vec::new(), out);
+                        if !confirm.is_empty() {
+                            let until_ms = self.now_ms.saturating_add(policy.confirm_ms);
+                            self.pending.push(Pending {
+                                transition: p.transition,
+                                phase: Phase::Confirming { fields: confirm, until_ms },
+                                attempt: p.attempt,
+                            });
+                        }
                     } else {
                         self.commit(Cause::Result(id), Vec::new(), Vec::new(), out);
                     }
@@ -593,7 +769,7 @@ impl Instance {
                     let attempt = self.pending[pos].attempt + 1;
                     self.pending.remove(pos);
                     self.commit(Cause::Result(id), Vec::new(), Vec::new(), out);
-                    self.back_off(transition, attempt, false, policy, out);
+                    self.back_off(transition, attempt, false, error, policy, out);
                 }
             }
         }
@@ -618,14 +794,32 @@ impl Instance {
         self.ticks_since_input = 0;
     }
 
-    fn back_off(&mut self, transition: usize, attempt: u32, faulted: bool, policy: &RetryPolicy, out: &mut Vec<Event>) {
+    fn back_off(
+        &mut self,
+        transition: usize,
+        attempt: u32,
+        faulted: bool,
+        error: Option<String>,
+        policy: &RetryPolicy,
+        out: &mut Vec<Event>,
+    ) {
         let at_ms = self.now_ms.saturating_add(policy.delay_ms(self.seed, transition, attempt));
-        self.pending.push(Pending { transition, phase: Phase::Backoff { until_ms: at_ms, faulted }, attempt });
+        self.pending.push(Pending { transition, phase: Phase::Backoff { until_ms: at_ms, faulted, error }, attempt });
         out.push(Event::Retry { instance: self.name.clone(), transition, attempt, at_ms });
     }
 
     fn is_pending(&self, transition: usize) -> bool {
         self.pending.iter().any(|p| p.transition == transition)
+    }
+
+    /// Conflicting transitions serialize: a step that reads or writes a field that an
+    /// unsettled transition writes waits until that one ends, so that two held writes
+    /// computed from the same old state can never overwrite each other.
+    fn is_held_back(&self, dom: &CompiledDomain, tr: &ved_vm::CompiledTransition) -> bool {
+        self.pending
+            .iter()
+            .filter(|p| p.phase.is_active())
+            .any(|p| dom.transitions.get(p.transition).is_some_and(|other| tr.conflicts_with(other)))
     }
 
     /// Runs one transition's step. Returns whether it did something: committed,
@@ -644,10 +838,11 @@ impl Instance {
         match vm.run_step(&tr.code, &self.state) {
             Err(fault) => {
                 let attempt = self.take_retry_attempt(t);
+                let error = Some(fault.to_string());
                 out.push(Event::Fault { instance: self.name.clone(), transition: Some(t), goal: None, fault });
                 // Aborted: the state is untouched. Back off so a faulting step is not
                 // retried in a tight loop.
-                self.back_off(t, attempt + 1, true, policy, out);
+                self.back_off(t, attempt + 1, true, error, policy, out);
                 true
             }
             Ok(outcome) if outcome.is_noop() => {
@@ -675,6 +870,12 @@ impl Instance {
             self.commit(Cause::Transition(t), outcome.writes, Vec::new(), out);
             return;
         }
+        let confirm: Vec<u16> = outcome
+            .writes
+            .iter()
+            .map(|(slot, _)| *slot)
+            .filter(|slot| self.watched.binary_search(slot).is_ok())
+            .collect();
         let (changes, held) = if optimistic { (outcome.writes, Vec::new()) } else { (Vec::new(), outcome.writes) };
         let slice = self.commit(Cause::Transition(t), changes, held.clone(), out);
         let mut outstanding = Vec::with_capacity(outcome.intents.len());
@@ -686,7 +887,11 @@ impl Instance {
             intents.push(intent.clone());
             out.push(Event::Intent(intent));
         }
-        self.pending.push(Pending { transition: t, phase: Phase::InFlight { outstanding, held, intents }, attempt });
+        self.pending.push(Pending {
+            transition: t,
+            phase: Phase::InFlight { outstanding, held, intents, confirm },
+            attempt,
+        });
     }
 }
 

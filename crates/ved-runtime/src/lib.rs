@@ -196,6 +196,27 @@ impl Runtime {
         Ok(())
     }
 
+    /// Declares which fields of an instance a watcher feeds (see [`Instance::set_watched`]).
+    pub fn set_watched(&mut self, name: &str, fields: Vec<u16>) -> bool {
+        match self.index_of(name) {
+            Some(idx) => {
+                self.instances[idx].set_watched(fields);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Queues relative changes to `int` fields of the named instance.
+    pub fn observe_add(&mut self, name: &str, deltas: Vec<(u16, i64)>) -> Result<(), ObserveError> {
+        let idx = self.index_of(name).ok_or_else(|| ObserveError::UnknownInstance(name.to_string()))?;
+        let program = self.program.clone();
+        let inst = &mut self.instances[idx];
+        inst.observe_add(&program.domains[inst.domain], deltas, &self.limits).map_err(ObserveError::Rejected)?;
+        self.mark_ready(idx);
+        Ok(())
+    }
+
     /// Queues an adapter's result for an intent.
     pub fn deliver(&mut self, id: &IntentId, ok: bool, error: Option<String>) -> Result<(), ObserveError> {
         let idx = self.index_of(&id.instance).ok_or_else(|| ObserveError::UnknownInstance(id.instance.to_string()))?;

@@ -1,6 +1,8 @@
 //! Runs a checked `scenario` block against one instance with simulated
 //! adapters: every intent succeeds unless a `fail` step says otherwise, and its
-//! result arrives as soon as the tick that emitted it ends. Time moves only on
+//! result arrives as soon as the tick that emitted it ends. After `hold intents`
+//! results arrive only when an `answer` step says so, in the order it picks, so a
+//! scenario can interleave results with observations. Time moves only on
 //! `advance`. Everything is deterministic for a given seed.
 
 use crate::event::{Cause, Event, Status};
@@ -55,6 +57,8 @@ struct Harness<'a> {
     /// Remaining forced failures per `adapter.action`.
     fails: FxHashMap<(String, String), u32>,
     events: Vec<Event>,
+    /// After `hold intents`: intents waiting for an `answer`, oldest first.
+    held: Option<std::collections::VecDeque<crate::Intent>>,
     /// Index into `events` where the current observe/advance window starts.
     window_start: usize,
     window_ticks: u64,
@@ -123,6 +127,7 @@ pub fn run_scenario_with_limits(
         limits,
         fails: FxHashMap::default(),
         events: Vec::new(),
+        held: None,
         window_start: 0,
         window_ticks: 0,
         trace: Vec::new(),
@@ -160,7 +165,9 @@ impl Harness<'_> {
             let mut delivered = false;
             for ev in buf.drain(..) {
                 self.trace.push(describe_event(self.dom, &ev));
-                if let Event::Intent(intent) = &ev {
+                if let (Event::Intent(intent), Some(held)) = (&ev, &mut self.held) {
+                    held.push_back(intent.clone());
+                } else if let Event::Intent(intent) = &ev {
                     let key = (intent.adapter.to_string(), intent.action.to_string());
                     let fail = match self.fails.get_mut(&key) {
                         Some(n) if *n > 0 => {
@@ -243,6 +250,39 @@ impl Harness<'_> {
                 self.trace.push(format!("time: {target}ms"));
                 self.settle(step.span)
             }
+            hir::StepKind::HoldIntents => {
+                self.held.get_or_insert_with(Default::default);
+                Ok(())
+            }
+            hir::StepKind::Answer { newest, ok } => {
+                self.new_window();
+                let which = if *newest { "newest" } else { "oldest" };
+                let intent =
+                    self.held.as_mut().and_then(|q| if *newest { q.pop_back() } else { q.pop_front() }).ok_or_else(
+                        || Failure {
+                            span: step.span,
+                            message: format!("`answer {which}`: no intent is in flight"),
+                            expected: "an intent in flight".into(),
+                            actual: if self.held.is_none() {
+                                "none: intents are answered at once until a `hold intents` step".into()
+                            } else {
+                                "none".into()
+                            },
+                        },
+                    )?;
+                let error = (!ok).then(|| format!("simulated failure of {}.{}", intent.adapter, intent.action));
+                self.trace.push(format!("answer {which}: {} {}", intent.id, if *ok { "succeeds" } else { "fails" }));
+                let _ = self
+                    .inst
+                    .enqueue(crate::Message::IntentResult { id: intent.id.clone(), ok: *ok, error }, &self.limits);
+                self.settle(step.span)
+            }
+            hir::StepKind::Watch(fields) => {
+                let mut all = self.inst.watched.to_vec();
+                all.extend(fields.iter().copied());
+                self.inst.set_watched(all);
+                Ok(())
+            }
             hir::StepKind::Expect(e) => self.check_expect(e, step.span),
         }
     }
@@ -264,11 +304,16 @@ impl Harness<'_> {
                 ),
                 Err(fault) => fail(format!("the expectation faulted: {fault}"), "true".into(), "a fault".into()),
             },
-            hir::Expect::Stable | hir::Expect::Stuck | hir::Expect::Livelock | hir::Expect::Waiting => {
+            hir::Expect::Stable
+            | hir::Expect::Stuck
+            | hir::Expect::Livelock
+            | hir::Expect::Waiting
+            | hir::Expect::Degraded => {
                 let want = match e {
                     hir::Expect::Stable => Status::Stable,
                     hir::Expect::Stuck => Status::Stuck,
                     hir::Expect::Livelock => Status::Livelock,
+                    hir::Expect::Degraded => Status::Degraded,
                     _ => Status::Waiting,
                 };
                 if status == want {

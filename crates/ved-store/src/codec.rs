@@ -64,8 +64,23 @@ pub struct StoredIntent {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum StoredPhase {
-    InFlight { outstanding: Vec<(u64, u32)>, held: Vec<(u16, StoredValue)>, intents: Vec<StoredIntent> },
-    Backoff { until_ms: u64, faulted: bool },
+    InFlight {
+        outstanding: Vec<(u64, u32)>,
+        held: Vec<(u16, StoredValue)>,
+        intents: Vec<StoredIntent>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        confirm: Vec<u16>,
+    },
+    Confirming {
+        fields: Vec<u16>,
+        until_ms: u64,
+    },
+    Backoff {
+        until_ms: u64,
+        faulted: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -97,6 +112,9 @@ pub struct SnapshotRecord {
     /// The last version applied from each versioned observation source.
     #[serde(default)]
     pub sources: Vec<(String, u64)>,
+    /// Fields a watcher feeds; effects on them wait for a reading.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watched: Vec<u16>,
 }
 
 fn status_str(s: Status) -> &'static str {
@@ -143,13 +161,17 @@ impl SnapshotRecord {
                     transition: p.transition,
                     attempt: p.attempt,
                     phase: match &p.phase {
-                        Phase::InFlight { outstanding, held, intents } => StoredPhase::InFlight {
+                        Phase::InFlight { outstanding, held, intents, confirm } => StoredPhase::InFlight {
                             outstanding: outstanding.iter().map(|id| (id.slice, id.index)).collect(),
                             held: held.iter().map(|(s, v)| (*s, StoredValue::from(v))).collect(),
                             intents: intents.iter().map(intent).collect(),
+                            confirm: confirm.clone(),
                         },
-                        Phase::Backoff { until_ms, faulted } => {
-                            StoredPhase::Backoff { until_ms: *until_ms, faulted: *faulted }
+                        Phase::Confirming { fields, until_ms } => {
+                            StoredPhase::Confirming { fields: fields.clone(), until_ms: *until_ms }
+                        }
+                        Phase::Backoff { until_ms, faulted, error } => {
+                            StoredPhase::Backoff { until_ms: *until_ms, faulted: *faulted, error: error.clone() }
                         }
                     },
                 })
@@ -159,6 +181,7 @@ impl SnapshotRecord {
             tick_ran: s.tick_ran,
             ticks_since_input: s.ticks_since_input,
             sources: s.sources.clone(),
+            watched: s.watched.clone(),
         }
     }
 
@@ -173,7 +196,8 @@ impl SnapshotRecord {
                 transition: p.transition,
                 attempt: p.attempt,
                 phase: match &p.phase {
-                    StoredPhase::InFlight { outstanding, held, intents } => Phase::InFlight {
+                    StoredPhase::InFlight { outstanding, held, intents, confirm } => Phase::InFlight {
+                        confirm: confirm.clone(),
                         outstanding: outstanding.iter().map(|(s, i)| id(*s, *i)).collect(),
                         held: held.iter().map(|(s, v)| (*s, v.to_value())).collect(),
                         intents: intents
@@ -187,8 +211,11 @@ impl SnapshotRecord {
                             })
                             .collect(),
                     },
-                    StoredPhase::Backoff { until_ms, faulted } => {
-                        Phase::Backoff { until_ms: *until_ms, faulted: *faulted }
+                    StoredPhase::Confirming { fields, until_ms } => {
+                        Phase::Confirming { fields: fields.clone(), until_ms: *until_ms }
+                    }
+                    StoredPhase::Backoff { until_ms, faulted, error } => {
+                        Phase::Backoff { until_ms: *until_ms, faulted: *faulted, error: error.clone() }
                     }
                 },
             })
@@ -208,6 +235,7 @@ impl SnapshotRecord {
             tick_ran: self.tick_ran,
             ticks_since_input: self.ticks_since_input,
             sources: self.sources.clone(),
+            watched: self.watched.clone(),
         })
     }
 }
@@ -267,5 +295,8 @@ pub enum Record {
         /// The retry policy in force: initial ms, factor, cap ms, breaker threshold.
         #[serde(default)]
         retry: Option<(u64, u32, u64, u32)>,
+        /// How long a watcher has to confirm an effect (absent: the default).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        confirm_ms: Option<u64>,
     },
 }

@@ -108,6 +108,8 @@ pub struct Recovered {
     pub program: Option<Vec<(String, String)>>,
     /// Its retry policy: initial ms, factor, cap ms, breaker threshold.
     pub retry: Option<(u64, u32, u64, u32)>,
+    /// The confirmation deadline in force, when it was recorded.
+    pub confirm_ms: Option<u64>,
 }
 
 struct Manifest {
@@ -223,9 +225,10 @@ fn load(dir: &Path, mode: Mode) -> Result<(Recovered, Manifest), StoreError> {
             }
         }
         Record::Commit { .. } => {}
-        Record::Program { files, retry } => {
+        Record::Program { files, retry, confirm_ms } => {
             rec.program = Some(files);
             rec.retry = retry;
+            rec.confirm_ms = confirm_ms;
         }
         Record::Journal(j) => {
             let q = rec.journals.entry(j.instance.clone()).or_default();

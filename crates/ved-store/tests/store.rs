@@ -23,6 +23,7 @@ fn snap(instance: &str, slice: u64, workers: i64) -> Record {
         tick_ran: false,
         ticks_since_input: 0,
         sources: Vec::new(),
+        watched: Vec::new(),
     })
 }
 

@@ -277,6 +277,16 @@ pub enum StepKind {
     Advance {
         ms: u64,
     },
+    /// `hold intents`: from here on, intents stay in flight until an `answer` step.
+    HoldIntents,
+    /// `answer oldest`, `answer newest`, `answer oldest failed`, `answer newest failed`.
+    Answer {
+        newest: bool,
+        ok: bool,
+    },
+    /// `watch FIELD, ...`: a watcher feeds these fields, so an effect on them counts
+    /// only once an observation confirms it.
+    Watch(Vec<Ident>),
     Expect(Expect),
 }
 
@@ -292,6 +302,8 @@ pub enum Expect {
     Livelock,
     /// `expect waiting`: goals false, transitions pending (intents in flight or backing off).
     Waiting,
+    /// `expect degraded`
+    Degraded,
     /// `expect stable within N ticks`
     StableWithin { ticks: u32 },
     /// `expect emitted A.B(args)`, `expect emitted A.B`, optional `N times`.

@@ -866,6 +866,34 @@ impl Parser {
                 }
                 _ => return Err(self.unexpected("a duration such as `10s`")),
             },
+            "hold" => {
+                if !self.eat_ident("intents") {
+                    return Err(self
+                        .unexpected("`intents` after `hold`")
+                        .with_hint("write `hold intents`: intents then stay in flight until `answer`"));
+                }
+                StepKind::HoldIntents
+            }
+            "answer" => {
+                let newest = if self.eat_ident("newest") {
+                    true
+                } else if self.eat_ident("oldest") {
+                    false
+                } else {
+                    return Err(self
+                        .unexpected("`oldest` or `newest` after `answer`")
+                        .with_hint("write `answer oldest`, `answer newest`, or either followed by `failed`"));
+                };
+                let ok = !self.eat_ident("failed");
+                StepKind::Answer { newest, ok }
+            }
+            "watch" => {
+                let mut fields = vec![self.expect_ident("a field name")?];
+                while self.eat(&TokenKind::Comma) {
+                    fields.push(self.expect_ident("a field name")?);
+                }
+                StepKind::Watch(fields)
+            }
             "expect" => StepKind::Expect(self.parse_expect()?),
             _ => {
                 return Err(Diagnostic::error(start, format!("unknown scenario step `{word}`")).with_hint(STEP_HINT));
@@ -953,6 +981,10 @@ impl Parser {
                 self.bump();
                 Ok(Expect::Waiting)
             }
+            "degraded" if ends => {
+                self.bump();
+                Ok(Expect::Degraded)
+            }
             "emitted" if matches!(next, TokenKind::Ident(_)) => {
                 self.bump();
                 let (adapter, action) = self.parse_adapter_action()?;
@@ -991,8 +1023,8 @@ impl Parser {
     }
 }
 
-const STEP_HINT: &str =
-    "scenario steps are `domain`, `given`, `observe`, `simultaneously`, `fail`, `advance` and `expect`";
+const STEP_HINT: &str = "scenario steps are `domain`, `given`, `observe`, `simultaneously`, `fail`, `advance`, \
+     `hold intents`, `answer`, `watch` and `expect`";
 
 fn binary_op(k: &TokenKind) -> Option<(BinaryOp, u8)> {
     Some(match k {

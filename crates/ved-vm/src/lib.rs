@@ -29,6 +29,36 @@ pub struct CompiledTransition {
     pub optimistic: bool,
     pub code: Code,
     pub span: Span,
+    /// The state fields the step loads, in any branch (sorted slots).
+    pub reads: Vec<u16>,
+    /// The state fields the step assigns, in any branch (sorted slots).
+    pub writes: Vec<u16>,
+}
+
+impl CompiledTransition {
+    /// Whether this step touches (reads or writes) a field that `other` writes.
+    /// The runtime holds such a step back while `other` is in flight, so two held
+    /// writes computed from the same old state can never overwrite each other.
+    pub fn conflicts_with(&self, other: &CompiledTransition) -> bool {
+        other.writes.iter().any(|f| self.reads.binary_search(f).is_ok() || self.writes.binary_search(f).is_ok())
+    }
+}
+
+/// The fields a piece of code loads and stores, each sorted and once.
+pub fn access_sets(code: &Code) -> (Vec<u16>, Vec<u16>) {
+    let (mut reads, mut writes) = (Vec::new(), Vec::new());
+    for op in &code.ops {
+        match op {
+            Op::LoadField(f) => reads.push(*f),
+            Op::StoreField(f) => writes.push(*f),
+            _ => {}
+        }
+    }
+    for v in [&mut reads, &mut writes] {
+        v.sort_unstable();
+        v.dedup();
+    }
+    (reads, writes)
 }
 
 #[derive(Clone, Debug)]
@@ -70,11 +100,17 @@ pub fn compile_program(p: &hir::Program) -> CompiledProgram {
                 transitions: d
                     .transitions
                     .iter()
-                    .map(|t| CompiledTransition {
-                        name: t.name.clone(),
-                        optimistic: t.optimistic,
-                        code: compile_step(t),
-                        span: t.span,
+                    .map(|t| {
+                        let code = compile_step(t);
+                        let (reads, writes) = access_sets(&code);
+                        CompiledTransition {
+                            name: t.name.clone(),
+                            optimistic: t.optimistic,
+                            code,
+                            span: t.span,
+                            reads,
+                            writes,
+                        }
                     })
                     .collect(),
             })

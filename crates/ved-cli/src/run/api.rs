@@ -330,7 +330,29 @@ impl<W: Write> Driver<W> {
                     let _ = reply.send(error(400, "the observation is empty: send an object of field to value"));
                     return;
                 }
-                match self.observe(&instance, &body, version.as_ref().map(|(s, v)| (s.as_str(), *v))) {
+                // `{"add": {"workers": -1}}` is a relative observation, unless the domain has a field `add`.
+                let has_add_field = self
+                    .rt
+                    .index_of(&instance)
+                    .is_some_and(|i| self.rt.domain_of(i).fields.iter().any(|(n, _)| n == "add"));
+                let relative = match body.get("add") {
+                    Some(Json::Object(add)) if !has_add_field => {
+                        if body.len() != 1 || version.is_some() {
+                            let _ = reply.send(error(
+                                400,
+                                "`add` stands alone: send relative changes in their own observation, without `source` and `version`",
+                            ));
+                            return;
+                        }
+                        Some(add.clone())
+                    }
+                    _ => None,
+                };
+                let queued = match &relative {
+                    Some(add) => self.observe_add(&instance, add),
+                    None => self.observe(&instance, &body, version.as_ref().map(|(s, v)| (s.as_str(), *v))),
+                };
+                match queued {
                     Err((_, message)) => {
                         let _ = reply.send(error(400, message));
                     }
@@ -388,8 +410,11 @@ impl<W: Write> Driver<W> {
                     Phase::InFlight { outstanding, .. } => json!({"transition": transition, "phase": "in_flight",
                         "attempt": p.attempt,
                         "outstanding": outstanding.iter().map(|o| o.to_string()).collect::<Vec<_>>()}),
-                    Phase::Backoff { until_ms, faulted } => json!({"transition": transition, "phase": "backoff",
-                        "attempt": p.attempt, "until_ms": until_ms, "faulted": faulted}),
+                    Phase::Confirming { fields, until_ms } => json!({"transition": transition, "phase": "confirming",
+                        "attempt": p.attempt, "until_ms": until_ms,
+                        "fields": fields.iter().filter_map(|f| dom.fields.get(usize::from(*f)).map(|(n, _)| n.clone())).collect::<Vec<_>>()}),
+                    Phase::Backoff { until_ms, faulted, error } => json!({"transition": transition, "phase": "backoff",
+                        "attempt": p.attempt, "until_ms": until_ms, "faulted": faulted, "error": error}),
                 }
             })
             .collect();
