@@ -1055,9 +1055,45 @@ impl<W: Write> Driver<W> {
                     ep.log.push(text);
                 }
             }
+            // A correction lands when its intents succeed: the held changes apply now.
+            Event::Slice { cause: Cause::Result(id), changes, .. } if !changes.is_empty() => {
+                let text = format!(
+                    "{id} succeeded: {}",
+                    changes
+                        .iter()
+                        .map(|(s, v)| format!("{} = {v}", self.field_name(name, *s)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                if let Some(ep) = self.episodes.get_mut(name) {
+                    ep.log.push(text);
+                }
+            }
             Event::Status { status, reason, .. } => {
-                self.last_status.insert(name.to_string(), *status);
-                if *status == Status::Waiting {
+                let before = self.last_status.insert(name.to_string(), *status);
+                if matches!(status, Status::Waiting | Status::Converging) {
+                    return;
+                }
+                if *status != Status::Stable {
+                    // Not at the goal: say so at once, but keep the episode open. It closes only
+                    // when the instance is stable with nothing in flight, and its closing entry
+                    // then tells every correction made along the way.
+                    if before != Some(*status) {
+                        if let Some(ep) = self.episodes.get_mut(name).filter(|ep| !ep.log.is_empty()) {
+                            let note = format!(
+                                "{status}: {}",
+                                reason.as_deref().unwrap_or("no transition can restore the goals")
+                            );
+                            let mut parts = ep.log.clone();
+                            parts.push(format!("not at the goal yet: {note}"));
+                            ep.log.push(note);
+                            audit.push(AuditDraft {
+                                at_ms: self.now_ms,
+                                instance: name.to_string(),
+                                text: parts.join("; "),
+                            });
+                        }
+                    }
                     return;
                 }
                 let Some(ep) = self.episodes.remove(name) else { return };
@@ -1065,10 +1101,7 @@ impl<W: Write> Driver<W> {
                     return;
                 }
                 let used = ticks.saturating_sub(ep.ticks_at_start);
-                let end = match status {
-                    Status::Stable => format!("stable again after {used} tick{}", if used == 1 { "" } else { "s" }),
-                    _ => format!("{status}: {}", reason.as_deref().unwrap_or("no transition can restore the goals")),
-                };
+                let end = format!("stable again after {used} tick{}", if used == 1 { "" } else { "s" });
                 let mut parts = ep.log;
                 parts.push(end);
                 audit.push(AuditDraft { at_ms: self.now_ms, instance: name.to_string(), text: parts.join("; ") });
