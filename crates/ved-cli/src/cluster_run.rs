@@ -51,6 +51,8 @@ struct Node {
     held: BTreeMap<String, Vec<Intent>>,
     clock_base: u64,
     started: Instant,
+    /// Per instance, the fields `ved.toml`'s watchers feed (confirmed by readings).
+    watched: BTreeMap<String, Vec<u16>>,
 }
 
 impl Node {
@@ -116,6 +118,9 @@ impl Node {
         if r.is_err() {
             let _ = self.m.release(name);
             return;
+        }
+        if let Some(fields) = self.watched.get(name) {
+            self.rt.set_watched(name, fields.clone());
         }
         self.owned.insert(name.to_string(), fence);
         let slice = self.rt.instance(name).map(|i| i.slice).unwrap_or(0);
@@ -295,6 +300,7 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
         held: BTreeMap::new(),
         clock_base: 0,
         started: Instant::now(),
+        watched: opts.config.as_ref().map(|c| crate::run::watched_fields(c, &loaded.compiled)).unwrap_or_default(),
     };
     emit(json!({"event": "joined", "node": c.node, "lease": m.lease(), "ttl_s": c.ttl}));
     let mut last_balance = Instant::now() - REBALANCE_EVERY;
@@ -336,6 +342,9 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
                     ved_adapters::Inbound::Result { id, outcome } => {
                         if let Some(iid) = ved_runtime::IntentId::parse(&id) {
                             if node.owned.contains_key(&*iid.instance) {
+                                if outcome.is_ok() && node.watched.contains_key(&*iid.instance) {
+                                    ved_adapters::request_reading(&iid.instance);
+                                }
                                 let _ = node.rt.deliver(&iid, outcome.is_ok(), outcome.err());
                             }
                         }
