@@ -1075,9 +1075,9 @@ impl Checker {
                     given.extend(self.check_field_values(&mut scope, fvs));
                     continue;
                 }
-                ast::StepKind::Observe(fvs) => hir::StepKind::Observe(vec![self.check_field_values(&mut scope, fvs)]),
+                ast::StepKind::Observe(fvs) => hir::StepKind::Observe(vec![self.check_message(&mut scope, fvs)]),
                 ast::StepKind::Simultaneously(msgs) => {
-                    hir::StepKind::Observe(msgs.iter().map(|fvs| self.check_field_values(&mut scope, fvs)).collect())
+                    hir::StepKind::Observe(msgs.iter().map(|fvs| self.check_message(&mut scope, fvs)).collect())
                 }
                 ast::StepKind::Fail { adapter, action, times } => {
                     self.lint_unknown_action(domain, adapter, action);
@@ -1107,9 +1107,62 @@ impl Checker {
         Some(hir::Scenario { name: s.name.clone(), span: s.span, domain: domain_idx, given, steps })
     }
 
+    /// One `observe` message: readings, or relative changes when any value uses `+=`/`-=`.
+    fn check_message(&mut self, scope: &mut Scope, fvs: &[ast::FieldValue]) -> hir::ObserveMsg {
+        if fvs.iter().any(|f| f.relative.is_some()) {
+            hir::ObserveMsg { relative: true, writes: self.check_relative_values(scope, fvs) }
+        } else {
+            hir::ObserveMsg { relative: false, writes: self.check_field_values(scope, fvs) }
+        }
+    }
+
+    /// `observe F += E, G -= E`: relative changes to `int` fields.
+    fn check_relative_values(&mut self, scope: &mut Scope, fvs: &[ast::FieldValue]) -> Vec<(FieldSlot, hir::Expr)> {
+        let mut out: Vec<(FieldSlot, hir::Expr)> = Vec::new();
+        for fv in fvs {
+            let Some(negate) = fv.relative else {
+                self.error(fv.field.span, "a message is either readings (`=`) or relative changes (`+=`, `-=`)")
+                    .with_hint_mut("put the reading and the relative change in two `observe` lines");
+                continue;
+            };
+            let Some((slot, f)) = scope.domain.field(&fv.field.name) else {
+                let hint = self.name_hint(scope, &fv.field.name);
+                self.error(fv.field.span, format!("unknown field `{}`", fv.field.name)).with_hint_mut(hint);
+                continue;
+            };
+            if f.ty != Type::Int {
+                let ty = f.ty.to_string();
+                self.error(
+                    fv.field.span,
+                    format!("field `{}` is `{ty}`; only `int` fields take `+=` or `-=`", fv.field.name),
+                )
+                .with_hint_mut("observe a new value with `=`");
+                continue;
+            }
+            if out.iter().any(|(s, _)| *s == slot) {
+                self.error(fv.field.span, format!("field `{}` is changed twice in one message", fv.field.name))
+                    .with_hint_mut("add the deltas up, or use two `observe` lines for two alerts");
+            }
+            let e = self.check_expr(scope, &fv.value, Some(&Type::Int));
+            self.expect_type(&e, &Type::Int, || format!("the change to `{}`", fv.field.name));
+            let e = if negate {
+                hir::Expr { ty: Type::Int, span: e.span, kind: hir::ExprKind::Neg(Box::new(e)) }
+            } else {
+                e
+            };
+            out.push((slot, e));
+        }
+        out
+    }
+
     fn check_field_values(&mut self, scope: &mut Scope, fvs: &[ast::FieldValue]) -> Vec<(FieldSlot, hir::Expr)> {
         let mut out: Vec<(FieldSlot, hir::Expr)> = Vec::new();
         for fv in fvs {
+            if fv.relative.is_some() {
+                self.error(fv.field.span, "a relative change (`+=`, `-=`) is not allowed here")
+                    .with_hint_mut("`given` sets the initial state with `=`; use `observe F += N` for an alert");
+                continue;
+            }
             let Some((slot, f)) = scope.domain.field(&fv.field.name) else {
                 let hint = self.name_hint(scope, &fv.field.name);
                 self.error(fv.field.span, format!("unknown field `{}`", fv.field.name))

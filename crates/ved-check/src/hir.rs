@@ -254,6 +254,15 @@ pub struct Scenario {
     pub steps: Vec<Step>,
 }
 
+/// One mailbox message of a scenario: readings (`F = E`) or, when `relative`,
+/// changes to `int` fields (`F += E`, `F -= E`, with `-=` already negated), as an
+/// alert reports them.
+#[derive(Clone, Debug)]
+pub struct ObserveMsg {
+    pub relative: bool,
+    pub writes: Vec<(FieldSlot, Expr)>,
+}
+
 #[derive(Clone, Debug)]
 pub struct Step {
     pub kind: StepKind,
@@ -265,7 +274,7 @@ pub enum StepKind {
     /// Each inner vec is one mailbox message; an `observe` has one, a
     /// `simultaneously` block has several, all queued before the runtime runs.
     /// The expressions are evaluated against the state when the message is applied.
-    Observe(Vec<Vec<(FieldSlot, Expr)>>),
+    Observe(Vec<ObserveMsg>),
     Fail {
         adapter: String,
         action: String,

@@ -91,7 +91,7 @@ fn database_routing_chaos_scenarios_pass() {
 
 #[test]
 fn worker_pool_chaos_scenarios_pass() {
-    run_suite("examples/worker_pool.ved", "examples/worker_pool.test.ved", 5);
+    run_suite("examples/worker_pool.ved", "examples/worker_pool.test.ved", 6);
 }
 
 #[test]
@@ -143,6 +143,11 @@ fn missing_and_non_utf8_files_are_clear_errors() {
     let (code, _, err) = ved(&["check", bin.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(err.contains("is not valid UTF-8 (first bad byte at offset 2)"), "{err}");
+}
+
+#[test]
+fn relative_alerts_shift_a_prediction_in_flight() {
+    run_suite("examples/demo/worker_pool/worker_pool.ved", "tests/data/scenarios/pool_alerts.test.ved", 2);
 }
 
 #[test]

@@ -202,8 +202,8 @@ impl Harness<'_> {
             hir::StepKind::Observe(messages) => {
                 self.new_window();
                 for msg in messages {
-                    let mut writes = Vec::with_capacity(msg.len());
-                    for (slot, e) in msg {
+                    let mut writes = Vec::with_capacity(msg.writes.len());
+                    for (slot, e) in &msg.writes {
                         let v = self.vm.eval(&compile_expr(e), &self.inst.state).map_err(|fault| Failure {
                             span: e.span,
                             message: format!("the observed value faulted: {fault}"),
@@ -212,7 +212,17 @@ impl Harness<'_> {
                         })?;
                         writes.push((*slot, v));
                     }
-                    self.inst.observe(self.dom, writes, &self.limits).map_err(|r| Failure {
+                    let queued = if msg.relative {
+                        // Checked as `int` by `ved check`, so every value is an integer here.
+                        let deltas =
+                            writes
+                                .into_iter()
+                                .filter_map(|(s, v)| if let Value::Int(d) = v { Some((s, d)) } else { None });
+                        self.inst.observe_add(self.dom, deltas.collect(), &self.limits)
+                    } else {
+                        self.inst.observe(self.dom, writes, &self.limits)
+                    };
+                    queued.map_err(|r| Failure {
                         span: step.span,
                         message: format!("the observation was refused: {r}"),
                         expected: String::new(),

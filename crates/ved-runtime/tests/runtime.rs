@@ -358,7 +358,7 @@ fn every_seed_scenario_is_deterministic() {
             ran += 1;
         }
     }
-    assert_eq!(ran, 22);
+    assert_eq!(ran, 23);
 }
 
 #[test]

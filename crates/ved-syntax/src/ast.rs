@@ -254,6 +254,9 @@ pub struct Step {
 pub struct FieldValue {
     pub field: Ident,
     pub value: Expr,
+    /// `F += E` (`Some(false)`) or `F -= E` (`Some(true)`): a relative change, as an
+    /// alert reports it; `None` for `F = E`, a reading.
+    pub relative: Option<bool>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

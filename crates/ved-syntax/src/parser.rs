@@ -906,11 +906,17 @@ impl Parser {
         let mut out = Vec::new();
         loop {
             let field = self.expect_ident("a field name")?;
-            if !self.eat(&TokenKind::Assign) {
+            let relative = if self.eat(&TokenKind::Assign) {
+                None
+            } else if self.eat(&TokenKind::PlusAssign) {
+                Some(false)
+            } else if self.eat(&TokenKind::MinusAssign) {
+                Some(true)
+            } else {
                 return Err(self.unexpected(&format!("`=` after `{}`", field.name)));
-            }
+            };
             let value = self.parse_expr()?;
-            out.push(FieldValue { field, value });
+            out.push(FieldValue { field, value, relative });
             if !self.eat(&TokenKind::Comma) {
                 return Ok(out);
             }
