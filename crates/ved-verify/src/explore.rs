@@ -20,7 +20,30 @@
 use hashbrown::HashTable;
 use rustc_hash::FxHasher;
 use std::hash::{Hash, Hasher};
-use ved_vm::{CompiledDomain, Fault, Value, Vm};
+use ved_vm::{CompiledDomain, CompiledTransition, Fault, Op, Value, Vm};
+
+/// The state fields a transition's step may read and may write, in any branch:
+/// every field it loads and every field it assigns, as sorted slots.
+///
+/// The runtime serializes conflicting transitions on these sets. Until
+/// `CompiledTransition` carries them (`reads`, `writes`), they are derived here
+/// from the bytecode; this function is the one place to swap for those fields.
+pub fn access_sets(tr: &CompiledTransition) -> (Vec<u16>, Vec<u16>) {
+    let mut reads = Vec::new();
+    let mut writes = Vec::new();
+    for op in &tr.code.ops {
+        match *op {
+            Op::LoadField(slot) => reads.push(slot),
+            Op::StoreField(slot) => writes.push(slot),
+            _ => {}
+        }
+    }
+    for v in [&mut reads, &mut writes] {
+        v.sort_unstable();
+        v.dedup();
+    }
+    (reads, writes)
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Node {
