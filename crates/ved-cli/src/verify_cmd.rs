@@ -306,3 +306,30 @@ fn print_trace(out: &mut impl Write, r: &Report, trace: &[TraceStep], from: usiz
         prev = s.state.clone();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lost update cannot happen with the runtime's rules, so no `.ved` file shows
+    /// one; this prints seed 000 explored without R1, against
+    /// `tests/data/verify/lost_update_without_r1.txt` (`VED_BLESS=1` rewrites it).
+    #[test]
+    fn a_lost_update_is_printed_with_its_trace() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let loaded = load::load(&[root.join("examples/security_policy.ved")]).unwrap_or_else(|_| panic!("loads"));
+        let model = ved_verify::Model { serialize_conflicts: false, ..ved_verify::Model::default() };
+        let opts = Options::default();
+        let (d, c) = (&loaded.program.domains[0], &loaded.compiled.domains[0]);
+        let report = ved_verify::verify_domain_in(d, c, opts, model, &mut |_, _| {}).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(print_report(&mut out, &report, opts), 1);
+        let got = String::from_utf8(out).unwrap();
+        let expected = root.join("tests/data/verify/lost_update_without_r1.txt");
+        if std::env::var_os("VED_BLESS").is_some() {
+            std::fs::write(&expected, &got).unwrap();
+            return;
+        }
+        assert_eq!(got, std::fs::read_to_string(&expected).unwrap_or_default());
+    }
+}
