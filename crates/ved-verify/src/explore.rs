@@ -203,7 +203,8 @@ pub struct Graph {
     pub succ: Vec<u32>,
     /// Per goal: whether it held in some node.
     pub goal_ever_true: Vec<bool>,
-    /// The first lost update found (breadth first, so on a shortest trace), and how many.
+    /// The first lost update found (breadth first, so on a shortest trace), and how
+    /// many results (edges of the graph) overwrote a change.
     pub lost: Option<LostUpdate>,
     pub lost_count: usize,
     /// False when `max_states` cut the exploration short.
@@ -226,8 +227,9 @@ pub struct Explorer<'a> {
     model: Model,
     /// Per field: the values an observation may report.
     observable: Vec<Vec<Value>>,
-    /// Set by `expand`: the successor (by position) whose result overwrote a change.
-    lost_at: Option<(usize, u16, u16)>,
+    /// Set by `expand`: the successors (by position) whose result overwrote a
+    /// change, with the transition and the field.
+    lost_at: Vec<(usize, u16, u16)>,
 }
 
 impl<'a> Explorer<'a> {
@@ -267,7 +269,7 @@ impl<'a> Explorer<'a> {
             conflicts,
             model,
             observable,
-            lost_at: None,
+            lost_at: Vec::new(),
         }
     }
 
@@ -305,7 +307,6 @@ impl<'a> Explorer<'a> {
             succs.clear();
             let kind = self.expand(&node, &mut succs);
             self.g.kinds.push(kind);
-            let lost_at = self.lost_at.take();
             let depth = self.g.depth[i] + 1;
             for (k, (n, e)) in succs.drain(..).enumerate() {
                 if self.g.nodes.len() >= max_states {
@@ -315,7 +316,7 @@ impl<'a> Explorer<'a> {
                 let world = matches!(e, Edge::Observe { .. });
                 let j = self.intern(n, (i as u32, e), depth);
                 self.g.succ.push(if world { j | WORLD } else { j });
-                if let Some((_, t, slot)) = lost_at.filter(|(at, _, _)| *at == k) {
+                if let Some(&(_, t, slot)) = self.lost_at.iter().find(|(at, _, _)| *at == k) {
                     self.g.lost_count += 1;
                     if self.g.lost.is_none() {
                         self.g.lost = Some(LostUpdate { from: i as u32, to: j, t, slot });
@@ -339,7 +340,7 @@ impl<'a> Explorer<'a> {
 
     /// The node's kind; its successors go to `out`.
     fn expand(&mut self, node: &Node, out: &mut Vec<(Node, Edge)>) -> Kind {
-        self.lost_at = None;
+        self.lost_at.clear();
         let dom = self.dom;
         let mut all = true;
         for (gi, goal) in dom.goals.iter().enumerate() {
@@ -373,7 +374,7 @@ impl<'a> Explorer<'a> {
         match self.scan(node, 0, in_flight, out) {
             Err(kind) => {
                 out.clear();
-                self.lost_at = None;
+                self.lost_at.clear();
                 return kind;
             }
             Ok(true) => {}
@@ -448,8 +449,8 @@ impl<'a> Explorer<'a> {
                     touch(&mut rest, h.slot);
                 }
             }
-            if let Some(slot) = lost.filter(|_| self.lost_at.is_none()) {
-                self.lost_at = Some((out.len(), f.t, slot));
+            if let Some(slot) = lost {
+                self.lost_at.push((out.len(), f.t, slot));
             }
             out.push((
                 Node { values, blocked: node.blocked, flight: pack(rest), cursor: 0, budget: node.budget },
