@@ -193,7 +193,7 @@ fn print_problem(out: &mut impl Write, r: &Report, failures: u8, p: &Problem) {
                     "  {:>4}. {:<22} {}{tail}",
                     trace.len() + i,
                     edge_text(&s.edge),
-                    changes(r, &prev, &s.state)
+                    step_text(r, &prev, s)
                 );
                 prev = s.state.clone();
             }
@@ -207,6 +207,21 @@ fn print_problem(out: &mut impl Write, r: &Report, failures: u8, p: &Problem) {
             print_trace(out, r, trace, 0);
             let _ =
                 writeln!(out, "  = hint: guard the step (e.g. check a divisor or a length) so no state makes it fail");
+        }
+        Problem::LostUpdate { trace, transition, field, by, at, count } => {
+            let _ = writeln!(
+                out,
+                "error: {} loses an update{when}: {transition}'s held write to `{field}` overwrites the change made by {} at step {at}",
+                r.domain,
+                edge_phrase(by)
+            );
+            let _ =
+                writeln!(out, "  {count} lost update{} found; the shortest trace:", if *count == 1 { "" } else { "s" });
+            print_trace(out, r, trace, 0);
+            let _ = writeln!(
+                out,
+                "  = hint: both steps computed `{field}` from the same old state; transitions that touch a field another one holds must wait for it"
+            );
         }
         Problem::Unsatisfiable { never } => {
             let _ = writeln!(out, "error: {}: no state satisfies the goals", r.domain);
@@ -226,8 +241,39 @@ fn edge_text(e: &Option<TraceEdge>) -> String {
     match e {
         None => "start".into(),
         Some(TraceEdge::Timer) => "(retry timers fire)".into(),
-        Some(TraceEdge::Fired { transition, failed: false }) => transition.clone(),
-        Some(TraceEdge::Fired { transition, failed: true }) => format!("{transition} (intent fails)"),
+        Some(TraceEdge::Fired { transition }) => transition.clone(),
+        Some(TraceEdge::Result { transition, ok: true }) => format!("{transition} ok"),
+        Some(TraceEdge::Result { transition, ok: false }) => format!("{transition} fails"),
+        Some(TraceEdge::Observed { .. }) => "(observed)".into(),
+    }
+}
+
+/// What a step did, for a sentence: "OpenMissingPorts's result", "an observation".
+fn edge_phrase(e: &TraceEdge) -> String {
+    match e {
+        TraceEdge::Fired { transition } => format!("{transition}'s step"),
+        TraceEdge::Result { transition, .. } => format!("{transition}'s result"),
+        TraceEdge::Observed { field } => format!("an observation of `{field}`"),
+        TraceEdge::Timer => "the retry timers".into(),
+    }
+}
+
+/// The state changes of a step, and for a step that went in flight what it holds.
+fn step_text(r: &Report, before: &[Value], s: &TraceStep) -> String {
+    let text = changes(r, before, &s.state);
+    let Some(TraceEdge::Fired { transition }) = &s.edge else {
+        return text;
+    };
+    let Some(f) = s.in_flight.iter().find(|f| f.transition == *transition) else {
+        return text;
+    };
+    let held: Vec<String> = f.held.iter().map(|(n, v)| format!("{n} = {v}")).collect();
+    let flight =
+        if held.is_empty() { "in flight".to_string() } else { format!("in flight, holding {}", held.join(", ")) };
+    if text == "(no change)" {
+        format!("({flight})")
+    } else {
+        format!("{text} ({flight})")
     }
 }
 
@@ -253,10 +299,37 @@ fn print_trace(out: &mut impl Write, r: &Report, trace: &[TraceStep], from: usiz
             let all: Vec<String> = r.fields.iter().zip(&s.state).map(|(n, v)| format!("{n} = {v}")).collect();
             all.join(", ")
         } else {
-            changes(r, &prev, &s.state)
+            step_text(r, &prev, s)
         };
         let n = if s.edge.is_none() { "".to_string() } else { format!("{}.", from + i) };
         let _ = writeln!(out, "  {n:>5} {:<22} {text}", edge_text(&s.edge));
         prev = s.state.clone();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lost update cannot happen with the runtime's rules, so no `.ved` file shows
+    /// one; this prints seed 000 explored without R1, against
+    /// `tests/data/verify/lost_update_without_r1.txt` (`VED_BLESS=1` rewrites it).
+    #[test]
+    fn a_lost_update_is_printed_with_its_trace() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let loaded = load::load(&[root.join("examples/security_policy.ved")]).unwrap_or_else(|_| panic!("loads"));
+        let model = ved_verify::Model { serialize_conflicts: false, ..ved_verify::Model::default() };
+        let opts = Options::default();
+        let (d, c) = (&loaded.program.domains[0], &loaded.compiled.domains[0]);
+        let report = ved_verify::verify_domain_in(d, c, opts, model, &mut |_, _| {}).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(print_report(&mut out, &report, opts), 1);
+        let got = String::from_utf8(out).unwrap();
+        let expected = root.join("tests/data/verify/lost_update_without_r1.txt");
+        if std::env::var_os("VED_BLESS").is_some() {
+            std::fs::write(&expected, &got).unwrap();
+            return;
+        }
+        assert_eq!(got, std::fs::read_to_string(&expected).unwrap_or_default());
     }
 }

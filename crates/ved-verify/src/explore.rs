@@ -2,42 +2,163 @@
 //!
 //! A node is the domain's state plus what the scheduler knows: where the
 //! current tick is (`cursor`), which transitions are backing off after a failed
-//! intent (`blocked`), and how many more intents may fail (`budget`). Its
-//! successors follow the runtime's rules exactly, slice by slice:
+//! intent (`blocked`), how many more intents may fail (`budget`), and which
+//! transitions are in flight with the writes they hold (`flight`). Its
+//! successors follow the runtime's rules slice by slice, and every order in
+//! which the world can answer:
 //!
-//! - if every goal holds, the node is stable and has none;
-//! - otherwise the first transition from `cursor` on that is not blocked and
-//!   whose step is not a no-op fires: one successor where its intents succeed
-//!   (its writes apply) and, while `budget` lasts and it emitted, one where an
-//!   intent fails (its writes are dropped, unless it is `optimistic`, and it is
-//!   blocked);
-//! - past the last transition, a tick that fired something starts again from
-//!   the first; a tick that fired nothing waits for the retry timers (one
-//!   successor that unblocks everything) or, with nothing blocked, is stuck.
+//! - **Mid-tick** (`cursor` past a transition that fired, and a later one
+//!   enabled) the only successor is that transition's slice: the runtime
+//!   finishes a tick before it applies any message.
+//! - **At a tick boundary** any queued message may come first. For each
+//!   transition in flight, its result: success applies its held writes; while
+//!   `budget` lasts, failure drops them (an `optimistic` step's writes were
+//!   applied at once and stay) and blocks it until the retry timers fire. For
+//!   each field with a held write, an observation of a new value: it drops every
+//!   held write to that field, as the runtime does. Then the next tick's first
+//!   slice.
+//! - A transition is skipped when it backs off, is in flight, or (R1, unless
+//!   [`Model::serialize_conflicts`] is off) another transition in flight writes
+//!   a field it reads or writes. Otherwise a step that is not a no-op fires: with
+//!   no intents its writes apply; with intents it goes in flight, holding its
+//!   writes (or applying them at once, if `optimistic`).
+//! - Every goal holding with nothing in flight is **stable** (no successors);
+//!   with something in flight it is **waiting** (R2): only messages follow.
+//!   A boundary where no transition can run waits for results and, when
+//!   something backs off, for the retry timers (one successor that unblocks
+//!   everything); with neither it is **stuck**.
 //!
-//! The one simplification: an intent's result arrives before the next slice.
+//! Simplifications, each an over-approximation or a bound:
+//! - a transition's intents are answered together: one result, success when all
+//!   succeed, failure at the first failure (the runtime ignores later answers);
+//! - retry timers fire only when nothing else can run (backoff delays are long
+//!   compared with a tick);
+//! - observations arrive only for fields with a held write, and report either a
+//!   value a step in flight predicted (the world confirms the effect before the
+//!   acknowledgement) or one other value of the field's bound, the first that is
+//!   neither (the world moved elsewhere); [`Model::every_observed_value`] tries
+//!   every value of the bound instead, at about 20 times the edges on seed 000.
+//!   Other observations are a new start state, and every start state is
+//!   explored anyway. Observation edges are the world's moves, not the
+//!   program's: they are left out of livelock cycles and of the depth (a world
+//!   that changes forever is not a livelock).
 
 use hashbrown::HashTable;
 use rustc_hash::FxHasher;
 use std::hash::{Hash, Hasher};
-use ved_vm::{CompiledDomain, Fault, Value, Vm};
+use ved_vm::{CompiledDomain, CompiledTransition, Fault, Op, Value, Vm};
+
+/// The state fields a transition's step may read and may write, in any branch:
+/// every field it loads and every field it assigns, as sorted slots.
+///
+/// The runtime serializes conflicting transitions on these sets. Until
+/// `CompiledTransition` carries them (`reads`, `writes`), they are derived here
+/// from the bytecode; this function is the one place to swap for those fields.
+pub fn access_sets(tr: &CompiledTransition) -> (Vec<u16>, Vec<u16>) {
+    let mut reads = Vec::new();
+    let mut writes = Vec::new();
+    for op in &tr.code.ops {
+        match *op {
+            Op::LoadField(slot) => reads.push(slot),
+            Op::StoreField(slot) => writes.push(slot),
+            _ => {}
+        }
+    }
+    for v in [&mut reads, &mut writes] {
+        v.sort_unstable();
+        v.dedup();
+    }
+    (reads, writes)
+}
+
+/// The runtime rules the explorer may leave out, so that tests can show what
+/// they prevent. `ved verify` always uses the default: every rule on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Model {
+    /// R1: a transition is blocked while another one in flight writes a field it
+    /// reads or writes.
+    pub serialize_conflicts: bool,
+    /// Observations mid-flight report every value of the field's bound, not only
+    /// the predictions and one other value (see the module documentation).
+    pub every_observed_value: bool,
+}
+
+impl Default for Model {
+    fn default() -> Model {
+        Model { serialize_conflicts: true, every_observed_value: false }
+    }
+}
+
+/// One write a transition in flight holds until its intents succeed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Held {
+    pub slot: u16,
+    pub value: Value,
+    /// Another slice changed the field since the step ran: applying this write
+    /// would overwrite that change (a lost update).
+    pub dirty: bool,
+}
+
+/// A transition whose intents are out.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Flight {
+    pub t: u16,
+    /// By slot, ascending; empty for an `optimistic` step or once observations
+    /// superseded every write.
+    pub held: Vec<Held>,
+}
+
+/// The transitions in flight, by index, ascending; never empty.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Flights(pub Vec<Flight>);
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Node {
     pub values: Box<[Value]>,
-    pub cursor: u8,
     pub blocked: u64,
+    /// `None` when nothing is in flight, so such a node pays one word for it.
+    pub flight: Option<Box<Flights>>,
+    pub cursor: u8,
     pub budget: u8,
+}
+
+impl Node {
+    pub fn in_flight(&self) -> &[Flight] {
+        self.flight.as_deref().map_or(&[], |f| &f.0)
+    }
+}
+
+fn pack(f: Vec<Flight>) -> Option<Box<Flights>> {
+    (!f.is_empty()).then(|| Box::new(Flights(f)))
+}
+
+/// Marks every held write to `slot` as overwritten-to-be: someone else changed it.
+fn touch(flights: &mut [Flight], slot: u16) {
+    for f in flights {
+        for h in &mut f.held {
+            if h.slot == slot {
+                h.dirty = true;
+            }
+        }
+    }
 }
 
 /// How a node was reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Edge {
     Start,
-    /// Transition `t` fired; `failed` when one of its intents failed.
+    /// Transition `t`'s step ran: its writes applied, or went in flight held.
     Fire {
         t: u16,
-        failed: bool,
+    },
+    /// The result of transition `t`'s intents arrived.
+    Result {
+        t: u16,
+        ok: bool,
+    },
+    /// The world reported a new value of field `slot`, which held a write.
+    Observe {
+        slot: u16,
     },
     /// Retry timers fired: blocked transitions may run again.
     Timer,
@@ -46,9 +167,12 @@ pub enum Edge {
 /// What a node is.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Kind {
+    /// Every goal holds and nothing is in flight.
     Stable,
+    /// Every goal holds but something is in flight (R2): not stable yet.
+    Waiting,
     Moving,
-    /// Goals false, nothing can run, nothing is blocked.
+    /// Goals false, nothing can run, nothing in flight, nothing backing off.
     Stuck,
     /// A goal or a step faulted here.
     Fault {
@@ -57,17 +181,36 @@ pub enum Kind {
     },
 }
 
+/// A result that applied a held write over another slice's change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LostUpdate {
+    /// The node where the result arrived, and the node it led to.
+    pub from: u32,
+    pub to: u32,
+    pub t: u16,
+    pub slot: u16,
+}
+
+/// Set on a successor index in `Graph::succ` when the edge is an observation:
+/// the world's move, which livelock cycles and the depth leave out.
+pub const WORLD: u32 = 1 << 31;
+
 /// The explored graph. Node 0.. are in breadth-first order, so indices grow with depth.
 pub struct Graph {
     pub nodes: Vec<Node>,
     pub kinds: Vec<Kind>,
     pub parent: Vec<(u32, Edge)>,
     pub depth: Vec<u32>,
-    /// Successors of node `i`: `succ[succ_off[i]..succ_off[i + 1]]`.
+    /// Successors of node `i`: `succ[succ_off[i]..succ_off[i + 1]]`, observation
+    /// edges marked with [`WORLD`].
     pub succ_off: Vec<u32>,
     pub succ: Vec<u32>,
     /// Per goal: whether it held in some node.
     pub goal_ever_true: Vec<bool>,
+    /// The first lost update found (breadth first, so on a shortest trace), and how
+    /// many results (edges of the graph) overwrote a change.
+    pub lost: Option<LostUpdate>,
+    pub lost_count: usize,
     /// False when `max_states` cut the exploration short.
     pub complete: bool,
 }
@@ -83,10 +226,34 @@ pub struct Explorer<'a> {
     vm: Vm,
     table: HashTable<u32>,
     g: Graph,
+    /// Per transition: the transitions whose flight blocks it (R1), as a mask.
+    conflicts: Vec<u64>,
+    model: Model,
+    /// Per field: the values an observation may report.
+    observable: Vec<Vec<Value>>,
+    /// Set by `expand`: the successors (by position) whose result overwrote a
+    /// change, with the transition and the field.
+    lost_at: Vec<(usize, u16, u16)>,
 }
 
 impl<'a> Explorer<'a> {
-    pub fn new(dom: &'a CompiledDomain) -> Explorer<'a> {
+    /// `observable[slot]`: the values the world may report for a field (its bound).
+    pub fn new(dom: &'a CompiledDomain, model: Model, observable: Vec<Vec<Value>>) -> Explorer<'a> {
+        let sets: Vec<(Vec<u16>, Vec<u16>)> = dom.transitions.iter().map(access_sets).collect();
+        let conflicts = sets
+            .iter()
+            .map(|(reads, writes)| {
+                let mut mask = 0u64;
+                if model.serialize_conflicts {
+                    for (p, (_, p_writes)) in sets.iter().enumerate() {
+                        if p_writes.iter().any(|f| reads.contains(f) || writes.contains(f)) {
+                            mask |= 1 << p;
+                        }
+                    }
+                }
+                mask
+            })
+            .collect();
         Explorer {
             dom,
             vm: Vm::new(),
@@ -99,8 +266,14 @@ impl<'a> Explorer<'a> {
                 succ_off: vec![0],
                 succ: Vec::new(),
                 goal_ever_true: vec![false; dom.goals.len()],
+                lost: None,
+                lost_count: 0,
                 complete: true,
             },
+            conflicts,
+            model,
+            observable,
+            lost_at: Vec::new(),
         }
     }
 
@@ -121,12 +294,13 @@ impl<'a> Explorer<'a> {
     }
 
     pub fn add_start(&mut self, values: Vec<Value>, budget: u8) {
-        let node = Node { values: values.into_boxed_slice(), cursor: 0, blocked: 0, budget };
+        let node = Node { values: values.into_boxed_slice(), blocked: 0, flight: None, cursor: 0, budget };
         self.intern(node, (u32::MAX, Edge::Start), 0);
     }
 
     /// Explores breadth first until done or `max_states`; calls `progress` now and then.
     pub fn run(mut self, max_states: usize, progress: &mut dyn FnMut(usize, usize)) -> Graph {
+        assert!(max_states < WORLD as usize, "node indices leave the top bit for observation edges");
         let mut i = 0usize;
         let mut succs: Vec<(Node, Edge)> = Vec::new();
         while i < self.g.nodes.len() {
@@ -138,13 +312,20 @@ impl<'a> Explorer<'a> {
             let kind = self.expand(&node, &mut succs);
             self.g.kinds.push(kind);
             let depth = self.g.depth[i] + 1;
-            for (n, e) in succs.drain(..) {
+            for (k, (n, e)) in succs.drain(..).enumerate() {
                 if self.g.nodes.len() >= max_states {
                     self.g.complete = false;
                     break;
                 }
+                let world = matches!(e, Edge::Observe { .. });
                 let j = self.intern(n, (i as u32, e), depth);
-                self.g.succ.push(j);
+                self.g.succ.push(if world { j | WORLD } else { j });
+                if let Some(&(_, t, slot)) = self.lost_at.iter().find(|(at, _, _)| *at == k) {
+                    self.g.lost_count += 1;
+                    if self.g.lost.is_none() {
+                        self.g.lost = Some(LostUpdate { from: i as u32, to: j, t, slot });
+                    }
+                }
             }
             self.g.succ_off.push(self.g.succ.len() as u32);
             if !self.g.complete {
@@ -163,6 +344,7 @@ impl<'a> Explorer<'a> {
 
     /// The node's kind; its successors go to `out`.
     fn expand(&mut self, node: &Node, out: &mut Vec<(Node, Edge)>) -> Kind {
+        self.lost_at.clear();
         let dom = self.dom;
         let mut all = true;
         for (gi, goal) in dom.goals.iter().enumerate() {
@@ -172,55 +354,181 @@ impl<'a> Explorer<'a> {
                 Err(fault) => return Kind::Fault { what: format!("goal `{}`", goal.name), fault },
             }
         }
+        let flying = node.in_flight();
         if all {
-            return Kind::Stable;
+            if flying.is_empty() {
+                return Kind::Stable;
+            }
+            // R2: the goals hold, but not yet in the world. No tick runs; messages come.
+            self.results(node, out);
+            self.timer(node, out);
+            self.observations(node, out);
+            return Kind::Waiting;
         }
-        let mut from = node.cursor as usize;
-        loop {
-            for t in from..dom.transitions.len() {
-                if node.blocked & (1 << t) != 0 {
-                    continue;
+        let in_flight = flying.iter().fold(0u64, |m, f| m | 1 << f.t);
+        if node.cursor > 0 {
+            match self.scan(node, node.cursor as usize, in_flight, out) {
+                Err(kind) => return kind,
+                Ok(true) => return Kind::Moving,
+                Ok(false) => {}
+            }
+        }
+        // A tick boundary: any message that has arrived is applied before the next tick.
+        self.results(node, out);
+        match self.scan(node, 0, in_flight, out) {
+            Err(kind) => {
+                out.clear();
+                self.lost_at.clear();
+                return kind;
+            }
+            Ok(true) => {}
+            Ok(false) => self.timer(node, out),
+        }
+        self.observations(node, out);
+        if out.is_empty() {
+            Kind::Stuck
+        } else {
+            Kind::Moving
+        }
+    }
+
+    /// From transition `from` on, the first one that can run fires: its slice
+    /// goes to `out`. `Ok(false)` when none can.
+    fn scan(&mut self, node: &Node, from: usize, in_flight: u64, out: &mut Vec<(Node, Edge)>) -> Result<bool, Kind> {
+        let dom = self.dom;
+        for t in from..dom.transitions.len() {
+            if (node.blocked | in_flight) & (1 << t) != 0 || in_flight & self.conflicts[t] != 0 {
+                continue;
+            }
+            let tr = &dom.transitions[t];
+            let outcome = match self.vm.run_step(&tr.code, &node.values) {
+                Ok(o) => o,
+                Err(fault) => return Err(Kind::Fault { what: format!("transition `{}`", tr.name), fault }),
+            };
+            if outcome.is_noop() {
+                continue;
+            }
+            let mut values = node.values.clone();
+            let mut flight = node.in_flight().to_vec();
+            if outcome.intents.is_empty() || tr.optimistic {
+                for (slot, v) in outcome.writes {
+                    touch(&mut flight, slot);
+                    values[slot as usize] = v;
                 }
-                let tr = &dom.transitions[t];
-                let outcome = match self.vm.run_step(&tr.code, &node.values) {
-                    Ok(o) => o,
-                    Err(fault) => return Kind::Fault { what: format!("transition `{}`", tr.name), fault },
-                };
-                if outcome.is_noop() {
-                    continue;
+                if !outcome.intents.is_empty() {
+                    flight.push(Flight { t: t as u16, held: Vec::new() });
                 }
-                let mut applied = node.values.to_vec();
-                for (slot, v) in &outcome.writes {
-                    applied[*slot as usize] = v.clone();
+            } else {
+                let held = outcome.writes.into_iter().map(|(slot, value)| Held { slot, value, dirty: false }).collect();
+                flight.push(Flight { t: t as u16, held });
+            }
+            flight.sort_unstable_by_key(|f| f.t);
+            let cursor = (t + 1) as u8;
+            out.push((
+                Node { values, blocked: node.blocked, flight: pack(flight), cursor, budget: node.budget },
+                Edge::Fire { t: t as u16 },
+            ));
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Each transition in flight hears back: success, and failure while the budget lasts.
+    fn results(&mut self, node: &Node, out: &mut Vec<(Node, Edge)>) {
+        let flying = node.in_flight();
+        for (k, f) in flying.iter().enumerate() {
+            let others = || -> Vec<Flight> {
+                flying.iter().enumerate().filter(|(j, _)| *j != k).map(|(_, x)| x.clone()).collect()
+            };
+            let mut rest = others();
+            let mut values = node.values.clone();
+            let mut lost = None;
+            for h in &f.held {
+                let cell = &mut values[h.slot as usize];
+                if *cell != h.value {
+                    if h.dirty && lost.is_none() {
+                        lost = Some(h.slot);
+                    }
+                    *cell = h.value.clone();
+                    touch(&mut rest, h.slot);
                 }
-                let cursor = (t + 1) as u8;
-                // The success first, so that breadth-first traces prefer it.
-                let failed = (!outcome.intents.is_empty() && node.budget > 0).then(|| Node {
-                    values: if tr.optimistic { applied.clone() } else { node.values.to_vec() }.into_boxed_slice(),
-                    cursor,
-                    blocked: node.blocked | (1 << t),
-                    budget: node.budget - 1,
-                });
+            }
+            if let Some(slot) = lost {
+                self.lost_at.push((out.len(), f.t, slot));
+            }
+            out.push((
+                Node { values, blocked: node.blocked, flight: pack(rest), cursor: 0, budget: node.budget },
+                Edge::Result { t: f.t, ok: true },
+            ));
+            if node.budget > 0 {
+                // The held writes are dropped; the field values did not move, so no one else's did either.
                 out.push((
-                    Node { values: applied.into_boxed_slice(), cursor, blocked: node.blocked, budget: node.budget },
-                    Edge::Fire { t: t as u16, failed: false },
+                    Node {
+                        values: node.values.clone(),
+                        blocked: node.blocked | 1 << f.t,
+                        flight: pack(others()),
+                        cursor: 0,
+                        budget: node.budget - 1,
+                    },
+                    Edge::Result { t: f.t, ok: false },
                 ));
-                if let Some(f) = failed {
-                    out.push((f, Edge::Fire { t: t as u16, failed: true }));
-                }
-                return Kind::Moving;
             }
-            if from == 0 {
-                break;
-            }
-            // The tick fired something; the next one starts from the first transition.
-            from = 0;
         }
+    }
+
+    /// With something backing off, the retry timers may fire: everything is unblocked.
+    fn timer(&mut self, node: &Node, out: &mut Vec<(Node, Edge)>) {
         if node.blocked != 0 {
-            out.push((Node { values: node.values.clone(), cursor: 0, blocked: 0, budget: node.budget }, Edge::Timer));
-            return Kind::Moving;
+            let flight = node.flight.clone();
+            out.push((
+                Node { values: node.values.clone(), blocked: 0, flight, cursor: 0, budget: node.budget },
+                Edge::Timer,
+            ));
         }
-        Kind::Stuck
+    }
+
+    /// The world reports another value of a field that a transition in flight holds
+    /// a write to: that write (and any other to the field) is dropped. The values:
+    /// each write held for the field (the world confirms a prediction before the
+    /// acknowledgement), and one value of the bound that is neither that nor the
+    /// current one (the world moved elsewhere), or every value of the bound with
+    /// [`Model::every_observed_value`].
+    fn observations(&mut self, node: &Node, out: &mut Vec<(Node, Edge)>) {
+        let flying = node.in_flight();
+        let mut slots: Vec<u16> = flying.iter().flat_map(|f| f.held.iter().map(|h| h.slot)).collect();
+        slots.sort_unstable();
+        slots.dedup();
+        for slot in slots {
+            let s = slot as usize;
+            let mut seen: Vec<&Value> = vec![&node.values[s]];
+            let predicted = flying.iter().flat_map(|f| f.held.iter().filter(|h| h.slot == slot).map(|h| &h.value));
+            let mut elsewhere = self.observable[s].iter();
+            let take_all = self.model.every_observed_value;
+            let mut others = 0;
+            for v in predicted.chain(std::iter::from_fn(|| elsewhere.next())) {
+                if seen.contains(&v) {
+                    continue;
+                }
+                seen.push(v);
+                let is_prediction = flying.iter().any(|f| f.held.iter().any(|h| h.slot == slot && h.value == *v));
+                if !is_prediction {
+                    if !take_all && others == 1 {
+                        break;
+                    }
+                    others += 1;
+                }
+                let mut values = node.values.clone();
+                values[s] = v.clone();
+                let flight: Vec<Flight> = flying
+                    .iter()
+                    .map(|f| Flight { t: f.t, held: f.held.iter().filter(|h| h.slot != slot).cloned().collect() })
+                    .collect();
+                out.push((
+                    Node { values, blocked: node.blocked, flight: pack(flight), cursor: 0, budget: node.budget },
+                    Edge::Observe { slot },
+                ));
+            }
+        }
     }
 }
 

@@ -1,15 +1,17 @@
 //! `ved-verify` proves, before deploy, that a domain's transitions converge: it
 //! explores every state reachable from every start state inside a bound, and
 //! either proves that the goals are always reached or returns a shortest
-//! counterexample: a stuck state, a livelock cycle, a fault, or goals that no
-//! state satisfies. It runs the program's own compiled steps, with the
-//! runtime's scheduling rules (see [`explore`]), so what it proves is what runs.
+//! counterexample: a stuck state, a livelock cycle, a fault, a lost update, or
+//! goals that no state satisfies. It runs the program's own compiled steps, with
+//! the runtime's scheduling rules, in every order in which intent results and
+//! observations can arrive (see [`explore`]), so what it proves is what runs.
 //! Like the runtime it is pure: no I/O, no clock; the caller prints.
 
 pub mod bounds;
 pub mod explore;
 
 pub use bounds::{FieldBound, Shape};
+pub use explore::Model;
 use explore::{Edge, Explorer, Graph, Kind};
 use ved_check::hir;
 use ved_vm::{CompiledDomain, Value, Vm};
@@ -39,14 +41,25 @@ pub struct TraceStep {
     pub state: Vec<Value>,
     /// Failures still allowed after it.
     pub budget: u8,
+    /// Transitions in flight after it, in declaration order.
+    pub in_flight: Vec<InFlight>,
+}
+
+/// A transition whose intents are out, with the writes it holds until they succeed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InFlight {
+    pub transition: String,
+    pub held: Vec<(String, Value)>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum TraceEdge {
-    Fired {
-        transition: String,
-        failed: bool,
-    },
+    /// The transition's step ran (with intents, it went in flight).
+    Fired { transition: String },
+    /// The result of its intents arrived: all succeeded, or one failed.
+    Result { transition: String, ok: bool },
+    /// The world reported a new value of a field that a write was held for.
+    Observed { field: String },
     /// The retry timers fired.
     Timer,
 }
@@ -64,6 +77,10 @@ pub enum Problem {
     Fault { trace: Vec<TraceStep>, what: String, message: String },
     /// No explored state satisfies every goal; `never` lists goals that never hold on their own.
     Unsatisfiable { never: Vec<String> },
+    /// A result applied `transition`'s held write to `field` over a change another
+    /// slice made after its step ran: that change is lost. The trace ends with the
+    /// result; step `at` of it (counting the start as 0) made the change, by `by`.
+    LostUpdate { trace: Vec<TraceStep>, transition: String, field: String, by: TraceEdge, at: usize, count: usize },
 }
 
 /// One exploration: every intent succeeds, or some may fail.
@@ -132,6 +149,18 @@ pub fn verify_domain(
     opts: Options,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Report, VerifyError> {
+    verify_domain_in(d, compiled, opts, Model::default(), progress)
+}
+
+/// [`verify_domain`] under a model that may leave out some of the runtime's rules:
+/// for tests that show what a rule prevents.
+pub fn verify_domain_in(
+    d: &hir::Domain,
+    compiled: &CompiledDomain,
+    opts: Options,
+    model: Model,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Report, VerifyError> {
     if compiled.transitions.len() > 64 {
         return Err(VerifyError::TooManyTransitions { domain: d.name.clone(), count: compiled.transitions.len() });
     }
@@ -142,17 +171,18 @@ pub fn verify_domain(
     }
     let initial = Vm::new().initial_state(compiled).map_err(|f| VerifyError::Bound(f.to_string()))?;
     let starts = start_states(&bounds, &initial);
+    let observable: Vec<Vec<Value>> = bounds.iter().map(|b| b.values.clone()).collect();
     let mut runs = Vec::new();
     for failures in [0, opts.failures] {
         if failures == 0 && !runs.is_empty() {
             continue;
         }
-        let mut ex = Explorer::new(compiled);
+        let mut ex = Explorer::new(compiled, model, observable.clone());
         for s in &starts {
             ex.add_start(s.clone(), failures);
         }
         let g = ex.run(opts.max_states, progress);
-        runs.push(judge(compiled, &g, failures, starts.len()));
+        runs.push(judge(compiled, &g, failures, starts.len(), &|| Explorer::new(compiled, model, observable.clone())));
         if failures == opts.failures {
             break;
         }
@@ -186,23 +216,41 @@ fn start_states(bounds: &[FieldBound], initial: &[Value]) -> Vec<Vec<Value>> {
 }
 
 fn trace_of(compiled: &CompiledDomain, g: &Graph, path: &[(u32, Edge)]) -> Vec<TraceStep> {
+    let name = |t: u16| compiled.transitions[t as usize].name.clone();
     path.iter()
         .map(|(i, e)| {
             let node = &g.nodes[*i as usize];
-            let edge = match e {
+            let edge = match *e {
                 Edge::Start => None,
                 Edge::Timer => Some(TraceEdge::Timer),
-                Edge::Fire { t, failed } => Some(TraceEdge::Fired {
-                    transition: compiled.transitions[*t as usize].name.clone(),
-                    failed: *failed,
-                }),
+                Edge::Fire { t } => Some(TraceEdge::Fired { transition: name(t) }),
+                Edge::Result { t, ok } => Some(TraceEdge::Result { transition: name(t), ok }),
+                Edge::Observe { slot } => Some(TraceEdge::Observed { field: compiled.fields[slot as usize].0.clone() }),
             };
-            TraceStep { edge, state: node.values.to_vec(), budget: node.budget }
+            let in_flight = node
+                .in_flight()
+                .iter()
+                .map(|f| InFlight {
+                    transition: name(f.t),
+                    held: f
+                        .held
+                        .iter()
+                        .map(|h| (compiled.fields[h.slot as usize].0.clone(), h.value.clone()))
+                        .collect(),
+                })
+                .collect();
+            TraceStep { edge, state: node.values.to_vec(), budget: node.budget, in_flight }
         })
         .collect()
 }
 
-fn judge(compiled: &CompiledDomain, g: &Graph, failures: u8, start_states: usize) -> Run {
+fn judge<'a>(
+    compiled: &'a CompiledDomain,
+    g: &Graph,
+    failures: u8,
+    start_states: usize,
+    explorer: &dyn Fn() -> Explorer<'a>,
+) -> Run {
     let mut problems = Vec::new();
     // Goals that no state satisfies come first: every other problem follows from them.
     if g.complete && !g.kinds.contains(&Kind::Stable) {
@@ -221,6 +269,25 @@ fn judge(compiled: &CompiledDomain, g: &Graph, failures: u8, start_states: usize
             problems.push(Problem::Fault { trace, what: what.clone(), message: fault.to_string() });
         }
     }
+    // A lost update is wrong whatever happens next, so it comes before stuck states and cycles.
+    if let Some(lost) = g.lost {
+        let mut path = g.path_to(lost.from);
+        path.push((lost.to, Edge::Result { t: lost.t, ok: true }));
+        let trace = trace_of(compiled, g, &path);
+        let s = lost.slot as usize;
+        // The change it overwrites: the last one to the field since the transition's step ran.
+        let fired = path.iter().rposition(|(_, e)| *e == Edge::Fire { t: lost.t }).unwrap_or(0);
+        let at =
+            (fired + 1..trace.len() - 1).rev().find(|&k| trace[k].state[s] != trace[k - 1].state[s]).unwrap_or(fired);
+        problems.push(Problem::LostUpdate {
+            by: trace[at].edge.clone().unwrap_or(TraceEdge::Timer),
+            trace,
+            transition: compiled.transitions[lost.t as usize].name.clone(),
+            field: compiled.fields[s].0.clone(),
+            at,
+            count: g.lost_count,
+        });
+    }
     let stuck: Vec<usize> = g.kinds.iter().enumerate().filter(|(_, k)| **k == Kind::Stuck).map(|(i, _)| i).collect();
     if let Some(&i) = stuck.first() {
         let trace = trace_of(compiled, g, &g.path_to(i as u32));
@@ -232,10 +299,23 @@ fn judge(compiled: &CompiledDomain, g: &Graph, failures: u8, start_states: usize
             .filter(|goal| !vm.eval_bool(&goal.code, values).unwrap_or(false))
             .map(|goal| goal.name.clone())
             .collect();
+        // The shortest way into a stuck state by the program's own moves: the shallowest
+        // node with a stuck successor (the stuck node itself may be a start state too).
         let reached = (trace.len() == 1)
-            .then(|| stuck.iter().find(|&&j| g.depth[j] > 0))
+            .then(|| {
+                (0..g.kinds.len()).find_map(|from| {
+                    g.successors(from)
+                        .iter()
+                        .find(|&&j| j as usize != from && g.kinds.get(j as usize) == Some(&Kind::Stuck))
+                        .map(|&j| (from as u32, j))
+                })
+            })
             .flatten()
-            .map(|&j| trace_of(compiled, g, &g.path_to(j as u32)));
+            .map(|(from, to)| {
+                let mut path = g.path_to(from);
+                path.push((to, edge_between(&mut explorer(), g, from, to)));
+                trace_of(compiled, g, &path)
+            });
         problems.push(Problem::Stuck { trace, false_goals, count: stuck.len(), reached });
     }
     if let Some(cycle) = g.find_cycle() {
@@ -245,7 +325,7 @@ fn judge(compiled: &CompiledDomain, g: &Graph, failures: u8, start_states: usize
         let mut round = Vec::new();
         for w in cycle.iter().skip(1).chain(std::iter::once(&entry)) {
             let prev = round.last().map(|(i, _): &(u32, Edge)| *i).unwrap_or(entry);
-            let edge = edge_between(compiled, g, prev, *w);
+            let edge = edge_between(&mut explorer(), g, prev, *w);
             round.push((*w, edge));
         }
         let cycle = trace_of(compiled, g, &round);
@@ -261,11 +341,14 @@ fn judge(compiled: &CompiledDomain, g: &Graph, failures: u8, start_states: usize
     }
 }
 
-/// The edge by which `to` follows `from`: found again by expanding `from`.
-fn edge_between(compiled: &CompiledDomain, g: &Graph, from: u32, to: u32) -> Edge {
+/// The edge by which `to` follows `from` (not an observation: cycles leave those out),
+/// found again by expanding `from`.
+fn edge_between(ex: &mut Explorer<'_>, g: &Graph, from: u32, to: u32) -> Edge {
     let target = &g.nodes[to as usize];
-    let mut ex = Explorer::new(compiled);
     let mut out = Vec::new();
     ex.successors_of(&g.nodes[from as usize], &mut out);
-    out.into_iter().find(|(n, _)| n == target).map(|(_, e)| e).unwrap_or(Edge::Timer)
+    out.into_iter()
+        .find(|(n, e)| n == target && !matches!(e, Edge::Observe { .. }))
+        .map(|(_, e)| e)
+        .unwrap_or(Edge::Timer)
 }
