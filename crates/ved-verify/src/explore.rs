@@ -46,29 +46,15 @@
 use hashbrown::HashTable;
 use rustc_hash::FxHasher;
 use std::hash::{Hash, Hasher};
-use ved_vm::{CompiledDomain, CompiledTransition, Fault, Op, Value, Vm};
+use ved_vm::{CompiledDomain, CompiledTransition, Fault, Value, Vm};
 
 /// The state fields a transition's step may read and may write, in any branch:
 /// every field it loads and every field it assigns, as sorted slots.
 ///
-/// The runtime serializes conflicting transitions on these sets. Until
-/// `CompiledTransition` carries them (`reads`, `writes`), they are derived here
-/// from the bytecode; this function is the one place to swap for those fields.
+/// The read and write sets the runtime serializes conflicting transitions on:
+/// the ones `ved-vm` computed when it lowered the step (one definition for both).
 pub fn access_sets(tr: &CompiledTransition) -> (Vec<u16>, Vec<u16>) {
-    let mut reads = Vec::new();
-    let mut writes = Vec::new();
-    for op in &tr.code.ops {
-        match *op {
-            Op::LoadField(slot) => reads.push(slot),
-            Op::StoreField(slot) => writes.push(slot),
-            _ => {}
-        }
-    }
-    for v in [&mut reads, &mut writes] {
-        v.sort_unstable();
-        v.dedup();
-    }
-    (reads, writes)
+    (tr.reads.clone(), tr.writes.clone())
 }
 
 /// The runtime rules the explorer may leave out, so that tests can show what
@@ -239,14 +225,15 @@ pub struct Explorer<'a> {
 impl<'a> Explorer<'a> {
     /// `observable[slot]`: the values the world may report for a field (its bound).
     pub fn new(dom: &'a CompiledDomain, model: Model, observable: Vec<Vec<Value>>) -> Explorer<'a> {
-        let sets: Vec<(Vec<u16>, Vec<u16>)> = dom.transitions.iter().map(access_sets).collect();
-        let conflicts = sets
+        // R1 is the runtime's own rule (`CompiledTransition::conflicts_with`), not a copy of it.
+        let conflicts = dom
+            .transitions
             .iter()
-            .map(|(reads, writes)| {
+            .map(|tr| {
                 let mut mask = 0u64;
                 if model.serialize_conflicts {
-                    for (p, (_, p_writes)) in sets.iter().enumerate() {
-                        if p_writes.iter().any(|f| reads.contains(f) || writes.contains(f)) {
+                    for (p, other) in dom.transitions.iter().enumerate() {
+                        if tr.conflicts_with(other) {
                             mask |= 1 << p;
                         }
                     }
