@@ -213,15 +213,19 @@ pub fn effective_ports(doc: &Json) -> Effective {
     let chains = rs.base_chains();
     let mut out = Effective::default();
     if chains.is_empty() {
-        // No chain filters input: every port is reachable. Ved's chain always exists after
-        // a repair, so this is only seen before the first one.
+        // Nothing filters input: every port is reachable. Ved's chain always exists after
+        // a repair, so this is only seen in a namespace Ved has not set up yet.
+        out.open = (1..=65535).collect();
         return out;
     }
-    // The verdict can change only at a port some rule names, or just after one, so one
-    // evaluation per segment between such boundaries decides the whole segment.
+    // The verdict can change only at a port some rule or set names, or just after one, so
+    // one evaluation per segment between such boundaries decides the whole segment.
     let mut bounds = BTreeSet::from([1i64, 65536]);
-    for (_, o) in rs.all() {
-        collect_numbers(o, &mut bounds);
+    for r in rs.of("rule") {
+        collect_numbers(&r["expr"], &mut bounds);
+    }
+    for s in rs.of("set").chain(rs.of("map")) {
+        collect_numbers(&s["elem"], &mut bounds);
     }
     let bounds: Vec<i64> = bounds.into_iter().collect();
     let mut warned = BTreeSet::new();
@@ -614,6 +618,11 @@ mod tests {
         ];
         v.extend(extra);
         v
+    }
+
+    #[test]
+    fn with_no_chain_on_the_input_path_every_port_is_open() {
+        assert_eq!(effective_ports(&doc(json!([]))).open.len(), 65535);
     }
 
     #[test]

@@ -557,6 +557,105 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn chain() -> Chain {
+        Chain {
+            family: "inet".into(),
+            table: "ved".into(),
+            chain: "input".into(),
+            netns: None,
+            timeout: Duration::from_secs(1),
+            priority: 0,
+            base_rules: Vec::new(),
+        }
+    }
+
+    fn base() -> Vec<Json> {
+        vec![
+            json!([{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"accept": null}]),
+            json!([{"match": {"op": "==", "left": {"meta": {"key": "iif"}}, "right": "lo"}}, {"accept": null}]),
+        ]
+    }
+
+    fn rule(handle: u64, expr: Json) -> Json {
+        json!({"rule": {"family": "inet", "table": "ved", "chain": "input", "handle": handle, "expr": expr}})
+    }
+
+    fn port(p: i64) -> Json {
+        json!([{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": p}}, {"accept": null}])
+    }
+
+    /// Ved's table as it should be, holding `ports`, then `extra` items.
+    fn table(policy: &str, ports: &[i64], extra: Vec<Json>) -> Json {
+        let mut items = vec![
+            json!({"table": {"family": "inet", "name": "ved", "handle": 1}}),
+            json!({"chain": {"family": "inet", "table": "ved", "name": "input", "handle": 1, "type": "filter", "hook": "input", "prio": 0, "policy": policy}}),
+            rule(2, base()[0].clone()),
+            rule(3, base()[1].clone()),
+        ];
+        items.extend(ports.iter().enumerate().map(|(i, p)| rule(10 + i as u64, port(*p))));
+        items.extend(extra);
+        json!({"nftables": items})
+    }
+
+    #[test]
+    fn a_ved_shaped_table_needs_nothing_and_port_changes_are_targeted() {
+        let doc = table("drop", &[80, 443], vec![]);
+        assert_eq!(plan(&chain(), &doc, &base(), &[], &[]), Plan::default());
+        let p = plan(&chain(), &doc, &base(), &[8080, 80], &[443]);
+        assert_eq!(
+            p.cmds,
+            vec!["delete rule inet ved input handle 11", "add rule inet ved input tcp dport 8080 accept"]
+        );
+        assert!(p.what.is_empty(), "port changes are not repairs");
+    }
+
+    #[test]
+    fn stray_rules_are_deleted_by_handle_and_quoted_while_port_drift_is_kept() {
+        let mut doc = table("drop", &[80, 443], vec![]);
+        let items = doc["nftables"].as_array_mut().unwrap();
+        items.insert(2, rule(7, json!([{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 80}}, {"drop": null}])));
+        items.push(rule(8, json!([{"match": {"op": "!=", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 80}}, {"accept": null}])));
+        items.push(rule(9, port(22)));
+        let p = plan(&chain(), &doc, &base(), &[], &[]);
+        assert_eq!(p.cmds, vec!["delete rule inet ved input handle 7", "delete rule inet ved input handle 8"]);
+        assert_eq!(
+            p.what,
+            vec![
+                "removed rule `tcp dport 80 drop` (handle 7) from inet ved input: Ved did not write it",
+                "removed rule `tcp dport != 80 accept` (handle 8) from inet ved input: Ved did not write it",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_wrong_shape_is_rebuilt_in_one_transaction_keeping_the_single_port_rules() {
+        let c = chain();
+        let rebuilt = |ports: &[i64]| c.rebuild(ports);
+        // A policy set to accept by hand.
+        let p = plan(&c, &table("accept", &[80, 22], vec![]), &base(), &[], &[]);
+        assert_eq!(p.cmds, rebuilt(&[80, 22]));
+        assert_eq!(p.what, vec!["set inet ved input back to `type filter hook input priority 0; policy drop;`: it was `type filter hook input priority 0; policy accept;`"]);
+        // A set in Ved's table, and a flushed chain.
+        let mut doc =
+            table("drop", &[], vec![json!({"set": {"family": "inet", "table": "ved", "name": "s", "handle": 4}})]);
+        doc["nftables"].as_array_mut().unwrap().retain(|i| i.get("rule").is_none());
+        let p = plan(&c, &doc, &base(), &[443], &[]);
+        assert_eq!(p.cmds, rebuilt(&[443]));
+        assert!(p.what[0].starts_with("removed set `s` from inet ved"), "{:?}", p.what);
+        assert!(p.what[1].starts_with("restored the base rules at the top of inet ved input"), "{:?}", p.what);
+        // A deleted table.
+        let p = plan(&c, &json!({"nftables": []}), &base(), &[], &[]);
+        assert!(p.table_missing);
+        assert_eq!(p.cmds, rebuilt(&[]));
+        assert_eq!(
+            rebuilt(&[80]).join("; "),
+            "add table inet ved; delete table inet ved; add table inet ved; \
+             add chain inet ved input { type filter hook input priority 0; policy drop; }; \
+             add rule inet ved input ct state established,related accept; add rule inet ved input iif \"lo\" accept; \
+             add rule inet ved input tcp dport 80 accept"
+        );
+    }
+
     #[test]
     fn intent_arguments_must_be_ports() {
         let req = |args: Json| IntentRequest {
