@@ -254,6 +254,18 @@ struct State {
     base: Option<Vec<Json>>,
     /// The table has been set up once: a missing table after that is drift, before it is a first start.
     set_up: bool,
+    /// The newest ruleset read, and a number that grows with every read: the watcher
+    /// evaluates it instead of listing again after a transaction of Ved's own.
+    last: Option<(u64, Json)>,
+}
+
+impl State {
+    fn run(&mut self, line: &str) -> Result<(Option<session::NftError>, Json), String> {
+        let (err, doc) = self.session.run(line)?;
+        let n = self.last.as_ref().map_or(1, |(n, _)| n + 1);
+        self.last = Some((n, doc.clone()));
+        Ok((err, doc))
+    }
 }
 
 /// How often Ved retries a plan that nft refused because the ruleset changed under it.
@@ -264,7 +276,7 @@ impl Firewall {
         let session = Session::new(chain.netns.clone(), chain.timeout);
         Arc::new(Firewall {
             chain,
-            state: Mutex::new(State { session, base: None, set_up: false }),
+            state: Mutex::new(State { session, base: None, set_up: false, last: None }),
             sink,
             report_as: Mutex::new(None),
         })
@@ -287,8 +299,8 @@ impl Firewall {
         let rules = self.chain.base_rules();
         let mut cmds = vec![format!("add table {f} {scratch}"), format!("add chain {f} {scratch} probe")];
         cmds.extend(rules.iter().map(|r| format!("add rule {f} {scratch} probe {r}")));
-        let (err, doc) = st.session.run(&cmds.join("; "))?;
-        let cleanup = st.session.run(&format!("delete table {f} {scratch}"));
+        let (err, doc) = st.run(&cmds.join("; "))?;
+        let cleanup = st.run(&format!("delete table {f} {scratch}"));
         if let Some(e) = err {
             return Err(format!("a base rule is not valid nft ({}): {e}", rules.join("; ")));
         }
@@ -312,7 +324,7 @@ impl Firewall {
             st.base = Some(self.probe(st)?);
         }
         let base = st.base.clone().unwrap_or_default();
-        let (err, mut doc) = st.session.run("")?;
+        let (err, mut doc) = st.run("")?;
         if let Some(e) = err {
             return Err(format!("nft cannot list the ruleset: {e}"));
         }
@@ -325,7 +337,7 @@ impl Firewall {
                 // Creating the table on the first start is not a repair.
                 p.what.clear();
             }
-            let (err, after) = st.session.run(&p.cmds.join("; "))?;
+            let (err, after) = st.run(&p.cmds.join("; "))?;
             doc = after;
             match err {
                 None => {
@@ -484,12 +496,47 @@ impl Drop for Monitor {
     }
 }
 
+/// `# new generation 22 by process 4061 (nft)`: the pid of the process that committed
+/// the transaction `nft monitor` just printed.
+fn generation_author(line: &str) -> Option<Option<u32>> {
+    let rest = line.strip_prefix("# new generation ")?;
+    Some(rest.split_whitespace().skip_while(|w| *w != "process").nth(1).and_then(|p| p.parse().ok()))
+}
+
+/// How long the watcher waits for the end of a transaction `nft monitor` is printing.
+const GENERATION_WAIT: Duration = Duration::from_millis(50);
+
+impl NftWatcher {
+    /// Evaluates `doc` and reports it, under the lock the caller holds.
+    fn report(
+        &self,
+        doc: &Json,
+        reporter: &mut crate::Reporter,
+        sink: &Sender<Inbound>,
+        warned: &mut Vec<String>,
+    ) -> bool {
+        let e = effective_ports(doc);
+        if e.warnings != *warned {
+            for w in &e.warnings {
+                eprintln!("warning: {}: {w}", self.source);
+            }
+            *warned = e.warnings;
+        }
+        reporter.offer_one(&self.field, json!(e.open), sink).is_ok()
+    }
+}
+
 impl Watcher for NftWatcher {
     fn run(self: Box<Self>, sink: Sender<Inbound>, stop: Arc<AtomicBool>, resync: Option<Duration>) {
         let mut reporter = crate::Reporter::new(&self.instance, &self.source, resync);
         let mut monitor: Option<Monitor> = None;
         let mut read_now = true;
-        let mut last_warnings: Vec<String> = Vec::new();
+        // Set when only Ved's own transactions happened: the listing that followed them is evaluated.
+        let mut own_only = false;
+        let mut reported = 0u64;
+        let mut warned: Vec<String> = Vec::new();
+        // Whether this nft names the author of each transaction (nft 1.0 does).
+        let mut names_authors = false;
         while !stop.load(Ordering::Relaxed) {
             // Listen before reading, so that no change falls between the read and the monitor.
             if monitor.is_none() {
@@ -508,18 +555,13 @@ impl Watcher for NftWatcher {
             let resync_due = reporter.resync_in().is_some_and(|d| d.is_zero());
             if read_now || resync_due {
                 read_now = false;
+                own_only = false;
                 // Read and report under the firewall's lock, like the driver.
                 let mut st = self.fw.lock();
                 match self.fw.converge(&mut st, &[], &[], &self.instance) {
                     Ok(doc) => {
-                        let e = effective_ports(&doc);
-                        if e.warnings != last_warnings {
-                            for w in &e.warnings {
-                                eprintln!("warning: {}: {w}", self.source);
-                            }
-                            last_warnings = e.warnings;
-                        }
-                        if reporter.offer_one(&self.field, json!(e.open), &sink).is_err() {
+                        reported = st.last.as_ref().map_or(0, |(n, _)| *n);
+                        if !self.report(&doc, &mut reporter, &sink, &mut warned) {
                             break;
                         }
                     }
@@ -531,14 +573,43 @@ impl Watcher for NftWatcher {
                         continue;
                     }
                 }
+            } else if own_only {
+                own_only = false;
+                let st = self.fw.lock();
+                if let Some((n, doc)) = st.last.as_ref().filter(|(n, _)| *n != reported) {
+                    reported = *n;
+                    if !self.report(doc, &mut reporter, &sink, &mut warned) {
+                        break;
+                    }
+                }
             }
             let wait = reporter.resync_in().map_or(STOP_CHECK, |d| d.min(STOP_CHECK));
             let Some(m) = monitor.as_ref() else { continue };
             match m.lines.recv_timeout(wait) {
-                Ok(_) => {
+                Ok(first) => {
                     // One read covers every line already printed: a transaction prints several.
-                    while m.lines.try_recv().is_ok() {}
-                    read_now = true;
+                    let mut lines = vec![first];
+                    lines.extend(m.lines.try_iter());
+                    while names_authors && lines.last().is_none_or(|l| generation_author(l).is_none()) {
+                        match m.lines.recv_timeout(GENERATION_WAIT) {
+                            Ok(l) => lines.push(l),
+                            Err(_) => break,
+                        }
+                    }
+                    let authors: Vec<Option<u32>> = lines.iter().filter_map(|l| generation_author(l)).collect();
+                    names_authors |= !authors.is_empty();
+                    // A transaction of Ved's own session is already read: the listing that ended
+                    // the request came after its commit. Anything else is read again.
+                    let own = self.fw.lock().session.pid();
+                    let ours = own.is_some()
+                        && !authors.is_empty()
+                        && authors.iter().all(|a| *a == own)
+                        && lines.last().is_some_and(|l| generation_author(l).is_some());
+                    if ours {
+                        own_only = true;
+                    } else {
+                        read_now = true;
+                    }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
@@ -595,6 +666,13 @@ mod tests {
         items.extend(ports.iter().enumerate().map(|(i, p)| rule(10 + i as u64, port(*p))));
         items.extend(extra);
         json!({"nftables": items})
+    }
+
+    #[test]
+    fn nft_monitor_names_the_author_of_a_transaction() {
+        assert_eq!(generation_author("# new generation 22 by process 4061 (nft)"), Some(Some(4061)));
+        assert_eq!(generation_author("# new generation 22"), Some(None));
+        assert_eq!(generation_author("add rule inet ved input tcp dport 22 accept"), None);
     }
 
     #[test]

@@ -112,6 +112,12 @@ impl Session {
         Session { netns, timeout, live: None }
     }
 
+    /// The process id of the running `nft -i` (`ip netns exec` execs nft in place, so
+    /// it is nft's): `nft monitor` names it as the author of Ved's own transactions.
+    pub fn pid(&self) -> Option<u32> {
+        self.live.as_ref().map(|l| l.child.id())
+    }
+
     fn live(&mut self) -> Result<&mut Live, String> {
         if self.live.is_none() {
             let cmd = nft_command(self.netns.as_deref(), &["-j", "-a", "-i"]);
