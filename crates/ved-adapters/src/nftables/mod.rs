@@ -268,6 +268,14 @@ impl State {
     }
 }
 
+/// A new listing of the whole ruleset.
+fn list(st: &mut State) -> Result<Json, String> {
+    match st.run("")? {
+        (None, doc) => Ok(doc),
+        (Some(e), _) => Err(format!("nft cannot list the ruleset: {e}")),
+    }
+}
+
 /// How often Ved retries a plan that nft refused because the ruleset changed under it.
 const PLAN_ATTEMPTS: usize = 3;
 
@@ -319,17 +327,37 @@ impl Firewall {
 
     /// Brings Ved's table to its shape (opening `open`, closing `close`) in one
     /// transaction, reports any structural repair, and returns the ruleset after it.
-    fn converge(&self, st: &mut State, open: &[i64], close: &[i64], instance: &str) -> Result<Json, String> {
+    /// With `fresh` false (an action), the plan may start from the last listing instead
+    /// of a new one, but only to make port changes: handles are never reused, so a stale
+    /// handle fails the transaction (and Ved lists and plans again) rather than deleting
+    /// another rule; a plan that finds nothing to do or something to repair is made again
+    /// from a new listing, so that neither a success nor a repair report rests on a stale view.
+    fn converge(
+        &self,
+        st: &mut State,
+        open: &[i64],
+        close: &[i64],
+        instance: &str,
+        fresh: bool,
+    ) -> Result<Json, String> {
         if st.base.is_none() {
             st.base = Some(self.probe(st)?);
         }
         let base = st.base.clone().unwrap_or_default();
-        let (err, mut doc) = st.run("")?;
-        if let Some(e) = err {
-            return Err(format!("nft cannot list the ruleset: {e}"));
-        }
-        for attempt in 1..=PLAN_ATTEMPTS {
+        let cached = if fresh { None } else { st.last.as_ref().map(|(_, d)| d.clone()) };
+        let mut listed = cached.is_none();
+        let mut doc = match cached {
+            Some(d) => d,
+            None => list(st)?,
+        };
+        let mut attempt = 0;
+        loop {
             let mut p = plan(&self.chain, &doc, &base, open, close);
+            if !listed && (p.cmds.is_empty() || !p.what.is_empty()) {
+                doc = list(st)?;
+                listed = true;
+                continue;
+            }
             if p.cmds.is_empty() {
                 break;
             }
@@ -337,15 +365,17 @@ impl Firewall {
                 // Creating the table on the first start is not a repair.
                 p.what.clear();
             }
+            attempt += 1;
             let (err, after) = st.run(&p.cmds.join("; "))?;
             doc = after;
+            listed = true;
             match err {
                 None => {
                     self.report_repairs(p.what, instance);
                     break;
                 }
                 // Someone changed the ruleset between the listing and the change: plan again.
-                Some(e) if attempt == PLAN_ATTEMPTS => return Err(format!("nft refused Ved's change: {e}")),
+                Some(e) if attempt >= PLAN_ATTEMPTS => return Err(format!("nft refused Ved's change: {e}")),
                 Some(_) => {}
             }
         }
@@ -365,7 +395,7 @@ impl Firewall {
 
     /// Opens `ports`; fails, naming the chain, when another table drops one of them.
     fn open(&self, st: &mut State, ports: &[i64], instance: &str) -> Result<(), String> {
-        let doc = self.converge(st, ports, &[], instance)?;
+        let doc = self.converge(st, ports, &[], instance, false)?;
         let rs = Ruleset::new(&doc);
         let chains = rs.base_chains();
         let mut errors = Vec::new();
@@ -393,7 +423,7 @@ impl Firewall {
 
     /// Closes `ports`: every rule for them goes, and the structure is repaired in the same transaction.
     fn close(&self, st: &mut State, ports: &[i64], instance: &str) -> Result<(), String> {
-        let doc = self.converge(st, &[], ports, instance)?;
+        let doc = self.converge(st, &[], ports, instance, false)?;
         let rs = Ruleset::new(&doc);
         let chains = rs.base_chains();
         let still: Vec<String> =
@@ -408,7 +438,7 @@ impl Firewall {
     /// The ports open now, after repairing the structure; and the evaluator's warnings.
     pub fn effective(&self, instance: &str) -> Result<eval::Effective, String> {
         let mut st = self.lock();
-        let doc = self.converge(&mut st, &[], &[], instance)?;
+        let doc = self.converge(&mut st, &[], &[], instance, true)?;
         Ok(effective_ports(&doc))
     }
 }
@@ -558,7 +588,7 @@ impl Watcher for NftWatcher {
                 own_only = false;
                 // Read and report under the firewall's lock, like the driver.
                 let mut st = self.fw.lock();
-                match self.fw.converge(&mut st, &[], &[], &self.instance) {
+                match self.fw.converge(&mut st, &[], &[], &self.instance, true) {
                     Ok(doc) => {
                         reported = st.last.as_ref().map_or(0, |(n, _)| *n);
                         if !self.report(&doc, &mut reporter, &sink, &mut warned) {
