@@ -49,6 +49,13 @@ pub struct AdapterConfig {
     pub chain: Option<String>,
     #[serde(default)]
     pub netns: Option<String>,
+    /// `nftables`: the chain's priority on the input hook.
+    #[serde(default)]
+    pub priority: i64,
+    /// `nftables`: rules placed after the built-in base rules and before the port rules,
+    /// in nft's syntax (`"icmp type echo-request accept"`).
+    #[serde(default)]
+    pub base_rules: Vec<Spanned<String>>,
     /// `sim`: actions whose intents fail, and how many times each (`{ "PageEngineers" = 2 }`).
     #[serde(default)]
     pub fail: BTreeMap<String, u32>,
@@ -242,8 +249,27 @@ pub fn validate(config: &Config, file: FileId, program: &hir::Program) -> Vec<Di
             "nftables" => {
                 need("table", a.table.is_some(), &mut out);
                 need("chain", a.chain.is_some(), &mut out);
+                for r in &a.base_rules {
+                    if let Some((msg, hint)) = base_rule_problem(r.get_ref()) {
+                        out.push(Diagnostic::error(span(file, r.span()), msg).with_hint(hint));
+                    }
+                }
             }
             _ => {}
+        }
+        if d != "nftables" {
+            if let Some(r) = a.base_rules.first() {
+                out.push(
+                    Diagnostic::error(
+                        span(file, r.span()),
+                        format!(
+                            "`base_rules` belongs to the `nftables` driver; adapter `{}` uses `{d}`",
+                            name.get_ref()
+                        ),
+                    )
+                    .with_hint("remove `base_rules` from this adapter"),
+                );
+            }
         }
     }
     // Every adapter that a transition emits to must be bound.
@@ -381,6 +407,36 @@ pub fn validate(config: &Config, file: FileId, program: &hir::Program) -> Vec<Di
     out
 }
 
+/// Why an nftables base rule cannot be used, if it cannot: nft itself checks the syntax
+/// when Ved starts; this catches what would break Ved's one-line transactions or blur
+/// the line between base rules and the program's port rules.
+fn base_rule_problem(rule: &str) -> Option<(String, String)> {
+    let r = rule.trim();
+    if r.is_empty() {
+        return Some((
+            "an empty base rule".into(),
+            "write a rule in nft's syntax, e.g. \"icmp type echo-request accept\"".into(),
+        ));
+    }
+    if r.contains(['\n', '\r', ';', '#']) {
+        return Some((
+            format!("base rule `{r}` holds a newline, `;` or `#`"),
+            "give one rule per entry, without comments".into(),
+        ));
+    }
+    let words: Vec<&str> = r.split_whitespace().collect();
+    if let ["tcp", "dport", p, "accept"] = words.as_slice() {
+        if p.parse::<u16>().is_ok() {
+            return Some((
+                format!("base rule `{r}` is a port rule"),
+                "ports are opened by the program (`OpenPorts`), which the watcher would otherwise report as drift"
+                    .into(),
+            ));
+        }
+    }
+    None
+}
+
 fn collect_emits<'a>(body: &'a [hir::Stmt], out: &mut Vec<(&'a str, &'a str, Span)>) {
     for s in body {
         match &s.kind {
@@ -402,6 +458,25 @@ pub fn describe(ty: &Type) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nftables_base_rules_are_checked_where_they_are_written() {
+        for (rule, msg) in [
+            ("", "an empty base rule"),
+            ("tcp dport 22 accept", "is a port rule"),
+            ("icmp accept; tcp dport 1 accept", "holds a newline"),
+        ] {
+            assert!(base_rule_problem(rule).unwrap().0.contains(msg), "{rule}");
+        }
+        assert_eq!(base_rule_problem("icmp type echo-request accept"), None);
+        assert_eq!(base_rule_problem("tcp dport 1-100 accept"), None, "a range is the user's choice");
+        let text = "[adapters.F]\ndriver = \"nftables\"\ntable = \"ved\"\nchain = \"input\"\nbase_rules = [\"icmp type echo-request accept\", \"tcp dport 22 accept\"]\n";
+        let c = parse_config(FileId(0), text).unwrap();
+        let a = c.adapters.values().next().unwrap();
+        assert_eq!(a.priority, 0);
+        let bad = &a.base_rules[1];
+        assert_eq!(&text[bad.span()], "\"tcp dport 22 accept\"", "the diagnostic points at the entry");
+    }
 
     #[test]
     fn relative_commands_are_taken_from_the_configuration_directory() {

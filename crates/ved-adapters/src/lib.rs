@@ -94,6 +94,10 @@ pub enum Inbound {
     Result { id: String, outcome: Result<(), String> },
     /// A watcher saw the world.
     Observed(Observation),
+    /// An adapter put back something it owns that others changed (the nftables
+    /// adapter's structural repairs), already done; for the audit log. `what`
+    /// holds one line per repair, quoting what was removed or restored.
+    Repaired { instance: String, source: String, what: Vec<String> },
 }
 
 /// The runtime stopped listening: a watcher should end.

@@ -350,6 +350,10 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
                         }
                     }
                     ved_adapters::Inbound::Observed(o) => node.observe(o),
+                    // The audit log is not kept in cluster mode yet: the repair is done, say so.
+                    ved_adapters::Inbound::Repaired { instance, source, what } => {
+                        eprintln!("{source}: repaired for {instance}: {}", what.join("; "))
+                    }
                 }
             }
         }

@@ -382,6 +382,7 @@ impl<W: Write> Driver<W> {
                     json!({"event": "error", "message": format!("a driver reported on unknown intent `{id}`")}),
                 )),
             },
+            ved_adapters::Inbound::Repaired { instance, source, what } => self.record_repair(instance, source, what),
             ved_adapters::Inbound::Observed(o) => {
                 let r = self.observe(&o.instance, &o.fields, o.version.map(|v| (o.source.as_str(), v)));
                 match r {
@@ -399,6 +400,16 @@ impl<W: Write> Driver<W> {
             }
         }
         self.settle();
+    }
+
+    /// An adapter repaired something it owns (see `Inbound::Repaired`): one audit
+    /// entry quoting what it removed or restored, and an event line.
+    fn record_repair(&mut self, instance: String, source: String, what: Vec<String>) {
+        self.out.emit(obj(json!({"event": "repaired", "instance": instance, "source": source, "what": what})));
+        let text = format!("{source} repaired the firewall: {}", what.join("; "));
+        if let Some(store) = self.store.as_mut() {
+            store.append(Vec::new(), vec![AuditDraft { at_ms: self.now_ms, instance, text }]);
+        }
     }
 
     /// The store's writer failed, if it did.
@@ -565,6 +576,12 @@ pub fn run(files: &[PathBuf], config: Option<&Path>, mut opts: RunOptions, mode:
         }
     };
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // Watchers end their children (`nft monitor`, a long-running probe) as they stop;
+    // give them a moment to, so that nothing Ved started outlives it.
+    let deadline = std::time::Instant::now() + WATCHER_STOP_GRACE;
+    while watcher_threads.iter().any(|t| !t.is_finished()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     if let Some(code) = code {
         return code;
     }
@@ -636,6 +653,8 @@ fn stdin_loop<W: Write>(driver: &mut Driver<W>, rx: &mpsc::Receiver<Input>) -> O
 /// How long the daemon may sleep when no retry is due: an upper bound on how late
 /// a clock-driven step can be noticed.
 const DAEMON_IDLE_WAKE: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long a stopping `ved run` waits for its watchers to stop.
+const WATCHER_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long a stopping daemon waits for results already in flight.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -722,7 +741,7 @@ pub fn build_adapters(
     use ved_adapters::{exec, http, nftables, process, sim};
     let mut by_name: BTreeMap<String, Arc<dyn ved_adapters::Driver>> = BTreeMap::new();
     let mut pools: BTreeMap<String, Arc<process::Pool>> = BTreeMap::new();
-    let mut chains: BTreeMap<String, nftables::Chain> = BTreeMap::new();
+    let mut firewalls: BTreeMap<String, Arc<nftables::Firewall>> = BTreeMap::new();
     for (name, a) in &config.adapters {
         let name = name.get_ref().clone();
         let timeout = std::time::Duration::from_millis(a.timeout_ms);
@@ -741,9 +760,12 @@ pub fn build_adapters(
                     chain: a.chain.clone().unwrap_or_default(),
                     netns: a.netns.clone(),
                     timeout,
+                    priority: a.priority,
+                    base_rules: a.base_rules.iter().map(|r| r.get_ref().clone()).collect(),
                 };
-                chains.insert(name.clone(), chain.clone());
-                Arc::new(nftables::NftDriver { chain })
+                let fw = nftables::Firewall::new(chain, sink.clone());
+                firewalls.insert(name.clone(), fw.clone());
+                Arc::new(nftables::NftDriver { fw })
             }
             "sim" => Arc::new(sim::SimDriver::new(a.fail.clone(), a.delay_ms)),
             "log" => Arc::new(ved_adapters::LogDriver),
@@ -778,12 +800,13 @@ pub fn build_adapters(
             }
             "nftables" => {
                 let adapter = w.adapter.as_ref().map(|a| a.get_ref().clone()).unwrap_or_default();
-                let chain = chains
+                let fw = firewalls
                     .get(&adapter)
                     .cloned()
                     .ok_or_else(|| format!("watch #{}: `{adapter}` is not an nftables adapter", i + 1))?;
                 let field = w.fields.first().map(|f| f.get_ref().clone()).unwrap_or_default();
-                watchers.push(Box::new(nftables::NftWatcher { chain, instance, field, source }));
+                fw.report_as(&instance, &source);
+                watchers.push(Box::new(nftables::NftWatcher { fw, instance, field, source }));
             }
             other => return Err(format!("watch #{}: the `{other}` watcher is not available in this build", i + 1)),
         }

@@ -367,3 +367,19 @@ fn repeated_failures_open_the_breaker_and_report_degraded() {
     // Paging finally succeeds after the sixth failure, and the instance is stable again.
     assert_eq!(ev.last().unwrap()["event"], "stable", "{ev:?}");
 }
+
+#[test]
+fn check_config_locates_a_bad_nftables_base_rule() {
+    let dir = tempdir("config-base-rules");
+    let config = dir.join("ved.toml");
+    std::fs::write(
+        &config,
+        "[adapters.Firewall]\ndriver = \"nftables\"\ntable = \"ved\"\nchain = \"input\"\nbase_rules = [\n  \"icmp type echo-request accept\",\n  \"tcp dport 22 accept\",\n]\n",
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    let (code, _, err) = ved(&["check", "examples/security_policy.ved", "--config", c], "");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("{c}:7:3: error: base rule `tcp dport 22 accept` is a port rule")), "{err}");
+    assert!(err.contains("ports are opened by the program"), "{err}");
+}
