@@ -127,6 +127,8 @@ pub struct Driver<W: Write> {
     journals: BTreeMap<String, VecDeque<JournalEntry>>,
     episodes: BTreeMap<String, Episode>,
     last_status: BTreeMap<String, Status>,
+    /// Why each instance is not stable, when the runtime said (stuck, livelock, degraded).
+    reasons: BTreeMap<String, String>,
     /// Records written since the last checkpoint.
     records_since_checkpoint: usize,
     /// Intents handed to the delivery pool whose results have not come back yet.
@@ -297,6 +299,7 @@ impl<W: Write> Driver<W> {
             journals,
             episodes: BTreeMap::new(),
             last_status,
+            reasons: BTreeMap::new(),
             records_since_checkpoint: 0,
             in_flight: 0,
             history,
@@ -1094,6 +1097,10 @@ impl<W: Write> Driver<W> {
             }
             Event::Status { status, reason, .. } => {
                 let before = self.last_status.insert(name.to_string(), *status);
+                match reason {
+                    Some(r) => self.reasons.insert(name.to_string(), r.clone()),
+                    None => self.reasons.remove(name),
+                };
                 if matches!(status, Status::Waiting | Status::Converging) {
                     return;
                 }

@@ -582,7 +582,8 @@ impl Watcher for NftWatcher {
                     }
                 }
             }
-            let resync_due = reporter.resync_in().is_some_and(|d| d.is_zero());
+            // A resync, or the driver asking for a reading to confirm an effect on the field.
+            let resync_due = reporter.resync_in().is_some_and(|d| d.is_zero()) || reporter.reading_requested();
             if read_now || resync_due {
                 read_now = false;
                 own_only = false;

@@ -420,7 +420,8 @@ impl<W: Write> Driver<W> {
             .collect();
         Reply {
             status: 200,
-            body: json!({"name": name, "domain": dom.name, "status": inst.status.as_str(), "slice": inst.slice,
+            body: json!({"name": name, "domain": dom.name, "status": inst.status.as_str(),
+                "reason": self.reasons.get(name), "slice": inst.slice,
                 "state": state, "goals": goals, "pending": pending}),
         }
     }
