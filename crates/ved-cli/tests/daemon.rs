@@ -68,6 +68,11 @@ fn the_api_reports_accepts_refuses_and_survives_a_restart() {
     let (_, j) = d.get("/v1/instances/WorkerPool/journal");
     let entries = j["entries"].as_array().unwrap();
     assert!(entries.iter().any(|e| e["cause"] == "observe" && e["changes"] == json!([["workers", "2"]])), "{j}");
+    // The journal names where the observation came from, and the transitions it started.
+    let seen = entries.iter().find(|e| e["cause"] == "observe" && e["changes"] == json!([["workers", "2"]])).unwrap();
+    assert_eq!(seen["source"], "api", "{seen}");
+    let after = entries.iter().find(|e| e["cause"] == "transition" && e["slice"].as_u64() > seen["slice"].as_u64());
+    assert_eq!(after.expect("a transition after it")["origin"]["slice"], seen["slice"], "{j}");
 
     // Creating an instance of a domain with its own initial state.
     let create = "/v1/instances";
