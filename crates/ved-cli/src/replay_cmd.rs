@@ -2,7 +2,9 @@
 //! messages from the snapshot retained before its oldest journal entry, with
 //! the program recorded in the store, and checks that every slice comes out
 //! the same: its number, its cause, its state changes, its held changes and
-//! its intents. Read-only: the store is never written.
+//! its intents, and that it rests where the journal says, in the same status.
+//! Messages the live run had queued together (one `batch`) are queued together
+//! again. Read-only: the store is never written.
 
 use crate::json::from_json;
 use crate::load;
@@ -121,10 +123,34 @@ pub fn replay_instance(
         if got != want {
             return Ok(diverged(describe_difference(&want, &got)));
         }
+        // The live instance came to rest right after this slice, in this status: so must the replay.
+        if let Some(status) = &e.status {
+            match rest_status(&mut rt, idx, &dom) {
+                Ok(s) if s.as_str() == status => {}
+                Ok(s) => {
+                    return Ok(diverged(format!("the journal rested `{status}` after it, the replay rested `{s}`")))
+                }
+                Err(msg) => return Ok(diverged(format!("the journal rested `{status}` after it, but {msg}"))),
+            }
+        }
         on_slice(e);
     }
+    // Resyncs that changed nothing after the last entry are not journaled: a stable latest
+    // snapshot past it is reached by as many empty observations.
+    let last_slice = journal.back().map_or(0, |e| e.slice);
+    if let Some(latest) =
+        rec.snapshots.get(instance).filter(|s| s.slice > last_slice && s.status == "stable" && s.pending.is_empty())
+    {
+        let name = rt.instances()[idx].name.to_string();
+        for _ in last_slice..latest.slice {
+            if rt.observe(&name, Vec::new()).is_err() {
+                break;
+            }
+            rest_after_quiet(&mut rt, idx);
+        }
+    }
     // The last replayed state is the latest snapshot's, when the journal reaches it.
-    if let Some(latest) = rec.snapshots.get(instance).filter(|s| Some(s.slice) == journal.back().map(|e| e.slice)) {
+    if let Some(latest) = rec.snapshots.get(instance).filter(|s| s.slice == rt.instances()[idx].slice) {
         let stored: Vec<ved_vm::Value> = latest.state.iter().map(|v| v.to_value()).collect();
         if rt.instances()[idx].state != stored {
             let last = journal.back().expect("non-empty");
@@ -238,6 +264,22 @@ fn rest(rt: &mut Runtime, idx: usize, dom: &ved_vm::CompiledDomain, before: u64)
         }
         if matches!(progress, Progress::Idle(_)) {
             return Ok(());
+        }
+    }
+    Err("the replay ran 10,000 steps without coming to rest".into())
+}
+
+/// Steps until the instance rests, without a slice, and returns the status it rests in.
+fn rest_status(rt: &mut Runtime, idx: usize, dom: &ved_vm::CompiledDomain) -> Result<ved_runtime::Status, String> {
+    let mut out = Vec::new();
+    for _ in 0..10_000 {
+        out.clear();
+        let progress = rt.step_instance(idx, &mut out);
+        if let Some(p) = produced(dom, &out) {
+            return Err(format!("the replay went on to slice {} ({})", p.slice, p.cause));
+        }
+        if let Progress::Idle(s) = progress {
+            return Ok(s);
         }
     }
     Err("the replay ran 10,000 steps without coming to rest".into())
