@@ -1044,6 +1044,9 @@ impl<W: Write> Driver<W> {
         for name in open.keys().cloned().collect::<Vec<_>>() {
             self.close_entry(&name, &mut open, &mut records);
         }
+        // Every instance ran until idle, so every queued observation was applied: a feed left
+        // over would only be mistaken for a later observation's.
+        self.feeds.clear();
         let records: Vec<Record> = if persist { records.into_iter().flatten().collect() } else { Vec::new() };
         let seq = match self.store.as_mut() {
             Some(store) if !records.is_empty() || !audit.is_empty() => {
