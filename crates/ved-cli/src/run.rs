@@ -1138,7 +1138,8 @@ impl<W: Write> Driver<W> {
             if let Some(o) = origin {
                 self.last_input.insert(name.clone(), o);
             }
-            let status = q.iter().rev().find_map(|e| e.status.as_deref()).and_then(parse_status);
+            // The last entry's status if it came to rest after it; otherwise what the snapshot says.
+            let status = q.back().and_then(|e| e.status.as_deref()).and_then(parse_status);
             self.journal_status.insert(name, status.unwrap_or(inst.status));
         }
         for inst in self.rt.instances() {
