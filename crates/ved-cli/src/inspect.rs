@@ -125,13 +125,30 @@ pub fn journal(dir: &Path, instance: &str, as_json: bool) -> ExitCode {
             println!("{}", serde_json::to_string(e).unwrap_or_default());
             continue;
         }
+        if e.quiet > 0 {
+            let s = if e.quiet == 1 { "" } else { "s" };
+            println!("({} observation{s} that changed nothing, not journaled)", e.quiet);
+        }
         let mut line = format!("slice {} at {}ms [{}", e.slice, e.at_ms, e.cause);
         if let Some(d) = &e.detail {
             line.push_str(&format!(" {d}"));
         }
+        if let Some(s) = &e.source {
+            line.push_str(&format!(" from {s}"));
+        }
         line.push(']');
+        if let Some(b) = e.batch {
+            line.push_str(&format!(" (batch {b})"));
+        }
         if let Some(c) = &e.caused_by {
             line.push_str(&format!(" caused by {c}"));
+        }
+        if let Some(o) = &e.origin {
+            line.push_str(&format!(" after {o}"));
+        }
+        if !e.added.is_empty() {
+            let c: Vec<String> = e.added.iter().map(|(n, d)| format!("{n} {d:+}")).collect();
+            line.push_str(&format!(" add {}", c.join(", ")));
         }
         if !e.changes.is_empty() {
             let c: Vec<String> = e.changes.iter().map(|(n, v)| format!("{n} = {v}")).collect();
@@ -148,6 +165,12 @@ pub fn journal(dir: &Path, instance: &str, as_json: bool) -> ExitCode {
         for (id, ok, err) in &e.results {
             let verdict = if *ok { "ok".to_string() } else { format!("failed: {}", err.as_deref().unwrap_or("")) };
             println!("    result {id}: {verdict}");
+        }
+        if let Some(status) = &e.status {
+            match &e.reason {
+                Some(r) => println!("    -> {status}: {r}"),
+                None => println!("    -> {status}"),
+            }
         }
     }
     ExitCode::SUCCESS

@@ -2,7 +2,9 @@
 //! messages from the snapshot retained before its oldest journal entry, with
 //! the program recorded in the store, and checks that every slice comes out
 //! the same: its number, its cause, its state changes, its held changes and
-//! its intents. Read-only: the store is never written.
+//! its intents, and that it rests where the journal says, in the same status.
+//! Messages the live run had queued together (one `batch`) are queued together
+//! again. Read-only: the store is never written.
 
 use crate::json::from_json;
 use crate::load;
@@ -113,7 +115,7 @@ pub fn replay_instance(
     let dom = loaded.compiled.domains[rt.instances()[idx].domain].clone();
     for (n, e) in journal.iter().enumerate() {
         let diverged = |what: String| Outcome::Diverged { slice: e.slice, cause: e.cause.clone(), what, reproduced: n };
-        let got = match step(&mut rt, idx, &dom, e) {
+        let got = match step(&mut rt, idx, &dom, journal, n) {
             Ok(p) => p,
             Err(msg) => return Ok(diverged(msg)),
         };
@@ -121,10 +123,34 @@ pub fn replay_instance(
         if got != want {
             return Ok(diverged(describe_difference(&want, &got)));
         }
+        // The live instance came to rest right after this slice, in this status: so must the replay.
+        if let Some(status) = &e.status {
+            match rest_status(&mut rt, idx, &dom) {
+                Ok(s) if s.as_str() == status => {}
+                Ok(s) => {
+                    return Ok(diverged(format!("the journal rested `{status}` after it, the replay rested `{s}`")))
+                }
+                Err(msg) => return Ok(diverged(format!("the journal rested `{status}` after it, but {msg}"))),
+            }
+        }
         on_slice(e);
     }
+    // Resyncs that changed nothing after the last entry are not journaled: a stable latest
+    // snapshot past it is reached by as many empty observations.
+    let last_slice = journal.back().map_or(0, |e| e.slice);
+    if let Some(latest) =
+        rec.snapshots.get(instance).filter(|s| s.slice > last_slice && s.status == "stable" && s.pending.is_empty())
+    {
+        let name = rt.instances()[idx].name.to_string();
+        for _ in last_slice..latest.slice {
+            if rt.observe(&name, Vec::new()).is_err() {
+                break;
+            }
+            rest_after_quiet(&mut rt, idx);
+        }
+    }
     // The last replayed state is the latest snapshot's, when the journal reaches it.
-    if let Some(latest) = rec.snapshots.get(instance).filter(|s| Some(s.slice) == journal.back().map(|e| e.slice)) {
+    if let Some(latest) = rec.snapshots.get(instance).filter(|s| s.slice == rt.instances()[idx].slice) {
         let stored: Vec<ved_vm::Value> = latest.state.iter().map(|v| v.to_value()).collect();
         if rt.instances()[idx].state != stored {
             let last = journal.back().expect("non-empty");
@@ -224,47 +250,127 @@ fn describe_difference(want: &Produced, got: &Produced) -> String {
     format!("the journal emitted {}, the replay emitted {}", pairs(&want.intents), pairs(&got.intents))
 }
 
-/// Feeds the entry's message (if it has one) and steps until the instance produces a slice.
-fn step(rt: &mut Runtime, idx: usize, dom: &ved_vm::CompiledDomain, e: &JournalEntry) -> Result<Produced, String> {
-    let name = rt.instances()[idx].name.to_string();
+/// Steps until the instance is idle; a slice on the way is one the journal does not have.
+fn rest(rt: &mut Runtime, idx: usize, dom: &ved_vm::CompiledDomain, before: u64) -> Result<(), String> {
     let mut out = Vec::new();
-    if e.cause != "transition" {
-        // An outside message (or the clock) reached an idle instance: the driver runs each
-        // input to rest before the next. Resting may change the scheduler without a slice
-        // (a stable instance forgets its retry counts), so run it to rest here too.
-        for _ in 0..10_000 {
-            out.clear();
-            let progress = rt.step_instance(idx, &mut out);
-            if let Some(p) = produced(dom, &out) {
-                return Err(format!(
-                    "the replay produced slice {} ({}) that the journal does not have before slice {}",
-                    p.slice, p.cause, e.slice
-                ));
-            }
-            if matches!(progress, Progress::Idle(_)) {
-                break;
-            }
+    for _ in 0..10_000 {
+        out.clear();
+        let progress = rt.step_instance(idx, &mut out);
+        if let Some(p) = produced(dom, &out) {
+            return Err(format!(
+                "the replay produced slice {} ({}) that the journal does not have before slice {before}",
+                p.slice, p.cause
+            ));
         }
-        rt.advance_time(e.at_ms);
+        if matches!(progress, Progress::Idle(_)) {
+            return Ok(());
+        }
     }
+    Err("the replay ran 10,000 steps without coming to rest".into())
+}
+
+/// Steps until the instance rests, without a slice, and returns the status it rests in.
+fn rest_status(rt: &mut Runtime, idx: usize, dom: &ved_vm::CompiledDomain) -> Result<ved_runtime::Status, String> {
+    let mut out = Vec::new();
+    for _ in 0..10_000 {
+        out.clear();
+        let progress = rt.step_instance(idx, &mut out);
+        if let Some(p) = produced(dom, &out) {
+            return Err(format!("the replay went on to slice {} ({})", p.slice, p.cause));
+        }
+        if let Progress::Idle(s) = progress {
+            return Ok(s);
+        }
+    }
+    Err("the replay ran 10,000 steps without coming to rest".into())
+}
+
+/// Applies an empty observation that stands for one that changed nothing.
+fn rest_after_quiet(rt: &mut Runtime, idx: usize) {
+    let mut out = Vec::new();
+    for _ in 0..10_000 {
+        out.clear();
+        if matches!(rt.step_instance(idx, &mut out), Progress::Idle(_)) {
+            return;
+        }
+    }
+}
+
+/// Queues an entry's message again: its observation (absolute or relative) or its result.
+/// A timer needs nothing: moving the clock queued it.
+fn feed(rt: &mut Runtime, name: &str, dom: &ved_vm::CompiledDomain, e: &JournalEntry) -> Result<(), String> {
+    let slot = |field: &str| dom.fields.iter().position(|(n, _)| n == field).ok_or(format!("no field `{field}`"));
     match e.cause.as_str() {
+        "observe" if !e.added.is_empty() => {
+            let deltas = e.added.iter().map(|(f, d)| Ok((slot(f)? as u16, *d))).collect::<Result<Vec<_>, String>>()?;
+            rt.observe_add(name, deltas).map_err(|e| e.to_string())
+        }
         "observe" => {
             let mut writes = Vec::new();
             for (field, value) in &e.observed {
-                let slot = dom.fields.iter().position(|(n, _)| n == field).ok_or(format!("no field `{field}`"))?;
-                let v = from_json(value, &dom.fields[slot].1).map_err(|m| format!("field `{field}`: {m}"))?;
-                writes.push((slot as u16, v));
+                let s = slot(field)?;
+                let v = from_json(value, &dom.fields[s].1).map_err(|m| format!("field `{field}`: {m}"))?;
+                writes.push((s as u16, v));
             }
-            rt.observe(&name, writes).map_err(|e| e.to_string())?;
+            rt.observe(name, writes).map_err(|e| e.to_string())
         }
         "result" => {
             let id = e.detail.as_deref().ok_or("a result entry without its intent")?;
             let (_, ok, err) = e.results.iter().find(|(i, _, _)| i == id).ok_or("a result entry without its result")?;
             rt.deliver(&IntentId::parse(id).ok_or(format!("`{id}` is not an intent id"))?, *ok, err.clone())
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| e.to_string())
         }
-        _ => {}
+        _ => Ok(()),
     }
+}
+
+/// Replays journal entry `n`: feeds its message (with every message queued together with
+/// it, and the observations that changed nothing before it) and steps until the instance
+/// produces a slice.
+fn step(
+    rt: &mut Runtime,
+    idx: usize,
+    dom: &ved_vm::CompiledDomain,
+    journal: &std::collections::VecDeque<JournalEntry>,
+    n: usize,
+) -> Result<Produced, String> {
+    let e = &journal[n];
+    let name = rt.instances()[idx].name.to_string();
+    // A message queued with the previous entry's is in the mailbox already.
+    let queued = e.batch.is_some() && n > 0 && journal[n - 1].batch == e.batch;
+    if queued {
+        // Fed with the first message of its batch.
+    } else {
+        if e.cause != "transition" || e.quiet > 0 {
+            // An outside message (or the clock) reached an idle instance: the driver runs each
+            // input to rest before the next. Resting may change the scheduler without a slice
+            // (a stable instance forgets its retry counts), so run it to rest here too.
+            rest(rt, idx, dom, e.slice)?;
+        }
+        // Observations that changed nothing were counted, not journaled: apply as many
+        // empty ones (fewer if the snapshot replay started from already has some).
+        let mut quiet = e.quiet;
+        while quiet > 0 && rt.instances()[idx].slice + 1 < e.slice {
+            quiet -= 1;
+            rt.observe(&name, Vec::new()).map_err(|e| e.to_string())?;
+            rest_after_quiet(rt, idx);
+        }
+        if e.cause != "transition" {
+            rt.advance_time(e.at_ms);
+            feed(rt, &name, dom, e)?;
+            // Messages queued together go in together, so that none of them sees a tick
+            // the live run did not have between them.
+            if let Some(b) = e.batch {
+                for later in journal.iter().skip(n + 1).take_while(|l| l.batch == Some(b)) {
+                    for _ in 0..later.quiet {
+                        rt.observe(&name, Vec::new()).map_err(|e| e.to_string())?;
+                    }
+                    feed(rt, &name, dom, later)?;
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
     for _ in 0..10_000 {
         out.clear();
         let progress = rt.step_instance(idx, &mut out);

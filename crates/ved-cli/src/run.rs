@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{mpsc, Arc};
 use ved_runtime::{Cause, Event, Instance, Intent, Runtime, Status};
-use ved_store::{AuditDraft, Durability, JournalEntry, Record, SnapshotRecord, Store, JOURNAL_MAX};
+use ved_store::{AuditDraft, Durability, JournalEntry, Origin, Record, SnapshotRecord, Store, JOURNAL_MAX};
 use ved_syntax::SourceMap;
 use ved_vm::CompiledProgram;
 
@@ -104,6 +104,17 @@ pub enum Mode {
     Daemon { listen: std::net::SocketAddr },
 }
 
+/// What the driver knows about an observation it queued beyond what the runtime reports:
+/// where it came from, everything it reported (not only what changed), and whether it was
+/// relative. The journal records it, and `ved replay` feeds it again from there.
+pub(crate) struct Feed {
+    instance: String,
+    source: String,
+    caused_by: Option<String>,
+    set: Vec<(String, Json)>,
+    add: Vec<(String, i64)>,
+}
+
 /// A drift and what was done about it, until the instance rests again.
 struct Episode {
     /// What happened, in order: drifts, corrections, failures, later readings.
@@ -139,6 +150,14 @@ pub struct Driver<W: Write> {
     /// The program's sources, recorded in the store.
     files: Vec<(String, String)>,
     now_ms: u64,
+    /// Observations queued and not yet applied, oldest first.
+    feeds: VecDeque<Feed>,
+    /// Per instance, the last outside input applied: the origin of the ticks that follow.
+    last_input: BTreeMap<String, Origin>,
+    /// Per instance, the last status journaled.
+    journal_status: BTreeMap<String, Status>,
+    /// Per instance, observations that changed nothing since the last journal entry.
+    quiet: BTreeMap<String, u64>,
 }
 
 /// Which driver serves each adapter name, and how intents reach them.
@@ -305,7 +324,12 @@ impl<W: Write> Driver<W> {
             history,
             files: program_files,
             now_ms: 0,
+            feeds: VecDeque::new(),
+            last_input: BTreeMap::new(),
+            journal_status: BTreeMap::new(),
+            quiet: BTreeMap::new(),
         };
+        driver.recover_journal_context();
         // Simulated time continues from the snapshots after a restart.
         driver.now_ms = driver.rt.instances().iter().map(|i| i.now_ms).max().unwrap_or(0);
         // A new store records the program; a changed program is recorded again.
@@ -352,8 +376,8 @@ impl<W: Write> Driver<W> {
             return;
         }
         match self.apply_line(line) {
-            Ok(caused_by) => {
-                let seq = self.run_and_persist(caused_by);
+            Ok(()) => {
+                let seq = self.run_and_persist();
                 self.acks.push_back((seq, Ack::Line(n)));
             }
             Err((instance, message)) => {
@@ -369,6 +393,28 @@ impl<W: Write> Driver<W> {
 
     /// Applies a result or an observation reported by an adapter.
     pub fn handle_inbound(&mut self, inbound: ved_adapters::Inbound) {
+        if self.queue_inbound(inbound) {
+            self.run_and_persist();
+        }
+        self.settle();
+    }
+
+    /// Applies results and observations that arrived together: all of them are queued
+    /// before the runtime runs, so it applies them back to back before any tick, and the
+    /// journal records them as one batch.
+    pub fn handle_inbound_batch(&mut self, batch: Vec<ved_adapters::Inbound>) {
+        let mut queued = false;
+        for inbound in batch {
+            queued |= self.queue_inbound(inbound);
+        }
+        if queued {
+            self.run_and_persist();
+        }
+        self.settle();
+    }
+
+    /// Queues a result or an observation; true when an observation was queued.
+    fn queue_inbound(&mut self, inbound: ved_adapters::Inbound) -> bool {
         match inbound {
             ved_adapters::Inbound::Result { id, outcome } => match ved_runtime::IntentId::parse(&id) {
                 Some(iid) => {
@@ -387,11 +433,10 @@ impl<W: Write> Driver<W> {
             },
             ved_adapters::Inbound::Repaired { instance, source, what } => self.record_repair(instance, source, what),
             ved_adapters::Inbound::Observed(o) => {
-                let r = self.observe(&o.instance, &o.fields, o.version.map(|v| (o.source.as_str(), v)));
+                let r =
+                    self.observe(&o.instance, &o.fields, o.version.map(|v| (o.source.as_str(), v)), &o.source, None);
                 match r {
-                    Ok(()) => {
-                        self.run_and_persist(None);
-                    }
+                    Ok(()) => return true,
                     Err((instance, message)) => {
                         let mut e = obj(json!({"event": "error", "source": o.source, "message": message}));
                         if let Some(i) = instance {
@@ -402,7 +447,7 @@ impl<W: Write> Driver<W> {
                 }
             }
         }
-        self.settle();
+        false
     }
 
     /// An adapter repaired something it owns (see `Inbound::Repaired`): one audit
@@ -859,7 +904,7 @@ impl<W: Write> Driver<W> {
         let due = self.rt.next_timer_ms().is_some_and(|t| t <= now_ms);
         self.rt.advance_time(now_ms);
         if due {
-            self.run_and_persist(None);
+            self.run_and_persist();
             self.settle();
         }
     }
@@ -876,7 +921,7 @@ impl<W: Write> Driver<W> {
             if !self.rt.has_work() {
                 return;
             }
-            self.run_and_persist(None);
+            self.run_and_persist();
         }
     }
 
@@ -915,52 +960,103 @@ impl<W: Write> Driver<W> {
 
     /// Runs the runtime until idle; snapshots and journals every step as one batch.
     /// Returns the batch's sequence number.
-    fn run_and_persist(&mut self, mut caused_by: Option<String>) -> u64 {
-        let mut records = Vec::new();
+    ///
+    /// Each step's snapshot is followed by its journal entry, if it has one. An entry is
+    /// completed only when the instance's next entry begins (or the run ends): a status the
+    /// instance reaches in a later step goes onto it, and so does the batch of a message
+    /// applied right after it.
+    fn run_and_persist(&mut self) -> u64 {
+        let mut records: Vec<Option<Record>> = Vec::new();
         let mut audit = Vec::new();
         let mut intents = Vec::new();
-        let mut events = Vec::new();
+        let mut steps = Vec::new();
         let program = self.program.clone();
         let persist = self.store.is_some();
-        let history = &mut self.history;
         self.rt.run_stepwise(|inst, evs| {
             let dom = &program.domains[inst.domain];
-            if persist {
-                let snap = SnapshotRecord::from_snapshot(&inst.snapshot(), &dom.name, &dom.fields);
-                let q = history.entry(inst.name.to_string()).or_default();
-                if q.back().is_some_and(|last| last.slice == snap.slice) {
-                    q.pop_back();
-                }
-                q.push_back(snap.clone());
-                while q.len() > JOURNAL_MAX + 2 {
-                    q.pop_front();
-                }
-                records.push(Record::Snapshot(snap));
-            }
-            events.push((inst.name.to_string(), inst.ticks, evs.to_vec()));
+            let snap = persist.then(|| SnapshotRecord::from_snapshot(&inst.snapshot(), &dom.name, &dom.fields));
+            steps.push((inst.name.to_string(), inst.ticks, inst.pending.is_empty(), evs.to_vec(), snap));
         });
-        for (name, ticks, evs) in events {
-            let entry = self.journal_entry(&name, &evs, caused_by.take_if(|_| evs.iter().any(is_observe)));
-            if let Some(e) = entry {
-                if persist {
-                    records.push(Record::Journal(e.clone()));
+        // Per instance: the entry still open and where it goes in `records`.
+        let mut open: BTreeMap<String, (usize, JournalEntry)> = BTreeMap::new();
+        // Instances that ran a tick since their last message in this run.
+        let mut ticked: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        for (name, ticks, idle, evs, snap) in steps {
+            let feed = if evs.iter().any(is_observation_outcome) { self.take_feed(&name) } else { None };
+            let entry = self.journal_entry(&name, &evs, feed.as_ref());
+            // An observation that changes nothing on a stable instance with nothing pending (a
+            // periodic resync) is counted, not journaled: it must not push real history out.
+            let quiet = entry.as_ref().is_some_and(|e| {
+                e.cause == "observe"
+                    && e.changes.is_empty()
+                    && e.caused_by.is_none()
+                    && e.added.is_empty()
+                    && idle
+                    && self.journal_status.get(&name) == Some(&Status::Stable)
+            });
+            if let Some(snap) = snap {
+                let last_entry = open
+                    .get(&name)
+                    .map(|(_, e)| e.slice)
+                    .or_else(|| self.journals.get(&name).and_then(|q| q.back()).map(|e| e.slice))
+                    .unwrap_or(0);
+                remember(self.history.entry(name.clone()).or_default(), snap.clone(), last_entry);
+                records.push(Some(Record::Snapshot(snap)));
+            }
+            if evs.iter().any(|e| matches!(e, Event::Tick { .. })) {
+                ticked.insert(name.clone());
+            }
+            if quiet {
+                *self.quiet.entry(name.clone()).or_default() += 1;
+            } else if let Some(mut e) = entry {
+                if e.cause == "transition" {
+                    e.origin = self.last_input.get(&name).cloned();
+                } else {
+                    // Messages applied back to back, with no tick between them, were queued
+                    // together; replay must queue them together too.
+                    if !ticked.contains(&name) {
+                        if let Some((_, prev)) = open.get_mut(&name).filter(|(_, p)| p.cause != "transition") {
+                            e.batch = Some(*prev.batch.get_or_insert(prev.slice));
+                        }
+                    }
+                    ticked.remove(&name);
+                    // The input wakes the instance: the status it rests in next is news, even
+                    // if it is the one it had before.
+                    self.journal_status.insert(name.clone(), Status::Converging);
+                    self.last_input.insert(
+                        name.clone(),
+                        Origin {
+                            slice: e.slice,
+                            cause: e.cause.clone(),
+                            detail: e.detail.clone(),
+                            source: e.source.clone(),
+                        },
+                    );
                 }
-                let q = self.journals.entry(name.clone()).or_default();
-                q.push_back(e);
-                while q.len() > JOURNAL_MAX {
-                    q.pop_front();
-                }
+                e.quiet = self.quiet.remove(&name).unwrap_or(0);
+                self.close_entry(&name, &mut open, &mut records);
+                records.push(None);
+                open.insert(name.clone(), (records.len() - 1, e));
             }
             for ev in &evs {
                 self.track_episode(&name, ticks, ev, &mut audit);
+                if let Event::Status { status, reason, .. } = ev {
+                    if self.journal_status.insert(name.clone(), *status) != Some(*status) {
+                        if let Some((_, e)) = open.get_mut(&name) {
+                            e.status = Some(status.as_str().to_string());
+                            e.reason = reason.clone();
+                        }
+                    }
+                }
                 if let Event::Status { status: Status::Stable, .. } = ev {
+                    self.close_entry(&name, &mut open, &mut records);
                     let q = self.journals.entry(name.clone()).or_default();
                     if q.len() > JOURNAL_STABLE_KEEP {
                         while q.len() > JOURNAL_STABLE_KEEP {
                             q.pop_front();
                         }
                         if let Some(first) = q.front() {
-                            records.push(Record::Trim { instance: name.clone(), keep_from_slice: first.slice });
+                            records.push(Some(Record::Trim { instance: name.clone(), keep_from_slice: first.slice }));
                         }
                     }
                 }
@@ -971,6 +1067,13 @@ impl<W: Write> Driver<W> {
                 }
             }
         }
+        for name in open.keys().cloned().collect::<Vec<_>>() {
+            self.close_entry(&name, &mut open, &mut records);
+        }
+        // Every instance ran until idle, so every queued observation was applied: a feed left
+        // over would only be mistaken for a later observation's.
+        self.feeds.clear();
+        let records: Vec<Record> = if persist { records.into_iter().flatten().collect() } else { Vec::new() };
         let seq = match self.store.as_mut() {
             Some(store) if !records.is_empty() || !audit.is_empty() => {
                 self.records_since_checkpoint += records.len();
@@ -1007,12 +1110,67 @@ impl<W: Write> Driver<W> {
             if let Some(b) = base {
                 records.push(Record::Snapshot(b.clone()));
             }
+            // The journal before the latest snapshot, as in the log: each entry after its slice.
+            if let Some(q) = self.journals.get(&*inst.name) {
+                records.extend(q.iter().cloned().map(Record::Journal));
+            }
             records.push(Record::Snapshot(SnapshotRecord::from_snapshot(&inst.snapshot(), &dom.name, &dom.fields)));
         }
-        for q in self.journals.values() {
-            records.extend(q.iter().cloned().map(Record::Journal));
-        }
         records
+    }
+
+    /// Completes an instance's open journal entry: into the journal and its place in `records`.
+    fn close_entry(
+        &mut self,
+        name: &str,
+        open: &mut BTreeMap<String, (usize, JournalEntry)>,
+        records: &mut [Option<Record>],
+    ) {
+        let Some((at, e)) = open.remove(name) else { return };
+        records[at] = Some(Record::Journal(e.clone()));
+        let q = self.journals.entry(name.to_string()).or_default();
+        q.push_back(e);
+        while q.len() > JOURNAL_MAX {
+            q.pop_front();
+        }
+    }
+
+    /// The oldest queued observation for `instance`, now that the runtime applied it.
+    fn take_feed(&mut self, instance: &str) -> Option<Feed> {
+        let i = self.feeds.iter().position(|f| f.instance == instance)?;
+        self.feeds.remove(i)
+    }
+
+    /// After a restart: each instance's last input, last journaled status and the
+    /// observations that changed nothing since its last entry, from the journal.
+    fn recover_journal_context(&mut self) {
+        for inst in self.rt.instances() {
+            let name = inst.name.to_string();
+            let q = self.journals.get(&name).cloned().unwrap_or_default();
+            // Slices past the last entry are observations that changed nothing.
+            let last = q.back().map_or(0, |e| e.slice);
+            if inst.slice > last {
+                self.quiet.insert(name.clone(), inst.slice - last);
+            }
+            let origin = q.iter().rev().find_map(|e| match e.cause.as_str() {
+                "transition" => e.origin.clone(),
+                _ => Some(Origin {
+                    slice: e.slice,
+                    cause: e.cause.clone(),
+                    detail: e.detail.clone(),
+                    source: e.source.clone(),
+                }),
+            });
+            if let Some(o) = origin {
+                self.last_input.insert(name.clone(), o);
+            }
+            // The last entry's status if it came to rest after it; otherwise what the snapshot says.
+            let status = q.back().and_then(|e| e.status.as_deref()).and_then(parse_status);
+            self.journal_status.insert(name, status.unwrap_or(inst.status));
+        }
+        for inst in self.rt.instances() {
+            self.journal_status.entry(inst.name.to_string()).or_insert(inst.status);
+        }
     }
 
     fn field_name(&self, instance: &str, slot: u16) -> String {
@@ -1025,9 +1183,9 @@ impl<W: Write> Driver<W> {
         self.program.domains[d].transitions.get(t).map(|t| t.name.clone()).unwrap_or_default()
     }
 
-    fn journal_entry(&self, name: &str, evs: &[Event], caused_by: Option<String>) -> Option<JournalEntry> {
+    fn journal_entry(&self, name: &str, evs: &[Event], feed: Option<&Feed>) -> Option<JournalEntry> {
         let d = self.rt.instance(name).map(|i| i.domain).unwrap_or(0);
-        journal_entry(&self.program.domains[d], name, self.now_ms, evs, caused_by)
+        journal_entry(&self.program.domains[d], name, self.now_ms, evs, feed)
     }
 
     /// Builds the audit trail: a drift, the corrections, and how it ended.
@@ -1140,7 +1298,7 @@ impl<W: Write> Driver<W> {
         }
     }
 
-    fn apply_line(&mut self, line: &str) -> Result<Option<String>, LineError> {
+    fn apply_line(&mut self, line: &str) -> Result<(), LineError> {
         if line.len() > LINE_BYTES_MAX {
             return Err((None, format!("line is {} bytes; the limit is {LINE_BYTES_MAX}", line.len())));
         }
@@ -1162,7 +1320,7 @@ impl<W: Write> Driver<W> {
                 self.rt.advance_time(t);
                 self.now_ms = t;
                 let before = self.rt.instances().iter().map(|i| i.slice).sum::<u64>();
-                self.run_and_persist(None);
+                self.run_and_persist();
                 self.settle();
                 if self.rt.instances().iter().map(|i| i.slice).sum::<u64>() == before {
                     break;
@@ -1170,7 +1328,7 @@ impl<W: Write> Driver<W> {
             }
             self.now_ms = target;
             self.rt.advance_time(target);
-            return Ok(None);
+            return Ok(());
         }
         for key in o.keys() {
             if !matches!(key.as_str(), "instance" | "set" | "add" | "caused_by" | "source" | "version") {
@@ -1202,6 +1360,8 @@ impl<W: Write> Driver<W> {
                 return Err((Some(name), "`source` (a string) and `version` (an integer) go together".into()));
             }
         };
+        // Where the observation came from, for the journal: the line's own source, or stdin.
+        let source = version.map_or("stdin", |(s, _)| s);
         if let Some(add) = o.get("add") {
             if o.contains_key("set") || version.is_some() {
                 return Err((
@@ -1213,20 +1373,24 @@ impl<W: Write> Driver<W> {
             let Json::Object(add) = add else {
                 return Err((Some(name), "`add` must be an object of field to integer delta".into()));
             };
-            self.observe_add(&name, add)?;
-            return Ok(caused_by);
+            return self.observe_add(&name, add, source, caused_by);
         }
         let set = match o.get("set") {
             Some(Json::Object(s)) => s,
             Some(_) => return Err((Some(name), "`set` must be an object of field to value".into())),
             None => return Err((Some(name), "missing `set` (or `add`): an object of field to value".into())),
         };
-        self.observe(&name, set, version)?;
-        Ok(caused_by)
+        self.observe(&name, set, version, source, caused_by)
     }
 
     /// Checks a relative observation (`{"add": {"workers": -1}}`) and queues it.
-    fn observe_add(&mut self, name: &str, add: &Map<String, Json>) -> Result<(), LineError> {
+    fn observe_add(
+        &mut self,
+        name: &str,
+        add: &Map<String, Json>,
+        source: &str,
+        caused_by: Option<String>,
+    ) -> Result<(), LineError> {
         let Some(idx) = self.rt.index_of(name) else {
             let names: Vec<String> = self.rt.instances().iter().map(|i| format!("`{}`", i.name)).collect();
             return Err((
@@ -1255,11 +1419,28 @@ impl<W: Write> Driver<W> {
             };
             deltas.push((slot as u16, d));
         }
-        self.rt.observe_add(name, deltas).map_err(|e| (Some(name.to_string()), e.to_string()))
+        let named = deltas.iter().map(|(s, d)| (dom.fields[*s as usize].0.clone(), *d)).collect();
+        self.rt.observe_add(name, deltas).map_err(|e| (Some(name.to_string()), e.to_string()))?;
+        self.feeds.push_back(Feed {
+            instance: name.to_string(),
+            source: source.to_string(),
+            caused_by,
+            set: Vec::new(),
+            add: named,
+        });
+        Ok(())
     }
 
-    /// Checks an observation against the instance's fields and queues it.
-    fn observe(&mut self, name: &str, set: &Map<String, Json>, version: Option<(&str, u64)>) -> Result<(), LineError> {
+    /// Checks an observation against the instance's fields and queues it. `source`: where
+    /// it came from (`stdin`, `api`, a watcher), for the journal.
+    fn observe(
+        &mut self,
+        name: &str,
+        set: &Map<String, Json>,
+        version: Option<(&str, u64)>,
+        source: &str,
+        caused_by: Option<String>,
+    ) -> Result<(), LineError> {
         let Some(idx) = self.rt.index_of(name) else {
             let names: Vec<String> = self.rt.instances().iter().map(|i| format!("`{}`", i.name)).collect();
             return Err((
@@ -1285,7 +1466,15 @@ impl<W: Write> Driver<W> {
             Some((source, v)) => self.rt.observe_versioned(name, writes, source, v),
             None => self.rt.observe(name, writes),
         };
-        r.map_err(|e| (Some(name.to_string()), e.to_string()))
+        r.map_err(|e| (Some(name.to_string()), e.to_string()))?;
+        self.feeds.push_back(Feed {
+            instance: name.to_string(),
+            source: source.to_string(),
+            caused_by,
+            set: set.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            add: Vec::new(),
+        });
+        Ok(())
     }
 
     fn print_event(&mut self, ev: &Event) {
@@ -1349,13 +1538,14 @@ impl<W: Write> Driver<W> {
 }
 
 /// The journal entry for one step's events: its slice, cause, changes, held changes,
-/// intents and results. `ved replay` builds the same entry from its own run to compare.
-pub fn journal_entry(
+/// intents and results, and for an observation what the driver knew of it (`feed`).
+/// `ved replay` builds the same entry from its own run to compare.
+pub(crate) fn journal_entry(
     dom: &ved_vm::CompiledDomain,
     instance: &str,
     at_ms: u64,
     evs: &[Event],
-    caused_by: Option<String>,
+    feed: Option<&Feed>,
 ) -> Option<JournalEntry> {
     let (slice, cause, changes, held) = evs.iter().find_map(|e| match e {
         Event::Slice { slice, cause, changes, held, .. } => Some((*slice, cause, changes, held)),
@@ -1370,6 +1560,7 @@ pub fn journal_entry(
         Cause::Result(id) => ("result", Some(id.to_string())),
         Cause::Timer(t) => ("timer", tname(*t)),
     };
+    let feed = feed.filter(|_| cause == "observe");
     Some(JournalEntry {
         instance: instance.to_string(),
         slice,
@@ -1392,14 +1583,49 @@ pub fn journal_entry(
                 _ => None,
             })
             .collect(),
-        caused_by,
-        observed: match cause {
-            "observe" => changes.iter().map(|(s, v)| (field(*s), to_json(v))).collect(),
+        caused_by: feed.and_then(|f| f.caused_by.clone()),
+        observed: match (cause, feed) {
+            ("observe", Some(f)) if f.add.is_empty() => f.set.clone(),
+            ("observe", Some(_)) => Vec::new(),
+            ("observe", None) => changes.iter().map(|(s, v)| (field(*s), to_json(v))).collect(),
             _ => Vec::new(),
         },
+        added: feed.map(|f| f.add.clone()).unwrap_or_default(),
+        source: feed.map(|f| f.source.clone()),
+        ..JournalEntry::default()
     })
 }
 
-fn is_observe(e: &Event) -> bool {
-    matches!(e, Event::Slice { cause: Cause::Observe, .. })
+/// Whether a step applied an observation: a slice, a stale version dropped, or a relative
+/// change refused for overflow.
+fn is_observation_outcome(e: &Event) -> bool {
+    matches!(
+        e,
+        Event::Slice { cause: Cause::Observe, .. }
+            | Event::Stale { .. }
+            | Event::Fault { transition: None, goal: None, .. }
+    )
+}
+
+/// Adds a snapshot to an instance's recent ones. A snapshot after a slice that was not
+/// journaled (an observation that changed nothing) is needed only until the next one, so a
+/// run of them keeps its last: periodic resyncs never push out the snapshot `ved replay`
+/// starts from. `last_entry`: the slice of the instance's latest journal entry.
+fn remember(q: &mut VecDeque<SnapshotRecord>, snap: SnapshotRecord, last_entry: u64) {
+    if q.back().is_some_and(|b| {
+        b.slice == snap.slice
+            || (b.slice > last_entry && b.slice + 1 == snap.slice && b.status == "stable" && b.pending.is_empty())
+    }) {
+        q.pop_back();
+    }
+    q.push_back(snap);
+    while q.len() > JOURNAL_MAX + 2 {
+        q.pop_front();
+    }
+}
+
+fn parse_status(s: &str) -> Option<Status> {
+    [Status::Stable, Status::Converging, Status::Waiting, Status::Stuck, Status::Livelock, Status::Degraded]
+        .into_iter()
+        .find(|st| st.as_str() == s)
 }

@@ -68,6 +68,11 @@ fn the_api_reports_accepts_refuses_and_survives_a_restart() {
     let (_, j) = d.get("/v1/instances/WorkerPool/journal");
     let entries = j["entries"].as_array().unwrap();
     assert!(entries.iter().any(|e| e["cause"] == "observe" && e["changes"] == json!([["workers", "2"]])), "{j}");
+    // The journal names where the observation came from, and the transitions it started.
+    let seen = entries.iter().find(|e| e["cause"] == "observe" && e["changes"] == json!([["workers", "2"]])).unwrap();
+    assert_eq!(seen["source"], "api", "{seen}");
+    let after = entries.iter().find(|e| e["cause"] == "transition" && e["slice"].as_u64() > seen["slice"].as_u64());
+    assert_eq!(after.expect("a transition after it")["origin"]["slice"], seen["slice"], "{j}");
 
     // Creating an instance of a domain with its own initial state.
     let create = "/v1/instances";
@@ -208,4 +213,48 @@ fn a_busy_port_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("cannot listen on {addr}")) && err.contains("--listen"), "{err}");
+}
+
+#[test]
+fn a_watcher_reading_names_its_source_and_periodic_resyncs_leave_the_journal_alone() {
+    let dir = tempdir("resync");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A probe that reads the primary as failed, re-sent every 100 ms whether it changed or not.
+    let probe = dir.join("probe.json");
+    std::fs::write(&probe, r#"{"primary_status": "failed"}"#).unwrap();
+    let config = dir.join("ved.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[adapters.Network]\ndriver = \"log\"\n\n[adapters.Alerts]\ndriver = \"log\"\n\n[[watch]]\nfields = [\"primary_status\"]\ndriver = \"exec\"\ncommand = [\"cat\", \"{}\"]\ninterval_ms = 20\n\n[resync]\ninterval_ms = 100\n",
+            probe.display()
+        ),
+    )
+    .unwrap();
+    let data = dir.join("data");
+    let d = Daemon::start(
+        &["examples/database_routing.ved", "--config", config.to_str().unwrap(), "--data-dir", data.to_str().unwrap()],
+        Some(TOKEN),
+    );
+    let get = |d: &Daemon| d.get("/v1/instances/DatabaseRouting").1;
+    let journal = |d: &Daemon| d.get("/v1/instances/DatabaseRouting/journal").1["entries"].as_array().unwrap().clone();
+    common::wait_for("the failover to complete", Duration::from_secs(30), || {
+        let s = get(&d);
+        s["status"] == "stable" && s["state"]["active_route"] == "replica"
+    });
+    let entries = journal(&d);
+    let reading = entries.iter().find(|e| e["cause"] == "observe").expect("the reading");
+    assert_eq!(reading["source"], "watch#1", "{entries:?}");
+    // The failover's intents name the reading that caused them.
+    let failover = entries.iter().find(|e| e["detail"] == "ExecuteFailover").expect("the failover");
+    assert_eq!(failover["origin"], json!({"slice": reading["slice"], "cause": "observe", "source": "watch#1"}));
+    // Readings keep coming (each one a slice), yet the journal does not grow.
+    let slice = get(&d)["slice"].as_u64().unwrap();
+    common::wait_for("three more resyncs", Duration::from_secs(30), || get(&d)["slice"].as_u64().unwrap() >= slice + 3);
+    assert_eq!(get(&d)["status"], "stable");
+    assert_eq!(journal(&d), entries, "resyncs that changed nothing used up journal entries");
+    let _ = d.terminate();
+    // Replay accounts for them.
+    let (code, out, err) = common::ved_text(&["replay", "--data-dir", data.to_str().unwrap(), "DatabaseRouting"], "");
+    assert_eq!(code, 0, "{out}{err}");
 }

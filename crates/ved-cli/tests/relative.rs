@@ -144,6 +144,11 @@ fn two_alerts_posted_together_to_the_daemon_repair_a_real_pool_without_overshoot
             }
         }
     }
+    // Each alert is journaled as what it was, a relative change, with its source.
+    let alerts: Vec<&serde_json::Value> =
+        entries.iter().filter(|e| e["added"] == serde_json::json!([["workers", -1]])).collect();
+    assert_eq!(alerts.len(), 2, "{journal}");
+    assert!(alerts.iter().all(|e| e["cause"] == "observe" && e["source"] == "api"), "{journal}");
     let (s, e) = d.post(obs, Some(TOKEN), br#"{"add": {"workers": -1}, "workers": 3}"#);
     assert_eq!((s, e["error"]["message"].as_str().map(|m| m.contains("stands alone"))), (400, Some(true)), "{e}");
     let (s, e) = d.post(obs, Some(TOKEN), br#"{"add": {"workers": "x"}}"#);
@@ -153,4 +158,8 @@ fn two_alerts_posted_together_to_the_daemon_repair_a_real_pool_without_overshoot
     for pid in members(&member) {
         let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
     }
+    // Replay feeds the alerts again as `add`, and reproduces every slice.
+    let (code, out, err) =
+        common::ved_text(&["replay", "--data-dir", dir.join("data").to_str().unwrap(), "WorkerPool"], "");
+    assert_eq!(code, 0, "{out}{err}");
 }

@@ -130,3 +130,45 @@ fn replay_explains_what_it_cannot_do() {
     let (code, _, err) = ved(&["replay", "--data-dir", dir.join("nothing-here").to_str().unwrap(), "WorkerPool"], "");
     assert_eq!(code, 2, "{err}");
 }
+
+/// The journal entries of `instance`, as `ved journal --json` prints them.
+fn journal_json(data: &std::path::Path, instance: &str) -> Vec<serde_json::Value> {
+    let (code, out, err) = ved(&["journal", "--data-dir", data.to_str().unwrap(), instance, "--json"], "");
+    assert_eq!(code, 0, "{err}");
+    out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn results_queued_together_are_replayed_together() {
+    // Without a configuration intents are delivered inline: the two intents of one tick are
+    // released together and both results are queued before the next tick, so the live run
+    // applies them back to back, and only then does `Finish` (which waits for `a`) run.
+    let dir = tempdir("replay-batched");
+    let data = dir.join("data");
+    let (code, _, err) = ved(
+        &["run", "tests/data/replay/batched_results.ved", "--stdin", "--data-dir", data.to_str().unwrap()],
+        "{\"instance\":\"Batched\",\"set\":{\"want\":2}}\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let entries = journal_json(&data, "Batched");
+    let summary: Vec<(u64, &str, Option<u64>)> = entries
+        .iter()
+        .map(|e| (e["slice"].as_u64().unwrap(), e["cause"].as_str().unwrap(), e["batch"].as_u64()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (1, "observe", None),
+            (2, "transition", None),
+            (3, "transition", None),
+            (4, "result", Some(4)),
+            (5, "result", Some(4)),
+            (6, "transition", None)
+        ],
+        "{entries:?}"
+    );
+    // Replay queues both results before running, as the live driver did: no divergence.
+    let (code, out, err) = ved(&["replay", "--data-dir", data.to_str().unwrap(), "Batched"], "");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ok: 6 slices replayed"), "{out}");
+}

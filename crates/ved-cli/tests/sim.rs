@@ -1,7 +1,8 @@
 //! Deterministic simulation of the runtime and the store, in the manner of
 //! FoundationDB and TigerBeetle: one seed decides everything that happens:
-//! random observations, intents that fail, are delayed or are answered twice,
-//! clock jumps, and crashes, some of them in the middle of a write that the
+//! random observations (absolute and relative), intents that fail, are delayed,
+//! are answered twice, out of order, or several together (queued at once, so
+//! the runtime applies them before any tick), clock jumps, and crashes, some of them in the middle of a write that the
 //! crash tears. The real driver, runtime and store run it (the store in manual
 //! flush mode, so the simulation decides when writes happen).
 //!
@@ -213,7 +214,8 @@ impl Sim {
         self.check_output_commit();
     }
 
-    fn observe(&mut self) {
+    /// A random observation: instance and the values it reports.
+    fn reading(&mut self) -> (String, serde_json::Map<String, Json>) {
         let (inst, fields) = self.candidates[self.rng.below(self.candidates.len())].clone();
         let mut set = serde_json::Map::new();
         for _ in 0..1 + self.rng.below(2) {
@@ -222,6 +224,26 @@ impl Sim {
                 set.insert(f.clone(), vals[self.rng.below(vals.len())].clone());
             }
         }
+        (inst, set)
+    }
+
+    fn observe(&mut self) {
+        let (inst, fields) = self.candidates[self.rng.below(self.candidates.len())].clone();
+        // Sometimes a relative change of an int field (`add`), which replay must feed as such.
+        let ints: Vec<&String> =
+            fields.iter().filter(|(_, v)| v.first().is_some_and(Json::is_i64)).map(|(f, _)| f).collect();
+        if !ints.is_empty() && self.rng.percent(20) {
+            let f = ints[self.rng.below(ints.len())].clone();
+            let delta = if self.rng.percent(50) { 1 } else { -1 };
+            let line = json!({"instance": inst, "add": {f: delta}}).to_string();
+            self.line += 1;
+            self.log.push(format!("observe {line}"));
+            let n = self.line;
+            self.driver().handle_line(n, &line);
+            self.check_output_commit();
+            return;
+        }
+        let (inst, set) = self.reading();
         let line = json!({"instance": inst, "set": set}).to_string();
         self.line += 1;
         self.log.push(format!("observe {line}"));
@@ -255,6 +277,39 @@ impl Sim {
         ));
         let outcome = if ok { Ok(()) } else { Err("simulated failure".to_string()) };
         self.driver().handle_inbound(Inbound::Result { id: i.id.clone(), outcome });
+        self.check_output_commit();
+    }
+
+    /// The world answers several intents at once, in any order (reversed, shuffled),
+    /// maybe with a watcher's reading among them: all are queued together, so the runtime
+    /// applies every one of them before a tick.
+    fn answer_together(&mut self) {
+        let n = if self.outstanding.is_empty() { 0 } else { 1 + self.rng.below(self.outstanding.len().min(3)) };
+        let mut picked = Vec::new();
+        for _ in 0..n {
+            let k = self.rng.below(self.outstanding.len());
+            picked.push(self.outstanding.remove(k));
+        }
+        if self.rng.percent(50) {
+            // Newest first: the reverse of the order they left in.
+            let order = |i: &IntentRequest| ved_runtime::IntentId::parse(&i.id).map(|id| (id.slice, id.index));
+            picked.sort_by_key(|i| std::cmp::Reverse(order(i)));
+        }
+        let mut batch = Vec::new();
+        for i in picked {
+            let ok = !self.rng.percent(30);
+            self.log.push(format!("answer {} {} (together)", i.id, if ok { "ok" } else { "failed" }));
+            let outcome = if ok { Ok(()) } else { Err("simulated failure".to_string()) };
+            batch.push(Inbound::Result { id: i.id.clone(), outcome });
+        }
+        if batch.len() < 2 || self.rng.percent(40) {
+            let (instance, fields) = self.reading();
+            self.log.push(format!("observe {instance} {fields:?} (together)"));
+            let at = self.rng.below(batch.len() + 1);
+            let o = ved_adapters::Observation { instance, fields, source: "watch#1".into(), version: None };
+            batch.insert(at, Inbound::Observed(o));
+        }
+        self.driver().handle_inbound_batch(batch);
         self.check_output_commit();
     }
 
@@ -306,7 +361,8 @@ impl Sim {
     fn step(&mut self) {
         match self.rng.below(100) {
             0..=29 => self.observe(),
-            30..=54 => self.answer(true),
+            30..=46 => self.answer(true),
+            47..=54 => self.answer_together(),
             55..=64 => {
                 let ms = self.rng.next() % 5_000;
                 self.advance(ms);
@@ -320,6 +376,14 @@ impl Sim {
     fn heal(&mut self) {
         for round in 0..200 {
             self.flush();
+            // Some answers come one by one, some all at once.
+            if self.outstanding.len() > 1 && round % 2 == 1 {
+                let all: Vec<IntentRequest> = std::mem::take(&mut self.outstanding);
+                self.log.push(format!("answer {} intents together, ok", all.len()));
+                let batch = all.iter().map(|i| Inbound::Result { id: i.id.clone(), outcome: Ok(()) }).collect();
+                self.driver().handle_inbound_batch(batch);
+                self.check_output_commit();
+            }
             while !self.outstanding.is_empty() {
                 self.answer(false);
             }
@@ -342,17 +406,20 @@ impl Sim {
         self.fail(&format!("did not converge once the faults stopped: {state:?}"));
     }
 
-    fn run(mut self, steps: usize) {
+    /// Returns how many replayed journals held messages queued together.
+    fn run(mut self, steps: usize) -> usize {
         for _ in 0..steps {
             self.step();
         }
         self.heal();
         // Every recorded intent was delivered: nothing is in flight, even as read back from disk.
-        self.crash_clean_and_check();
+        let batched = self.crash_clean_and_check();
         let _ = std::fs::remove_dir_all(&self.dir);
+        batched
     }
 
-    fn crash_clean_and_check(&mut self) {
+    fn crash_clean_and_check(&mut self) -> usize {
+        let mut batched = 0;
         self.flush();
         let d = self.driver.take().expect("running");
         d.crash();
@@ -362,7 +429,12 @@ impl Sim {
             if !s.pending.is_empty() {
                 self.fail(&format!("`{name}` still has pending transitions on disk: {:?}", s.pending));
             }
-            // The journal, crashes and all, replays to the same states and intents.
+            // The journal, crashes and all, replays to the same states and intents, with the
+            // messages that were queued together queued together again.
+            let journal = rec.journals.get(name).cloned().unwrap_or_default();
+            if journal.iter().any(|e| e.batch.is_some_and(|b| b != e.slice)) {
+                batched += 1;
+            }
             match ved_cli::replay_cmd::replay_instance(&self.dir, name, None, |_| {}) {
                 Ok(ved_cli::replay_cmd::Outcome::Reproduced { .. }) => {}
                 Ok(other) => self.fail(&format!("replay of `{name}` diverged: {other:?}")),
@@ -370,6 +442,7 @@ impl Sim {
                 Err((m, h)) => self.fail(&format!("replay of `{name}` could not run: {m} ({h})")),
             }
         }
+        batched
     }
 }
 
@@ -382,8 +455,14 @@ fn seeds() -> Vec<u64> {
 }
 
 fn simulate(program: &str, test: &'static str) {
-    for seed in seeds() {
-        Sim::new(program, test, seed).run(60);
+    let seeds = seeds();
+    let mut batched = 0;
+    for &seed in &seeds {
+        batched += Sim::new(program, test, seed).run(60);
+    }
+    // Results queued together really reached the journals that were replayed.
+    if seeds.len() >= 50 {
+        assert!(batched > 0, "no seed of {program} replayed a journal with a batch of messages");
     }
 }
 

@@ -4,7 +4,7 @@ mod common;
 
 use serde_json::Value as Json;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use ved_adapters::IntentRequest;
@@ -118,8 +118,13 @@ fn a_restart_resumes_every_instance_at_its_next_slice() {
     let out =
         Command::new(env!("CARGO_BIN_EXE_ved")).args(["journal", "--data-dir", d, "WorkerPool"]).output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("slice 10 at 0ms [observe]: workers = 4"), "{text}");
-    assert!(text.contains("slice 11 at 0ms [transition scale_up]: workers = 5"), "{text}");
+    assert!(text.contains("slice 10 at 0ms [observe from stdin]: workers = 4"), "{text}");
+    assert!(
+        text.contains(
+            "slice 11 at 0ms [transition scale_up] after slice 10 (observe from stdin): workers = 5\n    -> stable"
+        ),
+        "{text}"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_ved")).args(["audit", "--data-dir", d]).output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
@@ -266,4 +271,145 @@ fn inspect_works_while_ved_run_holds_the_directory() {
     assert!(snap["slice"].as_u64().unwrap() >= 6);
     drop(stdin);
     assert!(child.wait().unwrap().success());
+}
+
+/// The driver on `dir` with `program`, intents queued in `queue` for the test to answer.
+fn manual_driver(dir: &std::path::Path, program: &str, queue: Arc<Mutex<Vec<IntentRequest>>>) -> Driver<Vec<u8>> {
+    let loaded = ved_cli::load::load(&[root().join(program)]).ok().unwrap();
+    let opts = RunOptions {
+        seed: 0,
+        data_dir: Some(dir.to_path_buf()),
+        durability: Durability::None,
+        recover: false,
+        config: None,
+        flush: ved_store::Flush::Manual,
+    };
+    Driver::start(loaded, &opts, Adapters::manual(queue), Vec::new(), Box::new(|_| {})).ok().unwrap()
+}
+
+fn observed(fields: Json, source: &str) -> ved_adapters::Inbound {
+    let Json::Object(fields) = fields else { panic!("an object") };
+    ved_adapters::Inbound::Observed(ved_adapters::Observation {
+        instance: "Batched".into(),
+        fields,
+        source: source.into(),
+        version: None,
+    })
+}
+
+#[test]
+fn the_journal_names_sources_origins_and_statuses_and_resyncs_cost_nothing() {
+    let dir = tempdir("journal-lineage");
+    let queue = Arc::new(Mutex::new(Vec::new()));
+    let mut d = manual_driver(&dir, "tests/data/replay/batched_results.ved", queue.clone());
+    d.handle_line(1, r#"{"instance":"Batched","set":{"want":2}}"#);
+    d.flush().unwrap();
+    // While the intents are out, a watcher reports the same value: journaled (it is no resync of a
+    // resting instance), with its source.
+    d.handle_inbound(observed(serde_json::json!({"want": 2}), "watch#1"));
+    d.flush().unwrap();
+    // Both results come back together, newest first.
+    let sent: Vec<IntentRequest> = std::mem::take(&mut *queue.lock().unwrap());
+    assert_eq!(sent.len(), 2);
+    d.handle_inbound_batch(
+        sent.iter().rev().map(|i| ved_adapters::Inbound::Result { id: i.id.clone(), outcome: Ok(()) }).collect(),
+    );
+    d.flush().unwrap();
+    // A relative observation, from a named source on stdin.
+    d.handle_line(2, r#"{"instance":"Batched","add":{"want":1}}"#);
+    d.flush().unwrap();
+    let sent: Vec<IntentRequest> = std::mem::take(&mut *queue.lock().unwrap());
+    d.handle_inbound_batch(
+        sent.iter().map(|i| ved_adapters::Inbound::Result { id: i.id.clone(), outcome: Ok(()) }).collect(),
+    );
+    d.flush().unwrap();
+    assert_eq!(d.runtime().instances()[0].status, ved_runtime::Status::Stable);
+    let journal = |d: &Path| ved_store::read_only(d).unwrap().journals["Batched"].clone();
+    let before = journal(&dir);
+    // Periodic resyncs that change nothing, from a watcher and from stdin: no journal entry.
+    for n in 0..5 {
+        d.handle_inbound(observed(serde_json::json!({"want": 3, "done": 3}), "watch#1"));
+        d.handle_line(3 + n, r#"{"instance":"Batched","set":{"want":3}}"#);
+    }
+    d.flush().unwrap();
+    assert_eq!(journal(&dir), before, "resyncs that changed nothing used up journal entries");
+    assert_eq!(d.runtime().instances()[0].slice, before.back().unwrap().slice + 10);
+
+    let e = |slice: u64| before.iter().find(|e| e.slice == slice).unwrap_or_else(|| panic!("slice {slice}"));
+    assert_eq!((e(1).cause.as_str(), e(1).source.as_deref()), ("observe", Some("stdin")));
+    // Transitions name the input whose ticks they belong to, with no help from the caller.
+    let origin = e(2).origin.clone().expect("an origin");
+    assert_eq!((origin.slice, origin.cause.as_str(), origin.source.as_deref()), (1, "observe", Some("stdin")));
+    assert_eq!(e(3).origin, e(2).origin);
+    assert_eq!((e(3).status.as_deref(), e(3).reason.as_deref()), (Some("waiting"), None));
+    assert_eq!((e(4).source.as_deref(), e(4).observed.len()), (Some("watch#1"), 1));
+    // The results were queued together (newest first), so they are one batch.
+    assert_eq!((e(5).cause.as_str(), e(5).detail.as_deref(), e(5).batch), ("result", Some("Batched/3/0"), Some(5)));
+    assert_eq!((e(6).detail.as_deref(), e(6).batch), (Some("Batched/2/0"), Some(5)));
+    assert_eq!((e(7).detail.as_deref(), e(7).origin.as_ref().map(|o| o.slice)), (Some("Finish"), Some(6)));
+    assert_eq!(e(7).status.as_deref(), Some("stable"));
+    let add = e(8);
+    assert_eq!(
+        (add.added.clone(), add.changes.clone()),
+        (vec![("want".to_string(), 1)], vec![("want".into(), "3".into())])
+    );
+    // After a restart the resyncs are still accounted for, and more of them cost nothing either.
+    d.crash();
+    let mut d = manual_driver(&dir, "tests/data/replay/batched_results.ved", queue.clone());
+    for n in 0..3 {
+        d.handle_inbound(observed(serde_json::json!({"done": 3}), "watch#1"));
+        d.handle_line(20 + n, r#"{"instance":"Batched","set":{"b":3}}"#);
+    }
+    d.handle_line(30, r#"{"instance":"Batched","set":{"a":0}}"#);
+    d.flush().unwrap();
+    let after = journal(&dir);
+    let last = after.back().unwrap();
+    assert_eq!((last.cause.as_str(), last.quiet), ("transition", 0));
+    let drift = after.iter().find(|e| e.changes == [("a".to_string(), "0".to_string())]).unwrap();
+    assert_eq!(drift.quiet, 16, "ten resyncs before the restart, six after: {drift:?}");
+    let _ = d.finish();
+    // And the whole history replays exactly, resyncs, batch, `add` and all.
+    match ved_cli::replay_cmd::replay_instance(&dir, "Batched", None, |_| {}) {
+        Ok(ved_cli::replay_cmd::Outcome::Reproduced { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    // `ved journal` shows it in words.
+    let out = Command::new(env!("CARGO_BIN_EXE_ved"))
+        .args(["journal", "--data-dir", dir.to_str().unwrap(), "Batched"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    for says in [
+        "slice 1 at 0ms [observe from stdin]: want = 2",
+        "slice 2 at 0ms [transition SetA] after slice 1 (observe from stdin) (held: a = 2)",
+        "    -> waiting",
+        "slice 4 at 0ms [observe from watch#1]",
+        "slice 6 at 0ms [result Batched/2/0] (batch 5)",
+        "[transition Finish] after slice 6 (result Batched/2/0): done = 2",
+        "    -> stable",
+        "[observe from stdin] add want +1: want = 3",
+        "(16 observations that changed nothing, not journaled)",
+    ] {
+        assert!(text.contains(says), "`ved journal` should say `{says}`:\n{text}");
+    }
+}
+
+#[test]
+fn the_journal_records_why_an_instance_is_stuck() {
+    let dir = tempdir("journal-stuck");
+    let d = dir.to_str().unwrap();
+    let (code, _, err) = ved(
+        &["run", "examples/security_policy.ved", "--stdin", "--data-dir", d],
+        "{\"instance\":\"SecurityPolicy\",\"set\":{\"actual_ports\":[443,80]}}\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_ved"))
+        .args(["journal", "--data-dir", d, "SecurityPolicy", "--json"])
+        .output()
+        .unwrap();
+    let entries: Vec<Json> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let last = entries.last().expect("entries");
+    assert_eq!(last["status"], "stuck", "{entries:?}");
+    assert!(last["reason"].as_str().unwrap().contains("no transition is enabled"), "{last}");
 }

@@ -241,7 +241,7 @@ impl SnapshotRecord {
 }
 
 /// One entry of an instance's causal journal: what one slice did and why.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct JournalEntry {
     pub instance: String,
     pub slice: u64,
@@ -265,10 +265,67 @@ pub struct JournalEntry {
     /// Lineage: the intent whose effect this observation reports, when the adapter says so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caused_by: Option<String>,
-    /// For an observation: the values it changed, as JSON, so that `ved replay` can feed
-    /// the same message again.
+    /// For an observation: the values it reported, as JSON, so that `ved replay` can feed
+    /// the same message again. (Before sources were journaled: only the values it changed.)
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub observed: Vec<(String, serde_json::Value)>,
+    /// For a relative observation (`add`): field, delta. `ved replay` feeds it as an `add`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub added: Vec<(String, i64)>,
+    /// For an observation: where it came from: `stdin`, `api`, a watcher (`watch#1`), or the
+    /// `source` the input named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Messages queued together (applied back to back, no tick between them) share a batch:
+    /// the slice of the batch's first message. Absent for a message applied on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<u64>,
+    /// For a transition slice: the outside input (observation, result or timer) whose run
+    /// of ticks it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+    /// Observations that changed nothing on a stable instance (periodic resyncs), applied
+    /// since the previous entry and not journaled. `ved replay` applies as many empty ones.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub quiet: u64,
+    /// The status the instance reached after this slice, when it changed: `waiting`,
+    /// `stuck`, `livelock`, `degraded` or `stable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Why, for `stuck`, `livelock` and `degraded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The outside input a transition slice descends from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Origin {
+    pub slice: u64,
+    /// `observe`, `result` or `timer`.
+    pub cause: String,
+    /// The intent id (result) or transition (timer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// For an observation: its source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "slice {} ({}", self.slice, self.cause)?;
+        if let Some(d) = &self.detail {
+            write!(f, " {d}")?;
+        }
+        if let Some(s) = &self.source {
+            write!(f, " from {s}")?;
+        }
+        write!(f, ")")
+    }
 }
 
 /// What the log holds.

@@ -212,7 +212,15 @@ fn load(dir: &Path, mode: Mode) -> Result<(Recovered, Manifest), StoreError> {
     let mut apply = |rec: &mut Recovered, r: Record| match r {
         Record::Snapshot(s) => {
             let q = recent.entry(s.instance.clone()).or_default();
-            if q.back().is_some_and(|last| last.slice == s.slice) {
+            // The driver writes each journal entry right after its slice's snapshot, so a stable
+            // snapshot past the last entry is of a slice that was not journaled (an observation
+            // that changed nothing). Such a snapshot is needed only until the next one: a run of
+            // periodic resyncs keeps its last and never pushes out the snapshot replay needs.
+            let last_entry = rec.journals.get(&s.instance).and_then(|j| j.back()).map_or(0, |e| e.slice);
+            let unjournaled = |b: &SnapshotRecord| {
+                b.slice > last_entry && b.slice + 1 == s.slice && b.status == "stable" && b.pending.is_empty()
+            };
+            if q.back().is_some_and(|last| last.slice == s.slice || unjournaled(last)) {
                 q.pop_back();
             }
             q.push_back(s.clone());

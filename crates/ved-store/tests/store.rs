@@ -38,9 +38,18 @@ fn journal(instance: &str, slice: u64) -> Record {
         held: Vec::new(),
         intents: Vec::new(),
         results: Vec::new(),
-        caused_by: None,
-        observed: Vec::new(),
+        ..JournalEntry::default()
     })
+}
+
+#[test]
+fn a_journal_entry_written_before_sources_and_batches_still_reads() {
+    let old = r#"{"instance":"W","slice":3,"at_ms":0,"cause":"observe","changes":[["workers","2"]],"observed":[["workers",{"i":2}]]}"#;
+    let e: JournalEntry = serde_json::from_str(old).unwrap();
+    assert_eq!((e.slice, e.cause.as_str(), e.batch, e.quiet, e.source.as_deref()), (3, "observe", None, 0, None));
+    // The new fields are left out when empty, so an old reader sees what it knows.
+    let again = serde_json::to_string(&JournalEntry { batch: Some(3), ..e.clone() }).unwrap();
+    assert!(again.contains(r#""batch":3"#) && !again.contains("quiet") && !again.contains("origin"), "{again}");
 }
 
 fn draft(text: &str) -> AuditDraft {

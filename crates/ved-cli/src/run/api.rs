@@ -348,16 +348,20 @@ impl<W: Write> Driver<W> {
                     }
                     _ => None,
                 };
+                // The journal names where an observation came from: the versioned source, or `api`.
+                let source = version.as_ref().map_or("api", |(s, _)| s.as_str()).to_string();
                 let queued = match &relative {
-                    Some(add) => self.observe_add(&instance, add),
-                    None => self.observe(&instance, &body, version.as_ref().map(|(s, v)| (s.as_str(), *v))),
+                    Some(add) => self.observe_add(&instance, add, &source, None),
+                    None => {
+                        self.observe(&instance, &body, version.as_ref().map(|(s, v)| (s.as_str(), *v)), &source, None)
+                    }
                 };
                 match queued {
                     Err((_, message)) => {
                         let _ = reply.send(error(400, message));
                     }
                     Ok(()) => {
-                        let seq = self.run_and_persist(None);
+                        let seq = self.run_and_persist();
                         let body = self.summary(&instance);
                         self.acks.push_back((seq, Ack::Reply(reply, Reply { status: 200, body })));
                         self.settle();
@@ -369,7 +373,7 @@ impl<W: Write> Driver<W> {
                     let _ = reply.send(r);
                 }
                 Ok(name) => {
-                    let seq = self.run_and_persist(None);
+                    let seq = self.run_and_persist();
                     let body = self.summary(&name);
                     self.acks.push_back((seq, Ack::Reply(reply, Reply { status: 201, body })));
                     self.settle();
