@@ -151,7 +151,8 @@ fn the_audit_log_records_a_drift_and_its_correction_in_words() {
     let last = entries.last().unwrap();
     assert_eq!(
         last["text"],
-        "actual_ports drifted to [80, 443, 22]; CloseRoguePorts emitted Firewall.ClosePorts([22]); stable again after 1 tick"
+        "actual_ports drifted to [80, 443, 22]; CloseRoguePorts emitted Firewall.ClosePorts([22]); \
+         SecurityPolicy/5/0 succeeded: actual_ports = [80, 443]; stable again after 1 tick"
     );
     assert_eq!(last["prev"], entries[entries.len() - 2]["hash"]);
 }
