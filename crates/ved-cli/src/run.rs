@@ -949,6 +949,10 @@ impl<W: Write> Driver<W> {
                 "transition": tname, "adapter": &*intent.adapter, "action": &*intent.action,
                 "args": intent.args.iter().map(to_json).collect::<Vec<_>>()}),
             ));
+            // For the log driver the printed line *is* the delivery, and it is acknowledged at
+            // once: the line must be out before that acknowledgement can become durable, or a
+            // kill could lose an intent that the store no longer lists as undelivered.
+            let _ = self.out.w.flush();
             match self.adapters.dispatch(ved_adapters::IntentRequest::from_intent(&intent)) {
                 Some(outcome) => {
                     let _ = self.rt.deliver(&intent.id, outcome.is_ok(), outcome.err());
