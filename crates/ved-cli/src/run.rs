@@ -549,7 +549,7 @@ pub fn run(files: &[PathBuf], config: Option<&Path>, mut opts: RunOptions, mode:
             daemon_loop(&mut driver, &rx)
         }
     };
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop_watchers(&stop, watcher_threads);
     if let Some(code) = code {
         return code;
     }
@@ -558,6 +558,26 @@ pub fn run(files: &[PathBuf], config: Option<&Path>, mut opts: RunOptions, mode:
         Err(e) => {
             eprintln!("error: the store failed: {e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// How long a stopping Ved waits for its watchers to end their commands: enough for an exec
+/// watcher's SIGTERM, grace and SIGKILL.
+const WATCHERS_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Tells the watchers to stop and waits (boundedly) until they have: a watcher ends the
+/// commands it runs, with everything they started, and those must not outlive a clean exit.
+/// A watcher still blocked after the wait is left to die with the process.
+pub(crate) fn stop_watchers(stop: &std::sync::atomic::AtomicBool, threads: Vec<std::thread::JoinHandle<()>>) {
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + WATCHERS_STOP_WAIT;
+    for t in threads {
+        while !t.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if t.is_finished() {
+            let _ = t.join();
         }
     }
 }
