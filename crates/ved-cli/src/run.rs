@@ -716,7 +716,7 @@ pub fn build_adapters(
             "exec" => Arc::new(exec::ExecDriver { command: a.command.clone(), timeout }),
             "http" => Arc::new(http::HttpDriver::new(a.url.clone().unwrap_or_default(), timeout)),
             "process" => {
-                let pool = process::Pool::new(a.command.clone());
+                let pool = process::Pool::new(a.command.clone(), a.start_grace());
                 pools.insert(name.clone(), pool.clone());
                 Arc::new(process::ProcessDriver { pool })
             }
