@@ -88,6 +88,37 @@ fn has_exited(pid: u32) -> bool {
     }
 }
 
+/// Leaders of the exec command groups running now, none of them reaped yet, so that a
+/// stopping Ved can end them with [`kill_running_commands`].
+static RUNNING: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// A running command's entry in [`RUNNING`]. Dropped before the command is reaped, so a group
+/// id in the list always belongs to an unreaped leader.
+struct Running(u32);
+
+impl Running {
+    fn new(pid: u32) -> Running {
+        RUNNING.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
+        Running(pid)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.lock().unwrap_or_else(|p| p.into_inner()).retain(|p| *p != self.0);
+    }
+}
+
+/// Kills every exec command still running (intents in flight, probes), each with its process
+/// group. For a stopping Ved: such an intent stays undelivered and goes out again, with the
+/// same id, after a restart, and nothing it started should keep running meanwhile.
+pub fn kill_running_commands() {
+    let running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+    for pid in running.iter() {
+        kill_group(*pid, libc::SIGKILL);
+    }
+}
+
 /// Reads `r` to its end, keeping the first `keep` bytes; returns them and how many were dropped.
 fn drain(mut r: impl Read, keep: usize) -> (Vec<u8>, u64) {
     let mut kept = Vec::new();
@@ -156,6 +187,7 @@ pub fn run_bounded(
         .spawn()
         .map_err(|e| format!("cannot start `{prog}`: {e}"))?;
     let pid = child.id();
+    let running = Running::new(pid);
     // Feed stdin and drain the pipes on threads, so a chatty command cannot deadlock us.
     // None of them is joined unless it has finished: a process that escaped the group could
     // hold a pipe open for ever, and its thread then just ends when it does.
@@ -184,6 +216,7 @@ pub fn run_bounded(
             kill_group(pid, libc::SIGKILL);
             // The command itself, even if it left its group (setpgid), so the wait ends.
             let _ = child.kill();
+            drop(running);
             let _ = child.wait();
             let ms = timeout.as_millis();
             return Err(if stopped {
@@ -196,6 +229,7 @@ pub fn run_bounded(
         }
         std::thread::sleep(Duration::from_millis(2));
     }
+    drop(running);
     let status = child.wait().map_err(|e| format!("waiting for `{prog}`: {e}"))?;
     let (stdout, stdout_dropped) = reader.join().unwrap_or_default();
     let (stderr, stderr_dropped) = err_reader.join().unwrap_or_default();

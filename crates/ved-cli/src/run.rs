@@ -550,6 +550,9 @@ pub fn run(files: &[PathBuf], config: Option<&Path>, mut opts: RunOptions, mode:
         }
     };
     stop_watchers(&stop, watcher_threads);
+    // Intents still in flight stay undelivered (they go out again after a restart); their
+    // commands must not run on unsupervised.
+    ved_adapters::exec::kill_running_commands();
     if let Some(code) = code {
         return code;
     }

@@ -37,6 +37,18 @@ fn wait_gone(marker: &str, what: &str) {
     }
 }
 
+/// The exit status, if `child` exits within `limit`.
+fn wait_for_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
 #[test]
 fn a_pool_whose_command_execs_away_ends_degraded_with_a_bounded_number_of_starts() {
     let dir = tempdir("exec-away");
@@ -115,6 +127,34 @@ fn a_clean_stop_ends_every_watcher_command_and_what_it_started() {
     assert_eq!(code, 0);
     wait_gone(&long, "the long-running watcher after SIGTERM");
     wait_gone(&probe, "the periodic probe after SIGTERM");
+}
+
+#[test]
+fn a_clean_stop_ends_an_intent_command_still_in_flight_with_its_children() {
+    let dir = tempdir("intent-in-flight");
+    let marker = format!("86405.{}", std::process::id());
+    let config = dir.join("ved.toml");
+    // The first Start never finishes: its command is still running when the daemon stops.
+    std::fs::write(
+        &config,
+        format!(
+            "[adapters.Workers]\ndriver = \"exec\"\ncommand = [\"sh\", \"-c\", \"sleep {marker}; true\"]\n\
+             timeout_ms = 600000\n"
+        ),
+    )
+    .unwrap();
+    let program = root().join("examples/demo/worker_pool/worker_pool.ved");
+    let daemon = Daemon::start(&[program.to_str().unwrap(), "--config", config.to_str().unwrap()], None);
+    wait_for("the intent's command to run", Duration::from_secs(30), || !with_marker(&marker).is_empty());
+    // Before the fix ved waited on that command for its whole timeout on the way out: fail, not hang.
+    let mut daemon = daemon;
+    std::process::Command::new("kill").args(["-TERM", &daemon.child.id().to_string()]).status().unwrap();
+    let exited = wait_for_exit(&mut daemon.child, Duration::from_secs(60));
+    if exited.is_none() {
+        wait_gone(&marker, "a daemon that did not exit within 60 s");
+    }
+    assert_eq!(exited.and_then(|s| s.code()), Some(0), "ved did not stop cleanly");
+    wait_gone(&marker, "the in-flight intent's command after SIGTERM");
 }
 
 #[test]
