@@ -312,6 +312,8 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
                 node.drop_instance(&n, "handed_over");
             }
             crate::run::stop_watchers(&watch_stop, std::mem::take(&mut watcher_threads));
+            // As in `ved run`: a command still running for an intent in flight does not outlive the node.
+            ved_adapters::exec::kill_running_commands();
             let _ = node.m.leave();
             emit(json!({"event": "left", "node": c.node}));
             return ExitCode::SUCCESS;
