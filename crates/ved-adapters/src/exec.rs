@@ -77,7 +77,7 @@ pub(crate) fn kill_group(pgid: u32, signal: libc::c_int) -> bool {
 }
 
 /// Whether our child `pid` has exited, without reaping it (see [`kill_group`] for why).
-fn has_exited(pid: u32) -> bool {
+pub(crate) fn has_exited(pid: u32) -> bool {
     // SAFETY: siginfo_t is plain data, zeroed is a valid value; waitid writes only into it.
     unsafe {
         let mut info: libc::siginfo_t = std::mem::zeroed();

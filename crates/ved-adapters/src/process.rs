@@ -25,7 +25,7 @@
 //! an intent's result and a reading taken after it reach the runtime in that
 //! order: a reading taken before an action can never be mistaken for its effect.
 
-use crate::exec::{in_own_group, kill_group};
+use crate::exec::{has_exited, in_own_group, kill_group};
 use crate::{Driver, Inbound, IntentRequest, Watcher};
 use serde_json::json;
 use std::process::{Child, Stdio};
@@ -123,9 +123,9 @@ impl Pool {
 
     /// A child of ours that is alive but runs another command line: it execed into another
     /// program after its start was checked.
-    fn escaped(&self, children: &mut [Child]) -> Option<(u32, Vec<String>)> {
-        children.iter_mut().find_map(|c| {
-            if !matches!(c.try_wait(), Ok(None)) {
+    fn escaped(&self, children: &[Child]) -> Option<(u32, Vec<String>)> {
+        children.iter().find_map(|c| {
+            if has_exited(c.id()) {
                 return None;
             }
             let now = cmdline(c.id());
@@ -136,7 +136,7 @@ impl Pool {
     fn start(&self, n: i64, st: &mut State) -> Result<(), String> {
         let (prog, args) = self.command.split_first().ok_or("the pool's command is empty")?;
         let shown = self.command.join(" ");
-        if let Some((pid, now)) = self.escaped(&mut st.children) {
+        if let Some((pid, now)) = self.escaped(&st.children) {
             st.proven = false;
             Pool::kill_ours(&mut st.children, &[pid]);
             return Err(format!(
@@ -175,16 +175,19 @@ impl Pool {
         // Wait until the new members show the command line, so the next reading includes them
         // (between fork and exec a child still shows Ved's); and, until the pool is proven,
         // that they keep it for the whole grace.
+        if started.is_empty() {
+            return Ok(());
+        }
         let deadline = Instant::now() + self.start_grace;
         loop {
-            for c in st.children.iter_mut().filter(|c| started.contains(&c.id())) {
-                if let Ok(Some(status)) = c.try_wait() {
-                    return Err(format!(
-                        "`{prog}` (pid {}) exited within {} ({status})",
-                        c.id(),
-                        human(self.start_grace)
-                    ));
-                }
+            // Checked without reaping, so the group can still be killed safely (see `kill_group`).
+            if let Some(i) = st.children.iter().position(|c| started.contains(&c.id()) && has_exited(c.id())) {
+                let mut c = st.children.swap_remove(i);
+                let pid = c.id();
+                kill_group(pid, libc::SIGKILL);
+                started.retain(|p| *p != pid);
+                let status = c.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                return Err(format!("`{prog}` (pid {pid}) exited within {} ({status})", human(self.start_grace)));
             }
             let missing = started.iter().copied().find(|p| !self.is_command(&cmdline(*p)));
             let late = Instant::now() >= deadline;
@@ -215,6 +218,8 @@ impl Pool {
     }
 
     fn act(&self, intent: &IntentRequest, st: &mut State) -> Result<(), String> {
+        // Only unreaped children stay listed: their pids, and so their group ids, are still theirs.
+        Pool::reap(&mut st.children);
         let n = match intent.args.first() {
             None => 1,
             Some(v) => v.as_i64().filter(|n| (0..=ACTION_COUNT_MAX).contains(n)).ok_or_else(|| {

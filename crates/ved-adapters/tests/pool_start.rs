@@ -111,3 +111,13 @@ fn a_member_that_execs_away_later_fails_the_next_start_and_is_killed() {
     let _ = std::fs::remove_file(&flag);
     cleanup(&m);
 }
+
+#[test]
+fn a_command_that_exits_at_once_fails_its_start_with_its_status() {
+    let d = ProcessDriver { pool: Pool::new(sh("exit 3"), Duration::from_secs(5)) };
+    let err = d.deliver(&intent("Start", 1)).unwrap_err();
+    assert!(err.contains("exited within 5 s") && err.contains("exit status: 3"), "{err}");
+    // Starting none is done at once, whatever the pool's state.
+    d.deliver(&intent("Start", 0)).unwrap();
+    assert_eq!(d.pool.count(), 0);
+}
