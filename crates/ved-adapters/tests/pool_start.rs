@@ -50,6 +50,15 @@ fn wait_gone(marker: &str, what: &str) {
     }
 }
 
+/// Kills whatever carries the marker when dropped, so a failed test leaves nothing running.
+struct Cleanup<'a>(&'a str);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        cleanup(self.0);
+    }
+}
+
 fn intent(action: &str, n: i64) -> IntentRequest {
     IntentRequest {
         id: "WorkerPool/1/0".into(),
@@ -68,6 +77,7 @@ fn sh(script: &str) -> Vec<String> {
 #[test]
 fn a_command_that_execs_into_another_fails_its_start_and_leaves_nothing() {
     let m = marker(1);
+    let _cleanup = Cleanup(&m);
     let d = ProcessDriver { pool: Pool::new(sh(&format!("exec sleep {m}")), Duration::from_millis(300)) };
     for attempt in 0..3 {
         let err = d.deliver(&intent("Start", 1)).unwrap_err();
@@ -82,6 +92,7 @@ fn a_command_that_execs_into_another_fails_its_start_and_leaves_nothing() {
 #[test]
 fn a_command_that_keeps_its_line_starts_and_stop_ends_its_children_too() {
     let m = marker(2);
+    let _cleanup = Cleanup(&m);
     // The shell stays the member's process and the sleep its child.
     let d = ProcessDriver { pool: Pool::new(sh(&format!("sleep {m}; true")), Duration::from_millis(200)) };
     d.deliver(&intent("Start", 1)).unwrap();
@@ -97,6 +108,7 @@ fn a_command_that_keeps_its_line_starts_and_stop_ends_its_children_too() {
 #[test]
 fn a_member_that_execs_away_later_fails_the_next_start_and_is_killed() {
     let m = marker(3);
+    let _cleanup = Cleanup(&m);
     let flag = std::env::temp_dir().join(format!("ved-pool-escape-{}", std::process::id()));
     let _ = std::fs::remove_file(&flag);
     // Keeps the command line until the flag appears, then runs another program in its place.
