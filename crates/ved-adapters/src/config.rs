@@ -56,6 +56,10 @@ pub struct AdapterConfig {
     /// in nft's syntax (`"icmp type echo-request accept"`).
     #[serde(default)]
     pub base_rules: Vec<Spanned<String>>,
+    /// `process`: how long a started member has to show the pool's command line (and, until
+    /// one member has kept it that long, to keep it) before its `Start` counts as failed.
+    #[serde(default)]
+    pub start_grace_ms: Option<Spanned<u64>>,
     /// `sim`: actions whose intents fail, and how many times each (`{ "PageEngineers" = 2 }`).
     #[serde(default)]
     pub fail: BTreeMap<String, u32>,
@@ -70,6 +74,19 @@ fn default_family() -> String {
 
 fn default_timeout_ms() -> u64 {
     10_000
+}
+
+/// `start_grace_ms` when not given: far longer than a fork and exec take, short enough that
+/// a pool whose members never show up fails its first `Start` quickly.
+pub const DEFAULT_START_GRACE_MS: u64 = 2_000;
+/// The longest `start_grace_ms`: the pool's watcher waits while a `Start` is checked.
+pub const MAX_START_GRACE_MS: u64 = 60_000;
+
+impl AdapterConfig {
+    /// The process pool's start grace, defaulted.
+    pub fn start_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.start_grace_ms.as_ref().map_or(DEFAULT_START_GRACE_MS, |g| *g.get_ref()))
+    }
 }
 
 /// A watcher: turns the outside world into observations of some fields.
@@ -243,6 +260,23 @@ pub fn validate(config: &Config, file: FileId, program: &hir::Program) -> Vec<Di
                 );
             }
         };
+        if let Some(g) = &a.start_grace_ms {
+            let at = span(file, g.span());
+            if d != "process" {
+                out.push(
+                    Diagnostic::error(at, format!("`start_grace_ms` applies to the `process` driver, not `{d}`"))
+                        .with_hint(format!("remove it from [adapters.{}]", name.get_ref())),
+                );
+            } else if !(1..=MAX_START_GRACE_MS).contains(g.get_ref()) {
+                out.push(
+                    Diagnostic::error(
+                        at,
+                        format!("`start_grace_ms` must be from 1 to {MAX_START_GRACE_MS}, got {}", g.get_ref()),
+                    )
+                    .with_hint(format!("the default is {DEFAULT_START_GRACE_MS}")),
+                );
+            }
+        }
         match d.as_str() {
             "exec" | "process" => need("command", !a.command.is_empty(), &mut out),
             "http" => need("url", a.url.is_some(), &mut out),

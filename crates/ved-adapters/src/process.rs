@@ -9,22 +9,30 @@
 //!
 //! Members outlive Ved: a stopped or crashed Ved leaves its workers running,
 //! and a restarted one adopts them, because membership is the command line.
+//! Each member Ved starts leads a process group of its own, so a Ctrl-C aimed
+//! at Ved does not reach it, and `Stop` ends it with everything it started.
+//!
+//! A started process that does not keep the command line is not a member: a
+//! command that execs into another one (`sh -c "exec sleep 300"`) shows the
+//! pool's command line for an instant, then another. Counting it would make
+//! the pool start processes for ever, so `Start` waits up to the start grace
+//! for its members to show the command line and, until one member of this pool
+//! has kept it for a whole grace, for them to keep it. A start that fails that
+//! check kills what it started and reports why, and the runtime backs off.
 //!
 //! The watcher reads `/proc` every 50 ms and reports the live count whenever it
 //! changes. Actions and readings share a lock and report while holding it, so
 //! an intent's result and a reading taken after it reach the runtime in that
 //! order: a reading taken before an action can never be mistaken for its effect.
 
+use crate::exec::{has_exited, in_own_group, kill_group};
 use crate::{Driver, Inbound, IntentRequest, Watcher};
 use serde_json::json;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-/// How long a started member may take to exec its command before the start counts as failed.
-const EXEC_WAIT: Duration = Duration::from_secs(5);
+use std::time::{Duration, Instant};
 
 /// How often the watcher reads `/proc`.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -33,12 +41,45 @@ const ACTION_COUNT_MAX: i64 = 1000;
 
 pub struct Pool {
     pub command: Vec<String>,
-    children: Mutex<Vec<Child>>,
+    /// How long a started member has to show (and, until proven, keep) the command line.
+    pub start_grace: Duration,
+    state: Mutex<State>,
 }
 
+#[derive(Default)]
+struct State {
+    /// The processes this Ved started and has not reaped.
+    children: Vec<Child>,
+    /// A member Ved started kept the command line for a whole grace: the command does not
+    /// exec into another, so a later start needs only to see its member appear.
+    proven: bool,
+}
+
+/// The arguments of `pid`'s command line; empty for a zombie, a kernel thread or a process gone.
+fn cmdline(pid: u32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+}
+
+/// A duration for a message: `2 s`, `300 ms`.
+fn human(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
+const MEMBERSHIP_HINT: &str = "Ved identifies pool members by their exact command line; avoid `exec` to another \
+                               program in the command, or point the pool at the final command";
+
 impl Pool {
-    pub fn new(command: Vec<String>) -> Arc<Pool> {
-        Arc::new(Pool { command, children: Mutex::new(Vec::new()) })
+    pub fn new(command: Vec<String>, start_grace: Duration) -> Arc<Pool> {
+        Arc::new(Pool { command, start_grace, state: Mutex::new(State::default()) })
+    }
+
+    fn is_command(&self, args: &[String]) -> bool {
+        args.len() == self.command.len() && args.iter().zip(&self.command).all(|(a, c)| a == c)
     }
 
     /// Pids of every live process whose command line is the pool's.
@@ -64,12 +105,121 @@ impl Pool {
 
     /// The live count, read under the pool's lock.
     pub fn count(&self) -> usize {
-        let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
-        Pool::reap(&mut children);
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        Pool::reap(&mut st.children);
         self.members().len()
     }
 
-    fn act(&self, intent: &IntentRequest, children: &mut Vec<Child>) -> Result<(), String> {
+    /// Kills the children with these pids, each with its process group, and reaps them.
+    fn kill_ours(children: &mut Vec<Child>, pids: &[u32]) {
+        for c in children.iter_mut().filter(|c| pids.contains(&c.id())) {
+            // Unreaped, so its group id is still its own (see `kill_group`).
+            kill_group(c.id(), libc::SIGKILL);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        children.retain(|c| !pids.contains(&c.id()));
+    }
+
+    /// A child of ours that is alive but runs another command line: it execed into another
+    /// program after its start was checked.
+    fn escaped(&self, children: &[Child]) -> Option<(u32, Vec<String>)> {
+        children.iter().find_map(|c| {
+            if has_exited(c.id()) {
+                return None;
+            }
+            let now = cmdline(c.id());
+            (!now.is_empty() && !self.is_command(&now)).then(|| (c.id(), now))
+        })
+    }
+
+    fn start(&self, n: i64, st: &mut State) -> Result<(), String> {
+        let (prog, args) = self.command.split_first().ok_or("the pool's command is empty")?;
+        let shown = self.command.join(" ");
+        if let Some((pid, now)) = self.escaped(&st.children) {
+            st.proven = false;
+            Pool::kill_ours(&mut st.children, &[pid]);
+            return Err(format!(
+                "pid {pid}, which Ved started for `{shown}`, now runs `{}`, so it is not a member and was \
+                 killed; {MEMBERSHIP_HINT}",
+                now.join(" ")
+            ));
+        }
+        let mut started = Vec::new();
+        let result = self.spawn_and_check(prog, args, n, st, &mut started);
+        if result.is_err() {
+            // Nothing a failed start began may stay behind: the runtime will try again.
+            Pool::kill_ours(&mut st.children, &started);
+        }
+        result
+    }
+
+    fn spawn_and_check(
+        &self,
+        prog: &str,
+        args: &[String],
+        n: i64,
+        st: &mut State,
+        started: &mut Vec<u32>,
+    ) -> Result<(), String> {
+        for _ in 0..n {
+            let child = in_own_group(prog, args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot start `{prog}`: {e}"))?;
+            started.push(child.id());
+            st.children.push(child);
+        }
+        // Wait until the new members show the command line, so the next reading includes them
+        // (between fork and exec a child still shows Ved's); and, until the pool is proven,
+        // that they keep it for the whole grace.
+        if started.is_empty() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.start_grace;
+        loop {
+            // Checked without reaping, so the group can still be killed safely (see `kill_group`).
+            if let Some(i) = st.children.iter().position(|c| started.contains(&c.id()) && has_exited(c.id())) {
+                let mut c = st.children.swap_remove(i);
+                let pid = c.id();
+                kill_group(pid, libc::SIGKILL);
+                started.retain(|p| *p != pid);
+                let status = c.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                return Err(format!("`{prog}` (pid {pid}) exited within {} ({status})", human(self.start_grace)));
+            }
+            let missing = started.iter().copied().find(|p| !self.is_command(&cmdline(*p)));
+            let late = Instant::now() >= deadline;
+            match missing {
+                None if st.proven || late => {
+                    st.proven = true;
+                    return Ok(());
+                }
+                Some(pid) if late => {
+                    let now = cmdline(pid);
+                    let runs = if now.is_empty() {
+                        "its command line cannot be read".to_string()
+                    } else {
+                        format!("it now runs `{}`", now.join(" "))
+                    };
+                    return Err(format!(
+                        "started pid {pid} for `{}`, but after {} it does not have that command line ({runs}), \
+                         so it is not a member and was killed; {MEMBERSHIP_HINT}",
+                        self.command.join(" "),
+                        human(self.start_grace)
+                    ));
+                }
+                // Appearing takes a fork and an exec: check often. Keeping it takes the grace.
+                Some(_) => std::thread::sleep(Duration::from_millis(1)),
+                None => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+
+    fn act(&self, intent: &IntentRequest, st: &mut State) -> Result<(), String> {
+        // Only unreaped children stay listed: their pids, and so their group ids, are still theirs.
+        Pool::reap(&mut st.children);
         let n = match intent.args.first() {
             None => 1,
             Some(v) => v.as_i64().filter(|n| (0..=ACTION_COUNT_MAX).contains(n)).ok_or_else(|| {
@@ -77,62 +227,43 @@ impl Pool {
             })?,
         };
         match intent.action.as_str() {
-            "Start" => {
-                let (prog, args) = self.command.split_first().ok_or("the pool's command is empty")?;
-                let mut started = Vec::new();
-                for _ in 0..n {
-                    let child = Command::new(prog)
-                        .args(args)
-                        .stdin(Stdio::null())
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .spawn()
-                        .map_err(|e| format!("cannot start `{prog}`: {e}"))?;
-                    started.push(child.id());
-                    children.push(child);
-                }
-                // Wait until the new members are visible, so the next reading includes them:
-                // between fork and exec a child still shows the parent's command line.
-                let deadline = std::time::Instant::now() + EXEC_WAIT;
-                loop {
-                    let members = self.members();
-                    if started.iter().all(|p| members.contains(p)) {
-                        return Ok(());
-                    }
-                    for c in children.iter_mut().filter(|c| started.contains(&c.id())) {
-                        if let Ok(Some(status)) = c.try_wait() {
-                            return Err(format!("`{prog}` exited at once ({status})"));
-                        }
-                    }
-                    if std::time::Instant::now() >= deadline {
-                        return Err(format!("`{prog}` did not start within {} ms", EXEC_WAIT.as_millis()));
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
+            "Start" => self.start(n, st),
             "Stop" => {
-                let ours: Vec<u32> = children.iter().map(Child::id).collect();
+                let ours: Vec<u32> = st.children.iter().map(Child::id).collect();
                 let mut members = self.members();
                 // Strangers first: a member started by hand is the drift being corrected.
                 members.sort_by_key(|pid| (ours.contains(pid), std::cmp::Reverse(*pid)));
                 for pid in members.into_iter().take(n as usize) {
-                    let ok = Command::new("kill").args(["-KILL", &pid.to_string()]).status().map(|s| s.success());
-                    if !matches!(ok, Ok(true)) {
+                    // Ours lead their own process group: end it all. A stranger's group is not ours to end.
+                    let ok = (ours.contains(&pid) && kill_group(pid, libc::SIGKILL)) || kill_one(pid);
+                    if !ok {
                         return Err(format!("could not stop process {pid}"));
                     }
                 }
                 // Reap our own, so they leave /proc before the next reading.
-                for c in children.iter_mut() {
-                    if !self.members().contains(&c.id()) {
+                let members = self.members();
+                for c in st.children.iter_mut() {
+                    if !members.contains(&c.id()) {
                         let _ = c.wait();
                     }
                 }
-                Pool::reap(children);
+                Pool::reap(&mut st.children);
                 Ok(())
             }
             other => Err(format!("the process driver has no action `{other}`; it has `Start` and `Stop`")),
         }
     }
+}
+
+/// SIGKILL to one process; one already gone counts as stopped.
+fn kill_one(pid: u32) -> bool {
+    let Ok(id) = libc::pid_t::try_from(pid) else { return false };
+    if id <= 1 {
+        return false;
+    }
+    // SAFETY: kill has no memory-safety preconditions; `id` is a single process's pid.
+    let sent = unsafe { libc::kill(id, libc::SIGKILL) == 0 };
+    sent || std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
 pub struct ProcessDriver {
@@ -143,16 +274,16 @@ impl ProcessDriver {
     /// Performs the intent and calls `report` with the outcome while still holding
     /// the pool's lock (see the module docs for why).
     pub fn deliver_and_report(&self, intent: &IntentRequest, report: &mut dyn FnMut(Result<(), String>)) {
-        let mut children = self.pool.children.lock().unwrap_or_else(|p| p.into_inner());
-        let r = self.pool.act(intent, &mut children);
+        let mut st = self.pool.state.lock().unwrap_or_else(|p| p.into_inner());
+        let r = self.pool.act(intent, &mut st);
         report(r);
     }
 }
 
 impl Driver for ProcessDriver {
     fn deliver(&self, intent: &IntentRequest) -> Result<(), String> {
-        let mut children = self.pool.children.lock().unwrap_or_else(|p| p.into_inner());
-        self.pool.act(intent, &mut children)
+        let mut st = self.pool.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.pool.act(intent, &mut st)
     }
 
     fn deliver_then(&self, intent: &IntentRequest, report: &mut dyn FnMut(Result<(), String>)) {
@@ -173,8 +304,8 @@ impl Watcher for ProcessWatcher {
         while !stop.load(Ordering::Relaxed) {
             {
                 // Read and report under the pool's lock (see the module's comment).
-                let mut children = self.pool.children.lock().unwrap_or_else(|p| p.into_inner());
-                Pool::reap(&mut children);
+                let mut st = self.pool.state.lock().unwrap_or_else(|p| p.into_inner());
+                Pool::reap(&mut st.children);
                 let n = self.pool.members().len();
                 if reporter.offer_one(&self.field, json!(n), &sink).is_err() {
                     return;

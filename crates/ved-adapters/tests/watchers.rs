@@ -99,7 +99,10 @@ fn with_resync_off_an_unchanged_reading_is_reported_once() {
 
 #[test]
 fn the_process_watcher_resyncs_its_count() {
-    let pool = ved_adapters::process::Pool::new(vec!["sleep".into(), format!("86401.{}", std::process::id())]);
+    let pool = ved_adapters::process::Pool::new(
+        vec!["sleep".into(), format!("86401.{}", std::process::id())],
+        Duration::from_secs(2),
+    );
     let w = ved_adapters::process::ProcessWatcher {
         pool,
         instance: "WorkerPool".into(),

@@ -262,10 +262,11 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
     // instance (see `observe`). Suited to watchers that probe something remote.
     let resync = opts.config.as_ref().map(|c| c.resync.interval_ms).filter(|ms| *ms > 0).map(Duration::from_millis);
     let watch_stop = Arc::new(AtomicBool::new(false));
+    let mut watcher_threads = Vec::new();
     for w in watchers {
         let sink = inbound_tx.clone();
         let stop = watch_stop.clone();
-        std::thread::spawn(move || w.run(sink, stop, resync));
+        watcher_threads.push(std::thread::spawn(move || w.run(sink, stop, resync)));
     }
     let mut rt = Runtime::empty(loaded.compiled.clone(), opts.seed);
     if let Some(cfg) = &opts.config {
@@ -317,7 +318,9 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
                 let _ = node.m.release(&n);
                 node.drop_instance(&n, "handed_over");
             }
-            watch_stop.store(true, Ordering::SeqCst);
+            crate::run::stop_watchers(&watch_stop, std::mem::take(&mut watcher_threads));
+            // As in `ved run`: a command still running for an intent in flight does not outlive the node.
+            ved_adapters::exec::kill_running_commands();
             let _ = node.m.leave();
             emit(json!({"event": "left", "node": c.node}));
             return ExitCode::SUCCESS;

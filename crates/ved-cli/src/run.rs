@@ -623,13 +623,10 @@ pub fn run(files: &[PathBuf], config: Option<&Path>, mut opts: RunOptions, mode:
             daemon_loop(&mut driver, &rx)
         }
     };
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    // Watchers end their children (`nft monitor`, a long-running probe) as they stop;
-    // give them a moment to, so that nothing Ved started outlives it.
-    let deadline = std::time::Instant::now() + WATCHER_STOP_GRACE;
-    while watcher_threads.iter().any(|t| !t.is_finished()) && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    stop_watchers(&stop, watcher_threads);
+    // Intents still in flight stay undelivered (they go out again after a restart); their
+    // commands must not run on unsupervised.
+    ved_adapters::exec::kill_running_commands();
     if let Some(code) = code {
         return code;
     }
@@ -638,6 +635,26 @@ pub fn run(files: &[PathBuf], config: Option<&Path>, mut opts: RunOptions, mode:
         Err(e) => {
             eprintln!("error: the store failed: {e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// How long a stopping Ved waits for its watchers to end their commands: enough for an exec
+/// watcher's SIGTERM, grace and SIGKILL.
+const WATCHERS_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Tells the watchers to stop and waits (boundedly) until they have: a watcher ends the
+/// commands it runs, with everything they started, and those must not outlive a clean exit.
+/// A watcher still blocked after the wait is left to die with the process.
+pub(crate) fn stop_watchers(stop: &std::sync::atomic::AtomicBool, threads: Vec<std::thread::JoinHandle<()>>) {
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + WATCHERS_STOP_WAIT;
+    for t in threads {
+        while !t.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if t.is_finished() {
+            let _ = t.join();
         }
     }
 }
@@ -701,8 +718,6 @@ fn stdin_loop<W: Write>(driver: &mut Driver<W>, rx: &mpsc::Receiver<Input>) -> O
 /// How long the daemon may sleep when no retry is due: an upper bound on how late
 /// a clock-driven step can be noticed.
 const DAEMON_IDLE_WAKE: std::time::Duration = std::time::Duration::from_millis(500);
-/// How long a stopping `ved run` waits for its watchers to stop.
-const WATCHER_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long a stopping daemon waits for results already in flight.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -797,7 +812,7 @@ pub fn build_adapters(
             "exec" => Arc::new(exec::ExecDriver { command: a.command.clone(), timeout }),
             "http" => Arc::new(http::HttpDriver::new(a.url.clone().unwrap_or_default(), timeout)),
             "process" => {
-                let pool = process::Pool::new(a.command.clone());
+                let pool = process::Pool::new(a.command.clone(), a.start_grace());
                 pools.insert(name.clone(), pool.clone());
                 Arc::new(process::ProcessDriver { pool })
             }
