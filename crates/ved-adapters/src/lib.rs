@@ -65,6 +65,12 @@ impl IntentRequest {
 }
 
 /// Carries out intents. Called from a worker thread; may block up to its timeout.
+///
+/// Success means the effect is done *and visible* to the watcher of the same
+/// resource: the runtime asks that watcher for a reading to confirm an effect on a
+/// watched field, and a reading taken after a success must already show it (the
+/// process pool waits until a started member shows its command line and a stopped
+/// one has left /proc; the firewall's transaction is committed).
 pub trait Driver: Send + Sync {
     /// Performs the intent. `Err` carries why it failed, in words for the journal.
     fn deliver(&self, intent: &IntentRequest) -> Result<(), String>;

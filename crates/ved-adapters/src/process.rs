@@ -38,6 +38,8 @@ use std::time::{Duration, Instant};
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Members one action may start or stop.
 const ACTION_COUNT_MAX: i64 = 1000;
+/// How long a stopped member may take to leave /proc after SIGKILL before the stop counts as failed.
+const STOP_WAIT: Duration = Duration::from_secs(5);
 
 pub struct Pool {
     pub command: Vec<String>,
@@ -233,12 +235,36 @@ impl Pool {
                 let mut members = self.members();
                 // Strangers first: a member started by hand is the drift being corrected.
                 members.sort_by_key(|pid| (ours.contains(pid), std::cmp::Reverse(*pid)));
-                for pid in members.into_iter().take(n as usize) {
+                let doomed: Vec<u32> = members.into_iter().take(n as usize).collect();
+                for &pid in &doomed {
                     // Ours lead their own process group: end it all. A stranger's group is not ours to end.
                     let ok = (ours.contains(&pid) && kill_group(pid, libc::SIGKILL)) || kill_one(pid);
                     if !ok {
                         return Err(format!("could not stop process {pid}"));
                     }
+                }
+                // SIGKILL is delivered asynchronously: the stop is done only once the processes are
+                // gone from /proc, so that the reading which confirms it (and any reading after the
+                // result) counts them out. Reporting success earlier would let a reading taken just
+                // after it confirm a stop that has not happened yet, and the pool would stop again.
+                let deadline = std::time::Instant::now() + STOP_WAIT;
+                loop {
+                    let members = self.members();
+                    let alive: Vec<u32> = doomed.iter().copied().filter(|p| members.contains(p)).collect();
+                    if alive.is_empty() {
+                        break;
+                    }
+                    // Our own children stay in /proc as zombies until reaped.
+                    for c in st.children.iter_mut().filter(|c| alive.contains(&c.id())) {
+                        let _ = c.try_wait();
+                    }
+                    if std::time::Instant::now() >= deadline {
+                        return Err(format!(
+                            "process(es) {alive:?} still run the pool's command {} ms after SIGKILL",
+                            STOP_WAIT.as_millis()
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
                 }
                 // Reap our own, so they leave /proc before the next reading.
                 let members = self.members();

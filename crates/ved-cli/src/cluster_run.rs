@@ -345,7 +345,9 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
                     ved_adapters::Inbound::Result { id, outcome } => {
                         if let Some(iid) = ved_runtime::IntentId::parse(&id) {
                             if node.owned.contains_key(&*iid.instance) {
-                                if outcome.is_ok() && node.watched.contains_key(&*iid.instance) {
+                                if outcome.is_ok()
+                                    && node.rt.instance(&iid.instance).is_some_and(|i| i.awaits_confirmation(&iid))
+                                {
                                     ved_adapters::request_reading(&iid.instance);
                                 }
                                 let _ = node.rt.deliver(&iid, outcome.is_ok(), outcome.err());

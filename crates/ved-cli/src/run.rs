@@ -419,8 +419,7 @@ impl<W: Write> Driver<W> {
             ved_adapters::Inbound::Result { id, outcome } => match ved_runtime::IntentId::parse(&id) {
                 Some(iid) => {
                     self.in_flight = self.in_flight.saturating_sub(1);
-                    let watched = self.rt.instance(&iid.instance).is_some_and(|i| !i.watched.is_empty());
-                    if outcome.is_ok() && watched {
+                    if outcome.is_ok() && self.rt.instance(&iid.instance).is_some_and(|i| i.awaits_confirmation(&iid)) {
                         // The runtime will wait for a reading to confirm the effect; make sure one comes
                         // even if the effect left the watched value as it was.
                         ved_adapters::request_reading(&iid.instance);

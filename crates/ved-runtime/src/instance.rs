@@ -227,6 +227,14 @@ impl Instance {
         self.watched = fields.into_boxed_slice();
     }
 
+    /// Whether the transition that emitted `id` wrote a watched field, so that its
+    /// success will wait for a reading of that field.
+    pub fn awaits_confirmation(&self, id: &IntentId) -> bool {
+        self.pending.iter().any(|p| {
+            matches!(&p.phase, Phase::InFlight { outstanding, confirm, .. } if !confirm.is_empty() && outstanding.contains(id))
+        })
+    }
+
     /// Whether a transition's effect is still unsettled (in flight or confirming).
     pub fn has_active(&self) -> bool {
         self.pending.iter().any(|p| p.phase.is_active())

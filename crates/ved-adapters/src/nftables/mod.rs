@@ -582,8 +582,7 @@ impl Watcher for NftWatcher {
                     }
                 }
             }
-            // A resync, or the driver asking for a reading to confirm an effect on the field.
-            let resync_due = reporter.resync_in().is_some_and(|d| d.is_zero()) || reporter.reading_requested();
+            let resync_due = reporter.resync_in().is_some_and(|d| d.is_zero());
             if read_now || resync_due {
                 read_now = false;
                 own_only = false;
@@ -604,10 +603,15 @@ impl Watcher for NftWatcher {
                         continue;
                     }
                 }
-            } else if own_only {
+            } else if own_only || reporter.reading_requested() {
+                // After Ved's own transaction, or when the driver asks for a reading to confirm
+                // an effect: the listing that ended Ved's last request is the state after it
+                // (any other change since would have come as monitor lines and a full read), so
+                // it is sent again even if it is no news, without another round trip to nft.
+                let requested = !own_only;
                 own_only = false;
                 let st = self.fw.lock();
-                if let Some((n, doc)) = st.last.as_ref().filter(|(n, _)| *n != reported) {
+                if let Some((n, doc)) = st.last.as_ref().filter(|(n, _)| *n != reported || requested) {
                     reported = *n;
                     if !self.report(doc, &mut reporter, &sink, &mut warned) {
                         break;
