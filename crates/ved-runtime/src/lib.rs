@@ -2,7 +2,7 @@
 //! no I/O, reads no clock and draws no randomness. Time enters as
 //! [`Runtime::advance_time`], the outside world as observations and intent
 //! results, and everything the runtime decides leaves as [`Event`]s, intents
-//! included. Drivers (the CLI, the scenario runner, later the daemon) deliver
+//! included. Drivers (`ved run` on stdin or as the daemon, cluster nodes, the scenario runner) deliver
 //! intents to adapters and feed the results back. The same initial state and
 //! the same messages always give the same states and the same intents.
 //!
