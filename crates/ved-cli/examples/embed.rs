@@ -41,7 +41,8 @@ impl Driver for MemoryFirewall {
 /// Runs seed 000 against the in-memory firewall; returns the ports left open.
 pub fn run() -> Result<Vec<i64>, String> {
     let program = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/security_policy.ved");
-    let loaded = ved_cli::load::load(&[program]).map_err(|_| "the program has errors (printed above)".to_string())?;
+    // Typed loading: nothing is printed; a bad program comes back as diagnostics to render.
+    let loaded = ved_cli::load::read_program(&[program]).map_err(|e| e.to_string())?;
     let firewall = Arc::new(MemoryFirewall::default());
     let opts = RunOptions {
         seed: 7,

@@ -13,52 +13,107 @@ pub struct Loaded {
     pub files: Vec<(String, String)>,
     pub program: hir::Program,
     pub compiled: Arc<CompiledProgram>,
+    /// Lints of a program that checks (`ved check` and `ved run` print them).
+    pub warnings: Vec<ved_syntax::Diagnostic>,
 }
 
 /// Largest source file accepted; a limit keeps a stray binary from eating memory.
 const FILE_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
-/// Reads, parses and checks `files` as one program. Diagnostics (warnings
-/// included) go to stderr; on any error the exit code to return is given back.
-pub fn load(files: &[PathBuf]) -> Result<Loaded, ExitCode> {
+/// What is wrong with a source file before any parsing.
+#[derive(Debug)]
+pub enum FileProblem {
+    IsDirectory,
+    TooLarge { bytes: u64 },
+    NotUtf8 { offset: usize },
+    Unreadable(std::io::Error),
+}
+
+/// The diagnostics of a program that does not parse or check, with the sources
+/// they point into, so that the caller decides how to show them.
+pub struct Diagnostics {
+    pub sources: SourceMap,
+    pub items: Vec<ved_syntax::Diagnostic>,
+}
+
+impl Diagnostics {
+    pub fn errors(&self) -> usize {
+        self.items.iter().filter(|d| d.is_error()).count()
+    }
+
+    /// rustc-style text: each diagnostic with its source line and caret.
+    pub fn render(&self) -> String {
+        diag::render_all(&self.items, &self.sources)
+    }
+}
+
+impl std::fmt::Debug for Diagnostics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.render())
+    }
+}
+
+/// Why a program could not be loaded. A value: nothing is printed.
+#[derive(Debug)]
+pub enum LoadError {
+    File { path: String, problem: FileProblem },
+    Program(Diagnostics),
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::File { path, problem } => match problem {
+                FileProblem::IsDirectory => write!(
+                    f,
+                    "error: `{path}` is a directory\n  = hint: pass the `.ved` files inside it, e.g. `{path}/*.ved`"
+                ),
+                FileProblem::TooLarge { bytes } => {
+                    write!(f, "error: `{path}` is {bytes} bytes; source files are limited to {FILE_BYTES_MAX}")
+                }
+                FileProblem::NotUtf8 { offset } => write!(
+                    f,
+                    "error: `{path}` is not valid UTF-8 (first bad byte at offset {offset})\n  = hint: Ved source files are UTF-8 text"
+                ),
+                FileProblem::Unreadable(e) => write!(f, "error: cannot read `{path}`: {e}"),
+            },
+            LoadError::Program(d) => {
+                let errors = d.errors();
+                let warnings = d.items.len() - errors;
+                write!(f, "{}{}", d.render(), summary_text(errors, warnings).trim_start_matches('\n'))
+            }
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// Reads, parses and checks `files` as one program, printing nothing: the typed
+/// entry point for programs that embed Ved. Warnings of a program that checks are
+/// in [`Loaded::warnings`].
+pub fn read_program(files: &[PathBuf]) -> Result<Loaded, LoadError> {
     let mut texts = Vec::new();
     for path in files {
         let name = path.display().to_string();
+        let fail = |problem| LoadError::File { path: name.clone(), problem };
         match std::fs::metadata(path) {
-            Ok(m) if m.is_dir() => {
-                eprintln!("error: `{name}` is a directory");
-                eprintln!("  = hint: pass the `.ved` files inside it, e.g. `{name}/*.ved`");
-                return Err(ExitCode::from(1));
-            }
-            Ok(m) if m.len() > FILE_BYTES_MAX => {
-                eprintln!("error: `{name}` is {} bytes; source files are limited to {FILE_BYTES_MAX}", m.len());
-                return Err(ExitCode::from(1));
-            }
+            Ok(m) if m.is_dir() => return Err(fail(FileProblem::IsDirectory)),
+            Ok(m) if m.len() > FILE_BYTES_MAX => return Err(fail(FileProblem::TooLarge { bytes: m.len() })),
             _ => {}
         }
         match std::fs::read(path) {
             Ok(bytes) => match String::from_utf8(bytes) {
                 Ok(text) => texts.push((name, text)),
-                Err(e) => {
-                    eprintln!(
-                        "error: `{name}` is not valid UTF-8 (first bad byte at offset {})",
-                        e.utf8_error().valid_up_to()
-                    );
-                    eprintln!("  = hint: Ved source files are UTF-8 text");
-                    return Err(ExitCode::from(1));
-                }
+                Err(e) => return Err(fail(FileProblem::NotUtf8 { offset: e.utf8_error().valid_up_to() })),
             },
-            Err(e) => {
-                eprintln!("error: cannot read `{name}`: {e}");
-                return Err(ExitCode::from(1));
-            }
+            Err(e) => return Err(fail(FileProblem::Unreadable(e))),
         }
     }
-    load_texts(texts)
+    check_texts(texts)
 }
 
-/// Parses and checks source texts (name, text) as one program, as [`load`] does files.
-pub fn load_texts(texts: Vec<(String, String)>) -> Result<Loaded, ExitCode> {
+/// Parses and checks source texts (name, text) as one program, printing nothing.
+pub fn check_texts(texts: Vec<(String, String)>) -> Result<Loaded, LoadError> {
     let mut sources = SourceMap::new();
     let ids: Vec<_> = texts.iter().map(|(n, t)| sources.add(n.clone(), t.clone())).collect();
     let mut asts = Vec::new();
@@ -70,33 +125,60 @@ pub fn load_texts(texts: Vec<(String, String)>) -> Result<Loaded, ExitCode> {
         }
     }
     if !parse_errors.is_empty() {
-        eprint!("{}", diag::render_all(&parse_errors, &sources));
-        summary(parse_errors.len(), 0);
-        return Err(ExitCode::from(1));
+        return Err(LoadError::Program(Diagnostics { sources, items: parse_errors }));
     }
     let checked = ved_check::check_program(&asts);
-    if !checked.diagnostics.is_empty() {
-        eprint!("{}", diag::render_all(&checked.diagnostics, &sources));
-    }
     match checked.program {
         Some(program) => {
             let compiled = Arc::new(ved_vm::compile_program(&program));
-            Ok(Loaded { sources, files: texts, program, compiled })
+            Ok(Loaded { sources, files: texts, program, compiled, warnings: checked.diagnostics })
         }
-        None => {
-            let errors = checked.diagnostics.iter().filter(|d| d.is_error()).count();
-            summary(errors, checked.diagnostics.len() - errors);
+        None => Err(LoadError::Program(Diagnostics { sources, items: checked.diagnostics })),
+    }
+}
+
+/// [`read_program`] for the command line: diagnostics (warnings included) go to
+/// stderr; on any error the exit code to return is given back.
+pub fn load(files: &[PathBuf]) -> Result<Loaded, ExitCode> {
+    report(read_program(files))
+}
+
+/// [`check_texts`] for the command line, as [`load`].
+pub fn load_texts(texts: Vec<(String, String)>) -> Result<Loaded, ExitCode> {
+    report(check_texts(texts))
+}
+
+fn report(r: Result<Loaded, LoadError>) -> Result<Loaded, ExitCode> {
+    match r {
+        Ok(loaded) => {
+            if !loaded.warnings.is_empty() {
+                eprint!("{}", diag::render_all(&loaded.warnings, &loaded.sources));
+            }
+            Ok(loaded)
+        }
+        Err(e @ LoadError::File { .. }) => {
+            eprintln!("{e}");
+            Err(ExitCode::from(1))
+        }
+        Err(LoadError::Program(d)) => {
+            eprint!("{}", d.render());
+            let errors = d.errors();
+            summary(errors, d.items.len() - errors);
             Err(ExitCode::from(1))
         }
     }
 }
 
-fn summary(errors: usize, warnings: usize) {
+fn summary_text(errors: usize, warnings: usize) -> String {
     let mut s = format!("\nerror: found {errors} error{}", if errors == 1 { "" } else { "s" });
     if warnings > 0 {
         s.push_str(&format!(" and {warnings} warning{}", if warnings == 1 { "" } else { "s" }));
     }
-    eprintln!("{s}");
+    s
+}
+
+fn summary(errors: usize, warnings: usize) {
+    eprintln!("{}", summary_text(errors, warnings));
 }
 
 /// Reads `ved.toml` and checks it against the loaded program. Diagnostics go to stderr.
@@ -130,4 +212,31 @@ pub fn load_config(loaded: &mut Loaded, path: &std::path::Path) -> Result<ved_ad
         config.resolve_commands(dir);
     }
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_program_comes_back_as_typed_diagnostics() {
+        let texts = vec![("p.ved".to_string(), "domain D {\n  state { n: int }\n}\ngoal m == 1\n".to_string())];
+        let Err(LoadError::Program(d)) = check_texts(texts) else { panic!("the program should not check") };
+        assert_eq!(d.errors(), 1);
+        assert!(d.render().starts_with("p.ved:4:6: error: unknown name `m`"), "{}", d.render());
+    }
+
+    #[test]
+    fn a_missing_file_is_a_typed_error() {
+        let e = read_program(&[PathBuf::from("/nonexistent/x.ved")]).err().expect("an error");
+        assert!(matches!(e, LoadError::File { problem: FileProblem::Unreadable(_), .. }), "{e:?}");
+        assert!(e.to_string().contains("cannot read `/nonexistent/x.ved`"));
+    }
+
+    #[test]
+    fn lints_of_a_program_that_checks_are_kept_not_printed() {
+        let text = "domain D {\n  state {\n    a: list<int>\n    b: list<int>\n  }\n  goal a == b\n}\n";
+        let loaded = check_texts(vec![("p.ved".into(), text.into())]).ok().expect("checks");
+        assert_eq!(loaded.warnings.len(), 1, "the order-sensitive list equality lint");
+    }
 }
