@@ -236,7 +236,7 @@ mod tests {
     #[test]
     fn lints_of_a_program_that_checks_are_kept_not_printed() {
         let text = "domain D {\n  state {\n    a: list<int>\n    b: list<int>\n  }\n  goal a == b\n}\n";
-        let loaded = check_texts(vec![("p.ved".into(), text.into())]).ok().expect("checks");
+        let Ok(loaded) = check_texts(vec![("p.ved".into(), text.into())]) else { panic!("the program checks") };
         assert_eq!(loaded.warnings.len(), 1, "the order-sensitive list equality lint");
     }
 }
