@@ -16,7 +16,7 @@
 //! stderr and reads and drops the rest, so a chatty command neither blocks on a
 //! full pipe nor grows Ved's memory.
 
-use crate::{Driver, Inbound, IntentRequest, Observation, Watcher};
+use crate::{Actuator, Inbound, IntentRequest, Observation, Watcher};
 use serde_json::{Map, Value as Json};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
@@ -258,7 +258,7 @@ pub struct ExecDriver {
     pub timeout: Duration,
 }
 
-impl Driver for ExecDriver {
+impl Actuator for ExecDriver {
     fn deliver(&self, intent: &IntentRequest) -> Result<(), String> {
         let input = serde_json::to_vec(&intent.to_json()).map_err(|e| e.to_string())?;
         // The exit status is the answer; stdout, cut or not, is not read.

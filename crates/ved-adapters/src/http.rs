@@ -1,7 +1,7 @@
 //! The `http` driver: POSTs each intent as JSON, with its id as the
 //! `Idempotency-Key` header. A 2xx answer is success.
 
-use crate::{Driver, IntentRequest};
+use crate::{Actuator, IntentRequest};
 use std::time::Duration;
 
 pub struct HttpDriver {
@@ -20,7 +20,7 @@ impl HttpDriver {
     }
 }
 
-impl Driver for HttpDriver {
+impl Actuator for HttpDriver {
     fn deliver(&self, intent: &IntentRequest) -> Result<(), String> {
         let body = serde_json::to_string(&intent.to_json()).map_err(|e| e.to_string())?;
         let mut req =

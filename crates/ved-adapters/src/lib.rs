@@ -1,5 +1,5 @@
 //! `ved-adapters` is the only code that touches the world on the runtime's
-//! behalf. An adapter has two halves: a [`Driver`] carries out intents and says
+//! behalf. An adapter has two halves: a [`Actuator`] carries out intents and says
 //! whether they succeeded, and a [`Watcher`] turns the world into observations.
 //! Which driver serves which adapter name, and which watcher feeds which field,
 //! is configuration (`ved.toml`, see [`config`]), not code in the program.
@@ -9,7 +9,7 @@
 //! a watcher of their live count), `nftables` (firewall rules, watched through
 //! `nft monitor`), `sim` (scripted failures and delays, for tests) and `log`
 //! (acknowledges everything). Programs that embed Ved add
-//! their own by implementing [`Driver`] and [`Watcher`].
+//! their own by implementing [`Actuator`] and [`Watcher`].
 
 pub mod config;
 pub mod exec;
@@ -71,7 +71,7 @@ impl IntentRequest {
 /// watched field, and a reading taken after a success must already show it (the
 /// process pool waits until a started member shows its command line and a stopped
 /// one has left /proc; the firewall's transaction is committed).
-pub trait Driver: Send + Sync {
+pub trait Actuator: Send + Sync {
     /// Performs the intent. `Err` carries why it failed, in words for the journal.
     fn deliver(&self, intent: &IntentRequest) -> Result<(), String>;
 
@@ -204,7 +204,7 @@ pub trait Watcher: Send {
 
 /// Worker threads that carry out intents, so a slow adapter never stalls the runtime.
 pub struct DeliveryPool {
-    jobs: Option<std::sync::mpsc::Sender<(Arc<dyn Driver>, IntentRequest)>>,
+    jobs: Option<std::sync::mpsc::Sender<(Arc<dyn Actuator>, IntentRequest)>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -214,7 +214,7 @@ pub const DELIVERY_THREADS: usize = 8;
 impl DeliveryPool {
     /// Results go to `sink`, in the order the drivers report them.
     pub fn new(sink: Sender<Inbound>) -> DeliveryPool {
-        let (tx, rx) = std::sync::mpsc::channel::<(Arc<dyn Driver>, IntentRequest)>();
+        let (tx, rx) = std::sync::mpsc::channel::<(Arc<dyn Actuator>, IntentRequest)>();
         let rx = Arc::new(std::sync::Mutex::new(rx));
         let threads = (0..DELIVERY_THREADS)
             .map(|i| {
@@ -235,7 +235,7 @@ impl DeliveryPool {
         DeliveryPool { jobs: Some(tx), threads }
     }
 
-    pub fn submit(&self, driver: Arc<dyn Driver>, intent: IntentRequest) {
+    pub fn submit(&self, driver: Arc<dyn Actuator>, intent: IntentRequest) {
         if let Some(jobs) = &self.jobs {
             let _ = jobs.send((driver, intent));
         }
@@ -254,7 +254,7 @@ impl Drop for DeliveryPool {
 /// The `log` driver: acknowledges every intent (the driver loop prints it).
 pub struct LogDriver;
 
-impl Driver for LogDriver {
+impl Actuator for LogDriver {
     fn deliver(&self, _intent: &IntentRequest) -> Result<(), String> {
         Ok(())
     }

@@ -26,7 +26,7 @@
 //! order: a reading taken before an action can never be mistaken for its effect.
 
 use crate::exec::{has_exited, in_own_group, kill_group};
-use crate::{Driver, Inbound, IntentRequest, Watcher};
+use crate::{Actuator, Inbound, IntentRequest, Watcher};
 use serde_json::json;
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -306,7 +306,7 @@ impl ProcessDriver {
     }
 }
 
-impl Driver for ProcessDriver {
+impl Actuator for ProcessDriver {
     fn deliver(&self, intent: &IntentRequest) -> Result<(), String> {
         let mut st = self.pool.state.lock().unwrap_or_else(|p| p.into_inner());
         self.pool.act(intent, &mut st)

@@ -1,6 +1,6 @@
 //! The `sim` driver: scripted failures and delays, for tests and demos.
 
-use crate::{Driver, IntentRequest};
+use crate::{Actuator, IntentRequest};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -19,7 +19,7 @@ impl SimDriver {
     }
 }
 
-impl Driver for SimDriver {
+impl Actuator for SimDriver {
     fn deliver(&self, intent: &IntentRequest) -> Result<(), String> {
         if !self.delay.is_zero() {
             std::thread::sleep(self.delay);

@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 use ved_adapters::exec::{run_bounded, run_command, ExecDriver, ExecWatcher, STDOUT_KEPT_BYTES};
-use ved_adapters::{Driver, Inbound, IntentRequest, Watcher};
+use ved_adapters::{Actuator, Inbound, IntentRequest, Watcher};
 
 /// Peak resident memory of this process so far, in bytes.
 fn peak_rss() -> u64 {

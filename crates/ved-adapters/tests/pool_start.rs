@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 use ved_adapters::process::{Pool, ProcessDriver};
-use ved_adapters::{Driver, IntentRequest};
+use ved_adapters::{Actuator, IntentRequest};
 
 fn marker(tag: u32) -> String {
     format!("3000.{}{tag:03}", std::process::id())

@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use ved_adapters::exec::{run_command, ExecWatcher};
-use ved_adapters::{Driver, IntentRequest, Watcher};
+use ved_adapters::{Actuator, IntentRequest, Watcher};
 
 /// A sleep argument no other process on the machine has: `1000.<pid><tag>`.
 fn marker(tag: u32) -> String {

@@ -1,7 +1,7 @@
 //! Embedding Ved in a Rust program with an adapter of your own.
 //!
 //! The program's `Firewall` adapter is served here by an in-memory firewall
-//! that implements `ved_adapters::Driver`. Ved opens the wanted ports, then an
+//! that implements `ved_adapters::Actuator`. Ved opens the wanted ports, then an
 //! observation reports a rogue port and Ved closes it through the same trait.
 //!
 //! Run it with `cargo run -p ved-cli --example embed`; the test suite runs it too.
@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use ved_adapters::{Driver, IntentRequest};
+use ved_adapters::{Actuator, IntentRequest};
 use ved_cli::run::{Adapters, RunOptions};
 
 /// A firewall that lives in memory: the set of open ports.
@@ -18,7 +18,7 @@ pub struct MemoryFirewall {
     pub open: Mutex<BTreeSet<i64>>,
 }
 
-impl Driver for MemoryFirewall {
+impl Actuator for MemoryFirewall {
     fn deliver(&self, intent: &IntentRequest) -> Result<(), String> {
         let ports: Vec<i64> = intent
             .args

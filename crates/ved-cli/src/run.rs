@@ -162,9 +162,9 @@ pub struct Driver<W: Write> {
 
 /// Which driver serves each adapter name, and how intents reach them.
 pub struct Adapters {
-    pub by_name: BTreeMap<String, Arc<dyn ved_adapters::Driver>>,
+    pub by_name: BTreeMap<String, Arc<dyn ved_adapters::Actuator>>,
     /// For names not in `by_name` (without a configuration: every name).
-    pub fallback: Arc<dyn ved_adapters::Driver>,
+    pub fallback: Arc<dyn ved_adapters::Actuator>,
     /// Worker threads; `None` delivers inline, on the driver's own thread.
     pub pool: Option<ved_adapters::DeliveryPool>,
     /// When set, released intents are only queued here, and their results come back
@@ -179,7 +179,7 @@ impl Adapters {
     }
 
     /// One driver for every name, inline (tests).
-    pub fn single(driver: Arc<dyn ved_adapters::Driver>) -> Adapters {
+    pub fn single(driver: Arc<dyn ved_adapters::Actuator>) -> Adapters {
         Adapters { by_name: BTreeMap::new(), fallback: driver, pool: None, manual: None }
     }
 
@@ -801,13 +801,13 @@ pub fn build_adapters(
     sink: mpsc::Sender<ved_adapters::Inbound>,
 ) -> Result<(Adapters, Watchers), String> {
     use ved_adapters::{exec, http, nftables, process, sim};
-    let mut by_name: BTreeMap<String, Arc<dyn ved_adapters::Driver>> = BTreeMap::new();
+    let mut by_name: BTreeMap<String, Arc<dyn ved_adapters::Actuator>> = BTreeMap::new();
     let mut pools: BTreeMap<String, Arc<process::Pool>> = BTreeMap::new();
     let mut firewalls: BTreeMap<String, Arc<nftables::Firewall>> = BTreeMap::new();
     for (name, a) in &config.adapters {
         let name = name.get_ref().clone();
         let timeout = std::time::Duration::from_millis(a.timeout_ms);
-        let driver: Arc<dyn ved_adapters::Driver> = match a.driver.get_ref().as_str() {
+        let driver: Arc<dyn ved_adapters::Actuator> = match a.driver.get_ref().as_str() {
             "exec" => Arc::new(exec::ExecDriver { command: a.command.clone(), timeout }),
             "http" => Arc::new(http::HttpDriver::new(a.url.clone().unwrap_or_default(), timeout)),
             "process" => {

@@ -230,7 +230,7 @@ fn http_posts_the_intent_with_its_idempotency_key_and_treats_non_2xx_as_failure(
         args: vec![Json::String("Primary DB Down".into())],
         fence: None,
     };
-    use ved_adapters::Driver;
+    use ved_adapters::Actuator;
     let err = d.deliver(&intent).unwrap_err();
     assert!(err.contains("500"), "{err}");
     d.deliver(&intent).unwrap();

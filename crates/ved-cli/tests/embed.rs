@@ -1,5 +1,5 @@
 //! The embedding example compiles and does what it says: Ved drives an adapter
-//! implemented in Rust through the `Driver` trait.
+//! implemented in Rust through the `Actuator` trait.
 
 #[path = "../examples/embed.rs"]
 #[allow(dead_code)]

@@ -29,7 +29,7 @@ struct ReadsTheStore {
     seen: Arc<Mutex<Vec<(String, u64, u64)>>>,
 }
 
-impl ved_adapters::Driver for ReadsTheStore {
+impl ved_adapters::Actuator for ReadsTheStore {
     fn deliver(&self, intent: &IntentRequest) -> Result<(), String> {
         let rec = ved_store::read_only(&self.dir).map_err(|e| e.to_string())?;
         let stored = rec.snapshots.get(&intent.instance).map(|s| s.slice).unwrap_or(0);

@@ -23,7 +23,7 @@
 pub mod eval;
 pub mod session;
 
-use crate::{Driver, Inbound, IntentRequest, Watcher};
+use crate::{Actuator, Inbound, IntentRequest, Watcher};
 use eval::{blocker, effective_ports, render_rule, Ruleset};
 use serde_json::{json, Value as Json};
 use session::Session;
@@ -468,7 +468,7 @@ pub struct NftDriver {
     pub fw: Arc<Firewall>,
 }
 
-impl Driver for NftDriver {
+impl Actuator for NftDriver {
     fn deliver(&self, intent: &IntentRequest) -> Result<(), String> {
         let mut out = Err("no outcome".to_string());
         self.deliver_then(intent, &mut |r| out = r);
