@@ -310,7 +310,7 @@ impl<W: Write> Driver<W> {
                 let r = match self.store.as_ref().map(|s| ved_store::read_only(s.dir())) {
                     None => Reply {
                         status: 200,
-                        body: json!({"entries": [], "note": "no --data-dir: nothing is recorded"}),
+                        body: json!({"entries": [], "note": "--ephemeral: nothing is recorded"}),
                     },
                     Some(Ok(rec)) => {
                         let entries: Vec<Json> =
