@@ -998,7 +998,14 @@ impl<W: Write> Driver<W> {
             }
         }
         while self.outbox.front().is_some_and(|(s, _)| *s <= durable) {
-            let (_, intent) = self.outbox.pop_front().expect("checked");
+            let (seq, intent) = self.outbox.pop_front().expect("checked");
+            // Output commit: an intent leaves only once the batch that recorded it is durable,
+            // as the store itself says now (not only the watermark read above).
+            debug_assert!(
+                self.store.as_ref().is_none_or(|st| st.durable_seq() >= seq && seq <= st.last_seq()),
+                "intent {} of batch {seq} released before its batch is durable",
+                intent.id
+            );
             let d = self.rt.instance(&intent.id.instance).map(|i| i.domain).unwrap_or(0);
             let tname = self.program.domains[d].transitions.get(intent.transition).map(|t| t.name.clone());
             self.out.emit(obj(
@@ -1143,6 +1150,8 @@ impl<W: Write> Driver<W> {
             Some(store) => store.last_seq(),
             None => 0,
         };
+        // The outbox is in batch order, so the durable prefix is a prefix of it.
+        debug_assert!(self.outbox.back().is_none_or(|(s, _)| *s <= seq), "the outbox is in batch order");
         for i in intents {
             self.outbox.push_back((seq, i));
         }
