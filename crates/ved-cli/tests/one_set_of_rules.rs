@@ -36,7 +36,15 @@
 //! - *Timers.* Verify fires every retry timer at once, and only where nothing else
 //!   can run. The test lets time pass only when the instance is idle with nothing
 //!   queued, and far enough for every backoff to come due; the timer messages that
-//!   follow are applied together and checked as one `Timer` edge.
+//!   follow are applied together and checked as one `Timer` edge. This hides a
+//!   real difference, found by this test when time may pass at any moment: the
+//!   runtime applies a due retry timer at any tick boundary, also where another
+//!   transition could run (a timer queued with an observation, or behind a busy
+//!   tick), and it unblocks transitions one by one as their own delays end; verify
+//!   has neither edge (e.g. SecurityPolicy with `actual_ports` = [0, 0, 0] and
+//!   `OpenMissingPorts` backing off: the runtime unblocks it, verify only fires
+//!   `CloseRoguePorts`). Verify's graph under-approximates the runtime there; its
+//!   module documentation states the simplification.
 //! - *Observations.* Verify models only observations of fields a transition in
 //!   flight holds a write to; any other observation leads to a new start state
 //!   (every start state is explored anyway). Such steps are the world's move and
