@@ -76,7 +76,7 @@ enum Command {
         listen: std::net::SocketAddr,
         /// Cluster mode: etcd client URLs, comma-separated. State lives in etcd, and the
         /// program's instances are shared among the nodes.
-        #[arg(long, value_name = "URLS", value_delimiter = ',', requires = "node_id", conflicts_with_all = ["stdin", "data_dir"])]
+        #[arg(long, value_name = "URLS", value_delimiter = ',', requires = "node_id", conflicts_with_all = ["stdin", "data_dir", "ephemeral", "durability", "recover"])]
         cluster: Vec<String>,
         /// Cluster mode: this node's name, unique in the cluster.
         #[arg(long, value_name = "N")]
@@ -95,14 +95,19 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// Make every slice durable in this directory, and resume from it after a restart.
+        /// Default: `$XDG_STATE_HOME/ved/NAME` (else `~/.local/state/ved/NAME`), where NAME is
+        /// the first file's stem and a hash of the program files' canonical paths.
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
+        /// Keep no state at all: nothing is written, and a restart starts afresh.
+        #[arg(long, conflicts_with_all = ["data_dir", "durability", "recover"])]
+        ephemeral: bool,
         /// `fsync`: a batch counts as durable once fsynced (default). `none`: once written
         /// (survives a crash of ved, not of the machine; for tests and benchmarks).
-        #[arg(long, value_enum, default_value_t = DurabilityArg::Fsync, requires = "data_dir")]
-        durability: DurabilityArg,
+        #[arg(long, value_enum)]
+        durability: Option<DurabilityArg>,
         /// Start even if the store is damaged: load the last good snapshots and set the damage aside.
-        #[arg(long, requires = "data_dir")]
+        #[arg(long)]
         recover: bool,
     },
     /// Re-execute an instance's journaled messages from its retained snapshot and check
@@ -178,6 +183,7 @@ fn main() -> ExitCode {
             seed,
             config,
             data_dir,
+            ephemeral,
             durability,
             recover,
         } => {
@@ -199,9 +205,29 @@ fn main() -> ExitCode {
                 return ved_cli::cluster_run::run_cluster(&files, config.as_deref(), opts, c);
             }
             let mode = if stdin { run::Mode::Stdin } else { run::Mode::Daemon { listen } };
-            let durability = match durability {
+            let durability = match durability.unwrap_or(DurabilityArg::Fsync) {
                 DurabilityArg::Fsync => ved_store::Durability::Fsync,
                 DurabilityArg::None => ved_store::Durability::None,
+            };
+            // Durable by default: without `--data-dir` the state lives in the user's state
+            // directory, under a name derived from the program; `--ephemeral` opts out.
+            let data_dir = match (data_dir, ephemeral) {
+                (Some(dir), _) => Some(dir),
+                (None, true) => None,
+                (None, false) => match run::default_data_dir(&files) {
+                    Ok(dir) => {
+                        eprintln!(
+                            "note: state is kept in {} (`--data-dir DIR` to choose, `--ephemeral` for none)",
+                            dir.display()
+                        );
+                        Some(dir)
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        eprintln!("  = hint: pass `--data-dir DIR`, or `--ephemeral` to keep no state");
+                        return ExitCode::from(2);
+                    }
+                },
             };
             run::run(
                 &files,

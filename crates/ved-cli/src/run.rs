@@ -1,5 +1,6 @@
 //! `ved run --stdin`: observations in as JSON lines, events out as JSON lines,
-//! optionally durable in a data directory.
+//! durable in a data directory unless `--ephemeral` (`main.rs` picks the default
+//! directory, [`default_data_dir`]; the first event of a durable run names it).
 //!
 //! Input lines:
 //! - `{"instance": "WorkerPool", "set": {"workers": 3}}`: one observation;
@@ -7,7 +8,7 @@
 //! - `{"advance_ms": 500}`: simulated time passes; due retries run.
 //!
 //! Every output line is an object with `seq` (1, 2, ...), `event` and, where
-//! it applies, `instance`. With `--data-dir`, each input line is acknowledged
+//! it applies, `instance`. In a durable run, each input line is acknowledged
 //! (`ack`) once the slices it caused are durable, and an intent leaves for its
 //! adapter only after the slice that emitted it is durable (output commit).
 //! Without `--config`, intents go to a logging adapter that prints them and
@@ -244,6 +245,11 @@ impl<W: Write> Driver<W> {
             },
             None => (None, None),
         };
+        if let Some(dir) = &opts.data_dir {
+            // Where the state lives, given or the default: the first event of a durable run.
+            let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+            out.emit(obj(json!({"event": "store", "dir": dir.display().to_string()})));
+        }
         let program = loaded.compiled.clone();
         let mut rt = Runtime::empty(program.clone(), opts.seed);
         if let Some(c) = &opts.config {
@@ -528,6 +534,43 @@ impl<W: Write> Driver<W> {
     pub fn output(&self) -> &W {
         &self.out.w
     }
+}
+
+/// The state directory `ved run` uses without `--data-dir`: `$XDG_STATE_HOME/ved/NAME`
+/// (an absolute `XDG_STATE_HOME` only, as the XDG spec says), else
+/// `$HOME/.local/state/ved/NAME`. NAME is the first file's stem, a dash and 16 hex digits
+/// of a hash (FNV-1a) of the canonical paths of all the program's files, in order: the
+/// same files give the same directory wherever they are run from, and two programs that
+/// share a file name do not share state.
+pub fn default_data_dir(files: &[PathBuf]) -> Result<PathBuf, String> {
+    let base = match std::env::var_os("XDG_STATE_HOME").map(PathBuf::from).filter(|p| p.is_absolute()) {
+        Some(p) => p,
+        None => match std::env::var_os("HOME").map(PathBuf::from).filter(|p| p.is_absolute()) {
+            Some(home) => home.join(".local").join("state"),
+            None => return Err("neither XDG_STATE_HOME nor HOME is set: no default state directory".into()),
+        },
+    };
+    Ok(base.join("ved").join(program_name(files)))
+}
+
+/// `STEM-HASH`: see [`default_data_dir`].
+pub fn program_name(files: &[PathBuf]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for f in files {
+        let path = std::fs::canonicalize(f).unwrap_or_else(|_| f.clone());
+        for b in path.as_os_str().as_encoded_bytes().iter().chain([&0u8]) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    let stem = files.first().and_then(|f| f.file_stem()).map(|s| s.to_string_lossy().into_owned());
+    let stem: String = stem
+        .unwrap_or_default()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.' { c } else { '_' })
+        .collect();
+    let stem = if stem.is_empty() || stem.starts_with('.') { format!("program{stem}") } else { stem };
+    format!("{stem}-{h:016x}")
 }
 
 /// `ved run --stdin`: observations as JSON lines in, events as JSON lines out.
@@ -955,7 +998,14 @@ impl<W: Write> Driver<W> {
             }
         }
         while self.outbox.front().is_some_and(|(s, _)| *s <= durable) {
-            let (_, intent) = self.outbox.pop_front().expect("checked");
+            let (seq, intent) = self.outbox.pop_front().expect("checked");
+            // Output commit: an intent leaves only once the batch that recorded it is durable,
+            // as the store itself says now (not only the watermark read above).
+            debug_assert!(
+                self.store.as_ref().is_none_or(|st| st.durable_seq() >= seq && seq <= st.last_seq()),
+                "intent {} of batch {seq} released before its batch is durable",
+                intent.id
+            );
             let d = self.rt.instance(&intent.id.instance).map(|i| i.domain).unwrap_or(0);
             let tname = self.program.domains[d].transitions.get(intent.transition).map(|t| t.name.clone());
             self.out.emit(obj(
@@ -1100,6 +1150,8 @@ impl<W: Write> Driver<W> {
             Some(store) => store.last_seq(),
             None => 0,
         };
+        // The outbox is in batch order, so the durable prefix is a prefix of it.
+        debug_assert!(self.outbox.back().is_none_or(|(s, _)| *s <= seq), "the outbox is in batch order");
         for i in intents {
             self.outbox.push_back((seq, i));
         }

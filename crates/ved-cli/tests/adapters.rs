@@ -52,6 +52,7 @@ impl Daemon {
             .arg("--config")
             .arg(config)
             .arg("--stdin")
+            .arg("--ephemeral")
             .current_dir(root())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -307,7 +308,7 @@ fn a_stale_observation_is_dropped_and_reported() {
         r#"{"instance":"WorkerPool","set":{"workers":4},"source":"other","version":1}"#,
     ]
     .join("\n");
-    let (code, ev, err) = ved(&["run", "examples/worker_pool.ved", "--stdin"], &input);
+    let (code, ev, err) = ved(&["run", "examples/worker_pool.ved", "--stdin", "--ephemeral"], &input);
     assert_eq!(code, 0, "{err}");
     let stale: Vec<&Json> = ev.iter().filter(|e| e["event"] == "stale").collect();
     assert_eq!(stale.len(), 1, "{ev:?}");
@@ -334,7 +335,7 @@ fn repeated_failures_open_the_breaker_and_report_degraded() {
     let c = config.to_str().unwrap();
     // Delivery is asynchronous; feed the advances slowly enough for each result to come back.
     let mut child = Command::new(env!("CARGO_BIN_EXE_ved"))
-        .args(["run", "examples/database_routing.ved", "--stdin", "--config", c])
+        .args(["run", "examples/database_routing.ved", "--stdin", "--ephemeral", "--config", c])
         .current_dir(root())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -117,7 +117,7 @@ fn the_api_reports_accepts_refuses_and_survives_a_restart() {
 
 #[test]
 fn without_a_token_writes_are_refused_and_a_configured_token_works() {
-    let d = Daemon::start(&["examples/worker_pool.ved"], None);
+    let d = Daemon::start(&["examples/worker_pool.ved", "--ephemeral"], None);
     let (s, e) = d.post("/v1/instances/WorkerPool/observations", Some("anything"), br#"{"workers": 1}"#);
     assert_eq!(s, 403);
     assert!(e["error"]["message"].as_str().unwrap().contains("VED_API_TOKEN"));
@@ -127,12 +127,15 @@ fn without_a_token_writes_are_refused_and_a_configured_token_works() {
     let dir = tempdir("token");
     let config = dir.join("ved.toml");
     std::fs::write(&config, "[api]\ntoken = \"from-the-config\"\n").unwrap();
-    let d = Daemon::start(&["examples/worker_pool.ved", "--config", config.to_str().unwrap()], None);
+    let d = Daemon::start(&["examples/worker_pool.ved", "--ephemeral", "--config", config.to_str().unwrap()], None);
     let (s, _) = d.post("/v1/instances/WorkerPool/observations", Some("from-the-config"), br#"{"workers": 1}"#);
     assert_eq!(s, 200);
     // VED_API_TOKEN overrides the file.
     drop(d);
-    let d = Daemon::start(&["examples/worker_pool.ved", "--config", config.to_str().unwrap()], Some("from-env"));
+    let d = Daemon::start(
+        &["examples/worker_pool.ved", "--ephemeral", "--config", config.to_str().unwrap()],
+        Some("from-env"),
+    );
     assert_eq!(d.post("/v1/instances/WorkerPool/observations", Some("from-the-config"), br#"{"workers": 1}"#).0, 401);
     assert_eq!(d.post("/v1/instances/WorkerPool/observations", Some("from-env"), br#"{"workers": 1}"#).0, 200);
 }
@@ -148,7 +151,10 @@ fn pending_transitions_and_statuses_show_while_intents_are_in_flight() {
         "[adapters.Alerts]\ndriver = \"sim\"\ndelay_ms = 1500\n\n[adapters.Network]\ndriver = \"sim\"\n",
     )
     .unwrap();
-    let d = Daemon::start(&["examples/database_routing.ved", "--config", config.to_str().unwrap()], Some(TOKEN));
+    let d = Daemon::start(
+        &["examples/database_routing.ved", "--ephemeral", "--config", config.to_str().unwrap()],
+        Some(TOKEN),
+    );
     let (s, _) = d.post("/v1/instances/DatabaseRouting/observations", Some(TOKEN), br#"{"primary_status": "failed"}"#);
     assert_eq!(s, 200);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -174,7 +180,7 @@ fn pending_transitions_and_statuses_show_while_intents_are_in_flight() {
 
 #[test]
 fn the_openapi_document_describes_every_route() {
-    let d = Daemon::start(&["examples/worker_pool.ved"], None);
+    let d = Daemon::start(&["examples/worker_pool.ved", "--ephemeral"], None);
     let (s, doc) = d.get("/v1/openapi.json");
     assert_eq!(s, 200);
     assert_eq!(doc["openapi"], "3.1.0");
@@ -206,7 +212,7 @@ fn a_busy_port_is_a_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let out = Command::new(env!("CARGO_BIN_EXE_ved"))
-        .args(["run", "examples/worker_pool.ved", "--listen", &addr])
+        .args(["run", "examples/worker_pool.ved", "--ephemeral", "--listen", &addr])
         .current_dir(root())
         .output()
         .unwrap();

@@ -69,7 +69,7 @@ fn a_pool_whose_command_execs_away_ends_degraded_with_a_bounded_number_of_starts
     )
     .unwrap();
     let program = root().join("examples/demo/worker_pool/worker_pool.ved");
-    let daemon = Daemon::start(&[program.to_str().unwrap(), "--config", config.to_str().unwrap()], None);
+    let daemon = Daemon::start(&[program.to_str().unwrap(), "--ephemeral", "--config", config.to_str().unwrap()], None);
     let status = || daemon.get("/v1/instances/WorkerPool").1["status"].as_str().unwrap_or_default().to_string();
     wait_for("the pool to be reported degraded", Duration::from_secs(60), || status() == "degraded");
     // Nothing it started is running, and it started a bounded number of processes: one per
@@ -119,7 +119,7 @@ fn a_clean_stop_ends_every_watcher_command_and_what_it_started() {
     )
     .unwrap();
     let program = root().join("examples/demo/worker_pool/worker_pool.ved");
-    let daemon = Daemon::start(&[program.to_str().unwrap(), "--config", config.to_str().unwrap()], None);
+    let daemon = Daemon::start(&[program.to_str().unwrap(), "--ephemeral", "--config", config.to_str().unwrap()], None);
     wait_for("both watchers' commands to run", Duration::from_secs(30), || {
         !with_marker(&long).is_empty() && !with_marker(&probe).is_empty()
     });
@@ -144,7 +144,7 @@ fn a_clean_stop_ends_an_intent_command_still_in_flight_with_its_children() {
     )
     .unwrap();
     let program = root().join("examples/demo/worker_pool/worker_pool.ved");
-    let daemon = Daemon::start(&[program.to_str().unwrap(), "--config", config.to_str().unwrap()], None);
+    let daemon = Daemon::start(&[program.to_str().unwrap(), "--ephemeral", "--config", config.to_str().unwrap()], None);
     wait_for("the intent's command to run", Duration::from_secs(30), || !with_marker(&marker).is_empty());
     // Before the fix ved waited on that command for its whole timeout on the way out: fail, not hang.
     let mut daemon = daemon;

@@ -47,7 +47,7 @@ fn two_relative_alerts_on_stdin_are_both_applied_before_the_pool_reacts() {
         r#"{"instance": "WorkerPool", "add": {"workers": -1}}"#,
         "\n",
     );
-    let (code, events, err) = ved_events(&["run", "examples/worker_pool.ved", "--stdin"], input);
+    let (code, events, err) = ved_events(&["run", "examples/worker_pool.ved", "--stdin", "--ephemeral"], input);
     assert_eq!(code, 0, "{err}");
     let values: Vec<i64> =
         events.iter().filter(|e| e["event"] == "slice").filter_map(|e| e["changes"]["workers"].as_i64()).collect();
@@ -72,7 +72,8 @@ fn bad_relative_observations_are_refused_with_a_reason() {
         (r#"{"instance": "WorkerPool", "add": {"workers": 9223372036854775807}}"#, "overflow"),
     ];
     for (line, says) in cases {
-        let (code, events, err) = ved_events(&["run", "examples/worker_pool.ved", "--stdin"], &format!("{line}\n"));
+        let (code, events, err) =
+            ved_events(&["run", "examples/worker_pool.ved", "--stdin", "--ephemeral"], &format!("{line}\n"));
         assert_eq!(code, 0, "{err}");
         let text = serde_json::to_string(&events).unwrap();
         assert!(text.contains(says), "`{line}` should be refused saying `{says}`: {text}");

@@ -14,6 +14,7 @@ fn run(files: &[&str], input: &str) -> (i32, Vec<Json>, String) {
         .arg("run")
         .args(files)
         .arg("--stdin")
+        .arg("--ephemeral")
         .current_dir(root())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

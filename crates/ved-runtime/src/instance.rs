@@ -473,7 +473,7 @@ impl Instance {
             if self.is_pending(t - 1) || self.is_held_back(dom, tr) {
                 continue;
             }
-            if !self.run_transition(t - 1, tr, vm, policy, out) {
+            if !self.run_transition(dom, t - 1, tr, vm, policy, out) {
                 continue;
             }
             self.tick_ran = true;
@@ -521,6 +521,13 @@ impl Instance {
     }
 
     fn settle(&mut self, status: Status, reason: Option<String>, out: &mut Vec<Event>) -> Progress {
+        // Never stable while an effect is unsettled, nor mid-tick.
+        debug_assert!(
+            status != Status::Stable || (!self.has_active() && self.tick_cursor.is_none()),
+            "`{}` settles stable with an active pending transition or mid-tick: {:?}",
+            self.name,
+            self.pending
+        );
         self.status = status;
         if status == Status::Stable {
             // A stable instance costs only its state: release what converging used.
@@ -573,14 +580,37 @@ impl Instance {
         self.slice
     }
 
+    /// Commits one slice: applies `changes`, records `held` (writes waiting on intents).
+    ///
+    /// Invariants, checked in debug builds (the test suite): slice numbers strictly increase;
+    /// every change and held write is to a field of the domain, with a value of the field's
+    /// type; the state keeps one value per field.
     fn commit(
         &mut self,
+        dom: &CompiledDomain,
         cause: Cause,
         changes: Vec<(u16, Value)>,
         held: Vec<(u16, Value)>,
         out: &mut Vec<Event>,
     ) -> u64 {
+        #[cfg(debug_assertions)]
+        {
+            debug_assert_eq!(self.state.len(), dom.fields.len(), "`{}`: one value per field", self.name);
+            for (slot, v) in changes.iter().chain(&held) {
+                let field = dom.fields.get(usize::from(*slot));
+                debug_assert!(
+                    field.is_some_and(|(_, ty)| v.type_matches(ty)),
+                    "`{}` slice {}: a write of {v} to slot {slot}, which is {field:?}",
+                    self.name,
+                    self.slice + 1
+                );
+            }
+        }
+        #[cfg(not(debug_assertions))]
+        let _ = dom;
+        let before = self.slice;
         let slice = self.next_slice();
+        debug_assert!(slice > before, "`{}`: slice numbers strictly increase ({before} -> {slice})", self.name);
         let mut applied = Vec::with_capacity(changes.len());
         for (slot, v) in changes {
             let cell = &mut self.state[slot as usize];
@@ -638,7 +668,7 @@ impl Instance {
                     }
                 }
                 self.pending.retain(|p| !confirmed.contains(&p.transition));
-                let slice = self.commit(Cause::Observe, writes, Vec::new(), out);
+                let slice = self.commit(dom, Cause::Observe, writes, Vec::new(), out);
                 let changed = matches!(out.last(), Some(Event::Slice { slice: s, changes, .. }) if *s == slice && !changes.is_empty());
                 if changed {
                     self.release_faulted();
@@ -691,7 +721,7 @@ impl Instance {
                 }
                 self.pending = shifted;
                 self.outside_input();
-                self.commit(Cause::Observe, writes, Vec::new(), out);
+                self.commit(dom, Cause::Observe, writes, Vec::new(), out);
                 self.release_faulted();
             }
             Message::Timer { transition } => {
@@ -715,7 +745,7 @@ impl Instance {
                     let attempt = self.pending[pos].attempt + 1;
                     self.pending.remove(pos);
                     self.outside_input();
-                    self.commit(Cause::Timer(transition), Vec::new(), Vec::new(), out);
+                    self.commit(dom, Cause::Timer(transition), Vec::new(), Vec::new(), out);
                     self.back_off(transition, attempt, false, Some(error), policy, out);
                     return;
                 }
@@ -728,7 +758,7 @@ impl Instance {
                 self.pending.remove(pos);
                 self.retry_attempts.push((transition, attempt));
                 self.outside_input();
-                self.commit(Cause::Timer(transition), Vec::new(), Vec::new(), out);
+                self.commit(dom, Cause::Timer(transition), Vec::new(), Vec::new(), out);
             }
             Message::IntentResult { id, ok, error } => {
                 let Some(pos) = self.pending.iter().position(|p| match &p.phase {
@@ -758,7 +788,7 @@ impl Instance {
                         // never from the step's prediction; the rest applies now.
                         let applied: Vec<(u16, Value)> =
                             held.into_iter().filter(|(slot, _)| !confirm.contains(slot)).collect();
-                        self.commit(Cause::Result(id), applied, Vec::new(), out);
+                        self.commit(dom, Cause::Result(id), applied, Vec::new(), out);
                         if !confirm.is_empty() {
                             let until_ms = self.now_ms.saturating_add(policy.confirm_ms);
                             self.pending.push(Pending {
@@ -768,7 +798,7 @@ impl Instance {
                             });
                         }
                     } else {
-                        self.commit(Cause::Result(id), Vec::new(), Vec::new(), out);
+                        self.commit(dom, Cause::Result(id), Vec::new(), Vec::new(), out);
                     }
                 } else {
                     // The held changes are dropped; the transition backs off and will be
@@ -776,7 +806,7 @@ impl Instance {
                     let transition = self.pending[pos].transition;
                     let attempt = self.pending[pos].attempt + 1;
                     self.pending.remove(pos);
-                    self.commit(Cause::Result(id), Vec::new(), Vec::new(), out);
+                    self.commit(dom, Cause::Result(id), Vec::new(), Vec::new(), out);
                     self.back_off(transition, attempt, false, error, policy, out);
                 }
             }
@@ -834,6 +864,7 @@ impl Instance {
     /// went pending on its intents, or faulted.
     fn run_transition(
         &mut self,
+        dom: &CompiledDomain,
         t: usize,
         tr: &ved_vm::CompiledTransition,
         vm: &mut Vm,
@@ -860,7 +891,7 @@ impl Instance {
             }
             Ok(outcome) => {
                 let attempt = self.take_retry_attempt(t);
-                self.fire(t, tr.optimistic, attempt, outcome, out);
+                self.fire(dom, t, tr.optimistic, attempt, outcome, out);
                 true
             }
         }
@@ -873,9 +904,17 @@ impl Instance {
         }
     }
 
-    fn fire(&mut self, t: usize, optimistic: bool, attempt: u32, outcome: ved_vm::StepOutcome, out: &mut Vec<Event>) {
+    fn fire(
+        &mut self,
+        dom: &CompiledDomain,
+        t: usize,
+        optimistic: bool,
+        attempt: u32,
+        outcome: ved_vm::StepOutcome,
+        out: &mut Vec<Event>,
+    ) {
         if outcome.intents.is_empty() {
-            self.commit(Cause::Transition(t), outcome.writes, Vec::new(), out);
+            self.commit(dom, Cause::Transition(t), outcome.writes, Vec::new(), out);
             return;
         }
         let confirm: Vec<u16> = outcome
@@ -885,7 +924,7 @@ impl Instance {
             .filter(|slot| self.watched.binary_search(slot).is_ok())
             .collect();
         let (changes, held) = if optimistic { (outcome.writes, Vec::new()) } else { (Vec::new(), outcome.writes) };
-        let slice = self.commit(Cause::Transition(t), changes, held.clone(), out);
+        let slice = self.commit(dom, Cause::Transition(t), changes, held.clone(), out);
         let mut outstanding = Vec::with_capacity(outcome.intents.len());
         let mut intents = Vec::with_capacity(outcome.intents.len());
         for (index, i) in outcome.intents.into_iter().enumerate() {
@@ -924,4 +963,55 @@ fn fx(s: &str) -> u64 {
     let mut h = FxHasher::default();
     s.hash(&mut h);
     h.finish()
+}
+
+/// The invariants `commit` and `settle` check in debug builds fire when broken.
+#[cfg(all(test, debug_assertions))]
+mod invariants {
+    use super::*;
+
+    fn pool() -> CompiledDomain {
+        let src = "domain WorkerPool {\nstate {\nworkers: int\n}\n}\ngoal workers == 5\n";
+        let mut sources = ved_syntax::SourceMap::new();
+        let id = sources.add("t.ved", src);
+        let ast = ved_syntax::parse_file(id, src).unwrap();
+        let program = ved_check::check_program(&[ast]).program.unwrap();
+        ved_vm::compile_program(&program).domains[0].clone()
+    }
+
+    #[test]
+    fn a_well_typed_commit_passes() {
+        let dom = pool();
+        let mut i = Instance::new("p", 0, vec![Value::Int(0)], 0);
+        i.commit(&dom, Cause::Observe, vec![(0, Value::Int(5))], Vec::new(), &mut Vec::new());
+        assert_eq!((i.slice, i.state[0].clone()), (1, Value::Int(5)));
+    }
+
+    #[test]
+    #[should_panic(expected = "a write of")]
+    fn a_write_of_the_wrong_type_is_caught() {
+        let dom = pool();
+        let mut i = Instance::new("p", 0, vec![Value::Int(0)], 0);
+        i.commit(&dom, Cause::Observe, vec![(0, Value::Bool(true))], Vec::new(), &mut Vec::new());
+    }
+
+    #[test]
+    #[should_panic(expected = "a write of")]
+    fn a_held_write_to_no_field_is_caught() {
+        let dom = pool();
+        let mut i = Instance::new("p", 0, vec![Value::Int(0)], 0);
+        i.commit(&dom, Cause::Observe, Vec::new(), vec![(3, Value::Int(1))], &mut Vec::new());
+    }
+
+    #[test]
+    #[should_panic(expected = "settles stable with an active pending")]
+    fn stable_with_an_effect_in_flight_is_caught() {
+        let mut i = Instance::new("p", 0, vec![Value::Int(5)], 0);
+        i.pending.push(Pending {
+            transition: 0,
+            phase: Phase::Confirming { fields: vec![0], until_ms: 10 },
+            attempt: 0,
+        });
+        i.settle(Status::Stable, None, &mut Vec::new());
+    }
 }

@@ -469,6 +469,16 @@ struct Shared {
     failure: Mutex<Option<String>>,
 }
 
+impl Shared {
+    /// Batches up to `last` are durable. The watermark only moves forward: a batch once
+    /// reported durable (and acted on: intents released, lines acknowledged) stays so.
+    fn set_durable(&self, last: u64) {
+        let mut d = self.durable.lock().unwrap_or_else(|p| p.into_inner());
+        debug_assert!(last >= *d, "the durable sequence went backwards: {} -> {last}", *d);
+        *d = (*d).max(last);
+    }
+}
+
 /// An open, locked store with its writer thread.
 pub struct Store {
     dir: PathBuf,
@@ -605,7 +615,7 @@ impl Store {
         }
         match m.writer.apply(cmds) {
             Ok(last) => {
-                *self.shared.durable.lock().unwrap_or_else(|p| p.into_inner()) = last;
+                self.shared.set_durable(last);
                 (m.on_durable)(last);
                 Ok(last)
             }
@@ -745,6 +755,7 @@ impl Writer {
         for cmd in cmds {
             match cmd {
                 Cmd::Batch { seq, records, audit } => {
+                    debug_assert!(seq > last, "batches are written in sequence: {seq} after {last}");
                     last = seq;
                     self.write_batch(&records, &audit)?;
                 }
@@ -752,6 +763,7 @@ impl Writer {
                     // Everything before it must be on disk first; then the checkpoint.
                     self.sync()?;
                     self.compact(&records)?;
+                    debug_assert!(seq >= last, "a checkpoint follows the batches before it: {seq} after {last}");
                     last = seq;
                 }
             }
@@ -788,7 +800,7 @@ impl Writer {
                     return;
                 }
             };
-            *shared.durable.lock().unwrap_or_else(|p| p.into_inner()) = last;
+            shared.set_durable(last);
             shared.cond.notify_all();
             on_durable(last);
         }
@@ -857,5 +869,27 @@ impl Writer {
         let _ = fs::remove_file(path_of(&self.dir, &log_name(old)));
         let _ = fs::remove_file(path_of(&self.dir, &checkpoint_name(old)));
         Ok(())
+    }
+}
+
+#[cfg(all(test, debug_assertions))]
+mod invariants {
+    use super::*;
+
+    #[test]
+    fn the_durable_watermark_moves_forward() {
+        let s = Shared { durable: Mutex::new(0), cond: Condvar::new(), failure: Mutex::new(None) };
+        s.set_durable(3);
+        s.set_durable(3);
+        s.set_durable(7);
+        assert_eq!(*s.durable.lock().unwrap(), 7);
+    }
+
+    #[test]
+    #[should_panic(expected = "the durable sequence went backwards")]
+    fn a_watermark_going_backwards_is_caught() {
+        let s = Shared { durable: Mutex::new(0), cond: Condvar::new(), failure: Mutex::new(None) };
+        s.set_durable(7);
+        s.set_durable(6);
     }
 }

@@ -32,7 +32,10 @@
 //! - a transition's intents are answered together: one result, success when all
 //!   succeed, failure at the first failure (the runtime ignores later answers);
 //! - retry timers fire only when nothing else can run (backoff delays are long
-//!   compared with a tick);
+//!   compared with a tick), all at once. Unlike the others this leaves orders of
+//!   the runtime out: a timer applied at a boundary where a transition could run,
+//!   and timers that end one at a time (`crates/ved-cli/tests/one_set_of_rules.rs`
+//!   shows it when time may pass at any moment);
 //! - observations arrive only for fields with a held write, and report either a
 //!   value a step in flight predicted (the world confirms the effect before the
 //!   acknowledgement) or one other value of the field's bound, the first that is

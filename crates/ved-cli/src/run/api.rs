@@ -308,10 +308,9 @@ impl<W: Write> Driver<W> {
             }
             Call::Audit => {
                 let r = match self.store.as_ref().map(|s| ved_store::read_only(s.dir())) {
-                    None => Reply {
-                        status: 200,
-                        body: json!({"entries": [], "note": "no --data-dir: nothing is recorded"}),
-                    },
+                    None => {
+                        Reply { status: 200, body: json!({"entries": [], "note": "--ephemeral: nothing is recorded"}) }
+                    }
                     Some(Ok(rec)) => {
                         let entries: Vec<Json> =
                             rec.audit.iter().filter_map(|e| serde_json::to_value(e).ok()).collect();

@@ -19,6 +19,14 @@ pub fn tempdir(tag: &str) -> PathBuf {
     d
 }
 
+/// `ved run` is durable by default, in the user's state directory. A test that runs
+/// without `--data-dir` must say `--ephemeral` (or point `XDG_STATE_HOME` somewhere of its
+/// own): this makes a forgotten one fail instead of writing into the real home.
+pub fn guard_state_home(cmd: &mut Command) {
+    cmd.env("XDG_STATE_HOME", "/dev/null/ved-tests-use-ephemeral-or-data-dir");
+    cmd.env("HOME", "/dev/null/ved-tests-use-ephemeral-or-data-dir");
+}
+
 pub struct Daemon {
     pub child: Child,
     pub lines: Receiver<String>,
@@ -31,6 +39,7 @@ impl Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ved"));
         cmd.arg("run").args(args).args(["--listen", "127.0.0.1:0"]).current_dir(root());
         cmd.env_remove("VED_API_TOKEN");
+        guard_state_home(&mut cmd);
         if let Some(t) = token {
             cmd.env("VED_API_TOKEN", t);
         }
@@ -177,7 +186,9 @@ impl Webhook {
 /// Runs `ved ARGS` from the repository root with `input` on stdin: exit code, stdout, stderr.
 pub fn ved_text(args: &[&str], input: &str) -> (i32, String, String) {
     use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ved"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ved"));
+    guard_state_home(&mut cmd);
+    let mut child = cmd
         .args(args)
         .current_dir(root())
         .stdin(Stdio::piped())
