@@ -12,11 +12,32 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
+/// A scratch directory for this test process: `ved-it-TAG-PID` in the temp dir.
+/// Kept after the run so a failure can be inspected, but removed by the next run
+/// once its process is gone, so that runs (an etcd cluster's data is hundreds of MB)
+/// do not fill the disk of a machine that runs the suite again and again.
 pub fn tempdir(tag: &str) -> PathBuf {
+    sweep_stale_tempdirs();
     let d = std::env::temp_dir().join(format!("ved-it-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// Removes `ved-it-*-PID` directories whose process no longer exists.
+fn sweep_stale_tempdirs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix("ved-it-") else { continue };
+            let Some(pid) = rest.rsplit('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    });
 }
 
 /// `ved run` is durable by default, in the user's state directory. A test that runs
