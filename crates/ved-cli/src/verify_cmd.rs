@@ -240,7 +240,7 @@ fn print_problem(out: &mut impl Write, r: &Report, failures: u8, p: &Problem) {
 fn edge_text(e: &Option<TraceEdge>) -> String {
     match e {
         None => "start".into(),
-        Some(TraceEdge::Timer) => "(retry timers fire)".into(),
+        Some(TraceEdge::Timer { transition }) => format!("({transition}'s retry timer fires)"),
         Some(TraceEdge::Fired { transition }) => transition.clone(),
         Some(TraceEdge::Result { transition, ok: true }) => format!("{transition} ok"),
         Some(TraceEdge::Result { transition, ok: false }) => format!("{transition} fails"),
@@ -254,7 +254,7 @@ fn edge_phrase(e: &TraceEdge) -> String {
         TraceEdge::Fired { transition } => format!("{transition}'s step"),
         TraceEdge::Result { transition, .. } => format!("{transition}'s result"),
         TraceEdge::Observed { field } => format!("an observation of `{field}`"),
-        TraceEdge::Timer => "the retry timers".into(),
+        TraceEdge::Timer { transition } => format!("{transition}'s retry timer"),
     }
 }
 

@@ -13,10 +13,12 @@
 //! - **At a tick boundary** any queued message may come first. For each
 //!   transition in flight, its result: success applies its held writes; while
 //!   `budget` lasts, failure drops them (an `optimistic` step's writes were
-//!   applied at once and stay) and blocks it until the retry timers fire. For
+//!   applied at once and stay) and blocks it until its retry timer fires. For
 //!   each field with a held write, an observation of a new value: it drops every
 //!   held write to that field, as the runtime does. Then the next tick's first
-//!   slice.
+//!   slice, and for each transition backing off, its retry timer (it may come
+//!   due at any boundary, each transition's on its own, as the runtime's timer
+//!   messages do).
 //! - A transition is skipped when it backs off, is in flight, or (R1, unless
 //!   [`Model::serialize_conflicts`] is off) another transition in flight writes
 //!   a field it reads or writes. Otherwise a step that is not a no-op fires: with
@@ -25,17 +27,15 @@
 //! - Every goal holding with nothing in flight is **stable** (no successors);
 //!   with something in flight it is **waiting** (R2): only messages follow.
 //!   A boundary where no transition can run waits for results and, when
-//!   something backs off, for the retry timers (one successor that unblocks
-//!   everything); with neither it is **stuck**.
+//!   something backs off, for its retry timer; with neither it is **stuck**.
 //!
 //! Simplifications, each an over-approximation or a bound:
 //! - a transition's intents are answered together: one result, success when all
 //!   succeed, failure at the first failure (the runtime ignores later answers);
-//! - retry timers fire only when nothing else can run (backoff delays are long
-//!   compared with a tick), all at once. Unlike the others this leaves orders of
-//!   the runtime out: a timer applied at a boundary where a transition could run,
-//!   and timers that end one at a time (`crates/ved-cli/tests/one_set_of_rules.rs`
-//!   shows it when time may pass at any moment);
+//! - time is not measured: a retry timer may fire at any boundary after its
+//!   failure, whatever its delay (`crates/ved-cli/tests/one_set_of_rules.rs`
+//!   checks that every step of the runtime, time passing at any moment, is an
+//!   edge of this graph);
 //! - observations arrive only for fields with a held write, and report either a
 //!   value a step in flight predicted (the world confirms the effect before the
 //!   acknowledgement) or one other value of the field's bound, the first that is
@@ -149,8 +149,10 @@ pub enum Edge {
     Observe {
         slot: u16,
     },
-    /// Retry timers fired: blocked transitions may run again.
-    Timer,
+    /// The retry timer of transition `t` fired: it may run again.
+    Timer {
+        t: u16,
+    },
 }
 
 /// What a node is.
@@ -363,7 +365,8 @@ impl<'a> Explorer<'a> {
                 Ok(false) => {}
             }
         }
-        // A tick boundary: any message that has arrived is applied before the next tick.
+        // A tick boundary: any message that has arrived is applied before the next tick,
+        // a retry timer that came due included, whether or not a transition could run.
         self.results(node, out);
         match self.scan(node, 0, in_flight, out) {
             Err(kind) => {
@@ -371,8 +374,7 @@ impl<'a> Explorer<'a> {
                 self.lost_at.clear();
                 return kind;
             }
-            Ok(true) => {}
-            Ok(false) => self.timer(node, out),
+            Ok(_) => self.timer(node, out),
         }
         self.observations(node, out);
         if out.is_empty() {
@@ -466,13 +468,22 @@ impl<'a> Explorer<'a> {
         }
     }
 
-    /// With something backing off, the retry timers may fire: everything is unblocked.
+    /// With something backing off, a retry timer may come due at any tick boundary,
+    /// each transition's on its own (as the runtime's timer messages do).
     fn timer(&mut self, node: &Node, out: &mut Vec<(Node, Edge)>) {
-        if node.blocked != 0 {
-            let flight = node.flight.clone();
+        let mut blocked = node.blocked;
+        while blocked != 0 {
+            let t = blocked.trailing_zeros() as u16;
+            blocked &= blocked - 1;
             out.push((
-                Node { values: node.values.clone(), blocked: 0, flight, cursor: 0, budget: node.budget },
-                Edge::Timer,
+                Node {
+                    values: node.values.clone(),
+                    blocked: node.blocked & !(1u64 << t),
+                    flight: node.flight.clone(),
+                    cursor: 0,
+                    budget: node.budget,
+                },
+                Edge::Timer { t },
             ));
         }
     }

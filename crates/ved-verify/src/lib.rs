@@ -60,8 +60,8 @@ pub enum TraceEdge {
     Result { transition: String, ok: bool },
     /// The world reported a new value of a field that a write was held for.
     Observed { field: String },
-    /// The retry timers fired.
-    Timer,
+    /// The retry timer of a transition fired.
+    Timer { transition: String },
 }
 
 /// Why a domain does not converge.
@@ -222,7 +222,7 @@ fn trace_of(compiled: &CompiledDomain, g: &Graph, path: &[(u32, Edge)]) -> Vec<T
             let node = &g.nodes[*i as usize];
             let edge = match *e {
                 Edge::Start => None,
-                Edge::Timer => Some(TraceEdge::Timer),
+                Edge::Timer { t } => Some(TraceEdge::Timer { transition: name(t) }),
                 Edge::Fire { t } => Some(TraceEdge::Fired { transition: name(t) }),
                 Edge::Result { t, ok } => Some(TraceEdge::Result { transition: name(t), ok }),
                 Edge::Observe { slot } => Some(TraceEdge::Observed { field: compiled.fields[slot as usize].0.clone() }),
@@ -280,7 +280,7 @@ fn judge<'a>(
         let at =
             (fired + 1..trace.len() - 1).rev().find(|&k| trace[k].state[s] != trace[k - 1].state[s]).unwrap_or(fired);
         problems.push(Problem::LostUpdate {
-            by: trace[at].edge.clone().unwrap_or(TraceEdge::Timer),
+            by: trace[at].edge.clone().unwrap_or(TraceEdge::Timer { transition: String::new() }),
             trace,
             transition: compiled.transitions[lost.t as usize].name.clone(),
             field: compiled.fields[s].0.clone(),
@@ -350,5 +350,5 @@ fn edge_between(ex: &mut Explorer<'_>, g: &Graph, from: u32, to: u32) -> Edge {
     out.into_iter()
         .find(|(n, e)| n == target && !matches!(e, Edge::Observe { .. }))
         .map(|(_, e)| e)
-        .unwrap_or(Edge::Timer)
+        .unwrap_or(Edge::Start)
 }
