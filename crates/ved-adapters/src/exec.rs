@@ -22,7 +22,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -311,7 +310,7 @@ fn read_line_bounded(r: &mut impl BufRead, line: &mut Vec<u8>, max: usize) -> st
 
 impl ExecWatcher {
     /// Runs the command every `every` and reports its object when it changes or a resync is due.
-    fn poll(&self, every: Duration, sink: &Sender<Inbound>, stop: &AtomicBool, resync: Option<Duration>) {
+    fn poll(&self, every: Duration, sink: &crate::Sink, stop: &AtomicBool, resync: Option<Duration>) {
         let mut reporter = crate::Reporter::new(&self.instance, &self.source, resync);
         let prog = self.command.first().map(String::as_str).unwrap_or_default();
         while !stop.load(Ordering::Relaxed) {
@@ -337,7 +336,7 @@ impl ExecWatcher {
     }
 
     /// Runs the command for as long as Ved does and reports each line it prints.
-    fn follow(&self, sink: &Sender<Inbound>, stop: &Arc<AtomicBool>) {
+    fn follow(&self, sink: &crate::Sink, stop: &Arc<AtomicBool>) {
         let Some((prog, args)) = self.command.split_first() else { return };
         let mut cmd = in_own_group(prog, args);
         die_with_ved(&mut cmd);
@@ -381,7 +380,7 @@ impl ExecWatcher {
         reap(&mut child);
     }
 
-    fn report_lines(&self, mut out: impl BufRead, sink: &Sender<Inbound>) {
+    fn report_lines(&self, mut out: impl BufRead, sink: &crate::Sink) {
         let mut version = 0u64;
         let mut line = Vec::new();
         loop {
@@ -424,7 +423,7 @@ fn reap(child: &mut Child) {
 }
 
 impl Watcher for ExecWatcher {
-    fn run(self: Box<Self>, sink: Sender<Inbound>, stop: Arc<AtomicBool>, resync: Option<Duration>) {
+    fn run(self: Box<Self>, sink: crate::Sink, stop: Arc<AtomicBool>, resync: Option<Duration>) {
         // A periodic command reports a reading when it differs from the last one sent, or when
         // a resync is due; a long-running one reports as it sees fit.
         match self.interval {

@@ -21,7 +21,6 @@ pub mod sim;
 
 use serde_json::{Map, Value as Json};
 use std::sync::atomic::AtomicBool;
-use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
 /// An intent as adapters see it: plain JSON-ready data.
@@ -106,6 +105,19 @@ pub enum Inbound {
     Repaired { instance: String, source: String, what: Vec<String> },
 }
 
+/// Where adapters send what they report: a bounded channel, so that a runtime that
+/// falls behind slows its watchers and delivery threads down (they block on a full
+/// channel) instead of letting readings pile up in memory.
+pub type Sink = std::sync::mpsc::SyncSender<Inbound>;
+
+/// Readings and results the channel from adapters holds before its senders wait.
+pub const SINK_CAPACITY: usize = 1024;
+
+/// A new bounded channel from adapters to the driver loop.
+pub fn sink() -> (Sink, std::sync::mpsc::Receiver<Inbound>) {
+    std::sync::mpsc::sync_channel(SINK_CAPACITY)
+}
+
 /// The runtime stopped listening: a watcher should end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gone;
@@ -168,7 +180,7 @@ impl Reporter {
     }
 
     /// Sends `fields` if they are news or a resync is due. `Err` when the runtime is gone.
-    pub fn offer(&mut self, fields: Map<String, Json>, sink: &Sender<Inbound>) -> Result<(), Gone> {
+    pub fn offer(&mut self, fields: Map<String, Json>, sink: &Sink) -> Result<(), Gone> {
         let due = self.resync.is_some_and(|r| self.last_sent.elapsed() >= r);
         let epoch = reading_epoch(&self.instance);
         if self.last.as_ref() == Some(&fields) && !due && epoch <= self.served {
@@ -188,7 +200,7 @@ impl Reporter {
     }
 
     /// [`Reporter::offer`] for a single field.
-    pub fn offer_one(&mut self, field: &str, value: Json, sink: &Sender<Inbound>) -> Result<(), Gone> {
+    pub fn offer_one(&mut self, field: &str, value: Json, sink: &Sink) -> Result<(), Gone> {
         let mut m = Map::new();
         m.insert(field.to_string(), value);
         self.offer(m, sink)
@@ -199,7 +211,7 @@ impl Reporter {
 pub trait Watcher: Send {
     /// Sends an observation whenever the watched state changes, at least once at
     /// start, and again at least every `resync` (when set) even if nothing changed.
-    fn run(self: Box<Self>, sink: Sender<Inbound>, stop: Arc<AtomicBool>, resync: Option<std::time::Duration>);
+    fn run(self: Box<Self>, sink: Sink, stop: Arc<AtomicBool>, resync: Option<std::time::Duration>);
 }
 
 /// Worker threads that carry out intents, so a slow adapter never stalls the runtime.
@@ -213,7 +225,7 @@ pub const DELIVERY_THREADS: usize = 8;
 
 impl DeliveryPool {
     /// Results go to `sink`, in the order the drivers report them.
-    pub fn new(sink: Sender<Inbound>) -> DeliveryPool {
+    pub fn new(sink: Sink) -> DeliveryPool {
         let (tx, rx) = std::sync::mpsc::channel::<(Arc<dyn Actuator>, IntentRequest)>();
         let rx = Arc::new(std::sync::Mutex::new(rx));
         let threads = (0..DELIVERY_THREADS)

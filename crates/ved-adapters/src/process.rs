@@ -26,11 +26,10 @@
 //! order: a reading taken before an action can never be mistaken for its effect.
 
 use crate::exec::{has_exited, in_own_group, kill_group};
-use crate::{Actuator, Inbound, IntentRequest, Watcher};
+use crate::{Actuator, IntentRequest, Watcher};
 use serde_json::json;
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -325,7 +324,7 @@ pub struct ProcessWatcher {
 }
 
 impl Watcher for ProcessWatcher {
-    fn run(self: Box<Self>, sink: Sender<Inbound>, stop: Arc<AtomicBool>, resync: Option<Duration>) {
+    fn run(self: Box<Self>, sink: crate::Sink, stop: Arc<AtomicBool>, resync: Option<Duration>) {
         let mut reporter = crate::Reporter::new(&self.instance, &self.source, resync);
         while !stop.load(Ordering::Relaxed) {
             {

@@ -4,7 +4,6 @@
 //! test process (`VmHWM`), which no other test may share.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 use ved_adapters::exec::{run_bounded, run_command, ExecDriver, ExecWatcher, STDOUT_KEPT_BYTES};
@@ -69,7 +68,7 @@ fn printing_400_mb_grows_ved_by_far_less() {
         "if [ -e {f} ]; then echo '{{\"a\": 1}}'; else touch {f}; printf '{{\"a\": \"'; head -c {PRINTED} /dev/zero | tr '\\0' x; printf '\"}}'; fi",
         f = flag.display()
     ));
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = ved_adapters::sink();
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     let w = ExecWatcher {
@@ -89,7 +88,7 @@ fn printing_400_mb_grows_ved_by_far_less() {
     let _ = std::fs::remove_file(&flag);
 
     // The long-running watcher: one 400 MB line, then a good one, which still arrives.
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = ved_adapters::sink();
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     let long_line =

@@ -3,7 +3,6 @@
 //! children included.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use ved_adapters::exec::{run_command, ExecWatcher};
@@ -107,7 +106,7 @@ fn watcher(command: Vec<String>, interval: Option<Duration>) -> (Arc<AtomicBool>
         timeout: Duration::from_secs(60),
         source: "watch#1".into(),
     };
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = ved_adapters::sink();
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     let t = std::thread::spawn(move || {

@@ -4,14 +4,14 @@
 
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use ved_adapters::exec::ExecWatcher;
 use ved_adapters::{Inbound, Observation, Watcher};
 
 fn start(w: ExecWatcher, resync: Option<Duration>) -> (Receiver<Inbound>, Arc<AtomicBool>) {
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = ved_adapters::sink();
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     std::thread::spawn(move || Box::new(w).run(tx, s, resync));
@@ -109,7 +109,7 @@ fn the_process_watcher_resyncs_its_count() {
         field: "workers".into(),
         source: "pool".into(),
     };
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = ved_adapters::sink();
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     std::thread::spawn(move || Box::new(w).run(tx, s, Some(Duration::from_millis(300))));

@@ -13,7 +13,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use ved_cluster::etcd::Etcd;
 use ved_cluster::{rendezvous, Membership};
@@ -247,7 +247,7 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
             return ExitCode::from(1);
         }
     };
-    let (inbound_tx, inbound_rx) = mpsc::channel::<ved_adapters::Inbound>();
+    let (inbound_tx, inbound_rx) = ved_adapters::sink();
     let (adapters, watchers) = match &opts.config {
         Some(cfg) => match build_adapters(cfg, &loaded.compiled, inbound_tx.clone()) {
             Ok(x) => x,

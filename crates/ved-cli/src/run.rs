@@ -591,7 +591,9 @@ pub fn run(files: &[PathBuf], config: Option<&Path>, mut opts: RunOptions, mode:
             Err(code) => return code,
         }
     }
-    let (tx, rx) = mpsc::channel::<Input>();
+    // Bounded: a flood of input waits (stdin, watchers) or is told to retry (HTTP)
+    // instead of growing memory without end.
+    let (tx, rx) = mpsc::sync_channel::<Input>(INPUT_CAPACITY);
     // In daemon mode the port is bound before anything starts, so a busy port
     // is reported at once and the store is never opened for nothing.
     let server = match &mode {
@@ -615,10 +617,13 @@ pub fn run(files: &[PathBuf], config: Option<&Path>, mut opts: RunOptions, mode:
     };
     let hook_tx = tx.clone();
     let hook: ved_store::DurableHook = Box::new(move |_| {
-        let _ = hook_tx.send(Input::Durable);
+        // Never blocks the store's writer (the driver may be waiting for it). A notice
+        // dropped because the channel is full loses nothing: durability is a watermark
+        // the driver reads as it handles each of the inputs that filled the channel.
+        let _ = hook_tx.try_send(Input::Durable);
     });
     let stdout = std::io::BufWriter::new(std::io::stdout().lock());
-    let (inbound_tx, inbound_rx) = mpsc::channel::<ved_adapters::Inbound>();
+    let (inbound_tx, inbound_rx) = ved_adapters::sink();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (adapters, watchers) = match &opts.config {
         Some(c) => match build_adapters(c, &loaded.compiled, inbound_tx.clone()) {
@@ -701,7 +706,11 @@ pub(crate) fn stop_watchers(stop: &std::sync::atomic::AtomicBool, threads: Vec<s
     }
 }
 
-fn spawn_stdin_reader(tx: mpsc::Sender<Input>) {
+/// Inputs the driver loop's channel holds before senders wait (or, over HTTP, are
+/// answered 503 and asked to retry).
+pub const INPUT_CAPACITY: usize = 1024;
+
+fn spawn_stdin_reader(tx: mpsc::SyncSender<Input>) {
     std::thread::spawn(move || {
         let stdin = std::io::stdin();
         let mut n = 0;
@@ -841,7 +850,7 @@ pub fn watched_fields(config: &ved_adapters::config::Config, program: &CompiledP
 pub fn build_adapters(
     config: &ved_adapters::config::Config,
     program: &CompiledProgram,
-    sink: mpsc::Sender<ved_adapters::Inbound>,
+    sink: ved_adapters::Sink,
 ) -> Result<(Adapters, Watchers), String> {
     use ved_adapters::{exec, http, nftables, process, sim};
     let mut by_name: BTreeMap<String, Arc<dyn ved_adapters::Actuator>> = BTreeMap::new();

@@ -21,8 +21,15 @@ fn run(files: &[&str], input: &str) -> (i32, Vec<Json>, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    // Written from another thread while the output is read: `ved` reads its input only
+    // as fast as it handles it (back-pressure), so writing it all first could wait for ever.
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_string();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(input.as_bytes());
+    });
     let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
     let events = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -137,4 +144,26 @@ fn a_fault_is_an_event_with_its_location_and_the_state_is_kept() {
     assert_eq!(ev.iter().filter(|e| e["event"] == "retry").count(), 1);
     let last_slice = ev.iter().rev().find(|e| e["event"] == "slice").unwrap();
     assert_eq!(last_slice["changes"]["y"], 10);
+}
+
+#[test]
+fn a_flood_of_lines_waits_for_the_runtime_and_every_line_is_applied_in_order() {
+    // Many times the input channel's capacity: the reader waits (back-pressure) rather
+    // than queueing without bound, and nothing is lost or reordered.
+    let n = 10 * ved_cli::run::INPUT_CAPACITY;
+    let mut input = String::new();
+    for i in 0..n {
+        input.push_str(&format!("{{\"instance\":\"WorkerPool\",\"set\":{{\"workers\":{}}}}}\n", i % 7));
+    }
+    let (code, events, err) = run(&["examples/worker_pool.ved"], &input);
+    assert_eq!(code, 0, "{err}");
+    let observed: Vec<i64> = events
+        .iter()
+        .filter(|e| e["event"] == "slice" && e["cause"]["kind"] == "observe")
+        .filter_map(|e| e["changes"]["workers"].as_i64())
+        .collect();
+    // Each line whose value differs from the state changes it; 5 (the goal) never does.
+    let expected: Vec<i64> = (0..n as i64).map(|i| i % 7).filter(|v| *v != 5).collect();
+    assert_eq!(observed.len(), expected.len());
+    assert_eq!(observed, expected);
 }

@@ -29,7 +29,7 @@ use serde_json::{json, Value as Json};
 use session::Session;
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -243,7 +243,7 @@ pub fn plan(c: &Chain, doc: &Json, base: &[Json], open: &[i64], close: &[i64]) -
 pub struct Firewall {
     pub chain: Chain,
     state: Mutex<State>,
-    sink: Sender<Inbound>,
+    sink: crate::Sink,
     /// Who repairs are reported for: the watcher's instance and source.
     report_as: Mutex<Option<(String, String)>>,
 }
@@ -280,7 +280,7 @@ fn list(st: &mut State) -> Result<Json, String> {
 const PLAN_ATTEMPTS: usize = 3;
 
 impl Firewall {
-    pub fn new(chain: Chain, sink: Sender<Inbound>) -> Arc<Firewall> {
+    pub fn new(chain: Chain, sink: crate::Sink) -> Arc<Firewall> {
         let session = Session::new(chain.netns.clone(), chain.timeout);
         Arc::new(Firewall {
             chain,
@@ -538,13 +538,7 @@ const GENERATION_WAIT: Duration = Duration::from_millis(50);
 
 impl NftWatcher {
     /// Evaluates `doc` and reports it, under the lock the caller holds.
-    fn report(
-        &self,
-        doc: &Json,
-        reporter: &mut crate::Reporter,
-        sink: &Sender<Inbound>,
-        warned: &mut Vec<String>,
-    ) -> bool {
+    fn report(&self, doc: &Json, reporter: &mut crate::Reporter, sink: &crate::Sink, warned: &mut Vec<String>) -> bool {
         let e = effective_ports(doc);
         if e.warnings != *warned {
             for w in &e.warnings {
@@ -557,7 +551,7 @@ impl NftWatcher {
 }
 
 impl Watcher for NftWatcher {
-    fn run(self: Box<Self>, sink: Sender<Inbound>, stop: Arc<AtomicBool>, resync: Option<Duration>) {
+    fn run(self: Box<Self>, sink: crate::Sink, stop: Arc<AtomicBool>, resync: Option<Duration>) {
         let mut reporter = crate::Reporter::new(&self.instance, &self.source, resync);
         let mut monitor: Option<Monitor> = None;
         let mut read_now = true;

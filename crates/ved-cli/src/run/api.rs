@@ -61,15 +61,23 @@ impl Reply {
 }
 
 struct App {
-    inputs: mpsc::Sender<Input>,
+    inputs: mpsc::SyncSender<Input>,
     token: Option<String>,
 }
 
 impl App {
     async fn call(&self, call: Call) -> Response {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.inputs.send(Input::Api(call, tx)).is_err() {
-            return error(503, "ved is shutting down").into_response();
+        match self.inputs.try_send(Input::Api(call, tx)) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(_)) => {
+                let mut r =
+                    error(503, format!("ved is busy: {} inputs are queued; retry shortly", super::INPUT_CAPACITY))
+                        .into_response();
+                r.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
+                return r;
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => return error(503, "ved is shutting down").into_response(),
         }
         match rx.await {
             Ok(reply) => reply.into_response(),
@@ -221,7 +229,7 @@ fn router(app: Arc<App>) -> Router {
 pub fn serve(
     listen: SocketAddr,
     token: Option<String>,
-    inputs: mpsc::Sender<Input>,
+    inputs: mpsc::SyncSender<Input>,
 ) -> Result<(SocketAddr, std::thread::JoinHandle<()>), String> {
     let std_listener = std::net::TcpListener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let local = std_listener.local_addr().map_err(|e| e.to_string())?;
@@ -490,5 +498,24 @@ impl<W: Write> Driver<W> {
         }
         self.out.emit(obj(json!({"event": "created", "instance": name, "domain": domain})));
         Ok(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_input_channel_answers_503_with_retry_after_instead_of_waiting() {
+        let (inputs, queued) = mpsc::sync_channel(1);
+        inputs.try_send(Input::Eof).unwrap();
+        let app = App { inputs, token: None };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let r = rt.block_on(app.call(Call::List));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers().get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
+        // The call was not queued: only the input that filled the channel is there.
+        assert!(matches!(queued.try_recv(), Ok(Input::Eof)));
+        assert!(queued.try_recv().is_err());
     }
 }
