@@ -79,6 +79,15 @@ impl EtcdCluster {
         }
     }
 
+    fn pid(&self, i: usize) -> u32 {
+        self.procs[i].as_ref().expect("the member runs").id()
+    }
+
+    /// The URLs of every member but `i`.
+    fn urls_but(&self, i: usize) -> Vec<String> {
+        (0..3).filter(|j| *j != i).map(|j| format!("http://127.0.0.1:{}", self.client[j])).collect()
+    }
+
     fn healthy(&self) -> bool {
         self.client.iter().enumerate().any(|(i, p)| {
             self.procs[i].is_some()
@@ -96,6 +105,22 @@ impl Drop for EtcdCluster {
         for i in 0..3 {
             self.kill_member(i);
         }
+    }
+}
+
+/// A SIGSTOPped process, continued when this is dropped (also when the test fails).
+struct Stopped(u32);
+
+impl Stopped {
+    fn new(pid: u32) -> Stopped {
+        assert!(Command::new("kill").args(["-STOP", &pid.to_string()]).status().unwrap().success());
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0.to_string()]).status();
     }
 }
 
@@ -415,4 +440,84 @@ fn watched_observations_reach_the_owner_and_its_state_survives_a_failover() {
     assert_eq!(calls("PageEngineers").len(), 1, "the page was not sent again after the failover");
     let fences: Vec<i64> = hook.hits().iter().filter_map(|h| h.body["fence"].as_i64()).collect();
     assert!(fences.windows(2).all(|w| w[1] >= w[0]), "fencing tokens went back: {fences:?}");
+}
+
+/// The owner keys as etcd has them: instance -> (owner, creation revision = fencing token).
+fn owner_keys(etcd: &ved_cluster::etcd::Etcd) -> BTreeMap<String, (String, i64)> {
+    etcd.get_prefix("/ved/owners/")
+        .expect("etcd answers")
+        .into_iter()
+        .map(|kv| {
+            (
+                kv.key.trim_start_matches("/ved/owners/").to_string(),
+                (String::from_utf8_lossy(&kv.value).into(), kv.create_revision),
+            )
+        })
+        .collect()
+}
+
+/// Issue 11: a stopped etcd member (the first URL, the one every node tries first) stalls
+/// nothing: requests go to the other members, no node stands down, no instance changes
+/// owner, and no instance pauses for more than one balance period (1 s).
+#[test]
+fn a_stopped_etcd_member_stalls_no_node_and_moves_no_instance() {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let ttl = 2;
+    let balance_period = Duration::from_secs(1);
+    let etcd = EtcdCluster::start("stall");
+    let (program, config, hook) = setup("stall");
+    let urls = etcd.urls();
+    let nodes: Vec<VedNode> = ["a", "b"].iter().map(|n| VedNode::start(n, &program, &config, &urls, ttl)).collect();
+    wait_for("every instance to be held and beat", Duration::from_secs(30), || {
+        let b = beats(&hook);
+        nodes.iter().map(|n| n.holding().len()).sum::<usize>() == INSTANCES
+            && (1..=INSTANCES).all(|i| b.iter().filter(|x| x.instance == format!("Beat{i}")).count() >= 5)
+    });
+    // Read etcd through the members that stay up.
+    let observer = ved_cluster::etcd::Etcd::new(etcd.urls_but(0), Duration::from_secs(2));
+    let owners = owner_keys(&observer);
+    assert_eq!(owners.len(), INSTANCES, "{owners:?}");
+    let events_before: Vec<usize> = nodes.iter().map(|n| n.events.lock().unwrap().len()).collect();
+
+    let stopped_at = Instant::now();
+    let stopped = Stopped::new(etcd.pid(0));
+    std::thread::sleep(Duration::from_secs(6));
+    drop(stopped);
+    let continued_at = Instant::now();
+    // Beats go on after the member is back, too.
+    let n = beats(&hook).len();
+    wait_for("beats to go on after SIGCONT", Duration::from_secs(10), || beats(&hook).len() > n + 20);
+
+    // No owner changed: the same owner keys, created at the same revisions (same fencing tokens).
+    assert_eq!(owner_keys(&observer), owners, "an instance changed owner while an etcd member was stopped");
+    // No node stood down, handed over, was fenced out or acquired anything.
+    for (node, from) in nodes.iter().zip(events_before) {
+        let ev = node.events.lock().unwrap();
+        let moves: Vec<&serde_json::Value> =
+            ev[from..].iter().map(|(_, e)| e).filter(|e| e["instance"].is_string()).collect();
+        assert!(moves.is_empty(), "node {} changed what it holds: {moves:?}", node.name);
+    }
+    // No instance paused for more than a balance period: the webhook's arrival times of each
+    // instance's beats, from just before the stop to just after the member continued.
+    let hits = hook.hits();
+    let mut worst = Duration::ZERO;
+    for i in 1..=INSTANCES {
+        let name = format!("Beat{i}");
+        let at: Vec<Instant> = hits
+            .iter()
+            .filter(|h| h.status == 200 && h.body["instance"] == name.as_str())
+            .map(|h| h.at)
+            .filter(|t| *t + balance_period >= stopped_at && *t <= continued_at + balance_period)
+            .collect();
+        assert!(at.len() > 10, "{name} beat {} times around the stop", at.len());
+        let gap = at.windows(2).map(|w| w[1].saturating_duration_since(w[0])).max().unwrap();
+        worst = worst.max(gap);
+        assert!(gap <= balance_period, "{name} paused for {gap:?} while an etcd member was stopped");
+    }
+    eprintln!(
+        "with the first etcd member stopped for 6 s, the longest pause of an instance was {} ms",
+        worst.as_millis()
+    );
+    check_history(&beats(&hook));
+    drop(nodes);
 }
