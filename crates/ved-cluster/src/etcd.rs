@@ -5,9 +5,11 @@
 //! One HTTP/2 channel per endpoint. A request goes to the endpoint that answered
 //! last; if that one does not answer within the request timeout (a stopped or
 //! partitioned member), or answers that it cannot serve (no leader), the same request
-//! goes to the next endpoint, which becomes the preferred one. So a stalled member
-//! costs one timeout, once, and not one per request. HTTP/2 keepalive pings close a
-//! connection to a member that stopped answering, so it fails fast afterwards.
+//! goes to the next endpoint. An endpoint that let a request time out becomes
+//! *suspect* for four timeouts: requests start elsewhere, try it last, and skip it
+//! when another member answered. So a stalled member costs one timeout, once, and
+//! not one per request. HTTP/2 keepalive pings also close a connection to a member
+//! that stopped answering.
 //!
 //! The calls block; they run on a private tokio runtime, which also carries watches.
 
@@ -30,7 +32,7 @@ use rpc::kv_client::KvClient;
 use rpc::lease_client::LeaseClient;
 use rpc::watch_client::WatchClient;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
@@ -110,6 +112,17 @@ struct Router {
     timeout: Duration,
     /// The endpoint that answered last; tried first.
     preferred: AtomicUsize,
+    /// Per endpoint: until when it is suspect (it let a request time out), as milliseconds
+    /// since `epoch`. A suspect endpoint is tried last, and not at all when another one answered.
+    suspect_until: Vec<AtomicU64>,
+    epoch: std::time::Instant,
+}
+
+/// Asks the member to refuse at once ("no leader") a request it cannot serve for want of
+/// a leader, rather than hold it: etcd's `hasleader` metadata. Another member may have one.
+fn require_leader(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    req.metadata_mut().insert("hasleader", tonic::metadata::MetadataValue::from_static("true"));
+    Ok(req)
 }
 
 /// Whether another endpoint may succeed where this answer failed.
@@ -130,9 +143,20 @@ impl Router {
     {
         let n = self.channels.len();
         let start = self.preferred.load(Ordering::SeqCst);
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let suspect = |i: usize| self.suspect_until[i].load(Ordering::SeqCst) > now;
+        let order: Vec<usize> = (0..n)
+            .map(|k| (start + k) % n)
+            .filter(|i| !suspect(*i))
+            .chain((0..n).map(|k| (start + k) % n).filter(|i| suspect(*i)))
+            .collect();
         let mut last = String::from("no endpoints");
-        for k in 0..n {
-            let i = (start + k) % n;
+        // Whether an etcd member answered at all (say, that it has no leader yet).
+        let mut answered = false;
+        for i in order {
+            if answered && suspect(i) {
+                break;
+            }
             let url = &self.endpoints[i];
             let ch = match &self.channels[i] {
                 Ok(c) => c.clone(),
@@ -147,8 +171,17 @@ impl Router {
                     return Ok(v);
                 }
                 Ok(Err(s)) if !retryable(&s) => return Err(EtcdError::Rejected(format!("{url}: {}", s.message()))),
-                Ok(Err(s)) => last = format!("{url}: {}", s.message()),
-                Err(_) => last = format!("{url}: no answer within {} ms", self.timeout.as_millis()),
+                Ok(Err(s)) => {
+                    answered |= s.message().starts_with("etcdserver:");
+                    last = format!("{url}: {}", s.message());
+                }
+                Err(_) => {
+                    // Stalled: suspect it for a while, and start the next requests elsewhere.
+                    let until = self.epoch.elapsed() + self.timeout * 4;
+                    self.suspect_until[i].store(until.as_millis() as u64, Ordering::SeqCst);
+                    let _ = self.preferred.compare_exchange(i, (i + 1) % n, Ordering::SeqCst, Ordering::SeqCst);
+                    last = format!("{url}: no answer within {} ms", self.timeout.as_millis());
+                }
             }
         }
         Err(EtcdError::Unavailable(last))
@@ -169,7 +202,7 @@ impl Router {
         let r = self
             .call(|ch| {
                 let req = rpc::TxnRequest { success: ops.clone(), ..Default::default() };
-                async move { KvClient::new(ch).txn(req).await }
+                async move { KvClient::with_interceptor(ch, require_leader).txn(req).await }
             })
             .await?
             .into_inner();
@@ -260,7 +293,16 @@ impl Etcd {
                 })
                 .collect()
         };
-        Etcd { router: Arc::new(Router { endpoints, channels, timeout, preferred: AtomicUsize::new(0) }), rt }
+        let suspect_until = endpoints.iter().map(|_| AtomicU64::new(0)).collect();
+        let router = Router {
+            endpoints,
+            channels,
+            timeout,
+            preferred: AtomicUsize::new(0),
+            suspect_until,
+            epoch: std::time::Instant::now(),
+        };
+        Etcd { router: Arc::new(router), rt }
     }
 
     fn block<T, F, Fut>(&self, f: F) -> Result<T, EtcdError>
@@ -274,7 +316,11 @@ impl Etcd {
     /// A lease of `ttl` seconds; keys attached to it vanish when it expires.
     pub fn grant(&self, ttl: i64) -> Result<i64, EtcdError> {
         let r = self
-            .block(|ch| async move { LeaseClient::new(ch).lease_grant(rpc::LeaseGrantRequest { ttl, id: 0 }).await })?
+            .block(|ch| async move {
+                LeaseClient::with_interceptor(ch, require_leader)
+                    .lease_grant(rpc::LeaseGrantRequest { ttl, id: 0 })
+                    .await
+            })?
             .into_inner();
         if !r.error.is_empty() {
             return Err(EtcdError::Rejected(r.error));
@@ -290,7 +336,8 @@ impl Etcd {
                 tokio_stream::once(rpc::LeaseKeepAliveRequest { id: lease }),
                 tokio_stream::pending(),
             );
-            let mut answers = LeaseClient::new(ch).lease_keep_alive(req).await?.into_inner();
+            let mut answers =
+                LeaseClient::with_interceptor(ch, require_leader).lease_keep_alive(req).await?.into_inner();
             match answers.message().await? {
                 Some(a) => Ok(a.ttl),
                 None => Err(tonic::Status::unavailable("keepalive stream closed")),
@@ -300,8 +347,10 @@ impl Etcd {
 
     /// Ends a lease at once, deleting its keys.
     pub fn revoke(&self, lease: i64) -> Result<(), EtcdError> {
-        self.block(|ch| async move { LeaseClient::new(ch).lease_revoke(rpc::LeaseRevokeRequest { id: lease }).await })
-            .map(|_| ())
+        self.block(|ch| async move {
+            LeaseClient::with_interceptor(ch, require_leader).lease_revoke(rpc::LeaseRevokeRequest { id: lease }).await
+        })
+        .map(|_| ())
     }
 
     fn range(&self, key: &str, range_end: Vec<u8>) -> Result<Vec<Kv>, EtcdError> {
@@ -312,7 +361,7 @@ impl Etcd {
                     range_end: range_end.clone(),
                     ..Default::default()
                 };
-                async move { KvClient::new(ch).range(req).await }
+                async move { KvClient::with_interceptor(ch, require_leader).range(req).await }
             })?
             .into_inner();
         Ok(r.kvs.into_iter().map(Kv::from).collect())
@@ -335,7 +384,7 @@ impl Etcd {
                     lease,
                     ..Default::default()
                 };
-                async move { KvClient::new(ch).put(req).await }
+                async move { KvClient::with_interceptor(ch, require_leader).put(req).await }
             })?
             .into_inner();
         Ok(r.header.map(|h| h.revision).unwrap_or(0))
@@ -351,7 +400,7 @@ impl Etcd {
         let r = self
             .block(|ch| {
                 let req = req.clone();
-                async move { KvClient::new(ch).txn(req).await }
+                async move { KvClient::with_interceptor(ch, require_leader).txn(req).await }
             })?
             .into_inner();
         Ok((r.succeeded, r.header.map(|h| h.revision).unwrap_or(0)))
@@ -401,7 +450,7 @@ async fn watch_on(router: &Router, i: usize, prefixes: &[String], from: i64, sin
             request_union: Some(rpc::watch_request::RequestUnion::CreateRequest(create)),
         });
     }
-    let mut client = WatchClient::new(ch);
+    let mut client = WatchClient::with_interceptor(ch, require_leader);
     let started = client.watch(tokio_stream::wrappers::ReceiverStream::new(rx));
     let mut answers = match tokio::time::timeout(router.timeout, started).await {
         Ok(Ok(r)) => r.into_inner(),

@@ -144,20 +144,31 @@ impl Membership {
     /// the lease expired, the node stops acting; when etcd answers again it registers anew.
     fn keep_alive(self: Arc<Self>) {
         let period = Duration::from_millis((self.ttl as u64 * 1000 / 4).max(100));
+        let mut wait = period;
         while !self.stop.load(Ordering::SeqCst) {
-            std::thread::sleep(period);
+            std::thread::sleep(wait);
+            // After a failed renewal, try again soon: etcd may have elected a new leader.
+            wait = Duration::from_millis(100).min(period);
             if self.stop.load(Ordering::SeqCst) {
                 break;
             }
             if self.lost.load(Ordering::SeqCst) {
-                let _ = self.register();
+                if self.register().is_ok() {
+                    wait = period;
+                }
                 continue;
             }
             match self.etcd.keepalive(self.lease()) {
                 Ok(left) if left > 0 => {
                     *self.last_renewed.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+                    wait = period;
                 }
-                Ok(_) => self.lost.store(true, Ordering::SeqCst),
+                Ok(_) => {
+                    // Register again only after a period, so the node loop sees that it lost the
+                    // lease (and stands down) before a new lease replaces it.
+                    self.lost.store(true, Ordering::SeqCst);
+                    wait = period;
+                }
                 Err(_) => {
                     let since = self.last_renewed.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
                     // Stop before the lease can have lapsed on the server, with a margin.
