@@ -476,7 +476,7 @@ fn watched_observations_reach_the_owner_and_its_state_survives_a_failover() {
 }
 
 /// The owner keys as etcd has them: instance -> (owner, creation revision = fencing token).
-fn owner_keys(etcd: &ved_cluster::etcd::Etcd) -> BTreeMap<String, (String, i64)> {
+fn owner_keys(etcd: &ved_cluster::etcd::Etcd) -> Owners {
     etcd.get_prefix("/ved/owners/")
         .expect("etcd answers")
         .into_iter()
@@ -489,6 +489,9 @@ fn owner_keys(etcd: &ved_cluster::etcd::Etcd) -> BTreeMap<String, (String, i64)>
         .collect()
 }
 
+/// Owner keys: instance -> (node, creation revision = fencing token).
+type Owners = BTreeMap<String, (String, i64)>;
+
 /// What stopping a member did.
 struct StallOutcome {
     /// The longest pause of an instance's beats at the webhook around the stop.
@@ -496,7 +499,7 @@ struct StallOutcome {
     /// Events of nodes that changed what they hold (stood down, fenced out, acquired...).
     moves: Vec<serde_json::Value>,
     /// The owner keys before and after: instance -> (node, fencing token).
-    owners: (BTreeMap<String, (String, i64)>, BTreeMap<String, (String, i64)>),
+    owners: (Owners, Owners),
 }
 
 /// SIGSTOPs etcd member 0 (the first URL) for 6 s, then SIGCONTs it, and waits for beats to

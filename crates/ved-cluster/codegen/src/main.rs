@@ -16,5 +16,9 @@ fn main() {
         .out_dir(&out)
         .compile_protos(&[root.join("proto/etcd/api/etcdserverpb/rpc.proto")], &[root.join("proto")])
         .expect("protoc ran");
+    // Options of the HTTP gateway and its OpenAPI output, which the client does not use.
+    for unused in ["google.api.rs", "grpc.gateway.protoc_gen_openapiv2.options.rs"] {
+        let _ = std::fs::remove_file(out.join(unused));
+    }
     println!("wrote {}", out.display());
 }
