@@ -1,7 +1,7 @@
 //! `ved run --cluster URLS --node-id N`: this node's share of the program's
 //! instances, persisted in etcd (see `ved-cluster`). One thread does the work, in
-//! this order, again and again: follow membership and take or hand over
-//! instances; apply adapter results; run the runtime; write each changed
+//! this order, again and again: when the watched node and owner keys changed (or
+//! a balance period passed), take or hand over instances; apply adapter results; run the runtime; write each changed
 //! instance's snapshot in a fenced transaction; and only then release that
 //! instance's intents, each carrying the owner's fencing token.
 
@@ -29,8 +29,12 @@ pub struct ClusterOptions {
     pub prefix: String,
 }
 
-/// How often membership is read and instances are balanced.
-const REBALANCE_EVERY: Duration = Duration::from_millis(100);
+/// Instances are balanced whenever the etcd watch reports a change of the node or owner
+/// keys, and at least this often regardless (the balance period).
+const BALANCE_PERIOD: Duration = Duration::from_secs(1);
+
+/// How long one etcd request may take on one endpoint before it goes to the next.
+const ETCD_REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
 
 fn emit(v: serde_json::Value) {
     let mut out = std::io::stdout().lock();
@@ -76,7 +80,7 @@ impl Node {
 
     /// Takes the instances rendezvous hashing gives this node; hands over the others.
     fn rebalance(&mut self) {
-        let Ok(nodes) = self.m.live_nodes() else { return };
+        let nodes = self.m.live_nodes();
         let names: Vec<String> = self.program.domains.iter().map(|d| d.name.clone()).collect();
         for (d, name) in names.iter().enumerate() {
             let desired = rendezvous(name, &nodes);
@@ -89,8 +93,16 @@ impl Node {
                     }
                 }
             } else if !mine && desired == Some(self.m.node.as_str()) {
-                if let Ok(Some(fence)) = self.m.acquire(name) {
-                    self.take(name, d, fence);
+                match self.m.watched_owner(name) {
+                    None => {
+                        if let Ok(Some(fence)) = self.m.acquire(name) {
+                            self.take(name, d, fence);
+                        }
+                    }
+                    // Acquired by a request whose answer was lost: it is this node's.
+                    Some(o) if self.m.is_mine(&o) => self.take(name, d, o.fence),
+                    // Its owner hands it over, or its lease lapses: the watch will say.
+                    Some(_) => {}
                 }
             }
         }
@@ -238,7 +250,7 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
             Err(code) => return code,
         }
     }
-    let etcd = Arc::new(Etcd::new(c.endpoints.clone(), Duration::from_millis(1500)));
+    let etcd = Arc::new(Etcd::new(c.endpoints.clone(), ETCD_REQUEST_TIMEOUT));
     let m = match Membership::join(etcd, &c.prefix, &c.node, c.ttl) {
         Ok(m) => m,
         Err(e) => {
@@ -304,7 +316,8 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
         watched: opts.config.as_ref().map(|c| crate::run::watched_fields(c, &loaded.compiled)).unwrap_or_default(),
     };
     emit(json!({"event": "joined", "node": c.node, "lease": m.lease(), "ttl_s": c.ttl}));
-    let mut last_balance = Instant::now() - REBALANCE_EVERY;
+    let mut last_balance = Instant::now() - BALANCE_PERIOD;
+    let mut balanced_at = u64::MAX;
     loop {
         if term.load(Ordering::SeqCst) {
             // Graceful handover: write everything, give every instance up, revoke the lease.
@@ -332,7 +345,9 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
             std::thread::sleep(Duration::from_millis(50));
             continue;
         }
-        if last_balance.elapsed() >= REBALANCE_EVERY {
+        let changes = node.m.changes();
+        if changes != balanced_at || last_balance.elapsed() >= BALANCE_PERIOD {
+            balanced_at = changes;
             last_balance = Instant::now();
             node.rebalance();
         }

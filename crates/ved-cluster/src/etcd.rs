@@ -1,17 +1,41 @@
-//! A small, blocking etcd v3 client over etcd's JSON gateway (`/v3/kv/*`,
-//! `/v3/lease/*`), which every etcd 3.4+ server serves on its client port.
+//! A small, blocking etcd v3 client over etcd's gRPC API (KV, Lease, Watch), with
+//! the generated message and client code checked in under `src/pb` (see `codegen/`),
+//! so that no build of Ved needs `protoc`.
 //!
-//! Why not the `etcd-client` crate: it generates its gRPC code at build time and
-//! needs `protoc` for that, so every build of Ved, even one that never joins a
-//! cluster, would need a system protobuf compiler. The gateway is part of etcd's
-//! documented API and carries the same requests (range, put, delete, txn with
-//! compares, leases), encoded as JSON with base64 keys and values.
+//! One HTTP/2 channel per endpoint. A request goes to the endpoint that answered
+//! last; if that one does not answer within the request timeout (a stopped or
+//! partitioned member), or answers that it cannot serve (no leader), the same request
+//! goes to the next endpoint. An endpoint that let a request time out becomes
+//! *suspect* for four timeouts: requests start elsewhere, try it last, and skip it
+//! when another member answered. So a stalled member costs one timeout, once, and
+//! not one per request. HTTP/2 keepalive pings also close a connection to a member
+//! that stopped answering.
+//!
+//! The calls block; they run on a private tokio runtime, which also carries watches.
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
-use serde_json::{json, Value as Json};
-use std::sync::Mutex;
+#[allow(dead_code, clippy::all, clippy::pedantic, unreachable_pub)]
+mod pb {
+    pub mod mvccpb {
+        include!("pb/mvccpb.rs");
+    }
+    pub mod authpb {
+        include!("pb/authpb.rs");
+    }
+    pub mod etcdserverpb {
+        include!("pb/etcdserverpb.rs");
+    }
+}
+
+use pb::etcdserverpb as rpc;
+use rpc::compare::{CompareResult, CompareTarget, TargetUnion};
+use rpc::kv_client::KvClient;
+use rpc::lease_client::LeaseClient;
+use rpc::watch_client::WatchClient;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
 
 /// A key's value and metadata.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,6 +45,18 @@ pub struct Kv {
     pub create_revision: i64,
     pub mod_revision: i64,
     pub lease: i64,
+}
+
+impl From<pb::mvccpb::KeyValue> for Kv {
+    fn from(kv: pb::mvccpb::KeyValue) -> Kv {
+        Kv {
+            key: String::from_utf8_lossy(&kv.key).into_owned(),
+            value: kv.value,
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            lease: kv.lease,
+        }
+    }
 }
 
 /// One comparison of a transaction.
@@ -60,34 +96,129 @@ impl std::fmt::Display for EtcdError {
     }
 }
 
-pub struct Etcd {
+/// What a watch reports: the whole watched state at a revision (at the start, and again
+/// whenever the watch had to be re-established), then each change.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WatchEvent {
+    Reset { revision: i64, kvs: Vec<Kv> },
+    Put(Kv),
+    Delete { key: String, revision: i64 },
+}
+
+/// The endpoints and the routing between them; shared with the watch tasks.
+struct Router {
     endpoints: Vec<String>,
-    agent: ureq::Agent,
+    channels: Vec<Result<Channel, String>>,
+    timeout: Duration,
     /// The endpoint that answered last; tried first.
-    preferred: Mutex<usize>,
+    preferred: AtomicUsize,
+    /// Per endpoint: until when it is suspect (it let a request time out), as milliseconds
+    /// since `epoch`. A suspect endpoint is tried last, and not at all when another one answered.
+    suspect_until: Vec<AtomicU64>,
+    epoch: std::time::Instant,
 }
 
-fn b64(s: &[u8]) -> String {
-    B64.encode(s)
+/// Asks the member to refuse at once ("no leader") a request it cannot serve for want of
+/// a leader, rather than hold it: etcd's `hasleader` metadata. Another member may have one.
+fn require_leader(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    req.metadata_mut().insert("hasleader", tonic::metadata::MetadataValue::from_static("true"));
+    Ok(req)
 }
 
-fn num(v: &Json) -> i64 {
-    match v {
-        Json::String(s) => s.parse().unwrap_or(0),
-        Json::Number(n) => n.as_i64().unwrap_or(0),
-        _ => 0,
+/// Whether another endpoint may succeed where this answer failed.
+fn retryable(s: &tonic::Status) -> bool {
+    use tonic::Code::*;
+    matches!(s.code(), Unavailable | DeadlineExceeded | Unknown | Cancelled | Internal | Aborted | ResourceExhausted)
+        || s.message().contains("leader")
+        || s.message().contains("timed out")
+}
+
+impl Router {
+    /// Sends one request, trying each endpoint in turn from the preferred one, each with
+    /// the request timeout.
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, EtcdError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let n = self.channels.len();
+        let start = self.preferred.load(Ordering::SeqCst);
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let suspect = |i: usize| self.suspect_until[i].load(Ordering::SeqCst) > now;
+        let order: Vec<usize> = (0..n)
+            .map(|k| (start + k) % n)
+            .filter(|i| !suspect(*i))
+            .chain((0..n).map(|k| (start + k) % n).filter(|i| suspect(*i)))
+            .collect();
+        let mut last = String::from("no endpoints");
+        // Whether an etcd member answered at all (say, that it has no leader yet).
+        let mut answered = false;
+        for i in order {
+            if answered && suspect(i) {
+                break;
+            }
+            let url = &self.endpoints[i];
+            let ch = match &self.channels[i] {
+                Ok(c) => c.clone(),
+                Err(e) => {
+                    last = format!("{url}: {e}");
+                    continue;
+                }
+            };
+            match tokio::time::timeout(self.timeout, f(ch)).await {
+                Ok(Ok(v)) => {
+                    self.preferred.store(i, Ordering::SeqCst);
+                    return Ok(v);
+                }
+                Ok(Err(s)) if !retryable(&s) => return Err(EtcdError::Rejected(format!("{url}: {}", s.message()))),
+                Ok(Err(s)) => {
+                    answered |= s.message().starts_with("etcdserver:");
+                    last = format!("{url}: {}", s.message());
+                }
+                Err(_) => {
+                    // Stalled: suspect it for a while, and start the next requests elsewhere.
+                    let until = self.epoch.elapsed() + self.timeout * 4;
+                    self.suspect_until[i].store(until.as_millis() as u64, Ordering::SeqCst);
+                    let _ = self.preferred.compare_exchange(i, (i + 1) % n, Ordering::SeqCst, Ordering::SeqCst);
+                    last = format!("{url}: no answer within {} ms", self.timeout.as_millis());
+                }
+            }
+        }
+        Err(EtcdError::Unavailable(last))
+    }
+
+    /// Every key under each prefix, read in one transaction (one revision).
+    async fn ranges(&self, prefixes: &[String]) -> Result<(i64, Vec<Kv>), EtcdError> {
+        let ops: Vec<rpc::RequestOp> = prefixes
+            .iter()
+            .map(|p| rpc::RequestOp {
+                request: Some(rpc::request_op::Request::RequestRange(rpc::RangeRequest {
+                    key: p.as_bytes().to_vec(),
+                    range_end: prefix_end(p),
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        let r = self
+            .call(|ch| {
+                let req = rpc::TxnRequest { success: ops.clone(), ..Default::default() };
+                async move { KvClient::with_interceptor(ch, require_leader).txn(req).await }
+            })
+            .await?
+            .into_inner();
+        let mut kvs = Vec::new();
+        for resp in r.responses {
+            if let Some(rpc::response_op::Response::ResponseRange(rr)) = resp.response {
+                kvs.extend(rr.kvs.into_iter().map(Kv::from));
+            }
+        }
+        Ok((r.header.map(|h| h.revision).unwrap_or(0), kvs))
     }
 }
 
-fn kv_of(j: &Json) -> Kv {
-    let dec = |v: &Json| v.as_str().and_then(|s| B64.decode(s).ok()).unwrap_or_default();
-    Kv {
-        key: String::from_utf8_lossy(&dec(&j["key"])).into_owned(),
-        value: dec(&j["value"]),
-        create_revision: num(&j["create_revision"]),
-        mod_revision: num(&j["mod_revision"]),
-        lease: num(&j["lease"]),
-    }
+pub struct Etcd {
+    router: Arc<Router>,
+    rt: tokio::runtime::Runtime,
 }
 
 /// The key just past every key with this prefix (etcd's range end for a prefix).
@@ -102,117 +233,262 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
     vec![0]
 }
 
+fn compare(c: &Compare) -> rpc::Compare {
+    let (key, result, target, value) = match c {
+        Compare::Exists(k) => (k, CompareResult::Greater, CompareTarget::Create, TargetUnion::CreateRevision(0)),
+        Compare::Absent(k) => (k, CompareResult::Equal, CompareTarget::Create, TargetUnion::CreateRevision(0)),
+        Compare::ValueIs(k, v) => (k, CompareResult::Equal, CompareTarget::Value, TargetUnion::Value(v.clone())),
+        Compare::LeaseIs(k, l) => (k, CompareResult::Equal, CompareTarget::Lease, TargetUnion::Lease(*l)),
+    };
+    rpc::Compare {
+        result: result as i32,
+        target: target as i32,
+        key: key.as_bytes().to_vec(),
+        range_end: Vec::new(),
+        target_union: Some(value),
+    }
+}
+
+fn op(o: &Op) -> rpc::RequestOp {
+    let request = match o {
+        Op::Put { key, value, lease } => rpc::request_op::Request::RequestPut(rpc::PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: value.clone(),
+            lease: *lease,
+            ..Default::default()
+        }),
+        Op::Delete(k) => rpc::request_op::Request::RequestDeleteRange(rpc::DeleteRangeRequest {
+            key: k.as_bytes().to_vec(),
+            ..Default::default()
+        }),
+    };
+    rpc::RequestOp { request: Some(request) }
+}
+
 impl Etcd {
-    /// `endpoints` are client URLs such as `http://127.0.0.1:2379`; each request has `timeout`.
+    /// `endpoints` are client URLs such as `http://127.0.0.1:2379`; each attempt of a request on
+    /// one endpoint has `timeout`.
     pub fn new(endpoints: Vec<String>, timeout: Duration) -> Etcd {
-        let agent: ureq::Agent =
-            ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build().into();
-        Etcd { endpoints, agent, preferred: Mutex::new(0) }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("ved-etcd")
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let channels = {
+            let _in_rt = rt.enter();
+            endpoints
+                .iter()
+                .map(|url| {
+                    Endpoint::from_shared(url.clone())
+                        .map(|e| {
+                            e.connect_timeout(timeout)
+                                .tcp_nodelay(true)
+                                .http2_keep_alive_interval(Duration::from_secs(1))
+                                .keep_alive_timeout(timeout)
+                                .keep_alive_while_idle(true)
+                                .connect_lazy()
+                        })
+                        .map_err(|e| format!("not a URL: {e}"))
+                })
+                .collect()
+        };
+        let suspect_until = endpoints.iter().map(|_| AtomicU64::new(0)).collect();
+        let router = Router {
+            endpoints,
+            channels,
+            timeout,
+            preferred: AtomicUsize::new(0),
+            suspect_until,
+            epoch: std::time::Instant::now(),
+        };
+        Etcd { router: Arc::new(router), rt }
     }
 
-    /// Sends one request, trying each endpoint in turn from the last one that answered.
-    fn call(&self, path: &str, body: Json) -> Result<Json, EtcdError> {
-        let n = self.endpoints.len();
-        let start = *self.preferred.lock().unwrap_or_else(|p| p.into_inner());
-        let mut last_err = String::from("no endpoints");
-        for k in 0..n {
-            let i = (start + k) % n;
-            let url = format!("{}{path}", self.endpoints[i].trim_end_matches('/'));
-            let resp = self.agent.post(&url).header("Content-Type", "application/json").send(body.to_string());
-            match resp {
-                Ok(mut r) => {
-                    let status = r.status().as_u16();
-                    let text = r.body_mut().read_to_string().unwrap_or_default();
-                    let j: Json = serde_json::from_str(&text).unwrap_or(Json::Null);
-                    if status == 200 && j.get("error").is_none() {
-                        *self.preferred.lock().unwrap_or_else(|p| p.into_inner()) = i;
-                        return Ok(j);
-                    }
-                    let msg = j["error"].as_str().or(j["message"].as_str()).unwrap_or(&text).to_string();
-                    // Without a leader an endpoint cannot serve; another one may.
-                    if status >= 500 || msg.contains("leader") || msg.contains("timed out") {
-                        last_err = format!("{url}: {msg}");
-                        continue;
-                    }
-                    return Err(EtcdError::Rejected(format!("{url}: {msg}")));
-                }
-                Err(e) => last_err = format!("{url}: {e}"),
-            }
-        }
-        Err(EtcdError::Unavailable(last_err))
+    fn block<T, F, Fut>(&self, f: F) -> Result<T, EtcdError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        self.rt.block_on(self.router.call(f))
     }
 
     /// A lease of `ttl` seconds; keys attached to it vanish when it expires.
     pub fn grant(&self, ttl: i64) -> Result<i64, EtcdError> {
-        let j = self.call("/v3/lease/grant", json!({"TTL": ttl}))?;
-        Ok(num(&j["ID"]))
+        let r = self
+            .block(|ch| async move {
+                LeaseClient::with_interceptor(ch, require_leader)
+                    .lease_grant(rpc::LeaseGrantRequest { ttl, id: 0 })
+                    .await
+            })?
+            .into_inner();
+        if !r.error.is_empty() {
+            return Err(EtcdError::Rejected(r.error));
+        }
+        Ok(r.id)
     }
 
     /// Renews a lease; returns the seconds left, 0 when it has already expired.
     pub fn keepalive(&self, lease: i64) -> Result<i64, EtcdError> {
-        let j = self.call("/v3/lease/keepalive", json!({"ID": lease.to_string()}))?;
-        Ok(num(&j["result"]["TTL"]))
+        self.block(|ch| async move {
+            // One renewal on a stream kept open until its answer has come.
+            let req = tokio_stream::StreamExt::chain(
+                tokio_stream::once(rpc::LeaseKeepAliveRequest { id: lease }),
+                tokio_stream::pending(),
+            );
+            let mut answers =
+                LeaseClient::with_interceptor(ch, require_leader).lease_keep_alive(req).await?.into_inner();
+            match answers.message().await? {
+                Some(a) => Ok(a.ttl),
+                None => Err(tonic::Status::unavailable("keepalive stream closed")),
+            }
+        })
     }
 
     /// Ends a lease at once, deleting its keys.
     pub fn revoke(&self, lease: i64) -> Result<(), EtcdError> {
-        self.call("/v3/lease/revoke", json!({"ID": lease.to_string()})).map(|_| ())
+        self.block(|ch| async move {
+            LeaseClient::with_interceptor(ch, require_leader).lease_revoke(rpc::LeaseRevokeRequest { id: lease }).await
+        })
+        .map(|_| ())
+    }
+
+    fn range(&self, key: &str, range_end: Vec<u8>) -> Result<Vec<Kv>, EtcdError> {
+        let r = self
+            .block(|ch| {
+                let req = rpc::RangeRequest {
+                    key: key.as_bytes().to_vec(),
+                    range_end: range_end.clone(),
+                    ..Default::default()
+                };
+                async move { KvClient::with_interceptor(ch, require_leader).range(req).await }
+            })?
+            .into_inner();
+        Ok(r.kvs.into_iter().map(Kv::from).collect())
     }
 
     pub fn get(&self, key: &str) -> Result<Option<Kv>, EtcdError> {
-        let j = self.call("/v3/kv/range", json!({"key": b64(key.as_bytes())}))?;
-        Ok(j["kvs"].as_array().and_then(|a| a.first()).map(kv_of))
+        Ok(self.range(key, Vec::new())?.into_iter().next())
     }
 
     pub fn get_prefix(&self, prefix: &str) -> Result<Vec<Kv>, EtcdError> {
-        let j =
-            self.call("/v3/kv/range", json!({"key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(prefix))}))?;
-        Ok(j["kvs"].as_array().map(|a| a.iter().map(kv_of).collect()).unwrap_or_default())
+        self.range(prefix, prefix_end(prefix))
     }
 
     pub fn put(&self, key: &str, value: &[u8], lease: i64) -> Result<i64, EtcdError> {
-        let mut body = json!({"key": b64(key.as_bytes()), "value": b64(value)});
-        if lease != 0 {
-            body["lease"] = json!(lease.to_string());
-        }
-        let j = self.call("/v3/kv/put", body)?;
-        Ok(num(&j["header"]["revision"]))
+        let r = self
+            .block(|ch| {
+                let req = rpc::PutRequest {
+                    key: key.as_bytes().to_vec(),
+                    value: value.to_vec(),
+                    lease,
+                    ..Default::default()
+                };
+                async move { KvClient::with_interceptor(ch, require_leader).put(req).await }
+            })?
+            .into_inner();
+        Ok(r.header.map(|h| h.revision).unwrap_or(0))
     }
 
     /// Runs `ops` if every comparison holds; returns whether they did, and the revision after.
     pub fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<(bool, i64), EtcdError> {
-        let cmp: Vec<Json> = compares
-            .iter()
-            .map(|c| match c {
-                Compare::Exists(k) => {
-                    json!({"key": b64(k.as_bytes()), "target": "CREATE", "result": "GREATER", "create_revision": "0"})
-                }
-                Compare::Absent(k) => {
-                    json!({"key": b64(k.as_bytes()), "target": "CREATE", "result": "EQUAL", "create_revision": "0"})
-                }
-                Compare::ValueIs(k, v) => {
-                    json!({"key": b64(k.as_bytes()), "target": "VALUE", "result": "EQUAL", "value": b64(v)})
-                }
-                Compare::LeaseIs(k, l) => {
-                    json!({"key": b64(k.as_bytes()), "target": "LEASE", "result": "EQUAL", "lease": l.to_string()})
-                }
-            })
-            .collect();
-        let success: Vec<Json> = ops
-            .iter()
-            .map(|o| match o {
-                Op::Put { key, value, lease } => {
-                    let mut p = json!({"key": b64(key.as_bytes()), "value": b64(value)});
-                    if *lease != 0 {
-                        p["lease"] = json!(lease.to_string());
+        let req = rpc::TxnRequest {
+            compare: compares.iter().map(compare).collect(),
+            success: ops.iter().map(op).collect(),
+            failure: Vec::new(),
+        };
+        let r = self
+            .block(|ch| {
+                let req = req.clone();
+                async move { KvClient::with_interceptor(ch, require_leader).txn(req).await }
+            })?
+            .into_inner();
+        Ok((r.succeeded, r.header.map(|h| h.revision).unwrap_or(0)))
+    }
+
+    /// Watches every key under `prefixes` until the process ends: `sink` gets their state at
+    /// a revision, then each change. The watch runs on the preferred endpoint and asks it for
+    /// a progress report a few times per request timeout; an endpoint that stays silent for
+    /// three timeouts is left, and the watch starts again (from a fresh read) on another.
+    pub fn watch(&self, prefixes: Vec<String>, sink: impl Fn(WatchEvent) + Send + Sync + 'static) {
+        let router = self.router.clone();
+        self.rt.spawn(async move {
+            loop {
+                let pause = router.timeout / 2;
+                let (revision, kvs) = match router.ranges(&prefixes).await {
+                    Ok(x) => x,
+                    Err(_) => {
+                        tokio::time::sleep(pause).await;
+                        continue;
                     }
-                    json!({"requestPut": p})
+                };
+                sink(WatchEvent::Reset { revision, kvs });
+                let i = router.preferred.load(Ordering::SeqCst);
+                if watch_on(&router, i, &prefixes, revision + 1, &sink).await {
+                    // Silent: prefer the next endpoint, unless a request has moved on already.
+                    let n = router.channels.len().max(1);
+                    let _ = router.preferred.compare_exchange(i, (i + 1) % n, Ordering::SeqCst, Ordering::SeqCst);
                 }
-                Op::Delete(k) => json!({"requestDeleteRange": {"key": b64(k.as_bytes())}}),
-            })
-            .collect();
-        let j = self.call("/v3/kv/txn", json!({"compare": cmp, "success": success}))?;
-        Ok((j["succeeded"].as_bool().unwrap_or(false), num(&j["header"]["revision"])))
+                tokio::time::sleep(pause).await;
+            }
+        });
+    }
+}
+
+/// One watch on endpoint `i` from `from`, until it fails; returns whether it went silent.
+async fn watch_on(router: &Router, i: usize, prefixes: &[String], from: i64, sink: &impl Fn(WatchEvent)) -> bool {
+    let Ok(ch) = router.channels[i].clone() else { return true };
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    for p in prefixes {
+        let create = rpc::WatchCreateRequest {
+            key: p.as_bytes().to_vec(),
+            range_end: prefix_end(p),
+            start_revision: from,
+            ..Default::default()
+        };
+        let _ = tx.try_send(rpc::WatchRequest {
+            request_union: Some(rpc::watch_request::RequestUnion::CreateRequest(create)),
+        });
+    }
+    let mut client = WatchClient::with_interceptor(ch, require_leader);
+    let started = client.watch(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let mut answers = match tokio::time::timeout(router.timeout, started).await {
+        Ok(Ok(r)) => r.into_inner(),
+        Ok(Err(_)) => return false,
+        Err(_) => return true,
+    };
+    let silence = router.timeout * 3;
+    let mut tick = tokio::time::interval(router.timeout / 2);
+    let mut heard = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            m = answers.message() => match m {
+                Ok(Some(resp)) => {
+                    heard = tokio::time::Instant::now();
+                    if resp.canceled || resp.compact_revision > 0 {
+                        return false;
+                    }
+                    for ev in resp.events {
+                        let Some(kv) = ev.kv else { continue };
+                        if ev.r#type == pb::mvccpb::event::EventType::Delete as i32 {
+                            sink(WatchEvent::Delete { key: String::from_utf8_lossy(&kv.key).into_owned(), revision: kv.mod_revision });
+                        } else {
+                            sink(WatchEvent::Put(kv.into()));
+                        }
+                    }
+                }
+                _ => return false,
+            },
+            _ = tick.tick() => {
+                if heard.elapsed() > silence {
+                    return true;
+                }
+                let progress = rpc::WatchRequest {
+                    request_union: Some(rpc::watch_request::RequestUnion::ProgressRequest(rpc::WatchProgressRequest {})),
+                };
+                let _ = tx.try_send(progress);
+            }
+        }
     }
 }
 

@@ -6,13 +6,81 @@
 //! a node that lost its lease can neither write state nor, since intents leave only
 //! after their snapshot is written, deliver intents. The owner key's creation
 //! revision is the fencing token every intent carries.
+//!
+//! Membership and ownership are watched, not polled: a node keeps a view of the
+//! node keys and owner keys, fed by an etcd watch, and balances when it changes.
 
 pub mod etcd;
 
-use etcd::{Compare, Etcd, EtcdError, Op};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use etcd::{Compare, Etcd, EtcdError, Kv, Op, WatchEvent};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// An instance's owner key, as last seen.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Owner {
+    pub node: String,
+    pub lease: i64,
+    /// The key's creation revision: the fencing token.
+    pub fence: i64,
+}
+
+/// The node keys and owner keys, as the watch last reported them.
+#[derive(Default)]
+struct View {
+    revision: i64,
+    nodes: BTreeMap<String, String>,
+    owners: BTreeMap<String, Owner>,
+}
+
+impl View {
+    fn apply(&mut self, prefix: &str, ev: WatchEvent) {
+        let owners = format!("{prefix}/owners/");
+        let nodes = format!("{prefix}/nodes/");
+        let put = |v: &mut View, kv: Kv| {
+            let value = String::from_utf8_lossy(&kv.value).into_owned();
+            if let Some(i) = kv.key.strip_prefix(&owners) {
+                v.owners.insert(i.to_string(), Owner { node: value, lease: kv.lease, fence: kv.create_revision });
+            } else if kv.key.starts_with(&nodes) {
+                v.nodes.insert(kv.key.clone(), value);
+            }
+        };
+        match ev {
+            WatchEvent::Reset { revision, kvs } => {
+                // A read older than what the watch already showed would step back.
+                if revision < self.revision {
+                    return;
+                }
+                self.nodes.clear();
+                self.owners.clear();
+                self.revision = revision;
+                for kv in kvs {
+                    put(self, kv);
+                }
+            }
+            WatchEvent::Put(kv) => {
+                // Several keys can change at one revision (a revoked lease deletes them all).
+                if kv.mod_revision < self.revision {
+                    return;
+                }
+                self.revision = kv.mod_revision;
+                put(self, kv);
+            }
+            WatchEvent::Delete { key, revision } => {
+                if revision < self.revision {
+                    return;
+                }
+                self.revision = revision;
+                if let Some(i) = key.strip_prefix(&owners) {
+                    self.owners.remove(i);
+                }
+                self.nodes.remove(&key);
+            }
+        }
+    }
+}
 
 /// One node's membership: its lease, kept alive in the background.
 pub struct Membership {
@@ -25,6 +93,9 @@ pub struct Membership {
     lost: AtomicBool,
     stop: AtomicBool,
     last_renewed: Mutex<Instant>,
+    view: Mutex<View>,
+    /// Counts the watch's reports, so the node can balance when something changed.
+    changes: AtomicU64,
 }
 
 impl Membership {
@@ -39,8 +110,19 @@ impl Membership {
             lost: AtomicBool::new(true),
             stop: AtomicBool::new(false),
             last_renewed: Mutex::new(Instant::now()),
+            view: Mutex::new(View::default()),
+            changes: AtomicU64::new(0),
         });
         m.register()?;
+        // The watch holds only a weak reference, so the membership can still be dropped.
+        let weak = Arc::downgrade(&m);
+        let prefixes = vec![m.key("nodes", ""), m.key("owners", "")];
+        m.etcd.watch(prefixes, move |ev| {
+            if let Some(m) = weak.upgrade() {
+                m.view.lock().unwrap_or_else(|p| p.into_inner()).apply(&m.prefix, ev);
+                m.changes.fetch_add(1, Ordering::SeqCst);
+            }
+        });
         let bg = m.clone();
         std::thread::Builder::new()
             .name("ved-lease".into())
@@ -62,20 +144,31 @@ impl Membership {
     /// the lease expired, the node stops acting; when etcd answers again it registers anew.
     fn keep_alive(self: Arc<Self>) {
         let period = Duration::from_millis((self.ttl as u64 * 1000 / 4).max(100));
+        let mut wait = period;
         while !self.stop.load(Ordering::SeqCst) {
-            std::thread::sleep(period);
+            std::thread::sleep(wait);
+            // After a failed renewal, try again soon: etcd may have elected a new leader.
+            wait = Duration::from_millis(100).min(period);
             if self.stop.load(Ordering::SeqCst) {
                 break;
             }
             if self.lost.load(Ordering::SeqCst) {
-                let _ = self.register();
+                if self.register().is_ok() {
+                    wait = period;
+                }
                 continue;
             }
             match self.etcd.keepalive(self.lease()) {
                 Ok(left) if left > 0 => {
                     *self.last_renewed.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+                    wait = period;
                 }
-                Ok(_) => self.lost.store(true, Ordering::SeqCst),
+                Ok(_) => {
+                    // Register again only after a period, so the node loop sees that it lost the
+                    // lease (and stands down) before a new lease replaces it.
+                    self.lost.store(true, Ordering::SeqCst);
+                    wait = period;
+                }
                 Err(_) => {
                     let since = self.last_renewed.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
                     // Stop before the lease can have lapsed on the server, with a margin.
@@ -100,13 +193,29 @@ impl Membership {
         format!("{}/{kind}/{name}", self.prefix)
     }
 
-    /// The nodes whose leases are alive.
-    pub fn live_nodes(&self) -> Result<Vec<String>, EtcdError> {
-        let kvs = self.etcd.get_prefix(&format!("{}/nodes/", self.prefix))?;
-        let mut nodes: Vec<String> =
-            kvs.into_iter().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()).collect();
+    /// The nodes whose leases are alive, as watched (no request to etcd).
+    pub fn live_nodes(&self) -> Vec<String> {
+        let view = self.view.lock().unwrap_or_else(|p| p.into_inner());
+        let mut nodes: Vec<String> = view.nodes.values().cloned().collect();
         nodes.sort();
-        Ok(nodes)
+        nodes.dedup();
+        nodes
+    }
+
+    /// An instance's owner, as watched (no request to etcd).
+    pub fn watched_owner(&self, instance: &str) -> Option<Owner> {
+        self.view.lock().unwrap_or_else(|p| p.into_inner()).owners.get(instance).cloned()
+    }
+
+    /// Whether this owner key is this node's under its current lease: an acquisition whose
+    /// answer was lost (a request that timed out but was applied).
+    pub fn is_mine(&self, owner: &Owner) -> bool {
+        owner.node == self.node && owner.lease == self.lease() && self.lease() != 0
+    }
+
+    /// How many changes the watch has reported so far: balance when it moves.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::SeqCst)
     }
 
     /// The owner of an instance and its fencing token, if it has one.
