@@ -67,7 +67,7 @@ impl Node {
     fn snapshot_bytes(&self, name: &str) -> Option<Vec<u8>> {
         let inst = self.rt.instance(name)?;
         let dom = &self.program.domains[inst.domain];
-        serde_json::to_vec(&SnapshotRecord::from_snapshot(&inst.snapshot(), &dom.name, &dom.fields)).ok()
+        serde_json::to_vec(&SnapshotRecord::from_snapshot(inst.snapshot(), &dom.name, &dom.fields)).ok()
     }
 
     fn drop_instance(&mut self, name: &str, why: &str) {
@@ -111,7 +111,7 @@ impl Node {
     /// Restores an instance from its last snapshot in etcd (or creates it) after acquiring it.
     fn take(&mut self, name: &str, domain: usize, fence: i64) {
         let snap = match self.m.load(name) {
-            Ok(s) => s.and_then(|b| serde_json::from_slice::<SnapshotRecord>(&b).ok()).and_then(|r| r.to_snapshot()),
+            Ok(s) => s.and_then(|b| serde_json::from_slice::<SnapshotRecord>(&b).ok()).map(|r| r.snapshot),
             Err(_) => {
                 let _ = self.m.release(name);
                 return;

@@ -4,7 +4,7 @@
 use serde_json::json;
 use std::path::Path;
 use std::process::ExitCode;
-use ved_store::codec::StoredPhase;
+use ved_runtime::Phase;
 use ved_store::{read_only, verify_audit, Recovered, StoreError};
 
 fn open(dir: &Path) -> Result<Recovered, ExitCode> {
@@ -22,16 +22,12 @@ fn report(e: &StoreError) {
     }
 }
 
-fn value_text(v: &ved_store::StoredValue) -> String {
-    v.to_value().to_string()
-}
-
 pub fn inspect(dir: &Path, instance: Option<&str>, as_json: bool) -> ExitCode {
     let rec = match open(dir) {
         Ok(r) => r,
         Err(c) => return c,
     };
-    let snaps: Vec<_> = rec.snapshots.values().filter(|s| instance.is_none_or(|i| s.instance == i)).collect();
+    let snaps: Vec<_> = rec.snapshots.values().filter(|s| instance.is_none_or(|i| s.snapshot.name == i)).collect();
     if let Some(i) = instance {
         if snaps.is_empty() {
             let names: Vec<String> = rec.snapshots.keys().map(|n| format!("`{n}`")).collect();
@@ -43,23 +39,18 @@ pub fn inspect(dir: &Path, instance: Option<&str>, as_json: bool) -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    for s in snaps {
+    for r in snaps {
+        let s = &r.snapshot;
         let undelivered: Vec<(String, String)> = s
             .pending
             .iter()
             .flat_map(|p| match &p.phase {
-                StoredPhase::InFlight { outstanding, intents, .. } => intents
+                Phase::InFlight { outstanding, intents, .. } => intents
                     .iter()
-                    .filter(|i| outstanding.contains(&(i.slice, i.index)))
-                    .map(|i| {
-                        let args: Vec<String> = i.args.iter().map(value_text).collect();
-                        (
-                            format!("{}/{}/{}", s.instance, i.slice, i.index),
-                            format!("{}.{}({})", i.adapter, i.action, args.join(", ")),
-                        )
-                    })
+                    .filter(|i| outstanding.contains(&i.id))
+                    .map(|i| (i.id.to_string(), i.to_string()))
                     .collect::<Vec<_>>(),
-                StoredPhase::Confirming { .. } | StoredPhase::Backoff { .. } => Vec::new(),
+                Phase::Confirming { .. } | Phase::Backoff { .. } => Vec::new(),
             })
             .collect();
         let pending: Vec<(usize, String)> = s
@@ -67,33 +58,29 @@ pub fn inspect(dir: &Path, instance: Option<&str>, as_json: bool) -> ExitCode {
             .iter()
             .map(|p| {
                 let what = match &p.phase {
-                    StoredPhase::InFlight { outstanding, .. } => format!("{} intent(s) in flight", outstanding.len()),
-                    StoredPhase::Confirming { until_ms, .. } => {
+                    Phase::InFlight { outstanding, .. } => format!("{} intent(s) in flight", outstanding.len()),
+                    Phase::Confirming { until_ms, .. } => {
                         format!("effect done, waiting for the watcher's reading until {until_ms}ms")
                     }
-                    StoredPhase::Backoff { until_ms, .. } => format!("retry {} at {until_ms}ms", p.attempt),
+                    Phase::Backoff { until_ms, .. } => format!("retry {} at {until_ms}ms", p.attempt),
                 };
                 (p.transition, what)
             })
             .collect();
         if as_json {
-            let state: serde_json::Map<String, serde_json::Value> = s
-                .fields
-                .iter()
-                .zip(&s.state)
-                .map(|((n, _), v)| (n.clone(), crate::json::to_json(&v.to_value())))
-                .collect();
+            let state: serde_json::Map<String, serde_json::Value> =
+                r.fields.iter().zip(&s.state).map(|((n, _), v)| (n.clone(), crate::json::to_json(v))).collect();
             let line = json!({
-                "instance": s.instance, "domain": s.domain, "slice": s.slice, "status": s.status,
+                "instance": s.name, "domain": r.domain, "slice": s.slice, "status": s.status.as_str(),
                 "ticks": s.ticks, "now_ms": s.now_ms, "state": state,
                 "pending": pending.iter().map(|(t, w)| json!({"transition": t, "what": w})).collect::<Vec<_>>(),
                 "undelivered": undelivered.iter().map(|(id, call)| json!({"id": id, "intent": call})).collect::<Vec<_>>(),
             });
             println!("{line}");
         } else {
-            println!("{} ({}) at slice {}: {}", s.instance, s.domain, s.slice, s.status);
-            for ((n, t), v) in s.fields.iter().zip(&s.state) {
-                println!("  {n}: {t} = {}", value_text(v));
+            println!("{} ({}) at slice {}: {}", s.name, r.domain, s.slice, s.status.as_str());
+            for ((n, t), v) in r.fields.iter().zip(&s.state) {
+                println!("  {n}: {t} = {v}");
             }
             for (t, w) in &pending {
                 println!("  pending: transition #{t}: {w}");

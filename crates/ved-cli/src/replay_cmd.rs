@@ -102,8 +102,7 @@ pub fn replay_instance(
     };
     let loaded = load::load_texts(files)
         .map_err(|_| ("the program does not check (errors above)".to_string(), String::new()))?;
-    let snap =
-        base.to_snapshot().ok_or((format!("the retained snapshot of `{instance}` is unreadable"), String::new()))?;
+    let snap = base.snapshot.clone();
     let mut rt = Runtime::empty(loaded.compiled.clone(), snap.seed);
     if let Some((initial_ms, factor, cap_ms, breaker_after)) = rec.retry {
         rt.policy = RetryPolicy { initial_ms, factor, cap_ms, breaker_after, ..RetryPolicy::default() };
@@ -138,8 +137,11 @@ pub fn replay_instance(
     // Resyncs that changed nothing after the last entry are not journaled: a stable latest
     // snapshot past it is reached by as many empty observations.
     let last_slice = journal.back().map_or(0, |e| e.slice);
-    if let Some(latest) =
-        rec.snapshots.get(instance).filter(|s| s.slice > last_slice && s.status == "stable" && s.pending.is_empty())
+    if let Some(latest) = rec
+        .snapshots
+        .get(instance)
+        .map(|r| &r.snapshot)
+        .filter(|s| s.slice > last_slice && s.status == ved_runtime::Status::Stable && s.pending.is_empty())
     {
         let name = rt.instances()[idx].name.to_string();
         for _ in last_slice..latest.slice {
@@ -150,9 +152,8 @@ pub fn replay_instance(
         }
     }
     // The last replayed state is the latest snapshot's, when the journal reaches it.
-    if let Some(latest) = rec.snapshots.get(instance).filter(|s| s.slice == rt.instances()[idx].slice) {
-        let stored: Vec<ved_vm::Value> = latest.state.iter().map(|v| v.to_value()).collect();
-        if rt.instances()[idx].state != stored {
+    if let Some(latest) = rec.snapshots.get(instance).filter(|s| s.snapshot.slice == rt.instances()[idx].slice) {
+        if rt.instances()[idx].state != latest.snapshot.state {
             let last = journal.back().expect("non-empty");
             return Ok(Outcome::Diverged {
                 slice: last.slice,
@@ -162,7 +163,7 @@ pub fn replay_instance(
             });
         }
     }
-    Ok(Outcome::Reproduced { slices: journal.len(), from_slice: base.slice })
+    Ok(Outcome::Reproduced { slices: journal.len(), from_slice: base.snapshot.slice })
 }
 
 pub fn replay(dir: &Path, instance: &str, program: &[std::path::PathBuf], as_json: bool) -> ExitCode {

@@ -283,10 +283,7 @@ impl<W: Write> Driver<W> {
                     eprintln!("  = hint: run the program that wrote it, or start a new `--data-dir`");
                     return Err(StartError::Reported);
                 }
-                let Some(s) = snap.to_snapshot() else {
-                    eprintln!("error: instance `{name}` in {} has an unreadable status", dir_name(opts));
-                    return Err(StartError::Reported);
-                };
+                let s = snap.snapshot.clone();
                 last_status.insert(name.clone(), s.status);
                 history.entry(name.clone()).or_default().push_back(snap.clone());
                 if let Err(e) = rt.restore_instance(s) {
@@ -349,7 +346,7 @@ impl<W: Write> Driver<W> {
             // New instances are recorded at slice 0, so that replay can start from the beginning.
             for inst in driver.rt.instances().iter().filter(|i| i.slice == 0) {
                 let dom = &driver.program.domains[inst.domain];
-                let snap = SnapshotRecord::from_snapshot(&inst.snapshot(), &dom.name, &dom.fields);
+                let snap = SnapshotRecord::from_snapshot(inst.snapshot(), &dom.name, &dom.fields);
                 driver.history.entry(inst.name.to_string()).or_default().push_back(snap.clone());
                 records.push(Record::Snapshot(snap));
             }
@@ -935,7 +932,7 @@ fn dir_name(opts: &RunOptions) -> String {
 
 /// A snapshot fits the program if its domain exists with the same fields and types.
 fn check_compatible(program: &CompiledProgram, snap: &SnapshotRecord) -> Result<(), String> {
-    let Some(d) = program.domains.get(snap.domain_index).filter(|d| d.name == snap.domain) else {
+    let Some(d) = program.domains.get(snap.snapshot.domain).filter(|d| d.name == snap.domain) else {
         return Err(format!("its domain `{}` is not in this program", snap.domain));
     };
     let ours: Vec<(String, String)> = d.fields.iter().map(|(n, t)| (n.clone(), t.to_string())).collect();
@@ -1051,7 +1048,7 @@ impl<W: Write> Driver<W> {
         let persist = self.store.is_some();
         self.rt.run_stepwise(|inst, evs| {
             let dom = &program.domains[inst.domain];
-            let snap = persist.then(|| SnapshotRecord::from_snapshot(&inst.snapshot(), &dom.name, &dom.fields));
+            let snap = persist.then(|| SnapshotRecord::from_snapshot(inst.snapshot(), &dom.name, &dom.fields));
             steps.push((inst.name.to_string(), inst.ticks, inst.pending.is_empty(), evs.to_vec(), snap));
         });
         // Per instance: the entry still open and where it goes in `records`.
@@ -1185,7 +1182,7 @@ impl<W: Write> Driver<W> {
             let dom = &self.program.domains[inst.domain];
             // The snapshot before the oldest journal entry first (replay starts there), then the latest.
             let first = self.journals.get(&*inst.name).and_then(|q| q.front()).map(|e| e.slice);
-            let base = first.and_then(|f| self.history.get(&*inst.name)?.iter().rev().find(|s| s.slice < f));
+            let base = first.and_then(|f| self.history.get(&*inst.name)?.iter().rev().find(|s| s.snapshot.slice < f));
             if let Some(b) = base {
                 records.push(Record::Snapshot(b.clone()));
             }
@@ -1193,7 +1190,7 @@ impl<W: Write> Driver<W> {
             if let Some(q) = self.journals.get(&*inst.name) {
                 records.extend(q.iter().cloned().map(Record::Journal));
             }
-            records.push(Record::Snapshot(SnapshotRecord::from_snapshot(&inst.snapshot(), &dom.name, &dom.fields)));
+            records.push(Record::Snapshot(SnapshotRecord::from_snapshot(inst.snapshot(), &dom.name, &dom.fields)));
         }
         records
     }
@@ -1692,8 +1689,9 @@ fn is_observation_outcome(e: &Event) -> bool {
 /// starts from. `last_entry`: the slice of the instance's latest journal entry.
 fn remember(q: &mut VecDeque<SnapshotRecord>, snap: SnapshotRecord, last_entry: u64) {
     if q.back().is_some_and(|b| {
-        b.slice == snap.slice
-            || (b.slice > last_entry && b.slice + 1 == snap.slice && b.status == "stable" && b.pending.is_empty())
+        let (b, s) = (&b.snapshot, &snap.snapshot);
+        b.slice == s.slice
+            || (b.slice > last_entry && b.slice + 1 == s.slice && b.status == Status::Stable && b.pending.is_empty())
     }) {
         q.pop_back();
     }

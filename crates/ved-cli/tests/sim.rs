@@ -426,8 +426,8 @@ impl Sim {
         let rec =
             ved_store::read_only(&self.dir).unwrap_or_else(|e| self.fail(&format!("the store is unreadable: {e}")));
         for (name, s) in &rec.snapshots {
-            if !s.pending.is_empty() {
-                self.fail(&format!("`{name}` still has pending transitions on disk: {:?}", s.pending));
+            if !s.snapshot.pending.is_empty() {
+                self.fail(&format!("`{name}` still has pending transitions on disk: {:?}", s.snapshot.pending));
             }
             // The journal, crashes and all, replays to the same states and intents, with the
             // messages that were queued together queued together again.

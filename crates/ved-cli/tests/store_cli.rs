@@ -32,7 +32,7 @@ struct ReadsTheStore {
 impl ved_adapters::Actuator for ReadsTheStore {
     fn deliver(&self, intent: &IntentRequest) -> Result<(), String> {
         let rec = ved_store::read_only(&self.dir).map_err(|e| e.to_string())?;
-        let stored = rec.snapshots.get(&intent.instance).map(|s| s.slice).unwrap_or(0);
+        let stored = rec.snapshots.get(&intent.instance).map(|s| s.snapshot.slice).unwrap_or(0);
         let slice: u64 = intent.id.split('/').nth(1).unwrap().parse().unwrap();
         let call = format!(
             "{}.{}({})",

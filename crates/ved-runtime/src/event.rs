@@ -1,5 +1,6 @@
 //! What the runtime reports: events, intents and the status of an instance.
 
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::sync::Arc;
 use ved_vm::{Fault, Value};
@@ -32,9 +33,58 @@ impl fmt::Display for IntentId {
     }
 }
 
+/// How intent ids are stored. The instance is left out: the snapshot holding
+/// the id names it, and [`InstanceSnapshot`](crate::InstanceSnapshot)'s
+/// `Deserialize` fills it in (until then it is empty).
+pub(crate) mod stored_id {
+    use super::IntentId;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::sync::Arc;
+
+    fn unnamed(slice: u64, index: u32) -> IntentId {
+        IntentId { instance: Arc::from(""), slice, index }
+    }
+
+    /// Inside an intent: `"slice": s, "index": i` among its other fields.
+    pub mod fields {
+        use super::*;
+
+        #[derive(Serialize, Deserialize)]
+        struct Fields {
+            slice: u64,
+            index: u32,
+        }
+
+        pub fn serialize<S: Serializer>(id: &IntentId, s: S) -> Result<S::Ok, S::Error> {
+            Fields { slice: id.slice, index: id.index }.serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<IntentId, D::Error> {
+            let f = Fields::deserialize(d)?;
+            Ok(unnamed(f.slice, f.index))
+        }
+    }
+
+    /// A list of ids: `[[slice, index], ..]`.
+    pub mod pairs {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(ids: &[IntentId], s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(ids.iter().map(|id| (id.slice, id.index)))
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IntentId>, D::Error> {
+            Ok(Vec::<(u64, u32)>::deserialize(d)?.into_iter().map(|(s, i)| unnamed(s, i)).collect())
+        }
+    }
+}
+
 /// A request for an effect, to be carried out by an adapter.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// Stored as `{"slice", "index", "transition", "adapter", "action", "args"}`; the id's
+/// instance comes from the snapshot that holds the intent.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Intent {
+    #[serde(flatten, with = "stored_id::fields")]
     pub id: IntentId,
     /// Index of the emitting transition in its domain.
     pub transition: usize,
@@ -57,7 +107,9 @@ impl fmt::Display for Intent {
 }
 
 /// Where an instance stands once it has nothing left to do for now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Stored as its name ([`Status::as_str`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Every goal holds; the instance sleeps until a message arrives.
     Stable,

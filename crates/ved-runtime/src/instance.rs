@@ -16,6 +16,7 @@
 use crate::backoff::{mix, RetryPolicy};
 use crate::event::{Cause, Event, Intent, IntentId, Status};
 use rustc_hash::{FxHashSet, FxHasher};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -91,23 +92,31 @@ impl std::fmt::Display for RejectReason {
     }
 }
 
-/// A transition that cannot be fired now.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// A transition that cannot be fired now. (Field order is the stored order.)
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Pending {
     pub transition: usize,
-    pub phase: Phase,
     /// Failed attempts so far; reset when the transition succeeds.
     pub attempt: u32,
+    pub phase: Phase,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// Stored externally tagged: `{"InFlight": {..}}`, `{"Confirming": {..}}`, `{"Backoff": {..}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Phase {
     /// Its intents are out; `held` applies when all of `outstanding` succeed.
     /// `intents` keeps every intent of the step, so that undelivered ones can be
     /// delivered again (same id) after a restart.
     /// `confirm` are the watched fields the step wrote: their new values come from
     /// the watcher, never from the step's prediction (see `Confirming`).
-    InFlight { outstanding: Vec<IntentId>, held: Vec<(u16, Value)>, intents: Vec<Intent>, confirm: Vec<u16> },
+    InFlight {
+        #[serde(with = "crate::event::stored_id::pairs")]
+        outstanding: Vec<IntentId>,
+        held: Vec<(u16, Value)>,
+        intents: Vec<Intent>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        confirm: Vec<u16>,
+    },
     /// Its intents all succeeded, and it wrote watched fields: it stays pending
     /// until an observation of each of `fields` arrives, so that the status rests
     /// on what the watcher reports (in its canonical form) rather than on the
@@ -118,7 +127,12 @@ pub enum Phase {
     /// since a fault is a function of the state; a failed intent waits out its
     /// delay whatever happens, so a struggling API is not hammered. `error` is
     /// the last failure in words, quoted when the instance turns degraded.
-    Backoff { until_ms: u64, faulted: bool, error: Option<String> },
+    Backoff {
+        until_ms: u64,
+        faulted: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 impl Phase {
@@ -177,23 +191,58 @@ pub struct Instance {
 /// Everything needed to resume an instance after a restart, as plain data.
 /// The mailbox is not part of it: a message counts as received only once the
 /// slice that applied it is durable. Livelock history restarts empty.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// This is also the persisted shape: `ved-store`'s snapshot record is this struct,
+/// flattened, plus the domain's name and fields. Field order is the stored order; the
+/// serde attributes keep the JSON that stores have always held (`instance` and
+/// `domain_index` keys, intent ids as `[slice, index]`, values tagged, the status as
+/// its name). Decoding names every intent id after the instance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct InstanceSnapshot {
+    #[serde(rename = "instance")]
     pub name: String,
+    #[serde(rename = "domain_index")]
     pub domain: usize,
-    pub state: Vec<Value>,
     pub slice: u64,
     pub ticks: u64,
     pub now_ms: u64,
     pub seed: u64,
     pub status: Status,
+    pub state: Vec<Value>,
     pub pending: Vec<Pending>,
     pub retry_attempts: Vec<(usize, u32)>,
     pub tick_cursor: Option<u32>,
     pub tick_ran: bool,
     pub ticks_since_input: u64,
+    /// The last version applied from each versioned observation source.
+    #[serde(default)]
     pub sources: Vec<(String, u64)>,
+    /// Fields a watcher feeds; effects on them wait for a reading.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub watched: Vec<u16>,
+}
+
+impl Serialize for InstanceSnapshot {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        InstanceSnapshot::serialize(self, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for InstanceSnapshot {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<InstanceSnapshot, D::Error> {
+        let mut s = InstanceSnapshot::deserialize(d)?;
+        // Stored ids leave the instance out; it is this one.
+        let name: Arc<str> = Arc::from(s.name.as_str());
+        for p in &mut s.pending {
+            if let Phase::InFlight { outstanding, intents, .. } = &mut p.phase {
+                for id in outstanding.iter_mut().chain(intents.iter_mut().map(|i| &mut i.id)) {
+                    id.instance = name.clone();
+                }
+            }
+        }
+        Ok(s)
+    }
 }
 
 impl Instance {

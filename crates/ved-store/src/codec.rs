@@ -1,242 +1,137 @@
-//! The records the store writes, as serde types. Runtime values are converted
-//! here, at the edge, so the core types carry no serialization.
+//! The records the store writes, as serde types. An instance's snapshot is
+//! [`ved_runtime::InstanceSnapshot`] itself (its serde form is the stored one);
+//! the record adds only what the store checks on recovery: the domain's name and
+//! fields.
 
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use ved_runtime::{InstanceSnapshot, Intent, IntentId, Pending, Phase, Status};
-use ved_vm::Value;
+use serde::ser::{self, Impossible, SerializeMap, SerializeStruct};
+use serde::{Deserialize, Serialize, Serializer};
+use ved_runtime::InstanceSnapshot;
 
-/// A value, tagged so that lists, sets and maps survive the round trip.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum StoredValue {
-    #[serde(rename = "i")]
-    Int(i64),
-    #[serde(rename = "b")]
-    Bool(bool),
-    #[serde(rename = "s")]
-    Str(String),
-    #[serde(rename = "l")]
-    List(Vec<StoredValue>),
-    #[serde(rename = "set")]
-    Set(Vec<StoredValue>),
-    #[serde(rename = "m")]
-    Map(Vec<(String, StoredValue)>),
-}
-
-impl From<&Value> for StoredValue {
-    fn from(v: &Value) -> StoredValue {
-        match v {
-            Value::Int(i) => StoredValue::Int(*i),
-            Value::Bool(b) => StoredValue::Bool(*b),
-            Value::Str(s) => StoredValue::Str(s.to_string()),
-            Value::List(l) => StoredValue::List(l.iter().map(StoredValue::from).collect()),
-            Value::Set(s) => StoredValue::Set(s.iter().map(StoredValue::from).collect()),
-            Value::Map(m) => StoredValue::Map(m.iter().map(|(k, v)| (k.to_string(), StoredValue::from(v))).collect()),
-        }
-    }
-}
-
-impl StoredValue {
-    pub fn to_value(&self) -> Value {
-        match self {
-            StoredValue::Int(i) => Value::Int(*i),
-            StoredValue::Bool(b) => Value::Bool(*b),
-            StoredValue::Str(s) => Value::Str(Arc::from(s.as_str())),
-            StoredValue::List(l) => Value::List(Arc::new(l.iter().map(StoredValue::to_value).collect())),
-            StoredValue::Set(s) => Value::Set(Arc::new(s.iter().map(StoredValue::to_value).collect::<BTreeSet<_>>())),
-            StoredValue::Map(m) => Value::Map(Arc::new(
-                m.iter().map(|(k, v)| (Arc::from(k.as_str()), v.to_value())).collect::<BTreeMap<_, _>>(),
-            )),
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct StoredIntent {
-    pub slice: u64,
-    pub index: u32,
-    pub transition: usize,
-    pub adapter: String,
-    pub action: String,
-    pub args: Vec<StoredValue>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum StoredPhase {
-    InFlight {
-        outstanding: Vec<(u64, u32)>,
-        held: Vec<(u16, StoredValue)>,
-        intents: Vec<StoredIntent>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        confirm: Vec<u16>,
-    },
-    Confirming {
-        fields: Vec<u16>,
-        until_ms: u64,
-    },
-    Backoff {
-        until_ms: u64,
-        faulted: bool,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        error: Option<String>,
-    },
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct StoredPending {
-    pub transition: usize,
-    pub attempt: u32,
-    pub phase: StoredPhase,
-}
-
-/// One instance's snapshot, as written after a slice.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// One instance's snapshot, as written after a slice: the snapshot's own fields, with
+/// the domain's name and fields (name, type) next to the instance's name, so that a
+/// changed program is noticed:
+/// `{"instance", "domain", "fields", "domain_index", "slice", ..}`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct SnapshotRecord {
-    pub instance: String,
-    /// The domain's name and its fields (name, type), so a changed program is noticed.
     pub domain: String,
     pub fields: Vec<(String, String)>,
-    pub domain_index: usize,
-    pub slice: u64,
-    pub ticks: u64,
-    pub now_ms: u64,
-    pub seed: u64,
-    pub status: String,
-    pub state: Vec<StoredValue>,
-    pub pending: Vec<StoredPending>,
-    pub retry_attempts: Vec<(usize, u32)>,
-    pub tick_cursor: Option<u32>,
-    pub tick_ran: bool,
-    pub ticks_since_input: u64,
-    /// The last version applied from each versioned observation source.
-    #[serde(default)]
-    pub sources: Vec<(String, u64)>,
-    /// Fields a watcher feeds; effects on them wait for a reading.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub watched: Vec<u16>,
-}
-
-fn status_str(s: Status) -> &'static str {
-    s.as_str()
-}
-
-fn parse_status(s: &str) -> Option<Status> {
-    Some(match s {
-        "stable" => Status::Stable,
-        "converging" => Status::Converging,
-        "waiting" => Status::Waiting,
-        "stuck" => Status::Stuck,
-        "livelock" => Status::Livelock,
-        "degraded" => Status::Degraded,
-        _ => return None,
-    })
+    #[serde(flatten)]
+    pub snapshot: InstanceSnapshot,
 }
 
 impl SnapshotRecord {
-    pub fn from_snapshot(s: &InstanceSnapshot, domain: &str, fields: &[(String, ved_check::Type)]) -> SnapshotRecord {
-        let intent = |i: &Intent| StoredIntent {
-            slice: i.id.slice,
-            index: i.id.index,
-            transition: i.transition,
-            adapter: i.adapter.to_string(),
-            action: i.action.to_string(),
-            args: i.args.iter().map(StoredValue::from).collect(),
-        };
+    pub fn from_snapshot(
+        snapshot: InstanceSnapshot,
+        domain: &str,
+        fields: &[(String, ved_check::Type)],
+    ) -> SnapshotRecord {
         SnapshotRecord {
-            instance: s.name.clone(),
             domain: domain.to_string(),
             fields: fields.iter().map(|(n, t)| (n.clone(), t.to_string())).collect(),
-            domain_index: s.domain,
-            slice: s.slice,
-            ticks: s.ticks,
-            now_ms: s.now_ms,
-            seed: s.seed,
-            status: status_str(s.status).to_string(),
-            state: s.state.iter().map(StoredValue::from).collect(),
-            pending: s
-                .pending
-                .iter()
-                .map(|p| StoredPending {
-                    transition: p.transition,
-                    attempt: p.attempt,
-                    phase: match &p.phase {
-                        Phase::InFlight { outstanding, held, intents, confirm } => StoredPhase::InFlight {
-                            outstanding: outstanding.iter().map(|id| (id.slice, id.index)).collect(),
-                            held: held.iter().map(|(s, v)| (*s, StoredValue::from(v))).collect(),
-                            intents: intents.iter().map(intent).collect(),
-                            confirm: confirm.clone(),
-                        },
-                        Phase::Confirming { fields, until_ms } => {
-                            StoredPhase::Confirming { fields: fields.clone(), until_ms: *until_ms }
-                        }
-                        Phase::Backoff { until_ms, faulted, error } => {
-                            StoredPhase::Backoff { until_ms: *until_ms, faulted: *faulted, error: error.clone() }
-                        }
-                    },
-                })
-                .collect(),
-            retry_attempts: s.retry_attempts.clone(),
-            tick_cursor: s.tick_cursor,
-            tick_ran: s.tick_ran,
-            ticks_since_input: s.ticks_since_input,
-            sources: s.sources.clone(),
-            watched: s.watched.clone(),
+            snapshot,
         }
     }
+}
 
-    /// Back to a runtime snapshot; `None` if a field is out of range.
-    pub fn to_snapshot(&self) -> Option<InstanceSnapshot> {
-        let name: Arc<str> = Arc::from(self.instance.as_str());
-        let id = |slice: u64, index: u32| IntentId { instance: name.clone(), slice, index };
-        let pending = self
-            .pending
-            .iter()
-            .map(|p| Pending {
-                transition: p.transition,
-                attempt: p.attempt,
-                phase: match &p.phase {
-                    StoredPhase::InFlight { outstanding, held, intents, confirm } => Phase::InFlight {
-                        confirm: confirm.clone(),
-                        outstanding: outstanding.iter().map(|(s, i)| id(*s, *i)).collect(),
-                        held: held.iter().map(|(s, v)| (*s, v.to_value())).collect(),
-                        intents: intents
-                            .iter()
-                            .map(|i| Intent {
-                                id: id(i.slice, i.index),
-                                transition: i.transition,
-                                adapter: Arc::from(i.adapter.as_str()),
-                                action: Arc::from(i.action.as_str()),
-                                args: i.args.iter().map(StoredValue::to_value).collect(),
-                            })
-                            .collect(),
-                    },
-                    StoredPhase::Confirming { fields, until_ms } => {
-                        Phase::Confirming { fields: fields.clone(), until_ms: *until_ms }
-                    }
-                    StoredPhase::Backoff { until_ms, faulted, error } => {
-                        Phase::Backoff { until_ms: *until_ms, faulted: *faulted, error: error.clone() }
-                    }
-                },
-            })
-            .collect();
-        Some(InstanceSnapshot {
-            name: self.instance.clone(),
-            domain: self.domain_index,
-            state: self.state.iter().map(StoredValue::to_value).collect(),
-            slice: self.slice,
-            ticks: self.ticks,
-            now_ms: self.now_ms,
-            seed: self.seed,
-            status: parse_status(&self.status)?,
-            pending,
-            retry_attempts: self.retry_attempts.clone(),
-            tick_cursor: self.tick_cursor,
-            tick_ran: self.tick_ran,
-            ticks_since_input: self.ticks_since_input,
-            sources: self.sources.clone(),
-            watched: self.watched.clone(),
-        })
+impl Serialize for SnapshotRecord {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        self.snapshot.serialize(Splice { map: &mut map, header: self })?;
+        map.end()
+    }
+}
+
+/// Writes the snapshot's fields into the record's map, and the header right after
+/// the `instance` key, where stores have always had it.
+struct Splice<'a, M> {
+    map: &'a mut M,
+    header: &'a SnapshotRecord,
+}
+
+impl<M: SerializeMap> SerializeStruct for Splice<'_, M> {
+    type Ok = ();
+    type Error = M::Error;
+
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), M::Error> {
+        self.map.serialize_entry(key, value)?;
+        if key == "instance" {
+            self.map.serialize_entry("domain", &self.header.domain)?;
+            self.map.serialize_entry("fields", &self.header.fields)?;
+        }
+        Ok(())
+    }
+
+    fn end(self) -> Result<(), M::Error> {
+        Ok(())
+    }
+}
+
+macro_rules! not_a_struct {
+    ($($name:ident($($arg:ty),*) -> $ret:ty;)*) => {
+        $(fn $name(self, $(_: $arg),*) -> Result<$ret, M::Error> {
+            Err(ser::Error::custom("a snapshot serializes as a struct"))
+        })*
+    };
+}
+
+impl<'a, M: SerializeMap> Serializer for Splice<'a, M> {
+    type Ok = ();
+    type Error = M::Error;
+    type SerializeSeq = Impossible<(), M::Error>;
+    type SerializeTuple = Impossible<(), M::Error>;
+    type SerializeTupleStruct = Impossible<(), M::Error>;
+    type SerializeTupleVariant = Impossible<(), M::Error>;
+    type SerializeMap = Impossible<(), M::Error>;
+    type SerializeStruct = Self;
+    type SerializeStructVariant = Impossible<(), M::Error>;
+
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self, M::Error> {
+        Ok(self)
+    }
+
+    not_a_struct! {
+        serialize_bool(bool) -> ();
+        serialize_i8(i8) -> ();
+        serialize_i16(i16) -> ();
+        serialize_i32(i32) -> ();
+        serialize_i64(i64) -> ();
+        serialize_u8(u8) -> ();
+        serialize_u16(u16) -> ();
+        serialize_u32(u32) -> ();
+        serialize_u64(u64) -> ();
+        serialize_f32(f32) -> ();
+        serialize_f64(f64) -> ();
+        serialize_char(char) -> ();
+        serialize_str(&str) -> ();
+        serialize_bytes(&[u8]) -> ();
+        serialize_none() -> ();
+        serialize_unit() -> ();
+        serialize_unit_struct(&'static str) -> ();
+        serialize_unit_variant(&'static str, u32, &'static str) -> ();
+        serialize_seq(Option<usize>) -> Self::SerializeSeq;
+        serialize_tuple(usize) -> Self::SerializeTuple;
+        serialize_tuple_struct(&'static str, usize) -> Self::SerializeTupleStruct;
+        serialize_tuple_variant(&'static str, u32, &'static str, usize) -> Self::SerializeTupleVariant;
+        serialize_map(Option<usize>) -> Self::SerializeMap;
+        serialize_struct_variant(&'static str, u32, &'static str, usize) -> Self::SerializeStructVariant;
+    }
+
+    fn serialize_some<T: Serialize + ?Sized>(self, _: &T) -> Result<(), M::Error> {
+        Err(ser::Error::custom("a snapshot serializes as a struct"))
+    }
+
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, _: &T) -> Result<(), M::Error> {
+        Err(ser::Error::custom("a snapshot serializes as a struct"))
+    }
+
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: &T,
+    ) -> Result<(), M::Error> {
+        Err(ser::Error::custom("a snapshot serializes as a struct"))
     }
 }
 

@@ -211,25 +211,28 @@ fn load(dir: &Path, mode: Mode) -> Result<(Recovered, Manifest), StoreError> {
     let mut recent: BTreeMap<String, VecDeque<SnapshotRecord>> = BTreeMap::new();
     let mut apply = |rec: &mut Recovered, r: Record| match r {
         Record::Snapshot(s) => {
-            let q = recent.entry(s.instance.clone()).or_default();
+            let q = recent.entry(s.snapshot.name.clone()).or_default();
             // The driver writes each journal entry right after its slice's snapshot, so a stable
             // snapshot past the last entry is of a slice that was not journaled (an observation
             // that changed nothing). Such a snapshot is needed only until the next one: a run of
             // periodic resyncs keeps its last and never pushes out the snapshot replay needs.
-            let last_entry = rec.journals.get(&s.instance).and_then(|j| j.back()).map_or(0, |e| e.slice);
+            let last_entry = rec.journals.get(&s.snapshot.name).and_then(|j| j.back()).map_or(0, |e| e.slice);
             let unjournaled = |b: &SnapshotRecord| {
-                b.slice > last_entry && b.slice + 1 == s.slice && b.status == "stable" && b.pending.is_empty()
+                b.snapshot.slice > last_entry
+                    && b.snapshot.slice + 1 == s.snapshot.slice
+                    && b.snapshot.status == ved_runtime::Status::Stable
+                    && b.snapshot.pending.is_empty()
             };
-            if q.back().is_some_and(|last| last.slice == s.slice || unjournaled(last)) {
+            if q.back().is_some_and(|last| last.snapshot.slice == s.snapshot.slice || unjournaled(last)) {
                 q.pop_back();
             }
             q.push_back(s.clone());
             while q.len() > JOURNAL_MAX + 2 {
                 q.pop_front();
             }
-            let newer = rec.snapshots.get(&s.instance).is_none_or(|old| s.slice >= old.slice);
+            let newer = rec.snapshots.get(&s.snapshot.name).is_none_or(|old| s.snapshot.slice >= old.snapshot.slice);
             if newer {
-                rec.snapshots.insert(s.instance.clone(), s);
+                rec.snapshots.insert(s.snapshot.name.clone(), s);
             }
         }
         Record::Commit { .. } => {}
@@ -388,7 +391,7 @@ fn load(dir: &Path, mode: Mode) -> Result<(Recovered, Manifest), StoreError> {
     }
     for (instance, q) in recent {
         let first = rec.journals.get(&instance).and_then(|j| j.front()).map(|e| e.slice);
-        if let Some(base) = first.and_then(|f| q.iter().rev().find(|s| s.slice < f)) {
+        if let Some(base) = first.and_then(|f| q.iter().rev().find(|s| s.snapshot.slice < f)) {
             rec.bases.insert(instance, base.clone());
         }
     }

@@ -2,28 +2,32 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use ved_store::codec::{JournalEntry, Record, SnapshotRecord, StoredValue};
+use ved_runtime::{InstanceSnapshot, Status};
+use ved_store::codec::{JournalEntry, Record, SnapshotRecord};
 use ved_store::{read_only, verify_audit, AuditDraft, Durability, Store, StoreError};
+use ved_vm::Value;
 
 fn snap(instance: &str, slice: u64, workers: i64) -> Record {
     Record::Snapshot(SnapshotRecord {
-        instance: instance.into(),
         domain: "WorkerPool".into(),
         fields: vec![("workers".into(), "int".into())],
-        domain_index: 0,
-        slice,
-        ticks: slice,
-        now_ms: 0,
-        seed: 1,
-        status: "converging".into(),
-        state: vec![StoredValue::Int(workers)],
-        pending: Vec::new(),
-        retry_attempts: Vec::new(),
-        tick_cursor: None,
-        tick_ran: false,
-        ticks_since_input: 0,
-        sources: Vec::new(),
-        watched: Vec::new(),
+        snapshot: InstanceSnapshot {
+            name: instance.into(),
+            domain: 0,
+            slice,
+            ticks: slice,
+            now_ms: 0,
+            seed: 1,
+            status: Status::Converging,
+            state: vec![Value::Int(workers)],
+            pending: Vec::new(),
+            retry_attempts: Vec::new(),
+            tick_cursor: None,
+            tick_ran: false,
+            ticks_since_input: 0,
+            sources: Vec::new(),
+            watched: Vec::new(),
+        },
     })
 }
 
@@ -88,8 +92,8 @@ fn a_reopened_store_has_the_latest_snapshot_journal_and_audit() {
     let (s, rec) = open(&dir).unwrap();
     drop(s);
     let snap = &rec.snapshots["WorkerPool"];
-    assert_eq!(snap.slice, 8);
-    assert_eq!(snap.state, vec![StoredValue::Int(8)]);
+    assert_eq!(snap.snapshot.slice, 8);
+    assert_eq!(snap.snapshot.state, vec![Value::Int(8)]);
     let slices: Vec<u64> = rec.journals["WorkerPool"].iter().map(|e| e.slice).collect();
     assert_eq!(slices, [5, 6, 7, 8]);
     assert_eq!(rec.audit.len(), 8);
@@ -201,7 +205,7 @@ fn a_creation_cut_short_before_the_manifest_starts_over() {
     let seq = s.append(vec![snap("WorkerPool", 1, 1)], Vec::new());
     s.wait_durable(seq).unwrap();
     drop(s);
-    assert_eq!(read_only(&dir).unwrap().snapshots["WorkerPool"].slice, 1);
+    assert_eq!(read_only(&dir).unwrap().snapshots["WorkerPool"].snapshot.slice, 1);
 }
 
 #[test]
@@ -222,7 +226,7 @@ fn a_batch_without_its_commit_is_discarded_whole() {
     // point never wrote that manifest, so put the one from before the batch back.
     let (s, rec) = open_with_manifest_before(&dir, &bytes[..commit - 8]);
     drop(s);
-    assert_eq!(rec.snapshots["WorkerPool"].slice, 8, "the uncommitted snapshot was applied");
+    assert_eq!(rec.snapshots["WorkerPool"].snapshot.slice, 8, "the uncommitted snapshot was applied");
     assert_eq!(rec.journals["WorkerPool"].back().unwrap().slice, 8);
 }
 
@@ -252,7 +256,7 @@ fn an_unfinished_write_after_the_committed_end_is_discarded_with_a_warning() {
     drop(log);
     let (s, rec) = open(&dir).unwrap();
     drop(s);
-    assert_eq!(rec.snapshots["WorkerPool"].slice, 8);
+    assert_eq!(rec.snapshots["WorkerPool"].snapshot.slice, 8);
     assert!(rec.warnings.iter().any(|w| w.contains("unfinished write")), "{:?}", rec.warnings);
     // The tail is gone: a second open is clean.
     let (_s, rec) = open(&dir).unwrap();
@@ -268,7 +272,7 @@ fn recover_keeps_the_last_good_snapshot_and_sets_the_damage_aside() {
     assert!(matches!(open(&dir), Err(StoreError::Corrupt { .. })));
     let (s, rec) = Store::open(&dir, Durability::Fsync, true, Box::new(|_| {})).unwrap();
     drop(s);
-    assert_eq!(rec.snapshots["WorkerPool"].slice, 5, "the last good snapshot is the checkpoint's");
+    assert_eq!(rec.snapshots["WorkerPool"].snapshot.slice, 5, "the last good snapshot is the checkpoint's");
     assert!(rec.warnings.iter().any(|w| w.contains("checksum mismatch")), "{:?}", rec.warnings);
     assert!(dir.join("log-1.damaged").exists());
     // Recovered and repaired: a normal open works again.
@@ -348,5 +352,5 @@ fn batches_queued_while_a_flush_is_under_way_share_one_fsync() {
     assert!(flushes <= 3, "499 batches took {flushes} flushes");
     drop(s);
     let rec = read_only(&dir).unwrap();
-    assert_eq!(rec.snapshots["WorkerPool"].slice, 500);
+    assert_eq!(rec.snapshots["WorkerPool"].snapshot.slice, 500);
 }

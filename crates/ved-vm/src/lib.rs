@@ -10,6 +10,7 @@ mod code;
 mod fault;
 mod interp;
 mod value;
+mod value_serde;
 
 pub use code::{compile_expr, compile_step, disassemble, Code, EmitSite, Op};
 pub use fault::{Fault, FaultKind};

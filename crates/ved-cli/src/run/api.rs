@@ -492,7 +492,7 @@ impl<W: Write> Driver<W> {
         // Recorded at slice 0, so that `ved replay` can start from its beginning.
         if let (Some(store), Some(inst)) = (self.store.as_mut(), self.rt.instance(&name)) {
             let dom = &self.program.domains[inst.domain];
-            let snap = ved_store::SnapshotRecord::from_snapshot(&inst.snapshot(), &dom.name, &dom.fields);
+            let snap = ved_store::SnapshotRecord::from_snapshot(inst.snapshot(), &dom.name, &dom.fields);
             self.history.entry(name.clone()).or_default().push_back(snap.clone());
             store.append(vec![ved_store::Record::Snapshot(snap)], Vec::new());
         }

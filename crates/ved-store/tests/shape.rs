@@ -1,0 +1,197 @@
+//! One shape for a persisted instance: `ved_runtime::InstanceSnapshot` is what the
+//! store writes, and records written before it was (by the hand-kept mirrors that
+//! `codec.rs` had) still read, and write back byte for byte.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use ved_runtime::{Instance, InstanceSnapshot, Intent, IntentId, Pending, Phase, Status};
+use ved_store::codec::{Record, SnapshotRecord};
+use ved_vm::Value;
+
+/// Written by `ved run examples/security_policy.ved --stdin` before the change, with a
+/// Firewall adapter that never answered: a step in flight, mid-tick (`tick_cursor`).
+const IN_FLIGHT: &str = r#"{"kind":"snapshot","instance":"SecurityPolicy","domain":"SecurityPolicy","fields":[["desired_ports","list<int>"],["actual_ports","list<int>"]],"domain_index":0,"slice":1,"ticks":1,"now_ms":0,"seed":2952260901480542029,"status":"converging","state":[{"l":[{"i":80},{"i":443}]},{"l":[]}],"pending":[{"transition":1,"attempt":0,"phase":{"InFlight":{"outstanding":[[1,0]],"held":[[1,{"l":[{"i":80},{"i":443}]}]],"intents":[{"slice":1,"index":0,"transition":1,"adapter":"Firewall","action":"OpenPorts","args":[{"l":[{"i":80},{"i":443}]}]}]}}}],"retry_attempts":[],"tick_cursor":2,"tick_ran":true,"ticks_since_input":1,"sources":[]}"#;
+
+/// The same program with a Firewall adapter that fails: both transitions backing off.
+const BACKING_OFF: &str = r#"{"kind":"snapshot","instance":"SecurityPolicy","domain":"SecurityPolicy","fields":[["desired_ports","list<int>"],["actual_ports","list<int>"]],"domain_index":0,"slice":5,"ticks":2,"now_ms":0,"seed":2952260901480542029,"status":"waiting","state":[{"l":[{"i":80},{"i":443}]},{"l":[{"i":22},{"i":80}]}],"pending":[{"transition":1,"attempt":1,"phase":{"Backoff":{"until_ms":108,"faulted":false,"error":"`sh` failed: exit status 3: firewall down"}}},{"transition":0,"attempt":1,"phase":{"Backoff":{"until_ms":140,"faulted":false,"error":"`sh` failed: exit status 3: firewall down"}}}],"retry_attempts":[],"tick_cursor":null,"tick_ran":false,"ticks_since_input":1,"sources":[]}"#;
+
+fn decode(line: &str) -> SnapshotRecord {
+    match serde_json::from_str::<Record>(line).expect("an old record decodes") {
+        Record::Snapshot(s) => s,
+        other => panic!("not a snapshot: {other:?}"),
+    }
+}
+
+#[test]
+fn old_records_decode_and_encode_byte_for_byte() {
+    for line in [IN_FLIGHT, BACKING_OFF] {
+        let rec = decode(line);
+        assert_eq!(serde_json::to_string(&Record::Snapshot(rec.clone())).unwrap(), line);
+        // The record alone (no `kind`) too.
+        let alone = serde_json::to_string(&rec).unwrap();
+        assert_eq!(alone, line.replacen(r#""kind":"snapshot","#, "", 1));
+        assert_eq!(serde_json::from_str::<SnapshotRecord>(&alone).unwrap(), rec);
+    }
+}
+
+#[test]
+fn an_old_in_flight_record_reads_as_the_runtime_sees_it() {
+    let rec = decode(IN_FLIGHT);
+    assert_eq!((rec.domain.as_str(), rec.fields.len()), ("SecurityPolicy", 2));
+    let s = &rec.snapshot;
+    assert_eq!((s.name.as_str(), s.domain, s.slice, s.status), ("SecurityPolicy", 0, 1, Status::Converging));
+    assert_eq!((s.tick_cursor, s.tick_ran, s.ticks_since_input), (Some(2), true, 1));
+    let ports = Value::List(Arc::new(vec![Value::Int(80), Value::Int(443)]));
+    assert_eq!(s.state, vec![ports.clone(), Value::List(Arc::new(Vec::new()))]);
+    let id = IntentId { instance: Arc::from("SecurityPolicy"), slice: 1, index: 0 };
+    assert_eq!(
+        s.pending,
+        vec![Pending {
+            transition: 1,
+            attempt: 0,
+            phase: Phase::InFlight {
+                outstanding: vec![id.clone()],
+                held: vec![(1, ports.clone())],
+                intents: vec![Intent {
+                    id,
+                    transition: 1,
+                    adapter: Arc::from("Firewall"),
+                    action: Arc::from("OpenPorts"),
+                    args: vec![ports],
+                }],
+                confirm: Vec::new(),
+            },
+        }]
+    );
+    // The restored instance would deliver the intent again, under its old id.
+    let inst = Instance::restore(s.clone());
+    assert_eq!(inst.undelivered().iter().map(|i| i.id.to_string()).collect::<Vec<_>>(), ["SecurityPolicy/1/0"]);
+
+    let rec = decode(BACKING_OFF);
+    assert_eq!(rec.snapshot.status, Status::Waiting);
+    assert!(matches!(
+        &rec.snapshot.pending[0].phase,
+        Phase::Backoff { until_ms: 108, faulted: false, error: Some(e) } if e.contains("firewall down")
+    ));
+}
+
+fn set(v: &[i64]) -> Value {
+    Value::Set(Arc::new(v.iter().map(|i| Value::Int(*i)).collect::<BTreeSet<_>>()))
+}
+
+/// A snapshot that uses every part of the shape.
+fn everything() -> InstanceSnapshot {
+    let name = "pool/eu-1";
+    let id = |slice, index| IntentId { instance: Arc::from(name), slice, index };
+    let map = Value::Map(Arc::new(BTreeMap::from([
+        (Arc::from("a"), Value::Str(Arc::from("x \"quoted\" ✓"))),
+        (Arc::from("b"), set(&[3, 1, 2])),
+    ])));
+    let intent = |slice, index| Intent {
+        id: id(slice, index),
+        transition: 0,
+        adapter: Arc::from("Cloud"),
+        action: Arc::from("Scale"),
+        args: vec![Value::Int(-7), Value::Bool(true), map.clone()],
+    };
+    InstanceSnapshot {
+        name: name.into(),
+        domain: 2,
+        slice: 41,
+        ticks: 17,
+        now_ms: 90_000,
+        seed: u64::MAX - 3,
+        status: Status::Degraded,
+        state: vec![Value::Int(i64::MIN), Value::Bool(false), Value::Str(Arc::from("")), map.clone(), set(&[])],
+        pending: vec![
+            Pending {
+                transition: 0,
+                attempt: 2,
+                phase: Phase::InFlight {
+                    outstanding: vec![id(40, 1)],
+                    held: vec![(3, map.clone()), (0, Value::Int(5))],
+                    intents: vec![intent(40, 0), intent(40, 1)],
+                    confirm: vec![0, 3],
+                },
+            },
+            Pending { transition: 1, attempt: 0, phase: Phase::Confirming { fields: vec![1], until_ms: 99_000 } },
+            Pending {
+                transition: 2,
+                attempt: 6,
+                phase: Phase::Backoff { until_ms: 150_000, faulted: false, error: Some("503".into()) },
+            },
+            Pending {
+                transition: 3,
+                attempt: 1,
+                phase: Phase::Backoff { until_ms: 91_000, faulted: true, error: None },
+            },
+        ],
+        retry_attempts: vec![(4, 3)],
+        tick_cursor: Some(1),
+        tick_ran: true,
+        ticks_since_input: 9,
+        sources: vec![("watch#1".into(), 12), ("api".into(), 3)],
+        watched: vec![0, 1, 3],
+    }
+}
+
+#[test]
+fn an_instance_round_trips_through_its_record() {
+    let fields = [
+        ("n".to_string(), ved_check::Type::Int),
+        ("on".to_string(), ved_check::Type::Bool),
+        ("s".to_string(), ved_check::Type::Str),
+    ];
+    for snap in [everything(), decode(IN_FLIGHT).snapshot, decode(BACKING_OFF).snapshot] {
+        let before = Instance::restore(snap.clone());
+        let json =
+            serde_json::to_string(&Record::Snapshot(SnapshotRecord::from_snapshot(before.snapshot(), "D", &fields)))
+                .unwrap();
+        let Record::Snapshot(rec) = serde_json::from_str::<Record>(&json).unwrap() else { panic!("{json}") };
+        assert_eq!((rec.domain.as_str(), rec.fields[2].1.as_str()), ("D", "string"));
+        assert_eq!(rec.snapshot, snap);
+        let after = Instance::restore(rec.snapshot);
+        assert_eq!(after.snapshot(), before.snapshot());
+        assert_eq!(
+            (&after.name, after.domain, &after.state, &after.pending, after.status),
+            (&before.name, before.domain, &before.state, &before.pending, before.status)
+        );
+        assert_eq!((&after.sources, &after.watched), (&before.sources, &before.watched));
+        assert_eq!((after.slice, after.ticks, after.now_ms), (before.slice, before.ticks, before.now_ms));
+        assert_eq!(after.undelivered(), before.undelivered());
+    }
+}
+
+#[test]
+fn optional_parts_are_left_out_and_default_when_absent() {
+    let mut s = everything();
+    s.watched.clear();
+    s.pending = vec![
+        Pending { transition: 0, attempt: 0, phase: Phase::Backoff { until_ms: 1, faulted: true, error: None } },
+        Pending {
+            transition: 1,
+            attempt: 0,
+            phase: Phase::InFlight {
+                outstanding: Vec::new(),
+                held: Vec::new(),
+                intents: Vec::new(),
+                confirm: Vec::new(),
+            },
+        },
+    ];
+    let json = serde_json::to_string(&SnapshotRecord::from_snapshot(s.clone(), "D", &[])).unwrap();
+    for absent in ["watched", "confirm", "error"] {
+        assert!(!json.contains(&format!("\"{absent}\"")), "{absent} in {json}");
+    }
+    // Records from before `sources` existed.
+    let old = json.replacen(r#","sources":[["watch#1",12],["api",3]]"#, "", 1);
+    assert_ne!(old, json);
+    let back: SnapshotRecord = serde_json::from_str(&old).unwrap();
+    assert_eq!(back.snapshot, InstanceSnapshot { sources: Vec::new(), ..s });
+}
+
+#[test]
+fn a_record_with_an_unknown_status_does_not_decode() {
+    let bad = IN_FLIGHT.replacen(r#""status":"converging""#, r#""status":"napping""#, 1);
+    assert!(serde_json::from_str::<Record>(&bad).is_err());
+}
