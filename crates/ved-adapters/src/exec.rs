@@ -16,7 +16,7 @@
 //! stderr and reads and drops the rest, so a chatty command neither blocks on a
 //! full pipe nor grows Ved's memory.
 
-use crate::{Actuator, Inbound, IntentRequest, Observation, Watcher};
+use crate::{ActionError, ActionResult, Actuator, Inbound, IntentRequest, Observation, Watcher};
 use serde_json::{Map, Value as Json};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
@@ -149,34 +149,36 @@ pub struct Output {
 
 impl Output {
     /// Stdout, or an error saying it was cut: a cut JSON document is not a reading.
-    pub fn complete(self, prog: &str) -> Result<Vec<u8>, String> {
+    pub fn complete(self, prog: &str) -> Result<Vec<u8>, ActionError> {
         if self.stdout_dropped == 0 {
             return Ok(self.stdout);
         }
         let total = self.stdout.len() as u64 + self.stdout_dropped;
-        Err(format!(
+        Err(ActionError::failed(format!(
             "`{prog}` printed {total} bytes on stdout, more than the {} KiB Ved reads; its output was cut and is not used",
             STDOUT_KEPT_BYTES / 1024
-        ))
+        )))
     }
 }
 
 /// Runs `command` with `input` on stdin; returns its complete stdout, or why it failed
 /// (including output cut at [`STDOUT_KEPT_BYTES`]).
-pub fn run_command(command: &[String], input: &[u8], timeout: Duration) -> Result<Vec<u8>, String> {
+pub fn run_command(command: &[String], input: &[u8], timeout: Duration) -> Result<Vec<u8>, ActionError> {
     let prog = command.first().map(String::as_str).unwrap_or_default();
     run_bounded(command, input, timeout, None)?.complete(prog)
 }
 
 /// Runs `command` with `input` on stdin, for at most `timeout`, or until `stop` is set; either
 /// ends its whole process group. Succeeds with its bounded output when it exits with status 0.
+/// Fails with [`ActionErrorKind::Unavailable`](crate::ActionErrorKind) when it cannot be started,
+/// `Timeout` when it ran out of time, `Interrupted` when `stop` ended it, and `Failed` otherwise.
 pub fn run_bounded(
     command: &[String],
     input: &[u8],
     timeout: Duration,
     stop: Option<&AtomicBool>,
-) -> Result<Output, String> {
-    let (prog, args) = command.split_first().ok_or("the command is empty")?;
+) -> Result<Output, ActionError> {
+    let (prog, args) = command.split_first().ok_or_else(|| ActionError::rejected("the command is empty"))?;
     let mut cmd = in_own_group(prog, args);
     die_with_ved(&mut cmd);
     let mut child = cmd
@@ -184,7 +186,7 @@ pub fn run_bounded(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot start `{prog}`: {e}"))?;
+        .map_err(|e| ActionError::unavailable(format!("cannot start `{prog}`: {e}")))?;
     let pid = child.id();
     let running = Running::new(pid);
     // Feed stdin and drain the pipes on threads, so a chatty command cannot deadlock us.
@@ -219,23 +221,23 @@ pub fn run_bounded(
             let _ = child.wait();
             let ms = timeout.as_millis();
             return Err(if stopped {
-                format!("`{prog}` was stopped with Ved and killed with its process group")
+                ActionError::interrupted(format!("`{prog}` was stopped with Ved and killed with its process group"))
             } else if exited {
-                format!("`{prog}` exited, but a process it started still held its output open after {ms} ms; its process group was killed")
+                ActionError::timeout(format!("`{prog}` exited, but a process it started still held its output open after {ms} ms; its process group was killed"))
             } else {
-                format!("`{prog}` timed out after {ms} ms and was killed with its process group")
+                ActionError::timeout(format!("`{prog}` timed out after {ms} ms and was killed with its process group"))
             });
         }
         std::thread::sleep(Duration::from_millis(2));
     }
     drop(running);
-    let status = child.wait().map_err(|e| format!("waiting for `{prog}`: {e}"))?;
+    let status = child.wait().map_err(|e| ActionError::failed(format!("waiting for `{prog}`: {e}")))?;
     let (stdout, stdout_dropped) = reader.join().unwrap_or_default();
     let (stderr, stderr_dropped) = err_reader.join().unwrap_or_default();
     if status.success() {
         Ok(Output { stdout, stdout_dropped })
     } else {
-        Err(failure(prog, status, &stderr, stderr_dropped))
+        Err(ActionError::failed(failure(prog, status, &stderr, stderr_dropped)))
     }
 }
 
@@ -258,8 +260,8 @@ pub struct ExecDriver {
 }
 
 impl Actuator for ExecDriver {
-    fn deliver(&self, intent: &IntentRequest) -> Result<(), String> {
-        let input = serde_json::to_vec(&intent.to_json()).map_err(|e| e.to_string())?;
+    fn deliver(&self, intent: &IntentRequest) -> ActionResult {
+        let input = serde_json::to_vec(&intent.to_json()).map_err(|e| ActionError::rejected(e.to_string()))?;
         // The exit status is the answer; stdout, cut or not, is not read.
         run_bounded(&self.command, &input, self.timeout, None).map(|_| ())
     }
@@ -463,6 +465,8 @@ mod tests {
     fn output_past_the_bound_is_counted_and_reported_as_cut() {
         let o = Output { stdout: b"{\"a\":".to_vec(), stdout_dropped: 10 };
         let e = o.complete("probe").unwrap_err();
+        assert_eq!(e.kind, crate::ActionErrorKind::Failed);
+        let e = e.to_string();
         assert!(e.contains("printed 15 bytes") && e.contains("cut"), "{e}");
         let (kept, dropped) = drain(&b"abcdef"[..], 4);
         assert_eq!((kept.as_slice(), dropped), (&b"abcd"[..], 2));

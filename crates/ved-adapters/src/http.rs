@@ -1,7 +1,7 @@
 //! The `http` driver: POSTs each intent as JSON, with its id as the
 //! `Idempotency-Key` header. A 2xx answer is success.
 
-use crate::{Actuator, IntentRequest};
+use crate::{ActionError, ActionResult, Actuator, IntentRequest};
 use std::time::Duration;
 
 pub struct HttpDriver {
@@ -21,20 +21,26 @@ impl HttpDriver {
 }
 
 impl Actuator for HttpDriver {
-    fn deliver(&self, intent: &IntentRequest) -> Result<(), String> {
-        let body = serde_json::to_string(&intent.to_json()).map_err(|e| e.to_string())?;
+    fn deliver(&self, intent: &IntentRequest) -> ActionResult {
+        let body = serde_json::to_string(&intent.to_json()).map_err(|e| ActionError::rejected(e.to_string()))?;
         let mut req =
             self.agent.post(&self.url).header("Content-Type", "application/json").header("Idempotency-Key", &intent.id);
         if let Some(f) = intent.fence {
             // Cluster mode: the owner's fencing token, for receivers that refuse stale owners.
             req = req.header("Ved-Fence", f.to_string());
         }
-        let resp = req.send(body.as_str()).map_err(|e| format!("POST {}: {e}", self.url))?;
+        let resp = req.send(body.as_str()).map_err(|e| {
+            let message = format!("POST {}: {e}", self.url);
+            match e {
+                ureq::Error::Timeout(_) => ActionError::timeout(message),
+                _ => ActionError::unavailable(message),
+            }
+        })?;
         let status = resp.status();
         if status.is_success() {
             Ok(())
         } else {
-            Err(format!("POST {} answered {status}", self.url))
+            Err(ActionError::failed(format!("POST {} answered {status}", self.url)))
         }
     }
 }

@@ -10,6 +10,17 @@
 //! `nft monitor`), `sim` (scripted failures and delays, for tests) and `log`
 //! (acknowledges everything). Programs that embed Ved add
 //! their own by implementing [`Actuator`] and [`Watcher`].
+//!
+//! # Errors
+//!
+//! An actuator that fails says so with an [`ActionError`]: a [`kind`](ActionErrorKind)
+//! for code that wants to tell failures apart (the intent was refused as malformed, the
+//! effect failed, it timed out, the thing that carries it out could not be reached or
+//! started, or Ved stopped it), and a message in words. Its `Display` is the message
+//! alone, and that text is what reaches the journal and an instance's degraded reason:
+//! the driver loop turns an outcome into the runtime's `Option<String>` there.
+//! Configuration problems are not `ActionError`s: [`config`] reports them as values
+//! with their own diagnostics.
 
 pub mod config;
 pub mod exec;
@@ -63,6 +74,75 @@ impl IntentRequest {
     }
 }
 
+/// What kind of failure an [`ActionError`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ActionErrorKind {
+    /// The intent cannot be carried out as asked: bad arguments, an action the driver
+    /// does not have. Trying again unchanged will fail again.
+    Rejected,
+    /// The driver tried and the effect failed: a command exited non-zero, a server
+    /// answered with an error status, the firewall still drops the port.
+    Failed,
+    /// No answer within the driver's timeout; whatever was started was ended.
+    Timeout,
+    /// What carries the effect out could not be reached or started: a command that
+    /// cannot be spawned, a server that does not answer the connection.
+    Unavailable,
+    /// Ved itself is stopping and ended the attempt; the intent goes out again after a restart.
+    Interrupted,
+}
+
+/// Why an actuator could not carry out an intent. `Display` gives the message alone,
+/// which is the text the journal records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActionError {
+    pub kind: ActionErrorKind,
+    /// Why, in words for the journal and the degraded reason.
+    pub message: String,
+}
+
+impl ActionError {
+    pub fn new(kind: ActionErrorKind, message: impl Into<String>) -> ActionError {
+        ActionError { kind, message: message.into() }
+    }
+
+    /// [`ActionErrorKind::Rejected`].
+    pub fn rejected(message: impl Into<String>) -> ActionError {
+        ActionError::new(ActionErrorKind::Rejected, message)
+    }
+
+    /// [`ActionErrorKind::Failed`].
+    pub fn failed(message: impl Into<String>) -> ActionError {
+        ActionError::new(ActionErrorKind::Failed, message)
+    }
+
+    /// [`ActionErrorKind::Timeout`].
+    pub fn timeout(message: impl Into<String>) -> ActionError {
+        ActionError::new(ActionErrorKind::Timeout, message)
+    }
+
+    /// [`ActionErrorKind::Unavailable`].
+    pub fn unavailable(message: impl Into<String>) -> ActionError {
+        ActionError::new(ActionErrorKind::Unavailable, message)
+    }
+
+    /// [`ActionErrorKind::Interrupted`].
+    pub fn interrupted(message: impl Into<String>) -> ActionError {
+        ActionError::new(ActionErrorKind::Interrupted, message)
+    }
+}
+
+impl std::fmt::Display for ActionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ActionError {}
+
+/// What an actuator reports for one intent.
+pub type ActionResult = Result<(), ActionError>;
+
 /// Carries out intents. Called from a worker thread; may block up to its timeout.
 ///
 /// Success means the effect is done *and visible* to the watcher of the same
@@ -71,12 +151,12 @@ impl IntentRequest {
 /// process pool waits until a started member shows its command line and a stopped
 /// one has left /proc; the firewall's transaction is committed).
 pub trait Actuator: Send + Sync {
-    /// Performs the intent. `Err` carries why it failed, in words for the journal.
-    fn deliver(&self, intent: &IntentRequest) -> Result<(), String>;
+    /// Performs the intent. `Err` carries why it failed: its kind, and in words for the journal.
+    fn deliver(&self, intent: &IntentRequest) -> ActionResult;
 
     /// Performs the intent and hands the outcome to `report`. Drivers whose watcher
     /// must not overtake a result (the process pool) report while holding their lock.
-    fn deliver_then(&self, intent: &IntentRequest, report: &mut dyn FnMut(Result<(), String>)) {
+    fn deliver_then(&self, intent: &IntentRequest, report: &mut dyn FnMut(ActionResult)) {
         report(self.deliver(intent));
     }
 }
@@ -96,7 +176,7 @@ pub struct Observation {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Inbound {
     /// A driver finished an intent.
-    Result { id: String, outcome: Result<(), String> },
+    Result { id: String, outcome: ActionResult },
     /// A watcher saw the world.
     Observed(Observation),
     /// An adapter put back something it owns that others changed (the nftables
@@ -267,7 +347,7 @@ impl Drop for DeliveryPool {
 pub struct LogDriver;
 
 impl Actuator for LogDriver {
-    fn deliver(&self, _intent: &IntentRequest) -> Result<(), String> {
+    fn deliver(&self, _intent: &IntentRequest) -> ActionResult {
         Ok(())
     }
 }

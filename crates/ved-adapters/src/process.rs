@@ -26,7 +26,7 @@
 //! order: a reading taken before an action can never be mistaken for its effect.
 
 use crate::exec::{has_exited, in_own_group, kill_group};
-use crate::{Actuator, IntentRequest, Watcher};
+use crate::{ActionError, ActionResult, Actuator, IntentRequest, Watcher};
 use serde_json::json;
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -134,17 +134,18 @@ impl Pool {
         })
     }
 
-    fn start(&self, n: i64, st: &mut State) -> Result<(), String> {
-        let (prog, args) = self.command.split_first().ok_or("the pool's command is empty")?;
+    fn start(&self, n: i64, st: &mut State) -> ActionResult {
+        let (prog, args) =
+            self.command.split_first().ok_or_else(|| ActionError::rejected("the pool's command is empty"))?;
         let shown = self.command.join(" ");
         if let Some((pid, now)) = self.escaped(&st.children) {
             st.proven = false;
             Pool::kill_ours(&mut st.children, &[pid]);
-            return Err(format!(
+            return Err(ActionError::failed(format!(
                 "pid {pid}, which Ved started for `{shown}`, now runs `{}`, so it is not a member and was \
                  killed; {MEMBERSHIP_HINT}",
                 now.join(" ")
-            ));
+            )));
         }
         let mut started = Vec::new();
         let result = self.spawn_and_check(prog, args, n, st, &mut started);
@@ -162,14 +163,14 @@ impl Pool {
         n: i64,
         st: &mut State,
         started: &mut Vec<u32>,
-    ) -> Result<(), String> {
+    ) -> ActionResult {
         for _ in 0..n {
             let child = in_own_group(prog, args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .map_err(|e| format!("cannot start `{prog}`: {e}"))?;
+                .map_err(|e| ActionError::unavailable(format!("cannot start `{prog}`: {e}")))?;
             started.push(child.id());
             st.children.push(child);
         }
@@ -188,7 +189,10 @@ impl Pool {
                 kill_group(pid, libc::SIGKILL);
                 started.retain(|p| *p != pid);
                 let status = c.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-                return Err(format!("`{prog}` (pid {pid}) exited within {} ({status})", human(self.start_grace)));
+                return Err(ActionError::failed(format!(
+                    "`{prog}` (pid {pid}) exited within {} ({status})",
+                    human(self.start_grace)
+                )));
             }
             let missing = started.iter().copied().find(|p| !self.is_command(&cmdline(*p)));
             let late = Instant::now() >= deadline;
@@ -204,12 +208,12 @@ impl Pool {
                     } else {
                         format!("it now runs `{}`", now.join(" "))
                     };
-                    return Err(format!(
+                    return Err(ActionError::failed(format!(
                         "started pid {pid} for `{}`, but after {} it does not have that command line ({runs}), \
                          so it is not a member and was killed; {MEMBERSHIP_HINT}",
                         self.command.join(" "),
                         human(self.start_grace)
-                    ));
+                    )));
                 }
                 // Appearing takes a fork and an exec: check often. Keeping it takes the grace.
                 Some(_) => std::thread::sleep(Duration::from_millis(1)),
@@ -218,13 +222,16 @@ impl Pool {
         }
     }
 
-    fn act(&self, intent: &IntentRequest, st: &mut State) -> Result<(), String> {
+    fn act(&self, intent: &IntentRequest, st: &mut State) -> ActionResult {
         // Only unreaped children stay listed: their pids, and so their group ids, are still theirs.
         Pool::reap(&mut st.children);
         let n = match intent.args.first() {
             None => 1,
             Some(v) => v.as_i64().filter(|n| (0..=ACTION_COUNT_MAX).contains(n)).ok_or_else(|| {
-                format!("{}.{} takes a count from 0 to {ACTION_COUNT_MAX}, got {v}", intent.adapter, intent.action)
+                ActionError::rejected(format!(
+                    "{}.{} takes a count from 0 to {ACTION_COUNT_MAX}, got {v}",
+                    intent.adapter, intent.action
+                ))
             })?,
         };
         match intent.action.as_str() {
@@ -239,7 +246,7 @@ impl Pool {
                     // Ours lead their own process group: end it all. A stranger's group is not ours to end.
                     let ok = (ours.contains(&pid) && kill_group(pid, libc::SIGKILL)) || kill_one(pid);
                     if !ok {
-                        return Err(format!("could not stop process {pid}"));
+                        return Err(ActionError::failed(format!("could not stop process {pid}")));
                     }
                 }
                 // SIGKILL is delivered asynchronously: the stop is done only once the processes are
@@ -258,10 +265,10 @@ impl Pool {
                         let _ = c.try_wait();
                     }
                     if std::time::Instant::now() >= deadline {
-                        return Err(format!(
+                        return Err(ActionError::timeout(format!(
                             "process(es) {alive:?} still run the pool's command {} ms after SIGKILL",
                             STOP_WAIT.as_millis()
-                        ));
+                        )));
                     }
                     std::thread::sleep(Duration::from_millis(1));
                 }
@@ -275,7 +282,9 @@ impl Pool {
                 Pool::reap(&mut st.children);
                 Ok(())
             }
-            other => Err(format!("the process driver has no action `{other}`; it has `Start` and `Stop`")),
+            other => Err(ActionError::rejected(format!(
+                "the process driver has no action `{other}`; it has `Start` and `Stop`"
+            ))),
         }
     }
 }
@@ -298,7 +307,7 @@ pub struct ProcessDriver {
 impl ProcessDriver {
     /// Performs the intent and calls `report` with the outcome while still holding
     /// the pool's lock (see the module docs for why).
-    pub fn deliver_and_report(&self, intent: &IntentRequest, report: &mut dyn FnMut(Result<(), String>)) {
+    pub fn deliver_and_report(&self, intent: &IntentRequest, report: &mut dyn FnMut(ActionResult)) {
         let mut st = self.pool.state.lock().unwrap_or_else(|p| p.into_inner());
         let r = self.pool.act(intent, &mut st);
         report(r);
@@ -306,12 +315,12 @@ impl ProcessDriver {
 }
 
 impl Actuator for ProcessDriver {
-    fn deliver(&self, intent: &IntentRequest) -> Result<(), String> {
+    fn deliver(&self, intent: &IntentRequest) -> ActionResult {
         let mut st = self.pool.state.lock().unwrap_or_else(|p| p.into_inner());
         self.pool.act(intent, &mut st)
     }
 
-    fn deliver_then(&self, intent: &IntentRequest, report: &mut dyn FnMut(Result<(), String>)) {
+    fn deliver_then(&self, intent: &IntentRequest, report: &mut dyn FnMut(ActionResult)) {
         self.deliver_and_report(intent, report);
     }
 }

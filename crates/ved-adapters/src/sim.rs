@@ -1,6 +1,6 @@
 //! The `sim` driver: scripted failures and delays, for tests and demos.
 
-use crate::{Actuator, IntentRequest};
+use crate::{ActionError, ActionResult, Actuator, IntentRequest};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -20,7 +20,7 @@ impl SimDriver {
 }
 
 impl Actuator for SimDriver {
-    fn deliver(&self, intent: &IntentRequest) -> Result<(), String> {
+    fn deliver(&self, intent: &IntentRequest) -> ActionResult {
         if !self.delay.is_zero() {
             std::thread::sleep(self.delay);
         }
@@ -29,7 +29,7 @@ impl Actuator for SimDriver {
         match fail.get_mut(&intent.action) {
             Some(n) if *n > 0 => {
                 *n -= 1;
-                Err(format!("simulated failure of {}.{}", intent.adapter, intent.action))
+                Err(ActionError::failed(format!("simulated failure of {}.{}", intent.adapter, intent.action)))
             }
             _ => Ok(()),
         }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use ved_adapters::exec::{run_bounded, run_command, ExecDriver, ExecWatcher, STDOUT_KEPT_BYTES};
+use ved_adapters::ActionErrorKind;
 use ved_adapters::{Actuator, Inbound, IntentRequest, Watcher};
 
 /// Peak resident memory of this process so far, in bytes.
@@ -49,11 +50,15 @@ fn printing_400_mb_grows_ved_by_far_less() {
 
     // Where the output is read as a document, a cut one is an error, not garbage.
     let err = run_command(&huge, b"", timeout).unwrap_err();
+    assert_eq!(err.kind, ActionErrorKind::Failed);
+    let err = err.to_string();
     assert!(err.contains(&format!("printed {PRINTED} bytes")) && err.contains("cut"), "{err}");
 
     // Stderr too: drained and cut, the reason says so.
     let err =
         run_command(&sh(&format!("head -c {PRINTED} /dev/zero | tr '\\0' x >&2; exit 3")), b"", timeout).unwrap_err();
+    assert_eq!(err.kind, ActionErrorKind::Failed);
+    let err = err.to_string();
     assert!(
         err.contains("exit status 3") && err.contains("stderr cut after 4 KiB") && err.len() < 8192,
         "{}",

@@ -80,7 +80,7 @@ fn a_command_that_execs_into_another_fails_its_start_and_leaves_nothing() {
     let _cleanup = Cleanup(&m);
     let d = ProcessDriver { pool: Pool::new(sh(&format!("exec sleep {m}")), Duration::from_millis(300)) };
     for attempt in 0..3 {
-        let err = d.deliver(&intent("Start", 1)).unwrap_err();
+        let err = d.deliver(&intent("Start", 1)).unwrap_err().to_string();
         assert!(err.contains(&format!("for `sh -c exec sleep {m}`, but after 300 ms it does not have that command line (it now runs `sleep {m}`)")), "{err}");
         assert!(err.contains("exact command line") && err.contains("avoid `exec`"), "{err}");
         assert!(with_marker(&m).is_empty(), "attempt {attempt} left its process running");
@@ -117,7 +117,7 @@ fn a_member_that_execs_away_later_fails_the_next_start_and_is_killed() {
     d.deliver(&intent("Start", 1)).unwrap();
     std::fs::write(&flag, "").unwrap();
     wait_until("the member to exec into `sleep`", || !with_marker(&m).is_empty());
-    let err = d.deliver(&intent("Start", 1)).unwrap_err();
+    let err = d.deliver(&intent("Start", 1)).unwrap_err().to_string();
     assert!(err.contains(&format!("now runs `sleep {m}`, so it is not a member and was killed")), "{err}");
     assert!(with_marker(&m).is_empty(), "the escaped process was not killed");
     let _ = std::fs::remove_file(&flag);
@@ -127,7 +127,7 @@ fn a_member_that_execs_away_later_fails_the_next_start_and_is_killed() {
 #[test]
 fn a_command_that_exits_at_once_fails_its_start_with_its_status() {
     let d = ProcessDriver { pool: Pool::new(sh("exit 3"), Duration::from_secs(5)) };
-    let err = d.deliver(&intent("Start", 1)).unwrap_err();
+    let err = d.deliver(&intent("Start", 1)).unwrap_err().to_string();
     assert!(err.contains("exited within 5 s") && err.contains("exit status: 3"), "{err}");
     // Starting none is done at once, whatever the pool's state.
     d.deliver(&intent("Start", 0)).unwrap();

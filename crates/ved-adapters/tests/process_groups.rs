@@ -65,6 +65,8 @@ fn shell_with_child(m: &str) -> Vec<String> {
 fn a_timeout_kills_the_commands_whole_process_group() {
     let m = marker(1);
     let err = run_command(&shell_with_child(&m), b"", Duration::from_millis(300)).unwrap_err();
+    assert_eq!(err.kind, ved_adapters::ActionErrorKind::Timeout);
+    let err = err.to_string();
     assert!(err.contains("timed out after 300 ms") && err.contains("process group"), "{err}");
     wait_until_gone(&m, "after an exec timeout");
 }
@@ -82,7 +84,9 @@ fn the_exec_driver_kills_the_group_on_every_timed_out_attempt() {
         fence: None,
     };
     for _ in 0..3 {
-        assert!(d.deliver(&intent).unwrap_err().contains("timed out"));
+        let err = d.deliver(&intent).unwrap_err();
+        assert_eq!(err.kind, ved_adapters::ActionErrorKind::Timeout);
+        assert!(err.to_string().contains("timed out"), "{err}");
     }
     wait_until_gone(&m, "after three timed-out deliveries");
 }
@@ -93,7 +97,7 @@ fn a_background_process_holding_the_output_is_killed_at_the_timeout() {
     // output is not complete, so it counts against the timeout like the command itself.
     let m = marker(3);
     let cmd = vec!["sh".into(), "-c".into(), format!("sleep {m} & echo started")];
-    let err = run_command(&cmd, b"", Duration::from_millis(300)).unwrap_err();
+    let err = run_command(&cmd, b"", Duration::from_millis(300)).unwrap_err().to_string();
     assert!(err.contains("held its output open"), "{err}");
     wait_until_gone(&m, "after the shell exited with a child holding its output");
 }

@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use ved_adapters::{Actuator, IntentRequest};
+use ved_adapters::{ActionError, ActionResult, Actuator, IntentRequest};
 use ved_cli::run::{Adapters, RunOptions};
 
 /// A firewall that lives in memory: the set of open ports.
@@ -19,20 +19,20 @@ pub struct MemoryFirewall {
 }
 
 impl Actuator for MemoryFirewall {
-    fn deliver(&self, intent: &IntentRequest) -> Result<(), String> {
+    fn deliver(&self, intent: &IntentRequest) -> ActionResult {
         let ports: Vec<i64> = intent
             .args
             .first()
             .and_then(|a| a.as_array())
-            .ok_or_else(|| format!("{} takes a list of ports", intent.action))?
+            .ok_or_else(|| ActionError::rejected(format!("{} takes a list of ports", intent.action)))?
             .iter()
             .filter_map(|p| p.as_i64())
             .collect();
-        let mut open = self.open.lock().map_err(|_| "the firewall's lock is poisoned".to_string())?;
+        let mut open = self.open.lock().map_err(|_| ActionError::failed("the firewall's lock is poisoned"))?;
         match intent.action.as_str() {
             "OpenPorts" => open.extend(ports),
             "ClosePorts" => open.retain(|p| !ports.contains(p)),
-            other => return Err(format!("no action `{other}`")),
+            other => return Err(ActionError::rejected(format!("no action `{other}`"))),
         }
         Ok(())
     }

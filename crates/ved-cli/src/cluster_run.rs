@@ -156,7 +156,8 @@ impl Node {
             req.fence = fence;
             emit(json!({"event": "intent", "instance": name, "id": req.id, "fence": fence, "node": self.m.node}));
             if let Some(outcome) = self.adapters.dispatch(req) {
-                let _ = self.rt.deliver(&i.id, outcome.is_ok(), outcome.err());
+                let (ok, error) = crate::run::for_runtime(outcome);
+                let _ = self.rt.deliver(&i.id, ok, error);
             }
         }
     }
@@ -365,7 +366,8 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
                                 {
                                     ved_adapters::request_reading(&iid.instance);
                                 }
-                                let _ = node.rt.deliver(&iid, outcome.is_ok(), outcome.err());
+                                let (ok, error) = crate::run::for_runtime(outcome);
+                                let _ = node.rt.deliver(&iid, ok, error);
                             }
                         }
                     }

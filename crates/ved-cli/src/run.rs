@@ -187,7 +187,7 @@ impl Adapters {
     /// Hands an intent to the driver bound to its adapter name. Returns the outcome when it
     /// was carried out inline; `None` when it went to the worker pool or the manual queue,
     /// whose result comes back later as an `Inbound::Result`.
-    pub fn dispatch(&self, req: ved_adapters::IntentRequest) -> Option<Result<(), String>> {
+    pub fn dispatch(&self, req: ved_adapters::IntentRequest) -> Option<ved_adapters::ActionResult> {
         if let Some(queue) = &self.manual {
             queue.lock().unwrap_or_else(|p| p.into_inner()).push(req);
             return None;
@@ -427,7 +427,8 @@ impl<W: Write> Driver<W> {
                         // even if the effect left the watched value as it was.
                         ved_adapters::request_reading(&iid.instance);
                     }
-                    let _ = self.rt.deliver(&iid, outcome.is_ok(), outcome.err());
+                    let (ok, error) = for_runtime(outcome);
+                    let _ = self.rt.deliver(&iid, ok, error);
                 }
                 None => self.out.emit(obj(
                     json!({"event": "error", "message": format!("a driver reported on unknown intent `{id}`")}),
@@ -1025,7 +1026,8 @@ impl<W: Write> Driver<W> {
             let _ = self.out.w.flush();
             match self.adapters.dispatch(ved_adapters::IntentRequest::from_intent(&intent)) {
                 Some(outcome) => {
-                    let _ = self.rt.deliver(&intent.id, outcome.is_ok(), outcome.err());
+                    let (ok, error) = for_runtime(outcome);
+                    let _ = self.rt.deliver(&intent.id, ok, error);
                 }
                 None => self.in_flight += 1,
             }
@@ -1674,6 +1676,16 @@ pub(crate) fn journal_entry(
 
 /// Whether a step applied an observation: a slice, a stale version dropped, or a relative
 /// change refused for overflow.
+/// A driver's outcome as the runtime records it: success, or the error's message (its
+/// `Display`), which is what the journal and the degraded reason show. The error's kind
+/// stays on this side of the boundary.
+pub(crate) fn for_runtime(outcome: ved_adapters::ActionResult) -> (bool, Option<String>) {
+    match outcome {
+        Ok(()) => (true, None),
+        Err(e) => (false, Some(e.to_string())),
+    }
+}
+
 fn is_observation_outcome(e: &Event) -> bool {
     matches!(
         e,

@@ -215,6 +215,8 @@ fn exec_kills_a_command_that_outlives_its_timeout() {
     let start = Instant::now();
     let r = ved_adapters::exec::run_command(&["sleep".into(), "5".into()], b"", Duration::from_millis(200));
     let err = r.unwrap_err();
+    assert_eq!(err.kind, ved_adapters::ActionErrorKind::Timeout);
+    let err = err.to_string();
     assert!(err.contains("timed out after 200 ms"), "{err}");
     assert!(start.elapsed() < Duration::from_secs(3));
 }
@@ -233,7 +235,8 @@ fn http_posts_the_intent_with_its_idempotency_key_and_treats_non_2xx_as_failure(
     };
     use ved_adapters::Actuator;
     let err = d.deliver(&intent).unwrap_err();
-    assert!(err.contains("500"), "{err}");
+    assert_eq!(err.kind, ved_adapters::ActionErrorKind::Failed);
+    assert!(err.to_string().contains("500"), "{err}");
     d.deliver(&intent).unwrap();
     let hits = hook.hits();
     assert_eq!(hits.iter().map(|h| h.status).collect::<Vec<_>>(), vec![500, 204]);
@@ -242,7 +245,9 @@ fn http_posts_the_intent_with_its_idempotency_key_and_treats_non_2xx_as_failure(
     assert_eq!(hits[1].body["args"][0], "Primary DB Down");
     // An unreachable endpoint is a failure with a reason, not a hang.
     let d = ved_adapters::http::HttpDriver::new("http://127.0.0.1:9/x".into(), Duration::from_secs(2));
-    assert!(d.deliver(&intent).unwrap_err().contains("POST http://127.0.0.1:9/x"));
+    let err = d.deliver(&intent).unwrap_err();
+    assert_eq!(err.kind, ved_adapters::ActionErrorKind::Unavailable);
+    assert!(err.to_string().contains("POST http://127.0.0.1:9/x"), "{err}");
 }
 
 #[test]

@@ -57,7 +57,7 @@ impl Run {
     }
 
     fn answer(&mut self, i: &IntentRequest, ok: bool) {
-        let outcome = if ok { Ok(()) } else { Err("simulated failure".to_string()) };
+        let outcome = if ok { Ok(()) } else { Err(ved_adapters::ActionError::failed("simulated failure")) };
         self.driver.handle_inbound(Inbound::Result { id: i.id.clone(), outcome });
         self.flush();
     }

@@ -275,7 +275,7 @@ impl Sim {
             if ok { "ok" } else { "failed" },
             if twice { " (again later)" } else { "" }
         ));
-        let outcome = if ok { Ok(()) } else { Err("simulated failure".to_string()) };
+        let outcome = if ok { Ok(()) } else { Err(ved_adapters::ActionError::failed("simulated failure")) };
         self.driver().handle_inbound(Inbound::Result { id: i.id.clone(), outcome });
         self.check_output_commit();
     }
@@ -299,7 +299,7 @@ impl Sim {
         for i in picked {
             let ok = !self.rng.percent(30);
             self.log.push(format!("answer {} {} (together)", i.id, if ok { "ok" } else { "failed" }));
-            let outcome = if ok { Ok(()) } else { Err("simulated failure".to_string()) };
+            let outcome = if ok { Ok(()) } else { Err(ved_adapters::ActionError::failed("simulated failure")) };
             batch.push(Inbound::Result { id: i.id.clone(), outcome });
         }
         if batch.len() < 2 || self.rng.percent(40) {

@@ -30,8 +30,8 @@ struct ReadsTheStore {
 }
 
 impl ved_adapters::Actuator for ReadsTheStore {
-    fn deliver(&self, intent: &IntentRequest) -> Result<(), String> {
-        let rec = ved_store::read_only(&self.dir).map_err(|e| e.to_string())?;
+    fn deliver(&self, intent: &IntentRequest) -> ved_adapters::ActionResult {
+        let rec = ved_store::read_only(&self.dir).map_err(|e| ved_adapters::ActionError::failed(e.to_string()))?;
         let stored = rec.snapshots.get(&intent.instance).map(|s| s.snapshot.slice).unwrap_or(0);
         let slice: u64 = intent.id.split('/').nth(1).unwrap().parse().unwrap();
         let call = format!(

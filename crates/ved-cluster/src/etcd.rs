@@ -79,13 +79,30 @@ pub enum Op {
     Delete(String),
 }
 
+/// Why a request to etcd failed: the error of every fallible call of this crate.
+///
+/// Being fenced out is not an error: a fenced transaction answers `Ok(false)` (see
+/// [`Membership::save`](crate::Membership::save)), and a lapsed lease shows in
+/// [`Membership::acting`](crate::Membership::acting).
 #[derive(Debug, Clone, PartialEq)]
 pub enum EtcdError {
-    /// No endpoint answered (down, partitioned, or no quorum).
+    /// No endpoint answered (down, partitioned, or no quorum): every endpoint was tried, and
+    /// this is what the last one said (`url: reason`, such as no answer within the timeout
+    /// or no leader). Trying again later may succeed.
     Unavailable(String),
-    /// An endpoint answered with an error.
+    /// An endpoint answered with an error that another endpoint would repeat (`url: message`,
+    /// or etcd's own error text for a lease it would not grant). Trying again will not help.
     Rejected(String),
 }
+
+impl EtcdError {
+    /// Whether the request may succeed if tried again later (etcd was unreachable, not refusing).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, EtcdError::Unavailable(_))
+    }
+}
+
+impl std::error::Error for EtcdError {}
 
 impl std::fmt::Display for EtcdError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -500,5 +517,15 @@ mod tests {
     fn a_prefix_ends_just_past_its_last_key() {
         assert_eq!(prefix_end("ved/nodes/"), b"ved/nodes0".to_vec());
         assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
+    }
+
+    #[test]
+    fn errors_say_whether_etcd_was_unreachable_or_refused() {
+        let down = EtcdError::Unavailable("http://127.0.0.1:2379: no answer within 2000 ms".into());
+        let no: Box<dyn std::error::Error> =
+            Box::new(EtcdError::Rejected("http://127.0.0.1:2379: lease not found".into()));
+        assert_eq!(down.to_string(), "etcd is unreachable: http://127.0.0.1:2379: no answer within 2000 ms");
+        assert_eq!(no.to_string(), "etcd refused: http://127.0.0.1:2379: lease not found");
+        assert!(down.is_unavailable());
     }
 }

@@ -9,10 +9,21 @@
 //!
 //! Membership and ownership are watched, not polled: a node keeps a view of the
 //! node keys and owner keys, fed by an etcd watch, and balances when it changes.
+//!
+//! # Errors
+//!
+//! Every fallible call, of [`Membership`] and of the [`etcd`] client, returns an
+//! [`EtcdError`] (`std::error::Error`): `Unavailable` when no endpoint answered, after
+//! each was tried (`etcd is unreachable: url: reason`), and `Rejected` when one answered
+//! with an error (`etcd refused: url: message`). Losing ownership is not an error:
+//! [`Membership::save`] and [`Membership::release`] answer `Ok(false)` when fenced out,
+//! and [`Membership::acting`] turns false once the lease may have lapsed.
 
 pub mod etcd;
 
-use etcd::{Compare, Etcd, EtcdError, Kv, Op, WatchEvent};
+pub use etcd::EtcdError;
+
+use etcd::{Compare, Etcd, Kv, Op, WatchEvent};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

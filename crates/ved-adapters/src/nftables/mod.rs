@@ -23,7 +23,7 @@
 pub mod eval;
 pub mod session;
 
-use crate::{Actuator, Inbound, IntentRequest, Watcher};
+use crate::{ActionError, ActionResult, Actuator, Inbound, IntentRequest, Watcher};
 use eval::{blocker, effective_ports, render_rule, Ruleset};
 use serde_json::{json, Value as Json};
 use session::Session;
@@ -394,8 +394,8 @@ impl Firewall {
     }
 
     /// Opens `ports`; fails, naming the chain, when another table drops one of them.
-    fn open(&self, st: &mut State, ports: &[i64], instance: &str) -> Result<(), String> {
-        let doc = self.converge(st, ports, &[], instance, false)?;
+    fn open(&self, st: &mut State, ports: &[i64], instance: &str) -> ActionResult {
+        let doc = self.converge(st, ports, &[], instance, false).map_err(ActionError::failed)?;
         let rs = Ruleset::new(&doc);
         let chains = rs.base_chains();
         let mut errors = Vec::new();
@@ -417,13 +417,13 @@ impl Firewall {
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(errors.join("; "))
+            Err(ActionError::failed(errors.join("; ")))
         }
     }
 
     /// Closes `ports`: every rule for them goes, and the structure is repaired in the same transaction.
-    fn close(&self, st: &mut State, ports: &[i64], instance: &str) -> Result<(), String> {
-        let doc = self.converge(st, &[], ports, instance, false)?;
+    fn close(&self, st: &mut State, ports: &[i64], instance: &str) -> ActionResult {
+        let doc = self.converge(st, &[], ports, instance, false).map_err(ActionError::failed)?;
         let rs = Ruleset::new(&doc);
         let chains = rs.base_chains();
         let still: Vec<String> =
@@ -431,7 +431,10 @@ impl Firewall {
         if still.is_empty() {
             Ok(())
         } else {
-            Err(format!("port(s) {} still accept connections after Ved removed their rules", still.join(", ")))
+            Err(ActionError::failed(format!(
+                "port(s) {} still accept connections after Ved removed their rules",
+                still.join(", ")
+            )))
         }
     }
 
@@ -469,23 +472,25 @@ pub struct NftDriver {
 }
 
 impl Actuator for NftDriver {
-    fn deliver(&self, intent: &IntentRequest) -> Result<(), String> {
-        let mut out = Err("no outcome".to_string());
+    fn deliver(&self, intent: &IntentRequest) -> ActionResult {
+        let mut out = Err(ActionError::failed("no outcome"));
         self.deliver_then(intent, &mut |r| out = r);
         out
     }
 
     /// Acts and reports under the firewall's lock (see the module docs).
-    fn deliver_then(&self, intent: &IntentRequest, report: &mut dyn FnMut(Result<(), String>)) {
+    fn deliver_then(&self, intent: &IntentRequest, report: &mut dyn FnMut(ActionResult)) {
         let ports = match ports_of(intent) {
             Ok(p) => p,
-            Err(e) => return report(Err(e)),
+            Err(e) => return report(Err(ActionError::rejected(e))),
         };
         let mut st = self.fw.lock();
         let r = match intent.action.as_str() {
             "OpenPorts" | "OpenPort" => self.fw.open(&mut st, &ports, &intent.instance),
             "ClosePorts" | "ClosePort" => self.fw.close(&mut st, &ports, &intent.instance),
-            other => Err(format!("the nftables driver has no action `{other}`; it has OpenPorts and ClosePorts")),
+            other => Err(ActionError::rejected(format!(
+                "the nftables driver has no action `{other}`; it has OpenPorts and ClosePorts"
+            ))),
         };
         report(r);
     }
