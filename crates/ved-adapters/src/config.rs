@@ -11,7 +11,7 @@ use ved_syntax::{Diagnostic, FileId, Span};
 /// The drivers Ved ships.
 pub const DRIVERS: &[&str] = &["exec", "http", "process", "nftables", "sim", "log"];
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]

@@ -10,7 +10,6 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use ved_adapters::{ActionError, ActionResult, Actuator, IntentRequest};
-use ved_cli::run::{Adapters, RunOptions};
 
 /// A firewall that lives in memory: the set of open ports.
 #[derive(Default)]
@@ -44,18 +43,13 @@ pub fn run() -> Result<Vec<i64>, String> {
     // Typed loading: nothing is printed; a bad program comes back as diagnostics to render.
     let loaded = ved_cli::load::read_program(&[program]).map_err(|e| e.to_string())?;
     let firewall = Arc::new(MemoryFirewall::default());
-    let opts = RunOptions {
-        seed: 7,
-        data_dir: None,
-        durability: ved_store::Durability::None,
-        recover: false,
-        config: None,
-        flush: ved_store::Flush::Background,
-    };
+    // The engine: the program, its named adapters, and (here) no data directory: in memory.
     // Events go to any `Write`; here, a buffer.
-    let mut ved =
-        ved_cli::run::Driver::start(loaded, &opts, Adapters::single(firewall.clone()), Vec::new(), Box::new(|_| {}))
-            .map_err(|_| "Ved could not start".to_string())?;
+    let mut ved = ved_cli::run::Builder::new(loaded)
+        .adapter("Firewall", firewall.clone())
+        .seed(7)
+        .start(Vec::new())
+        .map_err(|_| "Ved could not start".to_string())?;
     // At start the wanted ports are opened through the trait.
     // Then the outside world reports a rogue port; Ved closes it.
     firewall.open.lock().map_err(|e| e.to_string())?.insert(22);

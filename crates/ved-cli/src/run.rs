@@ -217,6 +217,88 @@ impl Adapters {
     }
 }
 
+/// Builds a [`Driver`] for a program that embeds Ved: named adapters, where the
+/// state lives (or in memory), the retry policy and the jitter seed.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # fn demo(loaded: ved_cli::load::Loaded, firewall: Arc<dyn ved_adapters::Actuator>) {
+/// let ved = ved_cli::run::Builder::new(loaded)
+///     .adapter("Firewall", firewall)
+///     .data_dir("/var/lib/my-app/ved")
+///     .retry(ved_runtime::RetryPolicy { breaker_after: 3, ..Default::default() })
+///     .start(Vec::new());
+/// # }
+/// ```
+pub struct Builder {
+    loaded: load::Loaded,
+    adapters: BTreeMap<String, Arc<dyn ved_adapters::Actuator>>,
+    data_dir: Option<PathBuf>,
+    retry: ved_runtime::RetryPolicy,
+    seed: u64,
+}
+
+impl Builder {
+    pub fn new(loaded: load::Loaded) -> Builder {
+        Builder {
+            loaded,
+            adapters: BTreeMap::new(),
+            data_dir: None,
+            retry: ved_runtime::RetryPolicy::default(),
+            seed: 0,
+        }
+    }
+
+    /// Serves the program's `emit NAME.Action(...)` with `actuator`. Names with no
+    /// adapter are acknowledged at once, as the `log` driver does.
+    pub fn adapter(mut self, name: &str, actuator: Arc<dyn ved_adapters::Actuator>) -> Builder {
+        self.adapters.insert(name.to_string(), actuator);
+        self
+    }
+
+    /// Keeps every slice durable in `dir` (fsync); without it the engine runs in memory.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Builder {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    pub fn retry(mut self, policy: ved_runtime::RetryPolicy) -> Builder {
+        self.retry = policy;
+        self
+    }
+
+    /// Seeds the retry jitter (reproducible runs).
+    pub fn seed(mut self, seed: u64) -> Builder {
+        self.seed = seed;
+        self
+    }
+
+    /// Starts the engine; events go to `out` as JSON lines. Actions run inline, on the
+    /// caller's thread, when the engine releases them.
+    pub fn start<W: Write>(self, out: W) -> Result<Driver<W>, StartError> {
+        let p = self.retry;
+        let mut config = ved_adapters::config::Config::default();
+        config.retry = ved_adapters::config::RetryConfig {
+            initial_ms: p.initial_ms,
+            factor: p.factor,
+            cap_ms: p.cap_ms,
+            breaker_after: p.breaker_after,
+            confirm_ms: p.confirm_ms,
+        };
+        let opts = RunOptions {
+            seed: self.seed,
+            data_dir: self.data_dir,
+            durability: Durability::Fsync,
+            recover: false,
+            config: Some(config),
+            flush: ved_store::Flush::Background,
+        };
+        let adapters =
+            Adapters { by_name: self.adapters, fallback: Arc::new(ved_adapters::LogDriver), pool: None, manual: None };
+        Driver::start(self.loaded, &opts, adapters, out, Box::new(|_| {}))
+    }
+}
+
 /// Why the driver could not start.
 pub enum StartError {
     /// Already reported on stderr.
@@ -504,6 +586,25 @@ impl<W: Write> Driver<W> {
         }
         self.settle();
         Ok(())
+    }
+
+    /// Flushes and releases until nothing is left to do: every slice durable, every
+    /// intent handed out and (with inline actuators) answered. For embedders: call it
+    /// after feeding observations to let the engine converge before looking.
+    pub fn run_until_idle(&mut self) -> Result<(), String> {
+        // Each round makes the last round's slices durable and releases their intents;
+        // a converging program needs one round per step that emits.
+        for _ in 0..100_000 {
+            self.flush()?;
+            if self.drained() && !self.rt.has_work() {
+                return Ok(());
+            }
+            if self.in_flight > 0 && self.durable_and_released() {
+                // Results from worker threads are not this call's to wait for.
+                return Ok(());
+            }
+        }
+        Err("the engine did not become idle after 100000 rounds".into())
     }
 
     /// With `Flush::Manual`: writes and syncs what is queued without releasing anything,
