@@ -1368,6 +1368,11 @@ impl<W: Write> Driver<W> {
     }
 
     /// Builds the audit trail: a drift, the corrections, and how it ended.
+    /// `field = value, ...` for the audit narrative.
+    fn changes_text(&self, name: &str, changes: &[(u16, ved_vm::Value)]) -> String {
+        changes.iter().map(|(s, v)| format!("{} = {v}", self.field_name(name, *s))).collect::<Vec<_>>().join(", ")
+    }
+
     fn track_episode(&mut self, name: &str, ticks: u64, ev: &Event, audit: &mut Vec<AuditDraft>) {
         let was_resting = self.last_status.get(name).is_some_and(|s| *s != Status::Converging);
         match ev {
@@ -1391,15 +1396,7 @@ impl<W: Write> Driver<W> {
                 self.last_status.insert(name.to_string(), Status::Converging);
             }
             Event::Slice { cause: Cause::Transition(t), changes, .. } if !changes.is_empty() => {
-                let text = format!(
-                    "{} set {}",
-                    self.transition_name(name, *t),
-                    changes
-                        .iter()
-                        .map(|(s, v)| format!("{} = {v}", self.field_name(name, *s)))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
+                let text = format!("{} set {}", self.transition_name(name, *t), self.changes_text(name, changes));
                 if let Some(ep) = self.episodes.get_mut(name) {
                     ep.log.push(text);
                     ep.acted = true;
@@ -1420,14 +1417,7 @@ impl<W: Write> Driver<W> {
             }
             // A correction lands when its intents succeed: the held changes apply now.
             Event::Slice { cause: Cause::Result(id), changes, .. } if !changes.is_empty() => {
-                let text = format!(
-                    "{id} succeeded: {}",
-                    changes
-                        .iter()
-                        .map(|(s, v)| format!("{} = {v}", self.field_name(name, *s)))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
+                let text = format!("{id} succeeded: {}", self.changes_text(name, changes));
                 if let Some(ep) = self.episodes.get_mut(name) {
                     ep.log.push(text);
                 }
