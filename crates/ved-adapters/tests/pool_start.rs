@@ -2,52 +2,16 @@
 //! command line is not a member, its `Start` fails with a reason, and nothing it
 //! started stays behind.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use ved_adapters::process::{Pool, ProcessDriver};
 use ved_adapters::{Actuator, IntentRequest};
 
+mod common;
+
+use common::{kill_marked as cleanup, wait_gone, wait_until, with_marker};
+
 fn marker(tag: u32) -> String {
-    format!("3000.{}{tag:03}", std::process::id())
-}
-
-fn with_marker(marker: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else { continue };
-        if raw.split(|b| *b == 0).any(|a| a == marker.as_bytes()) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn cleanup(marker: &str) {
-    for pid in with_marker(marker) {
-        let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-    }
-}
-
-/// Waits until no process carries `marker`; otherwise kills the survivors and fails.
-fn wait_gone(marker: &str, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !with_marker(marker).is_empty() {
-        if Instant::now() >= deadline {
-            let left = with_marker(marker);
-            cleanup(marker);
-            panic!("timed out waiting for {what}: {left:?} still run");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    common::marker(3000, tag)
 }
 
 /// Kills whatever carries the marker when dropped, so a failed test leaves nothing running.

@@ -8,42 +8,12 @@ use std::time::{Duration, Instant};
 use ved_adapters::exec::{run_command, ExecWatcher};
 use ved_adapters::{Actuator, IntentRequest, Watcher};
 
-/// A sleep argument no other process on the machine has: `1000.<pid><tag>`.
+mod common;
+
+use common::{wait_gone as wait_until_gone, with_marker};
+
 fn marker(tag: u32) -> String {
-    format!("1000.{}{tag:03}", std::process::id())
-}
-
-/// Pids of live processes with `marker` among their arguments (zombies have none).
-fn with_marker(marker: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else { continue };
-        if raw.split(|b| *b == 0).any(|a| a == marker.as_bytes()) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-/// Waits (generously) until no process carries `marker`; panics with the survivors.
-fn wait_until_gone(marker: &str, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = with_marker(marker);
-        if left.is_empty() {
-            return;
-        }
-        if Instant::now() >= deadline {
-            // Clean up (the shells of these tests ignore nothing but TERM), then fail.
-            for pid in &left {
-                let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-            }
-            panic!("{what}: processes left behind: {left:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::marker(1000, tag)
 }
 
 /// Waits until some process carries `marker`.

@@ -23,19 +23,7 @@ fn ved(args: &[&str], input: &str) -> (i32, Vec<Json>, String) {
     common::ved_events(args, input)
 }
 
-/// Pids of processes whose command line is exactly `argv`.
-fn members(argv: &[&str]) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else { continue };
-        let args: Vec<&[u8]> = raw.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
-        if args.len() == argv.len() && args.iter().zip(argv).all(|(a, b)| *a == b.as_bytes()) {
-            out.push(pid);
-        }
-    }
-    out
-}
+use common::processes_running as members;
 
 use common::wait_for;
 

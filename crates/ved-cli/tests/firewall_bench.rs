@@ -20,7 +20,7 @@
 
 mod common;
 
-use common::{sh, tempdir, wait_for, Daemon};
+use common::{security_policy_in, tempdir, wait_for, Daemon, Netns};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::mpsc::Receiver;
@@ -28,20 +28,7 @@ use std::time::{Duration, Instant};
 
 const FIXES: usize = 200;
 
-struct Netns(String);
-
 impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("ved-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        sh(&["ip", "netns", "add", &name]);
-        Netns(name)
-    }
-    fn nft(&self, args: &[&str]) -> String {
-        let mut cmd = vec!["ip", "netns", "exec", &self.0, "nft"];
-        cmd.extend_from_slice(args);
-        sh(&cmd)
-    }
     /// A separate `nft monitor`: every line it prints, with the moment it arrived.
     fn monitor(&self) -> (std::process::Child, Receiver<(Instant, String)>) {
         let mut child = Command::new("ip")
@@ -57,12 +44,6 @@ impl Netns {
             }
         });
         (child, rx)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
     }
 }
 
@@ -229,14 +210,7 @@ fn heal_latency_and_cpu_per_fix() {
 
     let ns = Netns::new("fwbench");
     let dir = tempdir("fwbench");
-    let config = dir.join("ved.toml");
-    let toml = std::fs::read_to_string(common::root().join("examples/demo/security_policy/ved.toml")).unwrap();
-    std::fs::write(&config, toml.replace("\"ved-demo\"", &format!("\"{}\"", ns.0))).unwrap();
-    let data = dir.join("data");
-    let d = Daemon::start(
-        &["examples/security_policy.ved", "--config", config.to_str().unwrap(), "--data-dir", data.to_str().unwrap()],
-        None,
-    );
+    let d = security_policy_in(&ns.0, &dir, "");
     let stable = |d: &Daemon| d.get("/v1/instances/SecurityPolicy").1["status"] == "stable";
     wait_for("stable", Duration::from_secs(30), || stable(&d));
     let pid = d.child.id();

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{sh, tempdir, wait_for, Daemon};
+use common::{security_policy_in, sh, tempdir, wait_for, Daemon};
 use serde_json::Value as Json;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -146,17 +146,8 @@ fn nft_in_netns(ns: &str) -> Vec<String> {
 }
 
 fn start_ved(net: &Net, dir: &std::path::Path) -> Daemon {
-    let config = dir.join("ved.toml");
-    let toml = std::fs::read_to_string(common::root().join("examples/demo/security_policy/ved.toml")).unwrap();
     // A short backoff and breaker, so that a block Ved cannot undo is `degraded` within seconds.
-    let toml = toml.replace("\"ved-demo\"", &format!("\"{}\"", net.server))
-        + "\n[retry]\ninitial_ms = 50\nfactor = 2\ncap_ms = 400\nbreaker_after = 3\n";
-    std::fs::write(&config, toml).unwrap();
-    let data = dir.join("data");
-    Daemon::start(
-        &["examples/security_policy.ved", "--config", config.to_str().unwrap(), "--data-dir", data.to_str().unwrap()],
-        None,
-    )
+    security_policy_in(&net.server, dir, "\n[retry]\ninitial_ms = 50\nfactor = 2\ncap_ms = 400\nbreaker_after = 3\n")
 }
 
 #[test]

@@ -7,26 +7,10 @@
 
 mod common;
 
-use common::{sh, tempdir, wait_for, Daemon};
+use common::{security_policy_in, tempdir, wait_for, Daemon, Netns};
 use std::time::Duration;
 
-/// A network namespace that is deleted when the test ends, however it ends.
-struct Netns(String);
-
 impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("ved-{tag}-{}", std::process::id());
-        let _ = std::process::Command::new("ip").args(["netns", "del", &name]).output();
-        sh(&["ip", "netns", "add", &name]);
-        Netns(name)
-    }
-
-    fn nft(&self, args: &[&str]) -> String {
-        let mut cmd = vec!["ip", "netns", "exec", &self.0, "nft"];
-        cmd.extend_from_slice(args);
-        sh(&cmd)
-    }
-
     /// The ports effectively open, as `ved`'s own evaluator reads the whole ruleset
     /// (an empty ruleset filters nothing: none is reported until Ved's chain exists).
     fn open_ports(&self) -> Vec<i64> {
@@ -40,24 +24,11 @@ impl Netns {
     }
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
 #[test]
 fn a_rogue_rule_added_by_hand_disappears_and_is_audited() {
     let ns = Netns::new("fw");
     let dir = tempdir("nft");
-    let config = dir.join("ved.toml");
-    let toml = std::fs::read_to_string(common::root().join("examples/demo/security_policy/ved.toml")).unwrap();
-    std::fs::write(&config, toml.replace("\"ved-demo\"", &format!("\"{}\"", ns.0))).unwrap();
-    let data = dir.join("data");
-    let d = Daemon::start(
-        &["examples/security_policy.ved", "--config", config.to_str().unwrap(), "--data-dir", data.to_str().unwrap()],
-        None,
-    );
+    let d = security_policy_in(&ns.0, &dir, "");
     let stable = |d: &Daemon| d.get("/v1/instances/SecurityPolicy").1["status"] == "stable";
 
     // From an empty namespace, Ved creates the chain and opens the desired ports.

@@ -8,19 +8,7 @@ mod common;
 use common::{root, tempdir, wait_for, Daemon};
 use std::time::Duration;
 
-/// Pids of live processes with `marker` as one of their arguments.
-fn with_marker(marker: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else { continue };
-        if raw.split(|b| *b == 0).any(|a| a == marker.as_bytes()) {
-            out.push(pid);
-        }
-    }
-    out
-}
+use common::processes_with_arg as with_marker;
 
 /// Waits until no process carries `marker`; otherwise kills the survivors and fails.
 fn wait_gone(marker: &str, what: &str) {

@@ -9,22 +9,7 @@ use std::time::Duration;
 
 const TOKEN: &str = "relative-t0ken";
 
-/// Pids of live processes whose command line is exactly `args`.
-fn members(args: &[&str]) -> Vec<u32> {
-    let want: Vec<u8> = args.iter().flat_map(|a| a.bytes().chain(std::iter::once(0))).collect();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
-            .unwrap_or(true);
-        if cmd == want && !zombie {
-            out.push(pid);
-        }
-    }
-    out
-}
+use common::processes_running as members;
 
 /// Kills the pool's members when the test ends, however it ends: the daemon leaves
 /// them running by design (members outlive Ved).

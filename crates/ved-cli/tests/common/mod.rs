@@ -260,3 +260,65 @@ impl Rng {
         self.next() % 100 < p
     }
 }
+
+/// Pids of live processes whose command line is exactly `argv` (a zombie's is empty).
+pub fn processes_running(argv: &[&str]) -> Vec<u32> {
+    processes_where(|args| args.len() == argv.len() && args.iter().zip(argv).all(|(a, b)| *a == b.as_bytes()))
+}
+
+/// Pids of live processes with `arg` as one of their arguments.
+pub fn processes_with_arg(arg: &str) -> Vec<u32> {
+    processes_where(|args| args.contains(&arg.as_bytes()))
+}
+
+fn processes_where(mut keep: impl FnMut(&[&[u8]]) -> bool) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let args: Vec<&[u8]> = raw.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
+        if keep(&args) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// A network namespace that is deleted when the test ends, however it ends.
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("ved-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        sh(&["ip", "netns", "add", &name]);
+        Netns(name)
+    }
+
+    /// `nft ARGS` inside the namespace; it must succeed.
+    pub fn nft(&self, args: &[&str]) -> String {
+        let mut cmd = vec!["ip", "netns", "exec", &self.0, "nft"];
+        cmd.extend_from_slice(args);
+        sh(&cmd)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+/// Seed 000 as a daemon whose firewall adapter and watcher act in network namespace
+/// `netns` (the demo's ved.toml, pointed there, plus `extra_toml`), with its store in `dir`.
+pub fn security_policy_in(netns: &str, dir: &Path, extra_toml: &str) -> Daemon {
+    let config = dir.join("ved.toml");
+    let toml = std::fs::read_to_string(root().join("examples/demo/security_policy/ved.toml")).unwrap();
+    std::fs::write(&config, toml.replace("\"ved-demo\"", &format!("\"{netns}\"")) + extra_toml).unwrap();
+    let data = dir.join("data");
+    Daemon::start(
+        &["examples/security_policy.ved", "--config", config.to_str().unwrap(), "--data-dir", data.to_str().unwrap()],
+        None,
+    )
+}
