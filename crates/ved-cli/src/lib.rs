@@ -1,9 +1,8 @@
-//! The `ved` command's library half: loading programs, the run driver (store,
-//! output commit, journal, audit), conversions to JSON, and the read-only views
-//! of a data directory, `ved verify`, `ved replay`, the daemon's HTTP API and
-//! cluster mode. All I/O of the project lives at this edge; `main.rs` only
-//! parses arguments and calls in here. It is a library so that tests can
-//! drive the runtime with their own adapters.
+//! The `ved` command's library half: the clients of `ved-engine` (`ved run --stdin`,
+//! the daemon and its HTTP API, cluster nodes), the read-only views of a data
+//! directory, `ved check`, `ved verify`, `ved replay` and `ved test`. `main.rs` only
+//! parses arguments and calls in here; it is a library so that tests can drive the
+//! same code.
 
 pub mod cluster_run;
 pub mod inspect;

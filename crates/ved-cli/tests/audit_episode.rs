@@ -31,8 +31,13 @@ impl Run {
             config: None,
             flush: ved_store::Flush::Manual,
         };
-        let Ok(driver) = Driver::start(loaded, &opts, Adapters::manual(queue.clone()), Vec::new(), Box::new(|_| {}))
-        else {
+        let Ok(driver) = Driver::start(
+            loaded,
+            &opts,
+            Adapters::manual(queue.clone()),
+            ved_cli::run::JsonLines::new(Vec::new()),
+            Box::new(|_| {}),
+        ) else {
             panic!("the driver starts")
         };
         let mut run = Run { driver, queue, dir, line: 0 };

@@ -139,7 +139,7 @@ impl Sim {
             loaded,
             &opts(&self.dir),
             Adapters::manual(self.queue.clone()),
-            Vec::new(),
+            ved_cli::run::JsonLines::new(Vec::new()),
             Box::new(|_| {}),
         ) {
             Ok(d) => d,

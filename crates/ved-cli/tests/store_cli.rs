@@ -63,14 +63,22 @@ fn no_intent_reaches_an_adapter_before_its_slice_is_durable() {
         config: None,
         flush: ved_store::Flush::Background,
     };
-    let mut d = Driver::start(loaded, &opts, Adapters::single(Arc::new(adapter)), Vec::new(), hook).ok().unwrap();
+    let mut d = Driver::start(
+        loaded,
+        &opts,
+        Adapters::single(Arc::new(adapter)),
+        ved_cli::run::JsonLines::new(Vec::new()),
+        hook,
+    )
+    .ok()
+    .unwrap();
     d.handle_line(1, r#"{"instance":"DatabaseRouting","set":{"primary_status":"failed"}}"#);
     d.handle_line(2, r#"{"instance":"DatabaseRouting","set":{"primary_status":"healthy"}}"#);
     while seen.lock().unwrap().len() < 3 {
         rx.recv_timeout(std::time::Duration::from_secs(10)).expect("durability progresses");
         d.settle();
     }
-    let out = String::from_utf8(d.finish().unwrap()).unwrap();
+    let out = String::from_utf8(d.finish().unwrap().into_inner()).unwrap();
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 3, "{seen:?}\n{out}");
     for (intent, emitted_at, stored) in &seen {
@@ -285,7 +293,9 @@ fn manual_driver(dir: &std::path::Path, program: &str, queue: Arc<Mutex<Vec<Inte
         config: None,
         flush: ved_store::Flush::Manual,
     };
-    Driver::start(loaded, &opts, Adapters::manual(queue), Vec::new(), Box::new(|_| {})).ok().unwrap()
+    Driver::start(loaded, &opts, Adapters::manual(queue), ved_cli::run::JsonLines::new(Vec::new()), Box::new(|_| {}))
+        .ok()
+        .unwrap()
 }
 
 fn observed(fields: Json, source: &str) -> ved_adapters::Inbound {

@@ -7,7 +7,7 @@
 //! touches the runtime directly. A call that changes state is answered only once
 //! the slices it caused are durable, exactly like an `ack` in `--stdin` mode.
 
-use super::{obj, Ack, Driver, Input};
+use super::Input;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
@@ -15,49 +15,22 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use serde_json::{json, Map, Value as Json};
+use serde_json::{Map, Value as Json};
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{mpsc, Arc};
-use ved_runtime::instance::Phase;
+pub use ved_engine::calls::{error, Call, Reply};
 
 /// Largest request body accepted; larger ones get 413 and change nothing.
 pub const BODY_LIMIT: usize = 64 * 1024;
-/// Longest instance name `POST /v1/instances` accepts.
-const NAME_MAX: usize = 128;
-
 /// The OpenAPI 3.1 description of every route, served at `/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
 
-/// What a handler asks of the driver.
-pub enum Call {
-    List,
-    Get(String),
-    Observe { instance: String, body: Map<String, Json>, version: Option<(String, u64)> },
-    Create(Map<String, Json>),
-    Journal(String),
-    Audit,
-    Health,
-}
-
-/// The driver's answer: an HTTP status and a JSON body.
-pub struct Reply {
-    pub status: u16,
-    pub body: Json,
-}
-
 pub type Responder = tokio::sync::oneshot::Sender<Reply>;
 
-fn error(status: u16, message: impl Into<String>) -> Reply {
-    Reply { status, body: json!({"error": {"status": status, "message": message.into()}}) }
-}
-
-impl Reply {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, axum::Json(self.body)).into_response()
-    }
+fn into_response(r: Reply) -> Response {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(r.body)).into_response()
 }
 
 struct App {
@@ -71,17 +44,18 @@ impl App {
         match self.inputs.try_send(Input::Api(call, tx)) {
             Ok(()) => {}
             Err(mpsc::TrySendError::Full(_)) => {
-                let mut r =
-                    error(503, format!("ved is busy: {} inputs are queued; retry shortly", super::INPUT_CAPACITY))
-                        .into_response();
+                let mut r = into_response(error(
+                    503,
+                    format!("ved is busy: {} inputs are queued; retry shortly", super::INPUT_CAPACITY),
+                ));
                 r.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
                 return r;
             }
-            Err(mpsc::TrySendError::Disconnected(_)) => return error(503, "ved is shutting down").into_response(),
+            Err(mpsc::TrySendError::Disconnected(_)) => return into_response(error(503, "ved is shutting down")),
         }
         match rx.await {
-            Ok(reply) => reply.into_response(),
-            Err(_) => error(503, "ved is shutting down; the call may not have been applied").into_response(),
+            Ok(reply) => into_response(reply),
+            Err(_) => into_response(error(503, "ved is shutting down; the call may not have been applied")),
         }
     }
 
@@ -150,11 +124,11 @@ async fn list(State(app): Shared) -> Response {
 
 async fn create(State(app): Shared, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     if let Err(r) = app.authorize(&headers) {
-        return r.into_response();
+        return into_response(r);
     }
     match json_object(body) {
         Ok(m) => app.call(Call::Create(m)).await,
-        Err(r) => r.into_response(),
+        Err(r) => into_response(r),
     }
 }
 
@@ -170,21 +144,19 @@ async fn observe(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if let Err(r) = app.authorize(&headers) {
-        return r.into_response();
+        return into_response(r);
     }
     let version = match (q.get("source"), q.get("version")) {
         (None, None) => None,
         (Some(s), Some(v)) => match v.parse::<u64>() {
             Ok(v) => Some((s.clone(), v)),
-            Err(_) => {
-                return error(400, format!("`version` must be a non-negative integer, not `{v}`")).into_response()
-            }
+            Err(_) => return into_response(error(400, format!("`version` must be a non-negative integer, not `{v}`"))),
         },
-        _ => return error(400, "the query parameters `source` and `version` go together").into_response(),
+        _ => return into_response(error(400, "the query parameters `source` and `version` go together")),
     };
     match json_object(body) {
         Ok(m) => app.call(Call::Observe { instance: name, body: m, version }).await,
-        Err(r) => r.into_response(),
+        Err(r) => into_response(r),
     }
 }
 
@@ -201,11 +173,11 @@ async fn openapi() -> Response {
 }
 
 async fn not_found() -> Response {
-    error(404, "no such route; see /v1/openapi.json for the API").into_response()
+    into_response(error(404, "no such route; see /v1/openapi.json for the API"))
 }
 
 async fn not_allowed() -> Response {
-    error(405, "this route does not take that method; see /v1/openapi.json").into_response()
+    into_response(error(405, "this route does not take that method; see /v1/openapi.json"))
 }
 
 fn router(app: Arc<App>) -> Router {
@@ -226,7 +198,7 @@ fn router(app: Arc<App>) -> Router {
 /// Binds `listen` now, so that a busy port is reported before anything starts, and
 /// serves on a thread of its own until SIGTERM or SIGINT, which it turns into
 /// [`Input::Shutdown`].
-pub fn serve(
+pub(crate) fn serve(
     listen: SocketAddr,
     token: Option<String>,
     inputs: mpsc::SyncSender<Input>,
@@ -272,232 +244,6 @@ async fn wait_for_signal() {
         }
         // Without handlers the default action (exit) applies; nothing better to do.
         _ => std::future::pending::<()>().await,
-    }
-}
-
-impl<W: Write> Driver<W> {
-    /// Answers one API call on the driver's thread.
-    pub(super) fn handle_api(&mut self, call: Call, reply: Responder) {
-        match call {
-            Call::Health => {
-                let r = match self.store_failure() {
-                    Some(f) => error(503, format!("the store failed: {f}")),
-                    None => Reply { status: 200, body: json!({"status": "ok"}) },
-                };
-                let _ = reply.send(r);
-            }
-            Call::List => {
-                let list: Vec<Json> = self
-                    .rt
-                    .instances()
-                    .iter()
-                    .map(|i| {
-                        json!({"name": &*i.name, "domain": self.program.domains[i.domain].name,
-                            "status": i.status.as_str(), "slice": i.slice})
-                    })
-                    .collect();
-                let _ = reply.send(Reply { status: 200, body: json!({"instances": list}) });
-            }
-            Call::Get(name) => {
-                let _ = reply.send(self.describe(&name));
-            }
-            Call::Journal(name) => {
-                let r = if self.rt.index_of(&name).is_none() {
-                    self.no_instance(&name)
-                } else {
-                    let entries: Vec<Json> = self
-                        .journals
-                        .get(&name)
-                        .map(|q| q.iter().filter_map(|e| serde_json::to_value(e).ok()).collect())
-                        .unwrap_or_default();
-                    Reply { status: 200, body: json!({"instance": name, "entries": entries}) }
-                };
-                let _ = reply.send(r);
-            }
-            Call::Audit => {
-                let r = match self.store.as_ref().map(|s| ved_store::read_only(s.dir())) {
-                    None => {
-                        Reply { status: 200, body: json!({"entries": [], "note": "--ephemeral: nothing is recorded"}) }
-                    }
-                    Some(Ok(rec)) => {
-                        let entries: Vec<Json> =
-                            rec.audit.iter().filter_map(|e| serde_json::to_value(e).ok()).collect();
-                        Reply { status: 200, body: json!({"entries": entries}) }
-                    }
-                    Some(Err(e)) => error(500, format!("cannot read the audit log: {e}")),
-                };
-                let _ = reply.send(r);
-            }
-            Call::Observe { instance, body, version } => {
-                if self.rt.index_of(&instance).is_none() {
-                    let _ = reply.send(self.no_instance(&instance));
-                    return;
-                }
-                if body.is_empty() {
-                    let _ = reply.send(error(400, "the observation is empty: send an object of field to value"));
-                    return;
-                }
-                // `{"add": {"workers": -1}}` is a relative observation, unless the domain has a field `add`.
-                let has_add_field = self
-                    .rt
-                    .index_of(&instance)
-                    .is_some_and(|i| self.rt.domain_of(i).fields.iter().any(|(n, _)| n == "add"));
-                let relative = match body.get("add") {
-                    Some(Json::Object(add)) if !has_add_field => {
-                        if body.len() != 1 || version.is_some() {
-                            let _ = reply.send(error(
-                                400,
-                                "`add` stands alone: send relative changes in their own observation, without `source` and `version`",
-                            ));
-                            return;
-                        }
-                        Some(add.clone())
-                    }
-                    _ => None,
-                };
-                // The journal names where an observation came from: the versioned source, or `api`.
-                let source = version.as_ref().map_or("api", |(s, _)| s.as_str()).to_string();
-                let queued = match &relative {
-                    Some(add) => self.observe_add(&instance, add, &source, None),
-                    None => {
-                        self.observe(&instance, &body, version.as_ref().map(|(s, v)| (s.as_str(), *v)), &source, None)
-                    }
-                };
-                match queued {
-                    Err((_, message)) => {
-                        let _ = reply.send(error(400, message));
-                    }
-                    Ok(()) => {
-                        let seq = self.run_and_persist();
-                        let body = self.summary(&instance);
-                        self.acks.push_back((seq, Ack::Reply(reply, Reply { status: 200, body })));
-                        self.settle();
-                    }
-                }
-            }
-            Call::Create(body) => match self.create(body) {
-                Err(r) => {
-                    let _ = reply.send(r);
-                }
-                Ok(name) => {
-                    let seq = self.run_and_persist();
-                    let body = self.summary(&name);
-                    self.acks.push_back((seq, Ack::Reply(reply, Reply { status: 201, body })));
-                    self.settle();
-                }
-            },
-        }
-    }
-
-    fn no_instance(&self, name: &str) -> Reply {
-        let names: Vec<String> = self.rt.instances().iter().map(|i| format!("`{}`", i.name)).collect();
-        error(404, format!("no instance named `{name}`; the instances are {}", names.join(", ")))
-    }
-
-    fn summary(&self, name: &str) -> Json {
-        match self.rt.instance(name) {
-            Some(i) => json!({"name": name, "status": i.status.as_str(), "slice": i.slice}),
-            None => json!({"name": name}),
-        }
-    }
-
-    /// `GET /v1/instances/{name}`: state, each goal's truth, pending transitions.
-    fn describe(&mut self, name: &str) -> Reply {
-        let Some(idx) = self.rt.index_of(name) else {
-            return self.no_instance(name);
-        };
-        let goals: Vec<Json> =
-            self.rt.goal_truths(idx).into_iter().map(|(g, holds)| json!({"name": g, "holds": holds})).collect();
-        let inst = &self.rt.instances()[idx];
-        let dom = &self.program.domains[inst.domain];
-        let state: Map<String, Json> =
-            dom.fields.iter().zip(&inst.state).map(|((n, _), v)| (n.clone(), super::to_json(v))).collect();
-        let pending: Vec<Json> = inst
-            .pending
-            .iter()
-            .map(|p| {
-                let transition = dom.transitions.get(p.transition).map(|t| t.name.clone());
-                match &p.phase {
-                    Phase::InFlight { outstanding, .. } => json!({"transition": transition, "phase": "in_flight",
-                        "attempt": p.attempt,
-                        "outstanding": outstanding.iter().map(|o| o.to_string()).collect::<Vec<_>>()}),
-                    Phase::Confirming { fields, until_ms } => json!({"transition": transition, "phase": "confirming",
-                        "attempt": p.attempt, "until_ms": until_ms,
-                        "fields": fields.iter().filter_map(|f| dom.fields.get(usize::from(*f)).map(|(n, _)| n.clone())).collect::<Vec<_>>()}),
-                    Phase::Backoff { until_ms, faulted, error } => json!({"transition": transition, "phase": "backoff",
-                        "attempt": p.attempt, "until_ms": until_ms, "faulted": faulted, "error": error}),
-                }
-            })
-            .collect();
-        Reply {
-            status: 200,
-            body: json!({"name": name, "domain": dom.name, "status": inst.status.as_str(),
-                "reason": self.reasons.get(name), "slice": inst.slice,
-                "state": state, "goals": goals, "pending": pending}),
-        }
-    }
-
-    /// `POST /v1/instances`: `{"name": N, "domain": D, "state": {field: value}}`.
-    fn create(&mut self, body: Map<String, Json>) -> Result<String, Reply> {
-        for key in body.keys() {
-            if !matches!(key.as_str(), "name" | "domain" | "state") {
-                return Err(error(400, format!("unknown key `{key}`; an instance has `name`, `domain` and `state`")));
-            }
-        }
-        let name = match body.get("name") {
-            Some(Json::String(s)) => s.clone(),
-            Some(_) => return Err(error(400, "`name` must be a string")),
-            None => return Err(error(400, "missing `name`: what is the new instance called?")),
-        };
-        let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
-        if name.is_empty() || name.len() > NAME_MAX || !name.chars().all(valid) {
-            return Err(error(
-                400,
-                format!("`{name}` is not a valid instance name: use 1 to {NAME_MAX} letters, digits, `_`, `-` or `.`"),
-            ));
-        }
-        if self.rt.index_of(&name).is_some() {
-            return Err(error(409, format!("an instance named `{name}` already exists")));
-        }
-        let domains: Vec<String> = self.program.domains.iter().map(|d| format!("`{}`", d.name)).collect();
-        let domain = match body.get("domain") {
-            Some(Json::String(s)) => s.clone(),
-            Some(_) => return Err(error(400, "`domain` must be a string")),
-            None => return Err(error(400, format!("missing `domain`; the domains are {}", domains.join(", ")))),
-        };
-        let Some(d) = self.program.domains.iter().position(|x| x.name == domain) else {
-            return Err(error(400, format!("no domain named `{domain}`; the domains are {}", domains.join(", "))));
-        };
-        let dom = &self.program.domains[d];
-        let mut overrides = Vec::new();
-        match body.get("state") {
-            None => {}
-            Some(Json::Object(state)) => {
-                for (field, value) in state {
-                    let Some(slot) = dom.fields.iter().position(|(n, _)| n == field) else {
-                        let fields: Vec<String> = dom.fields.iter().map(|(n, _)| format!("`{n}`")).collect();
-                        return Err(error(
-                            400,
-                            format!("`{domain}` has no field `{field}`; its fields are {}", fields.join(", ")),
-                        ));
-                    };
-                    let v = super::from_json(value, &dom.fields[slot].1)
-                        .map_err(|e| error(400, format!("field `{field}`: {e}")))?;
-                    overrides.push((slot as u16, v));
-                }
-            }
-            Some(_) => return Err(error(400, "`state` must be an object of field to value")),
-        }
-        self.rt.create_instance(&name, d, overrides).map_err(|e| error(400, e.to_string()))?;
-        // Recorded at slice 0, so that `ved replay` can start from its beginning.
-        if let (Some(store), Some(inst)) = (self.store.as_mut(), self.rt.instance(&name)) {
-            let dom = &self.program.domains[inst.domain];
-            let snap = ved_store::SnapshotRecord::from_snapshot(inst.snapshot(), &dom.name, &dom.fields);
-            self.history.entry(name.clone()).or_default().push_back(snap.clone());
-            store.append(vec![ved_store::Record::Snapshot(snap)], Vec::new());
-        }
-        self.out.emit(obj(json!({"event": "created", "instance": name, "domain": domain})));
-        Ok(name)
     }
 }
 

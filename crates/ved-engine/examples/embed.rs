@@ -4,12 +4,13 @@
 //! that implements `ved_adapters::Actuator`. Ved opens the wanted ports, then an
 //! observation reports a rogue port and Ved closes it through the same trait.
 //!
-//! Run it with `cargo run -p ved-cli --example embed`; the test suite runs it too.
+//! Run it with `cargo run -p ved-engine --example embed`; the test suite runs it too.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use ved_adapters::{ActionError, ActionResult, Actuator, IntentRequest};
+use ved_engine::{EngineEvent, Observation};
 
 /// A firewall that lives in memory: the set of open ports.
 #[derive(Default)]
@@ -38,26 +39,29 @@ impl Actuator for MemoryFirewall {
 }
 
 /// Runs seed 000 against the in-memory firewall; returns the ports left open.
-pub fn run() -> Result<Vec<i64>, String> {
+pub fn run() -> Result<Vec<i64>, Box<dyn std::error::Error>> {
     let program = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/security_policy.ved");
     // Typed loading: nothing is printed; a bad program comes back as diagnostics to render.
-    let loaded = ved_cli::load::read_program(&[program]).map_err(|e| e.to_string())?;
+    let loaded = ved_engine::load::read_program(&[program])?;
     let firewall = Arc::new(MemoryFirewall::default());
     // The engine: the program, its named adapters, and (here) no data directory: in memory.
-    // Events go to any `Write`; here, a buffer.
-    let mut ved = ved_cli::run::Builder::new(loaded)
-        .adapter("Firewall", firewall.clone())
-        .seed(7)
-        .start(Vec::new())
-        .map_err(|_| "Ved could not start".to_string())?;
+    // Events are collected as values.
+    let mut ved = ved_engine::Builder::new(loaded).adapter("Firewall", firewall.clone()).seed(7).start(Vec::new())?;
     // At start the wanted ports are opened through the trait.
     // Then the outside world reports a rogue port; Ved closes it.
     firewall.open.lock().map_err(|e| e.to_string())?.insert(22);
-    ved.handle_line(1, r#"{"instance": "SecurityPolicy", "set": {"actual_ports": [80, 443, 22]}}"#);
-    let status = ved.runtime().instance("SecurityPolicy").map(|i| i.status.as_str()).unwrap_or("missing");
-    let events = String::from_utf8(ved.finish()?).map_err(|e| e.to_string())?;
-    println!("{events}");
+    let ports = serde_json::json!([80, 443, 22]);
+    ved.observe(Observation::set("SecurityPolicy", "probe", [("actual_ports".to_string(), ports)]))?;
+    ved.run_until_idle()?;
+    let status = ved.status("SecurityPolicy").map(|s| s.as_str()).unwrap_or("missing");
     println!("status: {status}");
+    let events: Vec<EngineEvent> = ved.finish()?;
+    for ev in &events {
+        if let EngineEvent::Intent { action, args, .. } = ev {
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            println!("intent: Firewall.{action}({})", args.join(", "));
+        }
+    }
     let open: Vec<i64> = firewall.open.lock().map_err(|e| e.to_string())?.iter().copied().collect();
     println!("open ports: {open:?}");
     Ok(open)

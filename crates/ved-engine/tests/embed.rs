@@ -12,18 +12,42 @@ fn an_embedded_adapter_opens_the_wanted_ports_and_closes_a_rogue_one() {
 }
 
 #[test]
+fn the_embedded_engine_reports_typed_events_and_typed_errors() {
+    let program = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/security_policy.ved");
+    let loaded = ved_engine::load::read_program(&[program]).unwrap();
+    let mut ved = ved_engine::Builder::new(loaded).start(Vec::<ved_engine::EngineEvent>::new()).unwrap();
+    let bad = ved_engine::Observation::set("Nope", "test", [("x".to_string(), serde_json::json!(1))]);
+    let e = ved.observe(bad).unwrap_err();
+    assert!(
+        matches!(&e, ved_engine::InputError::NoInstance { name, known } if name == "Nope" && known == &["SecurityPolicy"])
+    );
+    let bad =
+        ved_engine::Observation::set("SecurityPolicy", "test", [("actual_ports".to_string(), serde_json::json!("x"))]);
+    assert!(matches!(ved.observe(bad), Err(ved_engine::InputError::BadValue { .. })));
+    ved.run_until_idle().unwrap();
+    let events = ved.finish().unwrap();
+    // Opening the wanted ports is an intent, then the instance rests.
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, ved_engine::EngineEvent::Intent { action, .. } if action == "OpenPorts")));
+    assert!(matches!(events.last(), Some(ved_engine::EngineEvent::Status { status: ved_runtime::Status::Stable, .. })));
+    let missing = ved_engine::load::read_program(&["/nonexistent.ved".into()]).err().unwrap();
+    assert!(matches!(missing, ved_engine::LoadError::File { .. }));
+}
+
+#[test]
 fn an_engine_built_with_a_data_directory_resumes_after_a_restart() {
     let dir = std::env::temp_dir().join(format!("ved-embed-builder-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let program = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/security_policy.ved");
     let firewall = std::sync::Arc::new(embed::MemoryFirewall::default());
     let start = || {
-        let loaded = ved_cli::load::read_program(std::slice::from_ref(&program)).unwrap();
-        let Ok(ved) = ved_cli::run::Builder::new(loaded)
+        let loaded = ved_engine::load::read_program(std::slice::from_ref(&program)).unwrap();
+        let Ok(ved) = ved_engine::Builder::new(loaded)
             .adapter("Firewall", firewall.clone())
             .data_dir(&dir)
             .retry(ved_runtime::RetryPolicy { breaker_after: 2, ..Default::default() })
-            .start(Vec::new())
+            .start(Vec::<ved_engine::EngineEvent>::new())
         else {
             panic!("the engine starts")
         };

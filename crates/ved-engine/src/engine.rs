@@ -1,0 +1,1467 @@
+//! The engine: one main loop's worth of state for running a Ved program. It owns
+//! the runtime, persistence (behind [`Persistence`]), adapter dispatch, output
+//! commit, journals and audit episodes; time comes from a [`Clock`]. Inputs are
+//! typed (observations, results, calls, time) and events come out typed
+//! ([`EngineEvent`]) into a [`Sink`].
+//!
+//! Output commit: every step's snapshot and journal entry are appended as one batch,
+//! and an intent leaves for its adapter only after its batch is durable; an input
+//! line is acknowledged, and a state-changing API call answered, likewise.
+
+use crate::calls::Reply;
+use crate::clock::{Clock, ManualClock};
+use crate::event::{EngineEvent, Sink, SliceCause};
+use crate::input::{InputError, Line, Observation};
+use crate::json::{from_json, to_json};
+use crate::load;
+use crate::persist::Persistence;
+use serde_json::Value as Json;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use ved_runtime::{Cause, Event, Instance, Intent, Runtime, Status};
+use ved_store::{AuditDraft, Durability, JournalEntry, Origin, Record, SnapshotRecord, Store, JOURNAL_MAX};
+use ved_syntax::SourceMap;
+use ved_vm::CompiledProgram;
+
+/// Journal entries an instance keeps once it is stable again.
+const JOURNAL_STABLE_KEEP: usize = 64;
+/// Log bytes (estimated) after which the store is compacted into a checkpoint.
+const COMPACT_AFTER_RECORDS: usize = 200_000;
+
+pub struct RunOptions {
+    pub seed: u64,
+    pub data_dir: Option<PathBuf>,
+    pub durability: Durability,
+    pub recover: bool,
+    /// `ved.toml`, already validated against the program.
+    pub config: Option<ved_adapters::config::Config>,
+    /// `Background` for `ved run`; `Manual` lets a simulation decide when writes happen.
+    pub flush: ved_store::Flush,
+}
+
+/// What to do once a batch is durable.
+pub(crate) enum Ack {
+    /// Print an `ack` for this input line.
+    Line(u64),
+    /// Answer an API call.
+    Reply(Responder, Reply),
+}
+
+/// Where an API call's answer goes, once it can be given.
+pub type Responder = Box<dyn FnOnce(Reply) + Send>;
+
+/// What the driver knows about an observation it queued beyond what the runtime reports:
+/// where it came from, everything it reported (not only what changed), and whether it was
+/// relative. The journal records it, and `ved replay` feeds it again from there.
+pub struct Feed {
+    instance: String,
+    source: String,
+    caused_by: Option<String>,
+    set: Vec<(String, Json)>,
+    add: Vec<(String, i64)>,
+}
+
+/// A drift and what was done about it, until the instance rests again.
+pub(crate) struct Episode {
+    /// What happened, in order: drifts, corrections, failures, later readings.
+    log: Vec<String>,
+    /// Whether Ved has acted yet: a reading after that reports an effect, not a drift.
+    acted: bool,
+    ticks_at_start: u64,
+}
+
+pub struct Engine<S: Sink> {
+    pub(crate) rt: Runtime,
+    pub(crate) adapters: Adapters,
+    pub(crate) program: std::sync::Arc<CompiledProgram>,
+    pub(crate) sources: SourceMap,
+    pub(crate) store: Option<Box<dyn Persistence>>,
+    pub(crate) out: S,
+    pub(crate) clock: Box<dyn Clock>,
+    /// Recovery warnings (a torn tail cut, ...), for the client to show.
+    pub warnings: Vec<String>,
+    /// Intents waiting for the batch that recorded them to be durable.
+    pub(crate) outbox: VecDeque<(u64, Intent)>,
+    /// Input lines and API calls waiting for their batch to be durable.
+    pub(crate) acks: VecDeque<(u64, Ack)>,
+    pub(crate) journals: BTreeMap<String, VecDeque<JournalEntry>>,
+    pub(crate) episodes: BTreeMap<String, Episode>,
+    pub(crate) last_status: BTreeMap<String, Status>,
+    /// Why each instance is not stable, when the runtime said (stuck, livelock, degraded).
+    pub(crate) reasons: BTreeMap<String, String>,
+    /// Records written since the last checkpoint.
+    pub(crate) records_since_checkpoint: usize,
+    /// Intents handed to the delivery pool whose results have not come back yet.
+    pub(crate) in_flight: usize,
+    /// Per instance, recent snapshots (oldest first), so that a checkpoint can keep the one
+    /// before the oldest journal entry: where `ved replay` starts.
+    pub(crate) history: BTreeMap<String, VecDeque<SnapshotRecord>>,
+    /// The program's sources, recorded in the store.
+    pub(crate) files: Vec<(String, String)>,
+    pub(crate) now_ms: u64,
+    /// Observations queued and not yet applied, oldest first.
+    pub(crate) feeds: VecDeque<Feed>,
+    /// Per instance, the last outside input applied: the origin of the ticks that follow.
+    pub(crate) last_input: BTreeMap<String, Origin>,
+    /// Per instance, the last status journaled.
+    pub(crate) journal_status: BTreeMap<String, Status>,
+    /// Per instance, observations that changed nothing since the last journal entry.
+    pub(crate) quiet: BTreeMap<String, u64>,
+}
+
+/// Which driver serves each adapter name, and how intents reach them.
+pub struct Adapters {
+    pub by_name: BTreeMap<String, Arc<dyn ved_adapters::Actuator>>,
+    /// For names not in `by_name` (without a configuration: every name).
+    pub fallback: Arc<dyn ved_adapters::Actuator>,
+    /// Worker threads; `None` delivers inline, on the driver's own thread.
+    pub pool: Option<ved_adapters::DeliveryPool>,
+    /// When set, released intents are only queued here, and their results come back
+    /// through [`Engine::handle_inbound`]: a simulation decides when, how and how often.
+    pub manual: Option<Arc<std::sync::Mutex<Vec<ved_adapters::IntentRequest>>>>,
+}
+
+impl Adapters {
+    /// Everything acknowledged at once by the logging driver, inline.
+    pub fn logging() -> Adapters {
+        Adapters { by_name: BTreeMap::new(), fallback: Arc::new(ved_adapters::LogDriver), pool: None, manual: None }
+    }
+
+    /// One driver for every name, inline (tests).
+    pub fn single(driver: Arc<dyn ved_adapters::Actuator>) -> Adapters {
+        Adapters { by_name: BTreeMap::new(), fallback: driver, pool: None, manual: None }
+    }
+
+    /// Hands an intent to the driver bound to its adapter name. Returns the outcome when it
+    /// was carried out inline; `None` when it went to the worker pool or the manual queue,
+    /// whose result comes back later as an `Inbound::Result`.
+    pub fn dispatch(&self, req: ved_adapters::IntentRequest) -> Option<ved_adapters::ActionResult> {
+        if let Some(queue) = &self.manual {
+            queue.lock().unwrap_or_else(|p| p.into_inner()).push(req);
+            return None;
+        }
+        let driver = self.by_name.get(&req.adapter).unwrap_or(&self.fallback).clone();
+        match &self.pool {
+            Some(pool) => {
+                pool.submit(driver, req);
+                None
+            }
+            None => {
+                let mut outcome = Ok(());
+                driver.deliver_then(&req, &mut |r| outcome = r);
+                Some(outcome)
+            }
+        }
+    }
+
+    /// Intents queue up in `queue`; results are fed back by the caller.
+    pub fn manual(queue: Arc<std::sync::Mutex<Vec<ved_adapters::IntentRequest>>>) -> Adapters {
+        Adapters {
+            by_name: BTreeMap::new(),
+            fallback: Arc::new(ved_adapters::LogDriver),
+            pool: None,
+            manual: Some(queue),
+        }
+    }
+}
+
+/// Builds an [`Engine`] for a program that embeds Ved: named adapters, where the
+/// state lives (or in memory), the retry policy and the jitter seed.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # fn demo(loaded: ved_engine::Loaded, firewall: Arc<dyn ved_adapters::Actuator>) {
+/// let ved = ved_engine::Builder::new(loaded)
+///     .adapter("Firewall", firewall)
+///     .data_dir("/var/lib/my-app/ved")
+///     .retry(ved_runtime::RetryPolicy { breaker_after: 3, ..Default::default() })
+///     .start(Vec::<ved_engine::EngineEvent>::new());
+/// # }
+/// ```
+pub struct Builder {
+    loaded: load::Loaded,
+    adapters: BTreeMap<String, Arc<dyn ved_adapters::Actuator>>,
+    data_dir: Option<PathBuf>,
+    retry: ved_runtime::RetryPolicy,
+    seed: u64,
+}
+
+impl Builder {
+    pub fn new(loaded: load::Loaded) -> Builder {
+        Builder {
+            loaded,
+            adapters: BTreeMap::new(),
+            data_dir: None,
+            retry: ved_runtime::RetryPolicy::default(),
+            seed: 0,
+        }
+    }
+
+    /// Serves the program's `emit NAME.Action(...)` with `actuator`. Names with no
+    /// adapter are acknowledged at once, as the `log` driver does.
+    pub fn adapter(mut self, name: &str, actuator: Arc<dyn ved_adapters::Actuator>) -> Builder {
+        self.adapters.insert(name.to_string(), actuator);
+        self
+    }
+
+    /// Keeps every slice durable in `dir` (fsync); without it the engine runs in memory.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Builder {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    pub fn retry(mut self, policy: ved_runtime::RetryPolicy) -> Builder {
+        self.retry = policy;
+        self
+    }
+
+    /// Seeds the retry jitter (reproducible runs).
+    pub fn seed(mut self, seed: u64) -> Builder {
+        self.seed = seed;
+        self
+    }
+
+    /// Starts the engine; events go to `sink` (a `Vec<EngineEvent>` collects them,
+    /// [`crate::JsonLines`] prints them). Actions run inline, on the caller's thread,
+    /// when the engine releases them.
+    pub fn start<S: Sink>(self, sink: S) -> Result<Engine<S>, StartError> {
+        let p = self.retry;
+        let mut config = ved_adapters::config::Config::default();
+        config.retry = ved_adapters::config::RetryConfig {
+            initial_ms: p.initial_ms,
+            factor: p.factor,
+            cap_ms: p.cap_ms,
+            breaker_after: p.breaker_after,
+            confirm_ms: p.confirm_ms,
+        };
+        let opts = RunOptions {
+            seed: self.seed,
+            data_dir: self.data_dir,
+            durability: Durability::Fsync,
+            recover: false,
+            config: Some(config),
+            flush: ved_store::Flush::Background,
+        };
+        let adapters =
+            Adapters { by_name: self.adapters, fallback: Arc::new(ved_adapters::LogDriver), pool: None, manual: None };
+        Engine::start(self.loaded, &opts, adapters, sink, Box::new(|_| {}))
+    }
+}
+
+/// Why a running engine could not go on.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EngineError {
+    /// The store's writer failed: nothing after the last durable batch is durable.
+    Store(String),
+    /// `run_until_idle` gave up: the program kept stepping (a livelock the runtime did not catch).
+    NotIdle { rounds: usize },
+}
+
+impl std::fmt::Display for EngineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EngineError::Store(m) => write!(f, "the store failed: {m}"),
+            EngineError::NotIdle { rounds } => write!(f, "the engine did not become idle after {rounds} rounds"),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+/// Why an engine could not start. Nothing is printed: the caller shows it.
+#[derive(Debug)]
+pub enum StartError {
+    /// The data directory could not be opened or recovered.
+    Store(ved_store::StoreError),
+    /// An instance in the store was written by a program with other fields.
+    Incompatible { instance: String, dir: String, reason: String },
+    /// A snapshot could not be restored into the runtime.
+    Restore { instance: String, reason: String },
+    /// A domain's instance could not be created (its initial state faults).
+    Create { instance: String, reason: String },
+}
+
+impl StartError {
+    /// What to do about it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            StartError::Store(e) => Some(e.hint().to_string()),
+            StartError::Incompatible { .. } => {
+                Some("run the program that wrote it, or start a new `--data-dir`".to_string())
+            }
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Store(e) => write!(f, "{e}"),
+            StartError::Incompatible { instance, dir, reason } => {
+                write!(f, "instance `{instance}` in {dir} was written by a different program: {reason}")
+            }
+            StartError::Restore { instance, reason } => write!(f, "cannot restore `{instance}`: {reason}"),
+            StartError::Create { instance, reason } => write!(f, "cannot start `{instance}`: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl<S: Sink> Engine<S> {
+    /// Opens the store (if any), restores or creates the instances, and runs them
+    /// until idle. `on_durable` is called from the store's writer after each batch.
+    pub fn start(
+        loaded: load::Loaded,
+        opts: &RunOptions,
+        adapters: Adapters,
+        mut out: S,
+        on_durable: ved_store::DurableHook,
+    ) -> Result<Engine<S>, StartError> {
+        let (store, recovered): (Option<Box<dyn Persistence>>, _) = match &opts.data_dir {
+            Some(dir) => match Store::open_with(dir, opts.durability, opts.recover, opts.flush, on_durable) {
+                Ok((s, r)) => (Some(Box::new(s)), Some(r)),
+                Err(e) => return Err(StartError::Store(e)),
+            },
+            None => (None, None),
+        };
+        if let Some(dir) = &opts.data_dir {
+            // Where the state lives, given or the default: the first event of a durable run.
+            let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+            out.event(EngineEvent::Store { dir });
+        }
+        let program = loaded.compiled.clone();
+        let mut rt = Runtime::empty(program.clone(), opts.seed);
+        if let Some(c) = &opts.config {
+            rt.policy = ved_runtime::RetryPolicy {
+                initial_ms: c.retry.initial_ms,
+                factor: c.retry.factor,
+                cap_ms: c.retry.cap_ms,
+                breaker_after: c.retry.breaker_after,
+                confirm_ms: c.retry.confirm_ms,
+            };
+        }
+        let mut journals = BTreeMap::new();
+        let mut last_status = BTreeMap::new();
+        let mut history: BTreeMap<String, VecDeque<SnapshotRecord>> = BTreeMap::new();
+        let mut recorded_program = None;
+        let mut warnings = Vec::new();
+        let program_files = loaded.files.clone();
+        if let Some(rec) = recovered {
+            recorded_program = rec.program.clone().map(|p| (p, rec.retry, rec.confirm_ms));
+            for (name, base) in &rec.bases {
+                history.entry(name.clone()).or_default().push_back(base.clone());
+            }
+            warnings = rec.warnings.clone();
+            for (name, snap) in rec.snapshots {
+                if let Err(reason) = check_compatible(&program, &snap) {
+                    return Err(StartError::Incompatible { instance: name, dir: dir_name(opts), reason });
+                }
+                let s = snap.snapshot.clone();
+                last_status.insert(name.clone(), s.status);
+                history.entry(name.clone()).or_default().push_back(snap.clone());
+                if let Err(e) = rt.restore_instance(s) {
+                    return Err(StartError::Restore { instance: name, reason: e.to_string() });
+                }
+            }
+            journals = rec.journals;
+        }
+        for (d, dom) in program.domains.iter().enumerate() {
+            if rt.index_of(&dom.name).is_none() {
+                if let Err(e) = rt.create_instance(&dom.name, d, Vec::new()) {
+                    return Err(StartError::Create { instance: dom.name.clone(), reason: e.to_string() });
+                }
+            }
+        }
+        // Fields fed by a watcher take their values from readings only; the runtime
+        // waits for a reading to confirm an effect on them.
+        if let Some(c) = &opts.config {
+            for (name, fields) in watched_fields(c, &program) {
+                rt.set_watched(&name, fields);
+            }
+        }
+        let mut driver = Engine {
+            clock: Box::new(ManualClock::default()),
+            warnings,
+            rt,
+            program,
+            sources: loaded.sources,
+            store,
+            out,
+            adapters,
+            outbox: VecDeque::new(),
+            acks: VecDeque::new(),
+            journals,
+            episodes: BTreeMap::new(),
+            last_status,
+            reasons: BTreeMap::new(),
+            records_since_checkpoint: 0,
+            in_flight: 0,
+            history,
+            files: program_files,
+            now_ms: 0,
+            feeds: VecDeque::new(),
+            last_input: BTreeMap::new(),
+            journal_status: BTreeMap::new(),
+            quiet: BTreeMap::new(),
+        };
+        driver.recover_journal_context();
+        // Simulated time continues from the snapshots after a restart.
+        driver.now_ms = driver.rt.instances().iter().map(|i| i.now_ms).max().unwrap_or(0);
+        // A new store records the program; a changed program is recorded again.
+        let retry = driver.retry();
+        if let Some(store) = driver.store.as_mut() {
+            let mut records = Vec::new();
+            let confirm_ms = Some(driver.rt.policy.confirm_ms);
+            if recorded_program != Some((driver.files.clone(), Some(retry), confirm_ms)) {
+                records.push(Record::Program { files: driver.files.clone(), retry: Some(retry), confirm_ms });
+            }
+            // New instances are recorded at slice 0, so that replay can start from the beginning.
+            for inst in driver.rt.instances().iter().filter(|i| i.slice == 0) {
+                let dom = &driver.program.domains[inst.domain];
+                let snap = SnapshotRecord::from_snapshot(inst.snapshot(), &dom.name, &dom.fields);
+                driver.history.entry(inst.name.to_string()).or_default().push_back(snap.clone());
+                records.push(Record::Snapshot(snap));
+            }
+            if !records.is_empty() {
+                store.append(records, Vec::new());
+            }
+        }
+        // Intents recorded before a restart but never acknowledged go out again, same id.
+        let undelivered: Vec<Intent> = driver.rt.instances().iter().flat_map(Instance::undelivered).collect();
+        for i in undelivered {
+            driver.outbox.push_back((0, i));
+        }
+        for inst in driver.rt.instances() {
+            if inst.slice > 0 && inst.status == Status::Stable {
+                continue;
+            }
+            let started = if inst.slice == 0 { "started" } else { "resumed" };
+            let what = format!("{started} at slice {}", inst.slice);
+            driver
+                .episodes
+                .insert(inst.name.to_string(), Episode { log: vec![what], acted: false, ticks_at_start: inst.ticks });
+        }
+        driver.settle();
+        Ok(driver)
+    }
+
+    /// Handles one input line (1-based number `n`).
+    pub fn handle_line(&mut self, n: u64, line: &str) {
+        if line.trim().is_empty() {
+            return;
+        }
+        match self.apply_line(line) {
+            Ok(()) => {
+                let seq = self.run_and_persist();
+                self.acks.push_back((seq, Ack::Line(n)));
+            }
+            Err(e) => {
+                let instance = e.instance().map(str::to_string);
+                self.out.event(EngineEvent::Error { line: Some(n), instance, source: None, message: e.to_string() });
+            }
+        }
+        self.settle();
+    }
+
+    /// Applies a result or an observation reported by an adapter.
+    pub fn handle_inbound(&mut self, inbound: ved_adapters::Inbound) {
+        if self.queue_inbound(inbound) {
+            self.run_and_persist();
+        }
+        self.settle();
+    }
+
+    /// Applies results and observations that arrived together: all of them are queued
+    /// before the runtime runs, so it applies them back to back before any tick, and the
+    /// journal records them as one batch.
+    pub fn handle_inbound_batch(&mut self, batch: Vec<ved_adapters::Inbound>) {
+        let mut queued = false;
+        for inbound in batch {
+            queued |= self.queue_inbound(inbound);
+        }
+        if queued {
+            self.run_and_persist();
+        }
+        self.settle();
+    }
+
+    /// Queues a result or an observation; true when an observation was queued.
+    fn queue_inbound(&mut self, inbound: ved_adapters::Inbound) -> bool {
+        match inbound {
+            ved_adapters::Inbound::Result { id, outcome } => match ved_runtime::IntentId::parse(&id) {
+                Some(iid) => {
+                    self.in_flight = self.in_flight.saturating_sub(1);
+                    if outcome.is_ok() && self.rt.instance(&iid.instance).is_some_and(|i| i.awaits_confirmation(&iid)) {
+                        // The runtime will wait for a reading to confirm the effect; make sure one comes
+                        // even if the effect left the watched value as it was.
+                        ved_adapters::request_reading(&iid.instance);
+                    }
+                    let (ok, error) = for_runtime(outcome);
+                    let _ = self.rt.deliver(&iid, ok, error);
+                }
+                None => self.out.event(EngineEvent::Error {
+                    line: None,
+                    instance: None,
+                    source: None,
+                    message: format!("a driver reported on unknown intent `{id}`"),
+                }),
+            },
+            ved_adapters::Inbound::Repaired { instance, source, what } => self.record_repair(instance, source, what),
+            ved_adapters::Inbound::Observed(o) => {
+                let source = o.source.clone();
+                let obs = Observation {
+                    instance: o.instance,
+                    set: crate::input::entries(&o.fields),
+                    add: Vec::new(),
+                    version: o.version.map(|v| (o.source.clone(), v)),
+                    source: o.source,
+                    caused_by: None,
+                };
+                match self.queue_observation(obs) {
+                    Ok(()) => return true,
+                    Err(e) => {
+                        let instance = e.instance().map(str::to_string);
+                        let message = e.to_string();
+                        self.out.event(EngineEvent::Error { line: None, instance, source: Some(source), message });
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// An adapter repaired something it owns (see `Inbound::Repaired`): one audit
+    /// entry quoting what it removed or restored, and an event line.
+    fn record_repair(&mut self, instance: String, source: String, what: Vec<String>) {
+        let text = format!("{source} repaired the firewall: {}", what.join("; "));
+        self.out.event(EngineEvent::Repaired { instance: instance.clone(), source, what });
+        if let Some(store) = self.store.as_mut() {
+            store.append(Vec::new(), vec![AuditDraft { at_ms: self.now_ms, instance, text }]);
+        }
+    }
+
+    /// The store's writer failed, if it did.
+    pub fn store_failure(&self) -> Option<String> {
+        self.store.as_ref().and_then(|s| s.failure())
+    }
+
+    /// Waits until everything is durable and delivered, writes a checkpoint, and closes the store.
+    /// Results still in flight are not awaited: their intents stay recorded as
+    /// undelivered and go out again, same id, after a restart.
+    pub fn finish(mut self) -> Result<S, EngineError> {
+        while !self.durable_and_released() {
+            if let Some(store) = self.store.as_mut() {
+                store.flush().map_err(EngineError::Store)?;
+            }
+            self.settle();
+        }
+        if self.store.is_some() {
+            let records = self.all_records();
+            if let Some(store) = self.store.as_mut() {
+                let seq = store.compact(records);
+                store
+                    .wait_durable(seq)
+                    .map_err(|e| EngineError::Store(format!("could not write the checkpoint: {e}")))?;
+            }
+        }
+        if let Some(store) = self.store.take() {
+            store.close().map_err(EngineError::Store)?;
+        }
+        self.out.flush();
+        Ok(self.out)
+    }
+
+    /// An instance's status, if it exists.
+    pub fn status(&self, instance: &str) -> Option<Status> {
+        self.rt.instance(instance).map(|i| i.status)
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.rt
+    }
+
+    /// With `Flush::Manual`: writes and syncs what is queued, then releases what became
+    /// durable (acks, intents). In background mode it waits for the writer instead.
+    pub fn flush(&mut self) -> Result<(), EngineError> {
+        if let Some(store) = self.store.as_mut() {
+            store.flush().map_err(EngineError::Store)?;
+        }
+        self.settle();
+        Ok(())
+    }
+
+    /// Flushes and releases until nothing is left to do: every slice durable, every
+    /// intent handed out and (with inline actuators) answered. For embedders: call it
+    /// after feeding observations to let the engine converge before looking.
+    pub fn run_until_idle(&mut self) -> Result<(), EngineError> {
+        // Each round makes the last round's slices durable and releases their intents;
+        // a converging program needs one round per step that emits.
+        for _ in 0..100_000 {
+            self.flush()?;
+            if self.drained() && !self.rt.has_work() {
+                return Ok(());
+            }
+            if self.in_flight > 0 && self.durable_and_released() {
+                // Results from worker threads are not this call's to wait for.
+                return Ok(());
+            }
+        }
+        Err(EngineError::NotIdle { rounds: 100_000 })
+    }
+
+    /// With `Flush::Manual`: writes and syncs what is queued without releasing anything,
+    /// as a crash right after the write would leave it.
+    pub fn write_only(&mut self) -> Result<(), EngineError> {
+        match self.store.as_mut() {
+            Some(store) => store.flush().map(|_| ()).map_err(EngineError::Store),
+            None => Ok(()),
+        }
+    }
+
+    /// The retry policy as recorded in the store.
+    fn retry(&self) -> (u64, u32, u64, u32) {
+        let p = self.rt.policy;
+        (p.initial_ms, p.factor, p.cap_ms, p.breaker_after)
+    }
+
+    /// Stops as a crash would: nothing queued is written, nothing is flushed.
+    pub fn crash(mut self) {
+        if let Some(store) = self.store.take() {
+            store.abandon();
+        }
+    }
+
+    /// The events printed so far (the writer given to [`Driver::start`]).
+    pub fn output(&self) -> &S {
+        &self.out
+    }
+
+    /// The sink, for a client's own events in the same stream (`listening`, ...).
+    pub fn sink_mut(&mut self) -> &mut S {
+        &mut self.out
+    }
+}
+
+type Watchers = Vec<Box<dyn ved_adapters::Watcher>>;
+
+/// For each instance, the slots of the fields that `ved.toml`'s watchers feed.
+pub fn watched_fields(config: &ved_adapters::config::Config, program: &CompiledProgram) -> BTreeMap<String, Vec<u16>> {
+    let mut out: BTreeMap<String, Vec<u16>> = BTreeMap::new();
+    for w in &config.watch {
+        let w = w.get_ref();
+        let instance = match &w.instance {
+            Some(i) => i.get_ref().clone(),
+            None => program.domains.first().map(|d| d.name.clone()).unwrap_or_default(),
+        };
+        let Some(dom) = program.domains.iter().find(|d| d.name == instance) else { continue };
+        for f in &w.fields {
+            if let Some(slot) = dom.fields.iter().position(|(n, _)| n == f.get_ref()) {
+                out.entry(instance.clone()).or_default().push(slot as u16);
+            }
+        }
+    }
+    out
+}
+
+/// Builds the drivers and watchers that `ved.toml` describes.
+pub fn build_adapters(
+    config: &ved_adapters::config::Config,
+    program: &CompiledProgram,
+    sink: ved_adapters::Sink,
+) -> Result<(Adapters, Watchers), String> {
+    use ved_adapters::{exec, http, nftables, process, sim};
+    let mut by_name: BTreeMap<String, Arc<dyn ved_adapters::Actuator>> = BTreeMap::new();
+    let mut pools: BTreeMap<String, Arc<process::Pool>> = BTreeMap::new();
+    let mut firewalls: BTreeMap<String, Arc<nftables::Firewall>> = BTreeMap::new();
+    for (name, a) in &config.adapters {
+        let name = name.get_ref().clone();
+        let timeout = std::time::Duration::from_millis(a.timeout_ms);
+        let driver: Arc<dyn ved_adapters::Actuator> = match a.driver.get_ref().as_str() {
+            "exec" => Arc::new(exec::ExecDriver { command: a.command.clone(), timeout }),
+            "http" => Arc::new(http::HttpDriver::new(a.url.clone().unwrap_or_default(), timeout)),
+            "process" => {
+                let pool = process::Pool::new(a.command.clone(), a.start_grace());
+                pools.insert(name.clone(), pool.clone());
+                Arc::new(process::ProcessDriver { pool })
+            }
+            "nftables" => {
+                let chain = nftables::Chain {
+                    family: a.family.clone(),
+                    table: a.table.clone().unwrap_or_default(),
+                    chain: a.chain.clone().unwrap_or_default(),
+                    netns: a.netns.clone(),
+                    timeout,
+                    priority: a.priority,
+                    base_rules: a.base_rules.iter().map(|r| r.get_ref().clone()).collect(),
+                };
+                let fw = nftables::Firewall::new(chain, sink.clone());
+                firewalls.insert(name.clone(), fw.clone());
+                Arc::new(nftables::NftDriver { fw })
+            }
+            "sim" => Arc::new(sim::SimDriver::new(a.fail.clone(), a.delay_ms)),
+            "log" => Arc::new(ved_adapters::LogDriver),
+            other => return Err(format!("adapter `{name}`: the `{other}` driver is not available in this build")),
+        };
+        by_name.insert(name, driver);
+    }
+    let mut watchers: Watchers = Vec::new();
+    for (i, w) in config.watch.iter().enumerate() {
+        let w = w.get_ref();
+        let instance = match &w.instance {
+            Some(i) => i.get_ref().clone(),
+            None => program.domains.first().map(|d| d.name.clone()).unwrap_or_default(),
+        };
+        let source = format!("watch#{}", i + 1);
+        match w.driver.get_ref().as_str() {
+            "exec" => watchers.push(Box::new(exec::ExecWatcher {
+                instance,
+                command: w.command.clone(),
+                interval: w.interval_ms.map(std::time::Duration::from_millis),
+                timeout: std::time::Duration::from_secs(10),
+                source,
+            })),
+            "process" => {
+                let adapter = w.adapter.as_ref().map(|a| a.get_ref().clone()).unwrap_or_default();
+                let pool = pools
+                    .get(&adapter)
+                    .cloned()
+                    .ok_or_else(|| format!("watch #{}: `{adapter}` is not a process adapter", i + 1))?;
+                let field = w.fields.first().map(|f| f.get_ref().clone()).unwrap_or_default();
+                watchers.push(Box::new(process::ProcessWatcher { pool, instance, field, source }));
+            }
+            "nftables" => {
+                let adapter = w.adapter.as_ref().map(|a| a.get_ref().clone()).unwrap_or_default();
+                let fw = firewalls
+                    .get(&adapter)
+                    .cloned()
+                    .ok_or_else(|| format!("watch #{}: `{adapter}` is not an nftables adapter", i + 1))?;
+                let field = w.fields.first().map(|f| f.get_ref().clone()).unwrap_or_default();
+                fw.report_as(&instance, &source);
+                watchers.push(Box::new(nftables::NftWatcher { fw, instance, field, source }));
+            }
+            other => return Err(format!("watch #{}: the `{other}` watcher is not available in this build", i + 1)),
+        }
+    }
+    let pool = Some(ved_adapters::DeliveryPool::new(sink));
+    Ok((Adapters { by_name, fallback: Arc::new(ved_adapters::LogDriver), pool, manual: None }, watchers))
+}
+
+fn dir_name(opts: &RunOptions) -> String {
+    opts.data_dir.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_default()
+}
+
+/// A snapshot fits the program if its domain exists with the same fields and types.
+fn check_compatible(program: &CompiledProgram, snap: &SnapshotRecord) -> Result<(), String> {
+    let Some(d) = program.domains.get(snap.snapshot.domain).filter(|d| d.name == snap.domain) else {
+        return Err(format!("its domain `{}` is not in this program", snap.domain));
+    };
+    let ours: Vec<(String, String)> = d.fields.iter().map(|(n, t)| (n.clone(), t.to_string())).collect();
+    if ours != snap.fields {
+        let fmt = |f: &[(String, String)]| f.iter().map(|(n, t)| format!("{n}: {t}")).collect::<Vec<_>>().join(", ");
+        return Err(format!("its fields are [{}], the program declares [{}]", fmt(&snap.fields), fmt(&ours)));
+    }
+    Ok(())
+}
+
+impl<S: Sink> Engine<S> {
+    /// Everything durable, acknowledged and answered.
+    pub fn drained(&self) -> bool {
+        self.in_flight == 0 && self.durable_and_released()
+    }
+
+    /// Everything durable, acknowledged and handed to the adapters.
+    fn durable_and_released(&self) -> bool {
+        self.outbox.is_empty()
+            && self.acks.is_empty()
+            && self.store.as_ref().is_none_or(|s| s.durable_seq() >= s.last_seq())
+    }
+
+    /// Replaces the engine's clock (a new engine's is a [`ManualClock`] at 0).
+    pub fn set_clock(&mut self, clock: Box<dyn Clock>) {
+        self.clock = clock;
+    }
+
+    /// The time of the latest snapshot or step: where a wall clock continues from.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// When the next retry or confirmation deadline falls due, if any.
+    pub fn next_timer_ms(&self) -> Option<u64> {
+        self.rt.next_timer_ms()
+    }
+
+    /// Reads the clock and runs what came due since the last tick.
+    pub fn tick(&mut self) {
+        let now = self.clock.now_ms();
+        self.advance_clock(now);
+    }
+
+    /// Moves the runtime's clock to `now_ms` and runs the retries that came due.
+    fn advance_clock(&mut self, now_ms: u64) {
+        if now_ms <= self.now_ms {
+            return;
+        }
+        self.now_ms = now_ms;
+        let due = self.rt.next_timer_ms().is_some_and(|t| t <= now_ms);
+        self.rt.advance_time(now_ms);
+        if due {
+            self.run_and_persist();
+            self.settle();
+        }
+    }
+
+    fn durable_seq(&self) -> u64 {
+        self.store.as_ref().map_or(u64::MAX, |s| s.durable_seq())
+    }
+
+    /// Runs what is ready, delivers released intents and feeds their results back,
+    /// until nothing moves.
+    pub fn settle(&mut self) {
+        loop {
+            self.release();
+            if !self.rt.has_work() {
+                return;
+            }
+            self.run_and_persist();
+        }
+    }
+
+    /// Acknowledges durable lines and hands durable intents to the logging adapter.
+    fn release(&mut self) {
+        let durable = self.durable_seq();
+        while self.acks.front().is_some_and(|(s, _)| *s <= durable) {
+            match self.acks.pop_front().expect("checked").1 {
+                Ack::Line(line) => {
+                    if self.store.is_some() {
+                        self.out.event(EngineEvent::Ack { line });
+                    }
+                }
+                Ack::Reply(to, reply) => to(reply),
+            }
+        }
+        while self.outbox.front().is_some_and(|(s, _)| *s <= durable) {
+            let (seq, intent) = self.outbox.pop_front().expect("checked");
+            // Output commit: an intent leaves only once the batch that recorded it is durable,
+            // as the store itself says now (not only the watermark read above).
+            debug_assert!(
+                self.store.as_ref().is_none_or(|st| st.durable_seq() >= seq && seq <= st.last_seq()),
+                "intent {} of batch {seq} released before its batch is durable",
+                intent.id
+            );
+            let d = self.rt.instance(&intent.id.instance).map(|i| i.domain).unwrap_or(0);
+            let tname = self.program.domains[d].transitions.get(intent.transition).map(|t| t.name.clone());
+            self.out.event(EngineEvent::Intent {
+                instance: intent.id.instance.to_string(),
+                id: intent.id.to_string(),
+                transition: tname,
+                adapter: intent.adapter.to_string(),
+                action: intent.action.to_string(),
+                args: intent.args.to_vec(),
+            });
+            // For the log driver the printed line *is* the delivery, and it is acknowledged at
+            // once: the line must be out before that acknowledgement can become durable, or a
+            // kill could lose an intent that the store no longer lists as undelivered.
+            self.out.flush();
+            match self.adapters.dispatch(ved_adapters::IntentRequest::from_intent(&intent)) {
+                Some(outcome) => {
+                    let (ok, error) = for_runtime(outcome);
+                    let _ = self.rt.deliver(&intent.id, ok, error);
+                }
+                None => self.in_flight += 1,
+            }
+        }
+    }
+
+    /// Runs the runtime until idle; snapshots and journals every step as one batch.
+    /// Returns the batch's sequence number.
+    ///
+    /// Each step's snapshot is followed by its journal entry, if it has one. An entry is
+    /// completed only when the instance's next entry begins (or the run ends): a status the
+    /// instance reaches in a later step goes onto it, and so does the batch of a message
+    /// applied right after it.
+    pub(crate) fn run_and_persist(&mut self) -> u64 {
+        let mut records: Vec<Option<Record>> = Vec::new();
+        let mut audit = Vec::new();
+        let mut intents = Vec::new();
+        let mut steps = Vec::new();
+        let program = self.program.clone();
+        let persist = self.store.is_some();
+        self.rt.run_stepwise(|inst, evs| {
+            let dom = &program.domains[inst.domain];
+            let snap = persist.then(|| SnapshotRecord::from_snapshot(inst.snapshot(), &dom.name, &dom.fields));
+            steps.push((inst.name.to_string(), inst.ticks, inst.pending.is_empty(), evs.to_vec(), snap));
+        });
+        // Per instance: the entry still open and where it goes in `records`.
+        let mut open: BTreeMap<String, (usize, JournalEntry)> = BTreeMap::new();
+        // Instances that ran a tick since their last message in this run.
+        let mut ticked: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        for (name, ticks, idle, evs, snap) in steps {
+            let feed = if evs.iter().any(is_observation_outcome) { self.take_feed(&name) } else { None };
+            let entry = self.journal_entry(&name, &evs, feed.as_ref());
+            // An observation that changes nothing on a stable instance with nothing pending (a
+            // periodic resync) is counted, not journaled: it must not push real history out.
+            let quiet = entry.as_ref().is_some_and(|e| {
+                e.cause == "observe"
+                    && e.changes.is_empty()
+                    && e.caused_by.is_none()
+                    && e.added.is_empty()
+                    && idle
+                    && self.journal_status.get(&name) == Some(&Status::Stable)
+            });
+            if let Some(snap) = snap {
+                let last_entry = open
+                    .get(&name)
+                    .map(|(_, e)| e.slice)
+                    .or_else(|| self.journals.get(&name).and_then(|q| q.back()).map(|e| e.slice))
+                    .unwrap_or(0);
+                remember(self.history.entry(name.clone()).or_default(), snap.clone(), last_entry);
+                records.push(Some(Record::Snapshot(snap)));
+            }
+            if evs.iter().any(|e| matches!(e, Event::Tick { .. })) {
+                ticked.insert(name.clone());
+            }
+            if quiet {
+                *self.quiet.entry(name.clone()).or_default() += 1;
+            } else if let Some(mut e) = entry {
+                if e.cause == "transition" {
+                    e.origin = self.last_input.get(&name).cloned();
+                } else {
+                    // Messages applied back to back, with no tick between them, were queued
+                    // together; replay must queue them together too.
+                    if !ticked.contains(&name) {
+                        if let Some((_, prev)) = open.get_mut(&name).filter(|(_, p)| p.cause != "transition") {
+                            e.batch = Some(*prev.batch.get_or_insert(prev.slice));
+                        }
+                    }
+                    ticked.remove(&name);
+                    // The input wakes the instance: the status it rests in next is news, even
+                    // if it is the one it had before.
+                    self.journal_status.insert(name.clone(), Status::Converging);
+                    self.last_input.insert(
+                        name.clone(),
+                        Origin {
+                            slice: e.slice,
+                            cause: e.cause.clone(),
+                            detail: e.detail.clone(),
+                            source: e.source.clone(),
+                        },
+                    );
+                }
+                e.quiet = self.quiet.remove(&name).unwrap_or(0);
+                self.close_entry(&name, &mut open, &mut records);
+                records.push(None);
+                open.insert(name.clone(), (records.len() - 1, e));
+            }
+            for ev in &evs {
+                self.track_episode(&name, ticks, ev, &mut audit);
+                if let Event::Status { status, reason, .. } = ev {
+                    if self.journal_status.insert(name.clone(), *status) != Some(*status) {
+                        if let Some((_, e)) = open.get_mut(&name) {
+                            e.status = Some(status.as_str().to_string());
+                            e.reason = reason.clone();
+                        }
+                    }
+                }
+                if let Event::Status { status: Status::Stable, .. } = ev {
+                    self.close_entry(&name, &mut open, &mut records);
+                    let q = self.journals.entry(name.clone()).or_default();
+                    if q.len() > JOURNAL_STABLE_KEEP {
+                        while q.len() > JOURNAL_STABLE_KEEP {
+                            q.pop_front();
+                        }
+                        if let Some(first) = q.front() {
+                            records.push(Some(Record::Trim { instance: name.clone(), keep_from_slice: first.slice }));
+                        }
+                    }
+                }
+                if let Event::Intent(i) = ev {
+                    intents.push(i.clone());
+                } else {
+                    self.print_event(ev);
+                }
+            }
+        }
+        for name in open.keys().cloned().collect::<Vec<_>>() {
+            self.close_entry(&name, &mut open, &mut records);
+        }
+        // Every instance ran until idle, so every queued observation was applied: a feed left
+        // over would only be mistaken for a later observation's.
+        self.feeds.clear();
+        let records: Vec<Record> = if persist { records.into_iter().flatten().collect() } else { Vec::new() };
+        let seq = match self.store.as_mut() {
+            Some(store) if !records.is_empty() || !audit.is_empty() => {
+                self.records_since_checkpoint += records.len();
+                store.append(records, audit)
+            }
+            Some(store) => store.last_seq(),
+            None => 0,
+        };
+        // The outbox is in batch order, so the durable prefix is a prefix of it.
+        debug_assert!(self.outbox.back().is_none_or(|(s, _)| *s <= seq), "the outbox is in batch order");
+        for i in intents {
+            self.outbox.push_back((seq, i));
+        }
+        if self.records_since_checkpoint > COMPACT_AFTER_RECORDS {
+            self.records_since_checkpoint = 0;
+            let all = self.all_records();
+            if let Some(store) = self.store.as_mut() {
+                store.compact(all);
+            }
+        }
+        seq
+    }
+
+    /// Every live record: the latest snapshot of each instance and its retained journal.
+    fn all_records(&self) -> Vec<Record> {
+        let mut records = vec![Record::Program {
+            files: self.files.clone(),
+            retry: Some(self.retry()),
+            confirm_ms: Some(self.rt.policy.confirm_ms),
+        }];
+        for inst in self.rt.instances() {
+            let dom = &self.program.domains[inst.domain];
+            // The snapshot before the oldest journal entry first (replay starts there), then the latest.
+            let first = self.journals.get(&*inst.name).and_then(|q| q.front()).map(|e| e.slice);
+            let base = first.and_then(|f| self.history.get(&*inst.name)?.iter().rev().find(|s| s.snapshot.slice < f));
+            if let Some(b) = base {
+                records.push(Record::Snapshot(b.clone()));
+            }
+            // The journal before the latest snapshot, as in the log: each entry after its slice.
+            if let Some(q) = self.journals.get(&*inst.name) {
+                records.extend(q.iter().cloned().map(Record::Journal));
+            }
+            records.push(Record::Snapshot(SnapshotRecord::from_snapshot(inst.snapshot(), &dom.name, &dom.fields)));
+        }
+        records
+    }
+
+    /// Completes an instance's open journal entry: into the journal and its place in `records`.
+    fn close_entry(
+        &mut self,
+        name: &str,
+        open: &mut BTreeMap<String, (usize, JournalEntry)>,
+        records: &mut [Option<Record>],
+    ) {
+        let Some((at, e)) = open.remove(name) else { return };
+        records[at] = Some(Record::Journal(e.clone()));
+        let q = self.journals.entry(name.to_string()).or_default();
+        q.push_back(e);
+        while q.len() > JOURNAL_MAX {
+            q.pop_front();
+        }
+    }
+
+    /// The oldest queued observation for `instance`, now that the runtime applied it.
+    fn take_feed(&mut self, instance: &str) -> Option<Feed> {
+        let i = self.feeds.iter().position(|f| f.instance == instance)?;
+        self.feeds.remove(i)
+    }
+
+    /// After a restart: each instance's last input, last journaled status and the
+    /// observations that changed nothing since its last entry, from the journal.
+    fn recover_journal_context(&mut self) {
+        for inst in self.rt.instances() {
+            let name = inst.name.to_string();
+            let q = self.journals.get(&name).cloned().unwrap_or_default();
+            // Slices past the last entry are observations that changed nothing.
+            let last = q.back().map_or(0, |e| e.slice);
+            if inst.slice > last {
+                self.quiet.insert(name.clone(), inst.slice - last);
+            }
+            let origin = q.iter().rev().find_map(|e| match e.cause.as_str() {
+                "transition" => e.origin.clone(),
+                _ => Some(Origin {
+                    slice: e.slice,
+                    cause: e.cause.clone(),
+                    detail: e.detail.clone(),
+                    source: e.source.clone(),
+                }),
+            });
+            if let Some(o) = origin {
+                self.last_input.insert(name.clone(), o);
+            }
+            // The last entry's status if it came to rest after it; otherwise what the snapshot says.
+            let status = q.back().and_then(|e| e.status.as_deref()).and_then(parse_status);
+            self.journal_status.insert(name, status.unwrap_or(inst.status));
+        }
+        for inst in self.rt.instances() {
+            self.journal_status.entry(inst.name.to_string()).or_insert(inst.status);
+        }
+    }
+
+    fn field_name(&self, instance: &str, slot: u16) -> String {
+        let d = self.rt.instance(instance).map(|i| i.domain).unwrap_or(0);
+        self.program.domains[d].fields.get(slot as usize).map(|f| f.0.clone()).unwrap_or_else(|| format!("#{slot}"))
+    }
+
+    fn transition_name(&self, instance: &str, t: usize) -> String {
+        let d = self.rt.instance(instance).map(|i| i.domain).unwrap_or(0);
+        self.program.domains[d].transitions.get(t).map(|t| t.name.clone()).unwrap_or_default()
+    }
+
+    fn journal_entry(&self, name: &str, evs: &[Event], feed: Option<&Feed>) -> Option<JournalEntry> {
+        let d = self.rt.instance(name).map(|i| i.domain).unwrap_or(0);
+        journal_entry(&self.program.domains[d], name, self.now_ms, evs, feed)
+    }
+
+    /// Builds the audit trail: a drift, the corrections, and how it ended.
+    /// `field = value, ...` for the audit narrative.
+    fn changes_text(&self, name: &str, changes: &[(u16, ved_vm::Value)]) -> String {
+        changes.iter().map(|(s, v)| format!("{} = {v}", self.field_name(name, *s))).collect::<Vec<_>>().join(", ")
+    }
+
+    fn track_episode(&mut self, name: &str, ticks: u64, ev: &Event, audit: &mut Vec<AuditDraft>) {
+        let was_resting = self.last_status.get(name).is_some_and(|s| *s != Status::Converging);
+        match ev {
+            Event::Slice { cause: Cause::Observe, changes, .. } if !changes.is_empty() => {
+                let acted = self.episodes.get(name).is_some_and(|ep| ep.acted);
+                let verb = if acted { "observed as" } else { "drifted to" };
+                let text = changes
+                    .iter()
+                    .map(|(s, v)| format!("{} {verb} {v}", self.field_name(name, *s)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let ep = self.episodes.entry(name.to_string()).or_insert(Episode {
+                    log: Vec::new(),
+                    acted: false,
+                    ticks_at_start: ticks,
+                });
+                if was_resting && ep.log.is_empty() {
+                    ep.ticks_at_start = ticks;
+                }
+                ep.log.push(text);
+                self.last_status.insert(name.to_string(), Status::Converging);
+            }
+            Event::Slice { cause: Cause::Transition(t), changes, .. } if !changes.is_empty() => {
+                let text = format!("{} set {}", self.transition_name(name, *t), self.changes_text(name, changes));
+                if let Some(ep) = self.episodes.get_mut(name) {
+                    ep.log.push(text);
+                    ep.acted = true;
+                }
+            }
+            Event::Intent(i) => {
+                let text = format!("{} emitted {i}", self.transition_name(name, i.transition));
+                if let Some(ep) = self.episodes.get_mut(name) {
+                    ep.log.push(text);
+                    ep.acted = true;
+                }
+            }
+            Event::Result { ok: false, id, error, .. } => {
+                let text = format!("{id} failed ({})", error.as_deref().unwrap_or("no reason given"));
+                if let Some(ep) = self.episodes.get_mut(name) {
+                    ep.log.push(text);
+                }
+            }
+            // A correction lands when its intents succeed: the held changes apply now.
+            Event::Slice { cause: Cause::Result(id), changes, .. } if !changes.is_empty() => {
+                let text = format!("{id} succeeded: {}", self.changes_text(name, changes));
+                if let Some(ep) = self.episodes.get_mut(name) {
+                    ep.log.push(text);
+                }
+            }
+            Event::Status { status, reason, .. } => {
+                let before = self.last_status.insert(name.to_string(), *status);
+                match reason {
+                    Some(r) => self.reasons.insert(name.to_string(), r.clone()),
+                    None => self.reasons.remove(name),
+                };
+                if matches!(status, Status::Waiting | Status::Converging) {
+                    return;
+                }
+                if *status != Status::Stable {
+                    // Not at the goal: say so at once, but keep the episode open. It closes only
+                    // when the instance is stable with nothing in flight, and its closing entry
+                    // then tells every correction made along the way.
+                    if before != Some(*status) {
+                        if let Some(ep) = self.episodes.get_mut(name).filter(|ep| !ep.log.is_empty()) {
+                            let note = format!(
+                                "{status}: {}",
+                                reason.as_deref().unwrap_or("no transition can restore the goals")
+                            );
+                            let mut parts = ep.log.clone();
+                            parts.push(format!("not at the goal yet: {note}"));
+                            ep.log.push(note);
+                            audit.push(AuditDraft {
+                                at_ms: self.now_ms,
+                                instance: name.to_string(),
+                                text: parts.join("; "),
+                            });
+                        }
+                    }
+                    return;
+                }
+                let Some(ep) = self.episodes.remove(name) else { return };
+                if ep.log.is_empty() {
+                    return;
+                }
+                let used = ticks.saturating_sub(ep.ticks_at_start);
+                let end = format!("stable again after {used} tick{}", if used == 1 { "" } else { "s" });
+                let mut parts = ep.log;
+                parts.push(end);
+                audit.push(AuditDraft { at_ms: self.now_ms, instance: name.to_string(), text: parts.join("; ") });
+            }
+            _ => {}
+        }
+    }
+
+    fn apply_line(&mut self, line: &str) -> Result<(), InputError> {
+        match crate::input::parse_line(line)? {
+            Line::Advance(ms) => {
+                self.advance_by(ms);
+                Ok(())
+            }
+            Line::Observe(obs) => self.queue_observation(obs),
+        }
+    }
+
+    /// Simulated time passes by `ms`, stepping through every retry that comes due on the way.
+    pub fn advance_by(&mut self, ms: u64) {
+        let target = self.now_ms.saturating_add(ms);
+        while let Some(t) = self.rt.next_timer_ms().filter(|t| *t <= target) {
+            self.rt.advance_time(t);
+            self.now_ms = t;
+            let before = self.rt.instances().iter().map(|i| i.slice).sum::<u64>();
+            self.run_and_persist();
+            self.settle();
+            if self.rt.instances().iter().map(|i| i.slice).sum::<u64>() == before {
+                break;
+            }
+        }
+        self.now_ms = target;
+        self.rt.advance_time(target);
+    }
+
+    /// Applies an observation and runs the program until idle. `Ok` carries the batch
+    /// that recorded it: once durable, the observation and all it caused survive a crash.
+    pub fn observe(&mut self, obs: Observation) -> Result<u64, InputError> {
+        self.queue_observation(obs)?;
+        let seq = self.run_and_persist();
+        self.settle();
+        Ok(seq)
+    }
+
+    /// Checks an observation against the instance's fields and queues it.
+    pub(crate) fn queue_observation(&mut self, obs: Observation) -> Result<(), InputError> {
+        let name = obs.instance.clone();
+        let Some(idx) = self.rt.index_of(&name) else {
+            let known = self.rt.instances().iter().map(|i| i.name.to_string()).collect();
+            return Err(InputError::NoInstance { name, known });
+        };
+        let dom = self.rt.domain_of(idx);
+        let slot_of = |field: &str| {
+            dom.fields.iter().position(|(n, _)| n == field).ok_or_else(|| InputError::NoField {
+                instance: name.clone(),
+                domain: dom.name.clone(),
+                field: field.to_string(),
+                known: dom.fields.iter().map(|(n, _)| n.clone()).collect(),
+            })
+        };
+        if !obs.add.is_empty() {
+            let mut deltas = Vec::with_capacity(obs.add.len());
+            let mut named = Vec::with_capacity(obs.add.len());
+            for (field, value) in &obs.add {
+                let slot = slot_of(field)?;
+                let Some(d) = value.as_i64() else {
+                    return Err(InputError::NotDelta {
+                        instance: name,
+                        field: field.clone(),
+                        value: value.to_string(),
+                    });
+                };
+                deltas.push((slot as u16, d));
+                named.push((field.clone(), d));
+            }
+            self.rt
+                .observe_add(&name, deltas)
+                .map_err(|e| InputError::Refused { instance: name.clone(), reason: e.to_string() })?;
+            self.feeds.push_back(Feed {
+                instance: name,
+                source: obs.source,
+                caused_by: obs.caused_by,
+                set: Vec::new(),
+                add: named,
+            });
+            return Ok(());
+        }
+        let mut writes = Vec::with_capacity(obs.set.len());
+        for (field, value) in &obs.set {
+            let slot = slot_of(field)?;
+            let v = from_json(value, &dom.fields[slot].1).map_err(|reason| InputError::BadValue {
+                instance: name.clone(),
+                field: field.clone(),
+                reason,
+            })?;
+            writes.push((slot as u16, v));
+        }
+        let r = match &obs.version {
+            Some((source, v)) => self.rt.observe_versioned(&name, writes, source, *v),
+            None => self.rt.observe(&name, writes),
+        };
+        r.map_err(|e| InputError::Refused { instance: name.clone(), reason: e.to_string() })?;
+        self.feeds.push_back(Feed {
+            instance: name,
+            source: obs.source,
+            caused_by: obs.caused_by,
+            set: obs.set,
+            add: Vec::new(),
+        });
+        Ok(())
+    }
+
+    fn print_event(&mut self, ev: &Event) {
+        let inst = ev.instance().to_string();
+        let domain = self.rt.instance(&inst).map(|i| i.domain).unwrap_or(0);
+        let d = &self.program.domains[domain];
+        let tname = |t: usize| d.transitions.get(t).map(|t| t.name.clone()).unwrap_or_default();
+        let named = |changes: &[(u16, ved_vm::Value)]| -> Vec<(String, ved_vm::Value)> {
+            changes.iter().map(|(s, v)| (d.fields[*s as usize].0.clone(), v.clone())).collect()
+        };
+        let event = match ev {
+            Event::Slice { slice, cause, changes, held, .. } => EngineEvent::Slice {
+                instance: inst,
+                slice: *slice,
+                cause: match cause {
+                    Cause::Observe => SliceCause::Observe,
+                    Cause::Transition(t) => SliceCause::Transition(tname(*t)),
+                    Cause::Result(id) => SliceCause::Result(id.to_string()),
+                    Cause::Timer(t) => SliceCause::Timer(tname(*t)),
+                },
+                changes: named(changes),
+                held: named(held),
+            },
+            Event::Tick { .. } | Event::Intent(_) => return,
+            Event::Stale { source, version, last, .. } => {
+                EngineEvent::Stale { instance: inst, source: source.to_string(), version: *version, last: *last }
+            }
+            Event::Result { id, ok, error, .. } => {
+                EngineEvent::Result { instance: inst, id: id.to_string(), ok: *ok, error: error.clone() }
+            }
+            Event::Retry { transition, attempt, at_ms, .. } => {
+                EngineEvent::Retry { instance: inst, transition: tname(*transition), attempt: *attempt, at_ms: *at_ms }
+            }
+            Event::Fault { transition, goal, fault, .. } => {
+                let f = self.sources.file(fault.span.file);
+                let (line, col) = f.line_col(fault.span.start as usize);
+                EngineEvent::Fault {
+                    instance: inst,
+                    message: fault.to_string(),
+                    at: format!("{}:{line}:{col}", f.name),
+                    transition: transition.map(tname),
+                    goal: goal.and_then(|g| d.goals.get(g).map(|g| g.name.clone())),
+                }
+            }
+            Event::Status { status, reason, .. } => {
+                EngineEvent::Status { instance: inst, status: *status, reason: reason.clone() }
+            }
+        };
+        self.out.event(event);
+    }
+}
+
+/// The journal entry for one step's events: its slice, cause, changes, held changes,
+/// intents and results, and for an observation what the driver knew of it (`feed`).
+/// `ved replay` builds the same entry from its own run to compare.
+pub fn journal_entry(
+    dom: &ved_vm::CompiledDomain,
+    instance: &str,
+    at_ms: u64,
+    evs: &[Event],
+    feed: Option<&Feed>,
+) -> Option<JournalEntry> {
+    let (slice, cause, changes, held) = evs.iter().find_map(|e| match e {
+        Event::Slice { slice, cause, changes, held, .. } => Some((*slice, cause, changes, held)),
+        _ => None,
+    })?;
+    let field = |s: u16| dom.fields.get(s as usize).map(|f| f.0.clone()).unwrap_or_else(|| format!("#{s}"));
+    let named = |c: &[(u16, ved_vm::Value)]| c.iter().map(|(s, v)| (field(*s), v.to_string())).collect::<Vec<_>>();
+    let tname = |t: usize| Some(dom.transitions.get(t).map(|t| t.name.clone()).unwrap_or_default());
+    let (cause, detail) = match cause {
+        Cause::Observe => ("observe", None),
+        Cause::Transition(t) => ("transition", tname(*t)),
+        Cause::Result(id) => ("result", Some(id.to_string())),
+        Cause::Timer(t) => ("timer", tname(*t)),
+    };
+    let feed = feed.filter(|_| cause == "observe");
+    Some(JournalEntry {
+        instance: instance.to_string(),
+        slice,
+        at_ms,
+        cause: cause.to_string(),
+        detail,
+        changes: named(changes),
+        held: named(held),
+        intents: evs
+            .iter()
+            .filter_map(|e| match e {
+                Event::Intent(i) => Some((i.id.to_string(), i.to_string())),
+                _ => None,
+            })
+            .collect(),
+        results: evs
+            .iter()
+            .filter_map(|e| match e {
+                Event::Result { id, ok, error, .. } => Some((id.to_string(), *ok, error.clone())),
+                _ => None,
+            })
+            .collect(),
+        caused_by: feed.and_then(|f| f.caused_by.clone()),
+        observed: match (cause, feed) {
+            ("observe", Some(f)) if f.add.is_empty() => f.set.clone(),
+            ("observe", Some(_)) => Vec::new(),
+            ("observe", None) => changes.iter().map(|(s, v)| (field(*s), to_json(v))).collect(),
+            _ => Vec::new(),
+        },
+        added: feed.map(|f| f.add.clone()).unwrap_or_default(),
+        source: feed.map(|f| f.source.clone()),
+        ..JournalEntry::default()
+    })
+}
+
+/// Whether a step applied an observation: a slice, a stale version dropped, or a relative
+/// change refused for overflow.
+/// A driver's outcome as the runtime records it: success, or the error's message (its
+/// `Display`), which is what the journal and the degraded reason show. The error's kind
+/// stays on this side of the boundary.
+pub fn for_runtime(outcome: ved_adapters::ActionResult) -> (bool, Option<String>) {
+    match outcome {
+        Ok(()) => (true, None),
+        Err(e) => (false, Some(e.to_string())),
+    }
+}
+
+fn is_observation_outcome(e: &Event) -> bool {
+    matches!(
+        e,
+        Event::Slice { cause: Cause::Observe, .. }
+            | Event::Stale { .. }
+            | Event::Fault { transition: None, goal: None, .. }
+    )
+}
+
+/// Adds a snapshot to an instance's recent ones. A snapshot after a slice that was not
+/// journaled (an observation that changed nothing) is needed only until the next one, so a
+/// run of them keeps its last: periodic resyncs never push out the snapshot `ved replay`
+/// starts from. `last_entry`: the slice of the instance's latest journal entry.
+fn remember(q: &mut VecDeque<SnapshotRecord>, snap: SnapshotRecord, last_entry: u64) {
+    if q.back().is_some_and(|b| {
+        let (b, s) = (&b.snapshot, &snap.snapshot);
+        b.slice == s.slice
+            || (b.slice > last_entry && b.slice + 1 == s.slice && b.status == Status::Stable && b.pending.is_empty())
+    }) {
+        q.pop_back();
+    }
+    q.push_back(snap);
+    while q.len() > JOURNAL_MAX + 2 {
+        q.pop_front();
+    }
+}
+
+fn parse_status(s: &str) -> Option<Status> {
+    [Status::Stable, Status::Converging, Status::Waiting, Status::Stuck, Status::Livelock, Status::Degraded]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+}
