@@ -352,8 +352,9 @@ impl Membership {
 
     /// Registers `node` with no thread: time is `clock` (milliseconds), and the caller
     /// calls [`renew`](Membership::renew) a few times per TTL (the thread of
-    /// [`join`](Membership::join) does every quarter TTL). For tests, on
-    /// [`MemEtcd`](mem::MemEtcd) and its [clock](mem::MemEtcd::clock).
+    /// [`join`](Membership::join) does every quarter TTL); [`acting`](Membership::acting)
+    /// changes only in `renew`. For tests, on [`MemEtcd`](mem::MemEtcd) and its
+    /// [clock](mem::MemEtcd::clock).
     pub fn join_manual(
         kv: Arc<dyn KvStore>,
         prefix: &str,
@@ -420,6 +421,11 @@ impl Membership {
         self.lease.store(lease, Ordering::SeqCst);
         self.last_renewed.store(sent, Ordering::SeqCst);
         self.lost.store(false, Ordering::SeqCst);
+        // `leave` ran meanwhile and revoked the lease before this one: revoke this one too.
+        if self.stop.load(Ordering::SeqCst) {
+            self.lost.store(true, Ordering::SeqCst);
+            let _ = self.etcd.revoke(lease);
+        }
         Ok(())
     }
 
