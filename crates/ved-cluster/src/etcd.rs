@@ -73,10 +73,68 @@ pub enum Compare {
 }
 
 /// One operation of a transaction.
+///
+/// etcd refuses a transaction that puts one key twice, or puts a key that one of its
+/// deletes covers ("duplicate key given in txn request"); [`MemEtcd`](crate::mem::MemEtcd)
+/// refuses it too.
 #[derive(Clone, Debug)]
 pub enum Op {
-    Put { key: String, value: Vec<u8>, lease: i64 },
+    Put {
+        key: String,
+        value: Vec<u8>,
+        lease: i64,
+    },
     Delete(String),
+    /// Deletes every key `k` with `from <= k < to` (etcd's range end); an empty `to`
+    /// deletes `from` alone.
+    DeleteRange {
+        from: String,
+        to: String,
+    },
+}
+
+/// A set of keys to read ([`KvStore::read`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Range {
+    /// This key, if it exists.
+    Key(String),
+    /// Every key that starts with this.
+    Prefix(String),
+}
+
+impl Range {
+    fn bounds(&self) -> (Vec<u8>, Vec<u8>) {
+        match self {
+            Range::Key(k) => (k.as_bytes().to_vec(), Vec::new()),
+            Range::Prefix(p) => (p.as_bytes().to_vec(), prefix_end(p)),
+        }
+    }
+}
+
+/// The etcd operations [`Membership`](crate::Membership) needs, so that it runs on the real
+/// client ([`Etcd`]) or on the in-memory [`MemEtcd`](crate::mem::MemEtcd) alike.
+pub trait KvStore: Send + Sync {
+    /// A lease of `ttl` seconds; keys attached to it vanish when it expires.
+    fn grant(&self, ttl: i64) -> Result<i64, EtcdError>;
+    /// Renews a lease; returns the seconds left, 0 when it has already expired (or never was).
+    fn keepalive(&self, lease: i64) -> Result<i64, EtcdError>;
+    /// Ends a lease at once, deleting its keys.
+    fn revoke(&self, lease: i64) -> Result<(), EtcdError>;
+    fn get(&self, key: &str) -> Result<Option<Kv>, EtcdError>;
+    /// Every key with this prefix, in key order.
+    fn get_prefix(&self, prefix: &str) -> Result<Vec<Kv>, EtcdError>;
+    /// What each range holds, all read at one revision: the keys in key order, range by
+    /// range.
+    fn read(&self, ranges: &[Range]) -> Result<Vec<Kv>, EtcdError>;
+    /// Writes a key; returns the revision after.
+    fn put(&self, key: &str, value: &[u8], lease: i64) -> Result<i64, EtcdError>;
+    /// Runs `ops` if every comparison holds, all or nothing; returns whether they did, and
+    /// the revision after.
+    fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<(bool, i64), EtcdError>;
+    /// Watches every key under `prefixes`: `sink` gets their state at a revision
+    /// ([`WatchEvent::Reset`]) at the start and whenever the watch had to start again, and
+    /// each change in between, in revision order.
+    fn watch(&self, prefixes: Vec<String>, sink: Box<dyn Fn(WatchEvent) + Send + Sync>) -> Result<(), EtcdError>;
 }
 
 /// Why a request to etcd failed: the error of every fallible call of this crate.
@@ -204,16 +262,19 @@ impl Router {
         Err(EtcdError::Unavailable(last))
     }
 
-    /// Every key under each prefix, read in one transaction (one revision).
-    async fn ranges(&self, prefixes: &[String]) -> Result<(i64, Vec<Kv>), EtcdError> {
-        let ops: Vec<rpc::RequestOp> = prefixes
+    /// What each range holds, read in one transaction (one revision).
+    async fn ranges(&self, ranges: &[Range]) -> Result<(i64, Vec<Kv>), EtcdError> {
+        let ops: Vec<rpc::RequestOp> = ranges
             .iter()
-            .map(|p| rpc::RequestOp {
-                request: Some(rpc::request_op::Request::RequestRange(rpc::RangeRequest {
-                    key: p.as_bytes().to_vec(),
-                    range_end: prefix_end(p),
-                    ..Default::default()
-                })),
+            .map(|r| {
+                let (key, range_end) = r.bounds();
+                rpc::RequestOp {
+                    request: Some(rpc::request_op::Request::RequestRange(rpc::RangeRequest {
+                        key,
+                        range_end,
+                        ..Default::default()
+                    })),
+                }
             })
             .collect();
         let r = self
@@ -276,6 +337,11 @@ fn op(o: &Op) -> rpc::RequestOp {
         }),
         Op::Delete(k) => rpc::request_op::Request::RequestDeleteRange(rpc::DeleteRangeRequest {
             key: k.as_bytes().to_vec(),
+            ..Default::default()
+        }),
+        Op::DeleteRange { from, to } => rpc::request_op::Request::RequestDeleteRange(rpc::DeleteRangeRequest {
+            key: from.as_bytes().to_vec(),
+            range_end: to.as_bytes().to_vec(),
             ..Default::default()
         }),
     };
@@ -392,6 +458,11 @@ impl Etcd {
         self.range(prefix, prefix_end(prefix))
     }
 
+    /// What each range holds, read in one transaction (one revision).
+    pub fn read(&self, ranges: &[Range]) -> Result<Vec<Kv>, EtcdError> {
+        Ok(self.rt.block_on(self.router.ranges(ranges))?.1)
+    }
+
     pub fn put(&self, key: &str, value: &[u8], lease: i64) -> Result<i64, EtcdError> {
         let r = self
             .block(|ch| {
@@ -429,10 +500,11 @@ impl Etcd {
     /// three timeouts is left, and the watch starts again (from a fresh read) on another.
     pub fn watch(&self, prefixes: Vec<String>, sink: impl Fn(WatchEvent) + Send + Sync + 'static) {
         let router = self.router.clone();
+        let ranges: Vec<Range> = prefixes.iter().cloned().map(Range::Prefix).collect();
         self.rt.spawn(async move {
             loop {
                 let pause = router.timeout / 2;
-                let (revision, kvs) = match router.ranges(&prefixes).await {
+                let (revision, kvs) = match router.ranges(&ranges).await {
                     Ok(x) => x,
                     Err(_) => {
                         tokio::time::sleep(pause).await;
@@ -449,6 +521,38 @@ impl Etcd {
                 tokio::time::sleep(pause).await;
             }
         });
+    }
+}
+
+impl KvStore for Etcd {
+    fn grant(&self, ttl: i64) -> Result<i64, EtcdError> {
+        Etcd::grant(self, ttl)
+    }
+    fn keepalive(&self, lease: i64) -> Result<i64, EtcdError> {
+        Etcd::keepalive(self, lease)
+    }
+    fn revoke(&self, lease: i64) -> Result<(), EtcdError> {
+        Etcd::revoke(self, lease)
+    }
+    fn get(&self, key: &str) -> Result<Option<Kv>, EtcdError> {
+        Etcd::get(self, key)
+    }
+    fn get_prefix(&self, prefix: &str) -> Result<Vec<Kv>, EtcdError> {
+        Etcd::get_prefix(self, prefix)
+    }
+    fn read(&self, ranges: &[Range]) -> Result<Vec<Kv>, EtcdError> {
+        Etcd::read(self, ranges)
+    }
+    fn put(&self, key: &str, value: &[u8], lease: i64) -> Result<i64, EtcdError> {
+        Etcd::put(self, key, value, lease)
+    }
+    fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<(bool, i64), EtcdError> {
+        Etcd::txn(self, compares, ops)
+    }
+    /// Never fails: the watch keeps trying until etcd answers.
+    fn watch(&self, prefixes: Vec<String>, sink: Box<dyn Fn(WatchEvent) + Send + Sync>) -> Result<(), EtcdError> {
+        Etcd::watch(self, prefixes, sink);
+        Ok(())
     }
 }
 

@@ -1,8 +1,8 @@
 //! `ved-cluster`: Ved nodes sharing instances through etcd, with no consensus of
 //! our own. A node registers under a lease; each instance is owned by one node,
 //! recorded as a key attached to the owner's lease, so it vanishes when the owner
-//! dies and a survivor takes over. Every snapshot is written in a transaction that
-//! checks the owner key still names this node under this node's lease (fencing):
+//! dies and a survivor takes over. Every write of an instance's state is a transaction
+//! that checks the owner key still names this node under this node's lease (fencing):
 //! a node that lost its lease can neither write state nor, since intents leave only
 //! after their snapshot is written, deliver intents. The owner key's creation
 //! revision is the fencing token every intent carries.
@@ -10,24 +10,65 @@
 //! Membership and ownership are watched, not polled: a node keeps a view of the
 //! node keys and owner keys, fed by an etcd watch, and balances when it changes.
 //!
+//! # The store
+//!
+//! [`Membership`] needs only the operations of the [`KvStore`] trait: leases (grant,
+//! keep-alive, revoke), reads, puts, transactions of [`Compare`]s and [`Op`]s, and
+//! watches. [`etcd::Etcd`] is the real, blocking gRPC client;
+//! [`mem::MemEtcd`] is an etcd in memory with its own clock and no threads, where
+//! leases expire when the test says time passed and a client can be cut off, so that
+//! failover, fencing and standing down are tested deterministically.
+//! [`Membership::join`] runs on etcd with the wall clock and a keep-alive thread;
+//! [`Membership::join_manual`] runs on any store with a given clock and no thread,
+//! the caller calling [`Membership::renew`] (the thread's loop calls it too).
+//!
+//! # Keys
+//!
+//! Under the prefix (say `/ved`):
+//!
+//! | key | value | lease |
+//! |---|---|---|
+//! | `nodes/{node}` | the node's name, then `\n` and its HTTP API URL if it advertises one | the node's |
+//! | `owners/{instance}` | the owner node's name; creation revision = fencing token | the owner's |
+//! | `snapshots/{instance}` | the instance's last snapshot | none |
+//! | `journal/{instance}/{slice:020}` | a journal entry, by slice | none |
+//! | `audit/{instance}/{seq:020}` | an audit record, by sequence number | none |
+//!
+//! Snapshots, journals and audit records stay when their owner goes, so they move
+//! with the instance to its next owner; [`Membership::save_state`] writes them in one
+//! fenced transaction, and [`read_state`], [`list_instances`], [`owners`] and [`nodes`]
+//! read them without joining. The bytes are opaque here: the caller serializes.
+//!
 //! # Errors
 //!
 //! Every fallible call, of [`Membership`] and of the [`etcd`] client, returns an
 //! [`EtcdError`] (`std::error::Error`): `Unavailable` when no endpoint answered, after
 //! each was tried (`etcd is unreachable: url: reason`), and `Rejected` when one answered
 //! with an error (`etcd refused: url: message`). Losing ownership is not an error:
-//! [`Membership::save`] and [`Membership::release`] answer `Ok(false)` when fenced out,
-//! and [`Membership::acting`] turns false once the lease may have lapsed.
+//! [`Membership::save`], [`Membership::save_state`] and [`Membership::release`] answer
+//! `Ok(false)` when fenced out, and [`Membership::acting`] turns false once the lease
+//! may have lapsed.
 
 pub mod etcd;
+pub mod mem;
 
-pub use etcd::EtcdError;
+pub use etcd::{Compare, EtcdError, Kv, KvStore, Op, Range, WatchEvent};
 
-use etcd::{Compare, Etcd, Kv, Op, WatchEvent};
+use etcd::Etcd;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+/// A clock in milliseconds, for leases: only its differences matter.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The wall clock: milliseconds since a fixed point of this process, monotonic.
+pub fn wall_clock() -> Clock {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    Arc::new(move || epoch.elapsed().as_millis() as u64)
+}
 
 /// An instance's owner key, as last seen.
 #[derive(Clone, Debug, PartialEq)]
@@ -38,11 +79,152 @@ pub struct Owner {
     pub fence: i64,
 }
 
+impl From<Kv> for Owner {
+    fn from(kv: Kv) -> Owner {
+        Owner { node: String::from_utf8_lossy(&kv.value).into_owned(), lease: kv.lease, fence: kv.create_revision }
+    }
+}
+
+/// A node key's value: the name, then the URL if any. A name holds no newline.
+fn node_value(node: &str, url: Option<&str>) -> Vec<u8> {
+    match url {
+        Some(u) => format!("{node}\n{u}").into_bytes(),
+        None => node.as_bytes().to_vec(),
+    }
+}
+
+/// Reads a node key's value; one with no newline (as nodes wrote before URLs) is a name.
+fn parse_node(value: &[u8]) -> (String, Option<String>) {
+    let v = String::from_utf8_lossy(value);
+    match v.split_once('\n') {
+        Some((name, url)) => (name.to_string(), Some(url.to_string()).filter(|u| !u.is_empty())),
+        None => (v.into_owned(), None),
+    }
+}
+
+fn key(prefix: &str, kind: &str, name: &str) -> String {
+    format!("{prefix}/{kind}/{name}")
+}
+
+/// The directory of an instance's numbered keys (journal, audit).
+fn numbered_dir(prefix: &str, kind: &str, instance: &str) -> String {
+    format!("{prefix}/{kind}/{instance}/")
+}
+
+/// Zero-padded, so that key order is number order.
+fn numbered_key(prefix: &str, kind: &str, instance: &str, n: u64) -> String {
+    format!("{prefix}/{kind}/{instance}/{n:020}")
+}
+
+/// The number of a key in `dir`; `None` for a key of another instance whose name
+/// extends this one's (`a/b` under `a`).
+fn number_in(key: &str, dir: &str) -> Option<u64> {
+    let rest = key.strip_prefix(dir)?;
+    if rest.len() != 20 || !rest.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    rest.parse().ok()
+}
+
+/// What an owner writes of one instance, in one transaction: [`Membership::save_state`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InstanceWrite {
+    /// The new snapshot, if there is one.
+    pub snapshot: Option<Vec<u8>>,
+    /// Journal entries, by slice. A slice given twice: the last one counts.
+    pub journal: Vec<(u64, Vec<u8>)>,
+    /// Deletes every journal entry of a slice below this one (the snapshot covers them);
+    /// entries of `journal` below it are not written.
+    pub trim_journal_before: Option<u64>,
+    /// Audit records, by sequence number. A number given twice: the last one counts.
+    pub audit: Vec<(u64, Vec<u8>)>,
+}
+
+/// What is stored of one instance: [`Membership::load_state`], [`read_state`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InstanceState {
+    pub snapshot: Option<Vec<u8>>,
+    /// By slice, ascending.
+    pub journal: Vec<(u64, Vec<u8>)>,
+    /// By sequence number, ascending.
+    pub audit: Vec<(u64, Vec<u8>)>,
+}
+
+/// The operations of an [`InstanceWrite`].
+fn state_ops(prefix: &str, instance: &str, w: &InstanceWrite) -> Vec<Op> {
+    let mut ops = Vec::new();
+    if let Some(s) = &w.snapshot {
+        ops.push(Op::Put { key: key(prefix, "snapshots", instance), value: s.clone(), lease: 0 });
+    }
+    let trim = w.trim_journal_before.unwrap_or(0);
+    // etcd refuses a transaction that puts a key twice, or puts a key that its delete
+    // covers; an entry below the trim would be deleted anyway.
+    let journal: BTreeMap<u64, &Vec<u8>> = w.journal.iter().filter(|(s, _)| *s >= trim).map(|(s, b)| (*s, b)).collect();
+    for (slice, bytes) in journal {
+        ops.push(Op::Put { key: numbered_key(prefix, "journal", instance, slice), value: bytes.clone(), lease: 0 });
+    }
+    if trim > 0 {
+        ops.push(Op::DeleteRange {
+            from: numbered_dir(prefix, "journal", instance),
+            to: numbered_key(prefix, "journal", instance, trim),
+        });
+    }
+    let audit: BTreeMap<u64, &Vec<u8>> = w.audit.iter().map(|(s, b)| (*s, b)).collect();
+    for (seq, bytes) in audit {
+        ops.push(Op::Put { key: numbered_key(prefix, "audit", instance, seq), value: bytes.clone(), lease: 0 });
+    }
+    ops
+}
+
+/// An instance's snapshot, journal and audit records, read at one revision, without
+/// joining (for read-only tools). `prefix` as given to [`Membership::join`].
+pub fn read_state(kv: &dyn KvStore, prefix: &str, instance: &str) -> Result<InstanceState, EtcdError> {
+    let prefix = prefix.trim_end_matches('/');
+    let snapshot = key(prefix, "snapshots", instance);
+    let journal = numbered_dir(prefix, "journal", instance);
+    let audit = numbered_dir(prefix, "audit", instance);
+    let kvs = kv.read(&[Range::Key(snapshot.clone()), Range::Prefix(journal.clone()), Range::Prefix(audit.clone())])?;
+    let mut state = InstanceState::default();
+    for kv in kvs {
+        if kv.key == snapshot {
+            state.snapshot = Some(kv.value);
+        } else if let Some(n) = number_in(&kv.key, &journal) {
+            state.journal.push((n, kv.value));
+        } else if let Some(n) = number_in(&kv.key, &audit) {
+            state.audit.push((n, kv.value));
+        }
+    }
+    Ok(state)
+}
+
+/// The instances that have a snapshot, in name order.
+pub fn list_instances(kv: &dyn KvStore, prefix: &str) -> Result<Vec<String>, EtcdError> {
+    let dir = key(prefix.trim_end_matches('/'), "snapshots", "");
+    Ok(kv.get_prefix(&dir)?.into_iter().filter_map(|kv| kv.key.strip_prefix(&dir).map(str::to_string)).collect())
+}
+
+/// Every instance's owner, as etcd has them now.
+pub fn owners(kv: &dyn KvStore, prefix: &str) -> Result<BTreeMap<String, Owner>, EtcdError> {
+    let dir = key(prefix.trim_end_matches('/'), "owners", "");
+    Ok(kv
+        .get_prefix(&dir)?
+        .into_iter()
+        .filter_map(|kv| Some((kv.key.strip_prefix(&dir)?.to_string(), Owner::from(kv))))
+        .collect())
+}
+
+/// The live nodes, as etcd has them now, with the HTTP API URL each advertises.
+pub fn nodes(kv: &dyn KvStore, prefix: &str) -> Result<BTreeMap<String, Option<String>>, EtcdError> {
+    let dir = key(prefix.trim_end_matches('/'), "nodes", "");
+    Ok(kv.get_prefix(&dir)?.into_iter().map(|kv| parse_node(&kv.value)).collect())
+}
+
 /// The node keys and owner keys, as the watch last reported them.
 #[derive(Default)]
 struct View {
     revision: i64,
-    nodes: BTreeMap<String, String>,
+    /// Node key -> (name, URL).
+    nodes: BTreeMap<String, (String, Option<String>)>,
     owners: BTreeMap<String, Owner>,
 }
 
@@ -51,11 +233,10 @@ impl View {
         let owners = format!("{prefix}/owners/");
         let nodes = format!("{prefix}/nodes/");
         let put = |v: &mut View, kv: Kv| {
-            let value = String::from_utf8_lossy(&kv.value).into_owned();
             if let Some(i) = kv.key.strip_prefix(&owners) {
-                v.owners.insert(i.to_string(), Owner { node: value, lease: kv.lease, fence: kv.create_revision });
+                v.owners.insert(i.to_string(), Owner::from(kv));
             } else if kv.key.starts_with(&nodes) {
-                v.nodes.insert(kv.key.clone(), value);
+                v.nodes.insert(kv.key.clone(), parse_node(&kv.value));
             }
         };
         match ev {
@@ -93,17 +274,40 @@ impl View {
     }
 }
 
-/// One node's membership: its lease, kept alive in the background.
+/// What one keep-alive round did: [`Membership::renew`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Renewal {
+    /// The lease was renewed.
+    Renewed,
+    /// etcd said the lease had expired: the node stopped acting, and the next round
+    /// registers it anew.
+    Expired,
+    /// etcd did not answer (renewing or registering). The node still acts unless the
+    /// lease may have lapsed meanwhile.
+    Failed,
+    /// The node had stopped acting and is registered again, under a new lease.
+    Registered,
+    /// The node left the cluster: nothing was done.
+    Left,
+}
+
+/// One node's membership: its lease, kept alive by a thread ([`Membership::join`]) or by
+/// the caller ([`Membership::join_manual`]).
 pub struct Membership {
-    pub etcd: Arc<Etcd>,
+    pub etcd: Arc<dyn KvStore>,
     prefix: String,
     pub node: String,
+    /// The HTTP API URL the node key carries.
+    advertise: Option<String>,
     ttl: i64,
     lease: AtomicI64,
     /// Set once the lease may have lapsed: the node must stop acting.
     lost: AtomicBool,
     stop: AtomicBool,
-    last_renewed: Mutex<Instant>,
+    /// When the lease was last known alive, on `clock`: taken before the request that
+    /// renewed it was sent, since etcd counts the TTL from some time after that.
+    last_renewed: AtomicU64,
+    clock: Clock,
     view: Mutex<View>,
     /// Counts the watch's reports, so the node can balance when something changed.
     changes: AtomicU64,
@@ -112,28 +316,32 @@ pub struct Membership {
 impl Membership {
     /// Registers `node` under a lease of `ttl` seconds and keeps it alive.
     pub fn join(etcd: Arc<Etcd>, prefix: &str, node: &str, ttl: i64) -> Result<Arc<Membership>, EtcdError> {
-        let m = Arc::new(Membership {
-            etcd,
-            prefix: prefix.trim_end_matches('/').to_string(),
-            node: node.to_string(),
-            ttl,
-            lease: AtomicI64::new(0),
-            lost: AtomicBool::new(true),
-            stop: AtomicBool::new(false),
-            last_renewed: Mutex::new(Instant::now()),
-            view: Mutex::new(View::default()),
-            changes: AtomicU64::new(0),
-        });
-        m.register()?;
-        // The watch holds only a weak reference, so the membership can still be dropped.
-        let weak = Arc::downgrade(&m);
-        let prefixes = vec![m.key("nodes", ""), m.key("owners", "")];
-        m.etcd.watch(prefixes, move |ev| {
-            if let Some(m) = weak.upgrade() {
-                m.view.lock().unwrap_or_else(|p| p.into_inner()).apply(&m.prefix, ev);
-                m.changes.fetch_add(1, Ordering::SeqCst);
-            }
-        });
+        Membership::join_with(etcd, prefix, node, ttl, None)
+    }
+
+    /// As [`join`](Membership::join), with the node's HTTP API URL (such as
+    /// `http://127.0.0.1:7001`) in its node key, for the other nodes to find
+    /// ([`node_url`](Membership::node_url)).
+    pub fn join_with(
+        etcd: Arc<Etcd>,
+        prefix: &str,
+        node: &str,
+        ttl: i64,
+        advertise: Option<String>,
+    ) -> Result<Arc<Membership>, EtcdError> {
+        Membership::join_kv(etcd, prefix, node, ttl, advertise)
+    }
+
+    /// As [`join_with`](Membership::join_with), on any store: the wall clock, and a thread
+    /// that renews the lease a few times per TTL.
+    pub fn join_kv(
+        kv: Arc<dyn KvStore>,
+        prefix: &str,
+        node: &str,
+        ttl: i64,
+        advertise: Option<String>,
+    ) -> Result<Arc<Membership>, EtcdError> {
+        let m = Membership::start(kv, prefix, node, ttl, advertise, wall_clock())?;
         let bg = m.clone();
         std::thread::Builder::new()
             .name("ved-lease".into())
@@ -142,52 +350,138 @@ impl Membership {
         Ok(m)
     }
 
+    /// Registers `node` with no thread: time is `clock` (milliseconds), and the caller
+    /// calls [`renew`](Membership::renew) a few times per TTL (the thread of
+    /// [`join`](Membership::join) does every quarter TTL); [`acting`](Membership::acting)
+    /// changes only in `renew`. For tests, on [`MemEtcd`](mem::MemEtcd) and its
+    /// [clock](mem::MemEtcd::clock).
+    pub fn join_manual(
+        kv: Arc<dyn KvStore>,
+        prefix: &str,
+        node: &str,
+        ttl: i64,
+        advertise: Option<String>,
+        clock: Clock,
+    ) -> Result<Arc<Membership>, EtcdError> {
+        Membership::start(kv, prefix, node, ttl, advertise, clock)
+    }
+
+    fn start(
+        kv: Arc<dyn KvStore>,
+        prefix: &str,
+        node: &str,
+        ttl: i64,
+        advertise: Option<String>,
+        clock: Clock,
+    ) -> Result<Arc<Membership>, EtcdError> {
+        let now = clock();
+        let m = Arc::new(Membership {
+            etcd: kv,
+            prefix: prefix.trim_end_matches('/').to_string(),
+            node: node.to_string(),
+            advertise,
+            ttl,
+            lease: AtomicI64::new(0),
+            lost: AtomicBool::new(true),
+            stop: AtomicBool::new(false),
+            last_renewed: AtomicU64::new(now),
+            clock,
+            view: Mutex::new(View::default()),
+            changes: AtomicU64::new(0),
+        });
+        m.register()?;
+        // The watch holds only a weak reference, so the membership can still be dropped.
+        let weak = Arc::downgrade(&m);
+        let prefixes = vec![m.key("nodes", ""), m.key("owners", "")];
+        let watched = m.etcd.watch(
+            prefixes,
+            Box::new(move |ev| {
+                if let Some(m) = weak.upgrade() {
+                    m.view.lock().unwrap_or_else(|p| p.into_inner()).apply(&m.prefix, ev);
+                    m.changes.fetch_add(1, Ordering::SeqCst);
+                }
+            }),
+        );
+        if let Err(e) = watched {
+            let _ = m.etcd.revoke(m.lease());
+            return Err(e);
+        }
+        Ok(m)
+    }
+
     fn register(&self) -> Result<(), EtcdError> {
+        let sent = (self.clock)();
         let lease = self.etcd.grant(self.ttl)?;
-        self.etcd.put(&self.key("nodes", &self.node), self.node.as_bytes(), lease)?;
+        let value = node_value(&self.node, self.advertise.as_deref());
+        if let Err(e) = self.etcd.put(&self.key("nodes", &self.node), &value, lease) {
+            // A lease with no node key would only keep owner keys nobody can use.
+            let _ = self.etcd.revoke(lease);
+            return Err(e);
+        }
         self.lease.store(lease, Ordering::SeqCst);
-        *self.last_renewed.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.last_renewed.store(sent, Ordering::SeqCst);
         self.lost.store(false, Ordering::SeqCst);
+        // `leave` ran meanwhile and revoked the lease before this one: revoke this one too.
+        if self.stop.load(Ordering::SeqCst) {
+            self.lost.store(true, Ordering::SeqCst);
+            let _ = self.etcd.revoke(lease);
+        }
         Ok(())
     }
 
-    /// Renews the lease a few times per TTL. If renewal fails for a whole TTL, or etcd says
-    /// the lease expired, the node stops acting; when etcd answers again it registers anew.
+    /// How often the thread renews the lease, in milliseconds; also the margin by which
+    /// the node stands down before its lease can have lapsed on the server.
+    fn period_ms(&self) -> u64 {
+        (self.ttl.max(0) as u64 * 1000 / 4).max(100)
+    }
+
+    /// One keep-alive round. If renewal fails for a whole TTL (less a quarter TTL, as a
+    /// margin, measured on the clock), or etcd says the lease expired, the node stops
+    /// acting; the first round after that registers it anew, under a new lease.
+    pub fn renew(&self) -> Renewal {
+        if self.stop.load(Ordering::SeqCst) {
+            return Renewal::Left;
+        }
+        if self.lost.load(Ordering::SeqCst) {
+            return match self.register() {
+                Ok(()) => Renewal::Registered,
+                Err(_) => Renewal::Failed,
+            };
+        }
+        let sent = (self.clock)();
+        match self.etcd.keepalive(self.lease()) {
+            Ok(left) if left > 0 => {
+                self.last_renewed.store(sent, Ordering::SeqCst);
+                Renewal::Renewed
+            }
+            Ok(_) => {
+                self.lost.store(true, Ordering::SeqCst);
+                Renewal::Expired
+            }
+            Err(_) => {
+                let since = (self.clock)().saturating_sub(self.last_renewed.load(Ordering::SeqCst));
+                if since + self.period_ms() >= self.ttl.max(0) as u64 * 1000 {
+                    self.lost.store(true, Ordering::SeqCst);
+                }
+                Renewal::Failed
+            }
+        }
+    }
+
+    /// Renews the lease every period until the node leaves.
     fn keep_alive(self: Arc<Self>) {
-        let period = Duration::from_millis((self.ttl as u64 * 1000 / 4).max(100));
+        let period = Duration::from_millis(self.period_ms());
         let mut wait = period;
         while !self.stop.load(Ordering::SeqCst) {
             std::thread::sleep(wait);
-            // After a failed renewal, try again soon: etcd may have elected a new leader.
-            wait = Duration::from_millis(100).min(period);
-            if self.stop.load(Ordering::SeqCst) {
-                break;
-            }
-            if self.lost.load(Ordering::SeqCst) {
-                if self.register().is_ok() {
-                    wait = period;
-                }
-                continue;
-            }
-            match self.etcd.keepalive(self.lease()) {
-                Ok(left) if left > 0 => {
-                    *self.last_renewed.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-                    wait = period;
-                }
-                Ok(_) => {
-                    // Register again only after a period, so the node loop sees that it lost the
-                    // lease (and stands down) before a new lease replaces it.
-                    self.lost.store(true, Ordering::SeqCst);
-                    wait = period;
-                }
-                Err(_) => {
-                    let since = self.last_renewed.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
-                    // Stop before the lease can have lapsed on the server, with a margin.
-                    if since + period >= Duration::from_secs(self.ttl as u64) {
-                        self.lost.store(true, Ordering::SeqCst);
-                    }
-                }
-            }
+            wait = match self.renew() {
+                Renewal::Left => break,
+                // Try again soon: etcd may have elected a new leader.
+                Renewal::Failed => Duration::from_millis(100).min(period),
+                // After `Expired`, register again only after a period, so the node loop sees
+                // that it lost the lease (and stands down) before a new lease replaces it.
+                Renewal::Renewed | Renewal::Expired | Renewal::Registered => period,
+            };
         }
     }
 
@@ -200,22 +494,35 @@ impl Membership {
         !self.lost.load(Ordering::SeqCst)
     }
 
+    /// The key prefix, without a trailing `/`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     fn key(&self, kind: &str, name: &str) -> String {
-        format!("{}/{kind}/{name}", self.prefix)
+        key(&self.prefix, kind, name)
+    }
+
+    fn view(&self) -> std::sync::MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The nodes whose leases are alive, as watched (no request to etcd).
     pub fn live_nodes(&self) -> Vec<String> {
-        let view = self.view.lock().unwrap_or_else(|p| p.into_inner());
-        let mut nodes: Vec<String> = view.nodes.values().cloned().collect();
+        let mut nodes: Vec<String> = self.view().nodes.values().map(|(name, _)| name.clone()).collect();
         nodes.sort();
         nodes.dedup();
         nodes
     }
 
+    /// The HTTP API URL a live node advertises, as watched (no request to etcd).
+    pub fn node_url(&self, node: &str) -> Option<String> {
+        self.view().nodes.values().find(|(name, _)| name == node).and_then(|(_, url)| url.clone())
+    }
+
     /// An instance's owner, as watched (no request to etcd).
     pub fn watched_owner(&self, instance: &str) -> Option<Owner> {
-        self.view.lock().unwrap_or_else(|p| p.into_inner()).owners.get(instance).cloned()
+        self.view().owners.get(instance).cloned()
     }
 
     /// Whether this owner key is this node's under its current lease: an acquisition whose
@@ -274,6 +581,22 @@ impl Membership {
 
     pub fn load(&self, instance: &str) -> Result<Option<Vec<u8>>, EtcdError> {
         Ok(self.etcd.get(&self.key("snapshots", instance))?.map(|kv| kv.value))
+    }
+
+    /// Writes an instance's snapshot, journal entries and audit records, and trims its
+    /// journal, in one transaction fenced as [`save`](Membership::save): all of it, or,
+    /// with `Ok(false)` (fenced out), none. etcd takes at most 128 operations per
+    /// transaction by default (`--max-txn-ops`): one per snapshot, entry and record, and
+    /// one for the trim.
+    pub fn save_state(&self, instance: &str, write: &InstanceWrite) -> Result<bool, EtcdError> {
+        let owner = self.key("owners", instance);
+        let (ok, _) = self.etcd.txn(&self.fence(&owner), &state_ops(&self.prefix, instance, write))?;
+        Ok(ok)
+    }
+
+    /// What is stored of an instance: [`read_state`].
+    pub fn load_state(&self, instance: &str) -> Result<InstanceState, EtcdError> {
+        read_state(&*self.etcd, &self.prefix, instance)
     }
 
     /// Leaves the cluster: revokes the lease, which deletes the node key and every owner
