@@ -1,24 +1,30 @@
-//! `ved run --cluster URLS --node-id N`: this node's share of the program's
-//! instances, persisted in etcd (see `ved-cluster`). One thread does the work, in
-//! this order, again and again: when the watched node and owner keys changed (or
-//! a balance period passed), take or hand over instances; apply adapter results; run the runtime; write each changed
-//! instance's snapshot in a fenced transaction; and only then release that
-//! instance's intents, each carrying the owner's fencing token.
+//! `ved run --cluster URLS --node-id N`: a client of the engine whose persistence
+//! is etcd. [`Node`] is this node's share of the program's instances: one
+//! [`Engine`] started with [`Instances::Adopted`] on
+//! [`EtcdPersistence`](ved_engine::persist_etcd::EtcdPersistence), so every slice
+//! is written (snapshot, journal entries, audit entries) in a transaction fenced by
+//! the owner key before its intents leave, each carrying the owner's fencing token.
+//! The node balances when the watched node and owner keys change (or a balance period
+//! passed): it adopts the instances rendezvous hashing gives it, from the state their
+//! last owner left in etcd, and hands over the others.
+//!
+//! [`run_cluster`] is the process around it: the same input channel, HTTP API and
+//! JSON-lines events as `ved run`, with a wall clock. The simulation
+//! (`tests/cluster_sim.rs`) drives [`Node`] itself on an in-memory etcd.
 
 use crate::load;
-use crate::run::{build_adapters, Adapters, RunOptions};
-use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet};
+use crate::run::{api, build_adapters, report_start_error, Adapters, Input, RunOptions};
+use serde_json::{json, Map, Value as Json};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicBool;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 use ved_cluster::etcd::Etcd;
-use ved_cluster::{rendezvous, Membership};
-use ved_runtime::{Event, Intent, Runtime};
-use ved_store::SnapshotRecord;
+use ved_cluster::{rendezvous, KvStore, Membership};
+use ved_engine::persist_etcd::{self, EtcdPersistence, Owned};
+use ved_engine::{Adopted, Call, Engine, Instances, JsonLines, Reply, Sink, StartError, WallClock};
 
 pub struct ClusterOptions {
     pub endpoints: Vec<String>,
@@ -27,71 +33,120 @@ pub struct ClusterOptions {
     pub ttl: i64,
     /// Key prefix in etcd, so several programs can share one etcd.
     pub prefix: String,
+    /// Where this node serves the HTTP API.
+    pub listen: std::net::SocketAddr,
+    /// The URL other nodes use to reach this node's API (default: from `listen`).
+    pub advertise: Option<String>,
 }
 
 /// Instances are balanced whenever the etcd watch reports a change of the node or owner
 /// keys, and at least this often regardless (the balance period).
-const BALANCE_PERIOD: Duration = Duration::from_secs(1);
+pub const BALANCE_PERIOD_MS: u64 = 1000;
+
+/// Inputs handled per round of the node loop, at most, before it balances again.
+const ROUND_INPUTS: usize = 256;
 
 /// How long one etcd request may take on one endpoint before it goes to the next.
 const ETCD_REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
 
-fn emit(v: serde_json::Value) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{v}");
-    let _ = out.flush();
+fn obj(j: Json) -> Map<String, Json> {
+    match j {
+        Json::Object(m) => m,
+        _ => Map::new(),
+    }
 }
 
-struct Node {
-    m: Arc<Membership>,
-    rt: Runtime,
-    program: Arc<ved_vm::CompiledProgram>,
-    adapters: Adapters,
-    /// Owned instances and their fencing tokens.
-    owned: BTreeMap<String, i64>,
-    /// Instances whose latest state is not yet written.
-    dirty: BTreeSet<String>,
-    /// Intents waiting for their instance's snapshot to be written.
-    held: BTreeMap<String, Vec<Intent>>,
-    clock_base: u64,
-    started: Instant,
-    /// Per instance, the fields `ved.toml`'s watchers feed (confirmed by readings).
-    watched: BTreeMap<String, Vec<u16>>,
+/// One cluster node: membership, and an engine holding what this node owns.
+pub struct Node<W: Write> {
+    pub m: Arc<Membership>,
+    pub engine: Engine<JsonLines<W>>,
+    owned: Arc<Mutex<Owned>>,
+    domains: Vec<String>,
+    balanced_at: u64,
+    last_balance_ms: Option<u64>,
 }
 
-impl Node {
-    fn now(&self) -> u64 {
-        self.clock_base + self.started.elapsed().as_millis() as u64
+impl<W: Write> Node<W> {
+    /// An engine with no instances on `m`'s etcd; [`Node::step`] adopts this node's share.
+    pub fn new(
+        m: Arc<Membership>,
+        loaded: load::Loaded,
+        opts: &RunOptions,
+        adapters: Adapters,
+        out: W,
+    ) -> Result<Node<W>, StartError> {
+        let owned = Arc::new(Mutex::new(Owned::default()));
+        let persistence = Box::new(EtcdPersistence::new(m.clone(), owned.clone()));
+        let domains = loaded.compiled.domains.iter().map(|d| d.name.clone()).collect();
+        let engine = Engine::start_with(
+            loaded,
+            opts,
+            adapters,
+            JsonLines::new(out),
+            Some(persistence),
+            None,
+            Instances::Adopted,
+        )?;
+        Ok(Node { m, engine, owned, domains, balanced_at: u64::MAX, last_balance_ms: None })
     }
 
-    fn snapshot_bytes(&self, name: &str) -> Option<Vec<u8>> {
-        let inst = self.rt.instance(name)?;
-        let dom = &self.program.domains[inst.domain];
-        serde_json::to_vec(&SnapshotRecord::from_snapshot(inst.snapshot(), &dom.name, &dom.fields)).ok()
+    fn emit(&mut self, j: Json) {
+        self.engine.sink_mut().emit(obj(j));
+        Sink::flush(self.engine.sink_mut());
     }
 
-    fn drop_instance(&mut self, name: &str, why: &str) {
-        self.rt.remove_instance(name);
-        self.owned.remove(name);
-        self.dirty.remove(name);
-        self.held.remove(name);
-        emit(json!({"event": why, "instance": name, "node": self.m.node}));
+    fn owned(&self) -> std::sync::MutexGuard<'_, Owned> {
+        self.owned.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The instances this node owns now.
+    pub fn holding(&self) -> Vec<String> {
+        self.engine.instance_names()
+    }
+
+    /// One round at time `now_ms`: stand down if the lease may have lapsed; balance if the
+    /// watch saw a change or a period passed; run what came due; retry unwritten batches.
+    pub fn step(&mut self, now_ms: u64) {
+        if !self.m.acting() {
+            self.stand_down();
+            return;
+        }
+        let changes = self.m.changes();
+        let due = self.last_balance_ms.is_none_or(|t| now_ms >= t + BALANCE_PERIOD_MS);
+        if changes != self.balanced_at || due {
+            self.balanced_at = changes;
+            self.last_balance_ms = Some(now_ms);
+            self.rebalance();
+        }
+        self.engine.tick();
+        // Writes refused for want of etcd are tried again; intents wait for them.
+        let _ = self.engine.flush();
+    }
+
+    /// A result or a reading from the adapters. Every node runs every watcher, so a
+    /// reading counts only on the owner, and versions are per source and per node.
+    pub fn handle_inbound(&mut self, x: ved_adapters::Inbound) {
+        match x {
+            ved_adapters::Inbound::Observed(mut o) => {
+                if !self.engine.holds(&o.instance) {
+                    return;
+                }
+                o.source = format!("{}@{}", o.source, self.m.node);
+                self.engine.handle_inbound(ved_adapters::Inbound::Observed(o));
+            }
+            ved_adapters::Inbound::Repaired { ref instance, .. } if !self.engine.holds(instance) => {}
+            x => self.engine.handle_inbound(x),
+        }
     }
 
     /// Takes the instances rendezvous hashing gives this node; hands over the others.
     fn rebalance(&mut self) {
         let nodes = self.m.live_nodes();
-        let names: Vec<String> = self.program.domains.iter().map(|d| d.name.clone()).collect();
-        for (d, name) in names.iter().enumerate() {
+        for (d, name) in self.domains.clone().iter().enumerate() {
             let desired = rendezvous(name, &nodes);
-            let mine = self.owned.contains_key(name);
+            let mine = self.engine.holds(name);
             if mine && desired.is_some_and(|n| n != self.m.node) {
-                // A node joined that this instance now belongs to: write it, then let go.
-                if let Some(bytes) = self.snapshot_bytes(name) {
-                    if self.m.save(name, &bytes).unwrap_or(false) && self.m.release(name).unwrap_or(false) {
-                        self.drop_instance(name, "handed_over");
-                    }
-                }
+                self.hand_over(name);
             } else if !mine && desired == Some(self.m.node.as_str()) {
                 match self.m.watched_owner(name) {
                     None => {
@@ -108,134 +163,175 @@ impl Node {
         }
     }
 
-    /// Restores an instance from its last snapshot in etcd (or creates it) after acquiring it.
+    /// Adopts an instance after acquiring it: its snapshot, journal and audit head from etcd.
     fn take(&mut self, name: &str, domain: usize, fence: i64) {
-        let snap = match self.m.load(name) {
-            Ok(s) => s.and_then(|b| serde_json::from_slice::<SnapshotRecord>(&b).ok()).map(|r| r.snapshot),
-            Err(_) => {
+        let state = match persist_etcd::load(&*self.m.etcd, self.m.prefix(), name) {
+            Ok(s) => s,
+            Err(e) => {
                 let _ = self.m.release(name);
+                self.emit(json!({"event": "error", "instance": name, "message": e}));
                 return;
             }
         };
-        let resumed = snap.is_some();
-        let r = match snap {
-            Some(s) => {
-                // Time continues from the snapshot, so retry deadlines still hold.
-                let behind = s.now_ms.saturating_sub(self.now());
-                self.clock_base += behind;
-                self.rt.restore_instance(s).map(|_| ())
-            }
-            None => self.rt.create_instance(name, domain, Vec::new()).map(|_| ()),
-        };
-        if r.is_err() {
-            let _ = self.m.release(name);
-            return;
-        }
-        if let Some(fields) = self.watched.get(name) {
-            self.rt.set_watched(name, fields.clone());
-        }
-        self.owned.insert(name.to_string(), fence);
-        let slice = self.rt.instance(name).map(|i| i.slice).unwrap_or(0);
-        emit(
-            json!({"event": "acquired", "instance": name, "node": self.m.node, "fence": fence, "slice": slice, "resumed": resumed}),
-        );
-        // Intents recorded by the previous owner but never acknowledged go out again, same id.
-        let undelivered = self.rt.instance(name).map(|i| i.undelivered()).unwrap_or_default();
-        if !undelivered.is_empty() {
-            self.release_intents(name, undelivered);
-        }
-        if !resumed {
-            self.dirty.insert(name.to_string());
-        }
-    }
-
-    fn release_intents(&mut self, name: &str, intents: Vec<Intent>) {
-        let fence = self.owned.get(name).copied();
-        for i in intents {
-            let mut req = ved_adapters::IntentRequest::from_intent(&i);
-            req.fence = fence;
-            emit(json!({"event": "intent", "instance": name, "id": req.id, "fence": fence, "node": self.m.node}));
-            if let Some(outcome) = self.adapters.dispatch(req) {
-                let (ok, error) = crate::run::for_runtime(outcome);
-                let _ = self.rt.deliver(&i.id, ok, error);
-            }
-        }
-    }
-
-    /// Writes every changed instance; releases its intents once written.
-    fn persist(&mut self) {
-        for name in std::mem::take(&mut self.dirty) {
-            let Some(bytes) = self.snapshot_bytes(&name) else { continue };
-            match self.m.save(&name, &bytes) {
-                Ok(true) => {
-                    let intents = self.held.remove(&name).unwrap_or_default();
-                    self.release_intents(&name, intents);
-                }
-                // Another node owns it now: this one must not act on it again.
-                Ok(false) => self.drop_instance(&name, "fenced_out"),
-                // etcd is unreachable: keep the intents and try again.
-                Err(_) => {
-                    self.dirty.insert(name);
-                }
-            }
-        }
-    }
-
-    fn run(&mut self) {
-        let mut changed: Vec<(String, Vec<Intent>)> = Vec::new();
-        self.rt.run_stepwise(|inst, evs| {
-            let intents: Vec<Intent> = evs
-                .iter()
-                .filter_map(|e| match e {
-                    Event::Intent(i) => Some(i.clone()),
-                    _ => None,
-                })
-                .collect();
-            changed.push((inst.name.to_string(), intents));
-        });
-        for (name, intents) in changed {
-            self.dirty.insert(name.clone());
-            self.held.entry(name).or_default().extend(intents);
-        }
-    }
-
-    /// A watcher's reading, applied if this node owns the instance. Versions are per source
-    /// and per node: another node's watcher counts its own readings.
-    fn observe(&mut self, o: ved_adapters::Observation) {
-        if !self.owned.contains_key(&o.instance) {
-            return;
-        }
-        let Some(idx) = self.rt.index_of(&o.instance) else { return };
-        let fields = self.rt.domain_of(idx).fields.clone();
-        let mut writes = Vec::new();
-        for (field, value) in &o.fields {
-            let Some(slot) = fields.iter().position(|(n, _)| n == field) else {
-                emit(json!({"event": "error", "instance": o.instance, "message": format!("no field `{field}`")}));
-                return;
+        {
+            let mut o = self.owned();
+            o.fences.insert(name.to_string(), fence);
+            match state.audit.last() {
+                Some(e) => o.audit_heads.insert(name.to_string(), (e.seq, e.hash.clone())),
+                None => o.audit_heads.remove(name),
             };
-            match crate::json::from_json(value, &fields[slot].1) {
-                Ok(v) => writes.push((slot as u16, v)),
-                Err(m) => {
-                    emit(json!({"event": "error", "instance": o.instance, "message": format!("field `{field}`: {m}")}));
-                    return;
-                }
-            }
         }
-        let source = format!("{}@{}", o.source, self.m.node);
-        let r = match o.version {
-            Some(v) => self.rt.observe_versioned(&o.instance, writes, &source, v),
-            None => self.rt.observe(&o.instance, writes),
-        };
-        if let Err(e) = r {
-            emit(json!({"event": "error", "instance": o.instance, "message": e.to_string()}));
+        let resumed = state.snapshot.is_some();
+        let slice = state.snapshot.as_ref().map_or(0, |s| s.snapshot.slice);
+        self.emit(json!({"event": "acquired", "instance": name, "node": self.m.node, "fence": fence,
+            "slice": slice, "resumed": resumed}));
+        let adopted = state.snapshot.map(|snapshot| Adopted { snapshot, journal: state.journal });
+        if let Err(e) = self.engine.adopt(name, domain, adopted) {
+            self.owned().fences.remove(name);
+            let _ = self.m.release(name);
+            self.emit(json!({"event": "error", "instance": name, "message": e.to_string()}));
+            self.emit(json!({"event": "handed_over", "instance": name, "node": self.m.node}));
         }
+    }
+
+    /// Writes what is pending, then lets the instance go so its new owner need not wait
+    /// for a lease to lapse. With etcd unreachable it waits for the next balance.
+    fn hand_over(&mut self, name: &str) {
+        if self.engine.flush().is_err() || !self.engine.is_durable() {
+            return;
+        }
+        if self.m.release(name).unwrap_or(false) {
+            self.let_go(name, "handed_over");
+        }
+    }
+
+    fn let_go(&mut self, name: &str, why: &str) {
+        {
+            let mut o = self.owned();
+            o.fences.remove(name);
+            o.audit_heads.remove(name);
+        }
+        self.engine.drop_instance(name);
+        self.emit(json!({"event": why, "instance": name, "node": self.m.node}));
     }
 
     /// Stops acting: the lease may have lapsed, so another node may own everything now.
-    fn stand_down(&mut self) {
-        let names: Vec<String> = self.owned.keys().cloned().collect();
-        for n in names {
-            self.drop_instance(&n, "stood_down");
+    pub fn stand_down(&mut self) {
+        for name in self.holding() {
+            self.let_go(&name, "stood_down");
+        }
+    }
+
+    /// Graceful leave: write everything, give every instance up, revoke the lease.
+    pub fn leave(&mut self) {
+        let _ = self.engine.flush();
+        for name in self.holding() {
+            let _ = self.m.release(&name);
+            self.let_go(&name, "handed_over");
+        }
+        let _ = self.m.leave();
+        let node = self.m.node.clone();
+        self.emit(json!({"event": "left", "node": node}));
+    }
+}
+
+/// Routes API calls in cluster mode: an instance's calls go to its owner; reads of an
+/// instance nobody owns right now (a failover in progress) are answered from etcd.
+struct ClusterRoutes {
+    m: Arc<Membership>,
+    /// Instances this node holds, as of the node loop's last round.
+    here: Arc<Mutex<Vec<String>>>,
+}
+
+impl api::Routes for ClusterRoutes {
+    fn locate(&self, instance: &str) -> api::Location {
+        if self.here.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|i| i == instance) {
+            return api::Location::Here;
+        }
+        match self.m.watched_owner(instance) {
+            Some(o) if o.node == self.m.node => api::Location::Here,
+            Some(o) => match self.m.node_url(&o.node) {
+                Some(url) => api::Location::Node(url),
+                None => api::Location::Nobody,
+            },
+            None => api::Location::Nobody,
+        }
+    }
+
+    fn read(&self, call: &Call) -> Option<Reply> {
+        Some(read_from_etcd(&*self.m.etcd, self.m.prefix(), call, Some(&self.m)))
+    }
+}
+
+/// Answers a read from what etcd holds: the instance list, one instance's last written
+/// state, its journal, or every instance's audit chain. Also what `ved inspect
+/// --cluster` shows.
+pub fn read_from_etcd(kv: &dyn KvStore, prefix: &str, call: &Call, m: Option<&Membership>) -> Reply {
+    let unreachable = |e: &dyn std::fmt::Display| api::error(503, format!("cannot read etcd: {e}"));
+    let owners = match ved_cluster::owners(kv, prefix) {
+        Ok(o) => o,
+        Err(e) => return unreachable(&e),
+    };
+    let owner = |name: &str| owners.get(name).map(|o| o.node.clone());
+    match call {
+        Call::List => {
+            let names = match ved_cluster::list_instances(kv, prefix) {
+                Ok(n) => n,
+                Err(e) => return unreachable(&e),
+            };
+            let mut list = Vec::new();
+            for name in names {
+                if let Ok(s) = persist_etcd::load(kv, prefix, &name) {
+                    if let Some(snap) = s.snapshot {
+                        list.push(json!({"name": name, "domain": snap.domain, "status": snap.snapshot.status.as_str(),
+                            "slice": snap.snapshot.slice, "owner": owner(&name)}));
+                    }
+                }
+            }
+            Reply { status: 200, body: json!({"instances": list}) }
+        }
+        Call::Get(name) | Call::Journal(name) => {
+            let state = match persist_etcd::load(kv, prefix, name) {
+                Ok(s) => s,
+                Err(e) => return unreachable(&e),
+            };
+            let Some(snap) = state.snapshot else {
+                return api::error(404, format!("no instance named `{name}` in the cluster"));
+            };
+            if let Call::Journal(_) = call {
+                let entries: Vec<Json> = state.journal.iter().filter_map(|e| serde_json::to_value(e).ok()).collect();
+                return Reply { status: 200, body: json!({"instance": name, "entries": entries}) };
+            }
+            let s = &snap.snapshot;
+            let fields: Map<String, Json> =
+                snap.fields.iter().zip(&s.state).map(|((n, _), v)| (n.clone(), ved_engine::json::to_json(v))).collect();
+            Reply {
+                status: 200,
+                body: json!({"name": name, "domain": snap.domain, "status": s.status.as_str(), "slice": s.slice,
+                    "state": fields, "owner": owner(name), "pending": s.pending.len(),
+                    "note": "read from etcd: no node answered for this instance"}),
+            }
+        }
+        Call::Audit => {
+            let names = match ved_cluster::list_instances(kv, prefix) {
+                Ok(n) => n,
+                Err(e) => return unreachable(&e),
+            };
+            let mut entries = Vec::new();
+            for name in names {
+                if let Ok(s) = persist_etcd::load(kv, prefix, &name) {
+                    entries.extend(s.audit.iter().filter_map(|e| serde_json::to_value(e).ok()));
+                }
+            }
+            Reply { status: 200, body: json!({"entries": entries, "chains": "one per instance"}) }
+        }
+        Call::Health => match m {
+            Some(m) if m.acting() => Reply { status: 200, body: json!({"status": "ok", "node": m.node}) },
+            Some(m) => api::error(503, format!("node `{}` is not acting: its lease may have lapsed", m.node)),
+            None => Reply { status: 200, body: json!({"status": "ok"}) },
+        },
+        Call::Observe { .. } | Call::Create(_) => {
+            api::error(503, "no node owns this instance right now; retry shortly")
         }
     }
 }
@@ -251,8 +347,29 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
             Err(code) => return code,
         }
     }
+    let (tx, rx) = mpsc::sync_channel::<Input>(crate::run::INPUT_CAPACITY);
+    let token = std::env::var("VED_API_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .or_else(|| opts.config.as_ref().and_then(|c| c.api.token.clone()));
+    let here = Arc::new(Mutex::new(Vec::new()));
+    // The routes need the membership, which needs the advertised URL, which needs the bound
+    // port: the server starts first and learns its routes once the node has joined.
+    let routes: Arc<Mutex<Option<Arc<dyn api::Routes>>>> = Arc::new(Mutex::new(None));
+    let (addr, _server) = match api::serve_routed(c.listen, token, tx.clone(), routes.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("  = hint: choose another address with `--listen ADDR`, e.g. 127.0.0.1:0 for any free port");
+            return ExitCode::from(1);
+        }
+    };
+    let advertise = c.advertise.clone().unwrap_or_else(|| {
+        let ip = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
+        format!("http://{ip}:{}", addr.port())
+    });
     let etcd = Arc::new(Etcd::new(c.endpoints.clone(), ETCD_REQUEST_TIMEOUT));
-    let m = match Membership::join(etcd, &c.prefix, &c.node, c.ttl) {
+    let m = match Membership::join_with(etcd, &c.prefix, &c.node, c.ttl, Some(advertise.clone())) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("error: cannot join the cluster at {}: {e}", c.endpoints.join(","));
@@ -260,6 +377,8 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
             return ExitCode::from(1);
         }
     };
+    *routes.lock().unwrap_or_else(|p| p.into_inner()) =
+        Some(Arc::new(ClusterRoutes { m: m.clone(), here: here.clone() }));
     let (inbound_tx, inbound_rx) = ved_adapters::sink();
     let (adapters, watchers) = match &opts.config {
         Some(cfg) => match build_adapters(cfg, &loaded.compiled, inbound_tx.clone()) {
@@ -271,9 +390,28 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
         },
         None => (Adapters::logging(), Vec::new()),
     };
-    // Every node runs every watcher; a reading counts only on the node that owns its
-    // instance (see `observe`). Suited to watchers that probe something remote.
     let resync = opts.config.as_ref().map(|c| c.resync.interval_ms).filter(|ms| *ms > 0).map(Duration::from_millis);
+    let mut node = match Node::new(m.clone(), loaded, &opts, adapters, std::io::stdout()) {
+        Ok(n) => n,
+        Err(e) => {
+            report_start_error(&e);
+            return ExitCode::from(1);
+        }
+    };
+    let clock = WallClock::starting_at(0);
+    node.engine.set_clock(Box::new(clock.clone()));
+    node.emit(json!({"event": "listening", "addr": addr.to_string()}));
+    node.emit(json!({"event": "joined", "node": c.node, "lease": m.lease(), "ttl_s": c.ttl, "url": advertise}));
+    let forward_tx = tx.clone();
+    std::thread::spawn(move || {
+        for x in inbound_rx {
+            if forward_tx.send(Input::Inbound(x)).is_err() {
+                break;
+            }
+        }
+    });
+    // Every node runs every watcher; a reading counts only on the node that owns its
+    // instance (see `Node::handle_inbound`). Suited to watchers that probe something remote.
     let watch_stop = Arc::new(AtomicBool::new(false));
     let mut watcher_threads = Vec::new();
     for w in watchers {
@@ -281,107 +419,37 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
         let stop = watch_stop.clone();
         watcher_threads.push(std::thread::spawn(move || w.run(sink, stop, resync)));
     }
-    let mut rt = Runtime::empty(loaded.compiled.clone(), opts.seed);
-    if let Some(cfg) = &opts.config {
-        rt.policy = ved_runtime::RetryPolicy {
-            initial_ms: cfg.retry.initial_ms,
-            factor: cfg.retry.factor,
-            cap_ms: cfg.retry.cap_ms,
-            breaker_after: cfg.retry.breaker_after,
-            confirm_ms: cfg.retry.confirm_ms,
-        };
-    }
-    let term = Arc::new(AtomicBool::new(false));
-    let t = term.clone();
-    std::thread::spawn(move || {
-        if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            rt.block_on(async {
-                use tokio::signal::unix::{signal, SignalKind};
-                if let (Ok(mut a), Ok(mut b)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-                    tokio::select! { _ = a.recv() => {}, _ = b.recv() => {} }
-                    t.store(true, Ordering::SeqCst);
-                }
-            });
-        }
-    });
-    let mut node = Node {
-        m: m.clone(),
-        rt,
-        program: loaded.compiled.clone(),
-        adapters,
-        owned: BTreeMap::new(),
-        dirty: BTreeSet::new(),
-        held: BTreeMap::new(),
-        clock_base: 0,
-        started: Instant::now(),
-        watched: opts.config.as_ref().map(|c| crate::run::watched_fields(c, &loaded.compiled)).unwrap_or_default(),
-    };
-    emit(json!({"event": "joined", "node": c.node, "lease": m.lease(), "ttl_s": c.ttl}));
-    let mut last_balance = Instant::now() - BALANCE_PERIOD;
-    let mut balanced_at = u64::MAX;
+    drop(inbound_tx);
+    drop(tx);
     loop {
-        if term.load(Ordering::SeqCst) {
-            // Graceful handover: write everything, give every instance up, revoke the lease.
-            node.run();
-            node.persist();
-            let names: Vec<String> = node.owned.keys().cloned().collect();
-            for n in names {
-                if let Some(bytes) = node.snapshot_bytes(&n) {
-                    let _ = node.m.save(&n, &bytes);
-                }
-                let _ = node.m.release(&n);
-                node.drop_instance(&n, "handed_over");
-            }
-            crate::run::stop_watchers(&watch_stop, std::mem::take(&mut watcher_threads));
-            // As in `ved run`: a command still running for an intent in flight does not outlive the node.
-            ved_adapters::exec::kill_running_commands();
-            let _ = node.m.leave();
-            emit(json!({"event": "left", "node": c.node}));
-            return ExitCode::SUCCESS;
-        }
-        if !node.m.acting() {
-            if !node.owned.is_empty() {
-                node.stand_down();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-            continue;
-        }
-        let changes = node.m.changes();
-        if changes != balanced_at || last_balance.elapsed() >= BALANCE_PERIOD {
-            balanced_at = changes;
-            last_balance = Instant::now();
-            node.rebalance();
-        }
-        // Results from adapters, in the order they came.
-        if let Ok(first) = inbound_rx.recv_timeout(Duration::from_millis(10)) {
-            let mut batch = vec![first];
-            batch.extend(inbound_rx.try_iter());
-            for x in batch {
-                match x {
-                    ved_adapters::Inbound::Result { id, outcome } => {
-                        if let Some(iid) = ved_runtime::IntentId::parse(&id) {
-                            if node.owned.contains_key(&*iid.instance) {
-                                if outcome.is_ok()
-                                    && node.rt.instance(&iid.instance).is_some_and(|i| i.awaits_confirmation(&iid))
-                                {
-                                    ved_adapters::request_reading(&iid.instance);
-                                }
-                                let (ok, error) = crate::run::for_runtime(outcome);
-                                let _ = node.rt.deliver(&iid, ok, error);
-                            }
-                        }
-                    }
-                    ved_adapters::Inbound::Observed(o) => node.observe(o),
-                    // The audit log is not kept in cluster mode yet: the repair is done, say so.
-                    ved_adapters::Inbound::Repaired { instance, source, what } => {
-                        eprintln!("{source}: repaired for {instance}: {}", what.join("; "))
-                    }
+        let mut stop = false;
+        if let Ok(first) = rx.recv_timeout(Duration::from_millis(10)) {
+            // A bounded round: inputs that keep arriving (results of intents this round
+            // released) must not keep the node from balancing and retrying writes.
+            let round: Vec<Input> = std::iter::once(first).chain(rx.try_iter().take(ROUND_INPUTS)).collect();
+            for input in round {
+                match input {
+                    Input::Inbound(x) => node.handle_inbound(x),
+                    Input::Api(call, reply) => node.engine.call(
+                        call,
+                        Box::new(move |r| {
+                            let _ = reply.send(r);
+                        }),
+                    ),
+                    Input::Shutdown | Input::Eof => stop = true,
+                    Input::Durable | Input::Line(..) | Input::ReadError(..) => {}
                 }
             }
         }
-        let now = node.now();
-        node.rt.advance_time(now);
-        node.run();
-        node.persist();
+        if stop {
+            break;
+        }
+        node.step(ved_engine::Clock::now_ms(&clock));
+        *here.lock().unwrap_or_else(|p| p.into_inner()) = node.holding();
     }
+    node.leave();
+    crate::run::stop_watchers(&watch_stop, std::mem::take(&mut watcher_threads));
+    // As in `ved run`: a command still running for an intent in flight does not outlive the node.
+    ved_adapters::exec::kill_running_commands();
+    ExitCode::SUCCESS
 }

@@ -70,8 +70,8 @@ enum Command {
         /// Read observations as JSON lines on stdin and write events as JSON lines on stdout.
         #[arg(long, conflicts_with = "listen")]
         stdin: bool,
-        /// Address of the HTTP API (daemon mode). Port 0 picks a free port; the
-        /// `listening` event on stdout says which.
+        /// Address of the HTTP API (the daemon, and every cluster node). Port 0 picks a
+        /// free port; the `listening` event on stdout says which.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7410")]
         listen: std::net::SocketAddr,
         /// Cluster mode: etcd client URLs, comma-separated. State lives in etcd, and the
@@ -85,6 +85,10 @@ enum Command {
         /// instances resume elsewhere within this plus about a second.
         #[arg(long, value_name = "SECS", default_value_t = 5)]
         lease_ttl: i64,
+        /// Cluster mode: the URL other nodes reach this node's HTTP API at (default:
+        /// `http://` and the `--listen` address, 127.0.0.1 for an unspecified one).
+        #[arg(long, value_name = "URL", requires = "node_id")]
+        advertise: Option<String>,
         /// Cluster mode: key prefix in etcd.
         #[arg(long, value_name = "PREFIX", default_value = "/ved")]
         cluster_prefix: String,
@@ -180,6 +184,7 @@ fn main() -> ExitCode {
             node_id,
             lease_ttl,
             cluster_prefix,
+            advertise,
             seed,
             config,
             data_dir,
@@ -201,6 +206,8 @@ fn main() -> ExitCode {
                     node: node_id.unwrap_or_default(),
                     ttl: lease_ttl.max(1),
                     prefix: cluster_prefix,
+                    listen,
+                    advertise,
                 };
                 return ved_cli::cluster_run::run_cluster(&files, config.as_deref(), opts, c);
             }

@@ -12,6 +12,7 @@ use ved_runtime::instance::Phase;
 const NAME_MAX: usize = 128;
 
 /// What a client asks of the engine.
+#[derive(Clone, Debug)]
 pub enum Call {
     List,
     Get(String),

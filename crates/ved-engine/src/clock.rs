@@ -8,23 +8,34 @@ use std::sync::Arc;
 pub trait Clock: Send {
     /// Milliseconds on the engine's time line.
     fn now_ms(&self) -> u64;
+    /// Moves the clock forward to at least `ms` (an adopted instance's snapshot was taken
+    /// on another machine's clock, further along).
+    fn at_least(&self, _ms: u64) {}
 }
 
 /// Wall-clock time, continuing from `base_ms` (the latest snapshot's time).
+#[derive(Clone)]
 pub struct WallClock {
-    base_ms: u64,
+    base_ms: Arc<AtomicU64>,
     started: std::time::Instant,
 }
 
 impl WallClock {
     pub fn starting_at(base_ms: u64) -> WallClock {
-        WallClock { base_ms, started: std::time::Instant::now() }
+        WallClock { base_ms: Arc::new(AtomicU64::new(base_ms)), started: std::time::Instant::now() }
     }
 }
 
 impl Clock for WallClock {
     fn now_ms(&self) -> u64 {
-        self.base_ms + self.started.elapsed().as_millis() as u64
+        self.base_ms.load(Ordering::SeqCst) + self.started.elapsed().as_millis() as u64
+    }
+
+    fn at_least(&self, ms: u64) {
+        let now = self.now_ms();
+        if ms > now {
+            self.base_ms.fetch_add(ms - now, Ordering::SeqCst);
+        }
     }
 }
 
@@ -46,5 +57,9 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now_ms(&self) -> u64 {
         self.0.load(Ordering::SeqCst)
+    }
+
+    fn at_least(&self, ms: u64) {
+        self.set(ms);
     }
 }

@@ -81,6 +81,8 @@ pub struct Engine<S: Sink> {
     pub(crate) clock: Box<dyn Clock>,
     /// Recovery warnings (a torn tail cut, ...), for the client to show.
     pub warnings: Vec<String>,
+    /// Per instance, the fields `ved.toml`'s watchers feed (confirmed by readings).
+    pub(crate) watched: BTreeMap<String, Vec<u16>>,
     /// Intents waiting for the batch that recorded them to be durable.
     pub(crate) outbox: VecDeque<(u64, Intent)>,
     /// Input lines and API calls waiting for their batch to be durable.
@@ -249,6 +251,21 @@ impl Builder {
     }
 }
 
+/// Which instances a new engine holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Instances {
+    /// Every domain's instance, restored or created: one node owns everything.
+    All,
+    /// Only those restored or adopted later (cluster mode: what this node owns).
+    Adopted,
+}
+
+/// An instance's state as another owner left it: its last snapshot and its journal.
+pub struct Adopted {
+    pub snapshot: SnapshotRecord,
+    pub journal: Vec<JournalEntry>,
+}
+
 /// Why a running engine could not go on.
 #[derive(Clone, Debug, PartialEq)]
 pub enum EngineError {
@@ -317,7 +334,7 @@ impl<S: Sink> Engine<S> {
         loaded: load::Loaded,
         opts: &RunOptions,
         adapters: Adapters,
-        mut out: S,
+        out: S,
         on_durable: ved_store::DurableHook,
     ) -> Result<Engine<S>, StartError> {
         let (store, recovered): (Option<Box<dyn Persistence>>, _) = match &opts.data_dir {
@@ -327,6 +344,21 @@ impl<S: Sink> Engine<S> {
             },
             None => (None, None),
         };
+        Engine::start_with(loaded, opts, adapters, out, store, recovered, Instances::All)
+    }
+
+    /// Starts on a given persistence: what `recovered` holds is restored, and then
+    /// (with [`Instances::All`]) every domain's instance is created if missing. Cluster
+    /// nodes start with [`Instances::Adopted`] and [`Engine::adopt`] what they own.
+    pub fn start_with(
+        loaded: load::Loaded,
+        opts: &RunOptions,
+        adapters: Adapters,
+        mut out: S,
+        store: Option<Box<dyn Persistence>>,
+        recovered: Option<ved_store::Recovered>,
+        instances: Instances,
+    ) -> Result<Engine<S>, StartError> {
         if let Some(dir) = &opts.data_dir {
             // Where the state lives, given or the default: the first event of a durable run.
             let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
@@ -369,7 +401,7 @@ impl<S: Sink> Engine<S> {
             journals = rec.journals;
         }
         for (d, dom) in program.domains.iter().enumerate() {
-            if rt.index_of(&dom.name).is_none() {
+            if instances == Instances::All && rt.index_of(&dom.name).is_none() {
                 if let Err(e) = rt.create_instance(&dom.name, d, Vec::new()) {
                     return Err(StartError::Create { instance: dom.name.clone(), reason: e.to_string() });
                 }
@@ -377,14 +409,14 @@ impl<S: Sink> Engine<S> {
         }
         // Fields fed by a watcher take their values from readings only; the runtime
         // waits for a reading to confirm an effect on them.
-        if let Some(c) = &opts.config {
-            for (name, fields) in watched_fields(c, &program) {
-                rt.set_watched(&name, fields);
-            }
+        let watched = opts.config.as_ref().map(|c| watched_fields(c, &program)).unwrap_or_default();
+        for (name, fields) in &watched {
+            rt.set_watched(name, fields.clone());
         }
         let mut driver = Engine {
             clock: Box::new(ManualClock::default()),
             warnings,
+            watched,
             rt,
             program,
             sources: loaded.sources,
@@ -832,6 +864,7 @@ impl<S: Sink> Engine<S> {
 
     /// Acknowledges durable lines and hands durable intents to the logging adapter.
     fn release(&mut self) {
+        self.drop_lost();
         let durable = self.durable_seq();
         while self.acks.front().is_some_and(|(s, _)| *s <= durable) {
             match self.acks.pop_front().expect("checked").1 {
@@ -866,7 +899,9 @@ impl<S: Sink> Engine<S> {
             // once: the line must be out before that acknowledgement can become durable, or a
             // kill could lose an intent that the store no longer lists as undelivered.
             self.out.flush();
-            match self.adapters.dispatch(ved_adapters::IntentRequest::from_intent(&intent)) {
+            let mut req = ved_adapters::IntentRequest::from_intent(&intent);
+            req.fence = self.store.as_ref().and_then(|s| s.fence(&intent.id.instance));
+            match self.adapters.dispatch(req) {
                 Some(outcome) => {
                     let (ok, error) = for_runtime(outcome);
                     let _ = self.rt.deliver(&intent.id, ok, error);
@@ -1064,8 +1099,16 @@ impl<S: Sink> Engine<S> {
     /// After a restart: each instance's last input, last journaled status and the
     /// observations that changed nothing since its last entry, from the journal.
     fn recover_journal_context(&mut self) {
-        for inst in self.rt.instances() {
-            let name = inst.name.to_string();
+        let names: Vec<String> = self.rt.instances().iter().map(|i| i.name.to_string()).collect();
+        for name in names {
+            self.recover_context_of(&name);
+        }
+    }
+
+    /// [`Engine::recover_journal_context`] for one instance.
+    fn recover_context_of(&mut self, name: &str) {
+        if let Some(inst) = self.rt.instance(name) {
+            let name = name.to_string();
             let q = self.journals.get(&name).cloned().unwrap_or_default();
             // Slices past the last entry are observations that changed nothing.
             let last = q.back().map_or(0, |e| e.slice);
@@ -1088,8 +1131,110 @@ impl<S: Sink> Engine<S> {
             let status = q.back().and_then(|e| e.status.as_deref()).and_then(parse_status);
             self.journal_status.insert(name, status.unwrap_or(inst.status));
         }
-        for inst in self.rt.instances() {
-            self.journal_status.entry(inst.name.to_string()).or_insert(inst.status);
+    }
+
+    /// Takes over an instance (cluster mode: this node acquired it): restores it from the
+    /// state its last owner left, or creates it, and runs it until idle. Intents the last
+    /// owner recorded but never saw answered go out again, same id.
+    pub fn adopt(&mut self, name: &str, domain: usize, state: Option<Adopted>) -> Result<(), StartError> {
+        let resumed = state.is_some();
+        match state {
+            Some(Adopted { snapshot, journal }) => {
+                check_compatible(&self.program, &snapshot).map_err(|reason| StartError::Incompatible {
+                    instance: name.to_string(),
+                    dir: "etcd".into(),
+                    reason,
+                })?;
+                // Time continues from the snapshot, so retry deadlines still hold.
+                self.clock.at_least(snapshot.snapshot.now_ms);
+                self.now_ms = self.now_ms.max(snapshot.snapshot.now_ms);
+                self.rt
+                    .restore_instance(snapshot.snapshot.clone())
+                    .map_err(|e| StartError::Restore { instance: name.to_string(), reason: e.to_string() })?;
+                self.history.entry(name.to_string()).or_default().push_back(snapshot);
+                self.journals.insert(name.to_string(), journal.into_iter().collect());
+            }
+            None => {
+                self.rt
+                    .create_instance(name, domain, Vec::new())
+                    .map_err(|e| StartError::Create { instance: name.to_string(), reason: e.to_string() })?;
+                if let (Some(store), Some(inst)) = (self.store.as_mut(), self.rt.instance(name)) {
+                    let dom = &self.program.domains[inst.domain];
+                    let snap = SnapshotRecord::from_snapshot(inst.snapshot(), &dom.name, &dom.fields);
+                    self.history.entry(name.to_string()).or_default().push_back(snap.clone());
+                    store.append(vec![Record::Snapshot(snap)], Vec::new());
+                }
+            }
+        }
+        if let Some(fields) = self.watched.get(name) {
+            self.rt.set_watched(name, fields.clone());
+        }
+        self.recover_context_of(name);
+        if let Some(inst) = self.rt.instance(name) {
+            let undelivered = inst.undelivered();
+            let (slice, ticks, stable) = (inst.slice, inst.ticks, inst.status == Status::Stable);
+            self.last_status.insert(name.to_string(), inst.status);
+            // Intents the last owner never saw answered go out again, but only after a write
+            // under this node's ownership succeeded: ownership is proven by a fenced write,
+            // not by what this node last heard.
+            let dom = &self.program.domains[inst.domain];
+            let snap = SnapshotRecord::from_snapshot(inst.snapshot(), &dom.name, &dom.fields);
+            let seq = match self.store.as_mut() {
+                Some(store) if !undelivered.is_empty() => store.append(vec![Record::Snapshot(snap)], Vec::new()),
+                _ => 0,
+            };
+            for i in undelivered {
+                self.outbox.push_back((seq, i));
+            }
+            if !(resumed && stable) {
+                let what = format!("{} at slice {slice}", if resumed { "resumed" } else { "started" });
+                self.episodes
+                    .insert(name.to_string(), Episode { log: vec![what], acted: false, ticks_at_start: ticks });
+            }
+        }
+        self.settle();
+        Ok(())
+    }
+
+    /// Lets an instance go (handed over, or another node owns it now): nothing of it is
+    /// run, recorded or released from here on. Results still in flight for it are ignored.
+    pub fn drop_instance(&mut self, name: &str) {
+        self.rt.remove_instance(name);
+        self.outbox.retain(|(_, i)| &*i.id.instance != name);
+        for map in [&mut self.last_status, &mut self.journal_status] {
+            map.remove(name);
+        }
+        self.journals.remove(name);
+        self.episodes.remove(name);
+        self.reasons.remove(name);
+        self.history.remove(name);
+        self.last_input.remove(name);
+        self.quiet.remove(name);
+        self.feeds.retain(|f| f.instance != name);
+    }
+
+    /// Whether every batch appended so far is durable.
+    pub fn is_durable(&self) -> bool {
+        self.store.as_ref().is_none_or(|s| s.durable_seq() >= s.last_seq())
+    }
+
+    /// Whether this engine holds `name`.
+    pub fn holds(&self, name: &str) -> bool {
+        self.rt.index_of(name).is_some()
+    }
+
+    /// The names of the instances this engine holds.
+    pub fn instance_names(&self) -> Vec<String> {
+        self.rt.instances().iter().map(|i| i.name.to_string()).collect()
+    }
+
+    /// Instances the persistence lost to another owner: dropped before anything of
+    /// theirs is released.
+    fn drop_lost(&mut self) {
+        let lost = self.store.as_mut().map(|s| s.take_lost()).unwrap_or_default();
+        for name in lost {
+            self.drop_instance(&name);
+            self.out.event(EngineEvent::Lost { instance: name });
         }
     }
 

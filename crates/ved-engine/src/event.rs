@@ -92,6 +92,10 @@ pub enum EngineEvent {
         instance: String,
         domain: String,
     },
+    /// Another node owns the instance now (its write was fenced out): this engine dropped it.
+    Lost {
+        instance: String,
+    },
     /// An input was refused; nothing changed.
     Error {
         line: Option<u64>,
@@ -114,7 +118,8 @@ impl EngineEvent {
             | EngineEvent::Fault { instance, .. }
             | EngineEvent::Status { instance, .. }
             | EngineEvent::Repaired { instance, .. }
-            | EngineEvent::Created { instance, .. } => Some(instance),
+            | EngineEvent::Created { instance, .. }
+            | EngineEvent::Lost { instance } => Some(instance),
             EngineEvent::Error { instance, .. } => instance.as_deref(),
         }
     }
@@ -181,6 +186,7 @@ impl EngineEvent {
             EngineEvent::Created { instance, domain } => {
                 json!({"event": "created", "instance": instance, "domain": domain})
             }
+            EngineEvent::Lost { instance } => json!({"event": "fenced_out", "instance": instance}),
             EngineEvent::Error { line, instance, source, message } => {
                 let mut m = json!({"event": "error"});
                 if let Some(l) = line {

@@ -24,6 +24,7 @@ pub mod event;
 pub mod input;
 pub mod load;
 pub mod persist;
+pub mod persist_etcd;
 
 pub use ved_adapters::json;
 

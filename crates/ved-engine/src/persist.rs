@@ -27,6 +27,10 @@ pub trait Persistence: Send {
     fn dir(&self) -> Option<&Path> {
         None
     }
+    /// The fencing token intents of `instance` carry (cluster mode).
+    fn fence(&self, _instance: &str) -> Option<i64> {
+        None
+    }
     /// Instances whose writes were refused because another node owns them now. The
     /// engine drops them and never acts on them again.
     fn take_lost(&mut self) -> Vec<String> {

@@ -11,7 +11,7 @@ use super::Input;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -33,12 +33,130 @@ fn into_response(r: Reply) -> Response {
     (status, axum::Json(r.body)).into_response()
 }
 
+/// Where an instance's calls go, in cluster mode.
+pub enum Location {
+    /// This node owns it: its engine answers.
+    Here,
+    /// Another node owns it: the call is forwarded to this base URL.
+    Node(String),
+    /// No node owns it right now (a failover in progress).
+    Nobody,
+}
+
+/// Cluster mode's routing. The daemon has none: its engine answers everything.
+pub trait Routes: Send + Sync {
+    fn locate(&self, instance: &str) -> Location;
+    /// Answers a read from the shared state (every instance, or one nobody answers for).
+    fn read(&self, call: &Call) -> Option<Reply>;
+}
+
+pub type SharedRoutes = Arc<std::sync::Mutex<Option<Arc<dyn Routes>>>>;
+
+/// Marks a forwarded call, so it is never forwarded twice (ownership may have moved again).
+const FORWARDED: &str = "ved-forwarded";
+
+/// A call as it arrived, for forwarding to the node that owns its instance.
+struct Original {
+    post: bool,
+    path: String,
+    auth: Option<String>,
+    body: Bytes,
+    forwarded: bool,
+}
+
+impl Original {
+    fn of(post: bool, uri: &Uri, headers: &HeaderMap, body: Bytes) -> Original {
+        Original {
+            post,
+            path: uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| uri.path().to_string()),
+            auth: headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string),
+            body,
+            forwarded: headers.contains_key(FORWARDED),
+        }
+    }
+}
+
+/// Sends the call on to `base` (another node's API) and brings its answer back as is.
+fn forward(base: &str, o: &Original) -> Result<Reply, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(5)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("{}{}", base.trim_end_matches('/'), o.path);
+    let resp = if o.post {
+        let mut r = agent.post(&url).header("content-type", "application/json").header(FORWARDED, "1");
+        if let Some(a) = &o.auth {
+            r = r.header("authorization", a);
+        }
+        r.send(&o.body[..])
+    } else {
+        agent.get(&url).header(FORWARDED, "1").call()
+    };
+    let mut resp = resp.map_err(|e| format!("{url}: {e}"))?;
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().map_err(|e| format!("{url}: {e}"))?;
+    let body = serde_json::from_str(&text).map_err(|e| format!("{url} answered something other than JSON: {e}"))?;
+    Ok(Reply { status, body })
+}
+
+fn retry_later(message: String) -> Response {
+    let mut r = into_response(error(503, message));
+    r.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
+    r
+}
+
 struct App {
     inputs: mpsc::SyncSender<Input>,
     token: Option<String>,
+    routes: SharedRoutes,
 }
 
 impl App {
+    fn routes(&self) -> Option<Arc<dyn Routes>> {
+        self.routes.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A call that concerns every instance (`instance` None) or one: answered here, by the
+    /// owner (forwarded), or from the shared state.
+    async fn route(&self, instance: Option<&str>, call: Call, o: Original) -> Response {
+        let Some(routes) = self.routes() else { return self.call(call).await };
+        let write = matches!(call, Call::Observe { .. } | Call::Create(_));
+        if let Call::Create(_) = call {
+            return into_response(error(
+                501,
+                "creating instances at run time is not available in cluster mode: declare a domain in the program, and its instance is shared among the nodes",
+            ));
+        }
+        let location = match instance {
+            None => Location::Nobody,
+            Some(name) => routes.locate(name),
+        };
+        let read = move |routes: Arc<dyn Routes>, call: Call| async move {
+            match tokio::task::spawn_blocking(move || routes.read(&call)).await {
+                Ok(Some(r)) => into_response(r),
+                _ => into_response(error(500, "the shared state could not be read")),
+            }
+        };
+        match location {
+            Location::Here => self.call(call).await,
+            Location::Node(url) if !o.forwarded => {
+                let answer = tokio::task::spawn_blocking(move || forward(&url, &o)).await;
+                match answer {
+                    Ok(Ok(r)) => into_response(r),
+                    Ok(Err(e)) if write => retry_later(format!("the instance's owner did not answer: {e}")),
+                    _ if write => retry_later("the instance's owner did not answer".into()),
+                    _ => read(routes, call).await,
+                }
+            }
+            _ if write => retry_later(format!(
+                "no node owns `{}` right now (a failover in progress?); retry shortly",
+                instance.unwrap_or_default()
+            )),
+            _ => read(routes, call).await,
+        }
+    }
+
     async fn call(&self, call: Call) -> Response {
         let (tx, rx) = tokio::sync::oneshot::channel();
         match self.inputs.try_send(Input::Api(call, tx)) {
@@ -115,11 +233,18 @@ fn kind(v: &Json) -> &'static str {
 type Shared = State<Arc<App>>;
 
 async fn healthz(State(app): Shared) -> Response {
-    app.call(Call::Health).await
+    match app.routes() {
+        // A node is healthy when it may act (its lease is alive).
+        Some(routes) => match tokio::task::spawn_blocking(move || routes.read(&Call::Health)).await {
+            Ok(Some(r)) => into_response(r),
+            _ => into_response(error(500, "health unknown")),
+        },
+        None => app.call(Call::Health).await,
+    }
 }
 
-async fn list(State(app): Shared) -> Response {
-    app.call(Call::List).await
+async fn list(State(app): Shared, uri: Uri, headers: HeaderMap) -> Response {
+    app.route(None, Call::List, Original::of(false, &uri, &headers, Bytes::new())).await
 }
 
 async fn create(State(app): Shared, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
@@ -127,19 +252,24 @@ async fn create(State(app): Shared, headers: HeaderMap, body: Result<Bytes, Byte
         return into_response(r);
     }
     match json_object(body) {
-        Ok(m) => app.call(Call::Create(m)).await,
+        Ok(m) => {
+            let o = Original::of(true, &Uri::from_static("/v1/instances"), &headers, Bytes::new());
+            app.route(None, Call::Create(m), o).await
+        }
         Err(r) => into_response(r),
     }
 }
 
-async fn get_instance(State(app): Shared, UrlPath(name): UrlPath<String>) -> Response {
-    app.call(Call::Get(name)).await
+async fn get_instance(State(app): Shared, UrlPath(name): UrlPath<String>, uri: Uri, headers: HeaderMap) -> Response {
+    let o = Original::of(false, &uri, &headers, Bytes::new());
+    app.route(Some(&name.clone()), Call::Get(name), o).await
 }
 
 async fn observe(
     State(app): Shared,
     UrlPath(name): UrlPath<String>,
     Query(q): Query<HashMap<String, String>>,
+    uri: Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -154,18 +284,23 @@ async fn observe(
         },
         _ => return into_response(error(400, "the query parameters `source` and `version` go together")),
     };
+    let raw = body.as_ref().map(|b| b.clone()).unwrap_or_default();
     match json_object(body) {
-        Ok(m) => app.call(Call::Observe { instance: name, body: m, version }).await,
+        Ok(m) => {
+            let o = Original::of(true, &uri, &headers, raw);
+            app.route(Some(&name.clone()), Call::Observe { instance: name, body: m, version }, o).await
+        }
         Err(r) => into_response(r),
     }
 }
 
-async fn journal(State(app): Shared, UrlPath(name): UrlPath<String>) -> Response {
-    app.call(Call::Journal(name)).await
+async fn journal(State(app): Shared, UrlPath(name): UrlPath<String>, uri: Uri, headers: HeaderMap) -> Response {
+    let o = Original::of(false, &uri, &headers, Bytes::new());
+    app.route(Some(&name.clone()), Call::Journal(name), o).await
 }
 
-async fn audit(State(app): Shared) -> Response {
-    app.call(Call::Audit).await
+async fn audit(State(app): Shared, uri: Uri, headers: HeaderMap) -> Response {
+    app.route(None, Call::Audit, Original::of(false, &uri, &headers, Bytes::new())).await
 }
 
 async fn openapi() -> Response {
@@ -203,6 +338,16 @@ pub(crate) fn serve(
     token: Option<String>,
     inputs: mpsc::SyncSender<Input>,
 ) -> Result<(SocketAddr, std::thread::JoinHandle<()>), String> {
+    serve_routed(listen, token, inputs, Arc::new(std::sync::Mutex::new(None)))
+}
+
+/// [`serve`] for a cluster node: calls about instances another node owns go there.
+pub(crate) fn serve_routed(
+    listen: SocketAddr,
+    token: Option<String>,
+    inputs: mpsc::SyncSender<Input>,
+    routes: SharedRoutes,
+) -> Result<(SocketAddr, std::thread::JoinHandle<()>), String> {
     let std_listener = std::net::TcpListener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let local = std_listener.local_addr().map_err(|e| e.to_string())?;
     std_listener.set_nonblocking(true).map_err(|e| e.to_string())?;
@@ -212,7 +357,7 @@ pub(crate) fn serve(
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
-    let app = Arc::new(App { inputs: inputs.clone(), token });
+    let app = Arc::new(App { inputs: inputs.clone(), token, routes });
     let handle = std::thread::Builder::new()
         .name("ved-api".into())
         .spawn(move || {
@@ -255,7 +400,7 @@ mod tests {
     fn a_full_input_channel_answers_503_with_retry_after_instead_of_waiting() {
         let (inputs, queued) = mpsc::sync_channel(1);
         inputs.try_send(Input::Eof).unwrap();
-        let app = App { inputs, token: None };
+        let app = App { inputs, token: None, routes: Arc::new(std::sync::Mutex::new(None)) };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let r = rt.block_on(app.call(Call::List));
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
