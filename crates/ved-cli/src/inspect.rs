@@ -1,17 +1,75 @@
-//! Read-only views of a data directory: `ved inspect`, `ved journal`, `ved audit`.
-//! They take no lock and change nothing, so they work while `ved run` holds the directory.
+//! Read-only views of a data directory or of a cluster's etcd: `ved inspect`,
+//! `ved journal`, `ved audit`. They take no lock and change nothing, so they work
+//! while `ved run` holds the directory or the nodes run.
 
 use serde_json::json;
-use std::path::Path;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use ved_runtime::Phase;
-use ved_store::{read_only, verify_audit, Recovered, StoreError};
+use ved_store::{read_only, verify_audit, AuditEntry, JournalEntry, SnapshotRecord, StoreError};
 
-fn open(dir: &Path) -> Result<Recovered, ExitCode> {
-    read_only(dir).map_err(|e| {
-        report(&e);
-        ExitCode::from(1)
-    })
+/// Where the state is read from.
+pub enum Source {
+    Dir(PathBuf),
+    /// A cluster: etcd's client URLs and the key prefix the nodes use.
+    Cluster {
+        endpoints: Vec<String>,
+        prefix: String,
+    },
+}
+
+impl Source {
+    fn name(&self) -> String {
+        match self {
+            Source::Dir(d) => d.display().to_string(),
+            Source::Cluster { endpoints, prefix } => {
+                format!("the cluster at {} (prefix {prefix})", endpoints.join(","))
+            }
+        }
+    }
+}
+
+/// What the views show, from either source.
+struct View {
+    snapshots: BTreeMap<String, SnapshotRecord>,
+    journals: BTreeMap<String, VecDeque<JournalEntry>>,
+    /// A data directory's one chain, or a cluster's chains, one per instance.
+    chains: BTreeMap<String, Vec<AuditEntry>>,
+}
+
+fn open(src: &Source) -> Result<View, ExitCode> {
+    match src {
+        Source::Dir(dir) => {
+            let rec = read_only(dir).map_err(|e| {
+                report(&e);
+                ExitCode::from(1)
+            })?;
+            let mut chains = BTreeMap::new();
+            chains.insert(String::new(), rec.audit);
+            Ok(View { snapshots: rec.snapshots, journals: rec.journals, chains })
+        }
+        Source::Cluster { endpoints, prefix } => {
+            let etcd = Arc::new(ved_cluster::etcd::Etcd::new(endpoints.clone(), std::time::Duration::from_secs(2)));
+            let fail = |e: String| {
+                eprintln!("error: cannot read {}: {e}", src.name());
+                eprintln!("  = hint: check that etcd is running and that `--cluster` lists its client URLs");
+                ExitCode::from(1)
+            };
+            let names = ved_cluster::list_instances(&*etcd, prefix).map_err(|e| fail(e.to_string()))?;
+            let mut view = View { snapshots: BTreeMap::new(), journals: BTreeMap::new(), chains: BTreeMap::new() };
+            for name in names {
+                let s = ved_engine::persist_etcd::load(&*etcd, prefix, &name).map_err(fail)?;
+                if let Some(snap) = s.snapshot {
+                    view.snapshots.insert(name.clone(), snap);
+                }
+                view.journals.insert(name.clone(), s.journal.into_iter().collect());
+                view.chains.insert(name, s.audit);
+            }
+            Ok(view)
+        }
+    }
 }
 
 fn report(e: &StoreError) {
@@ -22,8 +80,8 @@ fn report(e: &StoreError) {
     }
 }
 
-pub fn inspect(dir: &Path, instance: Option<&str>, as_json: bool) -> ExitCode {
-    let rec = match open(dir) {
+pub fn inspect(src: &Source, instance: Option<&str>, as_json: bool) -> ExitCode {
+    let rec = match open(src) {
         Ok(r) => r,
         Err(c) => return c,
     };
@@ -31,7 +89,7 @@ pub fn inspect(dir: &Path, instance: Option<&str>, as_json: bool) -> ExitCode {
     if let Some(i) = instance {
         if snaps.is_empty() {
             let names: Vec<String> = rec.snapshots.keys().map(|n| format!("`{n}`")).collect();
-            eprintln!("error: no instance named `{i}` in {}", dir.display());
+            eprintln!("error: no instance named `{i}` in {}", src.name());
             eprintln!(
                 "  = hint: the instances are {}",
                 if names.is_empty() { "none yet".into() } else { names.join(", ") }
@@ -93,13 +151,13 @@ pub fn inspect(dir: &Path, instance: Option<&str>, as_json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-pub fn journal(dir: &Path, instance: &str, as_json: bool) -> ExitCode {
-    let rec = match open(dir) {
+pub fn journal(src: &Source, instance: &str, as_json: bool) -> ExitCode {
+    let rec = match open(src) {
         Ok(r) => r,
         Err(c) => return c,
     };
     let Some(entries) = rec.journals.get(instance) else {
-        eprintln!("error: no journal for `{instance}` in {}", dir.display());
+        eprintln!("error: no journal for `{instance}` in {}", src.name());
         let names: Vec<String> = rec.journals.keys().map(|n| format!("`{n}`")).collect();
         eprintln!(
             "  = hint: journals exist for {}",
@@ -163,12 +221,12 @@ pub fn journal(dir: &Path, instance: &str, as_json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-pub fn audit(dir: &Path, as_json: bool) -> ExitCode {
-    let rec = match open(dir) {
+pub fn audit(src: &Source, as_json: bool) -> ExitCode {
+    let rec = match open(src) {
         Ok(r) => r,
         Err(c) => return c,
     };
-    for e in &rec.audit {
+    for e in rec.chains.values().flatten() {
         if as_json {
             println!("{}", serde_json::to_string(e).unwrap_or_default());
         } else {
@@ -178,7 +236,11 @@ pub fn audit(dir: &Path, as_json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-pub fn audit_verify(dir: &Path) -> ExitCode {
+pub fn audit_verify(src: &Source) -> ExitCode {
+    let dir = match src {
+        Source::Dir(d) => d,
+        Source::Cluster { .. } => return audit_verify_chains(src),
+    };
     match verify_audit(dir) {
         Ok(Ok(n)) => {
             println!("ok: {n} audit entries, hash chain intact");
@@ -196,4 +258,26 @@ pub fn audit_verify(dir: &Path) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// A cluster keeps one chain per instance (it moves with the instance): each must link
+/// from the genesis hash, sequence by sequence.
+fn audit_verify_chains(src: &Source) -> ExitCode {
+    let view = match open(src) {
+        Ok(v) => v,
+        Err(c) => return c,
+    };
+    let mut total = 0;
+    for (instance, chain) in &view.chains {
+        let text: String = chain.iter().map(AuditEntry::to_line).collect();
+        let head = chain.last().map_or(ved_store::audit::GENESIS, |e| e.hash.as_str());
+        if let Err(e) = ved_store::audit::verify(&text, chain.len() as u64, head) {
+            eprintln!("error: the audit chain of `{instance}` in {}: {e}", src.name());
+            eprintln!("  = hint: entries from this one on cannot be trusted; compare with an etcd backup");
+            return ExitCode::from(1);
+        }
+        total += chain.len();
+    }
+    println!("ok: {total} audit entries in {} chains, each hash chain intact", view.chains.len());
+    ExitCode::SUCCESS
 }

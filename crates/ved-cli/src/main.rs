@@ -127,32 +127,65 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the latest snapshot of each instance in a data directory (read-only).
+    /// Print the latest snapshot of each instance in a data directory or a cluster (read-only).
     Inspect {
-        #[arg(long, value_name = "DIR")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        from: From,
         /// Only this instance.
         instance: Option<String>,
         #[arg(long)]
         json: bool,
+        /// With `--cluster`: the nodes' key prefix in etcd.
+        #[arg(long, value_name = "PREFIX", default_value = "/ved")]
+        cluster_prefix: String,
     },
     /// Print an instance's causal journal: its recent slices, why, and what they did.
     Journal {
-        #[arg(long, value_name = "DIR")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        from: From,
         instance: String,
         #[arg(long)]
         json: bool,
+        /// With `--cluster`: the nodes' key prefix in etcd.
+        #[arg(long, value_name = "PREFIX", default_value = "/ved")]
+        cluster_prefix: String,
     },
     /// Print the audit log, or check its hash chain with `ved audit verify`.
     Audit {
-        #[arg(long, value_name = "DIR", global = true)]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        from: From,
         #[command(subcommand)]
         action: Option<AuditAction>,
         #[arg(long)]
         json: bool,
+        /// With `--cluster`: the nodes' key prefix in etcd.
+        #[arg(long, value_name = "PREFIX", default_value = "/ved", global = true)]
+        cluster_prefix: String,
     },
+}
+
+/// Where `ved inspect`, `ved journal` and `ved audit` read: a data directory, or a cluster.
+#[derive(clap::Args)]
+#[group(multiple = false)]
+struct From {
+    #[arg(long, value_name = "DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// A cluster's etcd client URLs, comma-separated.
+    #[arg(long, value_name = "URLS", value_delimiter = ',', global = true)]
+    cluster: Vec<String>,
+}
+
+impl From {
+    fn source(self, prefix: String) -> Result<inspect::Source, ExitCode> {
+        match self.data_dir {
+            Some(d) => Ok(inspect::Source::Dir(d)),
+            None if !self.cluster.is_empty() => Ok(inspect::Source::Cluster { endpoints: self.cluster, prefix }),
+            None => {
+                eprintln!("error: say where the state is: `--data-dir DIR`, or `--cluster URLS` for a cluster's etcd");
+                Err(ExitCode::from(2))
+            }
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -253,18 +286,19 @@ fn main() -> ExitCode {
         Command::Replay { data_dir, instance, program, json } => {
             replay_cmd::replay(&data_dir, &instance, &program, json)
         }
-        Command::Inspect { data_dir, instance, json } => inspect::inspect(&data_dir, instance.as_deref(), json),
-        Command::Journal { data_dir, instance, json } => inspect::journal(&data_dir, &instance, json),
-        Command::Audit { data_dir, action, json } => {
-            let Some(dir) = data_dir else {
-                eprintln!("error: `ved audit` needs `--data-dir DIR`");
-                return ExitCode::from(2);
-            };
-            match action {
-                Some(AuditAction::Verify) => inspect::audit_verify(&dir),
-                None => inspect::audit(&dir, json),
-            }
-        }
+        Command::Inspect { from, instance, json, cluster_prefix } => match from.source(cluster_prefix) {
+            Ok(src) => inspect::inspect(&src, instance.as_deref(), json),
+            Err(code) => code,
+        },
+        Command::Journal { from, instance, json, cluster_prefix } => match from.source(cluster_prefix) {
+            Ok(src) => inspect::journal(&src, &instance, json),
+            Err(code) => code,
+        },
+        Command::Audit { from, action, json, cluster_prefix } => match (from.source(cluster_prefix), action) {
+            (Ok(src), Some(AuditAction::Verify)) => inspect::audit_verify(&src),
+            (Ok(src), None) => inspect::audit(&src, json),
+            (Err(code), _) => code,
+        },
     }
 }
 

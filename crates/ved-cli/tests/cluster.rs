@@ -172,6 +172,7 @@ impl VedNode {
             .arg("--config")
             .arg(config)
             .args(["--cluster", etcd, "--node-id", name, "--lease-ttl", &ttl.to_string(), "--listen", "127.0.0.1:0"])
+            .env("VED_API_TOKEN", API_TOKEN)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -193,6 +194,17 @@ impl VedNode {
             }
         });
         VedNode { name: name.into(), child: Some(child), events }
+    }
+
+    /// The base URL of this node's HTTP API.
+    fn url(&self) -> String {
+        let ev = self.events.lock().unwrap();
+        let addr = ev.iter().find(|(_, e)| e["event"] == "listening").map(|(_, e)| e["addr"].as_str().unwrap_or(""));
+        format!("http://{}", addr.unwrap_or(""))
+    }
+
+    fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        http(&format!("{}{path}", self.url()), None)
     }
 
     /// Instances this node holds now, by its own account.
@@ -231,6 +243,28 @@ impl Drop for VedNode {
             let _ = c.wait();
         }
     }
+}
+
+const API_TOKEN: &str = "cluster-secret";
+
+/// GET (or POST `body`, with the token) and the JSON answer.
+fn http(url: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into();
+    let r = match body {
+        None => agent.get(url).call(),
+        Some(b) => agent
+            .post(url)
+            .header("Content-Type", "application/json")
+            .header("Authorization", &format!("Bearer {API_TOKEN}"))
+            .send(b),
+    };
+    let mut r = r.unwrap_or_else(|e| panic!("{url}: {e}"));
+    let status = r.status().as_u16();
+    (status, serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap_or_default())
 }
 
 /// A beat seen by the webhook.
@@ -459,11 +493,45 @@ fn watched_observations_reach_the_owner_and_its_state_survives_a_failover() {
     wait_for("the failover", Duration::from_secs(20), || calls("UpdateDNS").iter().any(|(a, _)| a == "replica"));
     wait_for("the page", Duration::from_secs(20), || calls("PageEngineers").len() == 1);
     let first_fence = calls("UpdateDNS")[0].1;
+    let owner = nodes.iter().position(|n| !n.holding().is_empty()).unwrap();
+    let other = 1 - owner;
+    // Every node serves the API: health, the list, and the instance (the other node forwards).
+    for n in &nodes {
+        assert_eq!(n.get("/healthz").0, 200, "{} is healthy", n.name);
+    }
+    wait_for("the failover episode to be audited", Duration::from_secs(20), || {
+        nodes[other].get("/v1/audit").1["entries"].as_array().is_some_and(|e| !e.is_empty())
+    });
+    let (code, inst) = nodes[other].get("/v1/instances/DatabaseRouting");
+    assert_eq!(code, 200, "{inst}");
+    assert_eq!(inst["state"]["active_route"], "replica", "{inst}");
+    assert!(inst["goals"].is_array(), "answered by the owner, forwarded: {inst}");
+    let (code, list) = nodes[other].get("/v1/instances");
+    assert_eq!(code, 200);
+    assert_eq!(list["instances"][0]["owner"], nodes[owner].name.as_str(), "{list}");
+    // A write to the node that does not own the instance is forwarded to the one that does:
+    // someone points the route back at the failed primary, and Ved fails over again.
+    let (code, body) = http(
+        &format!("{}/v1/instances/DatabaseRouting/observations", nodes[other].url()),
+        Some(r#"{"active_route": "primary"}"#),
+    );
+    assert_eq!(code, 200, "{body}");
+    wait_for("the drift to be corrected", Duration::from_secs(20), || {
+        let (_, i) = nodes[other].get("/v1/instances/DatabaseRouting");
+        i["status"] == "stable" && i["state"]["active_route"] == "replica"
+    });
+    let (code, journal) = nodes[other].get("/v1/instances/DatabaseRouting/journal");
+    assert_eq!(code, 200);
+    let before: Vec<u64> = journal["entries"].as_array().unwrap().iter().filter_map(|e| e["slice"].as_u64()).collect();
+    assert!(
+        journal["entries"].as_array().unwrap().iter().any(|e| e["source"] == "api"),
+        "the forwarded observation reached the owner's journal: {journal}"
+    );
+    let audit_before = nodes[other].get("/v1/audit").1["entries"].as_array().unwrap().clone();
     // Let the owner write the page's acknowledgement (a few milliseconds). Killed before
     // that, the page would be in flight and rightly sent again: at least once.
     std::thread::sleep(Duration::from_millis(500));
     // Kill the owner; the survivor resumes from etcd with the failover and the page remembered.
-    let owner = nodes.iter().position(|n| !n.holding().is_empty()).unwrap();
     nodes[owner].signal("-KILL");
     nodes[owner].wait();
     let survivor = 1 - owner;
@@ -474,6 +542,31 @@ fn watched_observations_reach_the_owner_and_its_state_survives_a_failover() {
         calls("UpdateDNS").iter().any(|(a, f)| a == "primary" && *f > first_fence)
     });
     assert_eq!(calls("PageEngineers").len(), 1, "the page was not sent again after the failover");
+    // The journal moved with the instance: the survivor shows the slices from before the kill.
+    let (_, journal) = nodes[survivor].get("/v1/instances/DatabaseRouting/journal");
+    let after: Vec<u64> = journal["entries"].as_array().unwrap().iter().filter_map(|e| e["slice"].as_u64()).collect();
+    for s in &before {
+        assert!(after.contains(s), "slice {s} from before the kill is in the survivor's journal: {after:?}");
+    }
+    // The audit chain goes on: the entries from before, then the restore's, linked by hash.
+    wait_for("the restore to be audited", Duration::from_secs(20), || {
+        nodes[survivor].get("/v1/audit").1["entries"].as_array().is_some_and(|e| e.len() > audit_before.len())
+    });
+    let audit_after = nodes[survivor].get("/v1/audit").1["entries"].as_array().unwrap().clone();
+    assert_eq!(&audit_after[..audit_before.len()], &audit_before[..], "the chain kept what it had");
+    let n = audit_before.len();
+    assert_eq!(audit_after[n]["prev"], audit_before[n - 1]["hash"], "the survivor's entry links to the last one");
+    let verify =
+        Command::new(env!("CARGO_BIN_EXE_ved")).args(["audit", "verify", "--cluster", &urls]).output().unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    let journal_cli = Command::new(env!("CARGO_BIN_EXE_ved"))
+        .args(["journal", "--cluster", &urls, "DatabaseRouting"])
+        .output()
+        .unwrap();
+    assert!(journal_cli.status.success());
+    assert!(String::from_utf8_lossy(&journal_cli.stdout).contains("PageEngineers"), "ved journal --cluster");
+    let inspect = Command::new(env!("CARGO_BIN_EXE_ved")).args(["inspect", "--cluster", &urls]).output().unwrap();
+    assert!(String::from_utf8_lossy(&inspect.stdout).contains("DatabaseRouting (DatabaseRouting) at slice"));
     let fences: Vec<i64> = hook.hits().iter().filter_map(|h| h.body["fence"].as_i64()).collect();
     assert!(fences.windows(2).all(|w| w[1] >= w[0]), "fencing tokens went back: {fences:?}");
 }
