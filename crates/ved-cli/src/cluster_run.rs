@@ -43,9 +43,6 @@ pub struct ClusterOptions {
 /// keys, and at least this often regardless (the balance period).
 pub const BALANCE_PERIOD_MS: u64 = 1000;
 
-/// Inputs handled per round of the node loop, at most, before it balances again.
-const ROUND_INPUTS: usize = 256;
-
 /// How long one etcd request may take on one endpoint before it goes to the next.
 const ETCD_REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -235,6 +232,46 @@ impl<W: Write> Node<W> {
     }
 }
 
+/// A node on the wall clock, for the input loop `ved run` uses too.
+struct NodeHost<'a, W: Write> {
+    node: &'a mut Node<W>,
+    clock: WallClock,
+    /// What the API's routes see as held here.
+    here: Arc<Mutex<Vec<String>>>,
+}
+
+impl<W: Write> crate::run::Host for NodeHost<'_, W> {
+    fn handle(&mut self, input: Input) -> bool {
+        match input {
+            Input::Inbound(x) => self.node.handle_inbound(x),
+            Input::Api(call, reply) => self.node.engine.call(
+                call,
+                Box::new(move |r| {
+                    let _ = reply.send(r);
+                }),
+            ),
+            Input::Shutdown | Input::Eof => return true,
+            Input::Durable | Input::Line(..) | Input::ReadError(..) => {}
+        }
+        false
+    }
+
+    fn round(&mut self) {
+        self.node.step(ved_engine::Clock::now_ms(&self.clock));
+        *self.here.lock().unwrap_or_else(|p| p.into_inner()) = self.node.holding();
+    }
+
+    /// Membership changes arrive through the watch, not the channel: look often.
+    fn wait(&self) -> Duration {
+        Duration::from_millis(10)
+    }
+
+    /// An unreachable etcd is waited out (writes and intents wait), never fatal.
+    fn failed(&mut self) -> Option<ExitCode> {
+        None
+    }
+}
+
 /// Routes API calls in cluster mode: an instance's calls go to its owner; reads of an
 /// instance nobody owns right now (a failover in progress) are answered from etcd.
 struct ClusterRoutes {
@@ -421,32 +458,8 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
     }
     drop(inbound_tx);
     drop(tx);
-    loop {
-        let mut stop = false;
-        if let Ok(first) = rx.recv_timeout(Duration::from_millis(10)) {
-            // A bounded round: inputs that keep arriving (results of intents this round
-            // released) must not keep the node from balancing and retrying writes.
-            let round: Vec<Input> = std::iter::once(first).chain(rx.try_iter().take(ROUND_INPUTS)).collect();
-            for input in round {
-                match input {
-                    Input::Inbound(x) => node.handle_inbound(x),
-                    Input::Api(call, reply) => node.engine.call(
-                        call,
-                        Box::new(move |r| {
-                            let _ = reply.send(r);
-                        }),
-                    ),
-                    Input::Shutdown | Input::Eof => stop = true,
-                    Input::Durable | Input::Line(..) | Input::ReadError(..) => {}
-                }
-            }
-        }
-        if stop {
-            break;
-        }
-        node.step(ved_engine::Clock::now_ms(&clock));
-        *here.lock().unwrap_or_else(|p| p.into_inner()) = node.holding();
-    }
+    let mut host = NodeHost { node: &mut node, clock, here };
+    let _ = crate::run::wall_clock_loop(&mut host, &rx);
     node.leave();
     crate::run::stop_watchers(&watch_stop, std::mem::take(&mut watcher_threads));
     // As in `ved run`: a command still running for an intent in flight does not outlive the node.

@@ -334,32 +334,82 @@ const DAEMON_IDLE_WAKE: std::time::Duration = std::time::Duration::from_millis(5
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The daemon: wall-clock time drives retries; SIGTERM or SIGINT stops it after a flush.
-fn daemon_loop<W: Write>(driver: &mut Driver<W>, rx: &mpsc::Receiver<Input>) -> Option<ExitCode> {
-    // Time continues from the snapshots, so retry deadlines written before a restart still hold.
-    let clock = WallClock::starting_at(driver.now_ms());
-    let now = {
-        let c = WallClock::starting_at(driver.now_ms());
-        move || ved_engine::Clock::now_ms(&c)
-    };
-    driver.set_clock(Box::new(clock));
+/// What the wall-clock loop drives: the daemon's engine, or a cluster node.
+pub(crate) trait Host {
+    /// Applies one input; true when it asks the process to stop.
+    fn handle(&mut self, input: Input) -> bool;
+    /// Once per round, before its inputs: run what came due on the clock.
+    fn round(&mut self);
+    /// How long the loop may wait for an input before the next round.
+    fn wait(&self) -> std::time::Duration;
+    /// `Some` exit code when the process must stop at once (a failed store).
+    fn failed(&mut self) -> Option<ExitCode>;
+}
+
+/// Inputs handled per round, at most: inputs that keep arriving (results of intents a
+/// round released) must not keep the clock-driven work from running.
+const ROUND_INPUTS: usize = 256;
+
+/// The one input loop of the daemon and of cluster nodes: wait for an input (or until the
+/// host's next deadline), run what came due, handle a bounded round of inputs.
+pub(crate) fn wall_clock_loop(host: &mut impl Host, rx: &mpsc::Receiver<Input>) -> Option<ExitCode> {
     loop {
-        let wait = match driver.next_timer_ms() {
-            Some(t) => std::time::Duration::from_millis(t.saturating_sub(now())).min(DAEMON_IDLE_WAKE),
-            None => DAEMON_IDLE_WAKE,
-        };
-        let input = match rx.recv_timeout(wait) {
+        let first = match rx.recv_timeout(host.wait()) {
             Ok(i) => Some(i),
             Err(mpsc::RecvTimeoutError::Timeout) => None,
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return None,
         };
-        driver.tick();
-        let stop = input.is_some_and(|i| handle_input(driver, i));
-        if let Some(code) = check_store(driver) {
+        host.round();
+        let round: Vec<Input> = first.into_iter().chain(rx.try_iter().take(ROUND_INPUTS)).collect();
+        let mut stop = false;
+        for input in round {
+            stop |= host.handle(input);
+        }
+        if let Some(code) = host.failed() {
             return Some(code);
         }
         if stop {
-            break;
+            return None;
         }
+    }
+}
+
+/// The daemon's engine on a wall clock.
+struct Daemon<'a, W: Write> {
+    driver: &'a mut Driver<W>,
+    clock: WallClock,
+}
+
+impl<W: Write> Host for Daemon<'_, W> {
+    fn handle(&mut self, input: Input) -> bool {
+        handle_input(self.driver, input)
+    }
+
+    fn round(&mut self) {
+        self.driver.tick();
+    }
+
+    fn wait(&self) -> std::time::Duration {
+        match self.driver.next_timer_ms() {
+            Some(t) => {
+                let now = ved_engine::Clock::now_ms(&self.clock);
+                std::time::Duration::from_millis(t.saturating_sub(now)).min(DAEMON_IDLE_WAKE)
+            }
+            None => DAEMON_IDLE_WAKE,
+        }
+    }
+
+    fn failed(&mut self) -> Option<ExitCode> {
+        check_store(self.driver)
+    }
+}
+
+fn daemon_loop<W: Write>(driver: &mut Driver<W>, rx: &mpsc::Receiver<Input>) -> Option<ExitCode> {
+    // Time continues from the snapshots, so retry deadlines written before a restart still hold.
+    let clock = WallClock::starting_at(driver.now_ms());
+    driver.set_clock(Box::new(clock.clone()));
+    if let Some(code) = wall_clock_loop(&mut Daemon { driver, clock }, rx) {
+        return Some(code);
     }
     driver.sink_mut().emit(obj(json!({"event": "stopping"})));
     // Give results already in flight a moment; whatever is still out after that is
