@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod adapters;
 pub mod calls;
 pub mod clock;
 mod engine;
@@ -28,6 +29,7 @@ pub mod persist_etcd;
 
 pub use ved_adapters::json;
 
+pub use adapters::{build_adapters, watched_fields, Adapters, Watchers};
 pub use calls::{Call, Reply};
 pub use clock::{Clock, ManualClock, WallClock};
 pub use engine::*;
