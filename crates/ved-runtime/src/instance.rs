@@ -176,6 +176,9 @@ pub struct Instance {
     ticks_since_input: u64,
     /// Attempt counts of transitions whose retry timer fired, carried to their next run.
     retry_attempts: Vec<(usize, u32)>,
+    /// Each transition's last error: a degraded reason quotes it even while a probe is in
+    /// flight (the backoff phase that held it is gone by then).
+    last_errors: Vec<(usize, String)>,
     /// The transition a tick in progress visits next; `None` between ticks.
     /// A tick runs one slice per [`Instance::step`], so a snapshot can follow every slice.
     tick_cursor: Option<u32>,
@@ -212,6 +215,9 @@ pub struct InstanceSnapshot {
     pub state: Vec<Value>,
     pub pending: Vec<Pending>,
     pub retry_attempts: Vec<(usize, u32)>,
+    /// Each transition's last error, for the degraded reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_errors: Vec<(usize, String)>,
     pub tick_cursor: Option<u32>,
     pub tick_ran: bool,
     pub ticks_since_input: u64,
@@ -262,6 +268,7 @@ impl Instance {
             seen: FxHashSet::default(),
             ticks_since_input: 0,
             retry_attempts: Vec::new(),
+            last_errors: Vec::new(),
             tick_cursor: None,
             tick_ran: false,
             sources: Vec::new(),
@@ -302,6 +309,7 @@ impl Instance {
             status: self.status,
             pending: self.pending.clone(),
             retry_attempts: self.retry_attempts.clone(),
+            last_errors: self.last_errors.clone(),
             tick_cursor: self.tick_cursor,
             tick_ran: self.tick_ran,
             ticks_since_input: self.ticks_since_input,
@@ -326,6 +334,7 @@ impl Instance {
             seen: FxHashSet::default(),
             ticks_since_input: s.ticks_since_input,
             retry_attempts: s.retry_attempts,
+            last_errors: s.last_errors,
             tick_cursor: s.tick_cursor,
             tick_ran: s.tick_ran,
             sources: s.sources.into_iter().map(|(k, v)| (Arc::from(k.as_str()), v)).collect(),
@@ -360,6 +369,7 @@ impl Instance {
             + self.pending.capacity() * std::mem::size_of::<Pending>()
             + self.seen.capacity() * std::mem::size_of::<u64>()
             + self.retry_attempts.capacity() * std::mem::size_of::<(usize, u32)>()
+            + self.last_errors.iter().map(|(_, e)| std::mem::size_of::<(usize, String)>() + e.capacity()).sum::<usize>()
     }
 
     /// Queues an observation after checking its values against the field types.
@@ -547,7 +557,12 @@ impl Instance {
                         let name = dom.transitions.get(p.transition).map(|t| t.name.as_str()).unwrap_or("?");
                         let last = match &p.phase {
                             Phase::Backoff { error: Some(e), .. } => format!(" (last error: {e})"),
-                            _ => String::new(),
+                            _ => self
+                                .last_errors
+                                .iter()
+                                .find(|(t, _)| *t == p.transition)
+                                .map(|(_, e)| format!(" (last error: {e})"))
+                                .unwrap_or_default(),
                         };
                         let reason = format!(
                             "{name} failed {} times in a row{last}; probing every {} ms until it succeeds",
@@ -829,6 +844,8 @@ impl Instance {
                     };
                     if done {
                         let p = self.pending.remove(pos);
+                        // Its failures are behind it: an idle instance keeps no error text.
+                        self.last_errors.retain(|(t, _)| *t != p.transition);
                         let (held, confirm) = match p.phase {
                             Phase::InFlight { held, confirm, .. } => (held, confirm),
                             Phase::Confirming { .. } | Phase::Backoff { .. } => (Vec::new(), Vec::new()),
@@ -891,6 +908,12 @@ impl Instance {
         out: &mut Vec<Event>,
     ) {
         let at_ms = self.now_ms.saturating_add(policy.delay_ms(self.seed, transition, attempt));
+        if let Some(e) = &error {
+            match self.last_errors.iter_mut().find(|(t, _)| *t == transition) {
+                Some(slot) => slot.1 = e.clone(),
+                None => self.last_errors.push((transition, e.clone())),
+            }
+        }
         self.pending.push(Pending { transition, phase: Phase::Backoff { until_ms: at_ms, faulted, error }, attempt });
         out.push(Event::Retry { instance: self.name.clone(), transition, attempt, at_ms });
     }

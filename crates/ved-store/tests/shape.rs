@@ -127,6 +127,7 @@ fn everything() -> InstanceSnapshot {
             },
         ],
         retry_attempts: vec![(4, 3)],
+        last_errors: Vec::new(),
         tick_cursor: Some(1),
         tick_ran: true,
         ticks_since_input: 9,

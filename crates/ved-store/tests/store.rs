@@ -22,6 +22,7 @@ fn snap(instance: &str, slice: u64, workers: i64) -> Record {
             state: vec![Value::Int(workers)],
             pending: Vec::new(),
             retry_attempts: Vec::new(),
+            last_errors: Vec::new(),
             tick_cursor: None,
             tick_ran: false,
             ticks_since_input: 0,
