@@ -24,6 +24,100 @@ pub struct Config {
     pub resync: ResyncConfig,
     #[serde(default)]
     pub api: ApiConfig,
+    /// `[[instance]]`: instances declared by name, with their domain, initial state and
+    /// per-instance adapter overrides.
+    #[serde(default, rename = "instance")]
+    pub instances: Vec<Spanned<InstanceConfig>>,
+}
+
+/// One declared instance. A domain with declared instances runs those instead of the one
+/// instance named after the domain.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceConfig {
+    pub name: Spanned<String>,
+    pub domain: Spanned<String>,
+    /// Initial values, field by field; the rest take their declared defaults.
+    #[serde(default)]
+    pub state: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+    /// `[instance.adapters.NAME]`: keys of that adapter replaced for this instance alone.
+    #[serde(default)]
+    pub adapters: BTreeMap<Spanned<String>, AdapterOverride>,
+}
+
+/// The adapter keys an instance may override: what tells one instance's resource from another's.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterOverride {
+    #[serde(default)]
+    pub netns: Option<Spanned<String>>,
+    #[serde(default)]
+    pub table: Option<Spanned<String>>,
+    #[serde(default)]
+    pub command: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    pub url: Option<Spanned<String>>,
+}
+
+impl AdapterConfig {
+    /// This adapter as one instance sees it: with the instance's overrides applied.
+    pub fn with_override(&self, o: &AdapterOverride) -> AdapterConfig {
+        let mut a = self.clone();
+        if let Some(n) = &o.netns {
+            a.netns = Some(n.get_ref().clone());
+        }
+        if let Some(t) = &o.table {
+            a.table = Some(t.get_ref().clone());
+        }
+        if let Some(c) = &o.command {
+            a.command = c.get_ref().clone();
+        }
+        if let Some(u) = &o.url {
+            a.url = Some(u.get_ref().clone());
+        }
+        a
+    }
+}
+
+impl Config {
+    /// Every instance the program runs, in order: the declared ones, then one per domain
+    /// that has none (named after the domain). Each with its domain's index.
+    pub fn instance_names(&self, program_domains: &[String]) -> Vec<(String, usize)> {
+        let mut out = Vec::new();
+        for i in &self.instances {
+            let i = i.get_ref();
+            if let Some(d) = program_domains.iter().position(|d| d == i.domain.get_ref()) {
+                out.push((i.name.get_ref().clone(), d));
+            }
+        }
+        for (d, name) in program_domains.iter().enumerate() {
+            if !self.instances.iter().any(|i| i.get_ref().domain.get_ref() == name) {
+                out.push((name.clone(), d));
+            }
+        }
+        out
+    }
+
+    /// The instances a watcher feeds: the one it names, every instance of the domain it
+    /// names, or every instance of the program's only domain.
+    pub fn watch_targets(&self, w: &WatchConfig, program_domains: &[String]) -> Vec<(String, usize)> {
+        let all = self.instance_names(program_domains);
+        if let Some(i) = &w.instance {
+            return all.into_iter().filter(|(n, _)| n == i.get_ref()).collect();
+        }
+        let domain = match &w.domain {
+            Some(d) => program_domains.iter().position(|x| x == d.get_ref()),
+            None if program_domains.len() == 1 => Some(0),
+            None => None,
+        };
+        all.into_iter().filter(|(_, d)| Some(*d) == domain).collect()
+    }
+
+    /// The overrides one instance declares for one adapter, if any.
+    pub fn override_for(&self, instance: &str, adapter: &str) -> Option<&AdapterOverride> {
+        let i = self.instances.iter().find(|i| i.get_ref().name.get_ref() == instance)?;
+        i.get_ref().adapters.iter().find(|(k, _)| k.get_ref() == adapter).map(|(_, v)| v)
+    }
 }
 
 /// One adapter name bound to a driver. Which keys apply depends on the driver.
@@ -93,9 +187,12 @@ impl AdapterConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WatchConfig {
-    /// The instance it feeds; defaults to the program's only domain's instance.
+    /// The instance it feeds. Without it, every instance of `domain` (or of the program's
+    /// only domain), each with its own adapter overrides.
     #[serde(default)]
     pub instance: Option<Spanned<String>>,
+    #[serde(default)]
+    pub domain: Option<Spanned<String>>,
     pub fields: Vec<Spanned<String>>,
     pub driver: Spanned<String>,
     /// `exec`: the command. Without `interval_ms` it runs for as long as Ved does and prints
@@ -201,6 +298,13 @@ impl Config {
         for w in &mut self.watch {
             resolve(&mut w.get_mut().command);
         }
+        for i in &mut self.instances {
+            for o in i.get_mut().adapters.values_mut() {
+                if let Some(c) = &mut o.command {
+                    resolve(c.get_mut());
+                }
+            }
+        }
     }
 }
 
@@ -215,9 +319,127 @@ pub fn parse_config(file: FileId, text: &str) -> Result<Config, Diagnostic> {
         // toml's message repeats the location; keep its first line, which says what is wrong.
         let msg = e.message().lines().next().unwrap_or("invalid configuration").to_string();
         Diagnostic::error(at, format!("invalid ved.toml: {msg}")).with_hint(
-            "the sections are [adapters.NAME], [[watch]], [retry], [resync] and [api]; see docs/reference.md",
+            "the sections are [adapters.NAME], [[watch]], [[instance]], [retry], [resync] and [api]; see docs/reference.md",
         )
     })
+}
+
+/// Longest declared instance name.
+pub const INSTANCE_NAME_MAX: usize = 128;
+
+/// Whether a name can name an instance: 1 to 128 letters, digits, `_`, `-` or `.`, and not
+/// `.` or `..` (names appear in URLs, keys and file names).
+pub fn valid_instance_name(name: &str) -> bool {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    !name.is_empty() && name.len() <= INSTANCE_NAME_MAX && name.chars().all(ok) && name != "." && name != ".."
+}
+
+/// `[[instance]]`: names valid and unique, domains and fields that exist, initial values of
+/// the fields' types, overrides of bound adapters with keys their drivers use.
+fn validate_instances(config: &Config, file: FileId, program: &hir::Program, out: &mut Vec<Diagnostic>) {
+    let mut seen: BTreeMap<&str, ()> = BTreeMap::new();
+    let declared_domains: Vec<&str> = config.instances.iter().map(|i| i.get_ref().domain.get_ref().as_str()).collect();
+    for inst in &config.instances {
+        let i = inst.get_ref();
+        let name = i.name.get_ref();
+        let at = span(file, i.name.span());
+        if !valid_instance_name(name) {
+            out.push(
+                Diagnostic::error(at, format!("`{name}` is not a valid instance name")).with_hint(format!(
+                    "use 1 to {INSTANCE_NAME_MAX} letters, digits, `_`, `-` or `.` (not `.` or `..`)"
+                )),
+            );
+        }
+        if seen.insert(name, ()).is_some() {
+            out.push(
+                Diagnostic::error(at, format!("instance `{name}` is declared twice"))
+                    .with_hint("instance names are unique"),
+            );
+        }
+        // A domain without declared instances still runs one named after it: no clash with it.
+        if program.domains.iter().any(|d| d.name == *name && !declared_domains.contains(&d.name.as_str())) {
+            out.push(
+                Diagnostic::error(at, format!("instance `{name}` has the name of domain `{name}`'s own instance"))
+                    .with_hint("choose another name, or declare `{name}`'s instances too"),
+            );
+        }
+        let Some(dom) = program.domains.iter().find(|d| d.name == *i.domain.get_ref()) else {
+            out.push(
+                Diagnostic::error(span(file, i.domain.span()), format!("no domain named `{}`", i.domain.get_ref()))
+                    .with_hint(format!(
+                        "the domains are {}",
+                        program.domains.iter().map(|d| format!("`{}`", d.name)).collect::<Vec<_>>().join(", ")
+                    )),
+            );
+            continue;
+        };
+        for (field, value) in &i.state {
+            let Some((_, f)) = dom.field(field.get_ref()) else {
+                out.push(
+                    Diagnostic::error(
+                        span(file, field.span()),
+                        format!("`{}` has no field `{}`", dom.name, field.get_ref()),
+                    )
+                    .with_hint(format!(
+                        "its fields are {}",
+                        dom.fields.iter().map(|f| format!("`{}`", f.name)).collect::<Vec<_>>().join(", ")
+                    )),
+                );
+                continue;
+            };
+            let json = serde_json::to_value(value.get_ref()).unwrap_or(serde_json::Value::Null);
+            if let Err(e) = crate::json::from_json(&json, &f.ty) {
+                out.push(
+                    Diagnostic::error(span(file, value.span()), format!("field `{}`: {e}", field.get_ref()))
+                        .with_hint(format!("`{}` is `{}`", field.get_ref(), describe(&f.ty))),
+                );
+            }
+        }
+        for (adapter, o) in &i.adapters {
+            let Some(a) = config.adapters.iter().find(|(k, _)| k.get_ref() == adapter.get_ref()).map(|(_, v)| v) else {
+                out.push(
+                    Diagnostic::error(span(file, adapter.span()), format!("no adapter named `{}`", adapter.get_ref()))
+                        .with_hint("an override changes an [adapters.NAME] section for this instance"),
+                );
+                continue;
+            };
+            let d = a.driver.get_ref().as_str();
+            let wrong = |out: &mut Vec<Diagnostic>, key: &str, at: std::ops::Range<usize>, drivers: &str| {
+                out.push(
+                    Diagnostic::error(
+                        span(file, at),
+                        format!("`{key}` does not apply to adapter `{}` (driver `{d}`)", adapter.get_ref()),
+                    )
+                    .with_hint(format!("`{key}` overrides the {drivers} driver")),
+                );
+            };
+            if let Some(x) = &o.netns {
+                if d != "nftables" {
+                    wrong(out, "netns", x.span(), "`nftables`");
+                }
+            }
+            if let Some(x) = &o.table {
+                if d != "nftables" {
+                    wrong(out, "table", x.span(), "`nftables`");
+                }
+            }
+            if let Some(x) = &o.command {
+                if !matches!(d, "exec" | "process") {
+                    wrong(out, "command", x.span(), "`exec` or `process`");
+                } else if x.get_ref().is_empty() {
+                    out.push(
+                        Diagnostic::error(span(file, x.span()), "an empty command")
+                            .with_hint("give the program and its arguments"),
+                    );
+                }
+            }
+            if let Some(x) = &o.url {
+                if d != "http" {
+                    wrong(out, "url", x.span(), "`http`");
+                }
+            }
+        }
+    }
 }
 
 /// What kind of value a watcher driver produces, if it fixes one.
@@ -338,25 +560,50 @@ pub fn validate(config: &Config, file: FileId, program: &hir::Program) -> Vec<Di
             );
             continue;
         }
-        let domain = match &wr.instance {
-            Some(i) => match program.domains.iter().find(|d| d.name == *i.get_ref()) {
-                Some(d) => d,
+        let names: Vec<String> = program.domains.iter().map(|d| d.name.clone()).collect();
+        let instances = config.instance_names(&names);
+        let domain = match (&wr.instance, &wr.domain) {
+            (Some(i), Some(d)) => {
+                out.push(
+                    Diagnostic::error(
+                        span(file, d.span()),
+                        "a watcher feeds one `instance` or every instance of a `domain`, not both",
+                    )
+                    .with_hint(format!("remove `domain`: instance `{}` already says which", i.get_ref())),
+                );
+                continue;
+            }
+            (Some(i), None) => match instances.iter().find(|(n, _)| n == i.get_ref()) {
+                Some((_, d)) => &program.domains[*d],
                 None => {
                     out.push(
                         Diagnostic::error(span(file, i.span()), format!("no instance named `{}`", i.get_ref()))
                             .with_hint(format!(
-                                "the program starts {}",
-                                program.domains.iter().map(|d| format!("`{}`", d.name)).collect::<Vec<_>>().join(", ")
+                                "the program runs {}",
+                                instances.iter().map(|(n, _)| format!("`{n}`")).collect::<Vec<_>>().join(", ")
                             )),
                     );
                     continue;
                 }
             },
-            None if program.domains.len() == 1 => &program.domains[0],
-            None => {
+            (None, Some(d)) => match program.domains.iter().find(|x| x.name == *d.get_ref()) {
+                Some(x) => x,
+                None => {
+                    out.push(
+                        Diagnostic::error(span(file, d.span()), format!("no domain named `{}`", d.get_ref()))
+                            .with_hint(format!(
+                                "the domains are {}",
+                                names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+                            )),
+                    );
+                    continue;
+                }
+            },
+            (None, None) if program.domains.len() == 1 => &program.domains[0],
+            (None, None) => {
                 out.push(
-                    Diagnostic::error(wspan, "this watcher does not say which instance it feeds")
-                        .with_hint("add `instance = \"NAME\"`: the program has several domains"),
+                    Diagnostic::error(wspan, "this watcher does not say which instances it feeds")
+                        .with_hint("add `instance = \"NAME\"`, or `domain = \"NAME\"` for every instance of a domain: the program has several domains"),
                 );
                 continue;
             }
@@ -429,6 +676,7 @@ pub fn validate(config: &Config, file: FileId, program: &hir::Program) -> Vec<Di
             out.push(Diagnostic::error(wspan, "this watcher feeds no field").with_hint("add `fields = [\"name\"]`"));
         }
     }
+    validate_instances(config, file, program, &mut out);
     if config.retry.factor == 0 || config.retry.initial_ms == 0 || config.retry.cap_ms < config.retry.initial_ms {
         out.push(
             Diagnostic::error(

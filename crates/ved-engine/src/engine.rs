@@ -190,8 +190,13 @@ impl Builder {
             config: Some(config),
             flush: ved_store::Flush::Background,
         };
-        let adapters =
-            Adapters { by_name: self.adapters, fallback: Arc::new(ved_adapters::LogDriver), pool: None, manual: None };
+        let adapters = Adapters {
+            by_name: self.adapters,
+            by_instance: BTreeMap::new(),
+            fallback: Arc::new(ved_adapters::LogDriver),
+            pool: None,
+            manual: None,
+        };
         Engine::start(self.loaded, &opts, adapters, sink, Box::new(|_| {}))
     }
 }
@@ -345,7 +350,23 @@ impl<S: Sink> Engine<S> {
             }
             journals = rec.journals;
         }
+        // Instances `ved.toml` declares come first; a domain with declared instances runs
+        // those instead of the one named after it.
+        let declared = match &opts.config {
+            Some(c) if instances == Instances::All => crate::adapters::declared_instances(c, &program)
+                .map_err(|reason| StartError::Create { instance: "ved.toml".into(), reason })?,
+            _ => Vec::new(),
+        };
+        for (name, d, state) in &declared {
+            if rt.index_of(name).is_none() {
+                rt.create_instance(name, *d, state.clone())
+                    .map_err(|e| StartError::Create { instance: name.clone(), reason: e.to_string() })?;
+            }
+        }
         for (d, dom) in program.domains.iter().enumerate() {
+            if declared.iter().any(|(_, x, _)| *x == d) {
+                continue;
+            }
             if instances == Instances::All && rt.index_of(&dom.name).is_none() {
                 if let Err(e) = rt.create_instance(&dom.name, d, Vec::new()) {
                     return Err(StartError::Create { instance: dom.name.clone(), reason: e.to_string() });
