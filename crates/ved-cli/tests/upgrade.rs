@@ -200,3 +200,15 @@ fn an_instance_whose_domain_is_gone_is_refused() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("keep domain `Pool` in the program"), "{err}");
 }
+
+#[test]
+fn a_plan_for_a_directory_that_does_not_exist_yet_creates_every_instance_and_writes_nothing() {
+    let root = common::tempdir("upgrade-fresh");
+    let v1 = write(&root, "v1.ved", V1);
+    let data = root.join("data");
+    let (code, out, err) = common::ved_text(&["plan", "--data-dir", data.to_str().unwrap(), &v1], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Pool (Pool): new instance, starting from its defaults"), "{out}");
+    assert!(out.contains("would emit Pool/1/0 Cloud.Start(\"a\") from scale_up"), "{out}");
+    assert!(!data.exists(), "`ved plan` created the data directory");
+}

@@ -369,3 +369,176 @@ pub fn recorded_program(files: Option<&Vec<(String, String)>>) -> Option<std::sy
     let files = files?.clone();
     crate::load::check_texts(files).ok().map(|l| l.compiled)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use ved_runtime::{InstanceSnapshot, Intent, IntentId, Pending, Status};
+
+    const OLD: &str = "domain Other {\n  state {\n    x: int = 0\n  }\n  goal x == 0\n}\n\
+        domain D {\n  state {\n    a: int = 0\n    b: int = 0\n  }\n  goal a == 1\n\
+        transition t1 { step { if a < 1 { a += 1\n emit X.Go(a) } } }\n\
+        transition t2 { step { if a > 1 { a -= 1 } } }\n\
+        transition gone { step { if b > 1 { b -= 1 } } }\n}\n";
+
+    /// Domains reordered, `b` removed, `c` added with a default, transitions reordered and
+    /// `gone` removed.
+    const NEW: &str = "domain D {\n  state {\n    c: int = 3\n    a: int = 0\n  }\n  goal a == 1\n\
+        transition t2 { step { if a > 1 { a -= 1 } } }\n\
+        transition t1 { step { if a < 1 { a += 1\n emit X.Go(a) } } }\n}\n\
+        domain Other {\n  state {\n    x: int = 0\n  }\n  goal x == 0\n}\n";
+
+    fn compile(text: &str) -> Arc<CompiledProgram> {
+        match crate::load::check_texts(vec![("t.ved".into(), text.into())]) {
+            Ok(l) => l.compiled,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+
+    fn id(slice: u64, index: u32) -> IntentId {
+        IntentId { instance: Arc::from("D"), slice, index }
+    }
+
+    fn intent(slice: u64, transition: usize) -> Intent {
+        Intent {
+            id: id(slice, 0),
+            transition,
+            adapter: Arc::from("X"),
+            action: Arc::from("Go"),
+            args: vec![Value::Int(1)],
+        }
+    }
+
+    /// A stored `D` of the old program: `a = 1`, `b = 5`, with pending work.
+    fn stored(pending: Vec<Pending>) -> SnapshotRecord {
+        let old = compile(OLD);
+        let snap = InstanceSnapshot {
+            name: "D".into(),
+            domain: 1,
+            slice: 4,
+            ticks: 2,
+            now_ms: 100,
+            seed: 0,
+            status: Status::Waiting,
+            state: vec![Value::Int(1), Value::Int(5)],
+            pending,
+            retry_attempts: vec![(1, 2), (2, 1)],
+            tick_cursor: Some(1),
+            tick_ran: true,
+            ticks_since_input: 2,
+            sources: Vec::new(),
+            watched: vec![0, 1],
+        };
+        SnapshotRecord::from_snapshot(snap, "D", &old.domains[1].fields)
+    }
+
+    #[test]
+    fn fields_and_pending_work_are_carried_over_by_name() {
+        let (old, new) = (compile(OLD), compile(NEW));
+        let rec = stored(vec![
+            // t1 (old index 0) in flight, holding writes to `a` (kept) and `b` (removed).
+            Pending {
+                transition: 0,
+                attempt: 0,
+                phase: Phase::InFlight {
+                    outstanding: vec![id(4, 0)],
+                    held: vec![(0, Value::Int(2)), (1, Value::Int(6))],
+                    intents: vec![intent(4, 0)],
+                    confirm: vec![0, 1],
+                },
+            },
+            // A retry of `gone`, which the new program does not have.
+            Pending { transition: 2, attempt: 1, phase: Phase::Backoff { until_ms: 500, faulted: false, error: None } },
+        ]);
+        let m = migrate(&new, Some(&old), &rec).unwrap();
+        assert!(m.changed());
+        let s = &m.snapshot.snapshot;
+        // Domain `D` moved from index 1 to 0; `c` is first now, with its default.
+        assert_eq!(s.domain, 0);
+        assert_eq!(s.state, vec![Value::Int(3), Value::Int(1)]);
+        assert_eq!(m.added, vec![("c".to_string(), "int".to_string(), Value::Int(3))]);
+        assert_eq!(m.removed, vec![("b".to_string(), "int".to_string(), Value::Int(5))]);
+        // t1 is index 1 now; its held write to `a` moved to slot 1, the one to `b` is gone.
+        assert_eq!(s.pending.len(), 1);
+        assert_eq!(s.pending[0].transition, 1);
+        match &s.pending[0].phase {
+            Phase::InFlight { held, intents, confirm, outstanding } => {
+                assert_eq!(held, &vec![(1, Value::Int(2))]);
+                assert_eq!(confirm, &vec![1]);
+                assert_eq!(intents[0].transition, 1);
+                assert_eq!(outstanding, &vec![id(4, 0)]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.retry_attempts, vec![(0, 2)]);
+        assert_eq!(s.watched, vec![1]);
+        assert_eq!((s.tick_cursor, s.tick_ran), (None, false));
+        assert_eq!((s.slice, s.status), (5, Status::Converging));
+        assert_eq!(m.notes.len(), 2, "{:?}", m.notes);
+        assert!(m.notes[1].contains("`gone` no longer exists: its retry due at 500ms is dropped"), "{:?}", m.notes);
+        assert!(m.notes[0].contains("held write `b = 6` of transition `t1` is dropped"), "{:?}", m.notes);
+        let e = m.journal_entry();
+        assert_eq!((e.slice, e.cause.as_str()), (5, "migrate"));
+        assert_eq!(e.changes, vec![("c".to_string(), "3".to_string())]);
+        assert!(m
+            .audit()
+            .text
+            .starts_with("program upgraded: field `c: int` added with default 3, field `b: int` removed (was 5)"));
+    }
+
+    #[test]
+    fn intents_in_flight_for_a_removed_transition_are_refused() {
+        let (old, new) = (compile(OLD), compile(NEW));
+        let rec = stored(vec![Pending {
+            transition: 2,
+            attempt: 0,
+            phase: Phase::InFlight {
+                outstanding: vec![id(4, 0)],
+                held: Vec::new(),
+                intents: vec![intent(4, 2)],
+                confirm: Vec::new(),
+            },
+        }]);
+        let e = migrate(&new, Some(&old), &rec).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "instance `D` has intents in flight (D/4/0 X.Go(1)) from transition `gone`, which is not in the program"
+        );
+        assert!(e.hint().contains("run the old program until the instance rests"));
+    }
+
+    #[test]
+    fn a_type_change_and_a_missing_domain_are_refused() {
+        let old = compile(OLD);
+        let changed =
+            compile(&OLD.replace("b: int = 0", "b: bool = false").replace("if b > 1 { b -= 1 }", "if b { b = false }"));
+        let e = migrate(&changed, Some(&old), &stored(Vec::new())).unwrap_err();
+        assert_eq!(
+            e,
+            MigrateError::TypeChanged {
+                instance: "D".into(),
+                field: "b".into(),
+                old: "int".into(),
+                new: "bool".into()
+            }
+        );
+        let only_other = compile("domain Other {\n  state {\n    x: int = 0\n  }\n  goal x == 0\n}\n");
+        let e = migrate(&only_other, Some(&old), &stored(Vec::new())).unwrap_err();
+        assert!(matches!(e, MigrateError::NoDomain { ref domain, .. } if domain == "D"), "{e:?}");
+        assert!(e.hint().contains("keep domain `D`"), "{}", e.hint());
+    }
+
+    #[test]
+    fn the_same_fields_change_nothing_even_with_domains_reordered() {
+        let old = compile(OLD);
+        // `D` first now: index 0 instead of 1.
+        let at = OLD.find("domain D").unwrap();
+        let reordered = compile(&format!("{}{}", &OLD[at..], &OLD[..at]));
+        let m = migrate(&reordered, Some(&old), &stored(Vec::new())).unwrap();
+        assert!(!m.changed());
+        let mut expected = stored(Vec::new());
+        expected.snapshot.domain = 0;
+        assert_eq!(m.snapshot, expected);
+    }
+}
