@@ -2,7 +2,7 @@
 //! events, and wires the pure crates (syntax, check, vm, runtime) to the
 //! outside world. All I/O of the project lives at this edge.
 
-use ved_cli::{inspect, load, replay_cmd, run, test_cmd, verify_cmd};
+use ved_cli::{inspect, load, plan_cmd, replay_cmd, run, test_cmd, verify_cmd};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -124,6 +124,19 @@ enum Command {
         /// to see where a changed program would have acted differently.
         #[arg(long, value_name = "FILE", num_args = 1..)]
         program: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what running these program files on a data directory would do, acting on
+    /// nothing and writing nothing: per instance, the fields added (with their defaults)
+    /// and removed, type conflicts (exit 1), and the transitions and intents that would
+    /// follow, assuming every intent succeeds.
+    Plan {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The files of the (changed) program.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -286,6 +299,7 @@ fn main() -> ExitCode {
         Command::Replay { data_dir, instance, program, json } => {
             replay_cmd::replay(&data_dir, &instance, &program, json)
         }
+        Command::Plan { data_dir, files, json } => plan_cmd::plan(&data_dir, &files, json),
         Command::Inspect { from, instance, json, cluster_prefix } => match from.source(cluster_prefix) {
             Ok(src) => inspect::inspect(&src, instance.as_deref(), json),
             Err(code) => code,

@@ -197,21 +197,25 @@ fn a_corrupt_store_stops_ved_run_unless_told_to_recover() {
 }
 
 #[test]
-fn a_store_written_by_another_program_is_refused() {
+fn a_store_written_by_another_program_is_migrated_by_field_name_unless_a_type_changed() {
     let dir = tempdir("other-program");
     let d = dir.to_str().unwrap();
     ved(&["run", "examples/worker_pool.ved", "--stdin", "--data-dir", d], "");
-    // Same domain name, different fields.
+    // Same domain name, a field added and a field removed: carried over (see tests/upgrade.rs).
     let other = dir.join("other.ved");
-    std::fs::write(&other, "domain WorkerPool {\n  state {\n    count: int\n  }\n}\ngoal count == 1\n").unwrap();
+    std::fs::write(&other, "domain WorkerPool {\n  state {\n    count: int\n  }\n}\ngoal count == 0\n").unwrap();
     let (code, _, err) = ved(&["run", other.to_str().unwrap(), "--stdin", "--data-dir", d], "");
-    assert_eq!(code, 1);
+    assert_eq!(code, 0, "{err}");
     assert!(
-        err.contains(
-            "was written by a different program: its fields are [workers: int], the program declares [count: int]"
-        ),
+        err.contains("program upgraded: field `count: int` added with default 0, field `workers: int` removed (was 5)"),
         "{err}"
     );
+    // A field whose type changed is refused, named, with a hint.
+    std::fs::write(&other, "domain WorkerPool {\n  state {\n    count: bool\n  }\n}\ngoal count == true\n").unwrap();
+    let (code, _, err) = ved(&["run", other.to_str().unwrap(), "--stdin", "--data-dir", d], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("instance `WorkerPool`: field `count` was `int` and the program declares it `bool`"), "{err}");
+    assert!(err.contains("= hint: values are not converted between types"), "{err}");
 }
 
 #[test]

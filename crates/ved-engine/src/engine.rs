@@ -243,6 +243,9 @@ pub enum StartError {
     Store(ved_store::StoreError),
     /// An instance in the store was written by a program with other fields.
     Incompatible { instance: String, dir: String, reason: String },
+    /// An instance in the store cannot be carried over to this program (a field's type
+    /// changed, its domain is gone, ...): see [`crate::migrate`].
+    Upgrade { dir: String, error: crate::migrate::MigrateError },
     /// A snapshot could not be restored into the runtime.
     Restore { instance: String, reason: String },
     /// A domain's instance could not be created (its initial state faults).
@@ -257,6 +260,7 @@ impl StartError {
             StartError::Incompatible { .. } => {
                 Some("run the program that wrote it, or start a new `--data-dir`".to_string())
             }
+            StartError::Upgrade { error, .. } => Some(error.hint()),
             _ => None,
         }
     }
@@ -268,6 +272,9 @@ impl std::fmt::Display for StartError {
             StartError::Store(e) => write!(f, "{e}"),
             StartError::Incompatible { instance, dir, reason } => {
                 write!(f, "instance `{instance}` in {dir} was written by a different program: {reason}")
+            }
+            StartError::Upgrade { dir, error } => {
+                write!(f, "cannot upgrade the state in {dir} to this program: {error}")
             }
             StartError::Restore { instance, reason } => write!(f, "cannot restore `{instance}`: {reason}"),
             StartError::Create { instance, reason } => write!(f, "cannot start `{instance}`: {reason}"),
@@ -331,15 +338,29 @@ impl<S: Sink> Engine<S> {
         let mut recorded_program = None;
         let mut warnings = Vec::new();
         let program_files = loaded.files.clone();
+        // Instances carried over to a changed program, recorded before they run.
+        let mut migrations = Vec::new();
         if let Some(rec) = recovered {
             recorded_program = rec.program.clone().map(|p| (p, rec.retry, rec.confirm_ms));
             for (name, base) in &rec.bases {
                 history.entry(name.clone()).or_default().push_back(base.clone());
             }
             warnings = rec.warnings.clone();
+            // The program that wrote the snapshots names their transitions (only needed, and
+            // only compiled, when this one differs).
+            let old = match &rec.program {
+                Some(files) if *files != program_files => crate::migrate::recorded_program(Some(files)),
+                _ => None,
+            };
             for (name, snap) in rec.snapshots {
-                if let Err(reason) = check_compatible(&program, &snap) {
-                    return Err(StartError::Incompatible { instance: name, dir: dir_name(opts), reason });
+                // Matched by name: fields added get their defaults, fields removed are dropped;
+                // what cannot be carried over (a type changed) stops the start.
+                let m = crate::migrate::migrate(&program, old.as_deref(), &snap)
+                    .map_err(|error| StartError::Upgrade { dir: dir_name(opts), error })?;
+                let snap = m.snapshot.clone();
+                if m.changed() {
+                    warnings.push(format!("instance `{name}`: program upgraded: {}", m.summary()));
+                    migrations.push(m);
                 }
                 let s = snap.snapshot.clone();
                 last_status.insert(name.clone(), s.status);
@@ -349,6 +370,9 @@ impl<S: Sink> Engine<S> {
                 }
             }
             journals = rec.journals;
+        }
+        for m in &migrations {
+            journals.entry(m.instance.clone()).or_insert_with(VecDeque::new).push_back(m.journal_entry());
         }
         // Instances `ved.toml` declares come first; a domain with declared instances runs
         // those instead of the one named after it.
@@ -423,8 +447,24 @@ impl<S: Sink> Engine<S> {
                 driver.history.entry(inst.name.to_string()).or_default().push_back(snap.clone());
                 records.push(Record::Snapshot(snap));
             }
+            // A migrated instance: its new snapshot, the journal entry and the audit entry that
+            // say what changed, durable before it runs.
+            let mut audit = Vec::new();
+            for m in &migrations {
+                records.push(Record::Snapshot(m.snapshot.clone()));
+                records.push(Record::Journal(m.journal_entry()));
+                audit.push(m.audit());
+            }
             if !records.is_empty() {
-                store.append(records, Vec::new());
+                store.append(records, audit);
+            }
+            if !migrations.is_empty() {
+                if let Err(e) = store.flush() {
+                    return Err(StartError::Restore {
+                        instance: migrations[0].instance.clone(),
+                        reason: format!("could not record its migration to the new program: {e}"),
+                    });
+                }
             }
         }
         // Intents recorded before a restart but never acknowledged go out again, same id.
@@ -645,19 +685,6 @@ impl<S: Sink> Engine<S> {
 
 fn dir_name(opts: &RunOptions) -> String {
     opts.data_dir.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_default()
-}
-
-/// A snapshot fits the program if its domain exists with the same fields and types.
-fn check_compatible(program: &CompiledProgram, snap: &SnapshotRecord) -> Result<(), String> {
-    let Some(d) = program.domains.get(snap.snapshot.domain).filter(|d| d.name == snap.domain) else {
-        return Err(format!("its domain `{}` is not in this program", snap.domain));
-    };
-    let ours: Vec<(String, String)> = d.fields.iter().map(|(n, t)| (n.clone(), t.to_string())).collect();
-    if ours != snap.fields {
-        let fmt = |f: &[(String, String)]| f.iter().map(|(n, t)| format!("{n}: {t}")).collect::<Vec<_>>().join(", ");
-        return Err(format!("its fields are [{}], the program declares [{}]", fmt(&snap.fields), fmt(&ours)));
-    }
-    Ok(())
 }
 
 impl<S: Sink> Engine<S> {
@@ -1002,11 +1029,19 @@ impl<S: Sink> Engine<S> {
         let resumed = state.is_some();
         match state {
             Some(Adopted { snapshot, journal }) => {
-                check_compatible(&self.program, &snapshot).map_err(|reason| StartError::Incompatible {
-                    instance: name.to_string(),
-                    dir: "etcd".into(),
-                    reason,
-                })?;
+                // Carried over to this program by field name, as a local start does. etcd does
+                // not record the program, so transitions keep their indices.
+                let m = crate::migrate::migrate(&self.program, None, &snapshot)
+                    .map_err(|error| StartError::Upgrade { dir: "etcd".into(), error })?;
+                let snapshot = m.snapshot.clone();
+                let mut journal = journal;
+                if m.changed() {
+                    journal.push(m.journal_entry());
+                    if let Some(store) = self.store.as_mut() {
+                        let records = vec![Record::Snapshot(snapshot.clone()), Record::Journal(m.journal_entry())];
+                        store.append(records, vec![m.audit()]);
+                    }
+                }
                 // Time continues from the snapshot, so retry deadlines still hold.
                 self.clock.at_least(snapshot.snapshot.now_ms);
                 self.now_ms = self.now_ms.max(snapshot.snapshot.now_ms);

@@ -24,6 +24,7 @@ mod engine;
 pub mod event;
 pub mod input;
 pub mod load;
+pub mod migrate;
 pub mod persist;
 pub mod persist_etcd;
 
