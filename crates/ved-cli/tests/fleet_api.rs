@@ -385,3 +385,21 @@ fn the_openapi_document_describes_the_fleet_routes() {
     let (s, e) = delete(&d, "nobody", Some(TOKEN));
     assert!(message(&e).contains("no instance named"), "{s}: {e}");
 }
+
+#[test]
+fn the_largest_batch_is_accepted_in_one_call() {
+    let dir = tempdir("fleet-max");
+    let d = start(&dir, &[]);
+    let fleet: Vec<Json> = (0..10_000).map(|n| json!({"name": format!("n{n:05}"), "domain": "Pool"})).collect();
+    let (s, r) = post(&d, "/v1/instances", &Json::Array(fleet));
+    assert_eq!(s, 201, "{r}");
+    assert_eq!(r["created"], 10_000);
+    let obs: Vec<Json> = (0..10_000).map(|n| json!({"instance": format!("n{n:05}"), "add": {"workers": -1}})).collect();
+    let (s, r) = post(&d, "/v1/observations", &Json::Array(obs));
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["applied"], 10_000);
+    let (_, page) = d.get("/v1/instances?limit=10000&domain=Pool&status=stable");
+    assert_eq!(page["instances"].as_array().unwrap().len(), 10_000);
+    assert_eq!(page["next"], "n09998", "the program's own `Pool` comes first, so one is left over");
+    assert_eq!(d.get("/v1/instances/n04321").1["state"]["workers"], 5);
+}
