@@ -271,12 +271,29 @@ impl Default for ResyncConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     /// Bearer token for mutating API calls; `VED_API_TOKEN` overrides it.
     #[serde(default)]
     pub token: Option<String>,
+    /// How many instances the daemon holds at most; `POST /v1/instances` past it is refused.
+    #[serde(default = "d_max_instances")]
+    pub max_instances: usize,
+}
+
+/// The default bound on instances: far above one daemon's working set, low enough that a
+/// runaway client is refused before memory runs out.
+pub const MAX_INSTANCES_DEFAULT: usize = 1_000_000;
+
+fn d_max_instances() -> usize {
+    MAX_INSTANCES_DEFAULT
+}
+
+impl Default for ApiConfig {
+    fn default() -> ApiConfig {
+        ApiConfig { token: None, max_instances: MAX_INSTANCES_DEFAULT }
+    }
 }
 
 impl Config {

@@ -367,9 +367,13 @@ pub fn read_from_etcd(kv: &dyn KvStore, prefix: &str, call: &Call, m: Option<&Me
             Some(m) => api::error(503, format!("node `{}` is not acting: its lease may have lapsed", m.node)),
             None => Reply { status: 200, body: json!({"status": "ok"}) },
         },
-        Call::Observe { .. } | Call::Create(_) => {
-            api::error(503, "no node owns this instance right now; retry shortly")
-        }
+        // The API answers batch calls, paging and deletion with 501 in cluster mode for now.
+        Call::Observe { .. }
+        | Call::Create(_)
+        | Call::CreateMany { .. }
+        | Call::ObserveMany(_)
+        | Call::Delete(_)
+        | Call::Page(_) => api::error(503, "no node owns this instance right now; retry shortly"),
     }
 }
 

@@ -146,7 +146,9 @@ pub fn run(files: &[PathBuf], config: Option<&Path>, mut opts: RunOptions, mode:
                 .ok()
                 .filter(|t| !t.is_empty())
                 .or_else(|| opts.config.as_ref().and_then(|c| c.api.token.clone()));
-            match api::serve(*listen, token, tx.clone()) {
+            let max_instances =
+                opts.config.as_ref().map_or(ved_adapters::config::MAX_INSTANCES_DEFAULT, |c| c.api.max_instances);
+            match api::serve(*listen, token, max_instances, tx.clone()) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     eprintln!("error: {e}");

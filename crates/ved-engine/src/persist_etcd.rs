@@ -191,7 +191,8 @@ impl Persistence for EtcdPersistence {
                     parts.entry(instance).or_default().trim = Some(keep_from_slice)
                 }
                 // The program is every node's own; a checkpoint marker means nothing here.
-                Record::Program { .. } | Record::Commit { .. } => {}
+                // Cluster mode does not delete instances yet (the API answers 501).
+                Record::Program { .. } | Record::Commit { .. } | Record::Remove { .. } => {}
             }
         }
         for d in audit {

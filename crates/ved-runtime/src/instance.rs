@@ -22,6 +22,12 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use ved_vm::{CompiledDomain, Value, Vm};
 
+/// How many versioned observation sources an instance remembers. A client that names a
+/// new `source` with every observation must not grow an instance without end; the least
+/// recently used is forgotten first, and an observation from a forgotten source is applied
+/// as if the source were new (nothing older from it is known to compare with).
+pub const SOURCES_MAX: usize = 64;
+
 /// Tunables of the scheduler. Every queue and loop has a bound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -184,7 +190,8 @@ pub struct Instance {
     tick_cursor: Option<u32>,
     /// Whether the tick in progress has run anything yet.
     tick_ran: bool,
-    /// The last version applied from each versioned source.
+    /// The last version applied from each versioned source, least recently used first;
+    /// at most [`SOURCES_MAX`].
     pub sources: Vec<(Arc<str>, u64)>,
     /// Fields a watcher feeds (sorted). An effect on one counts only once a reading confirms it.
     /// A boxed slice, not a `Vec`, to keep an idle instance's header small.
@@ -337,9 +344,32 @@ impl Instance {
             last_errors: s.last_errors,
             tick_cursor: s.tick_cursor,
             tick_ran: s.tick_ran,
-            sources: s.sources.into_iter().map(|(k, v)| (Arc::from(k.as_str()), v)).collect(),
+            // The most recently used sources are last: a snapshot from before the bound
+            // existed may hold more, and keeps its newest.
+            sources: {
+                let skip = s.sources.len().saturating_sub(SOURCES_MAX);
+                s.sources.into_iter().skip(skip).map(|(k, v)| (Arc::from(k.as_str()), v)).collect()
+            },
             watched: s.watched.into_boxed_slice(),
         }
+    }
+
+    /// Finds a versioned source and makes it the most recently used (last); returns
+    /// the last version applied from it.
+    fn touch_source(&mut self, source: &str) -> Option<u64> {
+        let at = self.sources.iter().position(|(s, _)| &**s == source)?;
+        let entry = self.sources.remove(at);
+        let version = entry.1;
+        self.sources.push(entry);
+        Some(version)
+    }
+
+    /// Adds a source not seen before, evicting the least recently used past [`SOURCES_MAX`].
+    fn remember_source(&mut self, source: Arc<str>, version: u64) {
+        if self.sources.len() >= SOURCES_MAX {
+            self.sources.remove(0);
+        }
+        self.sources.push((source, version));
     }
 
     /// Intents recorded but not yet acknowledged, in emission order.
@@ -690,14 +720,14 @@ impl Instance {
     fn apply_message(&mut self, dom: &CompiledDomain, policy: &RetryPolicy, msg: Message, out: &mut Vec<Event>) {
         match msg {
             Message::ObserveVersioned { writes, source, version } => {
-                let last = self.sources.iter().find(|(s, _)| *s == source).map(|(_, v)| *v);
+                let last = self.touch_source(&source);
                 if let Some(last) = last.filter(|l| version < *l) {
                     out.push(Event::Stale { instance: self.name.clone(), source, version, last });
                     return;
                 }
-                match self.sources.iter_mut().find(|(s, _)| *s == source) {
-                    Some(entry) => entry.1 = version,
-                    None => self.sources.push((source, version)),
+                match self.sources.last_mut() {
+                    Some(entry) if last.is_some() => entry.1 = version,
+                    _ => self.remember_source(source, version),
                 }
                 self.apply_message(dom, policy, Message::Observe(writes), out);
             }
@@ -1035,6 +1065,67 @@ fn fx(s: &str) -> u64 {
     let mut h = FxHasher::default();
     s.hash(&mut h);
     h.finish()
+}
+
+#[cfg(test)]
+mod sources {
+    use super::*;
+
+    fn versioned(i: &mut Instance, dom: &CompiledDomain, source: &str, version: u64, workers: i64) -> Vec<Event> {
+        let mut out = Vec::new();
+        let msg =
+            Message::ObserveVersioned { writes: vec![(0, Value::Int(workers))], source: Arc::from(source), version };
+        i.apply_message(dom, &RetryPolicy::default(), msg, &mut out);
+        out
+    }
+
+    fn stale(out: &[Event]) -> bool {
+        out.iter().any(|e| matches!(e, Event::Stale { .. }))
+    }
+
+    #[test]
+    fn versioned_sources_are_bounded_and_the_least_recently_used_goes_first() {
+        let dom = invariants_pool();
+        let mut i = Instance::new("p", 0, vec![Value::Int(0)], 0);
+        // `keep` is used again and again, so it survives a flood of one-off sources.
+        versioned(&mut i, &dom, "keep", 10, 1);
+        for n in 0..(SOURCES_MAX * 3) {
+            versioned(&mut i, &dom, &format!("once-{n}"), 1, 1);
+            if n % 8 == 0 {
+                assert!(!stale(&versioned(&mut i, &dom, "keep", 10, 1)));
+            }
+        }
+        assert_eq!(i.sources.len(), SOURCES_MAX);
+        // A source kept still refuses an older version, and takes a newer one.
+        assert!(stale(&versioned(&mut i, &dom, "keep", 9, 2)));
+        assert!(!stale(&versioned(&mut i, &dom, "keep", 11, 2)));
+        assert_eq!(i.sources.iter().find(|(s, _)| &**s == "keep").map(|(_, v)| *v), Some(11));
+        // The oldest one-off sources were evicted: their history is forgotten.
+        assert!(!i.sources.iter().any(|(s, _)| &**s == "once-0"));
+        assert!(!stale(&versioned(&mut i, &dom, "once-0", 0, 3)));
+        assert_eq!(i.sources.len(), SOURCES_MAX);
+        // The bound and the order survive a snapshot.
+        let back = Instance::restore(i.snapshot());
+        assert_eq!(back.sources, i.sources);
+    }
+
+    #[test]
+    fn a_snapshot_with_too_many_sources_keeps_the_most_recent() {
+        let mut snap = Instance::new("p", 0, vec![Value::Int(0)], 0).snapshot();
+        snap.sources = (0..(SOURCES_MAX as u64 + 5)).map(|n| (format!("s{n}"), n)).collect();
+        let i = Instance::restore(snap);
+        assert_eq!(i.sources.len(), SOURCES_MAX);
+        assert_eq!(&*i.sources[0].0, "s5");
+    }
+
+    fn invariants_pool() -> CompiledDomain {
+        let src = "domain WorkerPool {\nstate {\nworkers: int\n}\n}\ngoal workers == 5\n";
+        let mut sources = ved_syntax::SourceMap::new();
+        let id = sources.add("t.ved", src);
+        let ast = ved_syntax::parse_file(id, src).unwrap();
+        let program = ved_check::check_program(&[ast]).program.unwrap();
+        ved_vm::compile_program(&program).domains[0].clone()
+    }
 }
 
 /// The invariants `commit` and `settle` check in debug builds fire when broken.

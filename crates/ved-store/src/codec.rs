@@ -251,4 +251,9 @@ pub enum Record {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         confirm_ms: Option<u64>,
     },
+    /// The instance was deleted (`DELETE /v1/instances/{name}`): recovery forgets its
+    /// snapshots and journal, so a restart does not bring it back. Its audit entries stay.
+    Remove {
+        instance: String,
+    },
 }

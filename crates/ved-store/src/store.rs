@@ -257,6 +257,11 @@ fn load(dir: &Path, mode: Mode) -> Result<(Recovered, Manifest), StoreError> {
                 }
             }
         }
+        Record::Remove { instance } => {
+            recent.remove(&instance);
+            rec.snapshots.remove(&instance);
+            rec.journals.remove(&instance);
+        }
     };
 
     // The checkpoint: all or nothing; it was written whole and renamed into place.

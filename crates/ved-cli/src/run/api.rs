@@ -19,10 +19,14 @@ use serde_json::{Map, Value as Json};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{mpsc, Arc};
-pub use ved_engine::calls::{error, Call, Reply};
+pub use ved_engine::calls::{error, Call, ListQuery, Reply};
 
 /// Largest request body accepted; larger ones get 413 and change nothing.
 pub const BODY_LIMIT: usize = 64 * 1024;
+/// Largest body of the routes that take a batch (`POST /v1/instances`, `POST
+/// /v1/observations`): room for [`ved_engine::calls::BATCH_MAX`] elements of a few hundred
+/// bytes each.
+pub const BATCH_BODY_LIMIT: usize = 16 * 1024 * 1024;
 /// The OpenAPI 3.1 description of every route, served at `/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
 
@@ -110,6 +114,16 @@ struct App {
     inputs: mpsc::SyncSender<Input>,
     token: Option<String>,
     routes: SharedRoutes,
+    /// `[api] max_instances`: how many instances `POST /v1/instances` may make in all.
+    max_instances: usize,
+}
+
+/// Batch calls, paging and deletion are the daemon's for now; a cluster node says so.
+fn not_in_cluster(what: &str) -> Response {
+    into_response(error(
+        501,
+        format!("{what} is not available in cluster mode yet: send one call per instance, or run `ved run` without --cluster"),
+    ))
 }
 
 impl App {
@@ -202,21 +216,24 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Reads a body as a JSON object, turning every way it can be wrong into a JSON error.
 fn json_object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Json>, Reply> {
+    match json_value(body, BODY_LIMIT)? {
+        Json::Object(m) => Ok(m),
+        other => Err(error(400, format!("the body must be a JSON object, not {}", kind(&other)))),
+    }
+}
+
+/// Reads a body as JSON; `limit` is the route's body limit, for the message.
+fn json_value(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Json, Reply> {
     let bytes = body.map_err(|r| {
         let status = r.status().as_u16();
         let message = if status == 413 {
-            format!("the request body is larger than the limit of {BODY_LIMIT} bytes")
+            format!("the request body is larger than the limit of {limit} bytes; send a large batch in several calls")
         } else {
             r.body_text()
         };
         error(status, message)
     })?;
-    let value: Json =
-        serde_json::from_slice(&bytes).map_err(|e| error(400, format!("the body is not valid JSON: {e}")))?;
-    match value {
-        Json::Object(m) => Ok(m),
-        other => Err(error(400, format!("the body must be a JSON object, not {}", kind(&other)))),
-    }
+    serde_json::from_slice(&bytes).map_err(|e| error(400, format!("the body is not valid JSON: {e}")))
 }
 
 fn kind(v: &Json) -> &'static str {
@@ -243,21 +260,102 @@ async fn healthz(State(app): Shared) -> Response {
     }
 }
 
-async fn list(State(app): Shared, uri: Uri, headers: HeaderMap) -> Response {
-    app.route(None, Call::List, Original::of(false, &uri, &headers, Bytes::new())).await
+/// `GET /v1/instances`'s query: filters and a page.
+fn list_query(q: &HashMap<String, String>) -> Result<ListQuery, Reply> {
+    use ved_engine::calls::PAGE_MAX;
+    let mut out = ListQuery::default();
+    for (key, value) in q {
+        match key.as_str() {
+            "status" => out.status = Some(value.clone()),
+            "domain" => out.domain = Some(value.clone()),
+            "after" => out.after = Some(value.clone()),
+            "limit" => match value.parse() {
+                Ok(n) => out.limit = Some(n),
+                Err(_) => {
+                    let m = format!("`limit` must be a positive integer (at most {PAGE_MAX}), not `{value}`");
+                    return Err(error(400, m));
+                }
+            },
+            _ => {
+                let m = format!(
+                    "unknown query parameter `{key}`; GET /v1/instances takes `status`, `domain`, `limit` and `after`"
+                );
+                return Err(error(400, m));
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn list(State(app): Shared, Query(q): Query<HashMap<String, String>>, uri: Uri, headers: HeaderMap) -> Response {
+    if app.routes().is_some() {
+        if !q.is_empty() {
+            return not_in_cluster("Paging and filtering `GET /v1/instances`");
+        }
+        return app.route(None, Call::List, Original::of(false, &uri, &headers, Bytes::new())).await;
+    }
+    match list_query(&q) {
+        Ok(q) => app.call(Call::Page(q)).await,
+        Err(r) => into_response(r),
+    }
 }
 
 async fn create(State(app): Shared, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     if let Err(r) = app.authorize(&headers) {
         return into_response(r);
     }
-    match json_object(body) {
-        Ok(m) => {
+    let (items, single) = match json_value(body, BATCH_BODY_LIMIT) {
+        Ok(Json::Array(items)) => (items, false),
+        Ok(Json::Object(m)) if app.routes().is_some() => {
             let o = Original::of(true, &Uri::from_static("/v1/instances"), &headers, Bytes::new());
-            app.route(None, Call::Create(m), o).await
+            return app.route(None, Call::Create(m), o).await;
         }
-        Err(r) => into_response(r),
+        Ok(one @ Json::Object(_)) => (vec![one], true),
+        Ok(other) => {
+            return into_response(error(
+                400,
+                format!("the body must be an instance (a JSON object) or an array of them, not {}", kind(&other)),
+            ))
+        }
+        Err(r) => return into_response(r),
+    };
+    if app.routes().is_some() {
+        return not_in_cluster("Creating instances in a batch");
     }
+    app.call(Call::CreateMany { items, single, max_instances: app.max_instances }).await
+}
+
+async fn delete_instance(State(app): Shared, UrlPath(name): UrlPath<String>, headers: HeaderMap) -> Response {
+    if let Err(r) = app.authorize(&headers) {
+        return into_response(r);
+    }
+    if app.routes().is_some() {
+        return not_in_cluster("Deleting an instance");
+    }
+    app.call(Call::Delete(name)).await
+}
+
+async fn observe_many(State(app): Shared, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    if let Err(r) = app.authorize(&headers) {
+        return into_response(r);
+    }
+    let items = match json_value(body, BATCH_BODY_LIMIT) {
+        Ok(Json::Array(items)) => items,
+        Ok(other) => {
+            return into_response(error(
+                400,
+                format!(
+                    "the body must be an array of observations like {{\"instance\": \"web-1\", \"set\": {{\"workers\": 3}}}}, not {}",
+                    kind(&other)
+                ),
+            ))
+        }
+        Err(r) => return into_response(r),
+    };
+    if app.routes().is_some() {
+        return not_in_cluster("`POST /v1/observations`");
+    }
+    app.call(Call::ObserveMany(items)).await
 }
 
 async fn get_instance(State(app): Shared, UrlPath(name): UrlPath<String>, uri: Uri, headers: HeaderMap) -> Response {
@@ -319,8 +417,9 @@ fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/openapi.json", get(openapi))
-        .route("/v1/instances", get(list).post(create))
-        .route("/v1/instances/{name}", get(get_instance))
+        .route("/v1/instances", get(list).post(create).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)))
+        .route("/v1/instances/{name}", get(get_instance).delete(delete_instance))
+        .route("/v1/observations", axum::routing::post(observe_many).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)))
         .route("/v1/instances/{name}/observations", axum::routing::post(observe))
         .route("/v1/instances/{name}/journal", get(journal))
         .route("/v1/audit", get(audit))
@@ -336,15 +435,27 @@ fn router(app: Arc<App>) -> Router {
 pub(crate) fn serve(
     listen: SocketAddr,
     token: Option<String>,
+    max_instances: usize,
     inputs: mpsc::SyncSender<Input>,
 ) -> Result<(SocketAddr, std::thread::JoinHandle<()>), String> {
-    serve_routed(listen, token, inputs, Arc::new(std::sync::Mutex::new(None)))
+    serve_with(listen, token, max_instances, inputs, Arc::new(std::sync::Mutex::new(None)))
 }
 
 /// [`serve`] for a cluster node: calls about instances another node owns go there.
 pub(crate) fn serve_routed(
     listen: SocketAddr,
     token: Option<String>,
+    inputs: mpsc::SyncSender<Input>,
+    routes: SharedRoutes,
+) -> Result<(SocketAddr, std::thread::JoinHandle<()>), String> {
+    // A node creates no instances through the API (501), so the bound is not consulted.
+    serve_with(listen, token, ved_adapters::config::MAX_INSTANCES_DEFAULT, inputs, routes)
+}
+
+fn serve_with(
+    listen: SocketAddr,
+    token: Option<String>,
+    max_instances: usize,
     inputs: mpsc::SyncSender<Input>,
     routes: SharedRoutes,
 ) -> Result<(SocketAddr, std::thread::JoinHandle<()>), String> {
@@ -357,7 +468,7 @@ pub(crate) fn serve_routed(
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
-    let app = Arc::new(App { inputs: inputs.clone(), token, routes });
+    let app = Arc::new(App { inputs: inputs.clone(), token, routes, max_instances });
     let handle = std::thread::Builder::new()
         .name("ved-api".into())
         .spawn(move || {
@@ -400,7 +511,12 @@ mod tests {
     fn a_full_input_channel_answers_503_with_retry_after_instead_of_waiting() {
         let (inputs, queued) = mpsc::sync_channel(1);
         inputs.try_send(Input::Eof).unwrap();
-        let app = App { inputs, token: None, routes: Arc::new(std::sync::Mutex::new(None)) };
+        let app = App {
+            inputs,
+            token: None,
+            routes: Arc::new(std::sync::Mutex::new(None)),
+            max_instances: ved_adapters::config::MAX_INSTANCES_DEFAULT,
+        };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let r = rt.block_on(app.call(Call::List));
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
