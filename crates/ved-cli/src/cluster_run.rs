@@ -53,14 +53,30 @@ fn obj(j: Json) -> Map<String, Json> {
     }
 }
 
+/// How many instances a node takes or hands over per round: a large move goes in batches,
+/// and the instances already running keep running between them.
+pub const MOVES_PER_ROUND: usize = 64;
+
+/// One instance the cluster runs: the program's (or `ved.toml`'s), or one created through
+/// the API and registered in etcd, with its initial values.
+struct Target {
+    name: String,
+    domain: usize,
+    initial: Vec<(u16, ved_vm::Value)>,
+}
+
 /// One cluster node: membership, and an engine holding what this node owns.
 pub struct Node<W: Write> {
     pub m: Arc<Membership>,
     pub engine: Engine<JsonLines<W>>,
     owned: Arc<Mutex<Owned>>,
-    domains: Vec<String>,
+    config: Option<ved_adapters::config::Config>,
+    /// The instances the program and `ved.toml` declare: every node has the same list.
+    fixed: Vec<(String, usize)>,
     balanced_at: u64,
     last_balance_ms: Option<u64>,
+    /// A batched move is under way: balance again next round.
+    more: bool,
 }
 
 impl<W: Write> Node<W> {
@@ -74,7 +90,11 @@ impl<W: Write> Node<W> {
     ) -> Result<Node<W>, StartError> {
         let owned = Arc::new(Mutex::new(Owned::default()));
         let persistence = Box::new(EtcdPersistence::new(m.clone(), owned.clone()));
-        let domains = loaded.compiled.domains.iter().map(|d| d.name.clone()).collect();
+        let domains: Vec<String> = loaded.compiled.domains.iter().map(|d| d.name.clone()).collect();
+        let fixed = match &opts.config {
+            Some(c) => c.instance_names(&domains),
+            None => domains.iter().cloned().enumerate().map(|(d, n)| (n, d)).collect(),
+        };
         let engine = Engine::start_with(
             loaded,
             opts,
@@ -84,7 +104,16 @@ impl<W: Write> Node<W> {
             None,
             Instances::Adopted,
         )?;
-        Ok(Node { m, engine, owned, domains, balanced_at: u64::MAX, last_balance_ms: None })
+        Ok(Node {
+            m,
+            engine,
+            owned,
+            config: opts.config.clone(),
+            fixed,
+            balanced_at: u64::MAX,
+            last_balance_ms: None,
+            more: false,
+        })
     }
 
     fn emit(&mut self, j: Json) {
@@ -110,7 +139,7 @@ impl<W: Write> Node<W> {
         }
         let changes = self.m.changes();
         let due = self.last_balance_ms.is_none_or(|t| now_ms >= t + BALANCE_PERIOD_MS);
-        if changes != self.balanced_at || due {
+        if changes != self.balanced_at || due || self.more {
             self.balanced_at = changes;
             self.last_balance_ms = Some(now_ms);
             self.rebalance();
@@ -136,23 +165,74 @@ impl<W: Write> Node<W> {
         }
     }
 
-    /// Takes the instances rendezvous hashing gives this node; hands over the others.
+    /// Every instance the cluster runs: the fixed ones and the registered ones. `None` when
+    /// etcd cannot be read (nothing is decided on a partial list).
+    fn targets(&self) -> Option<Vec<Target>> {
+        let mut out: Vec<Target> =
+            self.fixed.iter().map(|(n, d)| Target { name: n.clone(), domain: *d, initial: Vec::new() }).collect();
+        if let Some(c) = self.engine_config() {
+            if let Ok(declared) = ved_engine::adapters::declared_instances(c, self.engine.program()) {
+                for (name, _, initial) in declared {
+                    if let Some(t) = out.iter_mut().find(|t| t.name == name) {
+                        t.initial = initial;
+                    }
+                }
+            }
+        }
+        for (name, def) in ved_cluster::registered_instances(&*self.m.etcd, self.m.prefix()).ok()? {
+            let body = serde_json::from_slice::<Map<String, Json>>(&def).unwrap_or_default();
+            match ved_engine::calls::parse_new(self.engine.program(), &body) {
+                Ok(n) if n.name == name => out.push(Target { name, domain: n.domain, initial: n.overrides }),
+                // A definition this program cannot run (written by another version): say so, skip it.
+                _ => {}
+            }
+        }
+        Some(out)
+    }
+
+    fn engine_config(&self) -> Option<&ved_adapters::config::Config> {
+        self.config.as_ref()
+    }
+
+    /// Takes the instances rendezvous hashing gives this node; hands over the others; forgets
+    /// those deleted through the API. At most [`MOVES_PER_ROUND`] moves per round.
     fn rebalance(&mut self) {
+        let Some(targets) = self.targets() else { return };
         let nodes = self.m.live_nodes();
-        for (d, name) in self.domains.clone().iter().enumerate() {
+        let mut moves = 0;
+        self.more = false;
+        for name in self.holding() {
+            if !targets.iter().any(|t| t.name == name) {
+                // Deleted: its state goes with it, under this node's fence.
+                if self.m.forget(&name).unwrap_or(false) {
+                    self.let_go(&name, "deleted");
+                }
+            }
+        }
+        for t in &targets {
+            if moves >= MOVES_PER_ROUND {
+                self.more = true;
+                return;
+            }
+            let name = &t.name;
             let desired = rendezvous(name, &nodes);
             let mine = self.engine.holds(name);
             if mine && desired.is_some_and(|n| n != self.m.node) {
+                moves += 1;
                 self.hand_over(name);
             } else if !mine && desired == Some(self.m.node.as_str()) {
                 match self.m.watched_owner(name) {
                     None => {
+                        moves += 1;
                         if let Ok(Some(fence)) = self.m.acquire(name) {
-                            self.take(name, d, fence);
+                            self.take(name, t.domain, fence, t.initial.clone());
                         }
                     }
                     // Acquired by a request whose answer was lost: it is this node's.
-                    Some(o) if self.m.is_mine(&o) => self.take(name, d, o.fence),
+                    Some(o) if self.m.is_mine(&o) => {
+                        moves += 1;
+                        self.take(name, t.domain, o.fence, t.initial.clone());
+                    }
                     // Its owner hands it over, or its lease lapses: the watch will say.
                     Some(_) => {}
                 }
@@ -161,7 +241,7 @@ impl<W: Write> Node<W> {
     }
 
     /// Adopts an instance after acquiring it: its snapshot, journal and audit head from etcd.
-    fn take(&mut self, name: &str, domain: usize, fence: i64) {
+    fn take(&mut self, name: &str, domain: usize, fence: i64, initial: Vec<(u16, ved_vm::Value)>) {
         let state = match persist_etcd::load(&*self.m.etcd, self.m.prefix(), name) {
             Ok(s) => s,
             Err(e) => {
@@ -183,7 +263,7 @@ impl<W: Write> Node<W> {
         self.emit(json!({"event": "acquired", "instance": name, "node": self.m.node, "fence": fence,
             "slice": slice, "resumed": resumed}));
         let adopted = state.snapshot.map(|snapshot| Adopted { snapshot, journal: state.journal });
-        if let Err(e) = self.engine.adopt(name, domain, adopted) {
+        if let Err(e) = self.engine.adopt(name, domain, adopted, initial) {
             self.owned().fences.remove(name);
             let _ = self.m.release(name);
             self.emit(json!({"event": "error", "instance": name, "message": e.to_string()}));
@@ -276,6 +356,9 @@ impl<W: Write> crate::run::Host for NodeHost<'_, W> {
 /// instance nobody owns right now (a failover in progress) are answered from etcd.
 struct ClusterRoutes {
     m: Arc<Membership>,
+    program: Arc<ved_vm::CompiledProgram>,
+    /// The instances the program and `ved.toml` declare (not created or deleted at run time).
+    fixed: Vec<String>,
     /// Instances this node holds, as of the node loop's last round.
     here: Arc<Mutex<Vec<String>>>,
 }
@@ -297,6 +380,61 @@ impl api::Routes for ClusterRoutes {
 
     fn read(&self, call: &Call) -> Option<Reply> {
         Some(read_from_etcd(&*self.m.etcd, self.m.prefix(), call, Some(&self.m)))
+    }
+
+    /// Registers new instances in etcd: durable cluster-wide once answered; the node that
+    /// rendezvous hashing picks takes each at its next balance (the watch wakes it).
+    fn create(&self, items: Vec<Json>, single: bool) -> Option<Reply> {
+        let indexed = |i: usize, r: Reply| if single { r } else { ved_engine::calls::at_index(i, r) };
+        if items.is_empty() || items.len() > ved_engine::calls::BATCH_MAX {
+            return Some(api::error(400, format!("send 1 to {} instances in one call", ved_engine::calls::BATCH_MAX)));
+        }
+        let mut news = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let Json::Object(body) = item else {
+                return Some(indexed(i, api::error(400, "an instance is a JSON object")));
+            };
+            let new = match ved_engine::calls::parse_new(&self.program, body) {
+                Ok(n) => n,
+                Err(r) => return Some(indexed(i, r)),
+            };
+            if self.fixed.contains(&new.name) || news.iter().any(|(n, _): &(String, Json)| *n == new.name) {
+                return Some(indexed(i, api::error(409, format!("an instance named `{}` already exists", new.name))));
+            }
+            news.push((new.name.clone(), Json::Object(body.clone())));
+        }
+        let mut created = Vec::new();
+        for (i, (name, body)) in news.iter().enumerate() {
+            let def = serde_json::to_vec(body).unwrap_or_default();
+            match ved_cluster::register_instance(&*self.m.etcd, self.m.prefix(), name, &def) {
+                Ok(true) => created.push(json!({"name": name, "domain": body["domain"], "status": "pending"})),
+                Ok(false) => {
+                    let mut r = indexed(i, api::error(409, format!("an instance named `{name}` already exists")));
+                    r.body["created"] = json!(created);
+                    return Some(r);
+                }
+                Err(e) => return Some(api::error(503, format!("cannot register `{name}` in etcd: {e}"))),
+            }
+        }
+        Some(match single {
+            true => Reply { status: 201, body: created.pop().unwrap_or_default() },
+            false => Reply { status: 201, body: json!({"created": created.len(), "instances": created}) },
+        })
+    }
+
+    /// Unregisters an instance created through the API; its owner forgets its state.
+    fn delete(&self, name: &str) -> Option<Reply> {
+        if self.fixed.iter().any(|n| n == name) {
+            return Some(api::error(
+                409,
+                format!("`{name}` is declared by the program or ved.toml; remove it there to delete it"),
+            ));
+        }
+        Some(match ved_cluster::unregister_instance(&*self.m.etcd, self.m.prefix(), name) {
+            Ok(true) => Reply { status: 200, body: json!({"name": name, "deleted": true}) },
+            Ok(false) => api::error(404, format!("no instance named `{name}` in the cluster")),
+            Err(e) => api::error(503, format!("cannot reach etcd: {e}")),
+        })
     }
 }
 
@@ -418,8 +556,13 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
             return ExitCode::from(1);
         }
     };
+    let domains: Vec<String> = loaded.compiled.domains.iter().map(|d| d.name.clone()).collect();
+    let fixed: Vec<String> = match &opts.config {
+        Some(c) => c.instance_names(&domains).into_iter().map(|(n, _)| n).collect(),
+        None => domains,
+    };
     *routes.lock().unwrap_or_else(|p| p.into_inner()) =
-        Some(Arc::new(ClusterRoutes { m: m.clone(), here: here.clone() }));
+        Some(Arc::new(ClusterRoutes { m: m.clone(), program: loaded.compiled.clone(), fixed, here: here.clone() }));
     let (inbound_tx, inbound_rx) = ved_adapters::sink();
     let (adapters, watchers) = match &opts.config {
         Some(cfg) => match build_adapters(cfg, &loaded.compiled, inbound_tx.clone()) {

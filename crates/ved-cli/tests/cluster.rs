@@ -695,3 +695,56 @@ fn a_stopped_etcd_member_stalls_no_node_and_moves_no_instance() {
     check_history(&beats(&hook));
     drop(nodes);
 }
+
+/// Instances created through any node's API are registered in etcd, spread over the nodes
+/// and run; a deleted one stops, and its state leaves etcd.
+#[test]
+fn instances_created_through_the_api_are_distributed_and_deleted_cluster_wide() {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let etcd = EtcdCluster::start("registry");
+    let (program, config, hook) = setup("registry");
+    let urls = etcd.urls();
+    let nodes: Vec<VedNode> = ["a", "b"].iter().map(|n| VedNode::start(n, &program, &config, &urls, 2)).collect();
+    wait_for("the nodes to share the program's instances", Duration::from_secs(30), || {
+        nodes.iter().map(|n| n.holding().len()).sum::<usize>() == INSTANCES
+            && nodes.iter().all(|n| !n.url().ends_with("//"))
+    });
+    let batch: Vec<String> = (0..10).map(|i| format!(r#"{{"name": "extra-{i}", "domain": "Beat1"}}"#)).collect();
+    let (code, body) = http(&format!("{}/v1/instances", nodes[0].url()), Some(&format!("[{}]", batch.join(","))));
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(body["created"], 10, "{body}");
+    // A name that exists is refused, wherever it was created.
+    let (code, _) =
+        http(&format!("{}/v1/instances", nodes[1].url()), Some(r#"{"name": "extra-3", "domain": "Beat1"}"#));
+    assert_eq!(code, 409);
+    let beating = |name: &str| beats(&hook).iter().filter(|b| b.instance == name).count();
+    wait_for("every created instance to beat", Duration::from_secs(30), || {
+        (0..10).all(|i| beating(&format!("extra-{i}")) >= 3)
+    });
+    for n in &nodes {
+        assert!(
+            n.holding().iter().any(|i| i.starts_with("extra-")),
+            "node {} runs some of them: {:?}",
+            n.name,
+            n.holding()
+        );
+    }
+    // Deleted through the other node: it stops, and etcd forgets it.
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let r = agent
+        .delete(&format!("{}/v1/instances/extra-3", nodes[1].url()))
+        .header("Authorization", &format!("Bearer {API_TOKEN}"))
+        .call()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let observer = ved_cluster::etcd::Etcd::new(etcd.urls_but(99), Duration::from_secs(2));
+    wait_for("extra-3's state to leave etcd", Duration::from_secs(30), || {
+        ved_cluster::read_state(&observer, "/ved", "extra-3")
+            .is_ok_and(|s| s.snapshot.is_none() && s.journal.is_empty())
+    });
+    let after_delete = beating("extra-3");
+    let others = beating("extra-4");
+    wait_for("the others to go on", Duration::from_secs(30), || beating("extra-4") > others + 20);
+    assert!(beating("extra-3") <= after_delete + 1, "a deleted instance kept beating");
+    check_history(&beats(&hook).into_iter().filter(|b| !b.instance.starts_with("extra-")).collect::<Vec<_>>());
+}

@@ -421,3 +421,62 @@ fn a_stale_owner_that_wakes_up_is_fenced_out_and_sends_nothing() {
     w.check();
     assert_eq!(w.fences, newest, "nothing reached the world from the stale owner");
 }
+
+/// Instances created at run time (registered in etcd) are balanced like the program's: a
+/// joining node takes its share in batches of at most `MOVES_PER_ROUND`, the instances
+/// that stay keep beating between the batches, and a deleted one is forgotten with its state.
+#[test]
+fn registered_instances_move_in_batches_and_deleted_ones_are_forgotten() {
+    let mut w = World::new(11);
+    w.join();
+    let count = 200;
+    for i in 0..count {
+        let def = serde_json::json!({"name": format!("r{i}"), "domain": "Beat1"});
+        let ok = ved_cluster::register_instance(&w.etcd, PREFIX, &format!("r{i}"), def.to_string().as_bytes());
+        assert_eq!(ok, Ok(true));
+    }
+    let total = count + INSTANCES;
+    // One node takes everything, a batch per round.
+    let mut rounds = 0;
+    while w.nodes[0].node.holding().len() < total {
+        let before = w.nodes[0].node.holding().len();
+        w.run_node(0);
+        let taken = w.nodes[0].node.holding().len() - before;
+        assert!(taken <= ved_cli::cluster_run::MOVES_PER_ROUND, "{taken} taken in one round");
+        rounds += 1;
+        assert!(rounds < 100, "the node never took all {total} instances");
+    }
+    assert!(rounds >= count / ved_cli::cluster_run::MOVES_PER_ROUND, "the move went in batches: {rounds} rounds");
+    // A second node joins: it takes its share in batches while n1 keeps running the rest.
+    w.join();
+    let mut n2_rounds = 0;
+    loop {
+        w.etcd.advance_ms(10);
+        let before = w.nodes[1].node.holding().len();
+        w.run_node(1);
+        let taken = w.nodes[1].node.holding().len() - before;
+        assert!(taken <= ved_cli::cluster_run::MOVES_PER_ROUND, "{taken} taken in one round");
+        // n1 hands over in batches too, and beats what it still holds in between.
+        let beats_before = w.beats.values().map(Vec::len).sum::<usize>();
+        w.run_node(0);
+        for _ in 0..w.in_air.len() {
+            w.deliver(0);
+        }
+        let held = w.nodes[0].node.holding().len() + w.nodes[1].node.holding().len();
+        if held == total && w.nodes[1].node.holding().len() > total / 4 {
+            break;
+        }
+        assert!(w.beats.values().map(Vec::len).sum::<usize>() >= beats_before);
+        n2_rounds += 1;
+        assert!(n2_rounds < 200, "the share never settled");
+    }
+    w.check();
+    // Delete a registered instance: its owner forgets it, state and all.
+    let victim = w.nodes[1].node.holding().into_iter().find(|n| n.starts_with('r')).expect("n2 holds a registered one");
+    assert_eq!(ved_cluster::unregister_instance(&w.etcd, PREFIX, &victim), Ok(true));
+    w.run_node(1);
+    assert!(!w.nodes[1].node.holding().contains(&victim), "{victim} was dropped");
+    let gone = ved_engine::persist_etcd::load(&w.etcd, PREFIX, &victim).unwrap();
+    assert!(gone.snapshot.is_none() && gone.journal.is_empty(), "{victim}'s state is gone");
+    assert!(w.nodes[1].events().iter().any(|e| e["event"] == "deleted" && e["instance"] == victim.as_str()));
+}

@@ -203,6 +203,43 @@ pub fn list_instances(kv: &dyn KvStore, prefix: &str) -> Result<Vec<String>, Etc
     Ok(kv.get_prefix(&dir)?.into_iter().filter_map(|kv| kv.key.strip_prefix(&dir).map(str::to_string)).collect())
 }
 
+/// The first key past every key of `dir` (which ends with `/`).
+fn dir_end(dir: &str) -> String {
+    let mut end = dir.trim_end_matches('/').to_string();
+    end.push('0'); // the character after `/`
+    end
+}
+
+/// Registers an instance created at run time (`instances/NAME`, its definition as opaque
+/// bytes), unless it is registered already or has state. `Ok(false)`: the name is taken.
+pub fn register_instance(kv: &dyn KvStore, prefix: &str, name: &str, definition: &[u8]) -> Result<bool, EtcdError> {
+    let prefix = prefix.trim_end_matches('/');
+    let k = key(prefix, "instances", name);
+    let (ok, _) = kv.txn(
+        &[Compare::Absent(k.clone()), Compare::Absent(key(prefix, "snapshots", name))],
+        &[Op::Put { key: k, value: definition.to_vec(), lease: 0 }],
+    )?;
+    Ok(ok)
+}
+
+/// Removes a registered instance; its owner forgets its state at its next balance.
+/// `Ok(false)`: no such registered instance.
+pub fn unregister_instance(kv: &dyn KvStore, prefix: &str, name: &str) -> Result<bool, EtcdError> {
+    let k = key(prefix.trim_end_matches('/'), "instances", name);
+    let (ok, _) = kv.txn(&[Compare::Exists(k.clone())], &[Op::Delete(k)])?;
+    Ok(ok)
+}
+
+/// Every registered instance and its definition.
+pub fn registered_instances(kv: &dyn KvStore, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, EtcdError> {
+    let dir = key(prefix.trim_end_matches('/'), "instances", "");
+    Ok(kv
+        .get_prefix(&dir)?
+        .into_iter()
+        .filter_map(|kv| Some((kv.key.strip_prefix(&dir)?.to_string(), kv.value)))
+        .collect())
+}
+
 /// Every instance's owner, as etcd has them now.
 pub fn owners(kv: &dyn KvStore, prefix: &str) -> Result<BTreeMap<String, Owner>, EtcdError> {
     let dir = key(prefix.trim_end_matches('/'), "owners", "");
@@ -392,7 +429,8 @@ impl Membership {
         m.register()?;
         // The watch holds only a weak reference, so the membership can still be dropped.
         let weak = Arc::downgrade(&m);
-        let prefixes = vec![m.key("nodes", ""), m.key("owners", "")];
+        // Registered instances are watched too: a node balances when one is added or removed.
+        let prefixes = vec![m.key("nodes", ""), m.key("owners", ""), m.key("instances", "")];
         let watched = m.etcd.watch(
             prefixes,
             Box::new(move |ev| {
@@ -552,6 +590,22 @@ impl Membership {
             &[Op::Put { key, value: self.node.as_bytes().to_vec(), lease: self.lease() }],
         )?;
         Ok(ok.then_some(rev))
+    }
+
+    /// Deletes a deleted instance's state (snapshot, journal, audit) and its owner key, in
+    /// one transaction fenced like [`save_state`](Membership::save_state).
+    pub fn forget(&self, instance: &str) -> Result<bool, EtcdError> {
+        let owner = self.key("owners", instance);
+        let journal = numbered_dir(&self.prefix, "journal", instance);
+        let audit = numbered_dir(&self.prefix, "audit", instance);
+        let ops = vec![
+            Op::Delete(key(&self.prefix, "snapshots", instance)),
+            Op::DeleteRange { to: dir_end(&journal), from: journal },
+            Op::DeleteRange { to: dir_end(&audit), from: audit },
+            Op::Delete(owner.clone()),
+        ];
+        let (ok, _) = self.etcd.txn(&self.fence(&owner), &ops)?;
+        Ok(ok)
     }
 
     /// Gives an instance up (after saving it), so a successor need not wait for the TTL.

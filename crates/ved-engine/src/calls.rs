@@ -59,10 +59,59 @@ pub struct ListQuery {
 }
 
 /// An instance `POST /v1/instances` asked for, checked and not yet created.
-struct NewInstance {
-    name: String,
-    domain: usize,
-    overrides: Vec<(u16, ved_vm::Value)>,
+/// An instance to create, checked against the program.
+pub struct NewInstance {
+    pub name: String,
+    pub domain: usize,
+    /// Initial values by slot; the other fields take their declared defaults.
+    pub overrides: Vec<(u16, ved_vm::Value)>,
+}
+
+/// Reads `{"name", "domain", "state"}` against the program: a valid name, a domain that
+/// exists, fields that exist with values of their types. Whether the name is free is the
+/// caller's to check (an engine's instances, or a cluster's registry).
+pub fn parse_new(program: &ved_vm::CompiledProgram, body: &Map<String, Json>) -> Result<NewInstance, Reply> {
+    for key in body.keys() {
+        if !matches!(key.as_str(), "name" | "domain" | "state") {
+            return Err(error(400, format!("unknown key `{key}`; an instance has `name`, `domain` and `state`")));
+        }
+    }
+    let name = match body.get("name") {
+        Some(Json::String(s)) => s.clone(),
+        Some(_) => return Err(error(400, "`name` must be a string")),
+        None => return Err(error(400, "missing `name`: what is the new instance called?")),
+    };
+    check_name(&name).map_err(|e| error(400, e))?;
+    let domains: Vec<String> = program.domains.iter().map(|d| format!("`{}`", d.name)).collect();
+    let domain = match body.get("domain") {
+        Some(Json::String(s)) => s.clone(),
+        Some(_) => return Err(error(400, "`domain` must be a string")),
+        None => return Err(error(400, format!("missing `domain`; the domains are {}", domains.join(", ")))),
+    };
+    let Some(d) = program.domains.iter().position(|x| x.name == domain) else {
+        return Err(error(400, format!("no domain named `{domain}`; the domains are {}", domains.join(", "))));
+    };
+    let dom = &program.domains[d];
+    let mut overrides = Vec::new();
+    match body.get("state") {
+        None => {}
+        Some(Json::Object(state)) => {
+            for (field, value) in state {
+                let Some(slot) = dom.fields.iter().position(|(n, _)| n == field) else {
+                    let fields: Vec<String> = dom.fields.iter().map(|(n, _)| format!("`{n}`")).collect();
+                    return Err(error(
+                        400,
+                        format!("`{domain}` has no field `{field}`; its fields are {}", fields.join(", ")),
+                    ));
+                };
+                let v = crate::json::from_json(value, &dom.fields[slot].1)
+                    .map_err(|e| error(400, format!("field `{field}`: {e}")))?;
+                overrides.push((slot as u16, v));
+            }
+        }
+        Some(_) => return Err(error(400, "`state` must be an object of field to value")),
+    }
+    Ok(NewInstance { name, domain: d, overrides })
 }
 
 const STATUSES: [&str; 6] = ["stable", "converging", "waiting", "stuck", "livelock", "degraded"];
@@ -81,14 +130,14 @@ pub fn error(status: u16, message: impl Into<String>) -> Reply {
 
 /// An error about element `index` of a batch: the message names it, and `index` says it
 /// to a program, so a client can fix that element and send the batch again.
-fn at_index(index: usize, r: Reply) -> Reply {
+pub fn at_index(index: usize, r: Reply) -> Reply {
     let message = r.body["error"]["message"].as_str().unwrap_or_default().to_string();
     let mut r = error(r.status, format!("element {index} of the array: {message}"));
     r.body["error"]["index"] = json!(index);
     r
 }
 
-fn kind(v: &Json) -> &'static str {
+pub fn kind(v: &Json) -> &'static str {
     match v {
         Json::Null => "null",
         Json::Bool(_) => "a boolean",
@@ -313,50 +362,11 @@ impl<S: Sink> Engine<S> {
 
     /// Checks one new instance against the program and the instances there are.
     fn check_new(&self, body: &Map<String, Json>) -> Result<NewInstance, Reply> {
-        for key in body.keys() {
-            if !matches!(key.as_str(), "name" | "domain" | "state") {
-                return Err(error(400, format!("unknown key `{key}`; an instance has `name`, `domain` and `state`")));
-            }
+        let new = parse_new(&self.program, body)?;
+        if self.rt.index_of(&new.name).is_some() {
+            return Err(error(409, format!("an instance named `{}` already exists", new.name)));
         }
-        let name = match body.get("name") {
-            Some(Json::String(s)) => s.clone(),
-            Some(_) => return Err(error(400, "`name` must be a string")),
-            None => return Err(error(400, "missing `name`: what is the new instance called?")),
-        };
-        check_name(&name).map_err(|e| error(400, e))?;
-        if self.rt.index_of(&name).is_some() {
-            return Err(error(409, format!("an instance named `{name}` already exists")));
-        }
-        let domains: Vec<String> = self.program.domains.iter().map(|d| format!("`{}`", d.name)).collect();
-        let domain = match body.get("domain") {
-            Some(Json::String(s)) => s.clone(),
-            Some(_) => return Err(error(400, "`domain` must be a string")),
-            None => return Err(error(400, format!("missing `domain`; the domains are {}", domains.join(", ")))),
-        };
-        let Some(d) = self.program.domains.iter().position(|x| x.name == domain) else {
-            return Err(error(400, format!("no domain named `{domain}`; the domains are {}", domains.join(", "))));
-        };
-        let dom = &self.program.domains[d];
-        let mut overrides = Vec::new();
-        match body.get("state") {
-            None => {}
-            Some(Json::Object(state)) => {
-                for (field, value) in state {
-                    let Some(slot) = dom.fields.iter().position(|(n, _)| n == field) else {
-                        let fields: Vec<String> = dom.fields.iter().map(|(n, _)| format!("`{n}`")).collect();
-                        return Err(error(
-                            400,
-                            format!("`{domain}` has no field `{field}`; its fields are {}", fields.join(", ")),
-                        ));
-                    };
-                    let v = crate::json::from_json(value, &dom.fields[slot].1)
-                        .map_err(|e| error(400, format!("field `{field}`: {e}")))?;
-                    overrides.push((slot as u16, v));
-                }
-            }
-            Some(_) => return Err(error(400, "`state` must be an object of field to value")),
-        }
-        Ok(NewInstance { name, domain: d, overrides })
+        Ok(new)
     }
 
     /// Creates checked instances, all or none; returns the records that make them durable

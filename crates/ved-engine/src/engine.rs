@@ -1025,7 +1025,14 @@ impl<S: Sink> Engine<S> {
     /// Takes over an instance (cluster mode: this node acquired it): restores it from the
     /// state its last owner left, or creates it, and runs it until idle. Intents the last
     /// owner recorded but never saw answered go out again, same id.
-    pub fn adopt(&mut self, name: &str, domain: usize, state: Option<Adopted>) -> Result<(), StartError> {
+    /// A new instance (no state yet) starts with `initial` over its declared defaults.
+    pub fn adopt(
+        &mut self,
+        name: &str,
+        domain: usize,
+        state: Option<Adopted>,
+        initial: Vec<(u16, ved_vm::Value)>,
+    ) -> Result<(), StartError> {
         let resumed = state.is_some();
         match state {
             Some(Adopted { snapshot, journal }) => {
@@ -1053,7 +1060,7 @@ impl<S: Sink> Engine<S> {
             }
             None => {
                 self.rt
-                    .create_instance(name, domain, Vec::new())
+                    .create_instance(name, domain, initial)
                     .map_err(|e| StartError::Create { instance: name.to_string(), reason: e.to_string() })?;
                 if let (Some(store), Some(inst)) = (self.store.as_mut(), self.rt.instance(name)) {
                     let dom = &self.program.domains[inst.domain];
@@ -1108,6 +1115,11 @@ impl<S: Sink> Engine<S> {
         self.last_input.remove(name);
         self.quiet.remove(name);
         self.feeds.retain(|f| f.instance != name);
+    }
+
+    /// The program this engine runs.
+    pub fn program(&self) -> &Arc<CompiledProgram> {
+        &self.program
     }
 
     /// Whether every batch appended so far is durable.

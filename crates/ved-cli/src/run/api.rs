@@ -52,6 +52,14 @@ pub trait Routes: Send + Sync {
     fn locate(&self, instance: &str) -> Location;
     /// Answers a read from the shared state (every instance, or one nobody answers for).
     fn read(&self, call: &Call) -> Option<Reply>;
+    /// Creates instances in the shared state (one object, or an array).
+    fn create(&self, _items: Vec<Json>, _single: bool) -> Option<Reply> {
+        None
+    }
+    /// Deletes an instance from the shared state.
+    fn delete(&self, _name: &str) -> Option<Reply> {
+        None
+    }
 }
 
 pub type SharedRoutes = Arc<std::sync::Mutex<Option<Arc<dyn Routes>>>>;
@@ -110,6 +118,14 @@ fn retry_later(message: String) -> Response {
     r
 }
 
+/// A call the cluster's shared state answers (etcd, blocking): off the async threads.
+async fn shared(f: impl FnOnce() -> Option<Reply> + Send + 'static) -> Response {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Some(r)) => into_response(r),
+        _ => into_response(error(500, "the shared state could not be changed")),
+    }
+}
+
 struct App {
     inputs: mpsc::SyncSender<Input>,
     token: Option<String>,
@@ -136,12 +152,6 @@ impl App {
     async fn route(&self, instance: Option<&str>, call: Call, o: Original) -> Response {
         let Some(routes) = self.routes() else { return self.call(call).await };
         let write = matches!(call, Call::Observe { .. } | Call::Create(_));
-        if let Call::Create(_) = call {
-            return into_response(error(
-                501,
-                "creating instances at run time is not available in cluster mode: declare a domain in the program, and its instance is shared among the nodes",
-            ));
-        }
         let location = match instance {
             None => Location::Nobody,
             Some(name) => routes.locate(name),
@@ -306,10 +316,6 @@ async fn create(State(app): Shared, headers: HeaderMap, body: Result<Bytes, Byte
     }
     let (items, single) = match json_value(body, BATCH_BODY_LIMIT) {
         Ok(Json::Array(items)) => (items, false),
-        Ok(Json::Object(m)) if app.routes().is_some() => {
-            let o = Original::of(true, &Uri::from_static("/v1/instances"), &headers, Bytes::new());
-            return app.route(None, Call::Create(m), o).await;
-        }
         Ok(one @ Json::Object(_)) => (vec![one], true),
         Ok(other) => {
             return into_response(error(
@@ -319,8 +325,8 @@ async fn create(State(app): Shared, headers: HeaderMap, body: Result<Bytes, Byte
         }
         Err(r) => return into_response(r),
     };
-    if app.routes().is_some() {
-        return not_in_cluster("Creating instances in a batch");
+    if let Some(routes) = app.routes() {
+        return shared(move || routes.create(items, single)).await;
     }
     app.call(Call::CreateMany { items, single, max_instances: app.max_instances }).await
 }
@@ -329,8 +335,8 @@ async fn delete_instance(State(app): Shared, UrlPath(name): UrlPath<String>, hea
     if let Err(r) = app.authorize(&headers) {
         return into_response(r);
     }
-    if app.routes().is_some() {
-        return not_in_cluster("Deleting an instance");
+    if let Some(routes) = app.routes() {
+        return shared(move || routes.delete(&name)).await;
     }
     app.call(Call::Delete(name)).await
 }
