@@ -449,21 +449,46 @@ pub fn read_from_etcd(kv: &dyn KvStore, prefix: &str, call: &Call, m: Option<&Me
     };
     let owner = |name: &str| owners.get(name).map(|o| o.node.clone());
     match call {
-        Call::List => {
-            let names = match ved_cluster::list_instances(kv, prefix) {
-                Ok(n) => n,
+        Call::List | Call::Page(_) => {
+            let q = match call {
+                Call::Page(q) => q.clone(),
+                _ => ved_engine::calls::ListQuery::default(),
+            };
+            let limit = q.limit.unwrap_or(1000);
+            if limit == 0 || limit > ved_engine::calls::BATCH_MAX {
+                return api::error(
+                    400,
+                    format!("`limit` must be between 1 and {}, not {limit}", ved_engine::calls::BATCH_MAX),
+                );
+            }
+            // One range read of every snapshot, in name order (etcd's key order).
+            let dir = format!("{}/snapshots/", prefix.trim_end_matches('/'));
+            let kvs = match kv.get_prefix(&dir) {
+                Ok(k) => k,
                 Err(e) => return unreachable(&e),
             };
             let mut list = Vec::new();
-            for name in names {
-                if let Ok(s) = persist_etcd::load(kv, prefix, &name) {
-                    if let Some(snap) = s.snapshot {
-                        list.push(json!({"name": name, "domain": snap.domain, "status": snap.snapshot.status.as_str(),
-                            "slice": snap.snapshot.slice, "owner": owner(&name)}));
-                    }
+            let mut next = None;
+            for kv in kvs {
+                let Some(name) = kv.key.strip_prefix(&dir) else { continue };
+                if q.after.as_deref().is_some_and(|a| name <= a) {
+                    continue;
                 }
+                let Ok(snap) = serde_json::from_slice::<ved_store::SnapshotRecord>(&kv.value) else { continue };
+                let status = snap.snapshot.status.as_str();
+                if q.domain.as_deref().is_some_and(|d| d != snap.domain)
+                    || q.status.as_deref().is_some_and(|s| s != status)
+                {
+                    continue;
+                }
+                if list.len() == limit {
+                    next = list.last().and_then(|l: &Json| l["name"].as_str().map(str::to_string));
+                    break;
+                }
+                list.push(json!({"name": name, "domain": snap.domain, "status": status,
+                    "slice": snap.snapshot.slice, "owner": owner(name)}));
             }
-            Reply { status: 200, body: json!({"instances": list}) }
+            Reply { status: 200, body: json!({"instances": list, "next": next}) }
         }
         Call::Get(name) | Call::Journal(name) => {
             let state = match persist_etcd::load(kv, prefix, name) {
@@ -506,12 +531,9 @@ pub fn read_from_etcd(kv: &dyn KvStore, prefix: &str, call: &Call, m: Option<&Me
             None => Reply { status: 200, body: json!({"status": "ok"}) },
         },
         // The API answers batch calls, paging and deletion with 501 in cluster mode for now.
-        Call::Observe { .. }
-        | Call::Create(_)
-        | Call::CreateMany { .. }
-        | Call::ObserveMany(_)
-        | Call::Delete(_)
-        | Call::Page(_) => api::error(503, "no node owns this instance right now; retry shortly"),
+        Call::Observe { .. } | Call::Create(_) | Call::CreateMany { .. } | Call::ObserveMany(_) | Call::Delete(_) => {
+            api::error(503, "no node owns this instance right now; retry shortly")
+        }
     }
 }
 

@@ -132,13 +132,16 @@ enum Command {
     /// and removed, type conflicts (exit 1), and the transitions and intents that would
     /// follow, assuming every intent succeeds.
     Plan {
-        #[arg(long, value_name = "DIR")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        from: From,
         /// The files of the (changed) program.
         #[arg(required = true)]
         files: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
+        /// With `--cluster`: the nodes' key prefix in etcd.
+        #[arg(long, value_name = "PREFIX", default_value = "/ved")]
+        cluster_prefix: String,
     },
     /// Print the latest snapshot of each instance in a data directory or a cluster (read-only).
     Inspect {
@@ -299,7 +302,10 @@ fn main() -> ExitCode {
         Command::Replay { data_dir, instance, program, json } => {
             replay_cmd::replay(&data_dir, &instance, &program, json)
         }
-        Command::Plan { data_dir, files, json } => plan_cmd::plan(&data_dir, &files, json),
+        Command::Plan { from, files, json, cluster_prefix } => match from.source(cluster_prefix) {
+            Ok(src) => plan_cmd::plan(&src, &files, json),
+            Err(code) => code,
+        },
         Command::Inspect { from, instance, json, cluster_prefix } => match from.source(cluster_prefix) {
             Ok(src) => inspect::inspect(&src, instance.as_deref(), json),
             Err(code) => code,

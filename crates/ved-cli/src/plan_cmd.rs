@@ -35,6 +35,31 @@ struct Planned {
 
 type Step = (u64, String, Vec<(String, String)>, Vec<(String, String)>);
 
+/// A directory that does not exist yet holds nothing: every instance would be created.
+fn read_dir(dir: &Path) -> Result<ved_store::Recovered, ExitCode> {
+    if !dir.exists() {
+        return Ok(ved_store::Recovered::default());
+    }
+    ved_store::read_only(dir).map_err(|e| fail(format!("cannot read {}: {e}", dir.display()), e.hint()))
+}
+
+/// A cluster's instances as etcd has them: each one's last snapshot and journal. The
+/// program that wrote them is not recorded there, so transitions keep their positions.
+fn read_cluster(endpoints: &[String], prefix: &str) -> Result<ved_store::Recovered, ExitCode> {
+    let etcd = ved_cluster::etcd::Etcd::new(endpoints.to_vec(), std::time::Duration::from_secs(2));
+    let hint = "check that etcd is running and that `--cluster` lists its client URLs";
+    let names = ved_cluster::list_instances(&etcd, prefix).map_err(|e| fail(format!("cannot read etcd: {e}"), hint))?;
+    let mut rec = ved_store::Recovered::default();
+    for name in names {
+        let s = ved_engine::persist_etcd::load(&etcd, prefix, &name).map_err(|e| fail(e, hint))?;
+        if let Some(snap) = s.snapshot {
+            rec.snapshots.insert(name.clone(), snap);
+            rec.journals.insert(name, s.journal.into_iter().collect());
+        }
+    }
+    Ok(rec)
+}
+
 fn fail(msg: impl std::fmt::Display, hint: &str) -> ExitCode {
     eprintln!("error: {msg}");
     if !hint.is_empty() {
@@ -43,19 +68,20 @@ fn fail(msg: impl std::fmt::Display, hint: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-pub fn plan(dir: &Path, files: &[PathBuf], as_json: bool) -> ExitCode {
+pub fn plan(src: &crate::inspect::Source, files: &[PathBuf], as_json: bool) -> ExitCode {
     let loaded = match load::load(files) {
         Ok(l) => l,
         Err(code) => return code,
     };
-    // A directory that does not exist yet holds nothing: every instance would be created.
-    let mut rec = if dir.exists() {
-        match ved_store::read_only(dir) {
+    let mut rec = match src {
+        crate::inspect::Source::Dir(dir) => match read_dir(dir) {
             Ok(r) => r,
-            Err(e) => return fail(format!("cannot read {}: {e}", dir.display()), e.hint()),
-        }
-    } else {
-        ved_store::Recovered::default()
+            Err(code) => return code,
+        },
+        crate::inspect::Source::Cluster { endpoints, prefix } => match read_cluster(endpoints, prefix) {
+            Ok(r) => r,
+            Err(code) => return code,
+        },
     };
     let program = loaded.compiled.clone();
     let old = match &rec.program {

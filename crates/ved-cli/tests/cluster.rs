@@ -567,6 +567,25 @@ fn watched_observations_reach_the_owner_and_its_state_survives_a_failover() {
     assert!(String::from_utf8_lossy(&journal_cli.stdout).contains("PageEngineers"), "ved journal --cluster");
     let inspect = Command::new(env!("CARGO_BIN_EXE_ved")).args(["inspect", "--cluster", &urls]).output().unwrap();
     assert!(String::from_utf8_lossy(&inspect.stdout).contains("DatabaseRouting (DatabaseRouting) at slice"));
+    // `ved plan` against the cluster: what a changed program would do, acting on nothing.
+    let changed = dir.join("routing_v2.ved");
+    let text = std::fs::read_to_string(&program).unwrap();
+    std::fs::write(
+        &changed,
+        text.replace("alert_sent: bool = false", "alert_sent: bool = false\nescalations: int = 0"),
+    )
+    .unwrap();
+    let before = owner_keys(&ved_cluster::etcd::Etcd::new(etcd.urls_but(99), Duration::from_secs(2)));
+    let plan = Command::new(env!("CARGO_BIN_EXE_ved"))
+        .args(["plan", "--cluster", &urls, "--json"])
+        .arg(&changed)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&plan.stdout);
+    assert!(plan.status.success(), "{}", String::from_utf8_lossy(&plan.stderr));
+    assert!(out.contains("escalations") && out.contains("DatabaseRouting"), "{out}");
+    let after = owner_keys(&ved_cluster::etcd::Etcd::new(etcd.urls_but(99), Duration::from_secs(2)));
+    assert_eq!(before, after, "planning moved nothing");
     let fences: Vec<i64> = hook.hits().iter().filter_map(|h| h.body["fence"].as_i64()).collect();
     assert!(fences.windows(2).all(|w| w[1] >= w[0]), "fencing tokens went back: {fences:?}");
 }
@@ -729,6 +748,25 @@ fn instances_created_through_the_api_are_distributed_and_deleted_cluster_wide() 
             n.holding()
         );
     }
+    // The list is etcd's, paged and filtered the same on every node.
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    loop {
+        let q = if after.is_empty() { String::new() } else { format!("&after={after}") };
+        let (code, page) = nodes[1].get(&format!("/v1/instances?domain=Beat1&limit=4{q}"));
+        assert_eq!(code, 200, "{page}");
+        let items = page["instances"].as_array().unwrap();
+        assert!(items.len() <= 4);
+        seen.extend(items.iter().map(|i| i["name"].as_str().unwrap().to_string()));
+        match page["next"].as_str() {
+            Some(n) => after = n.to_string(),
+            None => break,
+        }
+    }
+    let mut want: Vec<String> = (0..10).map(|i| format!("extra-{i}")).collect();
+    want.push("Beat1".into());
+    want.sort();
+    assert_eq!(seen, want, "every Beat1 instance once, in name order");
     // Deleted through the other node: it stops, and etcd forgets it.
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let r = agent

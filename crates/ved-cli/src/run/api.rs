@@ -298,13 +298,11 @@ fn list_query(q: &HashMap<String, String>) -> Result<ListQuery, Reply> {
 }
 
 async fn list(State(app): Shared, Query(q): Query<HashMap<String, String>>, uri: Uri, headers: HeaderMap) -> Response {
-    if app.routes().is_some() {
-        if !q.is_empty() {
-            return not_in_cluster("Paging and filtering `GET /v1/instances`");
-        }
-        return app.route(None, Call::List, Original::of(false, &uri, &headers, Bytes::new())).await;
-    }
     match list_query(&q) {
+        // A cluster's list is etcd's, the same on every node.
+        Ok(q) if app.routes().is_some() => {
+            app.route(None, Call::Page(q), Original::of(false, &uri, &headers, Bytes::new())).await
+        }
         Ok(q) => app.call(Call::Page(q)).await,
         Err(r) => into_response(r),
     }
