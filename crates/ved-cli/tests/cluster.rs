@@ -767,6 +767,14 @@ fn instances_created_through_the_api_are_distributed_and_deleted_cluster_wide() 
     want.push("Beat1".into());
     want.sort();
     assert_eq!(seen, want, "every Beat1 instance once, in name order");
+    // A batch of observations to instances on both nodes: split by owner, each part applied there.
+    let obs: Vec<String> = (0..10).map(|i| format!(r#"{{"instance": "extra-{i}", "set": {{"n": 0}}}}"#)).collect();
+    let (code, body) = http(&format!("{}/v1/observations", nodes[0].url()), Some(&format!("[{}]", obs.join(","))));
+    assert_eq!(code, 200, "{body}");
+    let parts = body["parts"].as_array().expect("a part per owner");
+    assert_eq!(parts.len(), 2, "{body}");
+    assert!(parts.iter().all(|p| p["status"] == 200), "{body}");
+    assert_eq!(parts.iter().map(|p| p["observations"].as_u64().unwrap()).sum::<u64>(), 10);
     // Deleted through the other node: it stops, and etcd forgets it.
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let r = agent

@@ -134,14 +134,6 @@ struct App {
     max_instances: usize,
 }
 
-/// Batch calls, paging and deletion are the daemon's for now; a cluster node says so.
-fn not_in_cluster(what: &str) -> Response {
-    into_response(error(
-        501,
-        format!("{what} is not available in cluster mode yet: send one call per instance, or run `ved run` without --cluster"),
-    ))
-}
-
 impl App {
     fn routes(&self) -> Option<Arc<dyn Routes>> {
         self.routes.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -179,6 +171,13 @@ impl App {
             )),
             _ => read(routes, call).await,
         }
+    }
+
+    /// A call to the engine, its reply as a value (`None`: it could not be queued or answered).
+    async fn call_reply(&self, call: Call) -> Option<Reply> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.inputs.try_send(Input::Api(call, tx)).ok()?;
+        rx.await.ok()
     }
 
     async fn call(&self, call: Call) -> Response {
@@ -356,10 +355,66 @@ async fn observe_many(State(app): Shared, headers: HeaderMap, body: Result<Bytes
         }
         Err(r) => return into_response(r),
     };
-    if app.routes().is_some() {
-        return not_in_cluster("`POST /v1/observations`");
+    match app.routes() {
+        Some(routes) => observe_across(&app, routes, items, &headers).await,
+        None => app.call(Call::ObserveMany(items)).await,
     }
-    app.call(Call::ObserveMany(items)).await
+}
+
+/// `POST /v1/observations` on a cluster node: the batch is split by owner, each part
+/// applied by its owner (here, or forwarded) as one batch; the answer says what each part
+/// did. Each part is all or nothing; parts are independent of each other.
+async fn observe_across(app: &App, routes: Arc<dyn Routes>, items: Vec<Json>, headers: &HeaderMap) -> Response {
+    let mut parts: Vec<(Location, Vec<Json>)> = Vec::new();
+    for item in items {
+        let name = item.get("instance").and_then(Json::as_str).unwrap_or_default().to_string();
+        let at = routes.locate(&name);
+        let key = |l: &Location| match l {
+            Location::Here => "here".to_string(),
+            Location::Node(u) => u.clone(),
+            Location::Nobody => format!("nobody:{name}"),
+        };
+        match parts.iter_mut().find(|(l, _)| key(l) == key(&at)) {
+            Some((_, v)) => v.push(item),
+            None => parts.push((at, vec![item])),
+        }
+    }
+    let forwarded = headers.contains_key(FORWARDED);
+    // One owner: its answer is the answer, as from a daemon.
+    let single_part = parts.len() == 1;
+    let mut answers = Vec::new();
+    let mut worst = 200;
+    for (at, part) in parts {
+        let count = part.len();
+        let reply = match at {
+            Location::Here => match app.call_reply(Call::ObserveMany(part)).await {
+                Some(r) => r,
+                None => error(503, "ved is busy or shutting down; retry shortly"),
+            },
+            Location::Node(url) if !forwarded => {
+                let body = Bytes::from(serde_json::to_vec(&Json::Array(part)).unwrap_or_default());
+                let o = Original {
+                    post: true,
+                    path: "/v1/observations".into(),
+                    auth: headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string),
+                    body,
+                    forwarded: false,
+                };
+                match tokio::task::spawn_blocking(move || forward(&url, &o)).await {
+                    Ok(Ok(r)) => r,
+                    _ => error(503, "the instances' owner did not answer; retry shortly"),
+                }
+            }
+            _ => error(503, "no node owns these instances right now (a failover in progress?); retry shortly"),
+        };
+        worst = worst.max(reply.status);
+        if answers.is_empty() && single_part {
+            return into_response(reply);
+        }
+        answers.push(serde_json::json!({"observations": count, "status": reply.status, "answer": reply.body}));
+    }
+    let status = if worst == 200 { 200 } else { 207 };
+    into_response(Reply { status, body: serde_json::json!({"parts": answers}) })
 }
 
 async fn get_instance(State(app): Shared, UrlPath(name): UrlPath<String>, uri: Uri, headers: HeaderMap) -> Response {
