@@ -100,6 +100,20 @@ pub fn replay_instance(
             "the journal reaches back further than the retained snapshots".into(),
         ));
     };
+    // One replay runs one program: a journal that crosses an upgrade (a `migrate` entry)
+    // was written by two, and the store keeps only the newest.
+    if let Some(m) = journal.iter().rev().find(|e| e.cause == "migrate") {
+        if journal.front().is_some_and(|f| f.slice < m.slice) {
+            return Err((
+                format!(
+                    "the journal of `{instance}` crosses a program upgrade at slice {} ({}): replay runs one program",
+                    m.slice,
+                    m.detail.as_deref().unwrap_or("fields changed")
+                ),
+                "the slices after the upgrade replay once the journal no longer reaches back before it; `ved journal` shows both sides".into(),
+            ));
+        }
+    }
     let loaded = load::load_texts(files)
         .map_err(|_| ("the program does not check (errors above)".to_string(), String::new()))?;
     let snap = base.snapshot.clone();

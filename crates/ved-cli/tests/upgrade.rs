@@ -157,6 +157,10 @@ fn a_changed_program_is_planned_then_migrates_the_stored_instances() {
     );
     let (code, _, err) = common::ved_text(&["audit", "--data-dir", &d, "verify"], "");
     assert_eq!(code, 0, "{err}");
+    // `ved replay` runs one program: across the upgrade it says so instead of a false divergence.
+    let (code, _, err) = common::ved_text(&["replay", "--data-dir", &d, "Pool"], "");
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("crosses a program upgrade at slice") && err.contains("added target"), "{err}");
 
     // Run again: nothing left to migrate, nothing recorded twice.
     let (code, _, err) = common::ved_events(&["run", &v2, "--stdin", "--data-dir", &d], "");
