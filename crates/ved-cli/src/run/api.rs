@@ -245,16 +245,7 @@ fn json_value(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Json,
     serde_json::from_slice(&bytes).map_err(|e| error(400, format!("the body is not valid JSON: {e}")))
 }
 
-fn kind(v: &Json) -> &'static str {
-    match v {
-        Json::Null => "null",
-        Json::Bool(_) => "a boolean",
-        Json::Number(_) => "a number",
-        Json::String(_) => "a string",
-        Json::Array(_) => "an array",
-        Json::Object(_) => "an object",
-    }
-}
+use ved_engine::calls::kind;
 
 type Shared = State<Arc<App>>;
 
