@@ -343,7 +343,7 @@ impl<S: Sink> Engine<S> {
         if let Some(rec) = recovered {
             recorded_program = rec.program.clone().map(|p| (p, rec.retry, rec.confirm_ms));
             for (name, base) in &rec.bases {
-                history.entry(name.clone()).or_default().push_back(base.clone());
+                remember_new(&mut history, &name, base.clone());
             }
             warnings = rec.warnings.clone();
             // The program that wrote the snapshots names their transitions (only needed, and
@@ -364,7 +364,7 @@ impl<S: Sink> Engine<S> {
                 }
                 let s = snap.snapshot.clone();
                 last_status.insert(name.clone(), s.status);
-                history.entry(name.clone()).or_default().push_back(snap.clone());
+                remember_new(&mut history, &name, snap.clone());
                 if let Err(e) = rt.restore_instance(s) {
                     return Err(StartError::Restore { instance: name, reason: e.to_string() });
                 }
@@ -381,10 +381,13 @@ impl<S: Sink> Engine<S> {
                 .map_err(|reason| StartError::Create { instance: "ved.toml".into(), reason })?,
             _ => Vec::new(),
         };
+        // The instances this start creates (the rest were restored).
+        let mut created: Vec<String> = Vec::new();
         for (name, d, state) in &declared {
             if rt.index_of(name).is_none() {
                 rt.create_instance(name, *d, state.clone())
                     .map_err(|e| StartError::Create { instance: name.clone(), reason: e.to_string() })?;
+                created.push(name.clone());
             }
         }
         for (d, dom) in program.domains.iter().enumerate() {
@@ -395,6 +398,7 @@ impl<S: Sink> Engine<S> {
                 if let Err(e) = rt.create_instance(&dom.name, d, Vec::new()) {
                     return Err(StartError::Create { instance: dom.name.clone(), reason: e.to_string() });
                 }
+                created.push(dom.name.clone());
             }
         }
         // Fields fed by a watcher take their values from readings only; the runtime
@@ -441,10 +445,13 @@ impl<S: Sink> Engine<S> {
                 records.push(Record::Program { files: driver.files.clone(), retry: Some(retry), confirm_ms });
             }
             // New instances are recorded at slice 0, so that replay can start from the beginning.
-            for inst in driver.rt.instances().iter().filter(|i| i.slice == 0) {
+            // Only those this start created: a restored one still at slice 0 is in the store
+            // already, and writing a fleet's state again on every start would cost its size.
+            for name in &created {
+                let Some(inst) = driver.rt.instance(name) else { continue };
                 let dom = &driver.program.domains[inst.domain];
                 let snap = SnapshotRecord::from_snapshot(inst.snapshot(), &dom.name, &dom.fields);
-                driver.history.entry(inst.name.to_string()).or_default().push_back(snap.clone());
+                remember_new(&mut driver.history, name, snap.clone());
                 records.push(Record::Snapshot(snap));
             }
             // A migrated instance: its new snapshot, the journal entry and the audit entry that
@@ -473,7 +480,8 @@ impl<S: Sink> Engine<S> {
             driver.outbox.push_back((0, i));
         }
         for inst in driver.rt.instances() {
-            if inst.slice > 0 && inst.status == Status::Stable {
+            // A restored instance at rest has no episode to tell; a new one starts one.
+            if inst.status == Status::Stable && !created.iter().any(|c| **c == *inst.name) {
                 continue;
             }
             let started = if inst.slice == 0 { "started" } else { "resumed" };
@@ -842,7 +850,11 @@ impl<S: Sink> Engine<S> {
                     .map(|(_, e)| e.slice)
                     .or_else(|| self.journals.get(&name).and_then(|q| q.back()).map(|e| e.slice))
                     .unwrap_or(0);
-                remember(self.history.entry(name.clone()).or_default(), snap.clone(), last_entry);
+                remember(
+                    self.history.entry(name.clone()).or_insert_with(|| VecDeque::with_capacity(1)),
+                    snap.clone(),
+                    last_entry,
+                );
                 records.push(Some(Record::Snapshot(snap)));
             }
             if evs.iter().any(|e| matches!(e, Event::Tick { .. })) {
@@ -1055,7 +1067,7 @@ impl<S: Sink> Engine<S> {
                 self.rt
                     .restore_instance(snapshot.snapshot.clone())
                     .map_err(|e| StartError::Restore { instance: name.to_string(), reason: e.to_string() })?;
-                self.history.entry(name.to_string()).or_default().push_back(snapshot);
+                remember_new(&mut self.history, name, snapshot);
                 self.journals.insert(name.to_string(), journal.into_iter().collect());
             }
             None => {
@@ -1065,7 +1077,7 @@ impl<S: Sink> Engine<S> {
                 if let (Some(store), Some(inst)) = (self.store.as_mut(), self.rt.instance(name)) {
                     let dom = &self.program.domains[inst.domain];
                     let snap = SnapshotRecord::from_snapshot(inst.snapshot(), &dom.name, &dom.fields);
-                    self.history.entry(name.to_string()).or_default().push_back(snap.clone());
+                    remember_new(&mut self.history, name, snap.clone());
                     store.append(vec![Record::Snapshot(snap)], Vec::new());
                 }
             }
@@ -1512,6 +1524,12 @@ fn remember(q: &mut VecDeque<SnapshotRecord>, snap: SnapshotRecord, last_entry: 
     while q.len() > JOURNAL_MAX + 2 {
         q.pop_front();
     }
+}
+
+/// The first snapshot an instance's history holds: room for one, not a deque's default
+/// four (a fleet at rest keeps one each; the queue grows when the instance is busy).
+pub(crate) fn remember_new(history: &mut BTreeMap<String, VecDeque<SnapshotRecord>>, name: &str, snap: SnapshotRecord) {
+    history.entry(name.to_string()).or_insert_with(|| VecDeque::with_capacity(1)).push_back(snap);
 }
 
 fn parse_status(s: &str) -> Option<Status> {
