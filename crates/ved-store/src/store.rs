@@ -306,9 +306,10 @@ fn load(dir: &Path, mode: Mode) -> Result<(Recovered, Manifest), StoreError> {
     let mut good_end = offset;
     // The records of the batch being read; applied at its `Commit`.
     let mut batch: Vec<Record> = Vec::new();
+    let mut scratch = Vec::new();
     while offset < bytes.len() {
         let parsed = frame::read_record(&bytes, offset).map_err(|e| e.to_string()).and_then(|(payload, next)| {
-            serde_json::from_slice::<Record>(payload)
+            crate::codec::decode_record(payload, &mut scratch)
                 .map(|r| (r, next))
                 .map_err(|e| format!("undecodable record at byte {offset}: {e}"))
         });
@@ -410,10 +411,13 @@ fn read_checkpoint(bytes: &[u8], generation: u64) -> Result<Vec<Record>, String>
     }
     let mut offset = HEADER_LEN;
     let mut records = Vec::new();
+    let mut scratch = Vec::new();
     loop {
         let (payload, next) = frame::read_record(bytes, offset).map_err(|e| e.to_string())?;
         // The trailer counts the records, so a checkpoint cut at a record boundary is caught too.
-        if let Ok(count) = serde_json::from_slice::<CheckpointEnd>(payload) {
+        // (A payload that starts with `kind` is a record: the trailer has no such key.)
+        let record = payload.starts_with(b"{\"kind\":");
+        if let Some(count) = (!record).then(|| serde_json::from_slice::<CheckpointEnd>(payload).ok()).flatten() {
             if count.end != records.len() as u64 {
                 return Err(format!("its trailer counts {} records, found {}", count.end, records.len()));
             }
@@ -422,7 +426,10 @@ fn read_checkpoint(bytes: &[u8], generation: u64) -> Result<Vec<Record>, String>
             }
             return Ok(records);
         }
-        records.push(serde_json::from_slice(payload).map_err(|e| format!("undecodable record at byte {offset}: {e}"))?);
+        records.push(
+            crate::codec::decode_record(payload, &mut scratch)
+                .map_err(|e| format!("undecodable record at byte {offset}: {e}"))?,
+        );
         offset = next;
     }
 }
