@@ -441,12 +441,14 @@ fn main() {
         for label in ["drift", "resync"] {
             let unit = g(&format!("{label}_raw_fsync_p50_ms"));
             let (p50, p99) = (g(&format!("{label}_p50_ms")), g(&format!("{label}_p99_ms")));
+            let raw99 = g(&format!("{label}_raw_fsync_p99_ms"));
             println!(
-                "| one observation durably acknowledged ({label}), p50 / p99 | {p50:.2} / {p99:.2} ms | {unit:.2} ms raw fdatasync p50 ({:.2} p99) | {:.2} / {:.2} fsyncs | p99 ≤ 2 fsyncs | {} |",
-                g(&format!("{label}_raw_fsync_p99_ms")),
+                "| one observation durably acknowledged ({label}), p50 / p99 | {p50:.2} / {p99:.2} ms | raw fdatasync p50 {unit:.2} ms, p99 {raw99:.2} ms | p50 {:.2}, p99 {:.2} raw p50s; p99 {:.2} raw p99s | p99 ≤ 2 fsyncs | {} against a raw p50, {} against a raw p99 |",
                 p50 / unit,
                 p99 / unit,
-                verdict(p99 / unit <= 2.0)
+                p99 / raw99,
+                verdict(p99 / unit <= 2.0),
+                verdict(p99 / raw99 <= 2.0)
             );
         }
     }
