@@ -21,3 +21,8 @@ PY
 echo
 # `ved verify`: exploration speed against a hand-written explorer of the same model.
 cargo bench -q -p ved-verify --bench explore 2>/dev/null
+echo
+# Scale on the product's path (issue 12.5): the engine API with fsync, 10^6 instances by default
+# (VED_SCALE_N=100000 for a quick run; VED_SCALE_BUSY, VED_SCALE_ROUNDS, VED_SCALE_SAMPLES),
+# each figure beside a baseline measured in the same run. Progress goes to stderr.
+cargo bench -q -p ved-engine --bench scale

@@ -257,3 +257,99 @@ pub enum Record {
         instance: String,
     },
 }
+
+/// Decodes one record's payload as `serde_json::from_slice::<Record>` does, faster for
+/// the records a store is made of (the same record for every payload the writer makes). `Record` is tagged by `kind`, so serde
+/// would first buffer the whole object to find the tag, then decode the buffer again.
+/// The writer always puts `kind` first; when it is there, the variant is known at once
+/// and the rest of the object is decoded straight into it (`scratch` holds that rest).
+/// Anything else takes serde's general path, so every payload it accepted is accepted.
+pub fn decode_record(payload: &[u8], scratch: &mut Vec<u8>) -> serde_json::Result<Record> {
+    const SNAPSHOT: &[u8] = b"{\"kind\":\"snapshot\",";
+    const JOURNAL: &[u8] = b"{\"kind\":\"journal\",";
+    const COMMIT: &[u8] = b"{\"kind\":\"commit\",";
+    let rest = |prefix: &[u8], scratch: &mut Vec<u8>| {
+        scratch.clear();
+        scratch.push(b'{');
+        scratch.extend_from_slice(&payload[prefix.len()..]);
+    };
+    if payload.starts_with(SNAPSHOT) {
+        rest(SNAPSHOT, scratch);
+        if let Ok(s) = serde_json::from_slice::<SnapshotRecord>(scratch) {
+            return Ok(Record::Snapshot(s));
+        }
+    } else if payload.starts_with(JOURNAL) {
+        rest(JOURNAL, scratch);
+        if let Ok(j) = serde_json::from_slice::<JournalEntry>(scratch) {
+            return Ok(Record::Journal(j));
+        }
+    } else if payload.starts_with(COMMIT) {
+        #[derive(Deserialize)]
+        struct Commit {
+            at: u64,
+        }
+        rest(COMMIT, scratch);
+        if let Ok(c) = serde_json::from_slice::<Commit>(scratch) {
+            return Ok(Record::Commit { at: c.at });
+        }
+    }
+    // The general path, also for its error message when the fast one refused.
+    serde_json::from_slice(payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Snapshots (one with an intent in flight, whose ids take the instance's name), journal
+    /// entries with every optional field, the other kinds, `kind` not first, and damage.
+    const PAYLOADS: &[&str] = &[
+        r#"{"kind":"snapshot","instance":"SecurityPolicy","domain":"SecurityPolicy","fields":[["desired_ports","list<int>"],["actual_ports","list<int>"]],"domain_index":0,"slice":1,"ticks":1,"now_ms":0,"seed":2952260901480542029,"status":"converging","state":[{"l":[{"i":80},{"i":443}]},{"l":[]}],"pending":[{"transition":1,"attempt":0,"phase":{"InFlight":{"outstanding":[[1,0]],"held":[[1,{"l":[{"i":80},{"i":443}]}]],"intents":[{"slice":1,"index":0,"transition":1,"adapter":"Firewall","action":"OpenPorts","args":[{"l":[{"i":80},{"i":443}]}]}]}}}],"retry_attempts":[],"tick_cursor":2,"tick_ran":true,"ticks_since_input":1,"sources":[]}"#,
+        r#"{"kind":"snapshot","instance":"w7","domain":"WorkerPool","fields":[["workers","int"]],"domain_index":0,"slice":3,"ticks":2,"now_ms":5,"seed":1,"status":"stable","state":[{"i":5}],"pending":[],"retry_attempts":[[0,2]],"last_errors":[[0,"down"]],"tick_cursor":null,"tick_ran":false,"ticks_since_input":0,"sources":[["probe",9]],"watched":[0]}"#,
+        r#"{"kind":"snapshot","instance":"old","domain":"WorkerPool","fields":[["workers","int"]],"domain_index":0,"slice":1,"ticks":0,"now_ms":0,"seed":1,"status":"stable","state":[{"i":5}],"pending":[],"retry_attempts":[],"tick_cursor":null,"tick_ran":false,"ticks_since_input":0}"#,
+        r#"{"kind":"journal","instance":"WorkerPool","slice":1,"at_ms":0,"cause":"transition","detail":"scale_up","changes":[["workers","1"]]}"#,
+        r#"{"kind":"journal","instance":"a","slice":4,"at_ms":9,"cause":"observe","changes":[["x","1"]],"held":[["y","2"]],"intents":[["a/4/0","Ops.Set(2)"]],"results":[["a/3/0",false,"down"]],"caused_by":"a/3/0","observed":[["x",1]],"added":[["x",-1]],"source":"api","batch":4,"origin":{"slice":4,"cause":"observe","detail":null,"source":"api"},"quiet":3,"status":"stuck","reason":"no transition"}"#,
+        r#"{"kind":"commit","at":24}"#,
+        r#"{"kind":"trim","instance":"a","keep_from_slice":3}"#,
+        r#"{"kind":"remove","instance":"a"}"#,
+        r#"{"kind":"program","files":[["p.ved","domain D {}"]],"retry":[200,2,60000,5],"confirm_ms":10000}"#,
+        r#"{"instance":"a","kind":"remove"}"#,
+        r#"{"at":7,"kind":"commit"}"#,
+        r#"{"kind":"snapshot","instance":"w","domain":"WorkerPool"}"#,
+        r#"{"kind":"journal","instance":"a","slice":"one"}"#,
+        r#"{"kind":"commit","at":-1}"#,
+        r#"{"kind":"commit"}"#,
+        r#"{"kind":"nothing","at":1}"#,
+        r#"{"kind":"snapshot","#,
+        r#"not json"#,
+    ];
+
+    #[test]
+    fn the_fast_decoder_gives_what_serde_gives() {
+        let mut scratch = Vec::new();
+        let mut decoded = 0;
+        for p in PAYLOADS {
+            let general = serde_json::from_slice::<Record>(p.as_bytes());
+            let fast = decode_record(p.as_bytes(), &mut scratch);
+            match (general, fast) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(a, b, "{p}");
+                    decoded += 1;
+                }
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{p}"),
+                (a, b) => panic!("{p}: serde gives {a:?}, the fast decoder {b:?}"),
+            }
+        }
+        assert_eq!(decoded, 11);
+    }
+
+    #[test]
+    fn written_records_decode_fast_to_themselves() {
+        let mut scratch = Vec::new();
+        for p in PAYLOADS {
+            let Ok(r) = serde_json::from_slice::<Record>(p.as_bytes()) else { continue };
+            let written = serde_json::to_vec(&r).expect("serializes");
+            assert_eq!(decode_record(&written, &mut scratch).expect("decodes"), r, "{p}");
+        }
+    }
+}

@@ -211,7 +211,11 @@ fn load(dir: &Path, mode: Mode) -> Result<(Recovered, Manifest), StoreError> {
     let mut recent: BTreeMap<String, VecDeque<SnapshotRecord>> = BTreeMap::new();
     let mut apply = |rec: &mut Recovered, r: Record| match r {
         Record::Snapshot(s) => {
-            let q = recent.entry(s.snapshot.name.clone()).or_default();
+            // Most instances have one snapshot here (a fleet, from a checkpoint): room for one.
+            let q = match recent.get_mut(&s.snapshot.name) {
+                Some(q) => q,
+                None => recent.entry(s.snapshot.name.clone()).or_insert_with(|| VecDeque::with_capacity(1)),
+            };
             // The driver writes each journal entry right after its slice's snapshot, so a stable
             // snapshot past the last entry is of a slice that was not journaled (an observation
             // that changed nothing). Such a snapshot is needed only until the next one: a run of
@@ -306,9 +310,10 @@ fn load(dir: &Path, mode: Mode) -> Result<(Recovered, Manifest), StoreError> {
     let mut good_end = offset;
     // The records of the batch being read; applied at its `Commit`.
     let mut batch: Vec<Record> = Vec::new();
+    let mut scratch = Vec::new();
     while offset < bytes.len() {
         let parsed = frame::read_record(&bytes, offset).map_err(|e| e.to_string()).and_then(|(payload, next)| {
-            serde_json::from_slice::<Record>(payload)
+            crate::codec::decode_record(payload, &mut scratch)
                 .map(|r| (r, next))
                 .map_err(|e| format!("undecodable record at byte {offset}: {e}"))
         });
@@ -409,11 +414,14 @@ fn read_checkpoint(bytes: &[u8], generation: u64) -> Result<Vec<Record>, String>
         return Err(format!("it belongs to generation {g}, expected {generation}"));
     }
     let mut offset = HEADER_LEN;
-    let mut records = Vec::new();
+    let mut records = Vec::with_capacity(count_frames(bytes));
+    let mut scratch = Vec::new();
     loop {
         let (payload, next) = frame::read_record(bytes, offset).map_err(|e| e.to_string())?;
         // The trailer counts the records, so a checkpoint cut at a record boundary is caught too.
-        if let Ok(count) = serde_json::from_slice::<CheckpointEnd>(payload) {
+        // (A payload that starts with `kind` is a record: the trailer has no such key.)
+        let record = payload.starts_with(b"{\"kind\":");
+        if let Some(count) = (!record).then(|| serde_json::from_slice::<CheckpointEnd>(payload).ok()).flatten() {
             if count.end != records.len() as u64 {
                 return Err(format!("its trailer counts {} records, found {}", count.end, records.len()));
             }
@@ -422,9 +430,32 @@ fn read_checkpoint(bytes: &[u8], generation: u64) -> Result<Vec<Record>, String>
             }
             return Ok(records);
         }
-        records.push(serde_json::from_slice(payload).map_err(|e| format!("undecodable record at byte {offset}: {e}"))?);
+        records.push(
+            crate::codec::decode_record(payload, &mut scratch)
+                .map_err(|e| format!("undecodable record at byte {offset}: {e}"))?,
+        );
         offset = next;
     }
+}
+
+/// About how many framed records follow the header, by their lengths alone (nothing is
+/// checked here; reading checks everything): room for a checkpoint's records is made once,
+/// not by doubling a million times over. It stops at the first frame that does not look
+/// like a JSON object, and never counts more than one record per 32 bytes, so a damaged
+/// file cannot make it reserve more than the records it could hold.
+fn count_frames(bytes: &[u8]) -> usize {
+    let mut offset = HEADER_LEN;
+    let mut n = 0;
+    while let Some(head) = bytes.get(offset..offset + frame::RECORD_HEADER_LEN) {
+        let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
+        let start = offset + frame::RECORD_HEADER_LEN;
+        if len < 2 || bytes.get(start) != Some(&b'{') {
+            break;
+        }
+        offset = start + len;
+        n += 1;
+    }
+    n.min(bytes.len() / 32)
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -899,5 +930,25 @@ mod invariants {
         let s = Shared { durable: Mutex::new(0), cond: Condvar::new(), failure: Mutex::new(None) };
         s.set_durable(7);
         s.set_durable(6);
+    }
+}
+
+#[cfg(test)]
+mod sizing {
+    use super::*;
+
+    #[test]
+    fn counting_frames_reserves_for_the_records_and_never_for_damage() {
+        let mut b = frame::header(FileKind::Checkpoint, 1).to_vec();
+        for i in 0..5 {
+            frame::write_record(&mut b, format!("{{\"kind\":\"commit\",\"at\":{i}}}").as_bytes());
+        }
+        frame::write_record(&mut b, b"{\"end\":5}");
+        assert_eq!(count_frames(&b), 6);
+        // Zeros, garbage, a cut file: a bounded guess; reading reports the damage.
+        assert_eq!(count_frames(&vec![0; 1 << 20]), 0);
+        assert!(count_frames(&vec![0xff; 1 << 20]) <= (1 << 20) / 32);
+        assert_eq!(count_frames(&b[..b.len() - 3]), 6);
+        assert_eq!(count_frames(&b[..10]), 0);
     }
 }
