@@ -761,6 +761,9 @@ struct Writer {
     manifest_file: File,
     log: File,
     audit: File,
+    /// Audit entries written since the last sync: an audit log that did not grow needs no
+    /// `fdatasync` (one per batch saved for every batch without an episode).
+    audit_unsynced: bool,
     durability: Durability,
 }
 
@@ -773,7 +776,8 @@ impl Writer {
         let audit = OpenOptions::new().create(true).append(true).open(&apath).map_err(io(&apath))?;
         let mpath = path_of(dir, "manifest");
         let manifest_file = OpenOptions::new().write(true).open(&mpath).map_err(io(&mpath))?;
-        let mut w = Writer { dir: dir.to_path_buf(), manifest, manifest_file, log, audit, durability };
+        let mut w =
+            Writer { dir: dir.to_path_buf(), manifest, manifest_file, log, audit, audit_unsynced: false, durability };
         // Recovery may have accepted intact records that were written but never synced
         // before the crash, and trimmed a torn tail. Make what was recovered durable before
         // anything acts on it (re-sent intents, acknowledgements), then make the manifest
@@ -865,6 +869,7 @@ impl Writer {
                 text.push_str(&e.to_line());
             }
             self.audit.write_all(text.as_bytes()).map_err(|e| format!("writing the audit log: {e}"))?;
+            self.audit_unsynced = true;
         }
         Ok(())
     }
@@ -872,7 +877,10 @@ impl Writer {
     fn sync(&mut self) -> Result<(), String> {
         if self.durability == Durability::Fsync {
             self.log.sync_data().map_err(|e| format!("fsync of the log: {e}"))?;
-            self.audit.sync_data().map_err(|e| format!("fsync of the audit log: {e}"))?;
+            if self.audit_unsynced {
+                self.audit.sync_data().map_err(|e| format!("fsync of the audit log: {e}"))?;
+                self.audit_unsynced = false;
+            }
         }
         self.write_manifest().map_err(|e| format!("writing the manifest: {e}"))
     }
