@@ -343,7 +343,7 @@ impl<S: Sink> Engine<S> {
         if let Some(rec) = recovered {
             recorded_program = rec.program.clone().map(|p| (p, rec.retry, rec.confirm_ms));
             for (name, base) in &rec.bases {
-                remember_new(&mut history, &name, base.clone());
+                remember_new(&mut history, name, base.clone());
             }
             warnings = rec.warnings.clone();
             // The program that wrote the snapshots names their transitions (only needed, and
