@@ -391,7 +391,6 @@ impl<S: Sink> Engine<S> {
             let dom = &self.program.domains[inst.domain];
             if self.store.is_some() {
                 let snap = ved_store::SnapshotRecord::from_snapshot(inst.snapshot(), &dom.name, &dom.fields);
-                crate::engine::remember_new(&mut self.history, &name, snap.clone());
                 records.push(ved_store::Record::Snapshot(snap));
             }
             let domain = dom.name.clone();

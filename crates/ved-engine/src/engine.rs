@@ -358,13 +358,17 @@ impl<S: Sink> Engine<S> {
                 let m = crate::migrate::migrate(&program, old.as_deref(), &snap)
                     .map_err(|error| StartError::Upgrade { dir: dir_name(opts), error })?;
                 let snap = m.snapshot.clone();
+                // Only an instance with a journal needs a snapshot in memory (to replay from).
+                let keep = m.changed() || rec.journals.get(&name).is_some_and(|q| !q.is_empty());
                 if m.changed() {
                     warnings.push(format!("instance `{name}`: program upgraded: {}", m.summary()));
                     migrations.push(m);
                 }
                 let s = snap.snapshot.clone();
                 last_status.insert(name.clone(), s.status);
-                remember_new(&mut history, &name, snap.clone());
+                if keep {
+                    remember_new(&mut history, &name, snap.clone());
+                }
                 if let Err(e) = rt.restore_instance(s) {
                     return Err(StartError::Restore { instance: name, reason: e.to_string() });
                 }
@@ -450,9 +454,7 @@ impl<S: Sink> Engine<S> {
             for name in &created {
                 let Some(inst) = driver.rt.instance(name) else { continue };
                 let dom = &driver.program.domains[inst.domain];
-                let snap = SnapshotRecord::from_snapshot(inst.snapshot(), &dom.name, &dom.fields);
-                remember_new(&mut driver.history, name, snap.clone());
-                records.push(Record::Snapshot(snap));
+                records.push(Record::Snapshot(SnapshotRecord::from_snapshot(inst.snapshot(), &dom.name, &dom.fields)));
             }
             // A migrated instance: its new snapshot, the journal entry and the audit entry that
             // say what changed, durable before it runs.
@@ -822,11 +824,25 @@ impl<S: Sink> Engine<S> {
         let mut steps = Vec::new();
         let program = self.program.clone();
         let persist = self.store.is_some();
-        self.rt.run_stepwise(|inst, evs| {
-            let dom = &program.domains[inst.domain];
-            let snap = persist.then(|| SnapshotRecord::from_snapshot(inst.snapshot(), &dom.name, &dom.fields));
-            steps.push((inst.name.to_string(), inst.ticks, inst.pending.is_empty(), evs.to_vec(), snap));
-        });
+        let history = &mut self.history;
+        self.rt.run_stepwise_with(
+            |inst| {
+                // An instance at rest with no journal keeps no snapshot in memory; the one
+                // `ved replay` will start from is its state now, before it changes.
+                if persist && !history.contains_key(&*inst.name) {
+                    let dom = &program.domains[inst.domain];
+                    let snap = SnapshotRecord::from_snapshot(inst.snapshot(), &dom.name, &dom.fields);
+                    remember_new(history, &inst.name, snap);
+                }
+            },
+            |inst, evs| {
+                let dom = &program.domains[inst.domain];
+                let snap = persist.then(|| SnapshotRecord::from_snapshot(inst.snapshot(), &dom.name, &dom.fields));
+                steps.push((inst.name.to_string(), inst.ticks, inst.pending.is_empty(), evs.to_vec(), snap));
+            },
+        );
+        let mut stepped: Vec<String> = steps.iter().map(|s| s.0.clone()).collect();
+        stepped.dedup();
         // Per instance: the entry still open and where it goes in `records`.
         let mut open: BTreeMap<String, (usize, JournalEntry)> = BTreeMap::new();
         // Instances that ran a tick since their last message in this run.
@@ -927,6 +943,13 @@ impl<S: Sink> Engine<S> {
         // Every instance ran until idle, so every queued observation was applied: a feed left
         // over would only be mistaken for a later observation's.
         self.feeds.clear();
+        // An instance with no journal needs no snapshot to replay from: a fleet at rest keeps
+        // none in memory (the store has its state; the next step takes one again first).
+        for n in stepped {
+            if self.journals.get(&n).is_none_or(VecDeque::is_empty) {
+                self.history.remove(&n);
+            }
+        }
         let records: Vec<Record> = if persist { records.into_iter().flatten().collect() } else { Vec::new() };
         let seq = match self.store.as_mut() {
             Some(store) if !records.is_empty() || !audit.is_empty() => {
@@ -1077,7 +1100,6 @@ impl<S: Sink> Engine<S> {
                 if let (Some(store), Some(inst)) = (self.store.as_mut(), self.rt.instance(name)) {
                     let dom = &self.program.domains[inst.domain];
                     let snap = SnapshotRecord::from_snapshot(inst.snapshot(), &dom.name, &dom.fields);
-                    remember_new(&mut self.history, name, snap.clone());
                     store.append(vec![Record::Snapshot(snap)], Vec::new());
                 }
             }
@@ -1536,4 +1558,34 @@ fn parse_status(s: &str) -> Option<Status> {
     [Status::Stable, Status::Converging, Status::Waiting, Status::Stuck, Status::Livelock, Status::Degraded]
         .into_iter()
         .find(|st| st.as_str() == s)
+}
+
+#[cfg(test)]
+mod memory {
+    use super::*;
+
+    /// A fleet at rest keeps no snapshot copies in memory: only an instance with a journal
+    /// needs one (to replay from), and it takes it just before its first step.
+    #[test]
+    fn instances_at_rest_without_a_journal_keep_no_history() {
+        let dir = std::env::temp_dir().join(format!("ved-engine-history-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let src = "domain Pool {\n  state {\n    workers: int = 5\n  }\n  goal workers == 5\n}\n";
+        let loaded = crate::load::check_texts(vec![("pool.ved".into(), src.into())]).unwrap();
+        let mut ved = Builder::new(loaded).data_dir(&dir).start(Vec::<EngineEvent>::new()).unwrap();
+        let items: Vec<Json> =
+            (0..50).map(|i| serde_json::json!({"name": format!("p{i}"), "domain": "Pool"})).collect();
+        ved.call(crate::Call::CreateMany { items, single: false, max_instances: 1000 }, Box::new(|_| {}));
+        ved.run_until_idle().unwrap();
+        assert!(ved.history.is_empty(), "{} histories kept", ved.history.len());
+        // A drift gives the instance a journal, and its history starts from before the drift.
+        let obs = Observation::set("p7", "test", [("workers".to_string(), serde_json::json!(3))]);
+        ved.observe(obs).unwrap();
+        ved.run_until_idle().unwrap();
+        let h = ved.history.get("p7").expect("p7 has a history now");
+        assert_eq!(h.front().map(|s| s.snapshot.slice), Some(0), "the base is the state before the drift");
+        assert_eq!(ved.history.len(), 1);
+        ved.finish().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -257,11 +257,23 @@ impl Runtime {
     /// Runs every instance with work until it is idle, one step at a time, calling
     /// `after_step` with the instance and the events of each step that ran. A step
     /// commits at most one slice, so this is where a store snapshots every slice.
-    pub fn run_stepwise(&mut self, mut after_step: impl FnMut(&Instance, &[Event])) {
+    pub fn run_stepwise(&mut self, after_step: impl FnMut(&Instance, &[Event])) {
+        self.run_stepwise_with(|_| {}, after_step)
+    }
+
+    /// [`Runtime::run_stepwise`], with `before` called on each instance as it was before its
+    /// first step of this run (a caller that keeps no copy of an idle instance's state takes
+    /// one there, when the instance is about to change).
+    pub fn run_stepwise_with(
+        &mut self,
+        mut before: impl FnMut(&Instance),
+        mut after_step: impl FnMut(&Instance, &[Event]),
+    ) {
         let program = self.program.clone();
         let mut buf = Vec::new();
         while let Some(idx) = self.ready.pop_front() {
             self.queued[idx] = false;
+            before(&self.instances[idx]);
             loop {
                 buf.clear();
                 let inst = &mut self.instances[idx];
