@@ -39,3 +39,33 @@ fn restored_instances_at_slice_zero_are_not_recorded_again() {
     ved.finish().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_fleet_created_at_rest_restarts_without_episodes_or_writes() {
+    let dir = std::env::temp_dir().join(format!("ved-engine-fleet-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let src = "domain Pool {\n  state {\n    workers: int = 5\n  }\n  goal workers == 5\n}\n";
+    let start = || {
+        let loaded = ved_engine::load::check_texts(vec![("pool.ved".into(), src.into())]).unwrap();
+        let mut ved = ved_engine::Builder::new(loaded)
+            .data_dir(&dir)
+            .start(Vec::<ved_engine::EngineEvent>::new())
+            .unwrap_or_else(|e| panic!("{e}"));
+        ved.run_until_idle().unwrap();
+        ved
+    };
+    let mut ved = start();
+    let items: Vec<serde_json::Value> =
+        (0..20).map(|i| serde_json::json!({"name": format!("p{i}"), "domain": "Pool"})).collect();
+    ved.call(ved_engine::Call::CreateMany { items, single: false, max_instances: 100 }, Box::new(|_| {}));
+    ved.run_until_idle().unwrap();
+    ved.finish().unwrap();
+    let audit_before = ved_store::read_only(&dir).unwrap().audit.len();
+    let mut ved = start();
+    ved.flush().unwrap();
+    let events = ved.finish().unwrap();
+    let statuses = events.iter().filter(|e| matches!(e, ved_engine::EngineEvent::Status { .. })).count();
+    assert_eq!(statuses, 0, "restored instances at rest do not run again: {events:?}");
+    assert_eq!(ved_store::read_only(&dir).unwrap().audit.len(), audit_before, "no episode was audited");
+    let _ = std::fs::remove_dir_all(&dir);
+}
