@@ -297,9 +297,16 @@ fn manual_driver(dir: &std::path::Path, program: &str, queue: Arc<Mutex<Vec<Inte
         config: None,
         flush: ved_store::Flush::Manual,
     };
-    Driver::start(loaded, &opts, Adapters::manual(queue), ved_cli::run::JsonLines::new(Vec::new()), Box::new(|_| {}))
-        .ok()
-        .unwrap()
+    match Driver::start(
+        loaded,
+        &opts,
+        Adapters::manual(queue),
+        ved_cli::run::JsonLines::new(Vec::new()),
+        Box::new(|_| {}),
+    ) {
+        Ok(d) => d,
+        Err(e) => panic!("{e}"),
+    }
 }
 
 fn observed(fields: Json, source: &str) -> ved_adapters::Inbound {

@@ -342,8 +342,11 @@ impl<S: Sink> Engine<S> {
         let mut migrations = Vec::new();
         if let Some(rec) = recovered {
             recorded_program = rec.program.clone().map(|p| (p, rec.retry, rec.confirm_ms));
+            // A base is where `ved replay` starts: only an instance with a journal needs one.
             for (name, base) in &rec.bases {
-                remember_new(&mut history, name, base.clone());
+                if rec.journals.get(name).is_some_and(|q| !q.is_empty()) {
+                    remember_new(&mut history, name, base.clone());
+                }
             }
             warnings = rec.warnings.clone();
             // The program that wrote the snapshots names their transitions (only needed, and
@@ -825,6 +828,8 @@ impl<S: Sink> Engine<S> {
         let program = self.program.clone();
         let persist = self.store.is_some();
         let history = &mut self.history;
+        // Instances given a snapshot below: those whose journal stays empty drop it again.
+        let mut based: Vec<String> = Vec::new();
         self.rt.run_stepwise_with(
             |inst| {
                 // An instance at rest with no journal keeps no snapshot in memory; the one
@@ -833,6 +838,7 @@ impl<S: Sink> Engine<S> {
                     let dom = &program.domains[inst.domain];
                     let snap = SnapshotRecord::from_snapshot(inst.snapshot(), &dom.name, &dom.fields);
                     remember_new(history, &inst.name, snap);
+                    based.push(inst.name.to_string());
                 }
             },
             |inst, evs| {
@@ -843,6 +849,7 @@ impl<S: Sink> Engine<S> {
         );
         let mut stepped: Vec<String> = steps.iter().map(|s| s.0.clone()).collect();
         stepped.dedup();
+        stepped.extend(based);
         // Per instance: the entry still open and where it goes in `records`.
         let mut open: BTreeMap<String, (usize, JournalEntry)> = BTreeMap::new();
         // Instances that ran a tick since their last message in this run.
