@@ -59,6 +59,7 @@ pub const MOVES_PER_ROUND: usize = 64;
 
 /// One instance the cluster runs: the program's (or `ved.toml`'s), or one created through
 /// the API and registered in etcd, with its initial values.
+#[derive(Clone)]
 struct Target {
     name: String,
     domain: usize,
@@ -70,9 +71,9 @@ pub struct Node<W: Write> {
     pub m: Arc<Membership>,
     pub engine: Engine<JsonLines<W>>,
     owned: Arc<Mutex<Owned>>,
-    config: Option<ved_adapters::config::Config>,
-    /// The instances the program and `ved.toml` declare: every node has the same list.
-    fixed: Vec<(String, usize)>,
+    /// The instances the program and `ved.toml` declare, with their initial values: every
+    /// node has the same list, and it does not change while the node runs.
+    fixed: Vec<Target>,
     balanced_at: u64,
     last_balance_ms: Option<u64>,
     /// A batched move is under way: balance again next round.
@@ -91,10 +92,22 @@ impl<W: Write> Node<W> {
         let owned = Arc::new(Mutex::new(Owned::default()));
         let persistence = Box::new(EtcdPersistence::new(m.clone(), owned.clone()));
         let domains: Vec<String> = loaded.compiled.domains.iter().map(|d| d.name.clone()).collect();
-        let fixed = match &opts.config {
+        let mut fixed: Vec<Target> = match &opts.config {
             Some(c) => c.instance_names(&domains),
             None => domains.iter().cloned().enumerate().map(|(d, n)| (n, d)).collect(),
-        };
+        }
+        .into_iter()
+        .map(|(name, domain)| Target { name, domain, initial: Vec::new() })
+        .collect();
+        if let Some(c) = &opts.config {
+            let declared = ved_engine::adapters::declared_instances(c, &loaded.compiled)
+                .map_err(|reason| StartError::Create { instance: "ved.toml".into(), reason })?;
+            for (name, _, initial) in declared {
+                if let Some(t) = fixed.iter_mut().find(|t| t.name == name) {
+                    t.initial = initial;
+                }
+            }
+        }
         let engine = Engine::start_with(
             loaded,
             opts,
@@ -104,16 +117,7 @@ impl<W: Write> Node<W> {
             None,
             Instances::Adopted,
         )?;
-        Ok(Node {
-            m,
-            engine,
-            owned,
-            config: opts.config.clone(),
-            fixed,
-            balanced_at: u64::MAX,
-            last_balance_ms: None,
-            more: false,
-        })
+        Ok(Node { m, engine, owned, fixed, balanced_at: u64::MAX, last_balance_ms: None, more: false })
     }
 
     fn emit(&mut self, j: Json) {
@@ -168,17 +172,7 @@ impl<W: Write> Node<W> {
     /// Every instance the cluster runs: the fixed ones and the registered ones. `None` when
     /// etcd cannot be read (nothing is decided on a partial list).
     fn targets(&self) -> Option<Vec<Target>> {
-        let mut out: Vec<Target> =
-            self.fixed.iter().map(|(n, d)| Target { name: n.clone(), domain: *d, initial: Vec::new() }).collect();
-        if let Some(c) = self.engine_config() {
-            if let Ok(declared) = ved_engine::adapters::declared_instances(c, self.engine.program()) {
-                for (name, _, initial) in declared {
-                    if let Some(t) = out.iter_mut().find(|t| t.name == name) {
-                        t.initial = initial;
-                    }
-                }
-            }
-        }
+        let mut out = self.fixed.clone();
         for (name, def) in ved_cluster::registered_instances(&*self.m.etcd, self.m.prefix()).ok()? {
             let body = serde_json::from_slice::<Map<String, Json>>(&def).unwrap_or_default();
             match ved_engine::calls::parse_new(self.engine.program(), &body) {
@@ -188,10 +182,6 @@ impl<W: Write> Node<W> {
             }
         }
         Some(out)
-    }
-
-    fn engine_config(&self) -> Option<&ved_adapters::config::Config> {
-        self.config.as_ref()
     }
 
     /// Takes the instances rendezvous hashing gives this node; hands over the others; forgets

@@ -13,20 +13,23 @@ fn bytes_of(dir: &Path) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// A program of one pool, created at its goal, on `dir`, run until idle.
+fn start_pool(dir: &Path) -> ved_engine::Engine<Vec<ved_engine::EngineEvent>> {
+    let src = "domain Pool {\n  state {\n    workers: int = 5\n  }\n  goal workers == 5\n}\n";
+    let loaded = ved_engine::load::check_texts(vec![("pool.ved".into(), src.into())]).unwrap();
+    let mut ved = ved_engine::Builder::new(loaded)
+        .data_dir(dir)
+        .start(Vec::<ved_engine::EngineEvent>::new())
+        .unwrap_or_else(|e| panic!("{e}"));
+    ved.run_until_idle().unwrap();
+    ved
+}
+
 #[test]
 fn restored_instances_at_slice_zero_are_not_recorded_again() {
     let dir = std::env::temp_dir().join(format!("ved-engine-restart-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let src = "domain Pool {\n  state {\n    workers: int = 5\n  }\n  goal workers == 5\n}\n";
-    let start = || {
-        let loaded = ved_engine::load::check_texts(vec![("pool.ved".into(), src.into())]).unwrap();
-        let mut ved = ved_engine::Builder::new(loaded)
-            .data_dir(&dir)
-            .start(Vec::<ved_engine::EngineEvent>::new())
-            .unwrap_or_else(|e| panic!("{e}"));
-        ved.run_until_idle().unwrap();
-        ved
-    };
+    let start = || start_pool(&dir);
     let ved = start();
     assert_eq!(ved.runtime().instance("Pool").unwrap().slice, 0, "created at its goal, it never ran");
     ved.finish().unwrap();
@@ -44,16 +47,7 @@ fn restored_instances_at_slice_zero_are_not_recorded_again() {
 fn a_fleet_created_at_rest_restarts_without_episodes_or_writes() {
     let dir = std::env::temp_dir().join(format!("ved-engine-fleet-restart-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let src = "domain Pool {\n  state {\n    workers: int = 5\n  }\n  goal workers == 5\n}\n";
-    let start = || {
-        let loaded = ved_engine::load::check_texts(vec![("pool.ved".into(), src.into())]).unwrap();
-        let mut ved = ved_engine::Builder::new(loaded)
-            .data_dir(&dir)
-            .start(Vec::<ved_engine::EngineEvent>::new())
-            .unwrap_or_else(|e| panic!("{e}"));
-        ved.run_until_idle().unwrap();
-        ved
-    };
+    let start = || start_pool(&dir);
     let mut ved = start();
     let items: Vec<serde_json::Value> =
         (0..20).map(|i| serde_json::json!({"name": format!("p{i}"), "domain": "Pool"})).collect();
