@@ -466,7 +466,7 @@ pub fn read_from_etcd(kv: &dyn KvStore, prefix: &str, call: &Call, m: Option<&Me
                 }
                 let Ok(snap) = serde_json::from_slice::<ved_store::SnapshotRecord>(&kv.value) else { continue };
                 let status = snap.snapshot.status.as_str();
-                if q.domain.as_deref().is_some_and(|d| d != snap.domain)
+                if q.domain.as_deref().is_some_and(|d| d != snap.domain())
                     || q.status.as_deref().is_some_and(|s| s != status)
                 {
                     continue;
@@ -475,7 +475,7 @@ pub fn read_from_etcd(kv: &dyn KvStore, prefix: &str, call: &Call, m: Option<&Me
                     next = list.last().and_then(|l: &Json| l["name"].as_str().map(str::to_string));
                     break;
                 }
-                list.push(json!({"name": name, "domain": snap.domain, "status": status,
+                list.push(json!({"name": name, "domain": snap.domain(), "status": status,
                     "slice": snap.snapshot.slice, "owner": owner(name)}));
             }
             Reply { status: 200, body: json!({"instances": list, "next": next}) }
@@ -493,11 +493,15 @@ pub fn read_from_etcd(kv: &dyn KvStore, prefix: &str, call: &Call, m: Option<&Me
                 return Reply { status: 200, body: json!({"instance": name, "entries": entries}) };
             }
             let s = &snap.snapshot;
-            let fields: Map<String, Json> =
-                snap.fields.iter().zip(&s.state).map(|((n, _), v)| (n.clone(), ved_engine::json::to_json(v))).collect();
+            let fields: Map<String, Json> = snap
+                .fields()
+                .iter()
+                .zip(&s.state)
+                .map(|((n, _), v)| (n.clone(), ved_engine::json::to_json(v)))
+                .collect();
             Reply {
                 status: 200,
-                body: json!({"name": name, "domain": snap.domain, "status": s.status.as_str(), "slice": s.slice,
+                body: json!({"name": name, "domain": snap.domain(), "status": s.status.as_str(), "slice": s.slice,
                     "state": fields, "owner": owner(name), "pending": s.pending.len(),
                     "note": "read from etcd: no node answered for this instance"}),
             }

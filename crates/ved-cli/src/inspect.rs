@@ -127,17 +127,17 @@ pub fn inspect(src: &Source, instance: Option<&str>, as_json: bool) -> ExitCode 
             .collect();
         if as_json {
             let state: serde_json::Map<String, serde_json::Value> =
-                r.fields.iter().zip(&s.state).map(|((n, _), v)| (n.clone(), crate::json::to_json(v))).collect();
+                r.fields().iter().zip(&s.state).map(|((n, _), v)| (n.clone(), crate::json::to_json(v))).collect();
             let line = json!({
-                "instance": s.name, "domain": r.domain, "slice": s.slice, "status": s.status.as_str(),
+                "instance": s.name, "domain": r.domain(), "slice": s.slice, "status": s.status.as_str(),
                 "ticks": s.ticks, "now_ms": s.now_ms, "state": state,
                 "pending": pending.iter().map(|(t, w)| json!({"transition": t, "what": w})).collect::<Vec<_>>(),
                 "undelivered": undelivered.iter().map(|(id, call)| json!({"id": id, "intent": call})).collect::<Vec<_>>(),
             });
             println!("{line}");
         } else {
-            println!("{} ({}) at slice {}: {}", s.name, r.domain, s.slice, s.status.as_str());
-            for ((n, t), v) in r.fields.iter().zip(&s.state) {
+            println!("{} ({}) at slice {}: {}", s.name, r.domain(), s.slice, s.status.as_str());
+            for ((n, t), v) in r.fields().iter().zip(&s.state) {
                 println!("  {n}: {t} = {v}");
             }
             for (t, w) in &pending {

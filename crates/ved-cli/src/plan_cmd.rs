@@ -102,7 +102,7 @@ pub fn plan(src: &crate::inspect::Source, files: &[PathBuf], as_json: bool) -> E
             name.clone(),
             Planned {
                 instance: name.clone(),
-                domain: snap.domain.clone(),
+                domain: snap.domain().to_string(),
                 stored_slice: Some(snap.snapshot.slice),
                 migration,
                 refused,

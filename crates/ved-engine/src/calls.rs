@@ -390,7 +390,7 @@ impl<S: Sink> Engine<S> {
             let Some(inst) = self.rt.instance(&name) else { continue };
             let dom = &self.program.domains[inst.domain];
             if self.store.is_some() {
-                let snap = ved_store::SnapshotRecord::from_snapshot(inst.snapshot(), &dom.name, &dom.fields);
+                let snap = ved_store::SnapshotRecord::new(inst.snapshot(), &self.schemas[inst.domain]);
                 records.push(ved_store::Record::Snapshot(snap));
             }
             let domain = dom.name.clone();

@@ -76,6 +76,8 @@ pub struct Engine<S: Sink> {
     pub(crate) rt: Runtime,
     pub(crate) adapters: Adapters,
     pub(crate) program: std::sync::Arc<CompiledProgram>,
+    /// Each domain's schema, shared by every snapshot record of it (made once, not per slice).
+    pub(crate) schemas: Vec<std::sync::Arc<ved_store::Schema>>,
     pub(crate) sources: SourceMap,
     pub(crate) store: Option<Box<dyn Persistence>>,
     pub(crate) out: S,
@@ -419,6 +421,7 @@ impl<S: Sink> Engine<S> {
             warnings,
             watched,
             rt,
+            schemas: program.domains.iter().map(|d| ved_store::Schema::of(&d.name, &d.fields)).collect(),
             program,
             sources: loaded.sources,
             store,
@@ -456,8 +459,7 @@ impl<S: Sink> Engine<S> {
             // already, and writing a fleet's state again on every start would cost its size.
             for name in &created {
                 let Some(inst) = driver.rt.instance(name) else { continue };
-                let dom = &driver.program.domains[inst.domain];
-                records.push(Record::Snapshot(SnapshotRecord::from_snapshot(inst.snapshot(), &dom.name, &dom.fields)));
+                records.push(Record::Snapshot(SnapshotRecord::new(inst.snapshot(), &driver.schemas[inst.domain])));
             }
             // A migrated instance: its new snapshot, the journal entry and the audit entry that
             // say what changed, durable before it runs.
@@ -825,7 +827,7 @@ impl<S: Sink> Engine<S> {
         let mut audit = Vec::new();
         let mut intents = Vec::new();
         let mut steps = Vec::new();
-        let program = self.program.clone();
+        let schemas = self.schemas.clone();
         let persist = self.store.is_some();
         let history = &mut self.history;
         // Instances given a snapshot below: those whose journal stays empty drop it again.
@@ -835,15 +837,13 @@ impl<S: Sink> Engine<S> {
                 // An instance at rest with no journal keeps no snapshot in memory; the one
                 // `ved replay` will start from is its state now, before it changes.
                 if persist && !history.contains_key(&*inst.name) {
-                    let dom = &program.domains[inst.domain];
-                    let snap = SnapshotRecord::from_snapshot(inst.snapshot(), &dom.name, &dom.fields);
+                    let snap = SnapshotRecord::new(inst.snapshot(), &schemas[inst.domain]);
                     remember_new(history, &inst.name, snap);
                     based.push(inst.name.to_string());
                 }
             },
             |inst, evs| {
-                let dom = &program.domains[inst.domain];
-                let snap = persist.then(|| SnapshotRecord::from_snapshot(inst.snapshot(), &dom.name, &dom.fields));
+                let snap = persist.then(|| SnapshotRecord::new(inst.snapshot(), &schemas[inst.domain]));
                 steps.push((inst.name.to_string(), inst.ticks, inst.pending.is_empty(), evs.to_vec(), snap));
             },
         );
@@ -989,7 +989,6 @@ impl<S: Sink> Engine<S> {
             confirm_ms: Some(self.rt.policy.confirm_ms),
         }];
         for inst in self.rt.instances() {
-            let dom = &self.program.domains[inst.domain];
             // The snapshot before the oldest journal entry first (replay starts there), then the latest.
             let first = self.journals.get(&*inst.name).and_then(|q| q.front()).map(|e| e.slice);
             let base = first.and_then(|f| self.history.get(&*inst.name)?.iter().rev().find(|s| s.snapshot.slice < f));
@@ -1000,7 +999,7 @@ impl<S: Sink> Engine<S> {
             if let Some(q) = self.journals.get(&*inst.name) {
                 records.extend(q.iter().cloned().map(Record::Journal));
             }
-            records.push(Record::Snapshot(SnapshotRecord::from_snapshot(inst.snapshot(), &dom.name, &dom.fields)));
+            records.push(Record::Snapshot(SnapshotRecord::new(inst.snapshot(), &self.schemas[inst.domain])));
         }
         records
     }
@@ -1105,8 +1104,7 @@ impl<S: Sink> Engine<S> {
                     .create_instance(name, domain, initial)
                     .map_err(|e| StartError::Create { instance: name.to_string(), reason: e.to_string() })?;
                 if let (Some(store), Some(inst)) = (self.store.as_mut(), self.rt.instance(name)) {
-                    let dom = &self.program.domains[inst.domain];
-                    let snap = SnapshotRecord::from_snapshot(inst.snapshot(), &dom.name, &dom.fields);
+                    let snap = SnapshotRecord::new(inst.snapshot(), &self.schemas[inst.domain]);
                     store.append(vec![Record::Snapshot(snap)], Vec::new());
                 }
             }
@@ -1122,8 +1120,7 @@ impl<S: Sink> Engine<S> {
             // Intents the last owner never saw answered go out again, but only after a write
             // under this node's ownership succeeded: ownership is proven by a fenced write,
             // not by what this node last heard.
-            let dom = &self.program.domains[inst.domain];
-            let snap = SnapshotRecord::from_snapshot(inst.snapshot(), &dom.name, &dom.fields);
+            let snap = SnapshotRecord::new(inst.snapshot(), &self.schemas[inst.domain]);
             let seq = match self.store.as_mut() {
                 Some(store) if !undelivered.is_empty() => store.append(vec![Record::Snapshot(snap)], Vec::new()),
                 _ => 0,

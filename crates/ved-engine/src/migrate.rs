@@ -180,10 +180,10 @@ pub fn migrate(
     rec: &SnapshotRecord,
 ) -> Result<Migration, MigrateError> {
     let instance = rec.snapshot.name.clone();
-    let Some(d) = program.domains.iter().position(|d| d.name == rec.domain) else {
+    let Some(d) = program.domains.iter().position(|d| d.name == rec.domain()) else {
         return Err(MigrateError::NoDomain {
             instance,
-            domain: rec.domain.clone(),
+            domain: rec.domain().to_string(),
             known: program.domains.iter().map(|d| format!("`{}`", d.name)).collect(),
         });
     };
@@ -192,15 +192,15 @@ pub fn migrate(
     snap.domain = d;
 
     // Fields, by name. `slots[old] = new`.
-    let mut slots: Vec<Option<u16>> = vec![None; rec.fields.len()];
+    let mut slots: Vec<Option<u16>> = vec![None; rec.fields().len()];
     let mut state = Vec::with_capacity(dom.fields.len());
     let mut added = Vec::new();
     let mut defaults: Option<Vec<Value>> = None;
     for (j, (name, ty)) in dom.fields.iter().enumerate() {
         let new_ty = ty.to_string();
-        match rec.fields.iter().position(|(n, _)| n == name) {
+        match rec.fields().iter().position(|(n, _)| n == name) {
             Some(i) => {
-                let old_ty = &rec.fields[i].1;
+                let old_ty = &rec.fields()[i].1;
                 if *old_ty != new_ty {
                     return Err(MigrateError::TypeChanged {
                         instance,
@@ -234,18 +234,18 @@ pub fn migrate(
         }
     }
     let removed: Vec<(String, String, Value)> = rec
-        .fields
+        .fields()
         .iter()
         .enumerate()
         .filter(|(i, _)| slots[*i].is_none())
         .map(|(i, (n, t))| (n.clone(), t.clone(), rec.snapshot.state.get(i).cloned().unwrap_or(Value::Int(0))))
         .collect();
     snap.state = state;
-    let field_name = |s: u16| rec.fields.get(s as usize).map(|f| f.0.clone()).unwrap_or_else(|| format!("#{s}"));
+    let field_name = |s: u16| rec.fields().get(s as usize).map(|f| f.0.clone()).unwrap_or_else(|| format!("#{s}"));
     let remap = |s: u16| slots.get(s as usize).copied().flatten();
 
     // Transitions, by name when the writing program is known.
-    let old_dom: Option<&CompiledDomain> = old.and_then(|p| p.domains.iter().find(|od| od.name == rec.domain));
+    let old_dom: Option<&CompiledDomain> = old.and_then(|p| p.domains.iter().find(|od| od.name == rec.domain()));
     let old_name = |t: usize| match old_dom {
         Some(od) => od.transitions.get(t).map(|t| t.name.clone()).unwrap_or_else(|| format!("#{t}")),
         None => dom.transitions.get(t).map(|t| t.name.clone()).unwrap_or_else(|| format!("#{t}")),
@@ -340,7 +340,7 @@ pub fn migrate(
         added,
         removed,
         notes,
-        snapshot: SnapshotRecord::from_snapshot(snap, &dom.name, &dom.fields),
+        snapshot: SnapshotRecord::new(snap, &ved_store::Schema::of(&dom.name, &dom.fields)),
     };
     if m.changed() {
         // The migration is a slice: the journal entry that records it has a number of its own.
@@ -432,7 +432,7 @@ mod tests {
             sources: Vec::new(),
             watched: vec![0, 1],
         };
-        SnapshotRecord::from_snapshot(snap, "D", &old.domains[1].fields)
+        SnapshotRecord::new(snap, &ved_store::Schema::of("D", &old.domains[1].fields))
     }
 
     #[test]

@@ -5,31 +5,65 @@
 
 use serde::ser::{self, Impossible, SerializeMap, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
+use std::sync::Arc;
 use ved_runtime::InstanceSnapshot;
 
-/// One instance's snapshot, as written after a slice: the snapshot's own fields, with
-/// the domain's name and fields (name, type) next to the instance's name, so that a
-/// changed program is noticed:
-/// `{"instance", "domain", "fields", "domain_index", "slice", ..}`.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-pub struct SnapshotRecord {
+/// A domain as a store records it: its name and its fields (name, type), so that a
+/// changed program is noticed and migrated by field name. One value per domain is
+/// shared by every snapshot of it, in memory and (in the binary format) on disk.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Schema {
     pub domain: String,
     pub fields: Vec<(String, String)>,
-    #[serde(flatten)]
+}
+
+impl Schema {
+    pub fn of(domain: &str, fields: &[(String, ved_check::Type)]) -> Arc<Schema> {
+        Arc::new(Schema {
+            domain: domain.to_string(),
+            fields: fields.iter().map(|(n, t)| (n.clone(), t.to_string())).collect(),
+        })
+    }
+}
+
+/// One instance's snapshot, as written after a slice: the snapshot's own fields, with
+/// its domain's [`Schema`]. In JSON the schema's `domain` and `fields` stand next to the
+/// instance's name: `{"instance", "domain", "fields", "domain_index", "slice", ..}`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotRecord {
+    pub schema: Arc<Schema>,
     pub snapshot: InstanceSnapshot,
 }
 
 impl SnapshotRecord {
-    pub fn from_snapshot(
-        snapshot: InstanceSnapshot,
-        domain: &str,
-        fields: &[(String, ved_check::Type)],
-    ) -> SnapshotRecord {
-        SnapshotRecord {
-            domain: domain.to_string(),
-            fields: fields.iter().map(|(n, t)| (n.clone(), t.to_string())).collect(),
-            snapshot,
-        }
+    pub fn new(snapshot: InstanceSnapshot, schema: &Arc<Schema>) -> SnapshotRecord {
+        SnapshotRecord { schema: schema.clone(), snapshot }
+    }
+
+    /// The domain's name.
+    pub fn domain(&self) -> &str {
+        &self.schema.domain
+    }
+
+    /// The domain's fields: name, type.
+    pub fn fields(&self) -> &[(String, String)] {
+        &self.schema.fields
+    }
+}
+
+/// The JSON form, as stores have always held it.
+#[derive(Deserialize)]
+struct JsonSnapshot {
+    domain: String,
+    fields: Vec<(String, String)>,
+    #[serde(flatten)]
+    snapshot: InstanceSnapshot,
+}
+
+impl<'de> Deserialize<'de> for SnapshotRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SnapshotRecord, D::Error> {
+        let j = JsonSnapshot::deserialize(d)?;
+        Ok(SnapshotRecord { schema: Arc::new(Schema { domain: j.domain, fields: j.fields }), snapshot: j.snapshot })
     }
 }
 
@@ -55,8 +89,8 @@ impl<M: SerializeMap> SerializeStruct for Splice<'_, M> {
     fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), M::Error> {
         self.map.serialize_entry(key, value)?;
         if key == "instance" {
-            self.map.serialize_entry("domain", &self.header.domain)?;
-            self.map.serialize_entry("fields", &self.header.fields)?;
+            self.map.serialize_entry("domain", &self.header.schema.domain)?;
+            self.map.serialize_entry("fields", &self.header.schema.fields)?;
         }
         Ok(())
     }

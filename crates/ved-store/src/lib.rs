@@ -15,5 +15,5 @@ pub mod frame;
 mod store;
 
 pub use audit::{AuditDraft, AuditEntry, AuditError};
-pub use codec::{JournalEntry, Origin, Record, SnapshotRecord};
+pub use codec::{JournalEntry, Origin, Record, Schema, SnapshotRecord};
 pub use store::{read_only, verify_audit, Durability, DurableHook, Flush, Recovered, Store, StoreError, JOURNAL_MAX};

@@ -37,7 +37,7 @@ fn old_records_decode_and_encode_byte_for_byte() {
 #[test]
 fn an_old_in_flight_record_reads_as_the_runtime_sees_it() {
     let rec = decode(IN_FLIGHT);
-    assert_eq!((rec.domain.as_str(), rec.fields.len()), ("SecurityPolicy", 2));
+    assert_eq!((rec.domain(), rec.fields().len()), ("SecurityPolicy", 2));
     let s = &rec.snapshot;
     assert_eq!((s.name.as_str(), s.domain, s.slice, s.status), ("SecurityPolicy", 0, 1, Status::Converging));
     assert_eq!((s.tick_cursor, s.tick_ran, s.ticks_since_input), (Some(2), true, 1));
@@ -145,11 +145,13 @@ fn an_instance_round_trips_through_its_record() {
     ];
     for snap in [everything(), decode(IN_FLIGHT).snapshot, decode(BACKING_OFF).snapshot] {
         let before = Instance::restore(snap.clone());
-        let json =
-            serde_json::to_string(&Record::Snapshot(SnapshotRecord::from_snapshot(before.snapshot(), "D", &fields)))
-                .unwrap();
+        let json = serde_json::to_string(&Record::Snapshot(SnapshotRecord::new(
+            before.snapshot(),
+            &ved_store::Schema::of("D", &fields),
+        )))
+        .unwrap();
         let Record::Snapshot(rec) = serde_json::from_str::<Record>(&json).unwrap() else { panic!("{json}") };
-        assert_eq!((rec.domain.as_str(), rec.fields[2].1.as_str()), ("D", "string"));
+        assert_eq!((rec.domain(), rec.fields()[2].1.as_str()), ("D", "string"));
         assert_eq!(rec.snapshot, snap);
         let after = Instance::restore(rec.snapshot);
         assert_eq!(after.snapshot(), before.snapshot());
@@ -180,7 +182,7 @@ fn optional_parts_are_left_out_and_default_when_absent() {
             },
         },
     ];
-    let json = serde_json::to_string(&SnapshotRecord::from_snapshot(s.clone(), "D", &[])).unwrap();
+    let json = serde_json::to_string(&SnapshotRecord::new(s.clone(), &ved_store::Schema::of("D", &[]))).unwrap();
     for absent in ["watched", "confirm", "error"] {
         assert!(!json.contains(&format!("\"{absent}\"")), "{absent} in {json}");
     }

@@ -9,8 +9,10 @@ use ved_vm::Value;
 
 fn snap(instance: &str, slice: u64, workers: i64) -> Record {
     Record::Snapshot(SnapshotRecord {
-        domain: "WorkerPool".into(),
-        fields: vec![("workers".into(), "int".into())],
+        schema: std::sync::Arc::new(ved_store::Schema {
+            domain: "WorkerPool".into(),
+            fields: vec![("workers".into(), "int".into())],
+        }),
         snapshot: InstanceSnapshot {
             name: instance.into(),
             domain: 0,
