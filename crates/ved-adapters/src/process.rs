@@ -62,6 +62,14 @@ fn cmdline(pid: u32) -> Vec<String> {
     raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
 }
 
+/// The parent of `pid`, from `/proc/PID/stat` (`pid (comm) state ppid ...`; the command
+/// name may hold spaces and parentheses, so the fields are read after its last `)`).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// A duration for a message: `2 s`, `300 ms`.
 fn human(d: Duration) -> String {
     if d.subsec_nanos() == 0 {
@@ -83,19 +91,24 @@ impl Pool {
         args.len() == self.command.len() && args.iter().zip(&self.command).all(|(a, c)| a == c)
     }
 
-    /// Pids of every live process whose command line is the pool's.
+    /// Pids of every live process whose command line is the pool's, except the children of
+    /// such processes: a member that forks (a shell running a command) has, between the fork
+    /// and the child's exec, a child with the very same command line, which is not a member.
+    /// Counting it would read as one worker too many, and the program would stop a real one.
     fn members(&self) -> Vec<u32> {
-        let mut out = Vec::new();
-        let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+        let mut found: Vec<(u32, u32)> = Vec::new();
+        let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
         for entry in dir.flatten() {
             let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
             let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else { continue };
             // Zombies and kernel threads have an empty command line.
             let args: Vec<&[u8]> = raw.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
             if args.len() == self.command.len() && args.iter().zip(&self.command).all(|(a, c)| *a == c.as_bytes()) {
-                out.push(pid);
+                found.push((pid, parent_of(pid).unwrap_or(0)));
             }
         }
+        let mut out: Vec<u32> =
+            found.iter().filter(|(_, ppid)| !found.iter().any(|(p, _)| p == ppid)).map(|(pid, _)| *pid).collect();
         out.sort_unstable();
         out
     }

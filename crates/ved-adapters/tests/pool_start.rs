@@ -70,6 +70,22 @@ fn a_command_that_keeps_its_line_starts_and_stop_ends_its_children_too() {
 }
 
 #[test]
+fn a_member_that_forks_a_copy_of_itself_counts_once() {
+    let m = marker(4);
+    let _cleanup = Cleanup(&m);
+    // The subshell is a fork of the member that keeps its command line for as long as the
+    // sleep runs (as every forking member does for a moment, between fork and exec).
+    let d =
+        ProcessDriver { pool: Pool::new(sh(&format!("(sleep {m}; true) & wait; true")), Duration::from_millis(200)) };
+    d.deliver(&intent("Start", 1)).unwrap();
+    wait_until("the sleep in the member's subshell", || with_marker(&m).len() == 1);
+    assert_eq!(d.pool.count(), 1, "the subshell is not a second member");
+    d.deliver(&intent("Stop", 2)).unwrap();
+    assert_eq!(d.pool.count(), 0);
+    wait_gone(&m, "the member's subshell and sleep to go with it");
+}
+
+#[test]
 fn a_member_that_execs_away_later_fails_the_next_start_and_is_killed() {
     let m = marker(3);
     let _cleanup = Cleanup(&m);
