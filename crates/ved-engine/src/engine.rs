@@ -357,7 +357,33 @@ impl<S: Sink> Engine<S> {
                 Some(files) if *files != program_files => crate::migrate::recorded_program(Some(files)),
                 _ => None,
             };
+            // Per schema (recovery shares one per domain): the domain it is in this program,
+            // when the fields are the same names and types in the same order.
+            let mut same: Vec<(Arc<ved_store::Schema>, Option<usize>)> = Vec::new();
             for (name, snap) in rec.snapshots {
+                let d = match same.iter().find(|(s, _)| Arc::ptr_eq(s, &snap.schema)) {
+                    Some((_, d)) => *d,
+                    None => {
+                        let d = crate::migrate::same_domain(&program, &snap.schema);
+                        same.push((snap.schema.clone(), d));
+                        d
+                    }
+                };
+                // The common case: the program that wrote it runs it; nothing to carry over,
+                // so the snapshot moves into the runtime as it is.
+                if old.is_none()
+                    && d == Some(snap.snapshot.domain)
+                    && crate::migrate::in_range(&program, &snap.snapshot)
+                {
+                    last_status.insert(name.clone(), snap.snapshot.status);
+                    if rec.journals.get(&name).is_some_and(|q| !q.is_empty()) {
+                        remember_new(&mut history, &name, snap.clone());
+                    }
+                    if let Err(e) = rt.restore_instance(snap.snapshot) {
+                        return Err(StartError::Restore { instance: name, reason: e.to_string() });
+                    }
+                    continue;
+                }
                 // Matched by name: fields added get their defaults, fields removed are dropped;
                 // what cannot be carried over (a type changed) stops the start.
                 let m = crate::migrate::migrate(&program, old.as_deref(), &snap)
@@ -466,7 +492,7 @@ impl<S: Sink> Engine<S> {
             let mut audit = Vec::new();
             for m in &migrations {
                 records.push(Record::Snapshot(m.snapshot.clone()));
-                records.push(Record::Journal(m.journal_entry()));
+                records.push(Record::Journal(Box::new(m.journal_entry())));
                 audit.push(m.audit());
             }
             if !records.is_empty() {
@@ -997,7 +1023,7 @@ impl<S: Sink> Engine<S> {
             }
             // The journal before the latest snapshot, as in the log: each entry after its slice.
             if let Some(q) = self.journals.get(&*inst.name) {
-                records.extend(q.iter().cloned().map(Record::Journal));
+                records.extend(q.iter().map(|e| Record::Journal(Box::new(e.clone()))));
             }
             records.push(Record::Snapshot(SnapshotRecord::new(inst.snapshot(), &self.schemas[inst.domain])));
         }
@@ -1012,7 +1038,7 @@ impl<S: Sink> Engine<S> {
         records: &mut [Option<Record>],
     ) {
         let Some((at, e)) = open.remove(name) else { return };
-        records[at] = Some(Record::Journal(e.clone()));
+        records[at] = Some(Record::Journal(Box::new(e.clone())));
         let q = self.journals.entry(name.to_string()).or_default();
         q.push_back(e);
         while q.len() > JOURNAL_MAX {
@@ -1086,7 +1112,8 @@ impl<S: Sink> Engine<S> {
                 if m.changed() {
                     journal.push(m.journal_entry());
                     if let Some(store) = self.store.as_mut() {
-                        let records = vec![Record::Snapshot(snapshot.clone()), Record::Journal(m.journal_entry())];
+                        let records =
+                            vec![Record::Snapshot(snapshot.clone()), Record::Journal(Box::new(m.journal_entry()))];
                         store.append(records, vec![m.audit()]);
                     }
                 }

@@ -172,6 +172,29 @@ impl fmt::Display for MigrateError {
 
 impl std::error::Error for MigrateError {}
 
+/// The index of the domain of `program` that `schema` describes exactly (same name,
+/// same fields and types in the same order): its snapshots need no migration.
+pub fn same_domain(program: &CompiledProgram, schema: &ved_store::Schema) -> Option<usize> {
+    let d = program.domains.iter().position(|d| d.name == schema.domain)?;
+    let dom = &program.domains[d];
+    let same = dom.fields.len() == schema.fields.len()
+        && dom.fields.iter().zip(&schema.fields).all(|((n, t), (sn, st))| n == sn && t.to_string() == *st);
+    same.then_some(d)
+}
+
+/// Whether every transition and field a snapshot names exists in its domain of
+/// `program` (always so when the program that wrote it runs it).
+pub fn in_range(program: &CompiledProgram, s: &ved_runtime::InstanceSnapshot) -> bool {
+    let Some(dom) = program.domains.get(s.domain) else { return false };
+    let t = dom.transitions.len();
+    let f = dom.fields.len();
+    s.state.len() == f
+        && s.pending.iter().all(|p| p.transition < t)
+        && s.retry_attempts.iter().all(|(x, _)| *x < t)
+        && s.last_errors.iter().all(|(x, _)| *x < t)
+        && s.watched.iter().all(|x| (*x as usize) < f)
+}
+
 /// Carries `rec` over to `program`. `old` is the program that wrote it, when the store
 /// records it (for transition names). Pure: nothing is written.
 pub fn migrate(
@@ -433,6 +456,40 @@ mod tests {
             watched: vec![0, 1],
         };
         SnapshotRecord::new(snap, &ved_store::Schema::of("D", &old.domains[1].fields))
+    }
+
+    /// The start's fast path (`same_domain` and `in_range`: restore as is) agrees with
+    /// `migrate`: whenever it is taken, migrating would have changed nothing.
+    #[test]
+    fn the_unchanged_fast_path_agrees_with_migrate() {
+        let old = compile(OLD);
+        let pending = vec![
+            Pending { transition: 1, attempt: 1, phase: Phase::Confirming { fields: vec![0], until_ms: 9 } },
+            Pending {
+                transition: 0,
+                attempt: 0,
+                phase: Phase::InFlight {
+                    outstanding: vec![id(4, 0)],
+                    held: vec![(1, Value::Int(6))],
+                    intents: vec![intent(4, 0)],
+                    confirm: vec![],
+                },
+            },
+        ];
+        for p in [Vec::new(), pending] {
+            let rec = stored(p);
+            assert_eq!(same_domain(&old, &rec.schema), Some(1));
+            assert!(in_range(&old, &rec.snapshot));
+            let m = migrate(&old, None, &rec).unwrap();
+            assert!(!m.changed(), "{}", m.summary());
+            assert_eq!(m.snapshot.snapshot, rec.snapshot);
+        }
+        // Another program: the fields differ, so the fast path is not taken.
+        let rec = stored(Vec::new());
+        assert_eq!(same_domain(&compile(NEW), &rec.schema), None);
+        let mut far = rec.snapshot.clone();
+        far.retry_attempts.push((99, 1));
+        assert!(!in_range(&old, &far));
     }
 
     #[test]

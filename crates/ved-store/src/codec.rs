@@ -262,7 +262,8 @@ impl std::fmt::Display for Origin {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Record {
     Snapshot(SnapshotRecord),
-    Journal(JournalEntry),
+    /// Boxed: an entry is larger than a snapshot, and recovery holds a million records.
+    Journal(Box<JournalEntry>),
     /// The instance's journal was trimmed to its last `keep` entries.
     Trim {
         instance: String,
@@ -292,6 +293,23 @@ pub enum Record {
     },
 }
 
+/// Decodes one payload of either format: a binary schema record defines a number in
+/// `schemas` (and gives `None`), a binary snapshot is decoded against them, and
+/// anything else is a JSON record ([`decode_record`]).
+pub fn decode_payload(
+    payload: &[u8],
+    schemas: &mut crate::bin::Schemas,
+    scratch: &mut Vec<u8>,
+) -> Result<Option<Record>, String> {
+    match payload.first() {
+        Some(&crate::bin::SCHEMA) => schemas.define(payload).map(|_| None).map_err(|e| e.to_string()),
+        Some(&crate::bin::SNAPSHOT) => {
+            schemas.snapshot(payload).map(|s| Some(Record::Snapshot(s))).map_err(|e| e.to_string())
+        }
+        _ => decode_record(payload, scratch).map(Some).map_err(|e| e.to_string()),
+    }
+}
+
 /// Decodes one record's payload as `serde_json::from_slice::<Record>` does, faster for
 /// the records a store is made of (the same record for every payload the writer makes). `Record` is tagged by `kind`, so serde
 /// would first buffer the whole object to find the tag, then decode the buffer again.
@@ -315,7 +333,7 @@ pub fn decode_record(payload: &[u8], scratch: &mut Vec<u8>) -> serde_json::Resul
     } else if payload.starts_with(JOURNAL) {
         rest(JOURNAL, scratch);
         if let Ok(j) = serde_json::from_slice::<JournalEntry>(scratch) {
-            return Ok(Record::Journal(j));
+            return Ok(Record::Journal(Box::new(j)));
         }
     } else if payload.starts_with(COMMIT) {
         #[derive(Deserialize)]

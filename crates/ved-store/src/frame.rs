@@ -9,7 +9,11 @@
 use std::fmt;
 
 pub const MAGIC: &[u8; 8] = b"VEDSTORE";
-pub const VERSION: u16 = 1;
+/// The version this build writes. Version 2 adds binary schema and snapshot records
+/// (`crate::bin`); version 1 files hold JSON records only, and are still read.
+pub const VERSION: u16 = 2;
+/// The oldest version this build reads.
+pub const VERSION_MIN: u16 = 1;
 pub const HEADER_LEN: usize = 24;
 pub const RECORD_HEADER_LEN: usize = 8;
 /// No record is larger; a length field above it is corruption, not a big record.
@@ -71,7 +75,9 @@ impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FrameError::Foreign => f.write_str("not a Ved store file (no `VEDSTORE` header)"),
-            FrameError::Version(v) => write!(f, "store format version {v}, but this ved reads version {VERSION}"),
+            FrameError::Version(v) => {
+                write!(f, "store format version {v}, but this ved reads versions {VERSION_MIN} to {VERSION}")
+            }
             FrameError::WrongKind { expected, found } => write!(
                 f,
                 "expected a {} file, found {}",
@@ -111,7 +117,7 @@ pub fn read_header(bytes: &[u8], expected: FileKind) -> Result<u64, FrameError> 
         return Err(FrameError::Checksum { offset: 0 });
     }
     let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-    if version != VERSION {
+    if !(VERSION_MIN..=VERSION).contains(&version) {
         return Err(FrameError::Version(version));
     }
     let kind = FileKind::from_u8(bytes[10]);
@@ -119,6 +125,11 @@ pub fn read_header(bytes: &[u8], expected: FileKind) -> Result<u64, FrameError> 
         return Err(FrameError::WrongKind { expected, found: kind });
     }
     Ok(u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes")))
+}
+
+/// The format version of a file whose header [`read_header`] accepted.
+pub fn version(bytes: &[u8]) -> u16 {
+    u16::from_le_bytes([bytes[8], bytes[9]])
 }
 
 /// Appends one framed record to `out`.

@@ -10,6 +10,7 @@
 //! separate hash chain. The on-disk format is in `docs/store.md`.
 
 pub mod audit;
+pub mod bin;
 pub mod codec;
 pub mod frame;
 mod store;

@@ -112,6 +112,12 @@ pub struct Recovered {
     pub confirm_ms: Option<u64>,
 }
 
+/// An instance's snapshots while a store is read: the latest, and older ones, oldest first.
+struct Recent {
+    older: VecDeque<SnapshotRecord>,
+    latest: SnapshotRecord,
+}
+
 struct Manifest {
     generation: u64,
     log_len: u64,
@@ -207,66 +213,7 @@ fn load(dir: &Path, mode: Mode) -> Result<(Recovered, Manifest), StoreError> {
     let bytes = fs::read(&mpath).map_err(io(&mpath))?;
     let mut m = Manifest::decode(&mpath, &bytes)?;
     let mut rec = Recovered { generation: m.generation, ..Recovered::default() };
-    // Recent snapshots per instance, enough to find the one before the oldest journal entry.
-    let mut recent: BTreeMap<String, VecDeque<SnapshotRecord>> = BTreeMap::new();
-    let mut apply = |rec: &mut Recovered, r: Record| match r {
-        Record::Snapshot(s) => {
-            // Most instances have one snapshot here (a fleet, from a checkpoint): room for one.
-            let q = match recent.get_mut(&s.snapshot.name) {
-                Some(q) => q,
-                None => recent.entry(s.snapshot.name.clone()).or_insert_with(|| VecDeque::with_capacity(1)),
-            };
-            // The driver writes each journal entry right after its slice's snapshot, so a stable
-            // snapshot past the last entry is of a slice that was not journaled (an observation
-            // that changed nothing). Such a snapshot is needed only until the next one: a run of
-            // periodic resyncs keeps its last and never pushes out the snapshot replay needs.
-            let last_entry = rec.journals.get(&s.snapshot.name).and_then(|j| j.back()).map_or(0, |e| e.slice);
-            let unjournaled = |b: &SnapshotRecord| {
-                b.snapshot.slice > last_entry
-                    && b.snapshot.slice + 1 == s.snapshot.slice
-                    && b.snapshot.status == ved_runtime::Status::Stable
-                    && b.snapshot.pending.is_empty()
-            };
-            if q.back().is_some_and(|last| last.snapshot.slice == s.snapshot.slice || unjournaled(last)) {
-                q.pop_back();
-            }
-            q.push_back(s.clone());
-            while q.len() > JOURNAL_MAX + 2 {
-                q.pop_front();
-            }
-            let newer = rec.snapshots.get(&s.snapshot.name).is_none_or(|old| s.snapshot.slice >= old.snapshot.slice);
-            if newer {
-                rec.snapshots.insert(s.snapshot.name.clone(), s);
-            }
-        }
-        Record::Commit { .. } => {}
-        Record::Program { files, retry, confirm_ms } => {
-            rec.program = Some(files);
-            rec.retry = retry;
-            rec.confirm_ms = confirm_ms;
-        }
-        Record::Journal(j) => {
-            let q = rec.journals.entry(j.instance.clone()).or_default();
-            if q.back().is_none_or(|last| j.slice > last.slice) {
-                q.push_back(j);
-                while q.len() > JOURNAL_MAX {
-                    q.pop_front();
-                }
-            }
-        }
-        Record::Trim { instance, keep_from_slice } => {
-            if let Some(q) = rec.journals.get_mut(&instance) {
-                while q.front().is_some_and(|e| e.slice < keep_from_slice) {
-                    q.pop_front();
-                }
-            }
-        }
-        Record::Remove { instance } => {
-            recent.remove(&instance);
-            rec.snapshots.remove(&instance);
-            rec.journals.remove(&instance);
-        }
-    };
+    let mut loader = Loader::default();
 
     // The checkpoint: all or nothing; it was written whole and renamed into place.
     if m.generation > 0 {
@@ -274,8 +221,10 @@ fn load(dir: &Path, mode: Mode) -> Result<(Recovered, Manifest), StoreError> {
         let bytes = fs::read(&cpath).map_err(io(&cpath))?;
         match read_checkpoint(&bytes, m.generation) {
             Ok(records) => {
+                // About one instance per record in a fleet at rest: room for them once.
+                loader.reserve(records.len());
                 for r in records {
-                    apply(&mut rec, r);
+                    loader.apply(&mut rec, r);
                 }
             }
             Err(detail) if mode == Mode::Recover => {
@@ -311,21 +260,25 @@ fn load(dir: &Path, mode: Mode) -> Result<(Recovered, Manifest), StoreError> {
     // The records of the batch being read; applied at its `Commit`.
     let mut batch: Vec<Record> = Vec::new();
     let mut scratch = Vec::new();
+    // A log's schemas are defined as it goes; a later definition of a number replaces an
+    // earlier one (a writer restarted on this log numbers afresh).
+    let mut schemas = crate::bin::Schemas::default();
     while offset < bytes.len() {
         let parsed = frame::read_record(&bytes, offset).map_err(|e| e.to_string()).and_then(|(payload, next)| {
-            crate::codec::decode_record(payload, &mut scratch)
+            crate::codec::decode_payload(payload, &mut schemas, &mut scratch)
                 .map(|r| (r, next))
                 .map_err(|e| format!("undecodable record at byte {offset}: {e}"))
         });
         match parsed {
-            Ok((Record::Commit { .. }, next)) => {
+            Ok((None, next)) => offset = next,
+            Ok((Some(Record::Commit { .. }), next)) => {
                 for r in batch.drain(..) {
-                    apply(&mut rec, r);
+                    loader.apply(&mut rec, r);
                 }
                 offset = next;
                 good_end = next;
             }
-            Ok((r, next)) => {
+            Ok((Some(r), next)) => {
                 batch.push(r);
                 offset = next;
             }
@@ -399,13 +352,120 @@ fn load(dir: &Path, mode: Mode) -> Result<(Recovered, Manifest), StoreError> {
         }
         Err(e) => return Err(StoreError::Corrupt { path: apath, detail: e.to_string() }),
     }
-    for (instance, q) in recent {
-        let first = rec.journals.get(&instance).and_then(|j| j.front()).map(|e| e.slice);
-        if let Some(base) = first.and_then(|f| q.iter().rev().find(|s| s.snapshot.slice < f)) {
-            rec.bases.insert(instance, base.clone());
+    loader.finish(&mut rec);
+    Ok((rec, m))
+}
+
+/// What recovery builds while it reads records, before it hands over a [`Recovered`].
+#[derive(Default)]
+struct Loader {
+    // Per instance, its latest snapshot and enough older ones to find the one before the
+    // oldest journal entry. Records move in here, uncloned: at a million instances a copy
+    // each is a second of work and a heap left full of holes. (A map to an index, not to
+    // the entries: a table of a million 270-byte entries would be moved whole at every growth.)
+    index: rustc_hash::FxHashMap<String, u32>,
+    recent: Vec<Option<Recent>>,
+    /// One `Schema` per distinct domain, shared by every snapshot (JSON records bring a copy each).
+    interned: Vec<Arc<crate::codec::Schema>>,
+}
+
+impl Loader {
+    /// Room for about `n` more instances.
+    fn reserve(&mut self, n: usize) {
+        self.index.reserve(n);
+        self.recent.reserve(n);
+    }
+
+    fn apply(&mut self, rec: &mut Recovered, r: Record) {
+        match r {
+            Record::Snapshot(mut s) => {
+                match self.interned.iter().find(|k| Arc::ptr_eq(k, &s.schema) || ***k == *s.schema) {
+                    Some(k) => s.schema = k.clone(),
+                    None => self.interned.push(s.schema.clone()),
+                }
+                let slot = self.index.get(&s.snapshot.name).and_then(|&i| self.recent[i as usize].as_mut());
+                let Some(r) = slot else {
+                    // New, or removed and created again.
+                    match self.index.get(&s.snapshot.name) {
+                        Some(&i) => self.recent[i as usize] = Some(Recent { older: VecDeque::new(), latest: s }),
+                        None => {
+                            self.index.insert(s.snapshot.name.clone(), self.recent.len() as u32);
+                            self.recent.push(Some(Recent { older: VecDeque::new(), latest: s }));
+                        }
+                    }
+                    return;
+                };
+                if s.snapshot.slice < r.latest.snapshot.slice {
+                    // Slices only move forward; an older one (never written so) is kept as history only.
+                    r.older.push_back(s);
+                    return;
+                }
+                // The driver writes each journal entry right after its slice's snapshot, so a stable
+                // snapshot past the last entry is of a slice that was not journaled (an observation
+                // that changed nothing). Such a snapshot is needed only until the next one: a run of
+                // periodic resyncs keeps its last and never pushes out the snapshot replay needs.
+                let last_entry = rec.journals.get(&s.snapshot.name).and_then(|j| j.back()).map_or(0, |e| e.slice);
+                let last = &r.latest.snapshot;
+                let unjournaled = last.slice > last_entry
+                    && last.slice + 1 == s.snapshot.slice
+                    && last.status == ved_runtime::Status::Stable
+                    && last.pending.is_empty();
+                let replaced = last.slice == s.snapshot.slice || unjournaled;
+                let prev = std::mem::replace(&mut r.latest, s);
+                if !replaced {
+                    r.older.push_back(prev);
+                    while r.older.len() + 1 > JOURNAL_MAX + 2 {
+                        r.older.pop_front();
+                    }
+                }
+            }
+            Record::Commit { .. } => {}
+            Record::Program { files, retry, confirm_ms } => {
+                rec.program = Some(files);
+                rec.retry = retry;
+                rec.confirm_ms = confirm_ms;
+            }
+            Record::Journal(j) => {
+                let q = rec.journals.entry(j.instance.clone()).or_default();
+                if q.back().is_none_or(|last| j.slice > last.slice) {
+                    q.push_back(*j);
+                    while q.len() > JOURNAL_MAX {
+                        q.pop_front();
+                    }
+                }
+            }
+            Record::Trim { instance, keep_from_slice } => {
+                if let Some(q) = rec.journals.get_mut(&instance) {
+                    while q.front().is_some_and(|e| e.slice < keep_from_slice) {
+                        q.pop_front();
+                    }
+                }
+            }
+            Record::Remove { instance } => {
+                if let Some(&i) = self.index.get(&instance) {
+                    self.recent[i as usize] = None;
+                }
+                rec.journals.remove(&instance);
+            }
         }
     }
-    Ok((rec, m))
+
+    /// The latest snapshot of each instance, and the bases replay starts from, into `rec`.
+    fn finish(mut self, rec: &mut Recovered) {
+        let mut all: Vec<(String, u32)> = self.index.into_iter().collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (instance, i) in all {
+            let Some(r) = self.recent[i as usize].take() else { continue };
+            let first = rec.journals.get(&instance).and_then(|j| j.front()).map(|e| e.slice);
+            let base = first
+                .and_then(|f| std::iter::once(&r.latest).chain(r.older.iter().rev()).find(|s| s.snapshot.slice < f));
+            if let Some(base) = base {
+                rec.bases.insert(instance.clone(), base.clone());
+            }
+            // In ascending order: each insert goes to the map's right edge.
+            rec.snapshots.insert(instance, r.latest);
+        }
+    }
 }
 
 fn read_checkpoint(bytes: &[u8], generation: u64) -> Result<Vec<Record>, String> {
@@ -413,35 +473,74 @@ fn read_checkpoint(bytes: &[u8], generation: u64) -> Result<Vec<Record>, String>
     if g != generation {
         return Err(format!("it belongs to generation {g}, expected {generation}"));
     }
+    // First the frames, their checksums and the schemas, in order; then the records,
+    // decoded on every core, since each needs only its bytes and the schemas.
     let mut offset = HEADER_LEN;
-    let mut records = Vec::with_capacity(count_frames(bytes));
-    let mut scratch = Vec::new();
+    let mut payloads: Vec<(usize, &[u8])> = Vec::with_capacity(count_frames(bytes));
+    let mut schemas = crate::bin::Schemas::default();
     loop {
         let (payload, next) = frame::read_record(bytes, offset).map_err(|e| e.to_string())?;
-        // The trailer counts the records, so a checkpoint cut at a record boundary is caught too.
-        // (A payload that starts with `kind` is a record: the trailer has no such key.)
-        let record = payload.starts_with(b"{\"kind\":");
-        if let Some(count) = (!record).then(|| serde_json::from_slice::<CheckpointEnd>(payload).ok()).flatten() {
-            if count.end != records.len() as u64 {
-                return Err(format!("its trailer counts {} records, found {}", count.end, records.len()));
+        if payload.first() == Some(&crate::bin::SCHEMA) {
+            // A checkpoint is written in one go: each schema is defined once.
+            let at = offset;
+            let (id, again) = schemas.define(payload).map_err(|e| format!("undecodable record at byte {at}: {e}"))?;
+            if again {
+                return Err(format!("schema {id} is defined twice (at byte {at})"));
+            }
+            offset = next;
+            continue;
+        }
+        // The trailer counts the records (schemas aside), so a checkpoint cut at a record
+        // boundary is caught too. (A JSON record starts with `kind`: the trailer has no such key.)
+        let json_record = payload.starts_with(b"{\"kind\":");
+        let binary = payload.first() == Some(&crate::bin::SNAPSHOT);
+        if let Some(count) =
+            (!json_record && !binary).then(|| serde_json::from_slice::<CheckpointEnd>(payload).ok()).flatten()
+        {
+            if count.end != payloads.len() as u64 {
+                return Err(format!("its trailer counts {} records, found {}", count.end, payloads.len()));
             }
             if next != bytes.len() {
                 return Err(format!("{} unexpected bytes after its trailer", bytes.len() - next));
             }
-            return Ok(records);
+            break;
         }
-        records.push(
-            crate::codec::decode_record(payload, &mut scratch)
-                .map_err(|e| format!("undecodable record at byte {offset}: {e}"))?,
-        );
+        payloads.push((offset, payload));
         offset = next;
     }
+    let decode = |part: &[(usize, &[u8])]| -> Result<Vec<Record>, String> {
+        let mut scratch = Vec::new();
+        let mut out = Vec::with_capacity(part.len());
+        for (at, p) in part {
+            let r = if p.first() == Some(&crate::bin::SNAPSHOT) {
+                schemas.snapshot(p).map(Record::Snapshot).map_err(|e| e.to_string())
+            } else {
+                crate::codec::decode_record(p, &mut scratch).map_err(|e| e.to_string())
+            };
+            out.push(r.map_err(|e| format!("undecodable record at byte {at}: {e}"))?);
+        }
+        Ok(out)
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    if threads < 2 || payloads.len() < 4096 {
+        return decode(&payloads);
+    }
+    let chunk = payloads.len().div_ceil(threads);
+    let parts: Vec<Result<Vec<Record>, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = payloads.chunks(chunk).map(|c| s.spawn(move || decode(c))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a decoding thread panicked".into()))).collect()
+    });
+    let mut records = Vec::with_capacity(payloads.len());
+    for p in parts {
+        records.extend(p?);
+    }
+    Ok(records)
 }
 
 /// About how many framed records follow the header, by their lengths alone (nothing is
 /// checked here; reading checks everything): room for a checkpoint's records is made once,
 /// not by doubling a million times over. It stops at the first frame that does not look
-/// like a JSON object, and never counts more than one record per 32 bytes, so a damaged
+/// like a record (a JSON object or a binary record's tag), and never counts more than one record per 32 bytes, so a damaged
 /// file cannot make it reserve more than the records it could hold.
 fn count_frames(bytes: &[u8]) -> usize {
     let mut offset = HEADER_LEN;
@@ -449,7 +548,8 @@ fn count_frames(bytes: &[u8]) -> usize {
     while let Some(head) = bytes.get(offset..offset + frame::RECORD_HEADER_LEN) {
         let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
         let start = offset + frame::RECORD_HEADER_LEN;
-        if len < 2 || bytes.get(start) != Some(&b'{') {
+        let first = bytes.get(start).copied();
+        if len < 2 || !matches!(first, Some(b'{' | crate::bin::SCHEMA | crate::bin::SNAPSHOT)) {
             break;
         }
         offset = start + len;
@@ -765,19 +865,39 @@ struct Writer {
     /// `fdatasync` (one per batch saved for every batch without an episode).
     audit_unsynced: bool,
     durability: Durability,
+    /// Whether the log in use takes binary snapshots: a format-1 log (opened from an older
+    /// store) keeps JSON until the next compaction starts a format-2 generation.
+    binary: bool,
+    /// The schemas the log in use has defined.
+    numbering: crate::bin::Numbering,
+    /// Reused for each record's payload.
+    payload: Vec<u8>,
 }
 
 impl Writer {
     fn new(dir: &Path, manifest: Manifest, durability: Durability) -> Result<Writer, StoreError> {
         let lpath = path_of(dir, &log_name(manifest.generation));
-        let mut log = OpenOptions::new().write(true).open(&lpath).map_err(io(&lpath))?;
+        let mut log = OpenOptions::new().read(true).write(true).open(&lpath).map_err(io(&lpath))?;
+        let mut head = [0u8; HEADER_LEN];
+        log.read_exact_at(&mut head, 0).map_err(io(&lpath))?;
+        let binary = frame::version(&head) >= 2;
         log.seek(SeekFrom::Start(manifest.log_len)).map_err(io(&lpath))?;
         let apath = path_of(dir, "audit.log");
         let audit = OpenOptions::new().create(true).append(true).open(&apath).map_err(io(&apath))?;
         let mpath = path_of(dir, "manifest");
         let manifest_file = OpenOptions::new().write(true).open(&mpath).map_err(io(&mpath))?;
-        let mut w =
-            Writer { dir: dir.to_path_buf(), manifest, manifest_file, log, audit, audit_unsynced: false, durability };
+        let mut w = Writer {
+            dir: dir.to_path_buf(),
+            manifest,
+            manifest_file,
+            log,
+            audit,
+            audit_unsynced: false,
+            durability,
+            binary,
+            numbering: crate::bin::Numbering::default(),
+            payload: Vec::new(),
+        };
         // Recovery may have accepted intact records that were written but never synced
         // before the crash, and trimmed a torn tail. Make what was recovered durable before
         // anything acts on it (re-sent intents, acknowledgements), then make the manifest
@@ -852,8 +972,7 @@ impl Writer {
     fn write_batch(&mut self, records: &[Record], drafts: &[AuditDraft]) -> Result<(), String> {
         let mut buf = Vec::new();
         for r in records {
-            let payload = serde_json::to_vec(r).map_err(|e| format!("encoding a record: {e}"))?;
-            frame::write_record(&mut buf, &payload);
+            encode(r, self.binary.then_some(&mut self.numbering), &mut self.payload, &mut buf)?;
         }
         let commit = serde_json::to_vec(&Record::Commit { at: self.manifest.log_len }).expect("serializes");
         frame::write_record(&mut buf, &commit);
@@ -888,9 +1007,9 @@ impl Writer {
     fn compact(&mut self, records: &[Record]) -> Result<(), String> {
         let next = self.manifest.generation + 1;
         let mut buf = frame::header(FileKind::Checkpoint, next).to_vec();
+        let mut numbering = crate::bin::Numbering::default();
         for r in records {
-            let payload = serde_json::to_vec(r).map_err(|e| format!("encoding a record: {e}"))?;
-            frame::write_record(&mut buf, &payload);
+            encode(r, Some(&mut numbering), &mut self.payload, &mut buf)?;
         }
         let end = serde_json::to_vec(&CheckpointEnd { end: records.len() as u64 }).expect("serializes");
         frame::write_record(&mut buf, &end);
@@ -910,6 +1029,8 @@ impl Writer {
         let lpath = path_of(&self.dir, &log_name(next));
         self.log = OpenOptions::new().write(true).open(&lpath).map_err(|e| format!("{}: {e}", lpath.display()))?;
         self.log.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
+        self.binary = true;
+        self.numbering.reset();
         let mpath = path_of(&self.dir, "manifest");
         self.manifest_file =
             OpenOptions::new().write(true).open(&mpath).map_err(|e| format!("{}: {e}", mpath.display()))?;
@@ -917,6 +1038,31 @@ impl Writer {
         let _ = fs::remove_file(path_of(&self.dir, &checkpoint_name(old)));
         Ok(())
     }
+}
+
+/// Frames one record into `buf`: a snapshot in binary when `numbering` is given (after
+/// its schema's record, the first time the file sees that schema), anything else as JSON.
+fn encode(
+    r: &Record,
+    numbering: Option<&mut crate::bin::Numbering>,
+    payload: &mut Vec<u8>,
+    buf: &mut Vec<u8>,
+) -> Result<(), String> {
+    payload.clear();
+    match (r, numbering) {
+        (Record::Snapshot(s), Some(numbering)) => {
+            let (id, new) = numbering.number(&s.schema);
+            if new {
+                crate::bin::encode_schema(payload, id, &s.schema);
+                frame::write_record(buf, payload);
+                payload.clear();
+            }
+            crate::bin::encode_snapshot(payload, id, &s.snapshot);
+        }
+        _ => serde_json::to_writer(&mut *payload, r).map_err(|e| format!("encoding a record: {e}"))?,
+    }
+    frame::write_record(buf, payload);
+    Ok(())
 }
 
 #[cfg(all(test, debug_assertions))]

@@ -35,7 +35,7 @@ fn snap(instance: &str, slice: u64, workers: i64) -> Record {
 }
 
 fn journal(instance: &str, slice: u64) -> Record {
-    Record::Journal(JournalEntry {
+    Record::Journal(Box::new(JournalEntry {
         instance: instance.into(),
         slice,
         at_ms: 0,
@@ -46,7 +46,7 @@ fn journal(instance: &str, slice: u64) -> Record {
         intents: Vec::new(),
         results: Vec::new(),
         ..JournalEntry::default()
-    })
+    }))
 }
 
 #[test]
@@ -356,4 +356,136 @@ fn batches_queued_while_a_flush_is_under_way_share_one_fsync() {
     drop(s);
     let rec = read_only(&dir).unwrap();
     assert_eq!(rec.snapshots["WorkerPool"].snapshot.slice, 500);
+}
+
+/// A domain other than `snap`'s, for logs that hold two schemas.
+fn other_snap(instance: &str, slice: u64) -> Record {
+    let Record::Snapshot(mut s) = snap(instance, slice, 1) else { unreachable!() };
+    s.schema = std::sync::Arc::new(ved_store::Schema {
+        domain: "SecurityPolicy".into(),
+        fields: vec![("ports".into(), "set<int>".into())],
+    });
+    Record::Snapshot(s)
+}
+
+fn latest(rec: &ved_store::Recovered) -> Vec<(String, u64, String)> {
+    rec.snapshots.iter().map(|(n, s)| (n.clone(), s.snapshot.slice, s.domain().to_string())).collect()
+}
+
+/// A header as format 1 wrote it (same layout, version 1, its own checksum).
+fn header_v1(kind: u8, generation: u64) -> Vec<u8> {
+    let mut h = ved_store::frame::header(ved_store::frame::FileKind::Log, generation).to_vec();
+    h[8..10].copy_from_slice(&1u16.to_le_bytes());
+    h[10] = kind;
+    let crc = crc32fast::hash(&h[..20]);
+    h[20..24].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+#[test]
+fn a_format_1_store_is_read_and_rewritten_in_format_2_at_its_next_compaction() {
+    let dir = tempdir("format1");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A format-1 store, as an older ved left it: JSON records in log-0.
+    let mut log = header_v1(3, 0);
+    for r in [snap("a", 1, 3), journal("a", 1), Record::Commit { at: 24 }] {
+        ved_store::frame::write_record(&mut log, &serde_json::to_vec(&r).unwrap());
+    }
+    std::fs::write(dir.join("log-0"), &log).unwrap();
+    let mut manifest = header_v1(1, 0);
+    manifest.extend_from_slice(&(log.len() as u64).to_le_bytes());
+    manifest.extend_from_slice(&0u64.to_le_bytes());
+    manifest.extend_from_slice(&[b'0'; 64]);
+    let crc = crc32fast::hash(&manifest[24..]);
+    manifest.extend_from_slice(&crc.to_le_bytes());
+    std::fs::write(dir.join("manifest"), &manifest).unwrap();
+
+    let (mut s, rec) = open(&dir).unwrap();
+    assert_eq!(latest(&rec), [("a".to_string(), 1, "WorkerPool".to_string())]);
+    // Appended to the format-1 log: still JSON there, so the file stays one format.
+    let seq = s.append(vec![snap("a", 2, 4)], Vec::new());
+    s.wait_durable(seq).unwrap();
+    let log = std::fs::read(dir.join("log-0")).unwrap();
+    assert_eq!(ved_store::frame::version(&log), 1);
+    assert!(log.windows(8).filter(|w| w == b"\"fields\"").count() == 2, "both snapshots in JSON");
+    let seq = s.compact(vec![snap("a", 2, 4), journal("a", 1)]);
+    s.wait_durable(seq).unwrap();
+    s.close().unwrap();
+    let cp = std::fs::read(dir.join("checkpoint-1")).unwrap();
+    assert_eq!(ved_store::frame::version(&cp), 2);
+    assert!(!cp.windows(8).any(|w| w == b"\"fields\""), "the checkpoint's snapshot is binary");
+    let (_s, rec) = open(&dir).unwrap();
+    assert_eq!(latest(&rec), [("a".to_string(), 2, "WorkerPool".to_string())]);
+    assert_eq!(rec.snapshots["a"].snapshot.state, vec![Value::Int(4)]);
+    assert_eq!(rec.journals["a"].len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_schema_is_written_once_per_file_and_shared_in_memory() {
+    let dir = tempdir("schema-once");
+    let (mut s, _) = open(&dir).unwrap();
+    let records: Vec<Record> = (0..5000).map(|i| snap(&format!("w{i}"), 1, i)).collect();
+    let seq = s.compact(records.clone());
+    s.wait_durable(seq).unwrap();
+    s.close().unwrap();
+    let cp = std::fs::read(dir.join("checkpoint-1")).unwrap();
+    assert_eq!(cp.windows(10).filter(|w| w == b"WorkerPool").count(), 1);
+    // 5,000 records: decoded on every core, in order, to what was written.
+    let (_s, rec) = open(&dir).unwrap();
+    assert_eq!(rec.snapshots.len(), 5000);
+    let first = rec.snapshots["w0"].schema.clone();
+    for (i, r) in records.iter().enumerate() {
+        let Record::Snapshot(w) = r else { unreachable!() };
+        let got = &rec.snapshots[&format!("w{i}")];
+        assert_eq!(got, w);
+        assert!(std::sync::Arc::ptr_eq(&got.schema, &first), "one schema in memory for the domain");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_writer_reopened_on_a_log_numbers_its_schemas_afresh_and_both_read_back() {
+    let dir = tempdir("renumber");
+    let (mut s, _) = open(&dir).unwrap();
+    s.append(vec![snap("pool", 1, 5)], Vec::new());
+    s.close().unwrap();
+    // A second writer on the same log: its first schema takes number 0 again, for
+    // another domain; records before keep the meaning number 0 had then.
+    let (mut s, _) = open(&dir).unwrap();
+    s.append(vec![other_snap("fw", 1)], Vec::new());
+    s.append(vec![snap("pool", 2, 6)], Vec::new());
+    s.close().unwrap();
+    let (_s, rec) = open(&dir).unwrap();
+    assert_eq!(
+        latest(&rec),
+        [("fw".to_string(), 1, "SecurityPolicy".to_string()), ("pool".to_string(), 2, "WorkerPool".to_string())]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_checkpoint_that_defines_a_schema_twice_is_refused() {
+    let dir = tempdir("schema-twice");
+    let (mut s, _) = open(&dir).unwrap();
+    let seq = s.compact(vec![snap("a", 1, 1)]);
+    s.wait_durable(seq).unwrap();
+    s.close().unwrap();
+    // Rebuild checkpoint-1 with its schema record repeated (checksums and trailer right).
+    let cp = std::fs::read(dir.join("checkpoint-1")).unwrap();
+    let mut frames = Vec::new();
+    let mut at = ved_store::frame::HEADER_LEN;
+    while at < cp.len() {
+        let (p, next) = ved_store::frame::read_record(&cp, at).unwrap();
+        frames.push(p.to_vec());
+        at = next;
+    }
+    let mut out = cp[..ved_store::frame::HEADER_LEN].to_vec();
+    for p in [&frames[0], &frames[0], &frames[1], &frames[2]] {
+        ved_store::frame::write_record(&mut out, p);
+    }
+    std::fs::write(dir.join("checkpoint-1"), &out).unwrap();
+    let err = open(&dir).err().expect("refused").to_string();
+    assert!(err.contains("schema 0 is defined twice"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
