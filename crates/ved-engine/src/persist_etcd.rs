@@ -192,7 +192,7 @@ impl Persistence for EtcdPersistence {
                 }
                 // The program is every node's own; a checkpoint marker means nothing here.
                 // Cluster mode does not delete instances yet (the API answers 501).
-                Record::Program { .. } | Record::Commit { .. } | Record::Remove { .. } => {}
+                Record::Program { .. } | Record::Commit { .. } | Record::Remove { .. } | Record::Audit(_) => {}
             }
         }
         for d in audit {

@@ -286,6 +286,10 @@ pub enum Record {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         confirm_ms: Option<u64>,
     },
+    /// An audit entry, written into the log's batch as well as to `audit.log`, so that it
+    /// is durable with the batch's one fsync: `audit.log` itself is synced at compaction and
+    /// on close, and recovery restores from these records any entry it lost.
+    Audit(Box<crate::audit::AuditEntry>),
     /// The instance was deleted (`DELETE /v1/instances/{name}`): recovery forgets its
     /// snapshots and journal, so a restart does not bring it back. Its audit entries stay.
     Remove {

@@ -16,6 +16,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -204,7 +205,19 @@ pub fn verify_audit(dir: &Path) -> Result<Result<usize, audit::AuditError>, Stor
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(StoreError::Io { path: apath, err: e }),
     };
-    Ok(audit::verify(&text, m.audit_count, &m.audit_head).map(|v| v.entries.len()))
+    let found = audit::verify(&text, m.audit_count, &m.audit_head).map(|v| v.entries.len());
+    Ok(found.map_err(|mut e| {
+        // `audit.log` is synced at compaction and on close; its latest entries are durable in
+        // the log first. After a machine crash the file can lack them until the next start.
+        let in_log = load(dir, Mode::ReadOnly).map(|(r, _)| r.audit.len() as u64).unwrap_or(0);
+        if e.reason.contains("removed from the end") && in_log >= m.audit_count {
+            e.reason.push_str(
+                "; the store's log still holds them (Ved stopped before audit.log was synced): \
+                 the next `ved run` on this directory restores them",
+            );
+        }
+        e
+    }))
 }
 
 /// Loads manifest, checkpoint, log and audit log. Returns what was recovered and the manifest.
@@ -321,20 +334,48 @@ fn load(dir: &Path, mode: Mode) -> Result<(Recovered, Manifest), StoreError> {
     }
     m.log_len = good_end as u64;
 
-    // The audit log.
+    // The audit log. Its entries are durable in the log's batches first (`audit.log` is synced
+    // only at compaction and on close), so those past its end (the machine went down before
+    // the file's own pages reached the disk) are restored from the log, then the whole chain
+    // is checked against the manifest.
     let apath = path_of(dir, "audit.log");
-    let text = match fs::read(&apath) {
+    let mut text = match fs::read(&apath) {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(StoreError::Io { path: apath, err: e }),
     };
-    match audit::verify(&text, m.audit_count, &m.audit_head) {
+    let checked = match audit::verify(&text, 0, GENESIS) {
         Ok(v) => {
-            if v.torn_tail && mode != Mode::ReadOnly {
-                rec.warnings.push(format!("{}: discarded an unfinished entry at the end", apath.display()));
-                let f = OpenOptions::new().write(true).open(&apath).map_err(io(&apath))?;
-                f.set_len(v.valid_len as u64).map_err(io(&apath))?;
+            if v.torn_tail {
+                text.truncate(v.valid_len);
+                if mode != Mode::ReadOnly {
+                    rec.warnings.push(format!("{}: discarded an unfinished entry at the end", apath.display()));
+                    let f = OpenOptions::new().write(true).open(&apath).map_err(io(&apath))?;
+                    f.set_len(v.valid_len as u64).map_err(io(&apath))?;
+                }
             }
+            let have = v.entries.len() as u64;
+            let missing: String = loader.audit.iter().filter(|e| e.seq > have).map(|e| e.to_line()).collect();
+            if !missing.is_empty() {
+                text.push_str(&missing);
+                if mode != Mode::ReadOnly {
+                    let n = missing.lines().count();
+                    let mut f = OpenOptions::new().create(true).append(true).open(&apath).map_err(io(&apath))?;
+                    f.write_all(missing.as_bytes()).map_err(io(&apath))?;
+                    f.sync_data().map_err(io(&apath))?;
+                    rec.warnings.push(format!(
+                        "{}: restored {n} {} from the log (written, not yet synced when Ved stopped)",
+                        apath.display(),
+                        if n == 1 { "entry" } else { "entries" }
+                    ));
+                }
+            }
+            audit::verify(&text, m.audit_count, &m.audit_head)
+        }
+        Err(e) => Err(e),
+    };
+    match checked {
+        Ok(v) => {
             m.audit_count = v.entries.len() as u64;
             m.audit_head = v.entries.last().map(|e| e.hash.clone()).unwrap_or_else(|| GENESIS.to_string());
             rec.audit = v.entries;
@@ -367,6 +408,8 @@ struct Loader {
     recent: Vec<Option<Recent>>,
     /// One `Schema` per distinct domain, shared by every snapshot (JSON records bring a copy each).
     interned: Vec<Arc<crate::codec::Schema>>,
+    /// The audit entries the log's committed batches hold.
+    audit: Vec<AuditEntry>,
 }
 
 impl Loader {
@@ -434,6 +477,7 @@ impl Loader {
                     }
                 }
             }
+            Record::Audit(e) => self.audit.push(*e),
             Record::Trim { instance, keep_from_slice } => {
                 if let Some(q) = rec.journals.get_mut(&instance) {
                     while q.front().is_some_and(|e| e.slice < keep_from_slice) {
@@ -629,6 +673,7 @@ pub struct Store {
     _lock: File,
     /// Manual mode (no writer thread): the writer, the queued commands and the hook.
     manual: Option<Manual>,
+    fsyncs: Arc<AtomicU64>,
 }
 
 struct Manual {
@@ -691,11 +736,20 @@ impl Store {
         }
         let (rec, manifest) = load(dir, if recover { Mode::Recover } else { Mode::Strict })?;
         let shared = Arc::new(Shared { durable: Mutex::new(0), cond: Condvar::new(), failure: Mutex::new(None) });
-        let writer = Writer::new(dir, manifest, durability)?;
+        let fsyncs = Arc::new(AtomicU64::new(0));
+        let writer = Writer::new(dir, manifest, durability, fsyncs.clone())?;
         if flush == Flush::Manual {
             let manual = Some(Manual { writer, queued: Vec::new(), on_durable });
-            let store =
-                Store { dir: dir.to_path_buf(), tx: None, thread: None, shared, next_seq: 0, _lock: lock, manual };
+            let store = Store {
+                dir: dir.to_path_buf(),
+                tx: None,
+                thread: None,
+                shared,
+                next_seq: 0,
+                _lock: lock,
+                manual,
+                fsyncs,
+            };
             return Ok((store, rec));
         }
         let (tx, rx) = mpsc::channel();
@@ -713,6 +767,7 @@ impl Store {
                 next_seq: 0,
                 _lock: lock,
                 manual: None,
+                fsyncs,
             },
             rec,
         ))
@@ -779,6 +834,12 @@ impl Store {
         self.next_seq
     }
 
+    /// How many fsync and fdatasync calls the writer has made (none with `Durability::None`):
+    /// one per group commit, plus those of compactions and of `audit.log` at compaction and close.
+    pub fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(Ordering::Relaxed)
+    }
+
     /// The highest batch known durable.
     pub fn durable_seq(&self) -> u64 {
         *self.shared.durable.lock().unwrap_or_else(|p| p.into_inner())
@@ -836,6 +897,9 @@ impl Store {
     fn shutdown(&mut self) -> Result<(), String> {
         if self.manual.is_some() {
             self.flush()?;
+            if let Some(m) = self.manual.as_mut() {
+                m.writer.sync_audit()?;
+            }
             self.manual = None;
         }
         drop(self.tx.take());
@@ -872,10 +936,17 @@ struct Writer {
     numbering: crate::bin::Numbering,
     /// Reused for each record's payload.
     payload: Vec<u8>,
+    /// fsync and fdatasync calls made, for [`Store::fsyncs`].
+    fsyncs: Arc<AtomicU64>,
 }
 
 impl Writer {
-    fn new(dir: &Path, manifest: Manifest, durability: Durability) -> Result<Writer, StoreError> {
+    fn new(
+        dir: &Path,
+        manifest: Manifest,
+        durability: Durability,
+        fsyncs: Arc<AtomicU64>,
+    ) -> Result<Writer, StoreError> {
         let lpath = path_of(dir, &log_name(manifest.generation));
         let mut log = OpenOptions::new().read(true).write(true).open(&lpath).map_err(io(&lpath))?;
         let mut head = [0u8; HEADER_LEN];
@@ -897,6 +968,7 @@ impl Writer {
             binary,
             numbering: crate::bin::Numbering::default(),
             payload: Vec::new(),
+            fsyncs,
         };
         // Recovery may have accepted intact records that were written but never synced
         // before the crash, and trimmed a torn tail. Make what was recovered durable before
@@ -967,6 +1039,10 @@ impl Writer {
             shared.cond.notify_all();
             on_durable(last);
         }
+        // Closed: `audit.log` is made durable on its own too.
+        if let Err(e) = self.sync_audit() {
+            *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+        }
     }
 
     fn write_batch(&mut self, records: &[Record], drafts: &[AuditDraft]) -> Result<(), String> {
@@ -974,37 +1050,51 @@ impl Writer {
         for r in records {
             encode(r, self.binary.then_some(&mut self.numbering), &mut self.payload, &mut buf)?;
         }
+        // Audit entries go into the batch too: durable with the log's fsync, so a batch costs
+        // one fsync whether or not it audits. `audit.log` gets the same lines, synced later.
+        let mut text = String::new();
+        for d in drafts {
+            let e = AuditEntry::new(self.manifest.audit_count + 1, &self.manifest.audit_head, d);
+            self.manifest.audit_count += 1;
+            self.manifest.audit_head = e.hash.clone();
+            text.push_str(&e.to_line());
+            encode(&Record::Audit(Box::new(e)), None, &mut self.payload, &mut buf)?;
+        }
         let commit = serde_json::to_vec(&Record::Commit { at: self.manifest.log_len }).expect("serializes");
         frame::write_record(&mut buf, &commit);
         // One write call per batch keeps a crash from interleaving partial records.
         self.log.write_all(&buf).map_err(|e| format!("writing the log: {e}"))?;
         self.manifest.log_len += buf.len() as u64;
-        if !drafts.is_empty() {
-            let mut text = String::new();
-            for d in drafts {
-                let e = AuditEntry::new(self.manifest.audit_count + 1, &self.manifest.audit_head, d);
-                self.manifest.audit_count += 1;
-                self.manifest.audit_head = e.hash.clone();
-                text.push_str(&e.to_line());
-            }
+        if !text.is_empty() {
             self.audit.write_all(text.as_bytes()).map_err(|e| format!("writing the audit log: {e}"))?;
             self.audit_unsynced = true;
         }
         Ok(())
     }
 
+    /// Makes what was written durable: the log (which holds the audit entries too).
     fn sync(&mut self) -> Result<(), String> {
         if self.durability == Durability::Fsync {
             self.log.sync_data().map_err(|e| format!("fsync of the log: {e}"))?;
-            if self.audit_unsynced {
-                self.audit.sync_data().map_err(|e| format!("fsync of the audit log: {e}"))?;
-                self.audit_unsynced = false;
-            }
+            self.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
         self.write_manifest().map_err(|e| format!("writing the manifest: {e}"))
     }
 
+    /// Syncs `audit.log` when it grew: before a compaction drops the log records that back
+    /// its entries, and on close.
+    fn sync_audit(&mut self) -> Result<(), String> {
+        if self.durability == Durability::Fsync && self.audit_unsynced {
+            self.audit.sync_data().map_err(|e| format!("fsync of the audit log: {e}"))?;
+            self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        self.audit_unsynced = false;
+        Ok(())
+    }
+
     fn compact(&mut self, records: &[Record]) -> Result<(), String> {
+        // The new generation's log holds no audit entries: `audit.log` must hold them first.
+        self.sync_audit()?;
         let next = self.manifest.generation + 1;
         let mut buf = frame::header(FileKind::Checkpoint, next).to_vec();
         let mut numbering = crate::bin::Numbering::default();
@@ -1024,6 +1114,10 @@ impl Writer {
             audit_head: self.manifest.audit_head.clone(),
         };
         write_atomic(&self.dir, "manifest", &m.encode()).map_err(err)?;
+        if self.durability == Durability::Fsync {
+            // Each of the three: the file, then its directory.
+            self.fsyncs.fetch_add(6, Ordering::Relaxed);
+        }
         let old = self.manifest.generation;
         self.manifest = m;
         let lpath = path_of(&self.dir, &log_name(next));
