@@ -4,9 +4,10 @@
 //! [`EtcdPersistence`](ved_engine::persist_etcd::EtcdPersistence), so every slice
 //! is written (snapshot, journal entries, audit entries) in a transaction fenced by
 //! the owner key before its intents leave, each carrying the owner's fencing token.
-//! The node balances when the watched node and owner keys change (or a balance period
-//! passed): it adopts the instances rendezvous hashing gives it, from the state their
-//! last owner left in etcd, and hands over the others.
+//! The node balances by what the watch of the node keys, owner keys and registry reports:
+//! it adopts the instances rendezvous hashing gives it, from the state their last owner
+//! left in etcd, and hands over the others; it keeps the registry itself, so that a round
+//! reads nothing from etcd to decide.
 //!
 //! [`run_cluster`] is the process around it: the same input channel, HTTP API and
 //! JSON-lines events as `ved run`, with a wall clock. The simulation
@@ -15,7 +16,9 @@
 use crate::load;
 use crate::run::{api, build_adapters, report_start_error, Adapters, Input, RunOptions};
 use serde_json::{json, Map, Value as Json};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Write;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -39,8 +42,9 @@ pub struct ClusterOptions {
     pub advertise: Option<String>,
 }
 
-/// Instances are balanced whenever the etcd watch reports a change of the node or owner
-/// keys, and at least this often regardless (the balance period).
+/// Instances are balanced whenever the etcd watch reports a change of the node keys, owner
+/// keys or registry; a move that could not be made is tried again this often (the balance
+/// period).
 pub const BALANCE_PERIOD_MS: u64 = 1000;
 
 /// How long one etcd request may take on one endpoint before it goes to the next.
@@ -57,27 +61,51 @@ fn obj(j: Json) -> Map<String, Json> {
 /// and the instances already running keep running between them.
 pub const MOVES_PER_ROUND: usize = 64;
 
+/// How many instances a round looks at, moved or not: a pass over every instance (after a
+/// node joined or left) goes on over several rounds, so that no round takes time in
+/// proportion to the fleet.
+pub const EXAMINED_PER_ROUND: usize = 4096;
+
 /// One instance the cluster runs: the program's (or `ved.toml`'s), or one created through
 /// the API and registered in etcd, with its initial values.
 #[derive(Clone)]
 struct Target {
-    name: String,
     domain: usize,
     initial: Vec<(u16, ved_vm::Value)>,
 }
 
 /// One cluster node: membership, and an engine holding what this node owns.
+///
+/// It balances by change: the registry and the owner keys reach it through the
+/// membership's watch ([`Membership::take_changes`]), so a round reads nothing from etcd
+/// to decide, and looks only at the instances that changed, plus every instance once
+/// after the set of live nodes changed or the watch read everything again.
 pub struct Node<W: Write> {
     pub m: Arc<Membership>,
     pub engine: Engine<JsonLines<W>>,
     owned: Arc<Mutex<Owned>>,
-    /// The instances the program and `ved.toml` declare, with their initial values: every
-    /// node has the same list, and it does not change while the node runs.
-    fixed: Vec<Target>,
-    balanced_at: u64,
+    /// Every instance the cluster runs, by name: the declared ones, which do not change
+    /// while the node runs, and the registered ones, each parsed once, when the watch
+    /// reports it.
+    targets: BTreeMap<String, Target>,
+    /// The names the program and `ved.toml` declare: a registered definition never
+    /// replaces one.
+    fixed: HashSet<String>,
+    /// Instances to look at in the coming rounds: registered or deleted ones, those whose
+    /// owner key changed, those the engine lost.
+    todo: BTreeSet<String>,
+    /// Moves that could not be made (etcd unreachable, state not yet written): looked at
+    /// again once per balance period.
+    retry: BTreeSet<String>,
+    /// A pass over every instance under way, resuming after this bound.
+    sweep: Option<Bound<String>>,
+    /// The live nodes and this node's lease the last pass was for.
+    nodes: Vec<String>,
+    lease: i64,
     last_balance_ms: Option<u64>,
-    /// A batched move is under way: balance again next round.
-    more: bool,
+    /// What this node holds, for the API's routes: changed when ownership changes, so the
+    /// node loop does not copy its holdings every round.
+    here: Arc<Mutex<HashSet<String>>>,
 }
 
 impl<W: Write> Node<W> {
@@ -92,22 +120,23 @@ impl<W: Write> Node<W> {
         let owned = Arc::new(Mutex::new(Owned::default()));
         let persistence = Box::new(EtcdPersistence::new(m.clone(), owned.clone()));
         let domains: Vec<String> = loaded.compiled.domains.iter().map(|d| d.name.clone()).collect();
-        let mut fixed: Vec<Target> = match &opts.config {
+        let mut targets: BTreeMap<String, Target> = match &opts.config {
             Some(c) => c.instance_names(&domains),
             None => domains.iter().cloned().enumerate().map(|(d, n)| (n, d)).collect(),
         }
         .into_iter()
-        .map(|(name, domain)| Target { name, domain, initial: Vec::new() })
+        .map(|(name, domain)| (name, Target { domain, initial: Vec::new() }))
         .collect();
         if let Some(c) = &opts.config {
             let declared = ved_engine::adapters::declared_instances(c, &loaded.compiled)
                 .map_err(|reason| StartError::Create { instance: "ved.toml".into(), reason })?;
             for (name, _, initial) in declared {
-                if let Some(t) = fixed.iter_mut().find(|t| t.name == name) {
+                if let Some(t) = targets.get_mut(&name) {
                     t.initial = initial;
                 }
             }
         }
+        let fixed = targets.keys().cloned().collect();
         let engine = Engine::start_with(
             loaded,
             opts,
@@ -117,7 +146,20 @@ impl<W: Write> Node<W> {
             None,
             Instances::Adopted,
         )?;
-        Ok(Node { m, engine, owned, fixed, balanced_at: u64::MAX, last_balance_ms: None, more: false })
+        Ok(Node {
+            m,
+            engine,
+            owned,
+            targets,
+            fixed,
+            todo: BTreeSet::new(),
+            retry: BTreeSet::new(),
+            sweep: None,
+            nodes: Vec::new(),
+            lease: 0,
+            last_balance_ms: None,
+            here: Arc::default(),
+        })
     }
 
     fn emit(&mut self, j: Json) {
@@ -129,28 +171,47 @@ impl<W: Write> Node<W> {
         self.owned.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn here(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.here.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The instances this node owns now.
     pub fn holding(&self) -> Vec<String> {
         self.engine.instance_names()
     }
 
-    /// One round at time `now_ms`: stand down if the lease may have lapsed; balance if the
-    /// watch saw a change or a period passed; run what came due; retry unwritten batches.
+    /// Keeps `here` as the set of instances this node holds from now on (the API's routes
+    /// read it from another thread).
+    pub fn share_holdings(&mut self, here: Arc<Mutex<HashSet<String>>>) {
+        *here.lock().unwrap_or_else(|p| p.into_inner()) = self.here().clone();
+        self.here = here;
+    }
+
+    /// How many registered instances this node knows of (declared ones not counted).
+    pub fn registered(&self) -> usize {
+        self.targets.len() - self.fixed.len()
+    }
+
+    /// One round at time `now_ms`: stand down if the lease may have lapsed; take in what the
+    /// watch reported; balance what changed (and, once per balance period, retry the moves
+    /// that could not be made); run what came due; retry unwritten batches.
     pub fn step(&mut self, now_ms: u64) {
         if !self.m.acting() {
             self.stand_down();
             return;
         }
-        let changes = self.m.changes();
-        let due = self.last_balance_ms.is_none_or(|t| now_ms >= t + BALANCE_PERIOD_MS);
-        if changes != self.balanced_at || due || self.more {
-            self.balanced_at = changes;
+        self.absorb();
+        if self.last_balance_ms.is_none_or(|t| now_ms >= t + BALANCE_PERIOD_MS) {
             self.last_balance_ms = Some(now_ms);
+            self.todo.append(&mut self.retry);
+        }
+        if !self.todo.is_empty() || self.sweep.is_some() {
             self.rebalance();
         }
         self.engine.tick();
         // Writes refused for want of etcd are tried again; intents wait for them.
         let _ = self.engine.flush();
+        self.note_fenced_out();
     }
 
     /// A result or a reading from the adapters. Every node runs every watcher, so a
@@ -169,75 +230,161 @@ impl<W: Write> Node<W> {
         }
     }
 
-    /// Every instance the cluster runs: the fixed ones and the registered ones. `None` when
-    /// etcd cannot be read (nothing is decided on a partial list).
-    fn targets(&self) -> Option<Vec<Target>> {
-        let mut out = self.fixed.clone();
-        for (name, def) in ved_cluster::registered_instances(&*self.m.etcd, self.m.prefix()).ok()? {
-            let body = serde_json::from_slice::<Map<String, Json>>(&def).unwrap_or_default();
-            match ved_engine::calls::parse_new(self.engine.program(), &body) {
-                Ok(n) if n.name == name => out.push(Target { name, domain: n.domain, initial: n.overrides }),
-                // A definition this program cannot run (written by another version): say so, skip it.
-                _ => {}
-            }
+    /// A registered instance's definition, parsed. `None`: one this program cannot run
+    /// (written by another version, or not for this program); it is skipped.
+    fn parse(&self, name: &str, def: &[u8]) -> Option<Target> {
+        let body = serde_json::from_slice::<Map<String, Json>>(def).unwrap_or_default();
+        match ved_engine::calls::parse_new(self.engine.program(), &body) {
+            Ok(n) if n.name == name => Some(Target { domain: n.domain, initial: n.overrides }),
+            _ => None,
         }
-        Some(out)
     }
 
-    /// Takes the instances rendezvous hashing gives this node; hands over the others; forgets
-    /// those deleted through the API. At most [`MOVES_PER_ROUND`] moves per round.
+    /// Takes in what the watch reported since the last round: registered instances added or
+    /// removed (parsed here, once), owner keys that changed, and whether a pass over every
+    /// instance is due (the live nodes or this node's lease changed, or the watch read
+    /// everything again, after which the registry is replaced by what it read).
+    fn absorb(&mut self) {
+        let changes = self.m.take_changes();
+        if changes.reset {
+            let fixed = &self.fixed;
+            self.targets.retain(|name, _| fixed.contains(name));
+            // A held instance the full read no longer registers must be forgotten: look at
+            // each held one, once per full read.
+            self.todo.extend(self.engine.instance_names());
+        }
+        for (name, def) in changes.registry {
+            if self.fixed.contains(&name) {
+                continue;
+            }
+            match def.and_then(|d| self.parse(&name, &d)) {
+                Some(t) => self.targets.insert(name.clone(), t),
+                None => self.targets.remove(&name),
+            };
+            self.todo.insert(name);
+        }
+        for name in changes.owners {
+            if self.targets.contains_key(&name) {
+                self.todo.insert(name);
+            }
+        }
+        let mut pass = changes.reset;
+        if changes.nodes || changes.reset {
+            let nodes = self.m.live_nodes();
+            pass |= nodes != self.nodes;
+            self.nodes = nodes;
+        }
+        if self.m.lease() != self.lease {
+            self.lease = self.m.lease();
+            pass = true;
+        }
+        if pass {
+            self.sweep = Some(Bound::Unbounded);
+        }
+    }
+
+    /// Makes at most [`MOVES_PER_ROUND`] moves, looking at most at [`EXAMINED_PER_ROUND`]
+    /// instances: first those that changed, then the pass under way, where it stopped.
     fn rebalance(&mut self) {
-        let Some(targets) = self.targets() else { return };
-        let nodes = self.m.live_nodes();
-        let mut moves = 0;
-        self.more = false;
-        for name in self.holding() {
-            if !targets.iter().any(|t| t.name == name) {
-                // Deleted: its state goes with it, under this node's fence.
-                if self.m.forget(&name).unwrap_or(false) {
-                    self.let_go(&name, "deleted");
+        let (mut moves, mut looked) = (0, 0);
+        while moves < MOVES_PER_ROUND && looked < EXAMINED_PER_ROUND {
+            let Some(name) = self.todo.pop_first() else { break };
+            looked += 1;
+            moves += self.examine(&name);
+        }
+        while moves < MOVES_PER_ROUND && looked < EXAMINED_PER_ROUND {
+            let Some(from) = self.sweep.take() else { break };
+            let from = from.as_ref().map(String::as_str);
+            let Some(name) = self.targets.range::<str, _>((from, Bound::Unbounded)).next().map(|(n, _)| n.clone())
+            else {
+                break;
+            };
+            looked += 1;
+            moves += self.examine(&name);
+            self.sweep = Some(Bound::Excluded(name));
+        }
+    }
+
+    /// Moves one instance if it must move: takes it if rendezvous hashing gives it to this
+    /// node and nobody owns it, hands it over if it gives it to another, forgets it if it
+    /// was deleted. Returns how many moves it made (0 or 1).
+    fn examine(&mut self, name: &str) -> usize {
+        let held = self.engine.holds(name);
+        let Some(t) = self.targets.get(name) else {
+            if !held {
+                return 0;
+            }
+            // Deleted: its state goes with it, under this node's fence.
+            match self.m.forget(name) {
+                Ok(true) => self.let_go(name, "deleted"),
+                // Fenced out: another node owns it; the engine learns so at its next write.
+                Ok(false) => {}
+                Err(_) => {
+                    self.retry.insert(name.to_string());
                 }
             }
-        }
-        for t in &targets {
-            if moves >= MOVES_PER_ROUND {
-                self.more = true;
-                return;
+            return 1;
+        };
+        let desired = rendezvous(name, &self.nodes);
+        if held && desired.is_some_and(|n| n != self.m.node) {
+            if !self.hand_over(name) {
+                self.retry.insert(name.to_string());
             }
-            let name = &t.name;
-            let desired = rendezvous(name, &nodes);
-            let mine = self.engine.holds(name);
-            if mine && desired.is_some_and(|n| n != self.m.node) {
-                moves += 1;
-                self.hand_over(name);
-            } else if !mine && desired == Some(self.m.node.as_str()) {
-                match self.m.watched_owner(name) {
-                    None => {
-                        moves += 1;
-                        if let Ok(Some(fence)) = self.m.acquire(name) {
-                            self.take(name, t.domain, fence, t.initial.clone());
-                        }
-                    }
-                    // Acquired by a request whose answer was lost: it is this node's.
-                    Some(o) if self.m.is_mine(&o) => {
-                        moves += 1;
-                        self.take(name, t.domain, o.fence, t.initial.clone());
-                    }
-                    // Its owner hands it over, or its lease lapses: the watch will say.
-                    Some(_) => {}
+            return 1;
+        }
+        if held || desired != Some(self.m.node.as_str()) {
+            return 0;
+        }
+        let (domain, initial) = (t.domain, t.initial.clone());
+        let fixed = self.fixed.contains(name);
+        let fence = match self.m.watched_owner(name) {
+            None => match if fixed { self.m.acquire(name) } else { self.m.acquire_registered(name) } {
+                Ok(Some(fence)) => fence,
+                // Someone has the key now, or it was deleted: the watch will say, and wake
+                // this instance.
+                Ok(None) => return 1,
+                Err(_) => {
+                    self.retry.insert(name.to_string());
+                    return 1;
                 }
+            },
+            // Acquired by a request whose answer was lost: it is this node's.
+            Some(o) if self.m.is_mine(&o) => o.fence,
+            // Its owner hands it over, or its lease lapses: the watch will say.
+            Some(_) => return 0,
+        };
+        if !self.take(name, domain, fence, initial) {
+            self.retry.insert(name.to_string());
+        }
+        1
+    }
+
+    /// Instances the engine dropped because their writes were fenced out: no longer here,
+    /// and looked at again (the node that fenced them out may let them go).
+    fn note_fenced_out(&mut self) {
+        let lost = std::mem::take(&mut self.owned().fenced_out);
+        let mut later = Vec::new();
+        for name in lost {
+            if !self.engine.holds(&name) {
+                self.here().remove(&name);
+                self.todo.insert(name);
+            } else if !self.owned().fences.contains_key(&name) {
+                // Not dropped by the engine yet: it will be, at its next release.
+                later.push(name);
             }
         }
+        self.owned().fenced_out.extend(later);
     }
 
     /// Adopts an instance after acquiring it: its snapshot, journal and audit head from etcd.
-    fn take(&mut self, name: &str, domain: usize, fence: i64, initial: Vec<(u16, ved_vm::Value)>) {
+    /// `false`: it could not, and let the instance go again.
+    fn take(&mut self, name: &str, domain: usize, fence: i64, initial: Vec<(u16, ved_vm::Value)>) -> bool {
         let state = match persist_etcd::load(&*self.m.etcd, self.m.prefix(), name) {
             Ok(s) => s,
             Err(e) => {
                 let _ = self.m.release(name);
                 self.emit(json!({"event": "error", "instance": name, "message": e}));
-                return;
+                return false;
             }
         };
         {
@@ -258,18 +405,24 @@ impl<W: Write> Node<W> {
             let _ = self.m.release(name);
             self.emit(json!({"event": "error", "instance": name, "message": e.to_string()}));
             self.emit(json!({"event": "handed_over", "instance": name, "node": self.m.node}));
+            return false;
         }
+        self.here().insert(name.to_string());
+        true
     }
 
     /// Writes what is pending, then lets the instance go so its new owner need not wait
-    /// for a lease to lapse. With etcd unreachable it waits for the next balance.
-    fn hand_over(&mut self, name: &str) {
+    /// for a lease to lapse. `false`: not now (etcd unreachable, or the release was fenced
+    /// out); the node tries again at the next balance period.
+    fn hand_over(&mut self, name: &str) -> bool {
         if self.engine.flush().is_err() || !self.engine.is_durable() {
-            return;
+            return false;
         }
         if self.m.release(name).unwrap_or(false) {
             self.let_go(name, "handed_over");
+            return true;
         }
+        false
     }
 
     fn let_go(&mut self, name: &str, why: &str) {
@@ -278,6 +431,7 @@ impl<W: Write> Node<W> {
             o.fences.remove(name);
             o.audit_heads.remove(name);
         }
+        self.here().remove(name);
         self.engine.drop_instance(name);
         self.emit(json!({"event": why, "instance": name, "node": self.m.node}));
     }
@@ -306,8 +460,6 @@ impl<W: Write> Node<W> {
 struct NodeHost<'a, W: Write> {
     node: &'a mut Node<W>,
     clock: WallClock,
-    /// What the API's routes see as held here.
-    here: Arc<Mutex<Vec<String>>>,
 }
 
 impl<W: Write> crate::run::Host for NodeHost<'_, W> {
@@ -328,7 +480,6 @@ impl<W: Write> crate::run::Host for NodeHost<'_, W> {
 
     fn round(&mut self) {
         self.node.step(ved_engine::Clock::now_ms(&self.clock));
-        *self.here.lock().unwrap_or_else(|p| p.into_inner()) = self.node.holding();
     }
 
     /// Membership changes arrive through the watch, not the channel: look often.
@@ -349,13 +500,13 @@ struct ClusterRoutes {
     program: Arc<ved_vm::CompiledProgram>,
     /// The instances the program and `ved.toml` declare (not created or deleted at run time).
     fixed: Vec<String>,
-    /// Instances this node holds, as of the node loop's last round.
-    here: Arc<Mutex<Vec<String>>>,
+    /// Instances this node holds, kept by the node as it takes and lets go of them.
+    here: Arc<Mutex<HashSet<String>>>,
 }
 
 impl api::Routes for ClusterRoutes {
     fn locate(&self, instance: &str) -> api::Location {
-        if self.here.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|i| i == instance) {
+        if self.here.lock().unwrap_or_else(|p| p.into_inner()).contains(instance) {
             return api::Location::Here;
         }
         match self.m.watched_owner(instance) {
@@ -547,7 +698,7 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
         .ok()
         .filter(|t| !t.is_empty())
         .or_else(|| opts.config.as_ref().and_then(|c| c.api.token.clone()));
-    let here = Arc::new(Mutex::new(Vec::new()));
+    let here = Arc::new(Mutex::new(HashSet::new()));
     // The routes need the membership, which needs the advertised URL, which needs the bound
     // port: the server starts first and learns its routes once the node has joined.
     let routes: Arc<Mutex<Option<Arc<dyn api::Routes>>>> = Arc::new(Mutex::new(None));
@@ -621,7 +772,8 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
     }
     drop(inbound_tx);
     drop(tx);
-    let mut host = NodeHost { node: &mut node, clock, here };
+    node.share_holdings(here);
+    let mut host = NodeHost { node: &mut node, clock };
     let _ = crate::run::wall_clock_loop(&mut host, &rx);
     node.leave();
     crate::run::stop_watchers(&watch_stop, std::mem::take(&mut watcher_threads));

@@ -3,12 +3,19 @@
 //! in-memory etcd with etcd's compare-and-fence semantics, with time, delivery and
 //! faults chosen by a seeded schedule. Nodes crash (dropped without a word), pause
 //! past their lease (a stale owner that wakes up and writes), are cut off from etcd
-//! and come back, and join. Checked after every step:
+//! and come back, and join; instances are created and deleted through the registry
+//! while a node's watch is held back (its events arrive late) or lost (it reads
+//! everything again), and while etcd compacts the history a watch would resume from.
+//! Checked after every step:
 //! - the intents the world receives for an instance never go back to an older fencing
 //!   token once a newer one arrived (never two owners at once);
 //! - each instance's state in etcd never goes back (no stale write landed);
 //! - every beat from 0 up to the last one arrived (nothing lost), duplicates allowed;
-//! - a stale owner's first write is refused: it reports `fenced_out`.
+//! - a stale owner's first write is refused: it reports `fenced_out`;
+//! - a deleted instance's state, once gone from etcd, never comes back.
+//!
+//! After healing, every declared and registered instance is held by exactly one node,
+//! and no deleted one by any.
 //!
 //! `VED_CLUSTER_SIM_SEEDS=N` runs more seeds (default 100); `VED_CLUSTER_SIM_SEED=S`
 //! runs one.
@@ -46,6 +53,8 @@ struct SimNode {
     clock: ManualClock,
     /// Paused: neither renews nor steps (a stopped process).
     paused: bool,
+    /// Its watch events are held back.
+    held: bool,
 }
 
 impl SimNode {
@@ -74,6 +83,16 @@ struct World {
     /// Across the run: instances resumed by a new owner, and writes fenced out.
     resumed: usize,
     fenced_out: usize,
+    /// Instances registered through the registry and not deleted, and those deleted.
+    registered: Vec<String>,
+    deleted: Vec<String>,
+    /// Deleted instances whose state has left etcd: it must not come back.
+    gone: Vec<String>,
+    created: usize,
+    /// Across the run: full reads by nodes' watches after the first, and instances a node
+    /// forgot because they were deleted.
+    rereads: u64,
+    forgotten: usize,
 }
 
 impl World {
@@ -91,7 +110,39 @@ impl World {
             seed,
             resumed: 0,
             fenced_out: 0,
+            registered: Vec::new(),
+            deleted: Vec::new(),
+            gone: Vec::new(),
+            created: 0,
+            rereads: 0,
+            forgotten: 0,
         }
+    }
+
+    /// Creates an instance through the registry, as the API does.
+    fn register(&mut self, name: &str, domain: &str) {
+        let def = serde_json::json!({"name": name, "domain": domain});
+        match ved_cluster::register_instance(&self.etcd, PREFIX, name, def.to_string().as_bytes()) {
+            Ok(true) => {
+                self.log.push(format!("{name} is registered"));
+                self.registered.push(name.to_string());
+            }
+            r => self.fail(&format!("registering {name}: {r:?}")),
+        }
+    }
+
+    fn unregister(&mut self, k: usize) {
+        let name = self.registered.remove(k);
+        if ved_cluster::unregister_instance(&self.etcd, PREFIX, &name) != Ok(true) {
+            self.fail(&format!("{name} could not be unregistered"));
+        }
+        self.log.push(format!("{name} is deleted"));
+        self.deleted.push(name);
+    }
+
+    /// The instances whose state in etcd must never go back.
+    fn live_instances(&self) -> Vec<String> {
+        (1..=INSTANCES).map(|i| format!("Beat{i}")).chain(self.registered.iter().cloned()).collect()
     }
 
     /// Counts what a node went through (before it crashes, or at the end).
@@ -100,9 +151,11 @@ impl World {
             match e["event"].as_str() {
                 Some("acquired") if e["resumed"] == true => self.resumed += 1,
                 Some("fenced_out") => self.fenced_out += 1,
+                Some("deleted") => self.forgotten += 1,
                 _ => {}
             }
         }
+        self.rereads += n.node.m.resets().saturating_sub(1);
     }
 
     fn fail(&self, why: &str) -> ! {
@@ -138,7 +191,7 @@ impl World {
         clock.set(self.etcd.now_ms());
         node.engine.set_clock(Box::new(clock.clone()));
         self.log.push(format!("{name} joins"));
-        self.nodes.push(SimNode { name, kv, node, queue, clock, paused: false });
+        self.nodes.push(SimNode { name, kv, node, queue, clock, paused: false, held: false });
     }
 
     /// One round for node `i`: renew, step, and collect what it sent.
@@ -166,14 +219,17 @@ impl World {
         let owners = ved_cluster::owners(&self.etcd, PREFIX).unwrap_or_default();
         for req in sent {
             let owner = owners.get(&req.instance).map(|o| (o.node.clone(), o.fence));
-            // Owner when it left: still the owner, or it handed the instance over right after
-            // (in the same round, after a last write under its ownership).
+            // Owner when it left: still the owner, or it handed the instance over (or forgot it,
+            // deleted) right after, in the same round, after a last write under its ownership.
             let owns = owner == Some((name.clone(), req.fence.unwrap_or(-1)));
             let handed_over = || {
                 let events = self.nodes[i].events();
                 let sent_at = events.iter().rposition(|e| e["event"] == "intent" && e["id"] == req.id.as_str());
                 sent_at.is_some_and(|k| {
-                    events[k..].iter().any(|e| e["event"] == "handed_over" && e["instance"] == req.instance.as_str())
+                    events[k..].iter().any(|e| {
+                        (e["event"] == "handed_over" || e["event"] == "deleted")
+                            && e["instance"] == req.instance.as_str()
+                    })
                 })
             };
             if !owns && !handed_over() {
@@ -218,8 +274,17 @@ impl World {
     }
 
     fn check(&mut self) {
-        for i in 1..=INSTANCES {
-            let name = format!("Beat{i}");
+        for name in self.deleted.clone() {
+            let there = ved_cluster::KvStore::get(&self.etcd, &format!("{PREFIX}/snapshots/{name}"));
+            let there = there.unwrap_or_else(|e| self.fail(&e.to_string())).is_some();
+            if there && self.gone.contains(&name) {
+                self.fail(&format!("{name}: deleted, its state left etcd and came back"));
+            }
+            if !there && !self.gone.contains(&name) {
+                self.gone.push(name);
+            }
+        }
+        for name in self.live_instances() {
             let Ok(Some(kv)) = ved_cluster::KvStore::get(&self.etcd, &format!("{PREFIX}/snapshots/{name}")) else {
                 continue;
             };
@@ -280,6 +345,36 @@ impl World {
                 self.log.push(format!("{} {what}", self.nodes[k].name));
             }
             75..=76 if self.nodes.len() < 4 => self.join(),
+            // An instance is created or deleted through the registry.
+            77..=78 if self.registered.len() < 8 => {
+                self.created += 1;
+                let (name, domain) = (format!("r{}", self.created), format!("Beat{}", 1 + self.created % INSTANCES));
+                self.register(&name, &domain);
+            }
+            79 if !self.registered.is_empty() => {
+                let k = self.rng.below(self.registered.len());
+                self.unregister(k);
+            }
+            // A node's watch falls behind (its events arrive late), or catches up.
+            80..=81 => {
+                let k = self.rng.below(self.nodes.len());
+                let n = &mut self.nodes[k];
+                n.held = !n.held;
+                n.kv.hold_watches(n.held);
+                let what = if n.held { "'s watch falls behind" } else { "'s watch catches up" };
+                self.log.push(format!("{}{what}", n.name));
+            }
+            // A node's watch is lost: what it had on the way is dropped, and it reads everything.
+            82 => {
+                let k = self.rng.below(self.nodes.len());
+                self.nodes[k].kv.lose_watches();
+                self.log.push(format!("{} loses its watch", self.nodes[k].name));
+            }
+            // etcd compacts: a watch cut off meanwhile cannot resume and reads everything.
+            83 => {
+                self.etcd.compact();
+                self.log.push("etcd compacts its history".into());
+            }
             _ => {
                 let k = self.rng.below(self.nodes.len());
                 self.run_node(k);
@@ -292,7 +387,9 @@ impl World {
     fn heal(&mut self) {
         for n in &mut self.nodes {
             n.paused = false;
+            n.held = false;
             n.kv.set_reachable(true);
+            n.kv.hold_watches(false);
         }
         self.log.push("all heal".into());
         for _ in 0..60 {
@@ -321,16 +418,35 @@ impl World {
                 self.fail(&format!("{name}: the journal kept only {} entries", slices.len()));
             }
         }
-        let held: usize = self.nodes.iter().map(|n| n.node.holding().len()).sum();
-        if held != INSTANCES {
-            self.fail(&format!("after healing, {held} instances are held, not {INSTANCES}"));
+        let mut held: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for n in &self.nodes {
+            for i in n.node.holding() {
+                held.entry(i).or_default().push(n.name.clone());
+            }
+        }
+        for name in self.live_instances() {
+            match held.remove(&name) {
+                Some(by) if by.len() == 1 => {}
+                by => self.fail(&format!("after healing, {name} is held by {by:?}, not by one node")),
+            }
+        }
+        if !held.is_empty() {
+            self.fail(&format!("after healing, deleted instances are still held: {held:?}"));
         }
     }
 }
 
-/// Runs one seed; returns how many times an instance was resumed by a new owner and how
-/// many writes were fenced out.
-fn run_seed(seed: u64) -> (usize, usize) {
+/// What one seed went through.
+#[derive(Default)]
+struct Tally {
+    resumed: usize,
+    fenced_out: usize,
+    rereads: u64,
+    forgotten: usize,
+}
+
+/// Runs one seed.
+fn run_seed(seed: u64) -> Tally {
     let mut w = World::new(seed);
     for _ in 0..3 {
         w.join();
@@ -342,7 +458,7 @@ fn run_seed(seed: u64) -> (usize, usize) {
     for n in std::mem::take(&mut w.nodes) {
         w.tally(&n);
     }
-    (w.resumed, w.fenced_out)
+    Tally { resumed: w.resumed, fenced_out: w.fenced_out, rereads: w.rereads, forgotten: w.forgotten }
 }
 
 #[test]
@@ -352,16 +468,25 @@ fn simulated_cluster_runs_keep_one_owner_per_instance_and_lose_nothing() {
         return;
     }
     let seeds: u64 = std::env::var("VED_CLUSTER_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(100);
-    let (mut resumed, mut fenced_out) = (0, 0);
+    let mut all = Tally::default();
     for seed in 0..seeds {
-        let (r, f) = run_seed(seed);
-        resumed += r;
-        fenced_out += f;
+        let t = run_seed(seed);
+        all.resumed += t.resumed;
+        all.fenced_out += t.fenced_out;
+        all.rereads += t.rereads;
+        all.forgotten += t.forgotten;
     }
-    eprintln!("{seeds} seeds: {resumed} instances resumed by a new owner, {fenced_out} writes fenced out");
-    // The schedule must reach the cases it exists for: failovers and stale owners.
+    let Tally { resumed, fenced_out, rereads, forgotten } = all;
+    eprintln!(
+        "{seeds} seeds: {resumed} instances resumed by a new owner, {fenced_out} writes fenced out, \
+         {rereads} full reads after a lost watch, {forgotten} deleted instances forgotten by their owner"
+    );
+    // The schedule must reach the cases it exists for: failovers, stale owners, lost
+    // watches that read everything again, and deletions the owner acts on.
     assert!(resumed >= seeds as usize, "only {resumed} failovers in {seeds} seeds");
     assert!(fenced_out > 0, "no stale owner was fenced out in {seeds} seeds");
+    assert!(rereads >= seeds, "only {rereads} full reads after a lost watch in {seeds} seeds");
+    assert!(forgotten > 0, "no deleted instance was forgotten by its owner in {seeds} seeds");
 }
 
 /// The stale owner, step by step: a node paused past its lease wakes up believing it
@@ -479,4 +604,103 @@ fn registered_instances_move_in_batches_and_deleted_ones_are_forgotten() {
     let gone = ved_engine::persist_etcd::load(&w.etcd, PREFIX, &victim).unwrap();
     assert!(gone.snapshot.is_none() && gone.journal.is_empty(), "{victim}'s state is gone");
     assert!(w.nodes[1].events().iter().any(|e| e["event"] == "deleted" && e["instance"] == victim.as_str()));
+}
+
+/// A node's rounds read nothing from etcd that grows with the fleet: the registry is read
+/// once, by the watch's first full read, and kept from the watch's changes after that. The
+/// same rounds (time passing over several balance periods, an instance created, taken and
+/// deleted) cost the same reads with 10 registered instances as with 10,000.
+#[test]
+fn a_nodes_reads_from_etcd_do_not_grow_with_the_registry() {
+    fn measure(count: usize) -> (u64, u64) {
+        let mut w = World::new(5);
+        for i in 0..count {
+            w.register(&format!("r{i}"), "Beat1");
+        }
+        w.join();
+        let total = count + INSTANCES;
+        let mut rounds = 0;
+        while w.nodes[0].node.holding().len() < total {
+            w.run_node(0);
+            rounds += 1;
+            assert!(rounds <= total / ved_cli::cluster_run::MOVES_PER_ROUND + 10, "{total} never all taken");
+        }
+        assert_eq!(w.nodes[0].node.registered(), count);
+        let before = w.nodes[0].kv.reads();
+        for round in 0..40 {
+            w.etcd.advance_ms(100);
+            match round {
+                10 => w.register("late", "Beat2"),
+                20 => w.unregister(w.registered.iter().position(|n| n == "late").unwrap()),
+                _ => {}
+            }
+            w.run_node(0);
+            if (11..20).contains(&round) {
+                assert!(w.nodes[0].node.holding().contains(&"late".to_string()), "late was taken");
+            }
+        }
+        assert!(!w.nodes[0].node.holding().contains(&"late".to_string()), "late was forgotten");
+        assert_eq!(w.nodes[0].node.m.resets(), 1, "the watch read everything once, at the start");
+        let after = w.nodes[0].kv.reads();
+        (after.0 - before.0, after.1 - before.1)
+    }
+    let small = measure(10);
+    let large = measure(10_000);
+    assert_eq!(small, large, "(reads, keys read) over the same rounds, 10 vs 10,000 registered instances");
+    // Taking `late` reads its (empty) state once; nothing else is read.
+    assert_eq!(small, (1, 0));
+}
+
+/// A node whose watch is late sees creations and deletions late and catches up; one whose
+/// watch is lost reads everything once more and replaces its registry with what it read:
+/// it takes what was created meanwhile and forgets what was deleted meanwhile.
+#[test]
+fn a_node_whose_watch_is_late_or_lost_catches_up_with_the_registry() {
+    let mut w = World::new(3);
+    w.register("a", "Beat1");
+    w.register("b", "Beat2");
+    w.join();
+    for _ in 0..3 {
+        w.run_node(0);
+    }
+    let holds = |w: &World, name: &str| w.nodes[0].node.holding().contains(&name.to_string());
+    assert!(holds(&w, "a") && holds(&w, "b"));
+    // Late: changes wait in the stream; the node acts on them once they arrive.
+    w.nodes[0].kv.hold_watches(true);
+    w.register("c", "Beat3");
+    w.unregister(0); // a
+    for _ in 0..3 {
+        w.run_node(0);
+    }
+    assert!(holds(&w, "a") && !holds(&w, "c"), "nothing seen yet");
+    w.nodes[0].kv.hold_watches(false);
+    w.run_node(0);
+    assert!(!holds(&w, "a") && holds(&w, "c"), "caught up");
+    assert_eq!(w.nodes[0].node.m.resets(), 1);
+    // Lost: what was on its way is dropped, and the watch reads everything again.
+    w.nodes[0].kv.hold_watches(true);
+    w.register("d", "Beat4");
+    w.unregister(0); // b
+    w.nodes[0].kv.lose_watches();
+    w.nodes[0].kv.hold_watches(false);
+    w.run_node(0);
+    assert_eq!(w.nodes[0].node.m.resets(), 2, "one more full read");
+    assert!(!holds(&w, "b") && holds(&w, "c") && holds(&w, "d"), "{:?}", w.nodes[0].node.holding());
+    assert_eq!(w.nodes[0].node.registered(), 2);
+    // Cut off while etcd compacts: no resuming where it stopped, so one more full read.
+    w.nodes[0].kv.set_reachable(false);
+    w.unregister(0); // c
+    w.etcd.compact();
+    w.nodes[0].kv.set_reachable(true);
+    w.run_node(0);
+    assert_eq!(w.nodes[0].node.m.resets(), 3);
+    assert!(!holds(&w, "c") && holds(&w, "d"));
+    // Cut off without compaction: it resumes from the change it missed, reading nothing.
+    w.nodes[0].kv.set_reachable(false);
+    w.register("e", "Beat1");
+    w.nodes[0].kv.set_reachable(true);
+    w.run_node(0);
+    assert_eq!(w.nodes[0].node.m.resets(), 3, "resumed, no full read");
+    assert!(holds(&w, "e"));
+    w.check();
 }

@@ -294,8 +294,66 @@ impl Router {
     }
 }
 
+impl Router {
+    /// What each range holds, at one revision, read in pages of `page` keys: a watch's full
+    /// read of a registry of a million instances would not fit in one answer (gRPC's 4 MiB,
+    /// etcd's own limits). The first page fixes the revision, the others are read at it.
+    async fn ranges_paged(&self, ranges: &[Range], page: i64) -> Result<(i64, Vec<Kv>), EtcdError> {
+        let mut revision = 0;
+        let mut kvs = Vec::new();
+        for r in ranges {
+            let (mut from, end) = r.bounds();
+            loop {
+                let req = rpc::RangeRequest {
+                    key: from.clone(),
+                    range_end: end.clone(),
+                    limit: page,
+                    revision,
+                    ..Default::default()
+                };
+                let resp = self
+                    .call(|ch| {
+                        let req = req.clone();
+                        async move { KvClient::with_interceptor(ch, require_leader).range(req).await }
+                    })
+                    .await?
+                    .into_inner();
+                if revision == 0 {
+                    revision = resp.header.as_ref().map(|h| h.revision).unwrap_or(0);
+                }
+                let next = resp.kvs.last().map(|kv| kv.key.clone());
+                kvs.extend(resp.kvs.into_iter().map(Kv::from));
+                match next {
+                    // The next page starts just past the last key read.
+                    Some(mut last) if resp.more => {
+                        last.push(0);
+                        from = last;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        Ok((revision, kvs))
+    }
+}
+
+/// How many keys one page of a watch's full read holds, by default.
+const WATCH_READ_PAGE: i64 = 10_000;
+
+/// How a watch stream ended.
+enum Ended {
+    /// Its endpoint went silent: start again on another, from where it stopped.
+    Silent,
+    /// The stream broke: start again from where it stopped.
+    Broken,
+    /// etcd compacted the revision it would resume from, or cancelled it: read everything.
+    Lost,
+}
+
 pub struct Etcd {
     router: Arc<Router>,
+    /// How many keys one page of a watch's full read holds.
+    watch_page: i64,
     rt: tokio::runtime::Runtime,
 }
 
@@ -385,7 +443,13 @@ impl Etcd {
             suspect_until,
             epoch: std::time::Instant::now(),
         };
-        Etcd { router: Arc::new(router), rt }
+        Etcd { router: Arc::new(router), rt, watch_page: WATCH_READ_PAGE }
+    }
+
+    /// Reads a watch's full state in pages of `keys` keys (default 10,000).
+    pub fn with_watch_page(mut self, keys: i64) -> Etcd {
+        self.watch_page = keys.max(1);
+        self
     }
 
     fn block<T, F, Fut>(&self, f: F) -> Result<T, EtcdError>
@@ -495,28 +559,45 @@ impl Etcd {
     }
 
     /// Watches every key under `prefixes` until the process ends: `sink` gets their state at
-    /// a revision, then each change. The watch runs on the preferred endpoint and asks it for
-    /// a progress report a few times per request timeout; an endpoint that stays silent for
-    /// three timeouts is left, and the watch starts again (from a fresh read) on another.
+    /// a revision (read in pages), then each change. The watch runs on the preferred
+    /// endpoint and asks it for a progress report a few times per request timeout; an
+    /// endpoint that stays silent for three timeouts is left. A watch that ended starts
+    /// again from the revision after the last change it reported, on the preferred
+    /// endpoint, so a broken stream costs no full read; only when etcd compacted that
+    /// revision (or cancelled the watch) does it read everything again, and report a
+    /// fresh [`WatchEvent::Reset`].
     pub fn watch(&self, prefixes: Vec<String>, sink: impl Fn(WatchEvent) + Send + Sync + 'static) {
         let router = self.router.clone();
+        let page = self.watch_page;
         let ranges: Vec<Range> = prefixes.iter().cloned().map(Range::Prefix).collect();
         self.rt.spawn(async move {
+            // Per prefix: the revision to resume from, once there has been a full read.
+            let mut resume: Option<Vec<i64>> = None;
             loop {
                 let pause = router.timeout / 2;
-                let (revision, kvs) = match router.ranges(&ranges).await {
-                    Ok(x) => x,
-                    Err(_) => {
-                        tokio::time::sleep(pause).await;
-                        continue;
-                    }
+                let mut from = match resume.take() {
+                    Some(from) => from,
+                    None => match router.ranges_paged(&ranges, page).await {
+                        Ok((revision, kvs)) => {
+                            sink(WatchEvent::Reset { revision, kvs });
+                            vec![revision + 1; prefixes.len()]
+                        }
+                        Err(_) => {
+                            tokio::time::sleep(pause).await;
+                            continue;
+                        }
+                    },
                 };
-                sink(WatchEvent::Reset { revision, kvs });
                 let i = router.preferred.load(Ordering::SeqCst);
-                if watch_on(&router, i, &prefixes, revision + 1, &sink).await {
-                    // Silent: prefer the next endpoint, unless a request has moved on already.
-                    let n = router.channels.len().max(1);
-                    let _ = router.preferred.compare_exchange(i, (i + 1) % n, Ordering::SeqCst, Ordering::SeqCst);
+                match watch_on(&router, i, &prefixes, &mut from, &sink).await {
+                    Ended::Silent => {
+                        // Prefer the next endpoint, unless a request has moved on already.
+                        let n = router.channels.len().max(1);
+                        let _ = router.preferred.compare_exchange(i, (i + 1) % n, Ordering::SeqCst, Ordering::SeqCst);
+                        resume = Some(from);
+                    }
+                    Ended::Broken => resume = Some(from),
+                    Ended::Lost => {}
                 }
                 tokio::time::sleep(pause).await;
             }
@@ -556,15 +637,22 @@ impl KvStore for Etcd {
     }
 }
 
-/// One watch on endpoint `i` from `from`, until it fails; returns whether it went silent.
-async fn watch_on(router: &Router, i: usize, prefixes: &[String], from: i64, sink: &impl Fn(WatchEvent)) -> bool {
-    let Ok(ch) = router.channels[i].clone() else { return true };
+/// One watch per prefix on endpoint `i`, prefix `k` from revision `from[k]`, until the
+/// stream ends; `from` is kept past each change reported, so a new watch resumes there.
+async fn watch_on(
+    router: &Router,
+    i: usize,
+    prefixes: &[String],
+    from: &mut [i64],
+    sink: &impl Fn(WatchEvent),
+) -> Ended {
+    let Ok(ch) = router.channels[i].clone() else { return Ended::Silent };
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    for p in prefixes {
+    for (p, start) in prefixes.iter().zip(from.iter()) {
         let create = rpc::WatchCreateRequest {
             key: p.as_bytes().to_vec(),
             range_end: prefix_end(p),
-            start_revision: from,
+            start_revision: *start,
             ..Default::default()
         };
         let _ = tx.try_send(rpc::WatchRequest {
@@ -575,9 +663,11 @@ async fn watch_on(router: &Router, i: usize, prefixes: &[String], from: i64, sin
     let started = client.watch(tokio_stream::wrappers::ReceiverStream::new(rx));
     let mut answers = match tokio::time::timeout(router.timeout, started).await {
         Ok(Ok(r)) => r.into_inner(),
-        Ok(Err(_)) => return false,
-        Err(_) => return true,
+        // Refused or unreachable: as for silence, try another endpoint next.
+        Ok(Err(_)) | Err(_) => return Ended::Silent,
     };
+    // etcd creates the watches in the order asked: the k-th created is prefix k's.
+    let mut ids: Vec<i64> = Vec::with_capacity(prefixes.len());
     let silence = router.timeout * 3;
     let mut tick = tokio::time::interval(router.timeout / 2);
     let mut heard = tokio::time::Instant::now();
@@ -587,10 +677,17 @@ async fn watch_on(router: &Router, i: usize, prefixes: &[String], from: i64, sin
                 Ok(Some(resp)) => {
                     heard = tokio::time::Instant::now();
                     if resp.canceled || resp.compact_revision > 0 {
-                        return false;
+                        return Ended::Lost;
                     }
+                    if resp.created {
+                        ids.push(resp.watch_id);
+                    }
+                    let k = ids.iter().position(|id| *id == resp.watch_id);
                     for ev in resp.events {
                         let Some(kv) = ev.kv else { continue };
+                        if let Some(k) = k {
+                            from[k] = from[k].max(kv.mod_revision + 1);
+                        }
                         if ev.r#type == pb::mvccpb::event::EventType::Delete as i32 {
                             sink(WatchEvent::Delete { key: String::from_utf8_lossy(&kv.key).into_owned(), revision: kv.mod_revision });
                         } else {
@@ -598,11 +695,11 @@ async fn watch_on(router: &Router, i: usize, prefixes: &[String], from: i64, sin
                         }
                     }
                 }
-                _ => return false,
+                _ => return Ended::Broken,
             },
             _ = tick.tick() => {
                 if heard.elapsed() > silence {
-                    return true;
+                    return Ended::Silent;
                 }
                 let progress = rpc::WatchRequest {
                     request_union: Some(rpc::watch_request::RequestUnion::ProgressRequest(rpc::WatchProgressRequest {})),

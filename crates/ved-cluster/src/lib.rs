@@ -7,8 +7,9 @@
 //! after their snapshot is written, deliver intents. The owner key's creation
 //! revision is the fencing token every intent carries.
 //!
-//! Membership and ownership are watched, not polled: a node keeps a view of the
-//! node keys and owner keys, fed by an etcd watch, and balances when it changes.
+//! Membership, ownership and the registry of instances created at run time are watched,
+//! not polled: a node keeps a view of the node keys and owner keys, fed by an etcd watch,
+//! takes what changed ([`Membership::take_changes`]) and balances by it.
 //!
 //! # The store
 //!
@@ -30,6 +31,7 @@
 //! |---|---|---|
 //! | `nodes/{node}` | the node's name, then `\n` and its HTTP API URL if it advertises one | the node's |
 //! | `owners/{instance}` | the owner node's name; creation revision = fencing token | the owner's |
+//! | `instances/{instance}` | an instance created at run time: its definition | none |
 //! | `snapshots/{instance}` | the instance's last snapshot | none |
 //! | `journal/{instance}/{slice:020}` | a journal entry, by slice | none |
 //! | `audit/{instance}/{seq:020}` | an audit record, by sequence number | none |
@@ -55,7 +57,7 @@ pub mod mem;
 pub use etcd::{Compare, EtcdError, Kv, KvStore, Op, Range, WatchEvent};
 
 use etcd::Etcd;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -230,7 +232,8 @@ pub fn unregister_instance(kv: &dyn KvStore, prefix: &str, name: &str) -> Result
     Ok(ok)
 }
 
-/// Every registered instance and its definition.
+/// Every registered instance and its definition, in one read (for tools; a node keeps the
+/// registry from its watch instead).
 pub fn registered_instances(kv: &dyn KvStore, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, EtcdError> {
     let dir = key(prefix.trim_end_matches('/'), "instances", "");
     Ok(kv
@@ -256,58 +259,95 @@ pub fn nodes(kv: &dyn KvStore, prefix: &str) -> Result<BTreeMap<String, Option<S
     Ok(kv.get_prefix(&dir)?.into_iter().map(|kv| parse_node(&kv.value)).collect())
 }
 
-/// The node keys and owner keys, as the watch last reported them.
+/// What the watch reported since the node last looked ([`Membership::take_changes`]): what a
+/// node needs to balance by the change, not by the size of the fleet.
+#[derive(Debug, Default, PartialEq)]
+pub struct Changes {
+    /// The watch read everything again (at the start, or after it was lost or compacted):
+    /// the node and owner keys may differ in any way, and `registry` holds every registered
+    /// instance (with what changed since), so a node replaces its registry with it.
+    pub reset: bool,
+    /// A node key was written or deleted.
+    pub nodes: bool,
+    /// Registered instances written (`Some`, the definition) or deleted (`None`), by name;
+    /// several changes of one name count as its last.
+    pub registry: BTreeMap<String, Option<Vec<u8>>>,
+    /// Instances whose owner key was written or deleted.
+    pub owners: BTreeSet<String>,
+}
+
+/// The node keys and owner keys, as the watch last reported them, and what changed since
+/// the node last looked. The registry itself is not kept here: the node keeps it, parsed.
 #[derive(Default)]
 struct View {
+    /// The highest revision seen: a read older than it would step back.
     revision: i64,
+    /// The revision of the last full read: an event at or below it is in that read already.
+    /// Events above it are applied in the order they come; each key's come in order (etcd
+    /// orders each watch), though those of different prefixes may interleave.
+    base: i64,
     /// Node key -> (name, URL).
     nodes: BTreeMap<String, (String, Option<String>)>,
     owners: BTreeMap<String, Owner>,
+    pending: Changes,
 }
 
 impl View {
-    fn apply(&mut self, prefix: &str, ev: WatchEvent) {
+    /// Applies a watch event; returns whether it was a full read.
+    fn apply(&mut self, prefix: &str, ev: WatchEvent) -> bool {
         let owners = format!("{prefix}/owners/");
         let nodes = format!("{prefix}/nodes/");
+        let instances = format!("{prefix}/instances/");
         let put = |v: &mut View, kv: Kv| {
             if let Some(i) = kv.key.strip_prefix(&owners) {
+                v.pending.owners.insert(i.to_string());
                 v.owners.insert(i.to_string(), Owner::from(kv));
+            } else if let Some(i) = kv.key.strip_prefix(&instances) {
+                v.pending.registry.insert(i.to_string(), Some(kv.value));
             } else if kv.key.starts_with(&nodes) {
+                v.pending.nodes = true;
                 v.nodes.insert(kv.key.clone(), parse_node(&kv.value));
             }
         };
         match ev {
             WatchEvent::Reset { revision, kvs } => {
-                // A read older than what the watch already showed would step back.
                 if revision < self.revision {
-                    return;
+                    return false;
                 }
                 self.nodes.clear();
                 self.owners.clear();
                 self.revision = revision;
+                self.base = revision;
+                // Whatever was pending is in this read; the node starts over from it.
+                self.pending = Changes { reset: true, nodes: true, ..Changes::default() };
                 for kv in kvs {
                     put(self, kv);
                 }
+                return true;
             }
             WatchEvent::Put(kv) => {
-                // Several keys can change at one revision (a revoked lease deletes them all).
-                if kv.mod_revision < self.revision {
-                    return;
+                if kv.mod_revision <= self.base {
+                    return false;
                 }
-                self.revision = kv.mod_revision;
+                self.revision = self.revision.max(kv.mod_revision);
                 put(self, kv);
             }
             WatchEvent::Delete { key, revision } => {
-                if revision < self.revision {
-                    return;
+                if revision <= self.base {
+                    return false;
                 }
-                self.revision = revision;
+                self.revision = self.revision.max(revision);
                 if let Some(i) = key.strip_prefix(&owners) {
                     self.owners.remove(i);
+                    self.pending.owners.insert(i.to_string());
+                } else if let Some(i) = key.strip_prefix(&instances) {
+                    self.pending.registry.insert(i.to_string(), None);
+                } else if self.nodes.remove(&key).is_some() {
+                    self.pending.nodes = true;
                 }
-                self.nodes.remove(&key);
             }
         }
+        false
     }
 }
 
@@ -348,6 +388,8 @@ pub struct Membership {
     view: Mutex<View>,
     /// Counts the watch's reports, so the node can balance when something changed.
     changes: AtomicU64,
+    /// Counts the watch's full reads (the first one included).
+    resets: AtomicU64,
 }
 
 impl Membership {
@@ -425,17 +467,21 @@ impl Membership {
             clock,
             view: Mutex::new(View::default()),
             changes: AtomicU64::new(0),
+            resets: AtomicU64::new(0),
         });
         m.register()?;
         // The watch holds only a weak reference, so the membership can still be dropped.
         let weak = Arc::downgrade(&m);
-        // Registered instances are watched too: a node balances when one is added or removed.
+        // Registered instances are watched too: the node keeps the registry from this watch
+        // (its first full read loads it) and balances by what changed, not by re-reading it.
         let prefixes = vec![m.key("nodes", ""), m.key("owners", ""), m.key("instances", "")];
         let watched = m.etcd.watch(
             prefixes,
             Box::new(move |ev| {
                 if let Some(m) = weak.upgrade() {
-                    m.view.lock().unwrap_or_else(|p| p.into_inner()).apply(&m.prefix, ev);
+                    if m.view.lock().unwrap_or_else(|p| p.into_inner()).apply(&m.prefix, ev) {
+                        m.resets.fetch_add(1, Ordering::SeqCst);
+                    }
                     m.changes.fetch_add(1, Ordering::SeqCst);
                 }
             }),
@@ -574,6 +620,18 @@ impl Membership {
         self.changes.load(Ordering::SeqCst)
     }
 
+    /// What the watch reported since the last call: registered instances written or deleted,
+    /// owner keys changed, whether a node key changed or the watch read everything again.
+    pub fn take_changes(&self) -> Changes {
+        std::mem::take(&mut self.view().pending)
+    }
+
+    /// How many times the watch read every watched key (at the start, then each time it was
+    /// lost and could not resume where it stopped).
+    pub fn resets(&self) -> u64 {
+        self.resets.load(Ordering::SeqCst)
+    }
+
     /// The owner of an instance and its fencing token, if it has one.
     pub fn owner(&self, instance: &str) -> Result<Option<(String, i64)>, EtcdError> {
         Ok(self
@@ -584,11 +642,20 @@ impl Membership {
 
     /// Takes an instance that has no owner; returns its fencing token.
     pub fn acquire(&self, instance: &str) -> Result<Option<i64>, EtcdError> {
+        self.acquire_if(instance, Vec::new())
+    }
+
+    /// Takes a registered instance that has no owner, only while it is still registered:
+    /// a node whose watch is late to report a deletion cannot bring the instance back.
+    pub fn acquire_registered(&self, instance: &str) -> Result<Option<i64>, EtcdError> {
+        self.acquire_if(instance, vec![Compare::Exists(self.key("instances", instance))])
+    }
+
+    fn acquire_if(&self, instance: &str, mut compares: Vec<Compare>) -> Result<Option<i64>, EtcdError> {
         let key = self.key("owners", instance);
-        let (ok, rev) = self.etcd.txn(
-            &[Compare::Absent(key.clone())],
-            &[Op::Put { key, value: self.node.as_bytes().to_vec(), lease: self.lease() }],
-        )?;
+        compares.push(Compare::Absent(key.clone()));
+        let (ok, rev) =
+            self.etcd.txn(&compares, &[Op::Put { key, value: self.node.as_bytes().to_vec(), lease: self.lease() }])?;
         Ok(ok.then_some(rev))
     }
 

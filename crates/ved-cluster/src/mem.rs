@@ -15,16 +15,26 @@
 //! Each handle ([`MemEtcd::client`]) shares the store and has its own reachability, so
 //! one node can be cut off while others go on ([`MemEtcd::set_reachable`]). A cut-off
 //! handle's calls fail with [`EtcdError::Unavailable`], and its watches miss what
-//! happens meanwhile; when it is reachable again, each of them gets a fresh `Reset`, as
-//! a real watch that had to start again does.
+//! happens meanwhile; when it is reachable again, each of them resumes from the first
+//! revision it missed, as the real client's watch does, unless the store's history no
+//! longer goes back that far (it keeps the last [`HISTORY`] events, or fewer after
+//! [`MemEtcd::compact`]): then it gets a fresh `Reset`, a full read.
+//!
+//! A handle's watches can also be held back ([`MemEtcd::hold_watches`]: their events wait
+//! and arrive late, in order) or lost ([`MemEtcd::lose_watches`]: what was on its way is
+//! dropped and the watch starts again from a full read). Each handle counts its reads
+//! ([`MemEtcd::reads`]), the full reads of its watches included.
 
 use crate::etcd::{Compare, EtcdError, Kv, KvStore, Op, Range, WatchEvent};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// etcd's default `--max-txn-ops`.
 const MAX_TXN_OPS: usize = 128;
+
+/// How many events the store keeps for watches that resume: older ones are compacted.
+pub const HISTORY: usize = 10_000;
 
 type Sink = Arc<dyn Fn(WatchEvent) + Send + Sync>;
 
@@ -37,15 +47,44 @@ struct Lease {
 struct Watcher {
     prefixes: Vec<String>,
     sink: Sink,
-    /// The reachability of the handle that registered it.
-    reachable: Arc<AtomicBool>,
-    /// Whether it missed a change while its handle was cut off.
-    missed: bool,
+    /// The handle that registered it: its reachability, hold and read counts.
+    handle: Handle,
+    /// The revision of the first change it missed while its handle was cut off.
+    missed_from: Option<i64>,
+    /// Events held back while its handle's watches are held.
+    delayed: VecDeque<WatchEvent>,
 }
 
 impl Watcher {
     fn covers(&self, key: &str) -> bool {
         self.prefixes.iter().any(|p| key.starts_with(p.as_str()))
+    }
+}
+
+/// What one handle has of its own.
+#[derive(Clone, Default)]
+struct Handle {
+    reachable: Arc<AtomicBool>,
+    held: Arc<AtomicBool>,
+    /// Read requests, and the keys they returned.
+    reads: Arc<AtomicU64>,
+    read_keys: Arc<AtomicU64>,
+}
+
+impl Handle {
+    fn new() -> Handle {
+        let h = Handle::default();
+        h.reachable.store(true, Ordering::SeqCst);
+        h
+    }
+
+    fn same(&self, other: &Handle) -> bool {
+        Arc::ptr_eq(&self.reachable, &other.reachable)
+    }
+
+    fn count(&self, keys: usize) {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.read_keys.fetch_add(keys as u64, Ordering::SeqCst);
     }
 }
 
@@ -61,25 +100,43 @@ struct State {
     queue: VecDeque<(usize, WatchEvent)>,
     /// Whether some call is handing out the queue; a sink that writes only queues.
     delivering: bool,
+    /// The last [`HISTORY`] changes, for watches that resume: (revision, event).
+    history: VecDeque<(i64, WatchEvent)>,
+    /// Changes at or below this revision are no longer in `history`.
+    compacted: i64,
 }
 
 impl State {
     fn notify(&mut self, ev: WatchEvent) {
-        let key = match &ev {
-            WatchEvent::Put(kv) => kv.key.clone(),
-            WatchEvent::Delete { key, .. } => key.clone(),
+        let (key, revision) = match &ev {
+            WatchEvent::Put(kv) => (kv.key.clone(), kv.mod_revision),
+            WatchEvent::Delete { key, revision } => (key.clone(), *revision),
             WatchEvent::Reset { .. } => return,
         };
         for (i, w) in self.watchers.iter_mut().enumerate() {
             if !w.covers(&key) {
                 continue;
             }
-            if w.reachable.load(Ordering::SeqCst) {
+            if w.handle.reachable.load(Ordering::SeqCst) {
                 self.queue.push_back((i, ev.clone()));
-            } else {
-                w.missed = true;
+            } else if w.missed_from.is_none() {
+                w.missed_from = Some(revision);
             }
         }
+        self.history.push_back((revision, ev));
+        if self.history.len() > HISTORY {
+            if let Some((r, _)) = self.history.pop_front() {
+                self.compacted = r;
+            }
+        }
+    }
+
+    /// A full read for watcher `i`, counted as a read of its handle.
+    fn reset_for(&self, i: usize) -> WatchEvent {
+        let w = &self.watchers[i];
+        let kvs = self.under(&w.prefixes);
+        w.handle.count(kvs.len());
+        WatchEvent::Reset { revision: self.revision, kvs }
     }
 
     fn under(&self, prefixes: &[String]) -> Vec<Kv> {
@@ -171,7 +228,7 @@ impl State {
 #[derive(Clone)]
 pub struct MemEtcd {
     state: Arc<Mutex<State>>,
-    reachable: Arc<AtomicBool>,
+    handle: Handle,
 }
 
 impl Default for MemEtcd {
@@ -192,12 +249,68 @@ impl MemEtcd {
     /// An empty store at revision 1 (as a fresh etcd) and time 0.
     pub fn new() -> MemEtcd {
         let state = State { revision: 1, ..State::default() };
-        MemEtcd { state: Arc::new(Mutex::new(state)), reachable: Arc::new(AtomicBool::new(true)) }
+        MemEtcd { state: Arc::new(Mutex::new(state)), handle: Handle::new() }
     }
 
-    /// Another handle on the same store, reachable, with its own reachability.
+    /// Another handle on the same store, reachable, with its own reachability, hold and
+    /// read counts.
     pub fn client(&self) -> MemEtcd {
-        MemEtcd { state: self.state.clone(), reachable: Arc::new(AtomicBool::new(true)) }
+        MemEtcd { state: self.state.clone(), handle: Handle::new() }
+    }
+
+    /// How many reads this handle sent (`get`, `get_prefix`, `read`, and its watches' full
+    /// reads), and how many keys they returned.
+    pub fn reads(&self) -> (u64, u64) {
+        (self.handle.reads.load(Ordering::SeqCst), self.handle.read_keys.load(Ordering::SeqCst))
+    }
+
+    /// Holds this handle's watch events back (they arrive late, in order, once released),
+    /// as a slow watch stream does; `false` delivers what was held.
+    pub fn hold_watches(&self, hold: bool) {
+        self.handle.held.store(hold, Ordering::SeqCst);
+        if hold {
+            return;
+        }
+        {
+            let mut s = self.lock();
+            for i in 0..s.watchers.len() {
+                if s.watchers[i].handle.same(&self.handle) {
+                    let delayed = std::mem::take(&mut s.watchers[i].delayed);
+                    s.queue.extend(delayed.into_iter().map(|ev| (i, ev)));
+                }
+            }
+        }
+        self.deliver();
+    }
+
+    /// Loses this handle's watches (the stream broke and its revision was compacted): what
+    /// they held back is dropped, and each starts again from a full read, at once if the
+    /// handle is reachable, else when it is again.
+    pub fn lose_watches(&self) {
+        {
+            let mut s = self.lock();
+            let reachable = self.is_reachable();
+            for i in 0..s.watchers.len() {
+                if !s.watchers[i].handle.same(&self.handle) {
+                    continue;
+                }
+                s.watchers[i].delayed.clear();
+                if reachable {
+                    let reset = s.reset_for(i);
+                    s.queue.push_back((i, reset));
+                } else {
+                    s.watchers[i].missed_from = Some(i64::MIN);
+                }
+            }
+        }
+        self.deliver();
+    }
+
+    /// Drops the history of changes: a watch that missed any of them must read everything.
+    pub fn compact(&self) {
+        let mut s = self.lock();
+        s.compacted = s.revision;
+        s.history.clear();
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -205,21 +318,39 @@ impl MemEtcd {
     }
 
     /// Cuts this handle off (every call fails with `Unavailable`, its watches miss
-    /// changes) or connects it again (each watch that missed something gets a `Reset`).
+    /// changes) or connects it again (each watch that missed something resumes from the
+    /// first change it missed, or reads everything if that was compacted).
     pub fn set_reachable(&self, reachable: bool) {
-        let was = self.reachable.swap(reachable, Ordering::SeqCst);
+        let was = self.handle.reachable.swap(reachable, Ordering::SeqCst);
         if !reachable || was {
             return;
         }
         {
             let mut s = self.lock();
-            let revision = s.revision;
             for i in 0..s.watchers.len() {
-                let w = &s.watchers[i];
-                if w.missed && Arc::ptr_eq(&w.reachable, &self.reachable) {
-                    let kvs = s.under(&w.prefixes);
-                    s.watchers[i].missed = false;
-                    s.queue.push_back((i, WatchEvent::Reset { revision, kvs }));
+                if !s.watchers[i].handle.same(&self.handle) {
+                    continue;
+                }
+                let Some(from) = s.watchers[i].missed_from.take() else { continue };
+                if from > s.compacted {
+                    let w = &s.watchers[i];
+                    let missed: Vec<WatchEvent> = s
+                        .history
+                        .iter()
+                        .filter(|(r, ev)| {
+                            *r >= from
+                                && match ev {
+                                    WatchEvent::Put(kv) => w.covers(&kv.key),
+                                    WatchEvent::Delete { key, .. } => w.covers(key),
+                                    WatchEvent::Reset { .. } => false,
+                                }
+                        })
+                        .map(|(_, ev)| ev.clone())
+                        .collect();
+                    s.queue.extend(missed.into_iter().map(|ev| (i, ev)));
+                } else {
+                    let reset = s.reset_for(i);
+                    s.queue.push_back((i, reset));
                 }
             }
         }
@@ -227,7 +358,7 @@ impl MemEtcd {
     }
 
     pub fn is_reachable(&self) -> bool {
-        self.reachable.load(Ordering::SeqCst)
+        self.handle.reachable.load(Ordering::SeqCst)
     }
 
     /// The fake's clock, in milliseconds.
@@ -282,6 +413,10 @@ impl MemEtcd {
             let next = {
                 let mut s = self.lock();
                 match s.queue.pop_front() {
+                    Some((i, ev)) if s.watchers[i].handle.held.load(Ordering::SeqCst) => {
+                        s.watchers[i].delayed.push_back(ev);
+                        continue;
+                    }
                     Some((i, ev)) => (s.watchers[i].sink.clone(), ev),
                     None => {
                         s.delivering = false;
@@ -372,17 +507,23 @@ impl KvStore for MemEtcd {
 
     fn get(&self, key: &str) -> Result<Option<Kv>, EtcdError> {
         self.check()?;
-        Ok(self.lock().kvs.get(key).cloned())
+        let kv = self.lock().kvs.get(key).cloned();
+        self.handle.count(kv.iter().len());
+        Ok(kv)
     }
 
     fn get_prefix(&self, prefix: &str) -> Result<Vec<Kv>, EtcdError> {
         self.check()?;
-        Ok(self.lock().under(&[prefix.to_string()]))
+        let kvs = self.lock().under(&[prefix.to_string()]);
+        self.handle.count(kvs.len());
+        Ok(kvs)
     }
 
     fn read(&self, ranges: &[Range]) -> Result<Vec<Kv>, EtcdError> {
         self.check()?;
-        Ok(self.lock().read(ranges))
+        let kvs = self.lock().read(ranges);
+        self.handle.count(kvs.len());
+        Ok(kvs)
     }
 
     fn put(&self, key: &str, value: &[u8], lease: i64) -> Result<i64, EtcdError> {
@@ -435,16 +576,16 @@ impl KvStore for MemEtcd {
         self.check()?;
         {
             let mut s = self.lock();
-            let revision = s.revision;
-            let kvs = s.under(&prefixes);
             let i = s.watchers.len();
             s.watchers.push(Watcher {
                 prefixes,
                 sink: Arc::from(sink),
-                reachable: self.reachable.clone(),
-                missed: false,
+                handle: self.handle.clone(),
+                missed_from: None,
+                delayed: VecDeque::new(),
             });
-            s.queue.push_back((i, WatchEvent::Reset { revision, kvs }));
+            let reset = s.reset_for(i);
+            s.queue.push_back((i, reset));
         }
         self.deliver();
         Ok(())
@@ -551,7 +692,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cut_off_handle_fails_and_its_watch_starts_again() {
+    fn a_cut_off_handle_fails_and_its_watch_resumes_or_reads_everything() {
         let m = MemEtcd::new();
         let c = m.client();
         let seen = events(&c, "k/");
@@ -559,16 +700,55 @@ mod tests {
         assert!(c.get("k/a").unwrap_err().is_unavailable());
         assert!(c.keepalive(1).unwrap_err().is_unavailable());
         m.put("k/a", b"1", 0).unwrap();
+        m.put("other", b"x", 0).unwrap();
         assert_eq!(seen.lock().unwrap().len(), 1, "only the first reset");
         c.set_reachable(true);
+        // Resumed where it stopped: the change it missed, not a full read.
+        assert!(matches!(&seen.lock().unwrap()[1..], [WatchEvent::Put(kv)] if kv.key == "k/a"));
+        c.set_reachable(false);
+        m.put("k/b", b"2", 0).unwrap();
+        m.compact();
+        let reads = c.reads().0;
+        c.set_reachable(true);
+        assert_eq!(c.reads().0, reads + 1, "one full read");
         let seen = seen.lock().unwrap();
-        match &seen[1] {
+        match &seen[2] {
             WatchEvent::Reset { revision, kvs } => {
                 assert_eq!(*revision, m.revision());
-                assert_eq!(kvs.len(), 1);
+                assert_eq!(kvs.len(), 2);
             }
             e => panic!("expected a reset, got {e:?}"),
         }
+    }
+
+    #[test]
+    fn held_watches_arrive_late_in_order_and_lost_ones_read_everything() {
+        let m = MemEtcd::new();
+        let c = m.client();
+        let seen = events(&c, "k/");
+        c.hold_watches(true);
+        m.put("k/a", b"1", 0).unwrap();
+        m.put("k/a", b"2", 0).unwrap();
+        assert_eq!(seen.lock().unwrap().len(), 1, "held back");
+        c.hold_watches(false);
+        let values: Vec<Vec<u8>> = seen.lock().unwrap()[1..]
+            .iter()
+            .filter_map(|e| match e {
+                WatchEvent::Put(kv) => Some(kv.value.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(values, vec![b"1".to_vec(), b"2".to_vec()]);
+        // Lost: what was held is dropped, and a full read follows.
+        c.hold_watches(true);
+        m.put("k/b", b"3", 0).unwrap();
+        c.lose_watches();
+        c.hold_watches(false);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 4, "{seen:?}");
+        assert!(matches!(&seen[3], WatchEvent::Reset { kvs, .. } if kvs.len() == 2));
+        assert_eq!(m.reads(), (0, 0), "the reads were the other handle's");
+        assert_eq!(c.reads(), (2, 2), "two full reads: the watch's start (empty) and after the loss");
     }
 
     #[test]

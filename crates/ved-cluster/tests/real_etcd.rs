@@ -167,3 +167,33 @@ fn membership_on_etcd_advertises_its_url_and_keeps_instance_state() {
     wait_for("a gone from b's view", || b.live_nodes() == ["b"] && b.watched_owner("web").is_none());
     b.leave().unwrap();
 }
+
+/// A watch's full read goes in pages, all at the revision of the first, and the watch
+/// reports the changes after that revision: with pages of 3 keys, 10 keys under the
+/// prefix arrive in one `Reset`, in key order, and a later write as a change.
+#[test]
+fn a_watch_reads_everything_in_pages_at_one_revision() {
+    let Some(etcd) = start_etcd("paged") else { return };
+    let kv = Etcd::new(vec![etcd.url.clone()], Duration::from_secs(2)).with_watch_page(3);
+    for i in 0..10 {
+        kv.put(&format!("p/{i:02}"), b"v", 0).unwrap();
+    }
+    kv.put("q/outside", b"v", 0).unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    KvStore::watch(&kv, vec!["p/".into()], Box::new(move |ev| s.lock().unwrap().push(ev))).unwrap();
+    wait_for("the full read", || !seen.lock().unwrap().is_empty());
+    let revision = kv.put("p/10", b"w", 0).unwrap();
+    wait_for("the change", || seen.lock().unwrap().len() == 2);
+    let seen = seen.lock().unwrap();
+    match &seen[0] {
+        ved_cluster::WatchEvent::Reset { revision: at, kvs } => {
+            let keys: Vec<String> = kvs.iter().map(|kv| kv.key.clone()).collect();
+            let expected: Vec<String> = (0..10).map(|i| format!("p/{i:02}")).collect();
+            assert_eq!(keys, expected);
+            assert_eq!(*at, revision - 1);
+        }
+        e => panic!("expected a reset, got {e:?}"),
+    }
+    assert!(matches!(&seen[1], ved_cluster::WatchEvent::Put(kv) if kv.key == "p/10" && kv.mod_revision == revision));
+}

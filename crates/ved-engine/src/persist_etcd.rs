@@ -32,6 +32,10 @@ pub struct Owned {
     pub fences: BTreeMap<String, i64>,
     /// Instance -> (last audit sequence, its hash), as written.
     pub audit_heads: BTreeMap<String, (u64, String)>,
+    /// Instances found fenced out since the cluster client last took this list: the engine
+    /// drops them by itself, and the client, which tracks what it holds by change, learns
+    /// of it here rather than by scanning everything it holds.
+    pub fenced_out: Vec<String>,
 }
 
 #[derive(Default)]
@@ -119,6 +123,7 @@ impl EtcdPersistence {
                         let mut o = self.owned();
                         o.fences.remove(&name);
                         o.audit_heads.remove(&name);
+                        o.fenced_out.push(name.clone());
                         drop(o);
                         self.lost.push(name);
                     }
