@@ -58,12 +58,19 @@ struct Progress {
     shown: bool,
     /// States explored at the last call: a smaller count means the next run began.
     done: usize,
+    /// How often the line is redrawn: 1 s, or `VED_PROGRESS_INTERVAL_MS` (0 draws at every
+    /// call, which is how a test sees the line without depending on the machine's speed).
+    every: Duration,
 }
 
 impl Progress {
     fn new() -> Progress {
         let now = Instant::now();
-        Progress { tty: std::io::stderr().is_terminal(), started: now, last: now, shown: false, done: 0 }
+        let every = std::env::var("VED_PROGRESS_INTERVAL_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(Duration::from_secs(1), Duration::from_millis);
+        Progress { tty: std::io::stderr().is_terminal(), started: now, last: now, shown: false, done: 0, every }
     }
 
     fn show(&mut self, done: usize, seen: usize) {
@@ -71,7 +78,7 @@ impl Progress {
             self.started = Instant::now();
         }
         self.done = done;
-        if !self.tty || self.last.elapsed() < Duration::from_secs(1) {
+        if !self.tty || self.last.elapsed() < self.every {
             return;
         }
         self.last = Instant::now();
