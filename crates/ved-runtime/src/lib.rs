@@ -297,11 +297,16 @@ impl Runtime {
             return Err(CreateError::UnknownDomain(snap.domain));
         }
         let idx = self.instances.len();
+        // Only an instance mid-tick or converging has work to resume; one at rest would only
+        // answer `Idle` (see `Instance::step`), and a fleet at rest restarts without a pass.
+        let busy = snap.tick_cursor.is_some() || snap.status == Status::Converging;
         let inst = Instance::restore(snap);
         self.by_name.insert(inst.name.clone(), idx);
         self.instances.push(inst);
         self.queued.push(false);
-        self.mark_ready(idx);
+        if busy {
+            self.mark_ready(idx);
+        }
         Ok(idx)
     }
 

@@ -425,6 +425,48 @@ fn a_restored_snapshot_resumes_at_the_next_slice_exactly() {
     }
 }
 
+/// `Runtime::restore_instance` queues only an instance with work to resume (mid-tick or
+/// converging); from every snapshot of a run, the restored runtime still produces exactly
+/// the rest of it, and one restored at rest has no work at all.
+#[test]
+fn a_runtime_restores_every_snapshot_of_a_run_and_queues_only_unfinished_ones() {
+    use ved_runtime::{Instance, Limits, Progress, RetryPolicy};
+    let (_, c) = compile(include_str!("../../../examples/worker_pool.ved"));
+    let dom = &c.domains[0];
+    let (policy, limits) = (RetryPolicy::default(), Limits::default());
+    let mut vm = ved_vm::Vm::new();
+    let mut inst = Instance::new("WorkerPool", 0, vm.initial_state(dom).unwrap(), 3);
+    let (mut snaps, mut per_step) = (Vec::new(), Vec::new());
+    loop {
+        snaps.push(inst.snapshot());
+        let mut ev = Vec::new();
+        let p = inst.step(dom, &mut vm, &policy, &limits, &mut ev);
+        per_step.push(ev);
+        if matches!(p, Progress::Idle(_)) {
+            break;
+        }
+    }
+    // The pool's workers are confirmed by results: answer every intent to reach rest.
+    let mut resting = inst.snapshot();
+    resting.pending.clear();
+    resting.status = Status::Stable;
+    resting.tick_cursor = None;
+    for (k, snap) in snaps.into_iter().chain([resting]).enumerate() {
+        let at_rest = snap.tick_cursor.is_none() && snap.status != Status::Converging;
+        let mut rt = Runtime::empty(c.clone(), 1);
+        rt.restore_instance(snap).unwrap();
+        assert_eq!(rt.has_work(), !at_rest, "snapshot {k}");
+        let mut ev = Vec::new();
+        rt.run(&mut ev);
+        let expected: Vec<Event> = per_step.get(k..).unwrap_or_default().iter().flatten().cloned().collect();
+        if at_rest {
+            assert!(ev.is_empty(), "snapshot {k} at rest ran: {ev:?}");
+        } else {
+            assert_eq!(ev, expected, "diverged after restoring snapshot {k}");
+        }
+    }
+}
+
 #[test]
 fn undelivered_intents_survive_a_snapshot_with_their_ids() {
     let (_, c) = compile(ROUTING);
