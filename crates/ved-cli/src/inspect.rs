@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use ved_runtime::Phase;
-use ved_store::{read_only, verify_audit, AuditEntry, JournalEntry, SnapshotRecord, StoreError};
+use ved_store::{read_only, verify_audit, AuditEntry, JournalEntry, StoreError};
 
 /// Where the state is read from.
 pub enum Source {
@@ -33,7 +33,7 @@ impl Source {
 
 /// What the views show, from either source.
 struct View {
-    snapshots: BTreeMap<String, SnapshotRecord>,
+    snapshots: ved_store::Snapshots,
     journals: BTreeMap<String, VecDeque<JournalEntry>>,
     /// A data directory's one chain, or a cluster's chains, one per instance.
     chains: BTreeMap<String, Vec<AuditEntry>>,
@@ -58,11 +58,12 @@ fn open(src: &Source) -> Result<View, ExitCode> {
                 ExitCode::from(1)
             };
             let names = ved_cluster::list_instances(&*etcd, prefix).map_err(|e| fail(e.to_string()))?;
-            let mut view = View { snapshots: BTreeMap::new(), journals: BTreeMap::new(), chains: BTreeMap::new() };
+            let mut view =
+                View { snapshots: ved_store::Snapshots::default(), journals: BTreeMap::new(), chains: BTreeMap::new() };
             for name in names {
                 let s = ved_engine::persist_etcd::load(&*etcd, prefix, &name).map_err(fail)?;
                 if let Some(snap) = s.snapshot {
-                    view.snapshots.insert(name.clone(), snap);
+                    view.snapshots.insert(snap);
                 }
                 view.journals.insert(name.clone(), s.journal.into_iter().collect());
                 view.chains.insert(name, s.audit);

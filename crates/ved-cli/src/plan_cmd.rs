@@ -53,7 +53,7 @@ fn read_cluster(endpoints: &[String], prefix: &str) -> Result<ved_store::Recover
     for name in names {
         let s = ved_engine::persist_etcd::load(&etcd, prefix, &name).map_err(|e| fail(e, hint))?;
         if let Some(snap) = s.snapshot {
-            rec.snapshots.insert(name.clone(), snap);
+            rec.snapshots.insert(snap);
             rec.journals.insert(name, s.journal.into_iter().collect());
         }
     }

@@ -360,7 +360,8 @@ impl<S: Sink> Engine<S> {
             // Per schema (recovery shares one per domain): the domain it is in this program,
             // when the fields are the same names and types in the same order.
             let mut same: Vec<(Arc<ved_store::Schema>, Option<usize>)> = Vec::new();
-            for (name, snap) in rec.snapshots {
+            for snap in rec.snapshots.into_values() {
+                let name = snap.snapshot.name.clone();
                 let d = match same.iter().find(|(s, _)| Arc::ptr_eq(s, &snap.schema)) {
                     Some((_, d)) => *d,
                     None => {

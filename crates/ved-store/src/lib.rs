@@ -13,8 +13,10 @@ pub mod audit;
 pub mod bin;
 pub mod codec;
 pub mod frame;
+mod snapshots;
 mod store;
 
 pub use audit::{AuditDraft, AuditEntry, AuditError};
 pub use codec::{JournalEntry, Origin, Record, Schema, SnapshotRecord};
+pub use snapshots::Snapshots;
 pub use store::{read_only, verify_audit, Durability, DurableHook, Flush, Recovered, Store, StoreError, JOURNAL_MAX};

@@ -95,7 +95,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 #[derive(Debug, Default)]
 pub struct Recovered {
     /// The latest snapshot of every instance.
-    pub snapshots: BTreeMap<String, SnapshotRecord>,
+    pub snapshots: crate::Snapshots,
     /// Each instance's retained journal, oldest first.
     pub journals: BTreeMap<String, VecDeque<JournalEntry>>,
     pub audit: Vec<AuditEntry>,
@@ -498,17 +498,18 @@ impl Loader {
     fn finish(mut self, rec: &mut Recovered) {
         let mut all: Vec<(String, u32)> = self.index.into_iter().collect();
         all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut latest = Vec::with_capacity(all.len());
         for (instance, i) in all {
             let Some(r) = self.recent[i as usize].take() else { continue };
             let first = rec.journals.get(&instance).and_then(|j| j.front()).map(|e| e.slice);
             let base = first
                 .and_then(|f| std::iter::once(&r.latest).chain(r.older.iter().rev()).find(|s| s.snapshot.slice < f));
             if let Some(base) = base {
-                rec.bases.insert(instance.clone(), base.clone());
+                rec.bases.insert(instance, base.clone());
             }
-            // In ascending order: each insert goes to the map's right edge.
-            rec.snapshots.insert(instance, r.latest);
+            latest.push(r.latest);
         }
+        rec.snapshots = crate::Snapshots::from_sorted(latest);
     }
 }
 
