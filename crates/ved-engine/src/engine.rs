@@ -335,7 +335,8 @@ impl<S: Sink> Engine<S> {
             };
         }
         let mut journals = BTreeMap::new();
-        let mut last_status = BTreeMap::new();
+        // Each restored instance's status, in name order: the map is built in one pass at the end.
+        let mut statuses: Vec<(String, Status)> = Vec::new();
         let mut history: BTreeMap<String, VecDeque<SnapshotRecord>> = BTreeMap::new();
         let mut recorded_program = None;
         let mut warnings = Vec::new();
@@ -360,6 +361,7 @@ impl<S: Sink> Engine<S> {
             // Per schema (recovery shares one per domain): the domain it is in this program,
             // when the fields are the same names and types in the same order.
             let mut same: Vec<(Arc<ved_store::Schema>, Option<usize>)> = Vec::new();
+            rt.reserve(rec.snapshots.len());
             for snap in rec.snapshots.into_values() {
                 let name = snap.snapshot.name.clone();
                 let d = match same.iter().find(|(s, _)| Arc::ptr_eq(s, &snap.schema)) {
@@ -376,7 +378,7 @@ impl<S: Sink> Engine<S> {
                     && d == Some(snap.snapshot.domain)
                     && crate::migrate::in_range(&program, &snap.snapshot)
                 {
-                    last_status.insert(name.clone(), snap.snapshot.status);
+                    statuses.push((name.clone(), snap.snapshot.status));
                     if rec.journals.get(&name).is_some_and(|q| !q.is_empty()) {
                         remember_new(&mut history, &name, snap.clone());
                     }
@@ -397,7 +399,7 @@ impl<S: Sink> Engine<S> {
                     migrations.push(m);
                 }
                 let s = snap.snapshot.clone();
-                last_status.insert(name.clone(), s.status);
+                statuses.push((name.clone(), s.status));
                 if keep {
                     remember_new(&mut history, &name, snap.clone());
                 }
@@ -458,7 +460,7 @@ impl<S: Sink> Engine<S> {
             acks: VecDeque::new(),
             journals,
             episodes: BTreeMap::new(),
-            last_status,
+            last_status: statuses.into_iter().collect(),
             reasons: BTreeMap::new(),
             records_since_checkpoint: 0,
             in_flight: 0,
@@ -1056,10 +1058,29 @@ impl<S: Sink> Engine<S> {
     /// After a restart: each instance's last input, last journaled status and the
     /// observations that changed nothing since its last entry, from the journal.
     fn recover_journal_context(&mut self) {
-        let names: Vec<String> = self.rt.instances().iter().map(|i| i.name.to_string()).collect();
+        // Only an instance with a journal has an input or a status to recall from it; for the
+        // others (a fleet at rest) the status to compare with is the one they were restored in.
+        let names: Vec<String> = self.journals.keys().cloned().collect();
         for name in names {
             self.recover_context_of(&name);
         }
+        for inst in self.rt.instances() {
+            if inst.slice > 0 && !self.journals.contains_key(&*inst.name) {
+                // Slices without journal entries are observations that changed nothing.
+                self.quiet.insert(inst.name.to_string(), inst.slice);
+            }
+        }
+        let rest: Vec<(String, Status)> = self
+            .rt
+            .instances()
+            .iter()
+            .filter(|i| !self.journal_status.contains_key(&*i.name))
+            .map(|i| (i.name.to_string(), i.status))
+            .collect();
+        // Built in one pass (restored instances come in name order), then merged.
+        let mut all: BTreeMap<String, Status> = rest.into_iter().collect();
+        all.append(&mut self.journal_status);
+        self.journal_status = all;
     }
 
     /// [`Engine::recover_journal_context`] for one instance.

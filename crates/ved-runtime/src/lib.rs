@@ -97,6 +97,13 @@ impl Runtime {
         }
     }
 
+    /// Room for `n` more instances, made once (a restart knows how many it restores).
+    pub fn reserve(&mut self, n: usize) {
+        self.instances.reserve(n);
+        self.queued.reserve(n);
+        self.by_name.reserve(n);
+    }
+
     /// A runtime with one instance per domain, named after the domain.
     pub fn new(program: Arc<CompiledProgram>, seed: u64) -> Result<Runtime, CreateError> {
         let mut rt = Runtime::empty(program, seed);
