@@ -320,15 +320,25 @@ impl Runtime {
     /// Takes an instance out (cluster mode hands it to another node); returns its last snapshot.
     pub fn remove_instance(&mut self, name: &str) -> Option<InstanceSnapshot> {
         let idx = self.by_name.remove(name)?;
-        let inst = self.instances.remove(idx);
-        self.queued.remove(idx);
-        // Indices after it shift down by one.
-        for v in self.by_name.values_mut() {
-            if *v > idx {
-                *v -= 1;
+        // The last instance takes its place, so a removal costs the same in a fleet of a
+        // million as in a fleet of ten (a node hands instances over in batches).
+        let last = self.instances.len() - 1;
+        let inst = self.instances.swap_remove(idx);
+        let was_queued = self.queued.swap_remove(idx);
+        if idx != last {
+            if let Some(v) = self.by_name.get_mut(&self.instances[idx].name) {
+                *v = idx;
             }
         }
-        self.ready = self.ready.iter().filter(|&&i| i != idx).map(|&i| if i > idx { i - 1 } else { i }).collect();
+        if was_queued || (idx != last && self.queued[idx]) {
+            self.ready.retain(|&i| i != idx);
+            for i in self.ready.iter_mut() {
+                if *i == last {
+                    *i = idx;
+                }
+            }
+        }
+        debug_assert!(self.ready.iter().all(|&i| i < self.instances.len() && self.queued[i]));
         Some(inst.snapshot())
     }
 

@@ -503,6 +503,40 @@ fn a_removed_instance_leaves_the_others_working() {
     assert!(rt.remove_instance("nobody").is_none());
 }
 
+/// Removing takes the last instance into the hole: names still find their instances, and
+/// the instances queued to run (the removed one's place, the moved one's) run exactly once.
+#[test]
+fn removing_instances_keeps_names_and_the_ready_queue_right() {
+    let src = "domain A {\n  state { n: int }\n  goal n == 2\n  transition up { step { if n < 2 { n += 1 } } }\n}\n";
+    let (_, c) = compile(src);
+    let mut rt = Runtime::empty(c, 1);
+    for i in 0..6 {
+        rt.create_instance(&format!("a{i}"), 0, Vec::new()).unwrap();
+    }
+    let mut ev = Vec::new();
+    rt.run(&mut ev);
+    // a1, a3 and a5 are woken (queued); then a1 (queued) and a2 (not) go, a5 (queued) and
+    // a4 (not) move into their places.
+    for name in ["a1", "a3", "a5"] {
+        rt.observe(name, vec![(0, Value::Int(0))]).unwrap();
+    }
+    assert_eq!(rt.remove_instance("a1").unwrap().name, "a1");
+    assert_eq!(rt.remove_instance("a2").unwrap().name, "a2");
+    let names: Vec<&str> = rt.instances().iter().map(|i| &*i.name).collect();
+    assert_eq!(names.len(), 4);
+    for name in ["a0", "a3", "a4", "a5"] {
+        assert_eq!(&*rt.instance(name).unwrap().name, name);
+    }
+    let before: Vec<u64> = ["a0", "a3", "a4", "a5"].iter().map(|n| rt.instance(n).unwrap().slice).collect();
+    ev.clear();
+    rt.run(&mut ev);
+    let after: Vec<u64> = ["a0", "a3", "a4", "a5"].iter().map(|n| rt.instance(n).unwrap().slice).collect();
+    // Woken ones applied their observation and climbed back (1 + 2 slices); the others did nothing.
+    assert_eq!(after.iter().zip(&before).map(|(a, b)| a - b).collect::<Vec<_>>(), vec![0, 3, 0, 3]);
+    assert!(["a0", "a3", "a4", "a5"].iter().all(|n| rt.instance(n).unwrap().state[0] == Value::Int(2)));
+    assert!(!rt.has_work());
+}
+
 #[test]
 fn an_intent_id_reads_back_from_its_text() {
     let id = IntentId { instance: Arc::from("team/web"), slice: 42, index: 3 };
