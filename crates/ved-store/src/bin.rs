@@ -6,12 +6,12 @@
 //! number, and each snapshot names that number. Everything else is positional:
 //! unsigned integers as LEB128 varints, signed ones zigzagged, strings as a length
 //! and UTF-8 bytes, options and enums behind a one-byte tag. The first byte of a
-//! payload tells the kinds apart: `{` is a JSON record (journal entries, commits and
-//! the rest, and every record of a format-1 store), [`SCHEMA`] and [`SNAPSHOT`] are
+//! payload tells the kinds apart: `{` is a JSON record (commits and the rest, and
+//! every record of a format-1 store), [`SCHEMA`], [`SNAPSHOT`] and [`JOURNAL`] are
 //! binary. The layout is in `docs/store.md`; decoding checks every tag, length and
 //! string, so damage is reported, never guessed at.
 
-use crate::codec::{Schema, SnapshotRecord};
+use crate::codec::{JournalEntry, Origin, Schema, SnapshotRecord};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
@@ -22,6 +22,8 @@ use ved_vm::Value;
 pub const SCHEMA: u8 = 1;
 /// First byte of a snapshot record.
 pub const SNAPSHOT: u8 = 2;
+/// First byte of a journal record.
+pub const JOURNAL: u8 = 3;
 
 /// Nesting deeper than this is damage, not data: values come from programs whose
 /// types nest a few levels at most, and a bound keeps a crafted file from
@@ -218,6 +220,76 @@ pub fn encode_snapshot(b: &mut Vec<u8>, schema: u32, s: &InstanceSnapshot) {
     put_fields(b, &s.watched);
 }
 
+fn put_opt_str(b: &mut Vec<u8>, s: &Option<String>) {
+    match s {
+        None => b.push(0),
+        Some(s) => {
+            b.push(1);
+            put_str(b, s);
+        }
+    }
+}
+
+fn put_pairs(b: &mut Vec<u8>, pairs: &[(String, String)]) {
+    put_len(b, pairs.len());
+    for (x, y) in pairs {
+        put_str(b, x);
+        put_str(b, y);
+    }
+}
+
+/// Appends a journal record: `JOURNAL`, then the entry's fields in order (an observed
+/// value as its JSON text).
+pub fn encode_journal(b: &mut Vec<u8>, e: &JournalEntry) {
+    b.push(JOURNAL);
+    put_str(b, &e.instance);
+    put_u64(b, e.slice);
+    put_u64(b, e.at_ms);
+    put_str(b, &e.cause);
+    put_opt_str(b, &e.detail);
+    put_pairs(b, &e.changes);
+    put_pairs(b, &e.held);
+    put_pairs(b, &e.intents);
+    put_len(b, e.results.len());
+    for (id, ok, err) in &e.results {
+        put_str(b, id);
+        b.push(*ok as u8);
+        put_opt_str(b, err);
+    }
+    put_opt_str(b, &e.caused_by);
+    put_len(b, e.observed.len());
+    for (f, v) in &e.observed {
+        put_str(b, f);
+        put_str(b, &v.to_string());
+    }
+    put_len(b, e.added.len());
+    for (f, d) in &e.added {
+        put_str(b, f);
+        put_i64(b, *d);
+    }
+    put_opt_str(b, &e.source);
+    match e.batch {
+        None => b.push(0),
+        Some(x) => {
+            b.push(1);
+            put_u64(b, x);
+        }
+    }
+    match &e.origin {
+        None => b.push(0),
+        Some(o) => {
+            b.push(1);
+            put_u64(b, o.slice);
+            put_str(b, &o.cause);
+            put_opt_str(b, &o.detail);
+            put_opt_str(b, &o.source);
+        }
+    }
+    put_u64(b, e.quiet);
+    put_opt_str(b, &e.status);
+    put_opt_str(b, &e.reason);
+}
+
 // ---------------------------------------------------------------- decoding
 
 /// A cursor over one payload.
@@ -307,6 +379,23 @@ impl<'a> Reader<'a> {
             }
             Err(_) => self.err("a string is not UTF-8"),
         }
+    }
+
+    fn string(&mut self) -> R<String> {
+        Ok(self.str()?.to_string())
+    }
+
+    fn opt_string(&mut self) -> R<Option<String>> {
+        Ok(if self.bool()? { Some(self.string()?) } else { None })
+    }
+
+    fn pairs(&mut self) -> R<Vec<(String, String)>> {
+        let n = self.len()?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push((self.string()?, self.string()?));
+        }
+        Ok(out)
     }
 
     fn value(&mut self, depth: usize) -> R<Value> {
@@ -412,6 +501,72 @@ impl<'a> Reader<'a> {
         };
         Ok(Pending { transition, attempt, phase })
     }
+}
+
+/// Decodes a journal record.
+pub fn decode_journal(payload: &[u8]) -> Result<JournalEntry, DecodeError> {
+    let mut r = Reader { b: payload, at: 0 };
+    if r.byte()? != JOURNAL {
+        return r.err("not a journal record");
+    }
+    let instance = r.string()?;
+    let (slice, at_ms) = (r.u64()?, r.u64()?);
+    let cause = r.string()?;
+    let detail = r.opt_string()?;
+    let (changes, held, intents) = (r.pairs()?, r.pairs()?, r.pairs()?);
+    let n = r.len()?;
+    let mut results = Vec::with_capacity(n);
+    for _ in 0..n {
+        results.push((r.string()?, r.bool()?, r.opt_string()?));
+    }
+    let caused_by = r.opt_string()?;
+    let n = r.len()?;
+    let mut observed = Vec::with_capacity(n);
+    for _ in 0..n {
+        let f = r.string()?;
+        let at = r.at;
+        let v = serde_json::from_str(r.str()?)
+            .map_err(|e| DecodeError { at, what: format!("an observed value is not JSON ({e})") })?;
+        observed.push((f, v));
+    }
+    let n = r.len()?;
+    let mut added = Vec::with_capacity(n);
+    for _ in 0..n {
+        added.push((r.string()?, r.i64()?));
+    }
+    let source = r.opt_string()?;
+    let batch = if r.bool()? { Some(r.u64()?) } else { None };
+    let origin = if r.bool()? {
+        Some(Origin { slice: r.u64()?, cause: r.string()?, detail: r.opt_string()?, source: r.opt_string()? })
+    } else {
+        None
+    };
+    let quiet = r.u64()?;
+    let status = r.opt_string()?;
+    let reason = r.opt_string()?;
+    if r.at != payload.len() {
+        return r.err("bytes left over after the journal entry");
+    }
+    Ok(JournalEntry {
+        instance,
+        slice,
+        at_ms,
+        cause,
+        detail,
+        changes,
+        held,
+        intents,
+        results,
+        caused_by,
+        observed,
+        added,
+        source,
+        batch,
+        origin,
+        quiet,
+        status,
+        reason,
+    })
 }
 
 /// The schemas a file has defined so far, by number.

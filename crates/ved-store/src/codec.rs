@@ -298,8 +298,8 @@ pub enum Record {
 }
 
 /// Decodes one payload of either format: a binary schema record defines a number in
-/// `schemas` (and gives `None`), a binary snapshot is decoded against them, and
-/// anything else is a JSON record ([`decode_record`]).
+/// `schemas` (and gives `None`), a binary snapshot is decoded against them, a binary
+/// journal entry on its own, and anything else is a JSON record ([`decode_record`]).
 pub fn decode_payload(
     payload: &[u8],
     schemas: &mut crate::bin::Schemas,
@@ -309,6 +309,9 @@ pub fn decode_payload(
         Some(&crate::bin::SCHEMA) => schemas.define(payload).map(|_| None).map_err(|e| e.to_string()),
         Some(&crate::bin::SNAPSHOT) => {
             schemas.snapshot(payload).map(|s| Some(Record::Snapshot(s))).map_err(|e| e.to_string())
+        }
+        Some(&crate::bin::JOURNAL) => {
+            crate::bin::decode_journal(payload).map(|j| Some(Record::Journal(Box::new(j)))).map_err(|e| e.to_string())
         }
         _ => decode_record(payload, scratch).map(Some).map_err(|e| e.to_string()),
     }

@@ -538,7 +538,7 @@ fn read_checkpoint(bytes: &[u8], generation: u64) -> Result<Vec<Record>, String>
         // The trailer counts the records (schemas aside), so a checkpoint cut at a record
         // boundary is caught too. (A JSON record starts with `kind`: the trailer has no such key.)
         let json_record = payload.starts_with(b"{\"kind\":");
-        let binary = payload.first() == Some(&crate::bin::SNAPSHOT);
+        let binary = matches!(payload.first(), Some(&(crate::bin::SNAPSHOT | crate::bin::JOURNAL)));
         if let Some(count) =
             (!json_record && !binary).then(|| serde_json::from_slice::<CheckpointEnd>(payload).ok()).flatten()
         {
@@ -559,6 +559,8 @@ fn read_checkpoint(bytes: &[u8], generation: u64) -> Result<Vec<Record>, String>
         for (at, p) in part {
             let r = if p.first() == Some(&crate::bin::SNAPSHOT) {
                 schemas.snapshot(p).map(Record::Snapshot).map_err(|e| e.to_string())
+            } else if p.first() == Some(&crate::bin::JOURNAL) {
+                crate::bin::decode_journal(p).map(|j| Record::Journal(Box::new(j))).map_err(|e| e.to_string())
             } else {
                 crate::codec::decode_record(p, &mut scratch).map_err(|e| e.to_string())
             };
@@ -594,7 +596,7 @@ fn count_frames(bytes: &[u8]) -> usize {
         let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
         let start = offset + frame::RECORD_HEADER_LEN;
         let first = bytes.get(start).copied();
-        if len < 2 || !matches!(first, Some(b'{' | crate::bin::SCHEMA | crate::bin::SNAPSHOT)) {
+        if len < 2 || !matches!(first, Some(b'{' | crate::bin::SCHEMA | crate::bin::SNAPSHOT | crate::bin::JOURNAL)) {
             break;
         }
         offset = start + len;
@@ -1135,8 +1137,9 @@ impl Writer {
     }
 }
 
-/// Frames one record into `buf`: a snapshot in binary when `numbering` is given (after
-/// its schema's record, the first time the file sees that schema), anything else as JSON.
+/// Frames one record into `buf`: snapshots and journal entries in binary when `numbering`
+/// is given (a snapshot after its schema's record, the first time the file sees that
+/// schema), anything else as JSON.
 fn encode(
     r: &Record,
     numbering: Option<&mut crate::bin::Numbering>,
@@ -1154,6 +1157,7 @@ fn encode(
             }
             crate::bin::encode_snapshot(payload, id, &s.snapshot);
         }
+        (Record::Journal(j), Some(_)) => crate::bin::encode_journal(payload, j),
         _ => serde_json::to_writer(&mut *payload, r).map_err(|e| format!("encoding a record: {e}"))?,
     }
     frame::write_record(buf, payload);

@@ -362,7 +362,76 @@ mod binary {
         )
     }
 
+    fn opt(s: &'static str) -> impl Strategy<Value = Option<String>> {
+        prop::option::of(s)
+    }
+
+    fn journal() -> impl Strategy<Value = ved_store::JournalEntry> {
+        let pairs = || prop::collection::vec((".{0,5}", ".{0,8}"), 0..3);
+        let json = prop_oneof![
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<bool>().prop_map(serde_json::Value::from),
+            ".{0,6}".prop_map(serde_json::Value::from),
+            prop::collection::vec(any::<i32>(), 0..3).prop_map(serde_json::Value::from),
+        ];
+        let origin = prop::option::of(
+            (any::<u64>(), ".{0,6}", opt(".{0,6}"), opt(".{0,6}"))
+                .prop_map(|(slice, cause, detail, source)| ved_store::Origin { slice, cause, detail, source }),
+        );
+        (
+            (".{0,8}", any::<u64>(), any::<u64>(), ".{0,8}", opt(".{0,8}")),
+            (pairs(), pairs(), pairs()),
+            prop::collection::vec((".{0,8}", any::<bool>(), opt(".{0,8}")), 0..3),
+            (
+                opt(".{0,8}"),
+                prop::collection::vec((".{0,4}", json), 0..3),
+                prop::collection::vec((".{0,4}", any::<i64>()), 0..3),
+            ),
+            (opt(".{0,5}"), prop::option::of(any::<u64>()), origin, any::<u64>(), opt(".{0,6}"), opt(".{0,9}")),
+        )
+            .prop_map(
+                |(
+                    (instance, slice, at_ms, cause, detail),
+                    (changes, held, intents),
+                    results,
+                    (caused_by, observed, added),
+                    (source, batch, origin, quiet, status, reason),
+                )| {
+                    ved_store::JournalEntry {
+                        instance,
+                        slice,
+                        at_ms,
+                        cause,
+                        detail,
+                        changes,
+                        held,
+                        intents,
+                        results,
+                        caused_by,
+                        observed,
+                        added,
+                        source,
+                        batch,
+                        origin,
+                        quiet,
+                        status,
+                        reason,
+                    }
+                },
+            )
+    }
+
     proptest! {
+        #[test]
+        fn any_journal_entry_round_trips(e in journal()) {
+            let mut b = Vec::new();
+            ved_store::bin::encode_journal(&mut b, &e);
+            prop_assert_eq!(ved_store::bin::decode_journal(&b).unwrap(), e.clone());
+            for n in 0..b.len() {
+                prop_assert!(ved_store::bin::decode_journal(&b[..n]).is_err());
+            }
+        }
+
         #[test]
         fn any_snapshot_round_trips(s in snapshot()) {
             let (defs, b) = encoded(&s);
