@@ -73,6 +73,13 @@ pub struct Runtime {
     vm: Vm,
     instances: Vec<Instance>,
     by_name: FxHashMap<Arc<str>, usize>,
+    /// The runtime's clock; an instance catches up with it before it steps, so a tick does
+    /// not visit instances that have nothing due.
+    now_ms: u64,
+    /// Every instance's earliest timer, by deadline: a tick visits only those due.
+    timers: std::collections::BTreeSet<(u64, Arc<str>)>,
+    /// Parallel to `instances`: the deadline each has in `timers`.
+    armed: Vec<Option<u64>>,
     /// Instances with work to do, each at most once.
     ready: VecDeque<usize>,
     queued: Vec<bool>,
@@ -89,6 +96,9 @@ impl Runtime {
             vm: Vm::new(),
             instances: Vec::new(),
             by_name: FxHashMap::default(),
+            now_ms: 0,
+            timers: std::collections::BTreeSet::new(),
+            armed: Vec::new(),
             ready: VecDeque::new(),
             queued: Vec::new(),
             policy: RetryPolicy::default(),
@@ -101,6 +111,7 @@ impl Runtime {
     pub fn reserve(&mut self, n: usize) {
         self.instances.reserve(n);
         self.queued.reserve(n);
+        self.armed.reserve(n);
         self.by_name.reserve(n);
     }
 
@@ -149,6 +160,7 @@ impl Runtime {
         self.instances.push(Instance::new(name.clone(), domain, state, self.seed));
         self.by_name.insert(name, idx);
         self.queued.push(false);
+        self.armed.push(None);
         self.mark_ready(idx);
         Ok(idx)
     }
@@ -234,13 +246,41 @@ impl Runtime {
 
     /// Moves every instance's clock to `now_ms`, queuing retries that came due.
     pub fn advance_time(&mut self, now_ms: u64) {
-        for idx in 0..self.instances.len() {
+        self.now_ms = self.now_ms.max(now_ms);
+        // Only the instances with a timer due: the others catch up when they next step.
+        let due: Vec<Arc<str>> =
+            self.timers.iter().take_while(|(t, _)| *t <= self.now_ms).map(|(_, n)| n.clone()).collect();
+        for name in due {
+            let Some(&idx) = self.by_name.get(&name) else { continue };
             let before = self.instances[idx].mailbox_len();
-            self.instances[idx].advance_time(now_ms);
+            self.instances[idx].advance_time(self.now_ms);
             if self.instances[idx].mailbox_len() > before {
                 self.mark_ready(idx);
             }
+            self.rearm(idx);
         }
+    }
+
+    /// Moves instance `idx` to the runtime's clock (time passed while it had nothing due).
+    fn catch_up(&mut self, idx: usize) {
+        let inst = &mut self.instances[idx];
+        inst.now_ms = inst.now_ms.max(self.now_ms);
+    }
+
+    /// Files instance `idx` under its earliest timer (after anything that may change it).
+    fn rearm(&mut self, idx: usize) {
+        let next = self.instances[idx].next_timer_ms();
+        if self.armed[idx] == next {
+            return;
+        }
+        let name = self.instances[idx].name.clone();
+        if let Some(t) = self.armed[idx] {
+            self.timers.remove(&(t, name.clone()));
+        }
+        if let Some(t) = next {
+            self.timers.insert((t, name));
+        }
+        self.armed[idx] = next;
     }
 
     /// Whether any instance has something to do.
@@ -250,7 +290,12 @@ impl Runtime {
 
     /// The earliest retry timer of any instance.
     pub fn next_timer_ms(&self) -> Option<u64> {
-        self.instances.iter().filter_map(Instance::next_timer_ms).min()
+        debug_assert_eq!(
+            self.timers.first().map(|(t, _)| *t),
+            self.instances.iter().filter_map(Instance::next_timer_ms).min(),
+            "the timer index agrees with the instances"
+        );
+        self.timers.first().map(|(t, _)| *t)
     }
 
     /// Runs every instance that has work until it is idle.
@@ -280,6 +325,7 @@ impl Runtime {
         let mut buf = Vec::new();
         while let Some(idx) = self.ready.pop_front() {
             self.queued[idx] = false;
+            self.catch_up(idx);
             before(&self.instances[idx]);
             loop {
                 buf.clear();
@@ -292,6 +338,7 @@ impl Runtime {
                     break;
                 }
             }
+            self.rearm(idx);
         }
     }
 
@@ -311,6 +358,8 @@ impl Runtime {
         self.by_name.insert(inst.name.clone(), idx);
         self.instances.push(inst);
         self.queued.push(false);
+        self.armed.push(None);
+        self.rearm(idx);
         if busy {
             self.mark_ready(idx);
         }
@@ -323,6 +372,9 @@ impl Runtime {
         // The last instance takes its place, so a removal costs the same in a fleet of a
         // million as in a fleet of ten (a node hands instances over in batches).
         let last = self.instances.len() - 1;
+        if let Some(t) = self.armed.swap_remove(idx) {
+            self.timers.remove(&(t, self.instances[idx].name.clone()));
+        }
         let inst = self.instances.swap_remove(idx);
         let was_queued = self.queued.swap_remove(idx);
         if idx != last {
@@ -345,15 +397,21 @@ impl Runtime {
     /// Runs one instance until it is idle.
     pub fn run_instance(&mut self, idx: usize, out: &mut Vec<Event>) -> Status {
         let program = self.program.clone();
+        self.catch_up(idx);
         let inst = &mut self.instances[idx];
-        inst.run(&program.domains[inst.domain], &mut self.vm, &self.policy, &self.limits, out)
+        let status = inst.run(&program.domains[inst.domain], &mut self.vm, &self.policy, &self.limits, out);
+        self.rearm(idx);
+        status
     }
 
     /// Does one unit of work on one instance (see [`Instance::step`]).
     pub fn step_instance(&mut self, idx: usize, out: &mut Vec<Event>) -> Progress {
         let program = self.program.clone();
+        self.catch_up(idx);
         let inst = &mut self.instances[idx];
-        inst.step(&program.domains[inst.domain], &mut self.vm, &self.policy, &self.limits, out)
+        let p = inst.step(&program.domains[inst.domain], &mut self.vm, &self.policy, &self.limits, out);
+        self.rearm(idx);
+        p
     }
 
     /// Evaluates every goal of an instance: name and truth (a faulting goal is false).

@@ -537,6 +537,53 @@ fn removing_instances_keeps_names_and_the_ready_queue_right() {
     assert!(!rt.has_work());
 }
 
+/// A tick visits only the instances with a timer due (an index by deadline), and one that
+/// slept through many ticks steps with the clock caught up.
+#[test]
+fn timers_fire_from_an_index_and_idle_instances_catch_up_with_the_clock() {
+    let src = "domain S {\n  state { want: int = 1\n have: int }\n  goal have == want\n  transition fix {\n    step {\n      if have != want {\n        emit Ops.Set(want)\n        have = want\n      }\n    }\n  }\n}\n";
+    let (_, c) = compile(src);
+    let mut rt = Runtime::empty(c, 1);
+    for i in 0..50 {
+        rt.create_instance(&format!("s{i}"), 0, Vec::new()).unwrap();
+    }
+    let mut ev = Vec::new();
+    rt.run(&mut ev);
+    // Every instance emitted an intent: all succeed but s7's and s30's, which back off.
+    for (id, _) in intents(&ev) {
+        let fail = matches!(&*id.instance, "s7" | "s30");
+        rt.deliver(&id, !fail, fail.then(|| "down".to_string())).unwrap();
+    }
+    ev.clear();
+    rt.run(&mut ev);
+    let due = rt.next_timer_ms().expect("two retries are waiting");
+    assert!(due > 0);
+    rt.remove_instance("s30").unwrap();
+    assert_eq!(rt.next_timer_ms(), Some(due), "s7's timer is still filed");
+    rt.advance_time(due - 1);
+    assert!(!rt.has_work());
+    rt.advance_time(due + 5_000);
+    assert!(rt.has_work());
+    ev.clear();
+    rt.run(&mut ev);
+    // Only s7 ran, at the runtime's time; the others slept through and did not move.
+    let ran: std::collections::BTreeSet<&str> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::Intent(i) => Some(&*i.id.instance),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ran, ["s7"].into_iter().collect());
+    assert!(rt.instance("s7").unwrap().now_ms >= due + 5_000);
+    assert!(rt.instance("s8").unwrap().now_ms < due);
+    // An observation wakes s8: it steps at the runtime's time, not at the time it fell asleep.
+    rt.observe("s8", vec![(0, Value::Int(2))]).unwrap();
+    ev.clear();
+    rt.run(&mut ev);
+    assert!(rt.instance("s8").unwrap().now_ms >= due + 5_000);
+}
+
 #[test]
 fn an_intent_id_reads_back_from_its_text() {
     let id = IntentId { instance: Arc::from("team/web"), slice: 42, index: 3 };
