@@ -33,6 +33,9 @@ pub enum Durability {
 
 /// Entries an instance's journal keeps at most.
 pub const JOURNAL_MAX: usize = 256;
+
+/// How long opening waits for a store's lock before it says another process holds it.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 /// Records one batch holds at most; more wait for the next batch.
 const BATCH_RECORDS_MAX: usize = 16_384;
 const MANIFEST_LEN: usize = HEADER_LEN + 8 + 8 + 64 + 4;
@@ -720,10 +723,20 @@ impl Store {
         fs::create_dir_all(dir).map_err(io(dir))?;
         let lpath = path_of(dir, "lock");
         let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lpath).map_err(io(&lpath))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(StoreError::Locked { path: dir.to_path_buf() }),
-            Err(fs::TryLockError::Error(e)) => return Err(StoreError::Io { path: lpath, err: e }),
+        // A lock is refused only after it stayed taken for a while: an `flock` belongs to the
+        // open file, and a process that forks (to run any command) holds a copy of every open
+        // file until its child execs. A store closed and reopened in one process can meet that
+        // copy for a moment; another `ved run` holds it for good.
+        let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(fs::TryLockError::WouldBlock) => return Err(StoreError::Locked { path: dir.to_path_buf() }),
+                Err(fs::TryLockError::Error(e)) => return Err(StoreError::Io { path: lpath, err: e }),
+            }
         }
         let mpath = path_of(dir, "manifest");
         if !mpath.exists() {

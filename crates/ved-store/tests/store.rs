@@ -114,6 +114,26 @@ fn only_one_process_may_hold_a_store() {
     assert!(read_only(&dir).is_ok());
 }
 
+#[test]
+fn a_lock_held_only_for_a_moment_is_waited_for() {
+    // As when another thread forks while the store is closed and reopened: the child holds a
+    // copy of the lock until it execs. Here a second open file holds it until a signal.
+    let dir = tempdir("lock-moment");
+    let (s, _) = open(&dir).unwrap();
+    s.close().unwrap();
+    let held = std::fs::File::open(dir.join("lock")).unwrap();
+    held.try_lock().unwrap();
+    let opener = std::thread::spawn({
+        let dir = dir.clone();
+        move || open(&dir).map(|_| ())
+    });
+    // The moment: the opener finds the lock taken, then free (well within its patience).
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    drop(held);
+    opener.join().unwrap().expect("opened once the moment passed");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
