@@ -26,3 +26,6 @@ echo
 # (VED_SCALE_N=100000 for a quick run; VED_SCALE_BUSY, VED_SCALE_ROUNDS, VED_SCALE_SAMPLES),
 # each figure beside a baseline measured in the same run. Progress goes to stderr.
 cargo bench -q -p ved-engine --bench scale
+echo
+# The daemon's restart on the scale benchmark's fleet: `ved run` until /healthz answers.
+scripts/restart-daemon.sh 3

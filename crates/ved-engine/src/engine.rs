@@ -359,7 +359,7 @@ impl<S: Sink> Engine<S> {
                 _ => None,
             };
             // Per schema (recovery shares one per domain): the domain it is in this program,
-            // when the fields are the same names and types in the same order.
+            // when nothing of it changed (see `migrate::same_domain`).
             let mut same: Vec<(Arc<ved_store::Schema>, Option<usize>)> = Vec::new();
             rt.reserve(rec.snapshots.len());
             for snap in rec.snapshots.into_values() {
@@ -367,17 +367,15 @@ impl<S: Sink> Engine<S> {
                 let d = match same.iter().find(|(s, _)| Arc::ptr_eq(s, &snap.schema)) {
                     Some((_, d)) => *d,
                     None => {
-                        let d = crate::migrate::same_domain(&program, &snap.schema);
+                        let d = crate::migrate::same_domain(&program, old.as_deref(), &snap.schema);
                         same.push((snap.schema.clone(), d));
                         d
                     }
                 };
-                // The common case: the program that wrote it runs it; nothing to carry over,
-                // so the snapshot moves into the runtime as it is.
-                if old.is_none()
-                    && d == Some(snap.snapshot.domain)
-                    && crate::migrate::in_range(&program, &snap.snapshot)
-                {
+                // The common case: the program that wrote it runs it (or the same domain, from
+                // files changed elsewhere or moved); nothing to carry over, so the snapshot moves
+                // into the runtime as it is.
+                if d == Some(snap.snapshot.domain) && crate::migrate::in_range(&program, &snap.snapshot) {
                     statuses.push((name.clone(), snap.snapshot.status));
                     if rec.journals.get(&name).is_some_and(|q| !q.is_empty()) {
                         remember_new(&mut history, &name, snap.clone());

@@ -173,13 +173,25 @@ impl fmt::Display for MigrateError {
 impl std::error::Error for MigrateError {}
 
 /// The index of the domain of `program` that `schema` describes exactly (same name,
-/// same fields and types in the same order): its snapshots need no migration.
-pub fn same_domain(program: &CompiledProgram, schema: &ved_store::Schema) -> Option<usize> {
+/// same fields and types in the same order) and, when the program that wrote the store
+/// differs (`old`: its files changed, or only moved), whose transitions have the same names
+/// in the same order there: its snapshots need no migration.
+pub fn same_domain(
+    program: &CompiledProgram,
+    old: Option<&CompiledProgram>,
+    schema: &ved_store::Schema,
+) -> Option<usize> {
     let d = program.domains.iter().position(|d| d.name == schema.domain)?;
     let dom = &program.domains[d];
     let same = dom.fields.len() == schema.fields.len()
         && dom.fields.iter().zip(&schema.fields).all(|((n, t), (sn, st))| n == sn && t.to_string() == *st);
-    same.then_some(d)
+    let same_transitions = old.is_none_or(|old| {
+        old.domains.iter().find(|od| od.name == dom.name).is_some_and(|od| {
+            od.transitions.len() == dom.transitions.len()
+                && od.transitions.iter().zip(&dom.transitions).all(|(a, b)| a.name == b.name)
+        })
+    });
+    (same && same_transitions).then_some(d)
 }
 
 /// Whether every transition and field a snapshot names exists in its domain of
@@ -478,15 +490,20 @@ mod tests {
         ];
         for p in [Vec::new(), pending] {
             let rec = stored(p);
-            assert_eq!(same_domain(&old, &rec.schema), Some(1));
-            assert!(in_range(&old, &rec.snapshot));
-            let m = migrate(&old, None, &rec).unwrap();
-            assert!(!m.changed(), "{}", m.summary());
-            assert_eq!(m.snapshot.snapshot, rec.snapshot);
+            // The same program, or the same text recorded under other file names.
+            for writer in [None, Some(&*old)] {
+                assert_eq!(same_domain(&old, writer, &rec.schema), Some(1));
+                assert!(in_range(&old, &rec.snapshot));
+                let m = migrate(&old, writer, &rec).unwrap();
+                assert!(!m.changed(), "{}", m.summary());
+                assert_eq!(m.snapshot.snapshot, rec.snapshot);
+            }
         }
-        // Another program: the fields differ, so the fast path is not taken.
+        // Another program: the fields differ, so the fast path is not taken; nor when the
+        // writer's transitions differ, even with the same fields.
         let rec = stored(Vec::new());
-        assert_eq!(same_domain(&compile(NEW), &rec.schema), None);
+        assert_eq!(same_domain(&compile(NEW), None, &rec.schema), None);
+        assert_eq!(same_domain(&old, Some(&compile(NEW)), &rec.schema), None);
         let mut far = rec.snapshot.clone();
         far.retry_attempts.push((99, 1));
         assert!(!in_range(&old, &far));
