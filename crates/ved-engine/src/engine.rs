@@ -16,6 +16,7 @@ use crate::input::{InputError, Line, Observation};
 use crate::json::{from_json, to_json};
 use crate::load;
 use crate::persist::Persistence;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde_json::Value as Json;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -55,6 +56,7 @@ pub type Responder = Box<dyn FnOnce(Reply) + Send>;
 /// What the driver knows about an observation it queued beyond what the runtime reports:
 /// where it came from, everything it reported (not only what changed), and whether it was
 /// relative. The journal records it, and `ved replay` feeds it again from there.
+#[derive(Clone)]
 pub struct Feed {
     instance: String,
     source: String,
@@ -62,6 +64,10 @@ pub struct Feed {
     set: Vec<(String, Json)>,
     add: Vec<(String, i64)>,
 }
+
+/// One step as the runtime reported it: the instance, its ticks, whether nothing is pending,
+/// the step's events and (with a store) its snapshot.
+type Step = (Arc<str>, u64, bool, Vec<Event>, Option<SnapshotRecord>);
 
 /// A drift and what was done about it, until the instance rests again.
 pub(crate) struct Episode {
@@ -823,15 +829,14 @@ impl<S: Sink> Engine<S> {
     /// instance reaches in a later step goes onto it, and so does the batch of a message
     /// applied right after it.
     pub(crate) fn run_and_persist(&mut self) -> u64 {
-        let mut records: Vec<Option<Record>> = Vec::new();
         let mut audit = Vec::new();
         let mut intents = Vec::new();
-        let mut steps = Vec::new();
-        let schemas = self.schemas.clone();
+        let mut steps: Vec<Step> = Vec::new();
         let persist = self.store.is_some();
+        let schemas = &self.schemas;
         let history = &mut self.history;
         // Instances given a snapshot below: those whose journal stays empty drop it again.
-        let mut based: Vec<String> = Vec::new();
+        let mut based: Vec<Arc<str>> = Vec::new();
         self.rt.run_stepwise_with(
             |inst| {
                 // An instance at rest with no journal keeps no snapshot in memory; the one
@@ -839,24 +844,29 @@ impl<S: Sink> Engine<S> {
                 if persist && !history.contains_key(&*inst.name) {
                     let snap = SnapshotRecord::new(inst.snapshot(), &schemas[inst.domain]);
                     remember_new(history, &inst.name, snap);
-                    based.push(inst.name.to_string());
+                    based.push(inst.name.clone());
                 }
             },
             |inst, evs| {
+                // The runtime's shared name, not a copy: a busy fleet steps thousands per call.
                 let snap = persist.then(|| SnapshotRecord::new(inst.snapshot(), &schemas[inst.domain]));
-                steps.push((inst.name.to_string(), inst.ticks, inst.pending.is_empty(), evs.to_vec(), snap));
+                steps.push((inst.name.clone(), inst.ticks, inst.pending.is_empty(), evs.to_vec(), snap));
             },
         );
-        let mut stepped: Vec<String> = steps.iter().map(|s| s.0.clone()).collect();
+        let mut stepped: Vec<Arc<str>> = steps.iter().map(|s| s.0.clone()).collect();
         stepped.dedup();
         stepped.extend(based);
-        // Per instance: the entry still open and where it goes in `records`.
-        let mut open: BTreeMap<String, (usize, JournalEntry)> = BTreeMap::new();
+        // A snapshot and at most one entry per step (and a few trims): sized once, because a
+        // batch of thousands of steps would otherwise copy its records over and over as it grows.
+        let mut records: Vec<Option<Record>> = Vec::with_capacity(2 * steps.len() + 8);
+        // Per instance: the entry still open and where it goes in `records`. The order in
+        // which entries are closed does not matter: each has its place in `records` already.
+        let mut open: FxHashMap<Arc<str>, (usize, JournalEntry)> = FxHashMap::default();
         // Instances that ran a tick since their last message in this run.
-        let mut ticked: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        let mut ticked: FxHashSet<Arc<str>> = FxHashSet::default();
         for (name, ticks, idle, evs, snap) in steps {
             let feed = if evs.iter().any(is_observation_outcome) { self.take_feed(&name) } else { None };
-            let entry = self.journal_entry(&name, &evs, feed.as_ref());
+            let entry = self.journal_entry(&name, &evs, feed);
             // An observation that changes nothing on a stable instance with nothing pending (a
             // periodic resync) is counted, not journaled: it must not push real history out.
             let quiet = entry.as_ref().is_some_and(|e| {
@@ -865,29 +875,28 @@ impl<S: Sink> Engine<S> {
                     && e.caused_by.is_none()
                     && e.added.is_empty()
                     && idle
-                    && self.journal_status.get(&name) == Some(&Status::Stable)
+                    && self.journal_status.get(&*name) == Some(&Status::Stable)
             });
             if let Some(snap) = snap {
                 let last_entry = open
                     .get(&name)
                     .map(|(_, e)| e.slice)
-                    .or_else(|| self.journals.get(&name).and_then(|q| q.back()).map(|e| e.slice))
+                    .or_else(|| self.journals.get(&*name).and_then(|q| q.back()).map(|e| e.slice))
                     .unwrap_or(0);
-                remember(
-                    self.history.entry(name.clone()).or_insert_with(|| VecDeque::with_capacity(1)),
-                    snap.clone(),
-                    last_entry,
-                );
+                match self.history.get_mut(&*name) {
+                    Some(q) => remember(q, snap.clone(), last_entry),
+                    None => remember_new(&mut self.history, &name, snap.clone()),
+                }
                 records.push(Some(Record::Snapshot(snap)));
             }
             if evs.iter().any(|e| matches!(e, Event::Tick { .. })) {
                 ticked.insert(name.clone());
             }
             if quiet {
-                *self.quiet.entry(name.clone()).or_default() += 1;
+                *slot(&mut self.quiet, &name) += 1;
             } else if let Some(mut e) = entry {
                 if e.cause == "transition" {
-                    e.origin = self.last_input.get(&name).cloned();
+                    e.origin = self.last_input.get(&*name).cloned();
                 } else {
                     // Messages applied back to back, with no tick between them, were queued
                     // together; replay must queue them together too.
@@ -899,18 +908,27 @@ impl<S: Sink> Engine<S> {
                     ticked.remove(&name);
                     // The input wakes the instance: the status it rests in next is news, even
                     // if it is the one it had before.
-                    self.journal_status.insert(name.clone(), Status::Converging);
-                    self.last_input.insert(
-                        name.clone(),
-                        Origin {
-                            slice: e.slice,
-                            cause: e.cause.clone(),
-                            detail: e.detail.clone(),
-                            source: e.source.clone(),
-                        },
-                    );
+                    set(&mut self.journal_status, &name, Status::Converging);
+                    match self.last_input.get_mut(&*name) {
+                        // In place: the cause and source are mostly those of the last input.
+                        Some(o) => {
+                            o.slice = e.slice;
+                            o.cause.clone_from(&e.cause);
+                            o.detail.clone_from(&e.detail);
+                            o.source.clone_from(&e.source);
+                        }
+                        None => {
+                            let o = Origin {
+                                slice: e.slice,
+                                cause: e.cause.clone(),
+                                detail: e.detail.clone(),
+                                source: e.source.clone(),
+                            };
+                            self.last_input.insert(name.to_string(), o);
+                        }
+                    }
                 }
-                e.quiet = self.quiet.remove(&name).unwrap_or(0);
+                e.quiet = self.quiet.remove(&*name).unwrap_or(0);
                 self.close_entry(&name, &mut open, &mut records);
                 records.push(None);
                 open.insert(name.clone(), (records.len() - 1, e));
@@ -918,7 +936,7 @@ impl<S: Sink> Engine<S> {
             for ev in &evs {
                 self.track_episode(&name, ticks, ev, &mut audit);
                 if let Event::Status { status, reason, .. } = ev {
-                    if self.journal_status.insert(name.clone(), *status) != Some(*status) {
+                    if set(&mut self.journal_status, &name, *status) != Some(*status) {
                         if let Some((_, e)) = open.get_mut(&name) {
                             e.status = Some(status.as_str().to_string());
                             e.reason = reason.clone();
@@ -927,13 +945,14 @@ impl<S: Sink> Engine<S> {
                 }
                 if let Event::Status { status: Status::Stable, .. } = ev {
                     self.close_entry(&name, &mut open, &mut records);
-                    let q = self.journals.entry(name.clone()).or_default();
+                    let q = slot(&mut self.journals, &name);
                     if q.len() > JOURNAL_STABLE_KEEP {
                         while q.len() > JOURNAL_STABLE_KEEP {
                             q.pop_front();
                         }
                         if let Some(first) = q.front() {
-                            records.push(Some(Record::Trim { instance: name.clone(), keep_from_slice: first.slice }));
+                            records
+                                .push(Some(Record::Trim { instance: name.to_string(), keep_from_slice: first.slice }));
                         }
                     }
                 }
@@ -944,7 +963,8 @@ impl<S: Sink> Engine<S> {
                 }
             }
         }
-        for name in open.keys().cloned().collect::<Vec<_>>() {
+        let still_open: Vec<Arc<str>> = open.keys().cloned().collect();
+        for name in still_open {
             self.close_entry(&name, &mut open, &mut records);
         }
         // Every instance ran until idle, so every queued observation was applied: a feed left
@@ -953,8 +973,8 @@ impl<S: Sink> Engine<S> {
         // An instance with no journal needs no snapshot to replay from: a fleet at rest keeps
         // none in memory (the store has its state; the next step takes one again first).
         for n in stepped {
-            if self.journals.get(&n).is_none_or(VecDeque::is_empty) {
-                self.history.remove(&n);
+            if self.journals.get(&*n).is_none_or(VecDeque::is_empty) {
+                self.history.remove(&*n);
             }
         }
         let records: Vec<Record> = if persist { records.into_iter().flatten().collect() } else { Vec::new() };
@@ -971,7 +991,8 @@ impl<S: Sink> Engine<S> {
         for i in intents {
             self.outbox.push_back((seq, i));
         }
-        if self.records_since_checkpoint > COMPACT_AFTER_RECORDS {
+        if self.records_since_checkpoint > COMPACT_AFTER_RECORDS && self.records_since_checkpoint > self.live_records()
+        {
             self.records_since_checkpoint = 0;
             let all = self.all_records();
             if let Some(store) = self.store.as_mut() {
@@ -979,6 +1000,15 @@ impl<S: Sink> Engine<S> {
             }
         }
         seq
+    }
+
+    /// How many records a checkpoint would hold now (see [`Engine::all_records`]). The log is
+    /// compacted only once it holds more than that since the last checkpoint: a checkpoint
+    /// rewrites every live record, so compacting a large busy fleet after a fixed number of
+    /// records would cost more than the writes it saves, and cost it again and again.
+    fn live_records(&self) -> usize {
+        let journaled: usize = self.journals.values().filter(|q| !q.is_empty()).map(|q| q.len() + 1).sum();
+        1 + self.rt.instances().len() + journaled
     }
 
     /// Every live record: the latest snapshot of each instance and its retained journal.
@@ -1008,12 +1038,12 @@ impl<S: Sink> Engine<S> {
     fn close_entry(
         &mut self,
         name: &str,
-        open: &mut BTreeMap<String, (usize, JournalEntry)>,
+        open: &mut FxHashMap<Arc<str>, (usize, JournalEntry)>,
         records: &mut [Option<Record>],
     ) {
         let Some((at, e)) = open.remove(name) else { return };
         records[at] = Some(Record::Journal(e.clone()));
-        let q = self.journals.entry(name.to_string()).or_default();
+        let q = slot(&mut self.journals, name);
         q.push_back(e);
         while q.len() > JOURNAL_MAX {
             q.pop_front();
@@ -1195,9 +1225,9 @@ impl<S: Sink> Engine<S> {
         self.program.domains[d].transitions.get(t).map(|t| t.name.clone()).unwrap_or_default()
     }
 
-    fn journal_entry(&self, name: &str, evs: &[Event], feed: Option<&Feed>) -> Option<JournalEntry> {
+    fn journal_entry(&self, name: &str, evs: &[Event], feed: Option<Feed>) -> Option<JournalEntry> {
         let d = self.rt.instance(name).map(|i| i.domain).unwrap_or(0);
-        journal_entry(&self.program.domains[d], name, self.now_ms, evs, feed)
+        entry_of(&self.program.domains[d], name, self.now_ms, evs, feed)
     }
 
     /// Builds the audit trail: a drift, the corrections, and how it ended.
@@ -1217,7 +1247,7 @@ impl<S: Sink> Engine<S> {
                     .map(|(s, v)| format!("{} {verb} {v}", self.field_name(name, *s)))
                     .collect::<Vec<_>>()
                     .join(", ");
-                let ep = self.episodes.entry(name.to_string()).or_insert(Episode {
+                let ep = slot_with(&mut self.episodes, name, || Episode {
                     log: Vec::new(),
                     acted: false,
                     ticks_at_start: ticks,
@@ -1226,7 +1256,7 @@ impl<S: Sink> Engine<S> {
                     ep.ticks_at_start = ticks;
                 }
                 ep.log.push(text);
-                self.last_status.insert(name.to_string(), Status::Converging);
+                set(&mut self.last_status, name, Status::Converging);
             }
             Event::Slice { cause: Cause::Transition(t), changes, .. } if !changes.is_empty() => {
                 let text = format!("{} set {}", self.transition_name(name, *t), self.changes_text(name, changes));
@@ -1256,9 +1286,9 @@ impl<S: Sink> Engine<S> {
                 }
             }
             Event::Status { status, reason, .. } => {
-                let before = self.last_status.insert(name.to_string(), *status);
+                let before = set(&mut self.last_status, name, *status);
                 match reason {
-                    Some(r) => self.reasons.insert(name.to_string(), r.clone()),
+                    Some(r) => set(&mut self.reasons, name, r.clone()),
                     None => self.reasons.remove(name),
                 };
                 if matches!(status, Status::Waiting | Status::Converging) {
@@ -1464,6 +1494,18 @@ pub fn journal_entry(
     evs: &[Event],
     feed: Option<&Feed>,
 ) -> Option<JournalEntry> {
+    entry_of(dom, instance, at_ms, evs, feed.cloned())
+}
+
+/// [`journal_entry`] with the feed handed over: what the driver reported moves into the
+/// entry instead of being copied (the engine takes each feed once, when it is applied).
+fn entry_of(
+    dom: &ved_vm::CompiledDomain,
+    instance: &str,
+    at_ms: u64,
+    evs: &[Event],
+    feed: Option<Feed>,
+) -> Option<JournalEntry> {
     let (slice, cause, changes, held) = evs.iter().find_map(|e| match e {
         Event::Slice { slice, cause, changes, held, .. } => Some((*slice, cause, changes, held)),
         _ => None,
@@ -1478,6 +1520,13 @@ pub fn journal_entry(
         Cause::Timer(t) => ("timer", tname(*t)),
     };
     let feed = feed.filter(|_| cause == "observe");
+    let (caused_by, observed, added, source) = match feed {
+        Some(f) => (f.caused_by, if f.add.is_empty() { f.set } else { Vec::new() }, f.add, Some(f.source)),
+        None if cause == "observe" => {
+            (None, changes.iter().map(|(s, v)| (field(*s), to_json(v))).collect(), Vec::new(), None)
+        }
+        None => (None, Vec::new(), Vec::new(), None),
+    };
     Some(JournalEntry {
         instance: instance.to_string(),
         slice,
@@ -1500,15 +1549,10 @@ pub fn journal_entry(
                 _ => None,
             })
             .collect(),
-        caused_by: feed.and_then(|f| f.caused_by.clone()),
-        observed: match (cause, feed) {
-            ("observe", Some(f)) if f.add.is_empty() => f.set.clone(),
-            ("observe", Some(_)) => Vec::new(),
-            ("observe", None) => changes.iter().map(|(s, v)| (field(*s), to_json(v))).collect(),
-            _ => Vec::new(),
-        },
-        added: feed.map(|f| f.add.clone()).unwrap_or_default(),
-        source: feed.map(|f| f.source.clone()),
+        caused_by,
+        observed,
+        added,
+        source,
         ..JournalEntry::default()
     })
 }
@@ -1556,6 +1600,28 @@ fn remember(q: &mut VecDeque<SnapshotRecord>, snap: SnapshotRecord, last_entry: 
 /// four (a fleet at rest keeps one each; the queue grows when the instance is busy).
 pub(crate) fn remember_new(history: &mut BTreeMap<String, VecDeque<SnapshotRecord>>, name: &str, snap: SnapshotRecord) {
     history.entry(name.to_string()).or_insert_with(|| VecDeque::with_capacity(1)).push_back(snap);
+}
+
+/// `map[name] = value`, allocating the key only for a name not there yet (a busy instance's
+/// entries are there already, and this runs for every step); returns the value it replaced.
+fn set<V>(map: &mut BTreeMap<String, V>, name: &str, value: V) -> Option<V> {
+    match map.get_mut(name) {
+        Some(v) => Some(std::mem::replace(v, value)),
+        None => map.insert(name.to_string(), value),
+    }
+}
+
+/// `map.entry(name).or_default()`, allocating the key only for a name not there yet.
+fn slot<'a, V: Default>(map: &'a mut BTreeMap<String, V>, name: &str) -> &'a mut V {
+    slot_with(map, name, V::default)
+}
+
+/// `map.entry(name).or_insert_with(make)`, allocating the key only for a name not there yet.
+fn slot_with<'a, V>(map: &'a mut BTreeMap<String, V>, name: &str, make: impl FnOnce() -> V) -> &'a mut V {
+    if !map.contains_key(name) {
+        map.insert(name.to_string(), make());
+    }
+    map.get_mut(name).expect("inserted above")
 }
 
 fn parse_status(s: &str) -> Option<Status> {
