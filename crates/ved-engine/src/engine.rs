@@ -30,6 +30,9 @@ use ved_vm::CompiledProgram;
 const JOURNAL_STABLE_KEEP: usize = 64;
 /// Log bytes (estimated) after which the store is compacted into a checkpoint.
 const COMPACT_AFTER_RECORDS: usize = 200_000;
+/// Instances from which a checkpoint's records are copied on two threads (below, a helper
+/// thread would cost more than it saves).
+const CHECKPOINT_SPLIT_FROM: usize = 4096;
 
 pub struct RunOptions {
     pub seed: u64,
@@ -861,9 +864,10 @@ impl<S: Sink> Engine<S> {
         let mut records: Vec<Option<Record>> = Vec::with_capacity(2 * steps.len() + 8);
         // Per instance: the entry still open and where it goes in `records`. The order in
         // which entries are closed does not matter: each has its place in `records` already.
-        let mut open: FxHashMap<Arc<str>, (usize, JournalEntry)> = FxHashMap::default();
+        let mut open: FxHashMap<Arc<str>, (usize, JournalEntry)> =
+            FxHashMap::with_capacity_and_hasher(stepped.len(), Default::default());
         // Instances that ran a tick since their last message in this run.
-        let mut ticked: FxHashSet<Arc<str>> = FxHashSet::default();
+        let mut ticked: FxHashSet<Arc<str>> = FxHashSet::with_capacity_and_hasher(stepped.len(), Default::default());
         for (name, ticks, idle, evs, snap) in steps {
             let feed = if evs.iter().any(is_observation_outcome) { self.take_feed(&name) } else { None };
             let entry = self.journal_entry(&name, &evs, feed);
@@ -945,8 +949,8 @@ impl<S: Sink> Engine<S> {
                 }
                 if let Event::Status { status: Status::Stable, .. } = ev {
                     self.close_entry(&name, &mut open, &mut records);
-                    let q = slot(&mut self.journals, &name);
-                    if q.len() > JOURNAL_STABLE_KEEP {
+                    // An instance with no journal has nothing to trim (and needs no empty one).
+                    if let Some(q) = self.journals.get_mut(&*name).filter(|q| q.len() > JOURNAL_STABLE_KEEP) {
                         while q.len() > JOURNAL_STABLE_KEEP {
                             q.pop_front();
                         }
@@ -1013,24 +1017,34 @@ impl<S: Sink> Engine<S> {
 
     /// Every live record: the latest snapshot of each instance and its retained journal.
     fn all_records(&self) -> Vec<Record> {
-        let mut records = vec![Record::Program {
+        let program = Record::Program {
             files: self.files.clone(),
             retry: Some(self.retry()),
             confirm_ms: Some(self.rt.policy.confirm_ms),
-        }];
-        for inst in self.rt.instances() {
-            // The snapshot before the oldest journal entry first (replay starts there), then the latest.
-            let first = self.journals.get(&*inst.name).and_then(|q| q.front()).map(|e| e.slice);
-            let base = first.and_then(|f| self.history.get(&*inst.name)?.iter().rev().find(|s| s.snapshot.slice < f));
-            if let Some(b) = base {
-                records.push(Record::Snapshot(b.clone()));
-            }
-            // The journal before the latest snapshot, as in the log: each entry after its slice.
-            if let Some(q) = self.journals.get(&*inst.name) {
-                records.extend(q.iter().cloned().map(Record::Journal));
-            }
-            records.push(Record::Snapshot(SnapshotRecord::new(inst.snapshot(), &self.schemas[inst.domain])));
+        };
+        let insts = self.rt.instances();
+        let (journals, history, schemas) = (&self.journals, &self.history, &self.schemas);
+        // Sized once: a large fleet's checkpoint holds millions of records.
+        let mut records = Vec::with_capacity(self.live_records() + journals.len());
+        records.push(program);
+        if insts.len() < CHECKPOINT_SPLIT_FROM {
+            live_records_of(insts, journals, history, schemas, &mut records);
+            return records;
         }
+        // Copying every retained journal is most of what a checkpoint costs this thread, and it
+        // only reads: a helper copies the second half of the fleet meanwhile (the records keep
+        // the instances' order).
+        let (front, back) = insts.split_at(insts.len() / 2);
+        let rest = std::thread::scope(|s| {
+            let helper = s.spawn(|| {
+                let mut rest = Vec::new();
+                live_records_of(back, journals, history, schemas, &mut rest);
+                rest
+            });
+            live_records_of(front, journals, history, schemas, &mut records);
+            helper.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+        });
+        records.extend(rest);
         records
     }
 
@@ -1043,10 +1057,16 @@ impl<S: Sink> Engine<S> {
     ) {
         let Some((at, e)) = open.remove(name) else { return };
         records[at] = Some(Record::Journal(e.clone()));
-        let q = slot(&mut self.journals, name);
-        q.push_back(e);
-        while q.len() > JOURNAL_MAX {
-            q.pop_front();
+        match self.journals.get_mut(name) {
+            Some(q) => {
+                q.push_back(e);
+                while q.len() > JOURNAL_MAX {
+                    q.pop_front();
+                }
+            }
+            None => {
+                self.journals.insert(name.to_string(), VecDeque::from([e]));
+            }
         }
     }
 
@@ -1237,9 +1257,9 @@ impl<S: Sink> Engine<S> {
     }
 
     fn track_episode(&mut self, name: &str, ticks: u64, ev: &Event, audit: &mut Vec<AuditDraft>) {
-        let was_resting = self.last_status.get(name).is_some_and(|s| *s != Status::Converging);
         match ev {
             Event::Slice { cause: Cause::Observe, changes, .. } if !changes.is_empty() => {
+                let was_resting = self.last_status.get(name).is_some_and(|s| *s != Status::Converging);
                 let acted = self.episodes.get(name).is_some_and(|ep| ep.acted);
                 let verb = if acted { "observed as" } else { "drifted to" };
                 let text = changes
@@ -1576,6 +1596,30 @@ fn is_observation_outcome(e: &Event) -> bool {
             | Event::Stale { .. }
             | Event::Fault { transition: None, goal: None, .. }
     )
+}
+
+/// The live records of `insts`, in order, onto `records`: for each, the snapshot before its
+/// oldest journal entry (replay starts there), its retained journal, and its latest snapshot.
+fn live_records_of(
+    insts: &[Instance],
+    journals: &BTreeMap<String, VecDeque<JournalEntry>>,
+    history: &BTreeMap<String, VecDeque<SnapshotRecord>>,
+    schemas: &[Arc<ved_store::Schema>],
+    records: &mut Vec<Record>,
+) {
+    for inst in insts {
+        let journal = journals.get(&*inst.name);
+        let first = journal.and_then(|q| q.front()).map(|e| e.slice);
+        let base = first.and_then(|f| history.get(&*inst.name)?.iter().rev().find(|s| s.snapshot.slice < f));
+        if let Some(b) = base {
+            records.push(Record::Snapshot(b.clone()));
+        }
+        // The journal before the latest snapshot, as in the log: each entry after its slice.
+        if let Some(q) = journal {
+            records.extend(q.iter().cloned().map(Record::Journal));
+        }
+        records.push(Record::Snapshot(SnapshotRecord::new(inst.snapshot(), &schemas[inst.domain])));
+    }
 }
 
 /// Adds a snapshot to an instance's recent ones. A snapshot after a slice that was not
