@@ -68,9 +68,18 @@ pub struct Feed {
     add: Vec<(String, i64)>,
 }
 
-/// One step as the runtime reported it: the instance, its ticks, whether nothing is pending,
-/// the step's events and (with a store) its snapshot.
-type Step = (Arc<str>, u64, bool, Vec<Event>, Option<SnapshotRecord>);
+/// One step as the runtime reported it.
+struct Step {
+    /// The runtime's shared name, not a copy: a busy fleet steps thousands of times per call.
+    name: Arc<str>,
+    domain: usize,
+    ticks: u64,
+    /// Whether nothing is pending after it.
+    idle: bool,
+    events: Vec<Event>,
+    /// With a store: the instance after the step.
+    snap: Option<SnapshotRecord>,
+}
 
 /// A drift and what was done about it, until the instance rests again.
 pub(crate) struct Episode {
@@ -851,12 +860,17 @@ impl<S: Sink> Engine<S> {
                 }
             },
             |inst, evs| {
-                // The runtime's shared name, not a copy: a busy fleet steps thousands per call.
-                let snap = persist.then(|| SnapshotRecord::new(inst.snapshot(), &schemas[inst.domain]));
-                steps.push((inst.name.clone(), inst.ticks, inst.pending.is_empty(), evs.to_vec(), snap));
+                steps.push(Step {
+                    name: inst.name.clone(),
+                    domain: inst.domain,
+                    ticks: inst.ticks,
+                    idle: inst.pending.is_empty(),
+                    events: evs.to_vec(),
+                    snap: persist.then(|| SnapshotRecord::new(inst.snapshot(), &schemas[inst.domain])),
+                });
             },
         );
-        let mut stepped: Vec<Arc<str>> = steps.iter().map(|s| s.0.clone()).collect();
+        let mut stepped: Vec<Arc<str>> = steps.iter().map(|s| s.name.clone()).collect();
         stepped.dedup();
         stepped.extend(based);
         // A snapshot and at most one entry per step (and a few trims): sized once, because a
@@ -868,9 +882,11 @@ impl<S: Sink> Engine<S> {
             FxHashMap::with_capacity_and_hasher(stepped.len(), Default::default());
         // Instances that ran a tick since their last message in this run.
         let mut ticked: FxHashSet<Arc<str>> = FxHashSet::with_capacity_and_hasher(stepped.len(), Default::default());
-        for (name, ticks, idle, evs, snap) in steps {
+        let program = self.program.clone();
+        for Step { name, domain, ticks, idle, events: evs, snap } in steps {
+            let dom = &program.domains[domain];
             let feed = if evs.iter().any(is_observation_outcome) { self.take_feed(&name) } else { None };
-            let entry = self.journal_entry(&name, &evs, feed);
+            let entry = entry_of(dom, &name, self.now_ms, &evs, feed);
             // An observation that changes nothing on a stable instance with nothing pending (a
             // periodic resync) is counted, not journaled: it must not push real history out.
             let quiet = entry.as_ref().is_some_and(|e| {
@@ -938,7 +954,7 @@ impl<S: Sink> Engine<S> {
                 open.insert(name.clone(), (records.len() - 1, e));
             }
             for ev in &evs {
-                self.track_episode(&name, ticks, ev, &mut audit);
+                self.track_episode(dom, &name, ticks, ev, &mut audit);
                 if let Event::Status { status, reason, .. } = ev {
                     if set(&mut self.journal_status, &name, *status) != Some(*status) {
                         if let Some((_, e)) = open.get_mut(&name) {
@@ -963,7 +979,7 @@ impl<S: Sink> Engine<S> {
                 if let Event::Intent(i) = ev {
                     intents.push(i.clone());
                 } else {
-                    self.print_event(ev);
+                    self.print_event(domain, ev);
                 }
             }
         }
@@ -1235,38 +1251,22 @@ impl<S: Sink> Engine<S> {
         }
     }
 
-    fn field_name(&self, instance: &str, slot: u16) -> String {
-        let d = self.rt.instance(instance).map(|i| i.domain).unwrap_or(0);
-        self.program.domains[d].fields.get(slot as usize).map(|f| f.0.clone()).unwrap_or_else(|| format!("#{slot}"))
-    }
-
-    fn transition_name(&self, instance: &str, t: usize) -> String {
-        let d = self.rt.instance(instance).map(|i| i.domain).unwrap_or(0);
-        self.program.domains[d].transitions.get(t).map(|t| t.name.clone()).unwrap_or_default()
-    }
-
-    fn journal_entry(&self, name: &str, evs: &[Event], feed: Option<Feed>) -> Option<JournalEntry> {
-        let d = self.rt.instance(name).map(|i| i.domain).unwrap_or(0);
-        entry_of(&self.program.domains[d], name, self.now_ms, evs, feed)
-    }
-
-    /// Builds the audit trail: a drift, the corrections, and how it ended.
-    /// `field = value, ...` for the audit narrative.
-    fn changes_text(&self, name: &str, changes: &[(u16, ved_vm::Value)]) -> String {
-        changes.iter().map(|(s, v)| format!("{} = {v}", self.field_name(name, *s))).collect::<Vec<_>>().join(", ")
-    }
-
-    fn track_episode(&mut self, name: &str, ticks: u64, ev: &Event, audit: &mut Vec<AuditDraft>) {
+    /// Builds the audit trail: a drift, the corrections, and how it ended. `dom` is the
+    /// instance's domain (its field and transition names).
+    fn track_episode(
+        &mut self,
+        dom: &ved_vm::CompiledDomain,
+        name: &str,
+        ticks: u64,
+        ev: &Event,
+        audit: &mut Vec<AuditDraft>,
+    ) {
         match ev {
             Event::Slice { cause: Cause::Observe, changes, .. } if !changes.is_empty() => {
                 let was_resting = self.last_status.get(name).is_some_and(|s| *s != Status::Converging);
                 let acted = self.episodes.get(name).is_some_and(|ep| ep.acted);
                 let verb = if acted { "observed as" } else { "drifted to" };
-                let text = changes
-                    .iter()
-                    .map(|(s, v)| format!("{} {verb} {v}", self.field_name(name, *s)))
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let text = changes_text(dom, changes, verb);
                 let ep = slot_with(&mut self.episodes, name, || Episode {
                     log: Vec::new(),
                     acted: false,
@@ -1279,14 +1279,14 @@ impl<S: Sink> Engine<S> {
                 set(&mut self.last_status, name, Status::Converging);
             }
             Event::Slice { cause: Cause::Transition(t), changes, .. } if !changes.is_empty() => {
-                let text = format!("{} set {}", self.transition_name(name, *t), self.changes_text(name, changes));
+                let text = format!("{} set {}", transition_name(dom, *t), changes_text(dom, changes, "="));
                 if let Some(ep) = self.episodes.get_mut(name) {
                     ep.log.push(text);
                     ep.acted = true;
                 }
             }
             Event::Intent(i) => {
-                let text = format!("{} emitted {i}", self.transition_name(name, i.transition));
+                let text = format!("{} emitted {i}", transition_name(dom, i.transition));
                 if let Some(ep) = self.episodes.get_mut(name) {
                     ep.log.push(text);
                     ep.acted = true;
@@ -1300,7 +1300,7 @@ impl<S: Sink> Engine<S> {
             }
             // A correction lands when its intents succeed: the held changes apply now.
             Event::Slice { cause: Cause::Result(id), changes, .. } if !changes.is_empty() => {
-                let text = format!("{id} succeeded: {}", self.changes_text(name, changes));
+                let text = format!("{id} succeeded: {}", changes_text(dom, changes, "="));
                 if let Some(ep) = self.episodes.get_mut(name) {
                     ep.log.push(text);
                 }
@@ -1454,9 +1454,8 @@ impl<S: Sink> Engine<S> {
         Ok(())
     }
 
-    fn print_event(&mut self, ev: &Event) {
+    fn print_event(&mut self, domain: usize, ev: &Event) {
         let inst = ev.instance().to_string();
-        let domain = self.rt.instance(&inst).map(|i| i.domain).unwrap_or(0);
         let d = &self.program.domains[domain];
         let tname = |t: usize| d.transitions.get(t).map(|t| t.name.clone()).unwrap_or_default();
         let named = |changes: &[(u16, ved_vm::Value)]| -> Vec<(String, ved_vm::Value)> {
@@ -1502,6 +1501,30 @@ impl<S: Sink> Engine<S> {
         };
         self.out.event(event);
     }
+}
+
+/// `field VERB value, ...` for the audit narrative (`=`, `drifted to`, `observed as`), written
+/// into one string: it is built for every slice of a busy fleet.
+fn changes_text(dom: &ved_vm::CompiledDomain, changes: &[(u16, ved_vm::Value)], verb: &str) -> String {
+    use std::fmt::Write;
+    let mut text = String::new();
+    for (i, (slot, v)) in changes.iter().enumerate() {
+        if i > 0 {
+            text.push_str(", ");
+        }
+        match dom.fields.get(usize::from(*slot)) {
+            Some((field, _)) => text.push_str(field),
+            None => {
+                let _ = write!(text, "#{slot}");
+            }
+        }
+        let _ = write!(text, " {verb} {v}");
+    }
+    text
+}
+
+fn transition_name(dom: &ved_vm::CompiledDomain, t: usize) -> &str {
+    dom.transitions.get(t).map_or("", |t| t.name.as_str())
 }
 
 /// The journal entry for one step's events: its slice, cause, changes, held changes,
