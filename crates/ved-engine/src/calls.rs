@@ -461,9 +461,12 @@ impl<S: Sink> Engine<S> {
 
     /// One element of `POST /v1/observations`, checked against its instance's fields
     /// without queuing anything.
-    fn check_observation(&self, item: &Json) -> Result<Observation, Reply> {
-        let Json::Object(m) = item else {
-            return Err(error(400, format!("an observation is an object, not {}", kind(item))));
+    /// Takes the element apart: what it reports moves into the observation (a batch holds
+    /// thousands of them).
+    fn check_observation(&self, item: Json) -> Result<Observation, Reply> {
+        let mut m = match item {
+            Json::Object(m) => m,
+            other => return Err(error(400, format!("an observation is an object, not {}", kind(&other)))),
         };
         for key in m.keys() {
             if !matches!(key.as_str(), "instance" | "set" | "add" | "source" | "version") {
@@ -473,8 +476,8 @@ impl<S: Sink> Engine<S> {
                 ));
             }
         }
-        let instance = match m.get("instance") {
-            Some(Json::String(s)) => s.clone(),
+        let instance = match m.remove("instance") {
+            Some(Json::String(s)) => s,
             Some(_) => return Err(error(400, "`instance` must be a string")),
             None => return Err(error(400, "missing `instance`: which instance was observed?")),
         };
@@ -501,17 +504,17 @@ impl<S: Sink> Engine<S> {
             })
         };
         let source = version.as_ref().map_or("api", |(s, _)| s.as_str()).to_string();
-        match (m.get("set"), m.get("add")) {
+        match (m.remove("set"), m.remove("add")) {
             (Some(Json::Object(set)), None) => {
                 if set.is_empty() {
                     return Err(error(400, "`set` is empty: give at least one field and its value"));
                 }
-                for (field, value) in set {
+                for (field, value) in &set {
                     let slot = slot_of(field)?;
                     crate::json::from_json(value, &dom.fields[slot].1)
                         .map_err(|e| error(400, format!("field `{field}`: {e}")))?;
                 }
-                Ok(Observation { instance, set: crate::input::entries(set), version, source, ..Observation::default() })
+                Ok(Observation { instance, set: set.into_iter().collect(), version, source, ..Observation::default() })
             }
             (None, Some(Json::Object(add))) => {
                 if version.is_some() {
@@ -520,7 +523,7 @@ impl<S: Sink> Engine<S> {
                 if add.is_empty() {
                     return Err(error(400, "`add` is empty: give at least one field and its delta"));
                 }
-                for (field, delta) in add {
+                for (field, delta) in &add {
                     let slot = slot_of(field)?;
                     if dom.fields[slot].1 != ved_check::Type::Int {
                         return Err(error(
@@ -532,7 +535,7 @@ impl<S: Sink> Engine<S> {
                         return Err(error(400, format!("field `{field}`: the delta must be an integer, not {delta}")));
                     }
                 }
-                Ok(Observation { instance, add: crate::input::entries(add), source, ..Observation::default() })
+                Ok(Observation { instance, add: add.into_iter().collect(), source, ..Observation::default() })
             }
             (Some(_), Some(_)) => Err(error(400, "give `set` or `add`, not both: send them as two observations")),
             (Some(_), None) | (None, Some(_)) => Err(error(400, "`set` and `add` are objects of field to value")),
@@ -556,16 +559,19 @@ impl<S: Sink> Engine<S> {
             ));
         }
         let mut checked = Vec::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
+        let applied = items.len();
+        for (i, item) in items.into_iter().enumerate() {
             match self.check_observation(item) {
                 Ok(o) => checked.push(o),
                 Err(r) => return reply(at_index(i, r)),
             }
         }
-        let mut touched: Vec<String> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        // The instances the answer lists, each once, in the order first observed.
+        let mut seen = rustc_hash::FxHashSet::default();
+        let touched: Vec<String> =
+            checked.iter().filter(|o| seen.insert(o.instance.as_str())).map(|o| o.instance.clone()).collect();
+        drop(seen);
         for (i, obs) in checked.into_iter().enumerate() {
-            let name = obs.instance.clone();
             if let Err(e) = self.queue_observation(obs) {
                 // Only a full mailbox gets here, after the checks above; what was queued
                 // before it is applied, so say so.
@@ -576,13 +582,10 @@ impl<S: Sink> Engine<S> {
                     error(503, format!("{e}; the elements before it were applied, retry from this one")),
                 ));
             }
-            if seen.insert(name.clone()) {
-                touched.push(name);
-            }
         }
         let seq = self.run_and_persist();
         let list: Vec<Json> = touched.iter().map(|n| self.summary(n)).collect();
-        let body = json!({"applied": items.len(), "instances": list});
+        let body = json!({"applied": applied, "instances": list});
         self.acks.push_back((seq, Ack::Reply(reply, Reply { status: 200, body })));
         self.settle();
     }

@@ -865,7 +865,8 @@ impl<S: Sink> Engine<S> {
                     domain: inst.domain,
                     ticks: inst.ticks,
                     idle: inst.pending.is_empty(),
-                    events: evs.to_vec(),
+                    // Taken, not copied: the runtime starts the next step with a new vector.
+                    events: std::mem::take(evs),
                     snap: persist.then(|| SnapshotRecord::new(inst.snapshot(), &schemas[inst.domain])),
                 });
             },
@@ -997,7 +998,14 @@ impl<S: Sink> Engine<S> {
                 self.history.remove(&*n);
             }
         }
-        let records: Vec<Record> = if persist { records.into_iter().flatten().collect() } else { Vec::new() };
+        // Every entry was closed, so no slot is empty; reused in place (no second copy of a
+        // batch that can hold tens of thousands of records).
+        records.retain(Option::is_some);
+        let records: Vec<Record> = if persist {
+            records.into_iter().map(|r| r.expect("kept only filled slots")).collect()
+        } else {
+            Vec::new()
+        };
         let seq = match self.store.as_mut() {
             Some(store) if !records.is_empty() || !audit.is_empty() => {
                 self.records_since_checkpoint += records.len();
@@ -1387,8 +1395,9 @@ impl<S: Sink> Engine<S> {
     }
 
     /// Checks an observation against the instance's fields and queues it.
-    pub(crate) fn queue_observation(&mut self, obs: Observation) -> Result<(), InputError> {
-        let name = obs.instance.clone();
+    pub(crate) fn queue_observation(&mut self, mut obs: Observation) -> Result<(), InputError> {
+        // Moved out (the feed keeps it), not copied.
+        let name = std::mem::take(&mut obs.instance);
         let Some(idx) = self.rt.index_of(&name) else {
             let known = self.rt.instances().iter().map(|i| i.name.to_string()).collect();
             return Err(InputError::NoInstance { name, known });
