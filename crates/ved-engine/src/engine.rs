@@ -1019,8 +1019,7 @@ impl<S: Sink> Engine<S> {
         for i in intents {
             self.outbox.push_back((seq, i));
         }
-        if self.records_since_checkpoint > COMPACT_AFTER_RECORDS && self.records_since_checkpoint > self.live_records()
-        {
+        if should_compact(self.records_since_checkpoint, || self.live_records()) {
             self.records_since_checkpoint = 0;
             let all = self.all_records();
             if let Some(store) = self.store.as_mut() {
@@ -1030,10 +1029,7 @@ impl<S: Sink> Engine<S> {
         seq
     }
 
-    /// How many records a checkpoint would hold now (see [`Engine::all_records`]). The log is
-    /// compacted only once it holds more than that since the last checkpoint: a checkpoint
-    /// rewrites every live record, so compacting a large busy fleet after a fixed number of
-    /// records would cost more than the writes it saves, and cost it again and again.
+    /// How many records a checkpoint would hold now (see [`Engine::all_records`]).
     fn live_records(&self) -> usize {
         let journaled: usize = self.journals.values().filter(|q| !q.is_empty()).map(|q| q.len() + 1).sum();
         1 + self.rt.instances().len() + journaled
@@ -1630,6 +1626,16 @@ fn is_observation_outcome(e: &Event) -> bool {
     )
 }
 
+/// Whether the log should be compacted, `since` records after the last checkpoint, when a
+/// checkpoint would hold `live()` records: after at least [`COMPACT_AFTER_RECORDS`], and only
+/// once the log outgrew a checkpoint. A checkpoint rewrites every live record, so compacting
+/// a large busy fleet after a fixed number of records would cost more than the writes it
+/// saves, and cost it again and again; this way it costs at most as much as the writes since
+/// the last one. `live` is counted only past the fixed threshold.
+fn should_compact(since: usize, live: impl FnOnce() -> usize) -> bool {
+    since > COMPACT_AFTER_RECORDS && since > live()
+}
+
 /// The live records of `insts`, in order, onto `records`: for each, the snapshot before its
 /// oldest journal entry (replay starts there), its retained journal, and its latest snapshot.
 fn live_records_of(
@@ -1732,6 +1738,58 @@ mod memory {
         assert_eq!(h.front().map(|s| s.snapshot.slice), Some(0), "the base is the state before the drift");
         assert_eq!(ved.history.len(), 1);
         ved.finish().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod checkpoint {
+    use super::*;
+
+    #[test]
+    fn the_log_is_compacted_after_the_fixed_threshold_and_once_it_outgrew_a_checkpoint() {
+        // A small fleet: the fixed threshold decides.
+        assert!(!should_compact(COMPACT_AFTER_RECORDS, || 10));
+        assert!(should_compact(COMPACT_AFTER_RECORDS + 1, || 10));
+        // A large one: not before the log holds more than a checkpoint would.
+        let live = 3 * COMPACT_AFTER_RECORDS;
+        assert!(!should_compact(COMPACT_AFTER_RECORDS + 1, || live));
+        assert!(!should_compact(live, || live));
+        assert!(should_compact(live + 1, || live));
+        // Below the fixed threshold the fleet is not even counted.
+        assert!(!should_compact(5, || panic!("counted the live records below the threshold")));
+    }
+
+    /// A checkpoint of a fleet large enough to be copied on two threads holds the same
+    /// records, in the same order, as one copied on one.
+    #[test]
+    fn a_checkpoint_copied_on_two_threads_keeps_the_order_of_one() {
+        let dir = std::env::temp_dir().join(format!("ved-engine-split-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let src = "domain Pool {\n  state {\n    workers: int = 5\n  }\n  goal workers == 5\n  transition up {\n    step {\n      if workers < 5 {\n        workers += 1\n      }\n    }\n  }\n}\n";
+        let loaded = crate::load::check_texts(vec![("pool.ved".into(), src.into())]).unwrap();
+        let mut ved = Builder::new(loaded).data_dir(&dir).start(Vec::<EngineEvent>::new()).unwrap();
+        let n = CHECKPOINT_SPLIT_FROM + 10;
+        let items: Vec<Json> = (0..n).map(|i| serde_json::json!({"name": format!("p{i}"), "domain": "Pool"})).collect();
+        ved.call(crate::Call::CreateMany { items, single: false, max_instances: n + 10 }, Box::new(|_| {}));
+        ved.run_until_idle().unwrap();
+        // Journals (and replay bases) on instances in both halves.
+        let items: Vec<Json> = (0..n)
+            .step_by(7)
+            .map(|i| serde_json::json!({"instance": format!("p{i}"), "set": {"workers": 3}}))
+            .collect();
+        ved.call(crate::Call::ObserveMany(items), Box::new(|_| {}));
+        ved.run_until_idle().unwrap();
+        let split = ved.all_records();
+        let mut one = Vec::new();
+        live_records_of(ved.rt.instances(), &ved.journals, &ved.history, &ved.schemas, &mut one);
+        assert_eq!(split.len(), one.len() + 1, "the program record, then the instances'");
+        assert!(matches!(split[0], Record::Program { .. }));
+        assert!(split[1..] == one[..], "the same records in the same order");
+        assert!(one
+            .iter()
+            .any(|r| matches!(r, Record::Journal(e) if e.instance == format!("p{}", n - 1 - (n - 1) % 7))));
+        drop(ved);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
