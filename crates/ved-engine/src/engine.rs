@@ -843,7 +843,9 @@ impl<S: Sink> Engine<S> {
     pub(crate) fn run_and_persist(&mut self) -> u64 {
         let mut audit = Vec::new();
         let mut intents = Vec::new();
-        let mut steps: Vec<Step> = Vec::new();
+        // Most instances that run take two steps (an input's slice, then a transition's): sized
+        // for that, since a batch of thousands of steps would otherwise be copied as it grows.
+        let mut steps: Vec<Step> = Vec::with_capacity(2 * self.rt.ready_len());
         let persist = self.store.is_some();
         let schemas = &self.schemas;
         let history = &mut self.history;
@@ -1270,7 +1272,7 @@ impl<S: Sink> Engine<S> {
                 let was_resting = self.last_status.get(name).is_some_and(|s| *s != Status::Converging);
                 let acted = self.episodes.get(name).is_some_and(|ep| ep.acted);
                 let verb = if acted { "observed as" } else { "drifted to" };
-                let text = changes_text(dom, changes, verb);
+                let text = changes_text(String::new(), dom, changes, verb);
                 let ep = slot_with(&mut self.episodes, name, || Episode {
                     log: Vec::new(),
                     acted: false,
@@ -1283,7 +1285,10 @@ impl<S: Sink> Engine<S> {
                 set(&mut self.last_status, name, Status::Converging);
             }
             Event::Slice { cause: Cause::Transition(t), changes, .. } if !changes.is_empty() => {
-                let text = format!("{} set {}", transition_name(dom, *t), changes_text(dom, changes, "="));
+                let mut text = String::with_capacity(64);
+                text.push_str(transition_name(dom, *t));
+                text.push_str(" set ");
+                let text = changes_text(text, dom, changes, "=");
                 if let Some(ep) = self.episodes.get_mut(name) {
                     ep.log.push(text);
                     ep.acted = true;
@@ -1304,7 +1309,7 @@ impl<S: Sink> Engine<S> {
             }
             // A correction lands when its intents succeed: the held changes apply now.
             Event::Slice { cause: Cause::Result(id), changes, .. } if !changes.is_empty() => {
-                let text = format!("{id} succeeded: {}", changes_text(dom, changes, "="));
+                let text = changes_text(format!("{id} succeeded: "), dom, changes, "=");
                 if let Some(ep) = self.episodes.get_mut(name) {
                     ep.log.push(text);
                 }
@@ -1509,10 +1514,15 @@ impl<S: Sink> Engine<S> {
 }
 
 /// `field VERB value, ...` for the audit narrative (`=`, `drifted to`, `observed as`), written
-/// into one string: it is built for every slice of a busy fleet.
-fn changes_text(dom: &ved_vm::CompiledDomain, changes: &[(u16, ved_vm::Value)], verb: &str) -> String {
+/// after `text` into the same string: it is built for every slice of a busy fleet.
+fn changes_text(
+    mut text: String,
+    dom: &ved_vm::CompiledDomain,
+    changes: &[(u16, ved_vm::Value)],
+    verb: &str,
+) -> String {
     use std::fmt::Write;
-    let mut text = String::new();
+    text.reserve(32 * changes.len());
     for (i, (slot, v)) in changes.iter().enumerate() {
         if i > 0 {
             text.push_str(", ");

@@ -291,6 +291,11 @@ impl Runtime {
         }
     }
 
+    /// How many instances have work queued: a run steps each of them at least once.
+    pub fn ready_len(&self) -> usize {
+        self.ready.len()
+    }
+
     /// Puts back an instance from a snapshot; it resumes at its next slice.
     pub fn restore_instance(&mut self, snap: InstanceSnapshot) -> Result<usize, CreateError> {
         if self.by_name.contains_key(snap.name.as_str()) {
