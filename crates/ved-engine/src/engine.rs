@@ -1465,6 +1465,9 @@ impl<S: Sink> Engine<S> {
     }
 
     fn print_event(&mut self, domain: usize, ev: &Event) {
+        if !self.out.wants_slice_events() {
+            return;
+        }
         let inst = ev.instance().to_string();
         let d = &self.program.domains[domain];
         let tname = |t: usize| d.transitions.get(t).map(|t| t.name.clone()).unwrap_or_default();
@@ -1801,5 +1804,45 @@ mod checkpoint {
             .any(|r| matches!(r, Record::Journal(e) if e.instance == format!("p{}", n - 1 - (n - 1) % 7))));
         drop(ved);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod sink {
+    use super::*;
+
+    /// Keeps the events it is given, but says it wants no per-slice ones.
+    #[derive(Default)]
+    struct Quiet(Vec<EngineEvent>);
+
+    impl Sink for Quiet {
+        fn event(&mut self, ev: EngineEvent) {
+            self.0.push(ev);
+        }
+        fn wants_slice_events(&self) -> bool {
+            false
+        }
+    }
+
+    /// A sink that wants no per-slice events gets none, and the engine records the same
+    /// journal as for one that keeps them all.
+    #[test]
+    fn a_sink_that_wants_no_slice_events_gets_none_and_changes_nothing_else() {
+        let src = "domain Pool {\n  state {\n    workers: int = 5\n  }\n  goal workers == 5\n  transition up {\n    step {\n      if workers < 5 {\n        workers += 1\n      }\n    }\n  }\n}\n";
+        let load = || crate::load::check_texts(vec![("pool.ved".into(), src.into())]).unwrap();
+        let mut all = Builder::new(load()).start(Vec::<EngineEvent>::new()).unwrap();
+        let mut quiet = Builder::new(load()).start(Quiet::default()).unwrap();
+        for _ in 0..3 {
+            let obs = || Observation::set("Pool", "test", [("workers".to_string(), serde_json::json!(3))]);
+            all.observe(obs()).unwrap();
+            quiet.observe(obs()).unwrap();
+        }
+        let slice_events = |evs: &[EngineEvent]| {
+            evs.iter().filter(|e| matches!(e, EngineEvent::Slice { .. } | EngineEvent::Status { .. })).count()
+        };
+        assert!(slice_events(all.output()) >= 6, "{:?}", all.output());
+        assert_eq!(slice_events(&quiet.output().0), 0, "{:?}", quiet.output().0);
+        assert_eq!(all.journals, quiet.journals);
+        assert!(all.journals.get("Pool").is_some_and(|q| q.len() >= 6), "an observation and its corrections each time");
     }
 }
