@@ -34,6 +34,9 @@ struct Null;
 
 impl Sink for Null {
     fn event(&mut self, _: EngineEvent) {}
+    fn wants_slice_events(&self) -> bool {
+        false
+    }
 }
 
 fn env_usize(name: &str, default: usize) -> usize {

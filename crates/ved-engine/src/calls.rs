@@ -307,10 +307,20 @@ impl<S: Sink> Engine<S> {
     }
 
     fn summary(&self, name: &str) -> Json {
-        match self.rt.instance(name) {
-            Some(i) => json!({"name": name, "status": i.status.as_str(), "slice": i.slice}),
-            None => json!({"name": name}),
+        self.summary_of(name.to_string())
+    }
+
+    /// [`Engine::summary`] of a name the caller gives up: built field by field, as `json!`
+    /// would, without copying the name (a batch answers for thousands of instances).
+    fn summary_of(&self, name: String) -> Json {
+        let found = self.rt.instance(&name).map(|i| (i.status.as_str(), i.slice));
+        let mut m = Map::new();
+        m.insert("name".to_string(), Json::String(name));
+        if let Some((status, slice)) = found {
+            m.insert("status".to_string(), Json::from(status));
+            m.insert("slice".to_string(), Json::from(slice));
         }
+        Json::Object(m)
     }
 
     /// `GET /v1/instances/{name}`: state, each goal's truth, pending transitions.
@@ -461,9 +471,12 @@ impl<S: Sink> Engine<S> {
 
     /// One element of `POST /v1/observations`, checked against its instance's fields
     /// without queuing anything.
-    fn check_observation(&self, item: &Json) -> Result<Observation, Reply> {
-        let Json::Object(m) = item else {
-            return Err(error(400, format!("an observation is an object, not {}", kind(item))));
+    /// Takes the element apart: what it reports moves into the observation (a batch holds
+    /// thousands of them).
+    fn check_observation(&self, item: Json) -> Result<Observation, Reply> {
+        let mut m = match item {
+            Json::Object(m) => m,
+            other => return Err(error(400, format!("an observation is an object, not {}", kind(&other)))),
         };
         for key in m.keys() {
             if !matches!(key.as_str(), "instance" | "set" | "add" | "source" | "version") {
@@ -473,8 +486,8 @@ impl<S: Sink> Engine<S> {
                 ));
             }
         }
-        let instance = match m.get("instance") {
-            Some(Json::String(s)) => s.clone(),
+        let instance = match m.remove("instance") {
+            Some(Json::String(s)) => s,
             Some(_) => return Err(error(400, "`instance` must be a string")),
             None => return Err(error(400, "missing `instance`: which instance was observed?")),
         };
@@ -501,17 +514,17 @@ impl<S: Sink> Engine<S> {
             })
         };
         let source = version.as_ref().map_or("api", |(s, _)| s.as_str()).to_string();
-        match (m.get("set"), m.get("add")) {
+        match (m.remove("set"), m.remove("add")) {
             (Some(Json::Object(set)), None) => {
                 if set.is_empty() {
                     return Err(error(400, "`set` is empty: give at least one field and its value"));
                 }
-                for (field, value) in set {
+                for (field, value) in &set {
                     let slot = slot_of(field)?;
                     crate::json::from_json(value, &dom.fields[slot].1)
                         .map_err(|e| error(400, format!("field `{field}`: {e}")))?;
                 }
-                Ok(Observation { instance, set: crate::input::entries(set), version, source, ..Observation::default() })
+                Ok(Observation { instance, set: set.into_iter().collect(), version, source, ..Observation::default() })
             }
             (None, Some(Json::Object(add))) => {
                 if version.is_some() {
@@ -520,7 +533,7 @@ impl<S: Sink> Engine<S> {
                 if add.is_empty() {
                     return Err(error(400, "`add` is empty: give at least one field and its delta"));
                 }
-                for (field, delta) in add {
+                for (field, delta) in &add {
                     let slot = slot_of(field)?;
                     if dom.fields[slot].1 != ved_check::Type::Int {
                         return Err(error(
@@ -532,7 +545,7 @@ impl<S: Sink> Engine<S> {
                         return Err(error(400, format!("field `{field}`: the delta must be an integer, not {delta}")));
                     }
                 }
-                Ok(Observation { instance, add: crate::input::entries(add), source, ..Observation::default() })
+                Ok(Observation { instance, add: add.into_iter().collect(), source, ..Observation::default() })
             }
             (Some(_), Some(_)) => Err(error(400, "give `set` or `add`, not both: send them as two observations")),
             (Some(_), None) | (None, Some(_)) => Err(error(400, "`set` and `add` are objects of field to value")),
@@ -556,16 +569,19 @@ impl<S: Sink> Engine<S> {
             ));
         }
         let mut checked = Vec::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
+        let applied = items.len();
+        for (i, item) in items.into_iter().enumerate() {
             match self.check_observation(item) {
                 Ok(o) => checked.push(o),
                 Err(r) => return reply(at_index(i, r)),
             }
         }
-        let mut touched: Vec<String> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        // The instances the answer lists, each once, in the order first observed.
+        let mut seen = rustc_hash::FxHashSet::default();
+        let touched: Vec<String> =
+            checked.iter().filter(|o| seen.insert(o.instance.as_str())).map(|o| o.instance.clone()).collect();
+        drop(seen);
         for (i, obs) in checked.into_iter().enumerate() {
-            let name = obs.instance.clone();
             if let Err(e) = self.queue_observation(obs) {
                 // Only a full mailbox gets here, after the checks above; what was queued
                 // before it is applied, so say so.
@@ -576,13 +592,10 @@ impl<S: Sink> Engine<S> {
                     error(503, format!("{e}; the elements before it were applied, retry from this one")),
                 ));
             }
-            if seen.insert(name.clone()) {
-                touched.push(name);
-            }
         }
         let seq = self.run_and_persist();
-        let list: Vec<Json> = touched.iter().map(|n| self.summary(n)).collect();
-        let body = json!({"applied": items.len(), "instances": list});
+        let list: Vec<Json> = touched.into_iter().map(|n| self.summary_of(n)).collect();
+        let body = json!({"applied": applied, "instances": list});
         self.acks.push_back((seq, Ack::Reply(reply, Reply { status: 200, body })));
         self.settle();
     }
@@ -651,5 +664,26 @@ impl<S: Sink> Engine<S> {
             })
             .collect();
         Reply { status: 200, body: json!({"instances": list, "next": next}) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Builder, EngineEvent};
+    use serde_json::json;
+
+    /// The batch answer's per-instance summary is built field by field: it must be the
+    /// object `json!` made, for an instance that exists and for one that does not.
+    #[test]
+    fn a_summary_built_field_by_field_is_the_json_of_before() {
+        let src = "domain Pool {\n  state {\n    workers: int = 5\n  }\n  goal workers == 5\n}\n";
+        let loaded = crate::load::check_texts(vec![("pool.ved".into(), src.into())]).unwrap();
+        let ved = Builder::new(loaded).start(Vec::<EngineEvent>::new()).unwrap();
+        let i = ved.rt.instance("Pool").unwrap();
+        let before = json!({"name": "Pool", "status": i.status.as_str(), "slice": i.slice});
+        assert_eq!(ved.summary_of("Pool".to_string()), before);
+        assert_eq!(ved.summary("Pool"), before);
+        assert_eq!(ved.summary_of("gone".to_string()), json!({"name": "gone"}));
+        assert_eq!(serde_json::to_string(&ved.summary_of("Pool".to_string())).unwrap(), before.to_string());
     }
 }

@@ -16,6 +16,7 @@ use crate::input::{InputError, Line, Observation};
 use crate::json::{from_json, to_json};
 use crate::load;
 use crate::persist::Persistence;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde_json::Value as Json;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -29,6 +30,9 @@ use ved_vm::CompiledProgram;
 const JOURNAL_STABLE_KEEP: usize = 64;
 /// Log bytes (estimated) after which the store is compacted into a checkpoint.
 const COMPACT_AFTER_RECORDS: usize = 200_000;
+/// Instances from which a checkpoint's records are copied on two threads (below, a helper
+/// thread would cost more than it saves).
+const CHECKPOINT_SPLIT_FROM: usize = 4096;
 
 pub struct RunOptions {
     pub seed: u64,
@@ -55,12 +59,26 @@ pub type Responder = Box<dyn FnOnce(Reply) + Send>;
 /// What the driver knows about an observation it queued beyond what the runtime reports:
 /// where it came from, everything it reported (not only what changed), and whether it was
 /// relative. The journal records it, and `ved replay` feeds it again from there.
+#[derive(Clone)]
 pub struct Feed {
     instance: String,
     source: String,
     caused_by: Option<String>,
     set: Vec<(String, Json)>,
     add: Vec<(String, i64)>,
+}
+
+/// One step as the runtime reported it.
+struct Step {
+    /// The runtime's shared name, not a copy: a busy fleet steps thousands of times per call.
+    name: Arc<str>,
+    domain: usize,
+    ticks: u64,
+    /// Whether nothing is pending after it.
+    idle: bool,
+    events: Vec<Event>,
+    /// With a store: the instance after the step.
+    snap: Option<SnapshotRecord>,
 }
 
 /// A drift and what was done about it, until the instance rests again.
@@ -850,15 +868,16 @@ impl<S: Sink> Engine<S> {
     /// instance reaches in a later step goes onto it, and so does the batch of a message
     /// applied right after it.
     pub(crate) fn run_and_persist(&mut self) -> u64 {
-        let mut records: Vec<Option<Record>> = Vec::new();
         let mut audit = Vec::new();
         let mut intents = Vec::new();
-        let mut steps = Vec::new();
-        let schemas = self.schemas.clone();
+        // Most instances that run take two steps (an input's slice, then a transition's): sized
+        // for that, since a batch of thousands of steps would otherwise be copied as it grows.
+        let mut steps: Vec<Step> = Vec::with_capacity(2 * self.rt.ready_len());
         let persist = self.store.is_some();
+        let schemas = &self.schemas;
         let history = &mut self.history;
         // Instances given a snapshot below: those whose journal stays empty drop it again.
-        let mut based: Vec<String> = Vec::new();
+        let mut based: Vec<Arc<str>> = Vec::new();
         self.rt.run_stepwise_with(
             |inst| {
                 // An instance at rest with no journal keeps no snapshot in memory; the one
@@ -866,24 +885,38 @@ impl<S: Sink> Engine<S> {
                 if persist && !history.contains_key(&*inst.name) {
                     let snap = SnapshotRecord::new(inst.snapshot(), &schemas[inst.domain]);
                     remember_new(history, &inst.name, snap);
-                    based.push(inst.name.to_string());
+                    based.push(inst.name.clone());
                 }
             },
             |inst, evs| {
-                let snap = persist.then(|| SnapshotRecord::new(inst.snapshot(), &schemas[inst.domain]));
-                steps.push((inst.name.to_string(), inst.ticks, inst.pending.is_empty(), evs.to_vec(), snap));
+                steps.push(Step {
+                    name: inst.name.clone(),
+                    domain: inst.domain,
+                    ticks: inst.ticks,
+                    idle: inst.pending.is_empty(),
+                    // Taken, not copied: the runtime starts the next step with a new vector.
+                    events: std::mem::take(evs),
+                    snap: persist.then(|| SnapshotRecord::new(inst.snapshot(), &schemas[inst.domain])),
+                });
             },
         );
-        let mut stepped: Vec<String> = steps.iter().map(|s| s.0.clone()).collect();
+        let mut stepped: Vec<Arc<str>> = steps.iter().map(|s| s.name.clone()).collect();
         stepped.dedup();
         stepped.extend(based);
-        // Per instance: the entry still open and where it goes in `records`.
-        let mut open: BTreeMap<String, (usize, JournalEntry)> = BTreeMap::new();
+        // A snapshot and at most one entry per step (and a few trims): sized once, because a
+        // batch of thousands of steps would otherwise copy its records over and over as it grows.
+        let mut records: Vec<Option<Record>> = Vec::with_capacity(2 * steps.len() + 8);
+        // Per instance: the entry still open and where it goes in `records`. The order in
+        // which entries are closed does not matter: each has its place in `records` already.
+        let mut open: FxHashMap<Arc<str>, (usize, JournalEntry)> =
+            FxHashMap::with_capacity_and_hasher(stepped.len(), Default::default());
         // Instances that ran a tick since their last message in this run.
-        let mut ticked: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
-        for (name, ticks, idle, evs, snap) in steps {
+        let mut ticked: FxHashSet<Arc<str>> = FxHashSet::with_capacity_and_hasher(stepped.len(), Default::default());
+        let program = self.program.clone();
+        for Step { name, domain, ticks, idle, events: evs, snap } in steps {
+            let dom = &program.domains[domain];
             let feed = if evs.iter().any(is_observation_outcome) { self.take_feed(&name) } else { None };
-            let entry = self.journal_entry(&name, &evs, feed.as_ref());
+            let entry = entry_of(dom, &name, self.now_ms, &evs, feed);
             // An observation that changes nothing on a stable instance with nothing pending (a
             // periodic resync) is counted, not journaled: it must not push real history out.
             let quiet = entry.as_ref().is_some_and(|e| {
@@ -892,29 +925,28 @@ impl<S: Sink> Engine<S> {
                     && e.caused_by.is_none()
                     && e.added.is_empty()
                     && idle
-                    && self.journal_status.get(&name) == Some(&Status::Stable)
+                    && self.journal_status.get(&*name) == Some(&Status::Stable)
             });
             if let Some(snap) = snap {
                 let last_entry = open
                     .get(&name)
                     .map(|(_, e)| e.slice)
-                    .or_else(|| self.journals.get(&name).and_then(|q| q.back()).map(|e| e.slice))
+                    .or_else(|| self.journals.get(&*name).and_then(|q| q.back()).map(|e| e.slice))
                     .unwrap_or(0);
-                remember(
-                    self.history.entry(name.clone()).or_insert_with(|| VecDeque::with_capacity(1)),
-                    snap.clone(),
-                    last_entry,
-                );
+                match self.history.get_mut(&*name) {
+                    Some(q) => remember(q, snap.clone(), last_entry),
+                    None => remember_new(&mut self.history, &name, snap.clone()),
+                }
                 records.push(Some(Record::Snapshot(snap)));
             }
             if evs.iter().any(|e| matches!(e, Event::Tick { .. })) {
                 ticked.insert(name.clone());
             }
             if quiet {
-                *self.quiet.entry(name.clone()).or_default() += 1;
+                *slot(&mut self.quiet, &name) += 1;
             } else if let Some(mut e) = entry {
                 if e.cause == "transition" {
-                    e.origin = self.last_input.get(&name).cloned();
+                    e.origin = self.last_input.get(&*name).cloned();
                 } else {
                     // Messages applied back to back, with no tick between them, were queued
                     // together; replay must queue them together too.
@@ -926,26 +958,35 @@ impl<S: Sink> Engine<S> {
                     ticked.remove(&name);
                     // The input wakes the instance: the status it rests in next is news, even
                     // if it is the one it had before.
-                    self.journal_status.insert(name.clone(), Status::Converging);
-                    self.last_input.insert(
-                        name.clone(),
-                        Origin {
-                            slice: e.slice,
-                            cause: e.cause.clone(),
-                            detail: e.detail.clone(),
-                            source: e.source.clone(),
-                        },
-                    );
+                    set(&mut self.journal_status, &name, Status::Converging);
+                    match self.last_input.get_mut(&*name) {
+                        // In place: the cause and source are mostly those of the last input.
+                        Some(o) => {
+                            o.slice = e.slice;
+                            o.cause.clone_from(&e.cause);
+                            o.detail.clone_from(&e.detail);
+                            o.source.clone_from(&e.source);
+                        }
+                        None => {
+                            let o = Origin {
+                                slice: e.slice,
+                                cause: e.cause.clone(),
+                                detail: e.detail.clone(),
+                                source: e.source.clone(),
+                            };
+                            self.last_input.insert(name.to_string(), o);
+                        }
+                    }
                 }
-                e.quiet = self.quiet.remove(&name).unwrap_or(0);
+                e.quiet = self.quiet.remove(&*name).unwrap_or(0);
                 self.close_entry(&name, &mut open, &mut records);
                 records.push(None);
                 open.insert(name.clone(), (records.len() - 1, e));
             }
             for ev in &evs {
-                self.track_episode(&name, ticks, ev, &mut audit);
+                self.track_episode(dom, &name, ticks, ev, &mut audit);
                 if let Event::Status { status, reason, .. } = ev {
-                    if self.journal_status.insert(name.clone(), *status) != Some(*status) {
+                    if set(&mut self.journal_status, &name, *status) != Some(*status) {
                         if let Some((_, e)) = open.get_mut(&name) {
                             e.status = Some(status.as_str().to_string());
                             e.reason = reason.clone();
@@ -954,24 +995,26 @@ impl<S: Sink> Engine<S> {
                 }
                 if let Event::Status { status: Status::Stable, .. } = ev {
                     self.close_entry(&name, &mut open, &mut records);
-                    let q = self.journals.entry(name.clone()).or_default();
-                    if q.len() > JOURNAL_STABLE_KEEP {
+                    // An instance with no journal has nothing to trim (and needs no empty one).
+                    if let Some(q) = self.journals.get_mut(&*name).filter(|q| q.len() > JOURNAL_STABLE_KEEP) {
                         while q.len() > JOURNAL_STABLE_KEEP {
                             q.pop_front();
                         }
                         if let Some(first) = q.front() {
-                            records.push(Some(Record::Trim { instance: name.clone(), keep_from_slice: first.slice }));
+                            records
+                                .push(Some(Record::Trim { instance: name.to_string(), keep_from_slice: first.slice }));
                         }
                     }
                 }
                 if let Event::Intent(i) = ev {
                     intents.push(i.clone());
                 } else {
-                    self.print_event(ev);
+                    self.print_event(domain, ev);
                 }
             }
         }
-        for name in open.keys().cloned().collect::<Vec<_>>() {
+        let still_open: Vec<Arc<str>> = open.keys().cloned().collect();
+        for name in still_open {
             self.close_entry(&name, &mut open, &mut records);
         }
         // Every instance ran until idle, so every queued observation was applied: a feed left
@@ -980,11 +1023,18 @@ impl<S: Sink> Engine<S> {
         // An instance with no journal needs no snapshot to replay from: a fleet at rest keeps
         // none in memory (the store has its state; the next step takes one again first).
         for n in stepped {
-            if self.journals.get(&n).is_none_or(VecDeque::is_empty) {
-                self.history.remove(&n);
+            if self.journals.get(&*n).is_none_or(VecDeque::is_empty) {
+                self.history.remove(&*n);
             }
         }
-        let records: Vec<Record> = if persist { records.into_iter().flatten().collect() } else { Vec::new() };
+        // Every entry was closed, so no slot is empty; reused in place (no second copy of a
+        // batch that can hold tens of thousands of records).
+        records.retain(Option::is_some);
+        let records: Vec<Record> = if persist {
+            records.into_iter().map(|r| r.expect("kept only filled slots")).collect()
+        } else {
+            Vec::new()
+        };
         let seq = match self.store.as_mut() {
             Some(store) if !records.is_empty() || !audit.is_empty() => {
                 self.records_since_checkpoint += records.len();
@@ -998,7 +1048,7 @@ impl<S: Sink> Engine<S> {
         for i in intents {
             self.outbox.push_back((seq, i));
         }
-        if self.records_since_checkpoint > COMPACT_AFTER_RECORDS {
+        if should_compact(self.records_since_checkpoint, || self.live_records()) {
             self.records_since_checkpoint = 0;
             let all = self.all_records();
             if let Some(store) = self.store.as_mut() {
@@ -1008,26 +1058,42 @@ impl<S: Sink> Engine<S> {
         seq
     }
 
+    /// How many records a checkpoint would hold now (see [`Engine::all_records`]).
+    fn live_records(&self) -> usize {
+        let journaled: usize = self.journals.values().filter(|q| !q.is_empty()).map(|q| q.len() + 1).sum();
+        1 + self.rt.instances().len() + journaled
+    }
+
     /// Every live record: the latest snapshot of each instance and its retained journal.
     fn all_records(&self) -> Vec<Record> {
-        let mut records = vec![Record::Program {
+        let program = Record::Program {
             files: self.files.clone(),
             retry: Some(self.retry()),
             confirm_ms: Some(self.rt.policy.confirm_ms),
-        }];
-        for inst in self.rt.instances() {
-            // The snapshot before the oldest journal entry first (replay starts there), then the latest.
-            let first = self.journals.get(&*inst.name).and_then(|q| q.front()).map(|e| e.slice);
-            let base = first.and_then(|f| self.history.get(&*inst.name)?.iter().rev().find(|s| s.snapshot.slice < f));
-            if let Some(b) = base {
-                records.push(Record::Snapshot(b.clone()));
-            }
-            // The journal before the latest snapshot, as in the log: each entry after its slice.
-            if let Some(q) = self.journals.get(&*inst.name) {
-                records.extend(q.iter().map(|e| Record::Journal(Box::new(e.clone()))));
-            }
-            records.push(Record::Snapshot(SnapshotRecord::new(inst.snapshot(), &self.schemas[inst.domain])));
+        };
+        let insts = self.rt.instances();
+        let (journals, history, schemas) = (&self.journals, &self.history, &self.schemas);
+        // Sized once: a large fleet's checkpoint holds millions of records.
+        let mut records = Vec::with_capacity(self.live_records() + journals.len());
+        records.push(program);
+        if insts.len() < CHECKPOINT_SPLIT_FROM {
+            live_records_of(insts, journals, history, schemas, &mut records);
+            return records;
         }
+        // Copying every retained journal is most of what a checkpoint costs this thread, and it
+        // only reads: a helper copies the second half of the fleet meanwhile (the records keep
+        // the instances' order).
+        let (front, back) = insts.split_at(insts.len() / 2);
+        let rest = std::thread::scope(|s| {
+            let helper = s.spawn(|| {
+                let mut rest = Vec::new();
+                live_records_of(back, journals, history, schemas, &mut rest);
+                rest
+            });
+            live_records_of(front, journals, history, schemas, &mut records);
+            helper.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+        });
+        records.extend(rest);
         records
     }
 
@@ -1035,15 +1101,21 @@ impl<S: Sink> Engine<S> {
     fn close_entry(
         &mut self,
         name: &str,
-        open: &mut BTreeMap<String, (usize, JournalEntry)>,
+        open: &mut FxHashMap<Arc<str>, (usize, JournalEntry)>,
         records: &mut [Option<Record>],
     ) {
         let Some((at, e)) = open.remove(name) else { return };
         records[at] = Some(Record::Journal(Box::new(e.clone())));
-        let q = self.journals.entry(name.to_string()).or_default();
-        q.push_back(e);
-        while q.len() > JOURNAL_MAX {
-            q.pop_front();
+        match self.journals.get_mut(name) {
+            Some(q) => {
+                q.push_back(e);
+                while q.len() > JOURNAL_MAX {
+                    q.pop_front();
+                }
+            }
+            None => {
+                self.journals.insert(name.to_string(), VecDeque::from([e]));
+            }
         }
     }
 
@@ -1232,39 +1304,23 @@ impl<S: Sink> Engine<S> {
         }
     }
 
-    fn field_name(&self, instance: &str, slot: u16) -> String {
-        let d = self.rt.instance(instance).map(|i| i.domain).unwrap_or(0);
-        self.program.domains[d].fields.get(slot as usize).map(|f| f.0.clone()).unwrap_or_else(|| format!("#{slot}"))
-    }
-
-    fn transition_name(&self, instance: &str, t: usize) -> String {
-        let d = self.rt.instance(instance).map(|i| i.domain).unwrap_or(0);
-        self.program.domains[d].transitions.get(t).map(|t| t.name.clone()).unwrap_or_default()
-    }
-
-    fn journal_entry(&self, name: &str, evs: &[Event], feed: Option<&Feed>) -> Option<JournalEntry> {
-        let d = self.rt.instance(name).map(|i| i.domain).unwrap_or(0);
-        journal_entry(&self.program.domains[d], name, self.now_ms, evs, feed)
-    }
-
-    /// Builds the audit trail: a drift, the corrections, and how it ended.
-    /// `field = value, ...` for the audit narrative.
-    fn changes_text(&self, name: &str, changes: &[(u16, ved_vm::Value)]) -> String {
-        changes.iter().map(|(s, v)| format!("{} = {v}", self.field_name(name, *s))).collect::<Vec<_>>().join(", ")
-    }
-
-    fn track_episode(&mut self, name: &str, ticks: u64, ev: &Event, audit: &mut Vec<AuditDraft>) {
-        let was_resting = self.last_status.get(name).is_some_and(|s| *s != Status::Converging);
+    /// Builds the audit trail: a drift, the corrections, and how it ended. `dom` is the
+    /// instance's domain (its field and transition names).
+    fn track_episode(
+        &mut self,
+        dom: &ved_vm::CompiledDomain,
+        name: &str,
+        ticks: u64,
+        ev: &Event,
+        audit: &mut Vec<AuditDraft>,
+    ) {
         match ev {
             Event::Slice { cause: Cause::Observe, changes, .. } if !changes.is_empty() => {
+                let was_resting = self.last_status.get(name).is_some_and(|s| *s != Status::Converging);
                 let acted = self.episodes.get(name).is_some_and(|ep| ep.acted);
                 let verb = if acted { "observed as" } else { "drifted to" };
-                let text = changes
-                    .iter()
-                    .map(|(s, v)| format!("{} {verb} {v}", self.field_name(name, *s)))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let ep = self.episodes.entry(name.to_string()).or_insert(Episode {
+                let text = changes_text(String::new(), dom, changes, verb);
+                let ep = slot_with(&mut self.episodes, name, || Episode {
                     log: Vec::new(),
                     acted: false,
                     ticks_at_start: ticks,
@@ -1273,17 +1329,20 @@ impl<S: Sink> Engine<S> {
                     ep.ticks_at_start = ticks;
                 }
                 ep.log.push(text);
-                self.last_status.insert(name.to_string(), Status::Converging);
+                set(&mut self.last_status, name, Status::Converging);
             }
             Event::Slice { cause: Cause::Transition(t), changes, .. } if !changes.is_empty() => {
-                let text = format!("{} set {}", self.transition_name(name, *t), self.changes_text(name, changes));
+                let mut text = String::with_capacity(64);
+                text.push_str(transition_name(dom, *t));
+                text.push_str(" set ");
+                let text = changes_text(text, dom, changes, "=");
                 if let Some(ep) = self.episodes.get_mut(name) {
                     ep.log.push(text);
                     ep.acted = true;
                 }
             }
             Event::Intent(i) => {
-                let text = format!("{} emitted {i}", self.transition_name(name, i.transition));
+                let text = format!("{} emitted {i}", transition_name(dom, i.transition));
                 if let Some(ep) = self.episodes.get_mut(name) {
                     ep.log.push(text);
                     ep.acted = true;
@@ -1297,15 +1356,15 @@ impl<S: Sink> Engine<S> {
             }
             // A correction lands when its intents succeed: the held changes apply now.
             Event::Slice { cause: Cause::Result(id), changes, .. } if !changes.is_empty() => {
-                let text = format!("{id} succeeded: {}", self.changes_text(name, changes));
+                let text = changes_text(format!("{id} succeeded: "), dom, changes, "=");
                 if let Some(ep) = self.episodes.get_mut(name) {
                     ep.log.push(text);
                 }
             }
             Event::Status { status, reason, .. } => {
-                let before = self.last_status.insert(name.to_string(), *status);
+                let before = set(&mut self.last_status, name, *status);
                 match reason {
-                    Some(r) => self.reasons.insert(name.to_string(), r.clone()),
+                    Some(r) => set(&mut self.reasons, name, r.clone()),
                     None => self.reasons.remove(name),
                 };
                 if matches!(status, Status::Waiting | Status::Converging) {
@@ -1384,8 +1443,9 @@ impl<S: Sink> Engine<S> {
     }
 
     /// Checks an observation against the instance's fields and queues it.
-    pub(crate) fn queue_observation(&mut self, obs: Observation) -> Result<(), InputError> {
-        let name = obs.instance.clone();
+    pub(crate) fn queue_observation(&mut self, mut obs: Observation) -> Result<(), InputError> {
+        // Moved out (the feed keeps it), not copied.
+        let name = std::mem::take(&mut obs.instance);
         let Some(idx) = self.rt.index_of(&name) else {
             let known = self.rt.instances().iter().map(|i| i.name.to_string()).collect();
             return Err(InputError::NoInstance { name, known });
@@ -1451,9 +1511,11 @@ impl<S: Sink> Engine<S> {
         Ok(())
     }
 
-    fn print_event(&mut self, ev: &Event) {
+    fn print_event(&mut self, domain: usize, ev: &Event) {
+        if !self.out.wants_slice_events() {
+            return;
+        }
         let inst = ev.instance().to_string();
-        let domain = self.rt.instance(&inst).map(|i| i.domain).unwrap_or(0);
         let d = &self.program.domains[domain];
         let tname = |t: usize| d.transitions.get(t).map(|t| t.name.clone()).unwrap_or_default();
         let named = |changes: &[(u16, ved_vm::Value)]| -> Vec<(String, ved_vm::Value)> {
@@ -1501,6 +1563,35 @@ impl<S: Sink> Engine<S> {
     }
 }
 
+/// `field VERB value, ...` for the audit narrative (`=`, `drifted to`, `observed as`), written
+/// after `text` into the same string: it is built for every slice of a busy fleet.
+fn changes_text(
+    mut text: String,
+    dom: &ved_vm::CompiledDomain,
+    changes: &[(u16, ved_vm::Value)],
+    verb: &str,
+) -> String {
+    use std::fmt::Write;
+    text.reserve(32 * changes.len());
+    for (i, (slot, v)) in changes.iter().enumerate() {
+        if i > 0 {
+            text.push_str(", ");
+        }
+        match dom.fields.get(usize::from(*slot)) {
+            Some((field, _)) => text.push_str(field),
+            None => {
+                let _ = write!(text, "#{slot}");
+            }
+        }
+        let _ = write!(text, " {verb} {v}");
+    }
+    text
+}
+
+fn transition_name(dom: &ved_vm::CompiledDomain, t: usize) -> &str {
+    dom.transitions.get(t).map_or("", |t| t.name.as_str())
+}
+
 /// The journal entry for one step's events: its slice, cause, changes, held changes,
 /// intents and results, and for an observation what the driver knew of it (`feed`).
 /// `ved replay` builds the same entry from its own run to compare.
@@ -1510,6 +1601,18 @@ pub fn journal_entry(
     at_ms: u64,
     evs: &[Event],
     feed: Option<&Feed>,
+) -> Option<JournalEntry> {
+    entry_of(dom, instance, at_ms, evs, feed.cloned())
+}
+
+/// [`journal_entry`] with the feed handed over: what the driver reported moves into the
+/// entry instead of being copied (the engine takes each feed once, when it is applied).
+fn entry_of(
+    dom: &ved_vm::CompiledDomain,
+    instance: &str,
+    at_ms: u64,
+    evs: &[Event],
+    feed: Option<Feed>,
 ) -> Option<JournalEntry> {
     let (slice, cause, changes, held) = evs.iter().find_map(|e| match e {
         Event::Slice { slice, cause, changes, held, .. } => Some((*slice, cause, changes, held)),
@@ -1525,6 +1628,13 @@ pub fn journal_entry(
         Cause::Timer(t) => ("timer", tname(*t)),
     };
     let feed = feed.filter(|_| cause == "observe");
+    let (caused_by, observed, added, source) = match feed {
+        Some(f) => (f.caused_by, if f.add.is_empty() { f.set } else { Vec::new() }, f.add, Some(f.source)),
+        None if cause == "observe" => {
+            (None, changes.iter().map(|(s, v)| (field(*s), to_json(v))).collect(), Vec::new(), None)
+        }
+        None => (None, Vec::new(), Vec::new(), None),
+    };
     Some(JournalEntry {
         instance: instance.to_string(),
         slice,
@@ -1547,15 +1657,10 @@ pub fn journal_entry(
                 _ => None,
             })
             .collect(),
-        caused_by: feed.and_then(|f| f.caused_by.clone()),
-        observed: match (cause, feed) {
-            ("observe", Some(f)) if f.add.is_empty() => f.set.clone(),
-            ("observe", Some(_)) => Vec::new(),
-            ("observe", None) => changes.iter().map(|(s, v)| (field(*s), to_json(v))).collect(),
-            _ => Vec::new(),
-        },
-        added: feed.map(|f| f.add.clone()).unwrap_or_default(),
-        source: feed.map(|f| f.source.clone()),
+        caused_by,
+        observed,
+        added,
+        source,
         ..JournalEntry::default()
     })
 }
@@ -1581,6 +1686,40 @@ fn is_observation_outcome(e: &Event) -> bool {
     )
 }
 
+/// Whether the log should be compacted, `since` records after the last checkpoint, when a
+/// checkpoint would hold `live()` records: after at least [`COMPACT_AFTER_RECORDS`], and only
+/// once the log outgrew a checkpoint. A checkpoint rewrites every live record, so compacting
+/// a large busy fleet after a fixed number of records would cost more than the writes it
+/// saves, and cost it again and again; this way it costs at most as much as the writes since
+/// the last one. `live` is counted only past the fixed threshold.
+fn should_compact(since: usize, live: impl FnOnce() -> usize) -> bool {
+    since > COMPACT_AFTER_RECORDS && since > live()
+}
+
+/// The live records of `insts`, in order, onto `records`: for each, the snapshot before its
+/// oldest journal entry (replay starts there), its retained journal, and its latest snapshot.
+fn live_records_of(
+    insts: &[Instance],
+    journals: &BTreeMap<String, VecDeque<JournalEntry>>,
+    history: &BTreeMap<String, VecDeque<SnapshotRecord>>,
+    schemas: &[Arc<ved_store::Schema>],
+    records: &mut Vec<Record>,
+) {
+    for inst in insts {
+        let journal = journals.get(&*inst.name);
+        let first = journal.and_then(|q| q.front()).map(|e| e.slice);
+        let base = first.and_then(|f| history.get(&*inst.name)?.iter().rev().find(|s| s.snapshot.slice < f));
+        if let Some(b) = base {
+            records.push(Record::Snapshot(b.clone()));
+        }
+        // The journal before the latest snapshot, as in the log: each entry after its slice.
+        if let Some(q) = journal {
+            records.extend(q.iter().map(|e| Record::Journal(Box::new(e.clone()))));
+        }
+        records.push(Record::Snapshot(SnapshotRecord::new(inst.snapshot(), &schemas[inst.domain])));
+    }
+}
+
 /// Adds a snapshot to an instance's recent ones. A snapshot after a slice that was not
 /// journaled (an observation that changed nothing) is needed only until the next one, so a
 /// run of them keeps its last: periodic resyncs never push out the snapshot `ved replay`
@@ -1603,6 +1742,28 @@ fn remember(q: &mut VecDeque<SnapshotRecord>, snap: SnapshotRecord, last_entry: 
 /// four (a fleet at rest keeps one each; the queue grows when the instance is busy).
 pub(crate) fn remember_new(history: &mut BTreeMap<String, VecDeque<SnapshotRecord>>, name: &str, snap: SnapshotRecord) {
     history.entry(name.to_string()).or_insert_with(|| VecDeque::with_capacity(1)).push_back(snap);
+}
+
+/// `map[name] = value`, allocating the key only for a name not there yet (a busy instance's
+/// entries are there already, and this runs for every step); returns the value it replaced.
+fn set<V>(map: &mut BTreeMap<String, V>, name: &str, value: V) -> Option<V> {
+    match map.get_mut(name) {
+        Some(v) => Some(std::mem::replace(v, value)),
+        None => map.insert(name.to_string(), value),
+    }
+}
+
+/// `map.entry(name).or_default()`, allocating the key only for a name not there yet.
+fn slot<'a, V: Default>(map: &'a mut BTreeMap<String, V>, name: &str) -> &'a mut V {
+    slot_with(map, name, V::default)
+}
+
+/// `map.entry(name).or_insert_with(make)`, allocating the key only for a name not there yet.
+fn slot_with<'a, V>(map: &'a mut BTreeMap<String, V>, name: &str, make: impl FnOnce() -> V) -> &'a mut V {
+    if !map.contains_key(name) {
+        map.insert(name.to_string(), make());
+    }
+    map.get_mut(name).expect("inserted above")
 }
 
 fn parse_status(s: &str) -> Option<Status> {
@@ -1638,5 +1799,97 @@ mod memory {
         assert_eq!(ved.history.len(), 1);
         ved.finish().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod checkpoint {
+    use super::*;
+
+    #[test]
+    fn the_log_is_compacted_after_the_fixed_threshold_and_once_it_outgrew_a_checkpoint() {
+        // A small fleet: the fixed threshold decides.
+        assert!(!should_compact(COMPACT_AFTER_RECORDS, || 10));
+        assert!(should_compact(COMPACT_AFTER_RECORDS + 1, || 10));
+        // A large one: not before the log holds more than a checkpoint would.
+        let live = 3 * COMPACT_AFTER_RECORDS;
+        assert!(!should_compact(COMPACT_AFTER_RECORDS + 1, || live));
+        assert!(!should_compact(live, || live));
+        assert!(should_compact(live + 1, || live));
+        // Below the fixed threshold the fleet is not even counted.
+        assert!(!should_compact(5, || panic!("counted the live records below the threshold")));
+    }
+
+    /// A checkpoint of a fleet large enough to be copied on two threads holds the same
+    /// records, in the same order, as one copied on one.
+    #[test]
+    fn a_checkpoint_copied_on_two_threads_keeps_the_order_of_one() {
+        let dir = std::env::temp_dir().join(format!("ved-engine-split-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let src = "domain Pool {\n  state {\n    workers: int = 5\n  }\n  goal workers == 5\n  transition up {\n    step {\n      if workers < 5 {\n        workers += 1\n      }\n    }\n  }\n}\n";
+        let loaded = crate::load::check_texts(vec![("pool.ved".into(), src.into())]).unwrap();
+        let mut ved = Builder::new(loaded).data_dir(&dir).start(Vec::<EngineEvent>::new()).unwrap();
+        let n = CHECKPOINT_SPLIT_FROM + 10;
+        let items: Vec<Json> = (0..n).map(|i| serde_json::json!({"name": format!("p{i}"), "domain": "Pool"})).collect();
+        ved.call(crate::Call::CreateMany { items, single: false, max_instances: n + 10 }, Box::new(|_| {}));
+        ved.run_until_idle().unwrap();
+        // Journals (and replay bases) on instances in both halves.
+        let items: Vec<Json> = (0..n)
+            .step_by(7)
+            .map(|i| serde_json::json!({"instance": format!("p{i}"), "set": {"workers": 3}}))
+            .collect();
+        ved.call(crate::Call::ObserveMany(items), Box::new(|_| {}));
+        ved.run_until_idle().unwrap();
+        let split = ved.all_records();
+        let mut one = Vec::new();
+        live_records_of(ved.rt.instances(), &ved.journals, &ved.history, &ved.schemas, &mut one);
+        assert_eq!(split.len(), one.len() + 1, "the program record, then the instances'");
+        assert!(matches!(split[0], Record::Program { .. }));
+        assert!(split[1..] == one[..], "the same records in the same order");
+        assert!(one
+            .iter()
+            .any(|r| matches!(r, Record::Journal(e) if e.instance == format!("p{}", n - 1 - (n - 1) % 7))));
+        drop(ved);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod sink {
+    use super::*;
+
+    /// Keeps the events it is given, but says it wants no per-slice ones.
+    #[derive(Default)]
+    struct Quiet(Vec<EngineEvent>);
+
+    impl Sink for Quiet {
+        fn event(&mut self, ev: EngineEvent) {
+            self.0.push(ev);
+        }
+        fn wants_slice_events(&self) -> bool {
+            false
+        }
+    }
+
+    /// A sink that wants no per-slice events gets none, and the engine records the same
+    /// journal as for one that keeps them all.
+    #[test]
+    fn a_sink_that_wants_no_slice_events_gets_none_and_changes_nothing_else() {
+        let src = "domain Pool {\n  state {\n    workers: int = 5\n  }\n  goal workers == 5\n  transition up {\n    step {\n      if workers < 5 {\n        workers += 1\n      }\n    }\n  }\n}\n";
+        let load = || crate::load::check_texts(vec![("pool.ved".into(), src.into())]).unwrap();
+        let mut all = Builder::new(load()).start(Vec::<EngineEvent>::new()).unwrap();
+        let mut quiet = Builder::new(load()).start(Quiet::default()).unwrap();
+        for _ in 0..3 {
+            let obs = || Observation::set("Pool", "test", [("workers".to_string(), serde_json::json!(3))]);
+            all.observe(obs()).unwrap();
+            quiet.observe(obs()).unwrap();
+        }
+        let slice_events = |evs: &[EngineEvent]| {
+            evs.iter().filter(|e| matches!(e, EngineEvent::Slice { .. } | EngineEvent::Status { .. })).count()
+        };
+        assert!(slice_events(all.output()) >= 6, "{:?}", all.output());
+        assert_eq!(slice_events(&quiet.output().0), 0, "{:?}", quiet.output().0);
+        assert_eq!(all.journals, quiet.journals);
+        assert!(all.journals.get("Pool").is_some_and(|q| q.len() >= 6), "an observation and its corrections each time");
     }
 }

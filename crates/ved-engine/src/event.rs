@@ -212,6 +212,12 @@ impl EngineEvent {
 /// Where the engine's events go.
 pub trait Sink {
     fn event(&mut self, ev: EngineEvent);
+    /// Whether this sink keeps any of the per-slice events (slices, statuses, results,
+    /// retries, faults): one that drops them says no, and the engine then does not build
+    /// them (naming every field, copying every value, for every slice). Nothing else changes.
+    fn wants_slice_events(&self) -> bool {
+        true
+    }
     /// Called before an intent is handed to an adapter: whatever was reported must be
     /// out first (for the `log` adapter, the printed intent *is* the delivery).
     fn flush(&mut self) {}

@@ -310,16 +310,19 @@ impl Runtime {
     /// `after_step` with the instance and the events of each step that ran. A step
     /// commits at most one slice, so this is where a store snapshots every slice.
     pub fn run_stepwise(&mut self, after_step: impl FnMut(&Instance, &[Event])) {
-        self.run_stepwise_with(|_| {}, after_step)
+        let mut after_step = after_step;
+        self.run_stepwise_with(|_| {}, |inst, evs| after_step(inst, evs))
     }
 
     /// [`Runtime::run_stepwise`], with `before` called on each instance as it was before its
     /// first step of this run (a caller that keeps no copy of an idle instance's state takes
-    /// one there, when the instance is about to change).
+    /// one there, when the instance is about to change). `after_step` may take the events
+    /// out of the vector it is given instead of copying them: each step starts with an
+    /// empty one.
     pub fn run_stepwise_with(
         &mut self,
         mut before: impl FnMut(&Instance),
-        mut after_step: impl FnMut(&Instance, &[Event]),
+        mut after_step: impl FnMut(&Instance, &mut Vec<Event>),
     ) {
         let program = self.program.clone();
         let mut buf = Vec::new();
@@ -332,7 +335,7 @@ impl Runtime {
                 let inst = &mut self.instances[idx];
                 let p = inst.step(&program.domains[inst.domain], &mut self.vm, &self.policy, &self.limits, &mut buf);
                 if !buf.is_empty() {
-                    after_step(&self.instances[idx], &buf);
+                    after_step(&self.instances[idx], &mut buf);
                 }
                 if matches!(p, Progress::Idle(_)) {
                     break;
@@ -340,6 +343,11 @@ impl Runtime {
             }
             self.rearm(idx);
         }
+    }
+
+    /// How many instances have work queued: a run steps each of them at least once.
+    pub fn ready_len(&self) -> usize {
+        self.ready.len()
     }
 
     /// Puts back an instance from a snapshot; it resumes at its next slice.
