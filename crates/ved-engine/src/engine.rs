@@ -108,7 +108,7 @@ pub struct Engine<S: Sink> {
     pub(crate) outbox: VecDeque<(u64, Intent)>,
     /// Input lines and API calls waiting for their batch to be durable.
     pub(crate) acks: VecDeque<(u64, Ack)>,
-    pub(crate) journals: BTreeMap<String, VecDeque<JournalEntry>>,
+    pub(crate) journals: BTreeMap<String, VecDeque<Arc<JournalEntry>>>,
     pub(crate) episodes: BTreeMap<String, Episode>,
     pub(crate) last_status: BTreeMap<String, Status>,
     /// Why each instance is not stable, when the runtime said (stuck, livelock, degraded).
@@ -352,7 +352,7 @@ impl<S: Sink> Engine<S> {
                 confirm_ms: c.retry.confirm_ms,
             };
         }
-        let mut journals = BTreeMap::new();
+        let mut journals: BTreeMap<String, VecDeque<Arc<JournalEntry>>> = BTreeMap::new();
         // Each restored instance's status, in name order: the map is built in one pass at the end.
         let mut statuses: Vec<(String, Status)> = Vec::new();
         let mut history: BTreeMap<String, VecDeque<SnapshotRecord>> = BTreeMap::new();
@@ -423,10 +423,10 @@ impl<S: Sink> Engine<S> {
                     return Err(StartError::Restore { instance: name, reason: e.to_string() });
                 }
             }
-            journals = rec.journals;
+            journals = rec.journals.into_iter().map(|(n, q)| (n, q.into_iter().map(Arc::new).collect())).collect();
         }
         for m in &migrations {
-            journals.entry(m.instance.clone()).or_insert_with(VecDeque::new).push_back(m.journal_entry());
+            journals.entry(m.instance.clone()).or_default().push_back(Arc::new(m.journal_entry()));
         }
         // Instances `ved.toml` declares come first; a domain with declared instances runs
         // those instead of the one named after it.
@@ -511,7 +511,7 @@ impl<S: Sink> Engine<S> {
             let mut audit = Vec::new();
             for m in &migrations {
                 records.push(Record::Snapshot(m.snapshot.clone()));
-                records.push(Record::Journal(Box::new(m.journal_entry())));
+                records.push(Record::Journal(Arc::new(m.journal_entry())));
                 audit.push(m.audit());
             }
             if !records.is_empty() {
@@ -1105,7 +1105,9 @@ impl<S: Sink> Engine<S> {
         records: &mut [Option<Record>],
     ) {
         let Some((at, e)) = open.remove(name) else { return };
-        records[at] = Some(Record::Journal(Box::new(e.clone())));
+        // One entry, shared by the record and the in-memory journal.
+        let e = Arc::new(e);
+        records[at] = Some(Record::Journal(e.clone()));
         match self.journals.get_mut(name) {
             Some(q) => {
                 q.push_back(e);
@@ -1205,7 +1207,7 @@ impl<S: Sink> Engine<S> {
                     journal.push(m.journal_entry());
                     if let Some(store) = self.store.as_mut() {
                         let records =
-                            vec![Record::Snapshot(snapshot.clone()), Record::Journal(Box::new(m.journal_entry()))];
+                            vec![Record::Snapshot(snapshot.clone()), Record::Journal(Arc::new(m.journal_entry()))];
                         store.append(records, vec![m.audit()]);
                     }
                 }
@@ -1216,7 +1218,7 @@ impl<S: Sink> Engine<S> {
                     .restore_instance(snapshot.snapshot.clone())
                     .map_err(|e| StartError::Restore { instance: name.to_string(), reason: e.to_string() })?;
                 remember_new(&mut self.history, name, snapshot);
-                self.journals.insert(name.to_string(), journal.into_iter().collect());
+                self.journals.insert(name.to_string(), journal.into_iter().map(Arc::new).collect());
             }
             None => {
                 self.rt
@@ -1700,7 +1702,7 @@ fn should_compact(since: usize, live: impl FnOnce() -> usize) -> bool {
 /// oldest journal entry (replay starts there), its retained journal, and its latest snapshot.
 fn live_records_of(
     insts: &[Instance],
-    journals: &BTreeMap<String, VecDeque<JournalEntry>>,
+    journals: &BTreeMap<String, VecDeque<Arc<JournalEntry>>>,
     history: &BTreeMap<String, VecDeque<SnapshotRecord>>,
     schemas: &[Arc<ved_store::Schema>],
     records: &mut Vec<Record>,
@@ -1714,7 +1716,7 @@ fn live_records_of(
         }
         // The journal before the latest snapshot, as in the log: each entry after its slice.
         if let Some(q) = journal {
-            records.extend(q.iter().map(|e| Record::Journal(Box::new(e.clone()))));
+            records.extend(q.iter().map(|e| Record::Journal(e.clone())));
         }
         records.push(Record::Snapshot(SnapshotRecord::new(inst.snapshot(), &schemas[inst.domain])));
     }

@@ -191,7 +191,9 @@ impl Persistence for EtcdPersistence {
                     let name = s.snapshot.name.clone();
                     parts.entry(name).or_default().snapshot = Some(s);
                 }
-                Record::Journal(e) => parts.entry(e.instance.clone()).or_default().journal.push(*e),
+                Record::Journal(e) => {
+                    parts.entry(e.instance.clone()).or_default().journal.push(std::sync::Arc::unwrap_or_clone(e))
+                }
                 Record::Trim { instance, keep_from_slice } => {
                     parts.entry(instance).or_default().trim = Some(keep_from_slice)
                 }

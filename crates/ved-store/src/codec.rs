@@ -262,8 +262,9 @@ impl std::fmt::Display for Origin {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Record {
     Snapshot(SnapshotRecord),
-    /// Boxed: an entry is larger than a snapshot, and recovery holds a million records.
-    Journal(Box<JournalEntry>),
+    /// Shared: the engine keeps the same entry in its in-memory journal, and a checkpoint
+    /// copies every retained entry (an entry is also larger than a snapshot).
+    Journal(Arc<JournalEntry>),
     /// The instance's journal was trimmed to its last `keep` entries.
     Trim {
         instance: String,
@@ -311,7 +312,7 @@ pub fn decode_payload(
             schemas.snapshot(payload).map(|s| Some(Record::Snapshot(s))).map_err(|e| e.to_string())
         }
         Some(&crate::bin::JOURNAL) => {
-            crate::bin::decode_journal(payload).map(|j| Some(Record::Journal(Box::new(j)))).map_err(|e| e.to_string())
+            crate::bin::decode_journal(payload).map(|j| Some(Record::Journal(Arc::new(j)))).map_err(|e| e.to_string())
         }
         _ => decode_record(payload, scratch).map(Some).map_err(|e| e.to_string()),
     }
@@ -340,7 +341,7 @@ pub fn decode_record(payload: &[u8], scratch: &mut Vec<u8>) -> serde_json::Resul
     } else if payload.starts_with(JOURNAL) {
         rest(JOURNAL, scratch);
         if let Ok(j) = serde_json::from_slice::<JournalEntry>(scratch) {
-            return Ok(Record::Journal(Box::new(j)));
+            return Ok(Record::Journal(Arc::new(j)));
         }
     } else if payload.starts_with(COMMIT) {
         #[derive(Deserialize)]

@@ -474,7 +474,7 @@ impl Loader {
             Record::Journal(j) => {
                 let q = rec.journals.entry(j.instance.clone()).or_default();
                 if q.back().is_none_or(|last| j.slice > last.slice) {
-                    q.push_back(*j);
+                    q.push_back(Arc::unwrap_or_clone(j));
                     while q.len() > JOURNAL_MAX {
                         q.pop_front();
                     }
@@ -563,7 +563,7 @@ fn read_checkpoint(bytes: &[u8], generation: u64) -> Result<Vec<Record>, String>
             let r = if p.first() == Some(&crate::bin::SNAPSHOT) {
                 schemas.snapshot(p).map(Record::Snapshot).map_err(|e| e.to_string())
             } else if p.first() == Some(&crate::bin::JOURNAL) {
-                crate::bin::decode_journal(p).map(|j| Record::Journal(Box::new(j))).map_err(|e| e.to_string())
+                crate::bin::decode_journal(p).map(|j| Record::Journal(Arc::new(j))).map_err(|e| e.to_string())
             } else {
                 crate::codec::decode_record(p, &mut scratch).map_err(|e| e.to_string())
             };
@@ -648,8 +648,68 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> 
 }
 
 enum Cmd {
-    Batch { seq: u64, records: Vec<Record>, audit: Vec<AuditDraft> },
-    Compact { seq: u64, records: Vec<Record> },
+    /// A batch, already framed by [`Store::append`] on the caller's thread: the writer only
+    /// adds the schema records its file lacks, the audit entries and the commit.
+    Batch {
+        seq: u64,
+        batch: Encoded,
+        audit: Vec<AuditDraft>,
+    },
+    Compact {
+        seq: u64,
+        records: Vec<Record>,
+    },
+}
+
+/// Records framed for the log, with the schemas their snapshots name.
+#[derive(Default)]
+struct Encoded {
+    frames: Vec<u8>,
+    count: usize,
+    /// Schema numbers the snapshots name, each once.
+    schemas: Vec<u32>,
+    /// Schemas numbered in this batch for the first time: number, encoded schema record.
+    new_schemas: Vec<(u32, Vec<u8>)>,
+}
+
+/// Frames records on the caller's thread. The caller made them and frees them there, so
+/// the writer neither encodes nor frees a million small allocations made by another thread
+/// (memory handed across threads is what the allocator is slowest at).
+struct Encoder {
+    /// Whether the log the next batch goes to takes binary records (format 2).
+    binary: bool,
+    /// Schema numbers for this store's lifetime; each file defines those it uses.
+    numbering: crate::bin::Numbering,
+    payload: Vec<u8>,
+}
+
+impl Encoder {
+    fn encode(&mut self, records: &[Record]) -> Result<Encoded, String> {
+        // About what a snapshot or a journal entry takes: one allocation, not a doubling series.
+        let mut out =
+            Encoded { count: records.len(), frames: Vec::with_capacity(records.len() * 80), ..Encoded::default() };
+        for r in records {
+            self.payload.clear();
+            match r {
+                Record::Snapshot(snap) if self.binary => {
+                    let (id, new) = self.numbering.number(&snap.schema);
+                    if new {
+                        let mut schema = Vec::new();
+                        crate::bin::encode_schema(&mut schema, id, &snap.schema);
+                        out.new_schemas.push((id, schema));
+                    }
+                    if !out.schemas.contains(&id) {
+                        out.schemas.push(id);
+                    }
+                    crate::bin::encode_snapshot(&mut self.payload, id, &snap.snapshot);
+                }
+                Record::Journal(j) if self.binary => crate::bin::encode_journal(&mut self.payload, j),
+                _ => serde_json::to_writer(&mut self.payload, r).map_err(|e| format!("encoding a record: {e}"))?,
+            }
+            frame::write_record(&mut out.frames, &self.payload);
+        }
+        Ok(out)
+    }
 }
 
 struct Shared {
@@ -680,6 +740,7 @@ pub struct Store {
     /// Manual mode (no writer thread): the writer, the queued commands and the hook.
     manual: Option<Manual>,
     fsyncs: Arc<AtomicU64>,
+    encoder: Encoder,
 }
 
 struct Manual {
@@ -754,6 +815,8 @@ impl Store {
         let shared = Arc::new(Shared { durable: Mutex::new(0), cond: Condvar::new(), failure: Mutex::new(None) });
         let fsyncs = Arc::new(AtomicU64::new(0));
         let writer = Writer::new(dir, manifest, durability, fsyncs.clone())?;
+        let encoder =
+            Encoder { binary: writer.binary, numbering: crate::bin::Numbering::default(), payload: Vec::new() };
         if flush == Flush::Manual {
             let manual = Some(Manual { writer, queued: Vec::new(), on_durable });
             let store = Store {
@@ -765,6 +828,7 @@ impl Store {
                 _lock: lock,
                 manual,
                 fsyncs,
+                encoder,
             };
             return Ok((store, rec));
         }
@@ -784,6 +848,7 @@ impl Store {
                 _lock: lock,
                 manual: None,
                 fsyncs,
+                encoder,
             },
             rec,
         ))
@@ -797,7 +862,17 @@ impl Store {
     /// It does not wait: [`Store::durable_seq`] says when the batch is on disk.
     pub fn append(&mut self, records: Vec<Record>, audit: Vec<AuditDraft>) -> u64 {
         self.next_seq += 1;
-        let cmd = Cmd::Batch { seq: self.next_seq, records, audit };
+        let batch = match self.encoder.encode(&records) {
+            Ok(b) => b,
+            Err(e) => {
+                // Nothing is written after a record that cannot be: the batch never becomes durable.
+                let mut f = self.shared.failure.lock().unwrap_or_else(|p| p.into_inner());
+                f.get_or_insert(e);
+                return self.next_seq;
+            }
+        };
+        drop(records);
+        let cmd = Cmd::Batch { seq: self.next_seq, batch, audit };
         match (&mut self.manual, &self.tx) {
             (Some(m), _) => m.queued.push(cmd),
             (None, Some(tx)) => {
@@ -839,6 +914,8 @@ impl Store {
     /// Replaces the log with a checkpoint holding `records` (every live record).
     pub fn compact(&mut self, records: Vec<Record>) -> u64 {
         self.next_seq += 1;
+        // The generation the checkpoint starts has a format-2 log.
+        self.encoder.binary = true;
         let cmd = Cmd::Compact { seq: self.next_seq, records };
         match (&mut self.manual, &self.tx) {
             (Some(m), _) => m.queued.push(cmd),
@@ -948,8 +1025,10 @@ struct Writer {
     /// Whether the log in use takes binary snapshots: a format-1 log (opened from an older
     /// store) keeps JSON until the next compaction starts a format-2 generation.
     binary: bool,
-    /// The schemas the log in use has defined.
-    numbering: crate::bin::Numbering,
+    /// Every schema record the encoder made, by number.
+    schemas: rustc_hash::FxHashMap<u32, Vec<u8>>,
+    /// The schema numbers the log in use has defined.
+    defined: Vec<u32>,
     /// Reused for each record's payload.
     payload: Vec<u8>,
     /// fsync and fdatasync calls made, for [`Store::fsyncs`].
@@ -982,7 +1061,8 @@ impl Writer {
             audit_unsynced: false,
             durability,
             binary,
-            numbering: crate::bin::Numbering::default(),
+            schemas: rustc_hash::FxHashMap::default(),
+            defined: Vec::new(),
             payload: Vec::new(),
             fsyncs,
         };
@@ -1005,10 +1085,10 @@ impl Writer {
         let mut last = 0;
         for cmd in cmds {
             match cmd {
-                Cmd::Batch { seq, records, audit } => {
+                Cmd::Batch { seq, batch, audit } => {
                     debug_assert!(seq > last, "batches are written in sequence: {seq} after {last}");
                     last = seq;
-                    self.write_batch(&records, &audit)?;
+                    self.write_batch(batch, &audit)?;
                 }
                 Cmd::Compact { seq, records } => {
                     // Everything before it must be on disk first; then the checkpoint.
@@ -1032,7 +1112,8 @@ impl Writer {
                 match rx.try_recv() {
                     Ok(c) => {
                         count += match &c {
-                            Cmd::Batch { records, .. } | Cmd::Compact { records, .. } => records.len(),
+                            Cmd::Batch { batch, .. } => batch.count,
+                            Cmd::Compact { records, .. } => records.len(),
                         };
                         let is_compact = matches!(c, Cmd::Compact { .. });
                         cmds.push(c);
@@ -1061,11 +1142,20 @@ impl Writer {
         }
     }
 
-    fn write_batch(&mut self, records: &[Record], drafts: &[AuditDraft]) -> Result<(), String> {
-        let mut buf = Vec::new();
-        for r in records {
-            encode(r, self.binary.then_some(&mut self.numbering), &mut self.payload, &mut buf)?;
+    fn write_batch(&mut self, batch: Encoded, drafts: &[AuditDraft]) -> Result<(), String> {
+        let mut buf = Vec::with_capacity(batch.frames.len() + 64);
+        self.schemas.extend(batch.new_schemas);
+        // Each schema once per file, before the first snapshot that names it.
+        for id in batch.schemas {
+            if !self.defined.contains(&id) {
+                let Some(schema) = self.schemas.get(&id) else {
+                    return Err(format!("internal error: schema {id} was never encoded"));
+                };
+                frame::write_record(&mut buf, schema);
+                self.defined.push(id);
+            }
         }
+        buf.extend_from_slice(&batch.frames);
         // Audit entries go into the batch too: durable with the log's fsync, so a batch costs
         // one fsync whether or not it audits. `audit.log` gets the same lines, synced later.
         let mut text = String::new();
@@ -1140,7 +1230,7 @@ impl Writer {
         self.log = OpenOptions::new().write(true).open(&lpath).map_err(|e| format!("{}: {e}", lpath.display()))?;
         self.log.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
         self.binary = true;
-        self.numbering.reset();
+        self.defined.clear();
         let mpath = path_of(&self.dir, "manifest");
         self.manifest_file =
             OpenOptions::new().write(true).open(&mpath).map_err(|e| format!("{}: {e}", mpath.display()))?;

@@ -35,7 +35,7 @@ fn snap(instance: &str, slice: u64, workers: i64) -> Record {
 }
 
 fn journal(instance: &str, slice: u64) -> Record {
-    Record::Journal(Box::new(JournalEntry {
+    Record::Journal(std::sync::Arc::new(JournalEntry {
         instance: instance.into(),
         slice,
         at_ms: 0,
