@@ -473,7 +473,7 @@ impl<W: Write> crate::run::Host for NodeHost<'_, W> {
                 }),
             ),
             Input::Shutdown | Input::Eof => return true,
-            Input::Durable | Input::Line(..) | Input::ReadError(..) => {}
+            Input::Durable | Input::Line(..) | Input::ReadError(..) | Input::BadLine(..) => {}
         }
         false
     }

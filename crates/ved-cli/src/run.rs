@@ -45,6 +45,8 @@ pub type Driver<W> = ved_engine::Engine<JsonLines<W>>;
 pub(crate) enum Input {
     Line(u64, String),
     ReadError(u64, String),
+    /// A line that could not be taken (too long, not UTF-8): reported, and reading goes on.
+    BadLine(u64, String),
     Eof,
     /// A result or an observation from the adapters, in the order they reported.
     Inbound(ved_adapters::Inbound),
@@ -265,12 +267,30 @@ pub const INPUT_CAPACITY: usize = 1024;
 fn spawn_stdin_reader(tx: mpsc::SyncSender<Input>) {
     std::thread::spawn(move || {
         let stdin = std::io::stdin();
+        let mut input = stdin.lock();
+        let mut buf = Vec::new();
         let mut n = 0;
-        for line in stdin.lock().lines() {
-            n += 1;
-            let msg = match line {
-                Ok(l) => Input::Line(n, l),
-                Err(e) => Input::ReadError(n, e.to_string()),
+        loop {
+            let msg = match read_line(&mut input, &mut buf, ved_engine::input::LINE_BYTES_MAX) {
+                Ok(None) => break,
+                Ok(Some(line)) => {
+                    n += 1;
+                    match line {
+                        LineRead::Text(l) => Input::Line(n, l),
+                        LineRead::TooLong(len) => Input::BadLine(
+                            n,
+                            format!(
+                                "the line is {len} bytes or more; the limit is {} (it was skipped)",
+                                ved_engine::input::LINE_BYTES_MAX
+                            ),
+                        ),
+                        LineRead::NotUtf8(at) => Input::BadLine(
+                            n,
+                            format!("the line is not UTF-8 text (invalid byte at offset {at}); it was skipped"),
+                        ),
+                    }
+                }
+                Err(e) => Input::ReadError(n + 1, e.to_string()),
             };
             let stop = matches!(msg, Input::ReadError(..));
             if tx.send(msg).is_err() || stop {
@@ -281,10 +301,75 @@ fn spawn_stdin_reader(tx: mpsc::SyncSender<Input>) {
     });
 }
 
+/// One line of input, as [`read_line`] found it.
+#[derive(Debug, PartialEq)]
+pub enum LineRead {
+    Text(String),
+    /// Longer than the limit: the rest of the line was read and dropped, never held.
+    TooLong(usize),
+    /// Not UTF-8: the offset of the first invalid byte.
+    NotUtf8(usize),
+}
+
+/// Reads one line (without its `\n`, or `\r\n`), holding at most `max` bytes of it: a longer
+/// line is consumed to its end but not kept. `None` at the end of the input. A bad line is
+/// reported and the next one is read as usual.
+pub fn read_line(r: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -> std::io::Result<Option<LineRead>> {
+    buf.clear();
+    let mut len = 0usize;
+    let mut any = false;
+    loop {
+        let chunk = match r.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            if !any {
+                return Ok(None);
+            }
+            break;
+        }
+        any = true;
+        let (part, done) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (&chunk[..i], true),
+            None => (chunk, false),
+        };
+        len += part.len();
+        if len <= max {
+            buf.extend_from_slice(part);
+        }
+        let used = part.len() + usize::from(done);
+        r.consume(used);
+        if done {
+            break;
+        }
+    }
+    if len > max {
+        buf.clear();
+        return Ok(Some(LineRead::TooLong(len)));
+    }
+    if buf.last() == Some(&b'\r') {
+        buf.pop();
+    }
+    match String::from_utf8(std::mem::take(buf)) {
+        Ok(s) => Ok(Some(LineRead::Text(s))),
+        Err(e) => Ok(Some(LineRead::NotUtf8(e.utf8_error().valid_up_to()))),
+    }
+}
+
 /// Applies one input; true when it asks the process to stop.
 fn handle_input<W: Write>(driver: &mut Driver<W>, input: Input) -> bool {
     match input {
         Input::Line(n, line) => driver.handle_line(n, &line),
+        Input::BadLine(n, message) => {
+            driver.sink_mut().event(ved_engine::EngineEvent::Error {
+                line: Some(n),
+                instance: None,
+                source: None,
+                message,
+            });
+        }
         Input::ReadError(n, e) => {
             let message = format!("cannot read input: {e}");
             driver.sink_mut().event(ved_engine::EngineEvent::Error {
@@ -439,4 +524,34 @@ fn daemon_loop<W: Write>(driver: &mut Driver<W>, rx: &mpsc::Receiver<Input>) -> 
         }
     }
     None
+}
+
+#[cfg(test)]
+mod reading {
+    use super::{read_line, LineRead};
+
+    fn lines(input: &[u8], max: usize) -> Vec<LineRead> {
+        // A tiny buffer, so that lines span many reads.
+        let mut r = std::io::BufReader::with_capacity(3, input);
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        while let Some(l) = read_line(&mut r, &mut buf, max).unwrap() {
+            assert!(buf.capacity() <= max.max(8) * 2, "held {} bytes", buf.capacity());
+            out.push(l);
+        }
+        out
+    }
+
+    #[test]
+    fn lines_are_split_kept_within_the_limit_and_checked_for_utf8() {
+        let text = |s: &str| LineRead::Text(s.to_string());
+        assert_eq!(lines(b"", 8), []);
+        assert_eq!(lines(b"a\nbc\r\n\nlast", 8), [text("a"), text("bc"), text(""), text("last")]);
+        assert_eq!(
+            lines(b"ok\n0123456789abcdef\n\xe2\x9c\x93\nab\xffc\nafter\n", 8),
+            [text("ok"), LineRead::TooLong(16), text("\u{2713}"), LineRead::NotUtf8(2), text("after")]
+        );
+        // Exactly the limit is a line; one byte more is not.
+        assert_eq!(lines(b"12345678\n123456789\n", 8), [text("12345678"), LineRead::TooLong(9)]);
+    }
 }

@@ -10,6 +10,10 @@ fn root() -> PathBuf {
 }
 
 fn run(files: &[&str], input: &str) -> (i32, Vec<Json>, String) {
+    run_bytes(files, input.as_bytes().to_vec())
+}
+
+fn run_bytes(files: &[&str], input: Vec<u8>) -> (i32, Vec<Json>, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ved"))
         .arg("run")
         .args(files)
@@ -24,9 +28,8 @@ fn run(files: &[&str], input: &str) -> (i32, Vec<Json>, String) {
     // Written from another thread while the output is read: `ved` reads its input only
     // as fast as it handles it (back-pressure), so writing it all first could wait for ever.
     let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_string();
     let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(input.as_bytes());
+        let _ = stdin.write_all(&input);
     });
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap();
@@ -78,6 +81,35 @@ fn intents_go_to_the_logging_adapter_and_are_acknowledged() {
     assert!(results.iter().all(|r| r["ok"] == true));
     assert_eq!(results[0]["id"], intents[0]["id"]);
     assert_eq!(ev.last().unwrap()["event"], "stable");
+}
+
+#[test]
+fn a_line_that_is_not_utf8_or_too_long_is_an_error_and_the_lines_after_it_are_read() {
+    let mut input = b"{\"instance\":\"WorkerPool\",\"set\":{\"workers\":1}}\n".to_vec();
+    input.extend_from_slice(b"{\"instance\":\"WorkerPool\",\"set\":{\"workers\":\xff\xfe}}\n");
+    input.extend(std::iter::repeat_n(b'x', 2 << 20));
+    input.extend_from_slice(b"\n{\"instance\":\"WorkerPool\",\"set\":{\"workers\":2}}\n");
+    let (code, ev, err) = run_bytes(&["examples/worker_pool.ved"], input);
+    assert_eq!(code, 0, "{err}");
+    let errors: Vec<(u64, &str)> = ev
+        .iter()
+        .filter(|e| e["event"] == "error")
+        .map(|e| (e["line"].as_u64().unwrap(), e["message"].as_str().unwrap()))
+        .collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert_eq!(errors[0].0, 2);
+    assert!(errors[0].1.contains("not UTF-8") && errors[0].1.contains("offset 42"), "{}", errors[0].1);
+    assert_eq!(errors[1].0, 3);
+    assert!(errors[1].1.contains("the limit is 1048576"), "{}", errors[1].1);
+    // Both good lines were applied, the last one after the bad ones were reported.
+    let observed: Vec<(u64, i64)> = ev
+        .iter()
+        .filter(|e| e["event"] == "slice" && e["cause"]["kind"] == "observe")
+        .map(|e| (e["seq"].as_u64().unwrap(), e["changes"]["workers"].as_i64().unwrap()))
+        .collect();
+    let last_error = ev.iter().filter(|e| e["event"] == "error").map(|e| e["seq"].as_u64().unwrap()).max();
+    assert_eq!(observed.iter().map(|o| o.1).collect::<Vec<_>>(), [1, 2], "{ev:?}");
+    assert!(Some(observed[1].0) > last_error, "{ev:?}");
 }
 
 #[test]
