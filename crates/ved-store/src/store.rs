@@ -614,6 +614,35 @@ struct CheckpointEnd {
     end: u64,
 }
 
+/// Removes what earlier generations left: a crash between a compaction's commit (the
+/// manifest's rename) and its cleanup leaves the old checkpoint and log, and an interrupted
+/// write leaves `.tmp` files. Only files of this store's own names are touched; files set
+/// aside as damaged stay for a person to look at.
+fn remove_old_generations(dir: &Path, generation: u64, warnings: &mut Vec<String>) -> Result<(), StoreError> {
+    let entries = fs::read_dir(dir).map_err(io(dir))?;
+    let mut removed = Vec::new();
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let base = name.strip_suffix(".tmp").unwrap_or(&name);
+        let gen =
+            base.strip_prefix("checkpoint-").or_else(|| base.strip_prefix("log-")).and_then(|g| g.parse::<u64>().ok());
+        let stale = match gen {
+            Some(g) => g != generation || name.ends_with(".tmp"),
+            None => name == "manifest.tmp",
+        };
+        if stale {
+            fs::remove_file(e.path()).map_err(io(&e.path()))?;
+            removed.push(name);
+        }
+    }
+    if !removed.is_empty() {
+        removed.sort();
+        warnings.push(format!("removed files of earlier generations: {}", removed.join(", ")));
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
 fn set_aside(path: &Path) -> Result<(), StoreError> {
     let aside = path.with_extension("damaged");
     fs::rename(path, &aside).map_err(io(path))
@@ -811,7 +840,8 @@ impl Store {
             let m = Manifest { generation: 0, log_len: HEADER_LEN as u64, audit_count: 0, audit_head: GENESIS.into() };
             write_atomic(dir, "manifest", &m.encode())?;
         }
-        let (rec, manifest) = load(dir, if recover { Mode::Recover } else { Mode::Strict })?;
+        let (mut rec, manifest) = load(dir, if recover { Mode::Recover } else { Mode::Strict })?;
+        remove_old_generations(dir, manifest.generation, &mut rec.warnings)?;
         let shared = Arc::new(Shared { durable: Mutex::new(0), cond: Condvar::new(), failure: Mutex::new(None) });
         let fsyncs = Arc::new(AtomicU64::new(0));
         let writer = Writer::new(dir, manifest, durability, fsyncs.clone())?;

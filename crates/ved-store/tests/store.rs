@@ -556,3 +556,22 @@ fn audit_entries_that_audit_log_lost_are_restored_from_the_log() {
     assert!(open(&dir).is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn files_of_earlier_generations_are_removed_when_a_store_opens() {
+    // As a crash between a compaction's commit and its cleanup leaves them.
+    let dir = populated("stale");
+    for name in ["checkpoint-0", "log-0", "log-1.tmp", "checkpoint-2.tmp", "manifest.tmp"] {
+        std::fs::write(dir.join(name), b"left over").unwrap();
+    }
+    std::fs::write(dir.join("log-0.damaged"), b"set aside").unwrap();
+    let (s, rec) = open(&dir).unwrap();
+    drop(s);
+    assert_eq!(rec.snapshots["WorkerPool"].snapshot.slice, 8);
+    assert!(rec.warnings.iter().any(|w| w.contains("removed files of earlier generations")), "{:?}", rec.warnings);
+    let mut left: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    left.sort();
+    assert_eq!(left, ["audit.log", "checkpoint-1", "lock", "log-0.damaged", "log-1", "manifest"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
