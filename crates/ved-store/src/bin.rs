@@ -695,9 +695,4 @@ impl Numbering {
         self.known.push(s.clone());
         ((self.known.len() - 1) as u32, true)
     }
-
-    /// A new file starts without schemas.
-    pub fn reset(&mut self) {
-        self.known.clear();
-    }
 }

@@ -308,13 +308,18 @@ pub fn decode_payload(
 ) -> Result<Option<Record>, String> {
     match payload.first() {
         Some(&crate::bin::SCHEMA) => schemas.define(payload).map(|_| None).map_err(|e| e.to_string()),
-        Some(&crate::bin::SNAPSHOT) => {
-            schemas.snapshot(payload).map(|s| Some(Record::Snapshot(s))).map_err(|e| e.to_string())
-        }
+        _ => decode_with(payload, schemas, scratch).map(Some),
+    }
+}
+
+/// Decodes one record (not a schema) against the schemas defined so far.
+pub fn decode_with(payload: &[u8], schemas: &crate::bin::Schemas, scratch: &mut Vec<u8>) -> Result<Record, String> {
+    match payload.first() {
+        Some(&crate::bin::SNAPSHOT) => schemas.snapshot(payload).map(Record::Snapshot).map_err(|e| e.to_string()),
         Some(&crate::bin::JOURNAL) => {
-            crate::bin::decode_journal(payload).map(|j| Some(Record::Journal(Arc::new(j)))).map_err(|e| e.to_string())
+            crate::bin::decode_journal(payload).map(|j| Record::Journal(Arc::new(j))).map_err(|e| e.to_string())
         }
-        _ => decode_record(payload, scratch).map(Some).map_err(|e| e.to_string()),
+        _ => decode_record(payload, scratch).map_err(|e| e.to_string()),
     }
 }
 

@@ -560,13 +560,7 @@ fn read_checkpoint(bytes: &[u8], generation: u64) -> Result<Vec<Record>, String>
         let mut scratch = Vec::new();
         let mut out = Vec::with_capacity(part.len());
         for (at, p) in part {
-            let r = if p.first() == Some(&crate::bin::SNAPSHOT) {
-                schemas.snapshot(p).map(Record::Snapshot).map_err(|e| e.to_string())
-            } else if p.first() == Some(&crate::bin::JOURNAL) {
-                crate::bin::decode_journal(p).map(|j| Record::Journal(Arc::new(j))).map_err(|e| e.to_string())
-            } else {
-                crate::codec::decode_record(p, &mut scratch).map_err(|e| e.to_string())
-            };
+            let r = crate::codec::decode_with(p, &schemas, &mut scratch);
             out.push(r.map_err(|e| format!("undecodable record at byte {at}: {e}"))?);
         }
         Ok(out)
@@ -1052,8 +1046,8 @@ struct Writer {
     /// `fdatasync` (one per batch saved for every batch without an episode).
     audit_unsynced: bool,
     durability: Durability,
-    /// Whether the log in use takes binary snapshots: a format-1 log (opened from an older
-    /// store) keeps JSON until the next compaction starts a format-2 generation.
+    /// Whether the log it opened takes binary records (read once, by the store's encoder): a
+    /// format-1 log (from an older store) keeps JSON until a compaction starts a format-2 one.
     binary: bool,
     /// Every schema record the encoder made, by number.
     schemas: rustc_hash::FxHashMap<u32, Vec<u8>>,
@@ -1194,7 +1188,10 @@ impl Writer {
             self.manifest.audit_count += 1;
             self.manifest.audit_head = e.hash.clone();
             text.push_str(&e.to_line());
-            encode(&Record::Audit(Box::new(e)), None, &mut self.payload, &mut buf)?;
+            self.payload.clear();
+            serde_json::to_writer(&mut self.payload, &Record::Audit(Box::new(e)))
+                .map_err(|e| format!("encoding a record: {e}"))?;
+            frame::write_record(&mut buf, &self.payload);
         }
         let commit = serde_json::to_vec(&Record::Commit { at: self.manifest.log_len }).expect("serializes");
         frame::write_record(&mut buf, &commit);
@@ -1233,10 +1230,13 @@ impl Writer {
         self.sync_audit()?;
         let next = self.manifest.generation + 1;
         let mut buf = frame::header(FileKind::Checkpoint, next).to_vec();
-        let mut numbering = crate::bin::Numbering::default();
-        for r in records {
-            encode(r, Some(&mut numbering), &mut self.payload, &mut buf)?;
+        // The same encoding as a batch's, with numbers of its own: every schema first.
+        let mut encoder = Encoder { binary: true, numbering: crate::bin::Numbering::default(), payload: Vec::new() };
+        let encoded = encoder.encode(records)?;
+        for (_, schema) in &encoded.new_schemas {
+            frame::write_record(&mut buf, schema);
         }
+        buf.extend_from_slice(&encoded.frames);
         let end = serde_json::to_vec(&CheckpointEnd { end: records.len() as u64 }).expect("serializes");
         frame::write_record(&mut buf, &end);
         let err = |e: StoreError| e.to_string();
@@ -1259,7 +1259,6 @@ impl Writer {
         let lpath = path_of(&self.dir, &log_name(next));
         self.log = OpenOptions::new().write(true).open(&lpath).map_err(|e| format!("{}: {e}", lpath.display()))?;
         self.log.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
-        self.binary = true;
         self.defined.clear();
         let mpath = path_of(&self.dir, "manifest");
         self.manifest_file =
@@ -1268,33 +1267,6 @@ impl Writer {
         let _ = fs::remove_file(path_of(&self.dir, &checkpoint_name(old)));
         Ok(())
     }
-}
-
-/// Frames one record into `buf`: snapshots and journal entries in binary when `numbering`
-/// is given (a snapshot after its schema's record, the first time the file sees that
-/// schema), anything else as JSON.
-fn encode(
-    r: &Record,
-    numbering: Option<&mut crate::bin::Numbering>,
-    payload: &mut Vec<u8>,
-    buf: &mut Vec<u8>,
-) -> Result<(), String> {
-    payload.clear();
-    match (r, numbering) {
-        (Record::Snapshot(s), Some(numbering)) => {
-            let (id, new) = numbering.number(&s.schema);
-            if new {
-                crate::bin::encode_schema(payload, id, &s.schema);
-                frame::write_record(buf, payload);
-                payload.clear();
-            }
-            crate::bin::encode_snapshot(payload, id, &s.snapshot);
-        }
-        (Record::Journal(j), Some(_)) => crate::bin::encode_journal(payload, j),
-        _ => serde_json::to_writer(&mut *payload, r).map_err(|e| format!("encoding a record: {e}"))?,
-    }
-    frame::write_record(buf, payload);
-    Ok(())
 }
 
 #[cfg(all(test, debug_assertions))]
