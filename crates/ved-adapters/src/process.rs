@@ -65,9 +65,19 @@ fn cmdline(pid: u32) -> Vec<String> {
 /// The parent of `pid`, from `/proc/PID/stat` (`pid (comm) state ppid ...`; the command
 /// name may hold spaces and parentheses, so the fields are read after its last `)`).
 fn parent_of(pid: u32) -> Option<u32> {
+    stat_field(pid, 1)
+}
+
+/// The process group of `pid` (the field after the parent).
+fn group_of(pid: u32) -> Option<u32> {
+    stat_field(pid, 2)
+}
+
+/// Field `n` after the command name of `/proc/PID/stat` (0: state, 1: parent, 2: group).
+fn stat_field(pid: u32, n: usize) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+    rest.split_whitespace().nth(n)?.parse().ok()
 }
 
 /// A duration for a message: `2 s`, `300 ms`.
@@ -91,22 +101,29 @@ impl Pool {
         args.len() == self.command.len() && args.iter().zip(&self.command).all(|(a, c)| a == c)
     }
 
+    /// Pids of every live process whose command line is the pool's, members or not.
+    fn with_command(&self) -> Vec<u32> {
+        let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+        dir.flatten()
+            .filter_map(|e| {
+                let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+                let raw = std::fs::read(e.path().join("cmdline")).ok()?;
+                let args: Vec<&[u8]> = raw.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
+                let same =
+                    args.len() == self.command.len() && args.iter().zip(&self.command).all(|(a, c)| *a == c.as_bytes());
+                same.then_some(pid)
+            })
+            .collect()
+    }
+
     /// Pids of every live process whose command line is the pool's, except the children of
     /// such processes: a member that forks (a shell running a command) has, between the fork
     /// and the child's exec, a child with the very same command line, which is not a member.
     /// Counting it would read as one worker too many, and the program would stop a real one.
     fn members(&self) -> Vec<u32> {
-        let mut found: Vec<(u32, u32)> = Vec::new();
-        let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-        for entry in dir.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-            let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else { continue };
-            // Zombies and kernel threads have an empty command line.
-            let args: Vec<&[u8]> = raw.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
-            if args.len() == self.command.len() && args.iter().zip(&self.command).all(|(a, c)| *a == c.as_bytes()) {
-                found.push((pid, parent_of(pid).unwrap_or(0)));
-            }
-        }
+        // Zombies and kernel threads have an empty command line, so they are never found.
+        let found: Vec<(u32, u32)> =
+            self.with_command().into_iter().map(|pid| (pid, parent_of(pid).unwrap_or(0))).collect();
         let mut out: Vec<u32> =
             found.iter().filter(|(_, ppid)| !found.iter().any(|(p, _)| p == ppid)).map(|(pid, _)| *pid).collect();
         out.sort_unstable();
@@ -266,10 +283,18 @@ impl Pool {
                 // gone from /proc, so that the reading which confirms it (and any reading after the
                 // result) counts them out. Reporting success earlier would let a reading taken just
                 // after it confirm a stop that has not happened yet, and the pool would stop again.
+                // A member's own forks (a subshell) share its command line and its group; one that
+                // outlives the member for a moment would read as a member of its own.
+                let groups: Vec<u32> = doomed.iter().copied().filter(|p| ours.contains(p)).collect();
                 let deadline = std::time::Instant::now() + STOP_WAIT;
                 loop {
                     let members = self.members();
-                    let alive: Vec<u32> = doomed.iter().copied().filter(|p| members.contains(p)).collect();
+                    let mut alive: Vec<u32> = doomed.iter().copied().filter(|p| members.contains(p)).collect();
+                    alive.extend(
+                        self.with_command().into_iter().filter(|p| group_of(*p).is_some_and(|g| groups.contains(&g))),
+                    );
+                    alive.sort_unstable();
+                    alive.dedup();
                     if alive.is_empty() {
                         break;
                     }
