@@ -277,6 +277,10 @@ pub struct ApiConfig {
     /// Bearer token for mutating API calls; `VED_API_TOKEN` overrides it.
     #[serde(default)]
     pub token: Option<String>,
+    /// Bearer token that reads need (`GET /v1/...`); `VED_API_READ_TOKEN` overrides it.
+    /// Without one, reads are open to whoever reaches the port. The write token reads too.
+    #[serde(default)]
+    pub read_token: Option<String>,
     /// How many instances the daemon holds at most; `POST /v1/instances` past it is refused.
     #[serde(default = "d_max_instances")]
     pub max_instances: usize,
@@ -292,7 +296,7 @@ fn d_max_instances() -> usize {
 
 impl Default for ApiConfig {
     fn default() -> ApiConfig {
-        ApiConfig { token: None, max_instances: MAX_INSTANCES_DEFAULT }
+        ApiConfig { token: None, read_token: None, max_instances: MAX_INSTANCES_DEFAULT }
     }
 }
 

@@ -694,15 +694,12 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
         }
     }
     let (tx, rx) = mpsc::sync_channel::<Input>(crate::run::INPUT_CAPACITY);
-    let token = std::env::var("VED_API_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty())
-        .or_else(|| opts.config.as_ref().and_then(|c| c.api.token.clone()));
+    let tokens = api::Tokens::configured(opts.config.as_ref());
     let here = Arc::new(Mutex::new(HashSet::new()));
     // The routes need the membership, which needs the advertised URL, which needs the bound
     // port: the server starts first and learns its routes once the node has joined.
     let routes: Arc<Mutex<Option<Arc<dyn api::Routes>>>> = Arc::new(Mutex::new(None));
-    let (addr, _server) = match api::serve_routed(c.listen, token, tx.clone(), routes.clone()) {
+    let (addr, _server) = match api::serve_routed(c.listen, tokens, tx.clone(), routes.clone()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");

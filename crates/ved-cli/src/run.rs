@@ -144,13 +144,15 @@ pub fn run(files: &[PathBuf], config: Option<&Path>, mut opts: RunOptions, mode:
     let server = match &mode {
         Mode::Stdin => None,
         Mode::Daemon { listen } => {
-            let token = std::env::var("VED_API_TOKEN")
-                .ok()
-                .filter(|t| !t.is_empty())
-                .or_else(|| opts.config.as_ref().and_then(|c| c.api.token.clone()));
-            let max_instances =
-                opts.config.as_ref().map_or(ved_adapters::config::MAX_INSTANCES_DEFAULT, |c| c.api.max_instances);
-            match api::serve(*listen, token, max_instances, tx.clone()) {
+            let options = api::Options {
+                tokens: api::Tokens::configured(opts.config.as_ref()),
+                max_instances: opts
+                    .config
+                    .as_ref()
+                    .map_or(ved_adapters::config::MAX_INSTANCES_DEFAULT, |c| c.api.max_instances),
+                data_dir: opts.data_dir.clone(),
+            };
+            match api::serve(*listen, options, tx.clone()) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     eprintln!("error: {e}");

@@ -136,7 +136,8 @@ pub fn parse_line(line: &str) -> Result<Line, InputError> {
             format!("line is {} bytes; the limit is {LINE_BYTES_MAX}", line.len()),
         ));
     }
-    let j: Json = serde_json::from_str(line).map_err(|e| InputError::malformed(None, format!("invalid JSON: {e}")))?;
+    let j: Json = crate::strict_json::parse(line.as_bytes())
+        .map_err(|e| InputError::malformed(None, format!("invalid JSON: {e}")))?;
     let Json::Object(o) = j else {
         return Err(InputError::malformed(
             None,

@@ -19,4 +19,7 @@ mod store;
 pub use audit::{AuditDraft, AuditEntry, AuditError};
 pub use codec::{JournalEntry, Origin, Record, Schema, SnapshotRecord};
 pub use snapshots::Snapshots;
-pub use store::{read_only, verify_audit, Durability, DurableHook, Flush, Recovered, Store, StoreError, JOURNAL_MAX};
+pub use store::{
+    read_only, verify_audit, AuditPage, AuditPages, Durability, DurableHook, Flush, Recovered, Store, StoreError,
+    JOURNAL_MAX,
+};

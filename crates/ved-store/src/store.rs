@@ -197,6 +197,100 @@ pub fn read_only(dir: &Path) -> Result<Recovered, StoreError> {
     load(dir, Mode::ReadOnly).map(|(r, _)| r)
 }
 
+/// One page of the audit log, as `GET /v1/audit` serves it.
+#[derive(Debug, Default)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    /// How many entries the store has committed.
+    pub committed: u64,
+    /// The `after` of the next page, when there are more entries.
+    pub next: Option<u64>,
+}
+
+/// Pages through `audit.log` while a `ved run` appends to it, without loading it whole:
+/// it remembers where every [`AuditPages::STRIDE`]th entry starts, so a page costs a seek
+/// and at most a stride of lines before its first entry, however long the log grew. Only
+/// committed entries (the manifest's count) are served: a line written but not yet
+/// durable is never shown as history. It does not check the hash chain (`ved audit
+/// verify` does); a line it cannot read is an error, never skipped.
+pub struct AuditPages {
+    dir: PathBuf,
+    /// `(seq, byte offset)` of entries 1, 1 + STRIDE, 1 + 2 * STRIDE, ...
+    starts: Mutex<Vec<(u64, u64)>>,
+}
+
+impl AuditPages {
+    const STRIDE: u64 = 256;
+
+    pub fn new(dir: &Path) -> AuditPages {
+        AuditPages { dir: dir.to_path_buf(), starts: Mutex::new(vec![(1, 0)]) }
+    }
+
+    /// Up to `limit` entries with a sequence number above `after`.
+    pub fn page(&self, after: u64, limit: usize) -> Result<AuditPage, StoreError> {
+        use std::io::{BufRead, BufReader};
+        let committed = self.committed()?;
+        let mut page = AuditPage { committed, ..AuditPage::default() };
+        if after >= committed || limit == 0 {
+            return Ok(page);
+        }
+        let apath = path_of(&self.dir, "audit.log");
+        let file = File::open(&apath).map_err(io(&apath))?;
+        let mut starts = self.starts.lock().unwrap_or_else(|p| p.into_inner());
+        // The last known start at or before the first wanted entry.
+        let from = starts.iter().rev().find(|(seq, _)| *seq <= after + 1).copied().unwrap_or((1, 0));
+        let mut reader = BufReader::new(file);
+        reader.seek(SeekFrom::Start(from.1)).map_err(io(&apath))?;
+        let (mut seq, mut offset) = from;
+        let mut line = String::new();
+        while seq <= committed && page.entries.len() < limit {
+            line.clear();
+            let n = reader.read_line(&mut line).map_err(io(&apath))?;
+            if n == 0 || !line.ends_with('\n') {
+                // The manifest is rewritten after the lines it counts are written: a log shorter
+                // than the count was cut or lost its unsynced end (the next `ved run` restores it).
+                let detail = format!("it ends after entry {}, but {committed} entries were committed", seq - 1);
+                return Err(StoreError::Corrupt { path: apath, detail });
+            }
+            if (seq - 1) % Self::STRIDE == 0 && starts.last().is_some_and(|(s, _)| *s < seq) {
+                starts.push((seq, offset));
+            }
+            if seq > after {
+                let entry: AuditEntry = serde_json::from_str(line.trim_end()).map_err(|e| StoreError::Corrupt {
+                    path: apath.clone(),
+                    detail: format!("entry {seq} (at byte {offset}) is not a valid audit entry: {e}"),
+                })?;
+                if entry.seq != seq {
+                    let detail = format!("line {seq} holds entry {}: entries were removed or reordered", entry.seq);
+                    return Err(StoreError::Corrupt { path: apath, detail });
+                }
+                page.entries.push(entry);
+            }
+            offset += n as u64;
+            seq += 1;
+        }
+        let last = page.entries.last().map_or(after, |e| e.seq);
+        page.next = (last < committed).then_some(last);
+        Ok(page)
+    }
+
+    /// The manifest's count of committed entries. It is rewritten in place while Ved runs,
+    /// so a read can meet a write half done: its checksum tells, and the read is repeated.
+    fn committed(&self) -> Result<u64, StoreError> {
+        let mpath = path_of(&self.dir, "manifest");
+        let mut last = None;
+        for _ in 0..50 {
+            let bytes = fs::read(&mpath).map_err(io(&mpath))?;
+            match Manifest::decode(&mpath, &bytes) {
+                Ok(m) => return Ok(m.audit_count),
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Err(last.expect("at least one attempt"))
+    }
+}
+
 /// Verifies the audit chain of a store; returns the number of entries.
 pub fn verify_audit(dir: &Path) -> Result<Result<usize, audit::AuditError>, StoreError> {
     let mpath = path_of(dir, "manifest");

@@ -16,9 +16,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use serde_json::{Map, Value as Json};
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{mpsc, Arc};
+use subtle::ConstantTimeEq;
 pub use ved_engine::calls::{error, Call, ListQuery, Reply};
 
 /// Largest request body accepted; larger ones get 413 and change nothing.
@@ -103,7 +105,11 @@ fn forward(base: &str, o: &Original) -> Result<Reply, String> {
         }
         r.send(&o.body[..])
     } else {
-        agent.get(&url).header(FORWARDED, "1").call()
+        let mut r = agent.get(&url).header(FORWARDED, "1");
+        if let Some(a) = &o.auth {
+            r = r.header("authorization", a);
+        }
+        r.call()
     };
     let mut resp = resp.map_err(|e| format!("{url}: {e}"))?;
     let status = resp.status().as_u16();
@@ -128,10 +134,12 @@ async fn shared(f: impl FnOnce() -> Option<Reply> + Send + 'static) -> Response 
 
 struct App {
     inputs: mpsc::SyncSender<Input>,
-    token: Option<String>,
+    tokens: Tokens,
     routes: SharedRoutes,
     /// `[api] max_instances`: how many instances `POST /v1/instances` may make in all.
     max_instances: usize,
+    /// The store's audit log, paged off the driver's thread (none with `--ephemeral`).
+    audit: Option<Arc<ved_store::AuditPages>>,
 }
 
 impl App {
@@ -203,24 +211,84 @@ impl App {
     /// Mutating calls need `Authorization: Bearer TOKEN`. Without a configured token
     /// they are refused outright: an open write API is not a safe default.
     fn authorize(&self, headers: &HeaderMap) -> Result<(), Reply> {
-        let Some(token) = &self.token else {
+        let Some(token) = &self.tokens.write else {
             return Err(error(
                 403,
                 "writes are disabled: no API token is configured; set VED_API_TOKEN or `[api] token` in ved.toml",
             ));
         };
-        let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
+        match bearer(headers)? {
+            Some(given) if token.matches(given) => Ok(()),
             Some(_) => Err(error(401, "the bearer token is not valid")),
             None => Err(error(401, "this call changes state and needs `Authorization: Bearer TOKEN`")),
         }
     }
+
+    /// Reads are open unless a read token is configured; then they need it, or the write token.
+    fn authorize_read(&self, headers: &HeaderMap) -> Result<(), Reply> {
+        let given = bearer(headers)?;
+        let Some(read) = &self.tokens.read else { return Ok(()) };
+        match given {
+            Some(g) if read.matches(g) || self.tokens.write.as_ref().is_some_and(|w| w.matches(g)) => Ok(()),
+            Some(_) => Err(error(401, "the bearer token is not valid")),
+            None => Err(error(401, "reads need `Authorization: Bearer TOKEN` (the read token or the write token)")),
+        }
+    }
 }
 
-/// Compares without an early exit, so timing does not reveal a token's prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// A configured bearer token, kept as its SHA-256 digest. Requests are compared digest to
+/// digest in constant time: both sides are 32 bytes whatever the token, so neither the
+/// comparison's time nor an early length check tells anything about the token.
+#[derive(Clone)]
+pub struct Token([u8; 32]);
+
+impl Token {
+    pub fn new(token: &str) -> Token {
+        Token(Sha256::digest(token.as_bytes()).into())
+    }
+
+    fn matches(&self, given: &str) -> bool {
+        let d: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        bool::from(d.ct_eq(&self.0))
+    }
+}
+
+/// The tokens the API checks: `write` for calls that change state, `read` (optional) for the rest.
+#[derive(Clone, Default)]
+pub struct Tokens {
+    pub write: Option<Token>,
+    pub read: Option<Token>,
+}
+
+impl Tokens {
+    /// From `VED_API_TOKEN` and `VED_API_READ_TOKEN`, else `[api] token` and `read_token`.
+    pub fn configured(config: Option<&ved_adapters::config::Config>) -> Tokens {
+        let pick = |var: &str, from_file: Option<&String>| {
+            std::env::var(var).ok().filter(|t| !t.is_empty()).or_else(|| from_file.cloned()).map(|t| Token::new(&t))
+        };
+        Tokens {
+            write: pick("VED_API_TOKEN", config.and_then(|c| c.api.token.as_ref())),
+            read: pick("VED_API_READ_TOKEN", config.and_then(|c| c.api.read_token.as_ref())),
+        }
+    }
+}
+
+/// The credentials of a request: `Authorization: Bearer TOKEN`, the scheme in any case
+/// (RFC 9110 makes it case-insensitive). Two `Authorization` headers are refused: a proxy
+/// and Ved could each pick a different one, so which request was authorized is unclear.
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Reply> {
+    let mut all = headers.get_all("authorization").iter();
+    let Some(value) = all.next() else { return Ok(None) };
+    if all.next().is_some() {
+        return Err(error(400, "the request has more than one `Authorization` header; send exactly one"));
+    }
+    let value = value.to_str().map_err(|_| error(400, "the `Authorization` header is not printable ASCII"))?;
+    match value.trim().split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+            Ok(Some(token.trim()))
+        }
+        _ => Err(error(401, "the `Authorization` header must be `Bearer TOKEN`")),
+    }
 }
 
 /// Reads a body as a JSON object, turning every way it can be wrong into a JSON error.
@@ -242,7 +310,7 @@ fn json_value(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Json,
         };
         error(status, message)
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| error(400, format!("the body is not valid JSON: {e}")))
+    ved_engine::strict_json::parse(&bytes).map_err(|e| error(400, format!("the body is not valid JSON: {e}")))
 }
 
 use ved_engine::calls::kind;
@@ -288,6 +356,9 @@ fn list_query(q: &HashMap<String, String>) -> Result<ListQuery, Reply> {
 }
 
 async fn list(State(app): Shared, Query(q): Query<HashMap<String, String>>, uri: Uri, headers: HeaderMap) -> Response {
+    if let Err(r) = app.authorize_read(&headers) {
+        return into_response(r);
+    }
     match list_query(&q) {
         // A cluster's list is etcd's, the same on every node.
         Ok(q) if app.routes().is_some() => {
@@ -409,6 +480,9 @@ async fn observe_across(app: &App, routes: Arc<dyn Routes>, items: Vec<Json>, he
 }
 
 async fn get_instance(State(app): Shared, UrlPath(name): UrlPath<String>, uri: Uri, headers: HeaderMap) -> Response {
+    if let Err(r) = app.authorize_read(&headers) {
+        return into_response(r);
+    }
     let o = Original::of(false, &uri, &headers, Bytes::new());
     app.route(Some(&name.clone()), Call::Get(name), o).await
 }
@@ -443,12 +517,68 @@ async fn observe(
 }
 
 async fn journal(State(app): Shared, UrlPath(name): UrlPath<String>, uri: Uri, headers: HeaderMap) -> Response {
+    if let Err(r) = app.authorize_read(&headers) {
+        return into_response(r);
+    }
     let o = Original::of(false, &uri, &headers, Bytes::new());
     app.route(Some(&name.clone()), Call::Journal(name), o).await
 }
 
-async fn audit(State(app): Shared, uri: Uri, headers: HeaderMap) -> Response {
-    app.route(None, Call::Audit, Original::of(false, &uri, &headers, Bytes::new())).await
+/// Entries `GET /v1/audit` returns when the query names no `limit`, and at most.
+pub const AUDIT_PAGE_DEFAULT: usize = 100;
+pub const AUDIT_PAGE_MAX: usize = 1000;
+
+/// `GET /v1/audit?after=SEQ&limit=N`: the entries after `SEQ`, oldest first, and the `after`
+/// of the next page. Read from the store's files on a blocking thread, never by the driver,
+/// so that a reader paging a long history does not slow a single write.
+async fn audit(State(app): Shared, Query(q): Query<HashMap<String, String>>, uri: Uri, headers: HeaderMap) -> Response {
+    if let Err(r) = app.authorize_read(&headers) {
+        return into_response(r);
+    }
+    let (after, limit) = match audit_query(&q) {
+        Ok(p) => p,
+        Err(r) => return into_response(r),
+    };
+    let Some(pages) = app.audit.clone() else {
+        // A cluster's audit log is in etcd; `--ephemeral` keeps none.
+        let full = app.route(None, Call::Audit, Original::of(false, &uri, &headers, Bytes::new())).await;
+        return full;
+    };
+    let read = tokio::task::spawn_blocking(move || pages.page(after, limit)).await;
+    match read {
+        Ok(Ok(page)) => into_response(Reply {
+            status: 200,
+            body: serde_json::json!({"entries": page.entries, "committed": page.committed, "next": page.next}),
+        }),
+        Ok(Err(e)) => into_response(error(500, format!("cannot read the audit log: {e}"))),
+        Err(_) => into_response(error(500, "cannot read the audit log")),
+    }
+}
+
+fn audit_query(q: &HashMap<String, String>) -> Result<(u64, usize), Reply> {
+    let mut after = 0;
+    let mut limit = AUDIT_PAGE_DEFAULT;
+    for (key, value) in q {
+        match key.as_str() {
+            "after" => {
+                after = value.parse().map_err(|_| {
+                    error(400, format!("`after` must be an entry's sequence number (0 for the start), not `{value}`"))
+                })?
+            }
+            "limit" => {
+                limit = value.parse().ok().filter(|n| (1..=AUDIT_PAGE_MAX).contains(n)).ok_or_else(|| {
+                    error(400, format!("`limit` must be between 1 and {AUDIT_PAGE_MAX}, not `{value}`"))
+                })?
+            }
+            _ => {
+                return Err(error(
+                    400,
+                    format!("unknown query parameter `{key}`; GET /v1/audit takes `after` and `limit`"),
+                ))
+            }
+        }
+    }
+    Ok((after, limit))
 }
 
 async fn openapi() -> Response {
@@ -479,33 +609,44 @@ fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
+/// What the server needs besides its address and the driver's channel.
+#[derive(Clone, Default)]
+pub struct Options {
+    pub tokens: Tokens,
+    /// `[api] max_instances`: how many instances `POST /v1/instances` may make in all.
+    pub max_instances: usize,
+    /// The store's directory: `GET /v1/audit` pages through its `audit.log` itself, on the
+    /// server's threads, so that reading history never holds up the driver.
+    pub data_dir: Option<std::path::PathBuf>,
+}
+
 /// Binds `listen` now, so that a busy port is reported before anything starts, and
 /// serves on a thread of its own until SIGTERM or SIGINT, which it turns into
 /// [`Input::Shutdown`].
 pub(crate) fn serve(
     listen: SocketAddr,
-    token: Option<String>,
-    max_instances: usize,
+    options: Options,
     inputs: mpsc::SyncSender<Input>,
 ) -> Result<(SocketAddr, std::thread::JoinHandle<()>), String> {
-    serve_with(listen, token, max_instances, inputs, Arc::new(std::sync::Mutex::new(None)))
+    serve_with(listen, options, inputs, Arc::new(std::sync::Mutex::new(None)))
 }
 
 /// [`serve`] for a cluster node: calls about instances another node owns go there.
 pub(crate) fn serve_routed(
     listen: SocketAddr,
-    token: Option<String>,
+    tokens: Tokens,
     inputs: mpsc::SyncSender<Input>,
     routes: SharedRoutes,
 ) -> Result<(SocketAddr, std::thread::JoinHandle<()>), String> {
-    // A node creates no instances through the API (501), so the bound is not consulted.
-    serve_with(listen, token, ved_adapters::config::MAX_INSTANCES_DEFAULT, inputs, routes)
+    // A node creates no instances through the API (501), so the bound is not consulted;
+    // its audit log is the cluster's, in etcd.
+    let options = Options { tokens, max_instances: ved_adapters::config::MAX_INSTANCES_DEFAULT, data_dir: None };
+    serve_with(listen, options, inputs, routes)
 }
 
 fn serve_with(
     listen: SocketAddr,
-    token: Option<String>,
-    max_instances: usize,
+    options: Options,
     inputs: mpsc::SyncSender<Input>,
     routes: SharedRoutes,
 ) -> Result<(SocketAddr, std::thread::JoinHandle<()>), String> {
@@ -518,7 +659,14 @@ fn serve_with(
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
-    let app = Arc::new(App { inputs: inputs.clone(), token, routes, max_instances });
+    let audit = options.data_dir.as_deref().map(|d| Arc::new(ved_store::AuditPages::new(d)));
+    let app = Arc::new(App {
+        inputs: inputs.clone(),
+        tokens: options.tokens,
+        routes,
+        max_instances: options.max_instances,
+        audit,
+    });
     let handle = std::thread::Builder::new()
         .name("ved-api".into())
         .spawn(move || {
@@ -563,9 +711,10 @@ mod tests {
         inputs.try_send(Input::Eof).unwrap();
         let app = App {
             inputs,
-            token: None,
+            tokens: Tokens::default(),
             routes: Arc::new(std::sync::Mutex::new(None)),
             max_instances: ved_adapters::config::MAX_INSTANCES_DEFAULT,
+            audit: None,
         };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let r = rt.block_on(app.call(Call::List));
@@ -574,5 +723,70 @@ mod tests {
         // The call was not queued: only the input that filled the channel is there.
         assert!(matches!(queued.try_recv(), Ok(Input::Eof)));
         assert!(queued.try_recv().is_err());
+    }
+
+    fn app(write: Option<&str>, read: Option<&str>) -> App {
+        App {
+            inputs: mpsc::sync_channel(1).0,
+            tokens: Tokens { write: write.map(Token::new), read: read.map(Token::new) },
+            routes: Arc::new(std::sync::Mutex::new(None)),
+            max_instances: 1,
+            audit: None,
+        }
+    }
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("authorization", v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_the_token_is_not() {
+        let app = app(Some("s3cret"), None);
+        for ok in ["Bearer s3cret", "bearer s3cret", "BEARER s3cret", "bEaReR   s3cret "] {
+            assert!(app.authorize(&headers(&[ok])).is_ok(), "{ok}");
+        }
+        for bad in ["Bearer S3CRET", "Bearer s3cre", "Bearer s3crett", "Basic s3cret", "Bearer", "s3cret"] {
+            assert_eq!(app.authorize(&headers(&[bad])).unwrap_err().status, 401, "{bad}");
+        }
+        assert_eq!(app.authorize(&headers(&[])).unwrap_err().status, 401);
+    }
+
+    #[test]
+    fn two_authorization_headers_are_refused_even_when_one_is_right() {
+        let app = app(Some("s3cret"), Some("r"));
+        for pair in
+            [["Bearer s3cret", "Bearer s3cret"], ["Bearer wrong", "Bearer s3cret"], ["Bearer s3cret", "Bearer x"]]
+        {
+            let e = app.authorize(&headers(&pair)).unwrap_err();
+            assert_eq!(e.status, 400, "{pair:?}");
+            assert!(e.body.to_string().contains("more than one `Authorization` header"), "{}", e.body);
+            assert_eq!(app.authorize_read(&headers(&pair)).unwrap_err().status, 400);
+        }
+    }
+
+    #[test]
+    fn reads_are_open_without_a_read_token_and_need_one_with_it() {
+        assert!(app(Some("w"), None).authorize_read(&headers(&[])).is_ok());
+        let app = app(Some("w"), Some("r"));
+        assert_eq!(app.authorize_read(&headers(&[])).unwrap_err().status, 401);
+        assert_eq!(app.authorize_read(&headers(&["Bearer x"])).unwrap_err().status, 401);
+        assert!(app.authorize_read(&headers(&["Bearer r"])).is_ok());
+        assert!(app.authorize_read(&headers(&["Bearer w"])).is_ok(), "the write token reads too");
+        // The read token does not write.
+        assert_eq!(app.authorize(&headers(&["Bearer r"])).unwrap_err().status, 401);
+    }
+
+    #[test]
+    fn tokens_are_compared_as_digests_of_one_length() {
+        // A token of any length is held as 32 bytes, and the given one is hashed the same
+        // way: the comparison never depends on either length.
+        let t = Token::new("x");
+        assert_eq!(t.0.len(), 32);
+        assert_eq!(Token::new(&"y".repeat(10_000)).0.len(), 32);
+        assert!(t.matches("x") && !t.matches("") && !t.matches("xx"));
     }
 }
