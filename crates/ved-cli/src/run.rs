@@ -394,9 +394,28 @@ fn handle_input<W: Write>(driver: &mut Driver<W>, input: Input) -> bool {
     false
 }
 
-/// Reports a failed store; `Some` exit code when the process must stop.
+/// Whether a stall of the store's writes was reported and its end not yet: one line when it
+/// starts and one when it ends, however many rounds see it. (One engine per process.)
+static STALL_REPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Reports a failed store, and a store waiting for space; `Some` exit code when the process
+/// must stop. A full disk is not a reason to stop: the store goes on by itself once space is
+/// freed, and acknowledgements and intents wait for it meanwhile.
 fn check_store<W: Write>(driver: &mut Driver<W>) -> Option<ExitCode> {
+    use std::sync::atomic::Ordering::Relaxed;
     Sink::flush(driver.sink_mut());
+    match driver.store_stalled() {
+        Some(why) if !STALL_REPORTED.swap(true, Relaxed) => {
+            eprintln!("error: the store cannot write: {why}");
+            eprintln!(
+                "  = hint: free space on that file system; writes wait and resume by themselves (nothing is acknowledged, no intent leaves, /healthz answers 503 meanwhile)"
+            );
+        }
+        None if driver.store_failure().is_none() && STALL_REPORTED.swap(false, Relaxed) => {
+            eprintln!("info: the store writes again: space was freed, and what waited for it is being written");
+        }
+        _ => {}
+    }
     let f = driver.store_failure()?;
     eprintln!("error: the store failed: {f}");
     eprintln!("  = hint: nothing after the last acknowledged input is durable; fix the disk and restart");

@@ -165,16 +165,42 @@ pub fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// What a call is told while the store cannot write: why, that nothing was applied, and what to do.
+fn stalled_message(why: &str) -> String {
+    format!(
+        "the store cannot write ({why}); nothing was applied: retry once space is freed (writes resume by themselves)"
+    )
+}
+
 impl<S: Sink> Engine<S> {
     /// Answers one API call on the driver's thread.
     pub fn call(&mut self, call: Call, reply: Responder) {
         match call {
             Call::Health => {
-                let r = match self.store_failure() {
-                    Some(f) => error(503, format!("the store failed: {f}")),
-                    None => Reply { status: 200, body: json!({"status": "ok"}) },
+                let r = match (self.store_failure(), self.store_stalled()) {
+                    (Some(f), _) => error(503, format!("the store failed: {f}")),
+                    (None, Some(why)) => {
+                        let mut r = error(503, stalled_message(&why));
+                        r.body["status"] = json!("degraded");
+                        r.body["store"] = json!(format!("{why}: writes are waiting for space"));
+                        r
+                    }
+                    (None, None) => Reply { status: 200, body: json!({"status": "ok"}) },
                 };
                 reply(r);
+            }
+            Call::Observe { .. }
+            | Call::ObserveMany(_)
+            | Call::Create(_)
+            | Call::CreateMany { .. }
+            | Call::Delete(_)
+                if self.store_stalled().is_some() =>
+            {
+                // Refused at once, unapplied: an answer that waited for space could wait for
+                // hours, and the writes it queued would hold memory all that time. The
+                // client retries; calls accepted before the stall wait and complete after it.
+                let why = self.store_stalled().unwrap_or_default();
+                reply(error(503, stalled_message(&why)));
             }
             Call::List => {
                 let list: Vec<Json> = self

@@ -646,6 +646,11 @@ impl<S: Sink> Engine<S> {
         self.store.as_ref().and_then(|s| s.failure())
     }
 
+    /// Why the store's writes are waiting for space, while they are.
+    pub fn store_stalled(&self) -> Option<String> {
+        self.store.as_ref().and_then(|s| s.stalled())
+    }
+
     /// Waits until everything is durable and delivered, writes a checkpoint, and closes the store.
     /// Results still in flight are not awaited: their intents stay recorded as
     /// undelivered and go out again, same id, after a restart.

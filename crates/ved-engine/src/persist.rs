@@ -23,6 +23,11 @@ pub trait Persistence: Send {
     fn wait_durable(&self, seq: u64) -> Result<(), String>;
     /// Why the writer failed, if it did: nothing after the failure is durable.
     fn failure(&self) -> Option<String>;
+    /// Why writes are waiting, while the disk has no space for them (they go on by themselves
+    /// once it has): nothing is reported durable meanwhile.
+    fn stalled(&self) -> Option<String> {
+        None
+    }
     /// The directory, for a local store (the audit log is read from it).
     fn dir(&self) -> Option<&Path> {
         None
@@ -62,6 +67,9 @@ impl Persistence for Store {
     }
     fn failure(&self) -> Option<String> {
         Store::failure(self)
+    }
+    fn stalled(&self) -> Option<String> {
+        Store::stalled(self)
     }
     fn dir(&self) -> Option<&Path> {
         Some(Store::dir(self))

@@ -833,9 +833,23 @@ struct Shared {
     durable: Mutex<u64>,
     cond: Condvar,
     failure: Mutex<Option<String>>,
+    /// Why writes are waiting, while they find no space: see [`Store::stalled`].
+    stalled: Mutex<Option<String>>,
 }
 
 impl Shared {
+    fn new() -> Shared {
+        Shared { durable: Mutex::new(0), cond: Condvar::new(), failure: Mutex::new(None), stalled: Mutex::new(None) }
+    }
+
+    fn stalled(&self) -> Option<String> {
+        self.stalled.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_stalled(&self, why: Option<String>) {
+        *self.stalled.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    }
+
     /// Batches up to `last` are durable. The watermark only moves forward: a batch once
     /// reported durable (and acted on: intents released, lines acknowledged) stays so.
     fn set_durable(&self, last: u64) {
@@ -930,7 +944,7 @@ impl Store {
         }
         let (mut rec, manifest) = load(dir, if recover { Mode::Recover } else { Mode::Strict })?;
         remove_old_generations(dir, manifest.generation, &mut rec.warnings)?;
-        let shared = Arc::new(Shared { durable: Mutex::new(0), cond: Condvar::new(), failure: Mutex::new(None) });
+        let shared = Arc::new(Shared::new());
         let fsyncs = Arc::new(AtomicU64::new(0));
         let writer = Writer::new(dir, manifest, durability, fsyncs.clone())?;
         let encoder =
@@ -1012,20 +1026,36 @@ impl Store {
             return Err(f);
         }
         let Some(m) = self.manual.as_mut() else { return Ok(0) };
-        let cmds = std::mem::take(&mut m.queued);
-        if cmds.is_empty() {
-            return Ok(self.durable_seq());
+        let mut pending: VecDeque<Cmd> = std::mem::take(&mut m.queued).into();
+        let mut last = None;
+        while !pending.is_empty() {
+            match m.writer.write_group(&mut pending) {
+                Ok(seq) => {
+                    self.shared.set_stalled(None);
+                    self.shared.set_durable(seq);
+                    last = Some(seq);
+                }
+                Err(WriteError::NoSpace(e)) => {
+                    // Kept, in order, for the next flush: nothing of them was left written.
+                    m.queued = pending.into();
+                    self.shared.set_stalled(Some(e.clone()));
+                    if let Some(seq) = last {
+                        (m.on_durable)(seq);
+                    }
+                    return Err(e);
+                }
+                Err(WriteError::Fatal(e)) => {
+                    *self.shared.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+                    return Err(e);
+                }
+            }
         }
-        match m.writer.apply(cmds) {
-            Ok(last) => {
-                self.shared.set_durable(last);
-                (m.on_durable)(last);
-                Ok(last)
+        match last {
+            Some(seq) => {
+                (m.on_durable)(seq);
+                Ok(seq)
             }
-            Err(e) => {
-                *self.shared.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
-                Err(e)
-            }
+            None => Ok(self.durable_seq()),
         }
     }
 
@@ -1066,7 +1096,16 @@ impl Store {
         self.shared.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Blocks until batch `seq` is durable or the writer failed.
+    /// Why writes are waiting, while the file system (or the quota) has no space for them.
+    /// Nothing is reported durable meanwhile; what could not be written was taken back from
+    /// the files, is kept, and is tried again (every 100 ms at first, then less often, up to
+    /// every 5 s), so that the store goes on by itself once space is freed.
+    pub fn stalled(&self) -> Option<String> {
+        self.shared.stalled()
+    }
+
+    /// Blocks until batch `seq` is durable or the writer failed, or finds no space: a
+    /// caller that waits (at exit, above all) is told so rather than kept waiting for space.
     pub fn wait_durable(&self, seq: u64) -> Result<(), String> {
         if self.manual.is_some() {
             // Nothing else writes in manual mode: what is not durable now waits for `flush`.
@@ -1080,6 +1119,9 @@ impl Store {
         while *d < seq {
             if let Some(f) = self.failure() {
                 return Err(f);
+            }
+            if let Some(s) = self.stalled() {
+                return Err(format!("batch {seq} is not written: {s}"));
             }
             d = self
                 .shared
@@ -1109,7 +1151,7 @@ impl Store {
         if self.manual.is_some() {
             self.flush()?;
             if let Some(m) = self.manual.as_mut() {
-                m.writer.sync_audit()?;
+                m.writer.sync_audit().map_err(WriteError::message)?;
             }
             self.manual = None;
         }
@@ -1136,6 +1178,9 @@ struct Writer {
     manifest_file: File,
     log: File,
     audit: File,
+    /// `audit.log`'s length as far as the writer wrote it whole: where a batch that could not
+    /// be written cuts it back to.
+    audit_len: u64,
     /// Audit entries written since the last sync: an audit log that did not grow needs no
     /// `fdatasync` (one per batch saved for every batch without an episode).
     audit_unsynced: bool,
@@ -1153,6 +1198,54 @@ struct Writer {
     fsyncs: Arc<AtomicU64>,
 }
 
+/// Why the writer could not write a group of commands.
+#[derive(Debug)]
+enum WriteError {
+    /// The file system (or the quota) is full. What was written of the group has been taken
+    /// back, so the files are as before it; the same commands are tried again later.
+    NoSpace(String),
+    /// Anything else, above all a failed fsync: the store stops taking work.
+    Fatal(String),
+}
+
+impl WriteError {
+    /// `what` failed on `path` with `err`: no space is worth waiting for, the rest is not.
+    fn of(what: &str, path: &Path, err: std::io::Error) -> WriteError {
+        let message = format!("{what} {}: {err}", path.display());
+        if no_space(&err) {
+            WriteError::NoSpace(message)
+        } else {
+            WriteError::Fatal(message)
+        }
+    }
+
+    fn message(self) -> String {
+        match self {
+            WriteError::NoSpace(m) | WriteError::Fatal(m) => m,
+        }
+    }
+}
+
+/// ENOSPC or EDQUOT: the write may succeed once space is freed.
+fn no_space(err: &std::io::Error) -> bool {
+    matches!(err.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+}
+
+/// The writer's position before a group: what it goes back to when the group cannot be written.
+struct Mark {
+    log_len: u64,
+    audit_len: u64,
+    audit_count: u64,
+    audit_head: String,
+    defined: usize,
+}
+
+/// How long the writer waits before it tries a write that found no space again: the first
+/// wait, and the longest. Short at first (a log rotated away frees space within moments),
+/// and never so long that Ved lags far behind once an operator has freed space.
+const NO_SPACE_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+const NO_SPACE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Writer {
     fn new(
         dir: &Path,
@@ -1168,6 +1261,7 @@ impl Writer {
         log.seek(SeekFrom::Start(manifest.log_len)).map_err(io(&lpath))?;
         let apath = path_of(dir, "audit.log");
         let audit = OpenOptions::new().create(true).append(true).open(&apath).map_err(io(&apath))?;
+        let audit_len = audit.metadata().map_err(io(&apath))?.len();
         let mpath = path_of(dir, "manifest");
         let manifest_file = OpenOptions::new().write(true).open(&mpath).map_err(io(&mpath))?;
         let mut w = Writer {
@@ -1176,6 +1270,7 @@ impl Writer {
             manifest_file,
             log,
             audit,
+            audit_len,
             audit_unsynced: false,
             durability,
             binary,
@@ -1188,7 +1283,7 @@ impl Writer {
         // before the crash, and trimmed a torn tail. Make what was recovered durable before
         // anything acts on it (re-sent intents, acknowledgements), then make the manifest
         // say what is really there.
-        w.sync().map_err(|e| StoreError::Io { path: mpath.clone(), err: std::io::Error::other(e) })?;
+        w.sync().map_err(|e| StoreError::Io { path: mpath.clone(), err: std::io::Error::other(e.message()) })?;
         Ok(w)
     }
 
@@ -1198,76 +1293,153 @@ impl Writer {
         self.manifest_file.write_all_at(&self.manifest.encode(), 0)
     }
 
-    /// Writes commands in order and syncs once; returns the last sequence number.
-    fn apply(&mut self, cmds: Vec<Cmd>) -> Result<u64, String> {
-        let mut last = 0;
-        for cmd in cmds {
-            match cmd {
-                Cmd::Batch { seq, batch, audit } => {
-                    debug_assert!(seq > last, "batches are written in sequence: {seq} after {last}");
-                    last = seq;
-                    self.write_batch(batch, &audit)?;
-                }
-                Cmd::Compact { seq, records } => {
-                    // Everything before it must be on disk first; then the checkpoint.
-                    self.sync()?;
-                    self.compact(&records)?;
-                    debug_assert!(seq >= last, "a checkpoint follows the batches before it: {seq} after {last}");
-                    last = seq;
-                }
-            }
+    fn mark(&self) -> Mark {
+        Mark {
+            log_len: self.manifest.log_len,
+            audit_len: self.audit_len,
+            audit_count: self.manifest.audit_count,
+            audit_head: self.manifest.audit_head.clone(),
+            defined: self.defined.len(),
         }
-        self.sync()?;
+    }
+
+    /// Takes back a group that could not be written whole: the log and `audit.log` are cut
+    /// back to where the group began (a batch cut short past the committed length would be
+    /// dropped by recovery, but a later batch written after it would be lost with it), and
+    /// the chain and the schemas the file defines are as before.
+    fn roll_back(&mut self, mark: Mark) -> Result<(), WriteError> {
+        let lpath = path_of(&self.dir, &log_name(self.manifest.generation));
+        let apath = path_of(&self.dir, "audit.log");
+        // Shrinking a file needs no space; should it fail all the same, nothing more is written.
+        let fatal =
+            |what: &str, path: &Path, e: std::io::Error| WriteError::Fatal(format!("{what} {}: {e}", path.display()));
+        self.log.set_len(mark.log_len).map_err(|e| fatal("cutting back", &lpath, e))?;
+        self.log.seek(SeekFrom::Start(mark.log_len)).map_err(|e| fatal("seeking in", &lpath, e))?;
+        self.audit.set_len(mark.audit_len).map_err(|e| fatal("cutting back", &apath, e))?;
+        self.manifest.log_len = mark.log_len;
+        self.audit_len = mark.audit_len;
+        self.manifest.audit_count = mark.audit_count;
+        self.manifest.audit_head = mark.audit_head;
+        self.defined.truncate(mark.defined);
+        Ok(())
+    }
+
+    /// Writes one group commit from the front of `pending` (batches up to the record limit,
+    /// or one compaction), syncs it, and removes it from `pending`; returns its last sequence
+    /// number. On an error nothing of the group stays written and `pending` is unchanged.
+    fn write_group(&mut self, pending: &mut VecDeque<Cmd>) -> Result<u64, WriteError> {
+        if let Some(Cmd::Compact { seq, records }) = pending.front() {
+            // The batches before it were synced as their own group.
+            let seq = *seq;
+            self.compact(records)?;
+            pending.pop_front();
+            return Ok(seq);
+        }
+        let mark = self.mark();
+        let mut taken = 0;
+        let mut count = 0;
+        let mut last = 0;
+        let mut written = Ok(());
+        for cmd in pending.iter() {
+            let Cmd::Batch { seq, batch, audit } = cmd else { break };
+            if taken > 0 && count + batch.count > BATCH_RECORDS_MAX {
+                break;
+            }
+            debug_assert!(*seq > last, "batches are written in sequence: {seq} after {last}");
+            written = self.write_batch(batch, audit);
+            if written.is_err() {
+                break;
+            }
+            taken += 1;
+            count += batch.count;
+            last = *seq;
+        }
+        if let Err(e) = written.and_then(|()| self.sync()) {
+            return match e {
+                WriteError::NoSpace(_) => self.roll_back(mark).and(Err(e)),
+                WriteError::Fatal(_) => Err(e),
+            };
+        }
+        pending.drain(..taken);
         Ok(last)
     }
 
     fn run(mut self, rx: Receiver<Cmd>, shared: Arc<Shared>, on_durable: DurableHook) {
-        while let Ok(first) = rx.recv() {
-            // Group commit: everything already queued shares this write and this fsync.
-            let mut cmds = vec![first];
-            let mut count = 0;
-            while count < BATCH_RECORDS_MAX {
-                match rx.try_recv() {
-                    Ok(c) => {
-                        count += match &c {
-                            Cmd::Batch { batch, .. } => batch.count,
-                            Cmd::Compact { records, .. } => records.len(),
-                        };
-                        let is_compact = matches!(c, Cmd::Compact { .. });
-                        cmds.push(c);
-                        if is_compact {
-                            break;
-                        }
+        let mut pending: VecDeque<Cmd> = VecDeque::new();
+        // While writes find no space: how long to wait before the next try.
+        let mut retry: Option<std::time::Duration> = None;
+        let mut closed = false;
+        loop {
+            if let Some(wait) = retry {
+                // Commands keep coming while the writer waits: they join the queue, in order.
+                let deadline = std::time::Instant::now() + wait;
+                while !closed {
+                    match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+                        Ok(c) => pending.push_back(c),
+                        Err(mpsc::RecvTimeoutError::Timeout) => break,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => closed = true,
                     }
+                }
+            } else if pending.is_empty() {
+                match rx.recv() {
+                    Ok(c) => pending.push_back(c),
                     Err(_) => break,
                 }
             }
-            let last = match self.apply(cmds) {
-                Ok(last) => last,
-                Err(e) => {
-                    *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                    shared.cond.notify_all();
-                    return;
+            // Group commit: everything already queued shares the writes and the fsyncs.
+            pending.extend(rx.try_iter());
+            while !pending.is_empty() {
+                match self.write_group(&mut pending) {
+                    Ok(last) => {
+                        retry = None;
+                        shared.set_stalled(None);
+                        shared.set_durable(last);
+                        shared.cond.notify_all();
+                        on_durable(last);
+                    }
+                    Err(WriteError::NoSpace(e)) => {
+                        retry = Some(retry.map_or(NO_SPACE_RETRY_FIRST, |w| (w * 2).min(NO_SPACE_RETRY_MAX)));
+                        shared.set_stalled(Some(e));
+                        shared.cond.notify_all();
+                        break;
+                    }
+                    Err(WriteError::Fatal(e)) => {
+                        *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        shared.cond.notify_all();
+                        return;
+                    }
                 }
-            };
-            shared.set_durable(last);
-            shared.cond.notify_all();
-            on_durable(last);
+            }
+            if closed && !pending.is_empty() {
+                // Closed while the disk is full: what is left was never reported durable, so
+                // nothing anyone was told about is lost; it is said, not waited for.
+                let stall = shared.stalled().unwrap_or_default();
+                *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(format!("closed with {} writes not done: {stall}", pending.len()));
+                shared.cond.notify_all();
+                break;
+            }
+            if closed {
+                break;
+            }
         }
         // Closed: `audit.log` is made durable on its own too.
         if let Err(e) = self.sync_audit() {
-            *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.message());
         }
     }
 
-    fn write_batch(&mut self, batch: Encoded, drafts: &[AuditDraft]) -> Result<(), String> {
+    fn write_batch(&mut self, batch: &Encoded, drafts: &[AuditDraft]) -> Result<(), WriteError> {
         let mut buf = Vec::with_capacity(batch.frames.len() + 64);
-        self.schemas.extend(batch.new_schemas);
+        for (id, schema) in &batch.new_schemas {
+            // A batch tried again brings its schemas again.
+            self.schemas.entry(*id).or_insert_with(|| schema.clone());
+        }
         // Each schema once per file, before the first snapshot that names it.
-        for id in batch.schemas {
+        for &id in &batch.schemas {
             if !self.defined.contains(&id) {
                 let Some(schema) = self.schemas.get(&id) else {
-                    return Err(format!("internal error: schema {id} was never encoded"));
+                    return Err(WriteError::Fatal(format!("internal error: schema {id} was never encoded")));
                 };
                 frame::write_record(&mut buf, schema);
                 self.defined.push(id);
@@ -1284,66 +1456,115 @@ impl Writer {
             text.push_str(&e.to_line());
             self.payload.clear();
             serde_json::to_writer(&mut self.payload, &Record::Audit(Box::new(e)))
-                .map_err(|e| format!("encoding a record: {e}"))?;
+                .map_err(|e| WriteError::Fatal(format!("encoding a record: {e}")))?;
             frame::write_record(&mut buf, &self.payload);
         }
         let commit = serde_json::to_vec(&Record::Commit { at: self.manifest.log_len }).expect("serializes");
         frame::write_record(&mut buf, &commit);
         // One write call per batch keeps a crash from interleaving partial records.
-        self.log.write_all(&buf).map_err(|e| format!("writing the log: {e}"))?;
+        if let Err(e) = self.log.write_all(&buf) {
+            return Err(WriteError::of("writing", &path_of(&self.dir, &log_name(self.manifest.generation)), e));
+        }
         self.manifest.log_len += buf.len() as u64;
         if !text.is_empty() {
-            self.audit.write_all(text.as_bytes()).map_err(|e| format!("writing the audit log: {e}"))?;
+            if let Err(e) = self.audit.write_all(text.as_bytes()) {
+                return Err(WriteError::of("writing", &path_of(&self.dir, "audit.log"), e));
+            }
+            self.audit_len += text.len() as u64;
             self.audit_unsynced = true;
         }
         Ok(())
     }
 
     /// Makes what was written durable: the log (which holds the audit entries too).
-    fn sync(&mut self) -> Result<(), String> {
+    fn sync(&mut self) -> Result<(), WriteError> {
         if self.durability == Durability::Fsync {
-            self.log.sync_data().map_err(|e| format!("fsync of the log: {e}"))?;
+            // A failed fsync is never tried again: the kernel may have dropped the dirty
+            // pages it could not write and marked them clean, so a second fsync can succeed
+            // without the data ever reaching the disk. Only a new process, reading the file
+            // back from the disk, knows what is there.
+            let lpath = path_of(&self.dir, &log_name(self.manifest.generation));
+            self.log.sync_data().map_err(|e| WriteError::Fatal(format!("fsync of {}: {e}", lpath.display())))?;
             self.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
-        self.write_manifest().map_err(|e| format!("writing the manifest: {e}"))
+        self.write_manifest().map_err(|e| WriteError::of("writing", &path_of(&self.dir, "manifest"), e))
     }
 
     /// Syncs `audit.log` when it grew: before a compaction drops the log records that back
     /// its entries, and on close.
-    fn sync_audit(&mut self) -> Result<(), String> {
+    fn sync_audit(&mut self) -> Result<(), WriteError> {
         if self.durability == Durability::Fsync && self.audit_unsynced {
-            self.audit.sync_data().map_err(|e| format!("fsync of the audit log: {e}"))?;
+            // Fatal when it fails, as the log's fsync (see `sync`).
+            self.audit.sync_data().map_err(|e| WriteError::Fatal(format!("fsync of the audit log: {e}")))?;
             self.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
         self.audit_unsynced = false;
         Ok(())
     }
 
-    fn compact(&mut self, records: &[Record]) -> Result<(), String> {
+    /// Writes `bytes` to `dir/NAME.tmp` and syncs it; returns the temp file's path.
+    fn stage(&self, name: &str, bytes: &[u8]) -> Result<PathBuf, WriteError> {
+        let tmp = path_of(&self.dir, &format!("{name}.tmp"));
+        let mut f = File::create(&tmp).map_err(|e| WriteError::of("creating", &tmp, e))?;
+        f.write_all(bytes).map_err(|e| WriteError::of("writing", &tmp, e))?;
+        // A temp file's failed fsync may be retried: the file is removed and written afresh,
+        // so no page the kernel gave up on is ever relied upon.
+        f.sync_all().map_err(|e| WriteError::of("fsync of", &tmp, e))?;
+        Ok(tmp)
+    }
+
+    /// Renames a staged file into place and syncs the directory.
+    fn commit_file(&self, tmp: &Path, name: &str) -> Result<(), WriteError> {
+        let path = path_of(&self.dir, name);
+        fs::rename(tmp, &path).map_err(|e| WriteError::of("renaming to", &path, e))?;
+        // The directory's fsync: fatal when it fails, as any fsync of what is kept.
+        sync_dir(&self.dir).map_err(|e| WriteError::Fatal(e.to_string()))
+    }
+
+    fn compact(&mut self, records: &[Record]) -> Result<(), WriteError> {
         // The new generation's log holds no audit entries: `audit.log` must hold them first.
         self.sync_audit()?;
         let next = self.manifest.generation + 1;
         let mut buf = frame::header(FileKind::Checkpoint, next).to_vec();
         // The same encoding as a batch's, with numbers of its own: every schema first.
         let mut encoder = Encoder { binary: true, numbering: crate::bin::Numbering::default(), payload: Vec::new() };
-        let encoded = encoder.encode(records)?;
+        let encoded = encoder.encode(records).map_err(WriteError::Fatal)?;
         for (_, schema) in &encoded.new_schemas {
             frame::write_record(&mut buf, schema);
         }
         buf.extend_from_slice(&encoded.frames);
         let end = serde_json::to_vec(&CheckpointEnd { end: records.len() as u64 }).expect("serializes");
         frame::write_record(&mut buf, &end);
-        let err = |e: StoreError| e.to_string();
-        write_atomic(&self.dir, &checkpoint_name(next), &buf).map_err(err)?;
-        write_atomic(&self.dir, &log_name(next), &frame::header(FileKind::Log, next)).map_err(err)?;
-        // The manifest's rename is the commit point of the new generation.
         let m = Manifest {
             generation: next,
             log_len: HEADER_LEN as u64,
             audit_count: self.manifest.audit_count,
             audit_head: self.manifest.audit_head.clone(),
         };
-        write_atomic(&self.dir, "manifest", &m.encode()).map_err(err)?;
+        let (checkpoint, log) = (checkpoint_name(next), log_name(next));
+        // Everything is written and synced before anything is renamed, and the manifest's
+        // rename is the commit point of the new generation: until then nothing refers to the
+        // new files, and a compaction that finds no space removes them all (opening would
+        // too, but a long wait for space should not keep holding what they took).
+        let staged = self.stage(&checkpoint, &buf).and_then(|c| {
+            let l = self.stage(&log, &frame::header(FileKind::Log, next))?;
+            let mtmp = self.stage("manifest", &m.encode())?;
+            self.commit_file(&c, &checkpoint)?;
+            self.commit_file(&l, &log)?;
+            Ok(mtmp)
+        });
+        let mpath = path_of(&self.dir, "manifest");
+        let committed =
+            staged.and_then(|mtmp| fs::rename(&mtmp, &mpath).map_err(|e| WriteError::of("renaming to", &mpath, e)));
+        if let Err(e) = committed {
+            for name in [format!("{checkpoint}.tmp"), format!("{log}.tmp"), "manifest.tmp".into(), checkpoint, log] {
+                let _ = fs::remove_file(path_of(&self.dir, &name));
+            }
+            return Err(e);
+        }
+        // Committed. The directory's fsync makes it durable: fatal when it fails, as any fsync
+        // of what is kept.
+        sync_dir(&self.dir).map_err(|e| WriteError::Fatal(e.to_string()))?;
         if self.durability == Durability::Fsync {
             // Each of the three: the file, then its directory.
             self.fsyncs.fetch_add(6, Ordering::Relaxed);
@@ -1351,12 +1572,11 @@ impl Writer {
         let old = self.manifest.generation;
         self.manifest = m;
         let lpath = path_of(&self.dir, &log_name(next));
-        self.log = OpenOptions::new().write(true).open(&lpath).map_err(|e| format!("{}: {e}", lpath.display()))?;
-        self.log.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
+        let fatal = |path: &Path, e: std::io::Error| WriteError::Fatal(format!("{}: {e}", path.display()));
+        self.log = OpenOptions::new().write(true).open(&lpath).map_err(|e| fatal(&lpath, e))?;
+        self.log.seek(SeekFrom::End(0)).map_err(|e| fatal(&lpath, e))?;
         self.defined.clear();
-        let mpath = path_of(&self.dir, "manifest");
-        self.manifest_file =
-            OpenOptions::new().write(true).open(&mpath).map_err(|e| format!("{}: {e}", mpath.display()))?;
+        self.manifest_file = OpenOptions::new().write(true).open(&mpath).map_err(|e| fatal(&mpath, e))?;
         let _ = fs::remove_file(path_of(&self.dir, &log_name(old)));
         let _ = fs::remove_file(path_of(&self.dir, &checkpoint_name(old)));
         Ok(())
@@ -1369,7 +1589,7 @@ mod invariants {
 
     #[test]
     fn the_durable_watermark_moves_forward() {
-        let s = Shared { durable: Mutex::new(0), cond: Condvar::new(), failure: Mutex::new(None) };
+        let s = Shared::new();
         s.set_durable(3);
         s.set_durable(3);
         s.set_durable(7);
@@ -1379,7 +1599,7 @@ mod invariants {
     #[test]
     #[should_panic(expected = "the durable sequence went backwards")]
     fn a_watermark_going_backwards_is_caught() {
-        let s = Shared { durable: Mutex::new(0), cond: Condvar::new(), failure: Mutex::new(None) };
+        let s = Shared::new();
         s.set_durable(7);
         s.set_durable(6);
     }
