@@ -106,6 +106,12 @@ pub struct Node<W: Write> {
     /// What this node holds, for the API's routes: changed when ownership changes, so the
     /// node loop does not copy its holdings every round.
     here: Arc<Mutex<HashSet<String>>>,
+    /// The latest reading of each watcher (by source) for instances this node did not hold
+    /// when it came: applied when the node takes the instance. A watcher reports a reading
+    /// again only when it changes or at its resync (60 s by default), so a reading dropped
+    /// while ownership was moving (a lease that lapsed under load) would otherwise leave the
+    /// new owner blind to it that long: a failover starved for a minute.
+    unheld: BTreeMap<String, BTreeMap<String, ved_adapters::Observation>>,
 }
 
 impl<W: Write> Node<W> {
@@ -159,6 +165,7 @@ impl<W: Write> Node<W> {
             lease: 0,
             last_balance_ms: None,
             here: Arc::default(),
+            unheld: BTreeMap::new(),
         })
     }
 
@@ -220,6 +227,10 @@ impl<W: Write> Node<W> {
         match x {
             ved_adapters::Inbound::Observed(mut o) => {
                 if !self.engine.holds(&o.instance) {
+                    // Kept only for instances the cluster runs: one reading per watcher.
+                    if self.targets.contains_key(&o.instance) {
+                        self.unheld.entry(o.instance.clone()).or_default().insert(o.source.clone(), o);
+                    }
                     return;
                 }
                 o.source = format!("{}@{}", o.source, self.m.node);
@@ -408,6 +419,10 @@ impl<W: Write> Node<W> {
             return false;
         }
         self.here().insert(name.to_string());
+        // What this node's watchers saw while it did not hold the instance, newest per watcher.
+        for (_, o) in self.unheld.remove(name).unwrap_or_default() {
+            self.handle_inbound(ved_adapters::Inbound::Observed(o));
+        }
         true
     }
 

@@ -15,6 +15,12 @@ use std::time::{Duration, Instant};
 
 const INSTANCES: usize = 6;
 
+/// How long a step of a scenario may take before the test calls it stuck: generous, so that a
+/// verdict never depends on how busy the machine is (on a loaded 2-core machine etcd elections,
+/// leases and probes all slow down together; 20 s was seen to run out). A failover that
+/// starved would still fail, only later.
+const LOADED: Duration = Duration::from_secs(120);
+
 /// The two tests each run three etcd members and several nodes; on a 2-core machine
 /// they measure failover more honestly one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -458,6 +464,17 @@ fn an_unreachable_etcd_is_a_clear_error_at_start() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--node-id"));
 }
 
+/// The node that alone holds instances now, waited for: during a handover both or neither may.
+fn holder(nodes: &[VedNode]) -> usize {
+    let mut found = 0;
+    wait_for("one node to hold the routing", LOADED, || {
+        let holding: Vec<usize> = (0..nodes.len()).filter(|i| !nodes[*i].holding().is_empty()).collect();
+        found = holding.first().copied().unwrap_or(0);
+        holding.len() == 1
+    });
+    found
+}
+
 #[test]
 fn watched_observations_reach_the_owner_and_its_state_survives_a_failover() {
     // Seed 001 on two nodes: a probe (a command reading a file) feeds `primary_status`.
@@ -480,7 +497,7 @@ fn watched_observations_reach_the_owner_and_its_state_survives_a_failover() {
     let program = common::root().join("examples/database_routing.ved");
     let urls = etcd.urls();
     let mut nodes: Vec<VedNode> = ["a", "b"].iter().map(|n| VedNode::start(n, &program, &config, &urls, 2)).collect();
-    wait_for("a node to own the routing", Duration::from_secs(20), || nodes.iter().any(|n| !n.holding().is_empty()));
+    wait_for("a node to own the routing", LOADED, || nodes.iter().any(|n| !n.holding().is_empty()));
     let calls = |action: &str| -> Vec<(String, i64)> {
         hook.hits()
             .iter()
@@ -490,25 +507,30 @@ fn watched_observations_reach_the_owner_and_its_state_survives_a_failover() {
     };
     // The primary fails: the owner's probe sees it; DNS moves and one page goes out.
     std::fs::write(&status, r#"{"primary_status": "failed"}"#).unwrap();
-    wait_for("the failover", Duration::from_secs(20), || calls("UpdateDNS").iter().any(|(a, _)| a == "replica"));
-    wait_for("the page", Duration::from_secs(20), || calls("PageEngineers").len() == 1);
+    let took = wait_for("the failover", LOADED, || calls("UpdateDNS").iter().any(|(a, _)| a == "replica"));
+    eprintln!("the failover took {took:?}");
+    wait_for("the page", LOADED, || !calls("PageEngineers").is_empty());
     let first_fence = calls("UpdateDNS")[0].1;
-    let owner = nodes.iter().position(|n| !n.holding().is_empty()).unwrap();
+    // Under load a lease can lapse and the routing move to the other node with no node dying
+    // (fenced, as it should be): who owns it is asked again wherever it matters.
+    let owner = holder(&nodes);
     let other = 1 - owner;
     // Every node serves the API: health, the list, and the instance (the other node forwards).
     for n in &nodes {
         assert_eq!(n.get("/healthz").0, 200, "{} is healthy", n.name);
     }
-    wait_for("the failover episode to be audited", Duration::from_secs(20), || {
+    wait_for("the failover episode to be audited", LOADED, || {
         nodes[other].get("/v1/audit").1["entries"].as_array().is_some_and(|e| !e.is_empty())
     });
     let (code, inst) = nodes[other].get("/v1/instances/DatabaseRouting");
     assert_eq!(code, 200, "{inst}");
     assert_eq!(inst["state"]["active_route"], "replica", "{inst}");
     assert!(inst["goals"].is_array(), "answered by the owner, forwarded: {inst}");
-    let (code, list) = nodes[other].get("/v1/instances");
-    assert_eq!(code, 200);
-    assert_eq!(list["instances"][0]["owner"], nodes[owner].name.as_str(), "{list}");
+    wait_for("the list to name the node that holds the routing", LOADED, || {
+        let (code, list) = nodes[other].get("/v1/instances");
+        let owner = holder(&nodes);
+        code == 200 && list["instances"][0]["owner"] == nodes[owner].name.as_str()
+    });
     // A write to the node that does not own the instance is forwarded to the one that does:
     // someone points the route back at the failed primary, and Ved fails over again.
     let (code, body) = http(
@@ -516,7 +538,7 @@ fn watched_observations_reach_the_owner_and_its_state_survives_a_failover() {
         Some(r#"{"active_route": "primary"}"#),
     );
     assert_eq!(code, 200, "{body}");
-    wait_for("the drift to be corrected", Duration::from_secs(20), || {
+    wait_for("the drift to be corrected", LOADED, || {
         let (_, i) = nodes[other].get("/v1/instances/DatabaseRouting");
         i["status"] == "stable" && i["state"]["active_route"] == "replica"
     });
@@ -528,20 +550,31 @@ fn watched_observations_reach_the_owner_and_its_state_survives_a_failover() {
         "the forwarded observation reached the owner's journal: {journal}"
     );
     let audit_before = nodes[other].get("/v1/audit").1["entries"].as_array().unwrap().clone();
-    // Let the owner write the page's acknowledgement (a few milliseconds). Killed before
-    // that, the page would be in flight and rightly sent again: at least once.
-    std::thread::sleep(Duration::from_millis(500));
+    // No pause for the owner to record the page's acknowledgement: killed before that, the page
+    // is in flight and rightly sent again (same id), which the check below allows. A pause here
+    // made the verdict depend on how busy the machine was.
     // Kill the owner; the survivor resumes from etcd with the failover and the page remembered.
+    let owner = holder(&nodes);
     nodes[owner].signal("-KILL");
     nodes[owner].wait();
     let survivor = 1 - owner;
-    wait_for("the survivor to take the routing", Duration::from_secs(20), || !nodes[survivor].holding().is_empty());
+    let took = wait_for("the survivor to take the routing", LOADED, || !nodes[survivor].holding().is_empty());
+    eprintln!("the survivor took the routing after {took:?}");
     // The primary comes back: the survivor's probe sees it and restores the route.
     std::fs::write(&status, r#"{"primary_status": "healthy"}"#).unwrap();
-    wait_for("the route to be restored", Duration::from_secs(20), || {
+    wait_for("the route to be restored", LOADED, || {
         calls("UpdateDNS").iter().any(|(a, f)| a == "primary" && *f > first_fence)
     });
-    assert_eq!(calls("PageEngineers").len(), 1, "the page was not sent again after the failover");
+    // At least once: a page whose acknowledgement had not reached etcd when its owner was killed
+    // is rightly sent again by the survivor, with the same intent id. What must not happen is a
+    // second page (another intent): the survivor knew the failover had paged already.
+    let page_ids: std::collections::BTreeSet<String> = hook
+        .hits()
+        .iter()
+        .filter(|h| h.status == 200 && h.body["action"] == "PageEngineers")
+        .map(|h| h.body["id"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(page_ids.len(), 1, "the page was not sent again after the failover: {page_ids:?}");
     // The journal moved with the instance: the survivor shows the slices from before the kill.
     let (_, journal) = nodes[survivor].get("/v1/instances/DatabaseRouting/journal");
     let after: Vec<u64> = journal["entries"].as_array().unwrap().iter().filter_map(|e| e["slice"].as_u64()).collect();
@@ -549,7 +582,7 @@ fn watched_observations_reach_the_owner_and_its_state_survives_a_failover() {
         assert!(after.contains(s), "slice {s} from before the kill is in the survivor's journal: {after:?}");
     }
     // The audit chain goes on: the entries from before, then the restore's, linked by hash.
-    wait_for("the restore to be audited", Duration::from_secs(20), || {
+    wait_for("the restore to be audited", LOADED, || {
         nodes[survivor].get("/v1/audit").1["entries"].as_array().is_some_and(|e| e.len() > audit_before.len())
     });
     let audit_after = nodes[survivor].get("/v1/audit").1["entries"].as_array().unwrap().clone();

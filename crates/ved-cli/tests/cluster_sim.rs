@@ -547,6 +547,28 @@ fn a_stale_owner_that_wakes_up_is_fenced_out_and_sends_nothing() {
     assert_eq!(w.fences, newest, "nothing reached the world from the stale owner");
 }
 
+#[test]
+fn a_reading_that_arrives_before_the_node_holds_its_instance_is_applied_once_it_does() {
+    // Every node runs every watcher, and a reading counts only on the instance's owner. A
+    // watcher repeats an unchanged reading only at its resync (60 s by default): a reading
+    // that reached the next owner just before it took the instance (ownership moving under
+    // load) used to be dropped, and the failover it reported waited for the resync.
+    let mut w = World::new(11);
+    w.join();
+    assert!(w.nodes[0].node.holding().is_empty(), "n1 holds nothing before its first round");
+    let mut fields = serde_json::Map::new();
+    fields.insert("n".into(), serde_json::json!(1_000_000_000));
+    let reading =
+        ved_adapters::Observation { instance: "Beat1".into(), fields, source: "probe".into(), version: Some(1) };
+    w.nodes[0].node.handle_inbound(Inbound::Observed(reading));
+    for _ in 0..5 {
+        w.run_node(0);
+    }
+    assert!(w.nodes[0].node.holding().contains(&"Beat1".to_string()), "n1 took Beat1");
+    let inst = w.nodes[0].node.engine.runtime().instance("Beat1").expect("Beat1 runs on n1");
+    assert_eq!(inst.state[0], ved_vm::Value::Int(1_000_000_000), "the reading was applied once n1 held Beat1");
+}
+
 /// Instances created at run time (registered in etcd) are balanced like the program's: a
 /// joining node takes its share in batches of at most `MOVES_PER_ROUND`, the instances
 /// that stay keep beating between the batches, and a deleted one is forgotten with its state.

@@ -28,8 +28,11 @@ use ved_vm::CompiledProgram;
 
 /// Journal entries an instance keeps once it is stable again.
 const JOURNAL_STABLE_KEEP: usize = 64;
-/// Log bytes (estimated) after which the store is compacted into a checkpoint.
+/// Records written after which the store is compacted into a checkpoint (see [`should_compact`]).
 const COMPACT_AFTER_RECORDS: usize = 200_000;
+/// Overrides [`COMPACT_AFTER_RECORDS`]: a test that must kill Ved while it compacts sets it low,
+/// so that compactions happen every few hundred records instead of every 200,000.
+pub const COMPACT_AFTER_RECORDS_VAR: &str = "VED_COMPACT_AFTER_RECORDS";
 /// Instances from which a checkpoint's records are copied on two threads (below, a helper
 /// thread would cost more than it saves).
 const CHECKPOINT_SPLIT_FROM: usize = 4096;
@@ -115,6 +118,8 @@ pub struct Engine<S: Sink> {
     pub(crate) reasons: BTreeMap<String, String>,
     /// Records written since the last checkpoint.
     pub(crate) records_since_checkpoint: usize,
+    /// Records after which a compaction is due: [`COMPACT_AFTER_RECORDS`], or the override.
+    pub(crate) compact_after: usize,
     /// Intents handed to the delivery pool whose results have not come back yet.
     pub(crate) in_flight: usize,
     /// Per instance, recent snapshots (oldest first), so that a checkpoint can keep the one
@@ -461,6 +466,7 @@ impl<S: Sink> Engine<S> {
         for (name, fields) in &watched {
             rt.set_watched(name, fields.clone());
         }
+        let compact_after = compact_after_records(std::env::var(COMPACT_AFTER_RECORDS_VAR).ok(), &mut warnings);
         let mut driver = Engine {
             clock: Box::new(ManualClock::default()),
             warnings,
@@ -479,6 +485,7 @@ impl<S: Sink> Engine<S> {
             last_status: statuses.into_iter().collect(),
             reasons: BTreeMap::new(),
             records_since_checkpoint: 0,
+            compact_after,
             in_flight: 0,
             history,
             files: program_files,
@@ -1053,7 +1060,7 @@ impl<S: Sink> Engine<S> {
         for i in intents {
             self.outbox.push_back((seq, i));
         }
-        if should_compact(self.records_since_checkpoint, || self.live_records()) {
+        if should_compact(self.records_since_checkpoint, self.compact_after, || self.live_records()) {
             self.records_since_checkpoint = 0;
             let all = self.all_records();
             if let Some(store) = self.store.as_mut() {
@@ -1699,8 +1706,24 @@ fn is_observation_outcome(e: &Event) -> bool {
 /// a large busy fleet after a fixed number of records would cost more than the writes it
 /// saves, and cost it again and again; this way it costs at most as much as the writes since
 /// the last one. `live` is counted only past the fixed threshold.
-fn should_compact(since: usize, live: impl FnOnce() -> usize) -> bool {
-    since > COMPACT_AFTER_RECORDS && since > live()
+fn should_compact(since: usize, after: usize, live: impl FnOnce() -> usize) -> bool {
+    since > after && since > live()
+}
+
+/// The compaction threshold: [`COMPACT_AFTER_RECORDS`] unless [`COMPACT_AFTER_RECORDS_VAR`]
+/// names a positive number. A bad value is a warning, not a failure to start: it only tunes
+/// when work happens, never what is kept.
+fn compact_after_records(var: Option<String>, warnings: &mut Vec<String>) -> usize {
+    let Some(v) = var else { return COMPACT_AFTER_RECORDS };
+    match v.trim().parse::<usize>() {
+        Ok(n) if n > 0 => n,
+        _ => {
+            warnings.push(format!(
+                "{COMPACT_AFTER_RECORDS_VAR}={v:?} is not a positive number of records; using {COMPACT_AFTER_RECORDS}"
+            ));
+            COMPACT_AFTER_RECORDS
+        }
+    }
 }
 
 /// The live records of `insts`, in order, onto `records`: for each, the snapshot before its
@@ -1816,15 +1839,30 @@ mod checkpoint {
     #[test]
     fn the_log_is_compacted_after_the_fixed_threshold_and_once_it_outgrew_a_checkpoint() {
         // A small fleet: the fixed threshold decides.
-        assert!(!should_compact(COMPACT_AFTER_RECORDS, || 10));
-        assert!(should_compact(COMPACT_AFTER_RECORDS + 1, || 10));
+        assert!(!should_compact(COMPACT_AFTER_RECORDS, COMPACT_AFTER_RECORDS, || 10));
+        assert!(should_compact(COMPACT_AFTER_RECORDS + 1, COMPACT_AFTER_RECORDS, || 10));
         // A large one: not before the log holds more than a checkpoint would.
         let live = 3 * COMPACT_AFTER_RECORDS;
-        assert!(!should_compact(COMPACT_AFTER_RECORDS + 1, || live));
-        assert!(!should_compact(live, || live));
-        assert!(should_compact(live + 1, || live));
+        assert!(!should_compact(COMPACT_AFTER_RECORDS + 1, COMPACT_AFTER_RECORDS, || live));
+        assert!(!should_compact(live, COMPACT_AFTER_RECORDS, || live));
+        assert!(should_compact(live + 1, COMPACT_AFTER_RECORDS, || live));
         // Below the fixed threshold the fleet is not even counted.
-        assert!(!should_compact(5, || panic!("counted the live records below the threshold")));
+        assert!(!should_compact(5, COMPACT_AFTER_RECORDS, || panic!("counted the live records below the threshold")));
+    }
+
+    #[test]
+    fn the_threshold_can_be_lowered_and_a_bad_value_is_a_warning() {
+        let mut warnings = Vec::new();
+        assert_eq!(compact_after_records(None, &mut warnings), COMPACT_AFTER_RECORDS);
+        assert_eq!(compact_after_records(Some(" 300 ".into()), &mut warnings), 300);
+        assert!(warnings.is_empty());
+        for bad in ["0", "-1", "many", ""] {
+            assert_eq!(compact_after_records(Some(bad.into()), &mut warnings), COMPACT_AFTER_RECORDS);
+        }
+        assert_eq!(warnings.len(), 4);
+        assert!(warnings[0].contains(COMPACT_AFTER_RECORDS_VAR), "{warnings:?}");
+        // With a low threshold a small program compacts every few hundred records.
+        assert!(should_compact(301, 300, || 3));
     }
 
     /// A checkpoint of a fleet large enough to be copied on two threads holds the same
