@@ -693,6 +693,12 @@ impl<S: Sink> Engine<S> {
         &self.rt
     }
 
+    /// Replaces the scheduler's bounds (ticks per input, mailbox size). A generator of
+    /// programs lowers them so that each of millions of cases stays small.
+    pub fn set_limits(&mut self, limits: ved_runtime::Limits) {
+        self.rt.limits = limits;
+    }
+
     /// With `Flush::Manual`: writes and syncs what is queued, then releases what became
     /// durable (acks, intents). In background mode it waits for the writer instead.
     pub fn flush(&mut self) -> Result<(), EngineError> {

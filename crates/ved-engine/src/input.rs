@@ -4,6 +4,9 @@
 
 use serde_json::{Map, Value as Json};
 
+/// Most simulated time one `advance_ms` line moves: a day.
+pub const ADVANCE_MS_MAX: u64 = 86_400_000;
+
 /// Longest input line accepted; longer lines are refused with an error event.
 pub const LINE_BYTES_MAX: usize = 1 << 20;
 
@@ -149,6 +152,16 @@ pub fn parse_line(line: &str) -> Result<Line, InputError> {
             adv.as_u64().ok_or_else(|| InputError::malformed(None, "`advance_ms` must be a non-negative integer"))?;
         if o.len() != 1 {
             return Err(InputError::malformed(None, "`advance_ms` stands alone on its line"));
+        }
+        // Every retry due on the way runs, one capped backoff (60 s) after another: without a
+        // limit one line (`u64::MAX` ms) kept the engine busy for ever.
+        if ms > ADVANCE_MS_MAX {
+            return Err(InputError::malformed(
+                None,
+                format!(
+                    "`advance_ms` is {ms}; one line advances at most {ADVANCE_MS_MAX} ms (a day): send several lines"
+                ),
+            ));
         }
         return Ok(Line::Advance(ms));
     }
