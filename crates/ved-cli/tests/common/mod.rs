@@ -57,9 +57,15 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(args: &[&str], token: Option<&str>) -> Daemon {
+        Daemon::start_with_env(args, token, &[])
+    }
+
+    /// As [`Daemon::start`], with more variables in the daemon's environment only.
+    pub fn start_with_env(args: &[&str], token: Option<&str>, env: &[(&str, &str)]) -> Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ved"));
         cmd.arg("run").args(args).args(["--listen", "127.0.0.1:0"]).current_dir(root());
-        cmd.env_remove("VED_API_TOKEN");
+        cmd.env_remove("VED_API_TOKEN").env_remove("VED_API_READ_TOKEN");
+        cmd.envs(env.iter().copied());
         guard_state_home(&mut cmd);
         if let Some(t) = token {
             cmd.env("VED_API_TOKEN", t);
