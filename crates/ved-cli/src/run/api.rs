@@ -139,7 +139,15 @@ struct App {
     /// `[api] max_instances`: how many instances `POST /v1/instances` may make in all.
     max_instances: usize,
     /// The store's audit log, paged off the driver's thread (none with `--ephemeral`).
-    audit: Option<Arc<ved_store::AuditPages>>,
+    audit: Option<Arc<AuditLog>>,
+}
+
+/// The audit log as `GET /v1/audit` reads it. Pages are read one at a time: on a machine of two
+/// cores, readers each decoding a page at once could take every core from the driver and slow
+/// writes, so extra readers wait their turn instead (the page costs milliseconds).
+struct AuditLog {
+    pages: ved_store::AuditPages,
+    one_at_a_time: tokio::sync::Semaphore,
 }
 
 impl App {
@@ -544,7 +552,11 @@ async fn audit(State(app): Shared, Query(q): Query<HashMap<String, String>>, uri
         let full = app.route(None, Call::Audit, Original::of(false, &uri, &headers, Bytes::new())).await;
         return full;
     };
-    let read = tokio::task::spawn_blocking(move || pages.page(after, limit)).await;
+    let log = pages.clone();
+    let Ok(_turn) = log.one_at_a_time.acquire().await else {
+        return into_response(error(503, "ved is shutting down"));
+    };
+    let read = tokio::task::spawn_blocking(move || pages.pages.page(after, limit)).await;
     match read {
         Ok(Ok(page)) => into_response(Reply {
             status: 200,
@@ -659,7 +671,9 @@ fn serve_with(
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
-    let audit = options.data_dir.as_deref().map(|d| Arc::new(ved_store::AuditPages::new(d)));
+    let audit = options.data_dir.as_deref().map(|d| {
+        Arc::new(AuditLog { pages: ved_store::AuditPages::new(d), one_at_a_time: tokio::sync::Semaphore::new(1) })
+    });
     let app = Arc::new(App {
         inputs: inputs.clone(),
         tokens: options.tokens,
