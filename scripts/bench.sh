@@ -29,3 +29,6 @@ cargo bench -q -p ved-engine --bench scale
 echo
 # The daemon's restart on the scale benchmark's fleet: `ved run` until /healthz answers.
 scripts/restart-daemon.sh 3
+echo
+# Readers of a long audit log against the daemon's writes (issue 13, defect 4).
+cargo test -q --release -p ved-cli --test audit_read_bench -- --ignored --nocapture
