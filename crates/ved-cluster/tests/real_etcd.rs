@@ -48,7 +48,7 @@ fn start_etcd(tag: &str) -> Option<OneMember> {
     };
     let member = OneMember { child, dir, url };
     let probe = Etcd::new(vec![member.url.clone()], Duration::from_millis(500));
-    let until = Instant::now() + Duration::from_secs(20);
+    let until = Instant::now() + Duration::from_secs(120);
     while probe.get("probe").is_err() {
         assert!(Instant::now() < until, "etcd did not start");
         std::thread::sleep(Duration::from_millis(100));
@@ -57,7 +57,7 @@ fn start_etcd(tag: &str) -> Option<OneMember> {
 }
 
 fn wait_for(what: &str, cond: impl Fn() -> bool) {
-    let until = Instant::now() + Duration::from_secs(10);
+    let until = Instant::now() + Duration::from_secs(120);
     while !cond() {
         assert!(Instant::now() < until, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));

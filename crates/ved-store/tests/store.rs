@@ -360,13 +360,12 @@ fn batches_queued_while_a_flush_is_under_way_share_one_fsync() {
     let (mut s, _) = Store::open(&dir, Durability::Fsync, false, hook).unwrap();
     let first = s.append(vec![snap("WorkerPool", 1, 1)], vec![]);
     assert_eq!(seen_rx.recv().unwrap(), first);
-    // The writer is stuck in its hook; appending does not wait for it.
-    let started = std::time::Instant::now();
+    // The writer is stuck in its hook until the gate opens below; appending does not wait for
+    // it (if it did, this loop would never end).
     let mut last = 0;
     for i in 2..=500 {
         last = s.append(vec![snap("WorkerPool", i, i as i64)], vec![]);
     }
-    assert!(started.elapsed() < std::time::Duration::from_secs(5));
     assert!(s.durable_seq() < last, "nothing after the first batch can be durable yet");
     // Release the writer: everything queued goes out in far fewer flushes than batches.
     let mut flushes = 0;

@@ -78,7 +78,7 @@ impl Daemon {
                 let _ = tx.send(l);
             }
         });
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(120);
         let addr = loop {
             let l = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("a listening event");
             let e: Json = serde_json::from_str(&l).unwrap();
@@ -88,7 +88,7 @@ impl Daemon {
         };
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(20)))
+            .timeout_global(Some(Duration::from_secs(120)))
             .build()
             .into();
         Daemon { child, lines, base: format!("http://{addr}"), agent }
