@@ -55,8 +55,8 @@ fn a_long_running_command_reports_each_line_and_skips_junk() {
         source: "watch#1".into(),
     };
     let (rx, stop) = start(w, None);
-    let a = next(&rx, Duration::from_secs(10)).expect("the first line");
-    let b = next(&rx, Duration::from_secs(10)).expect("the third line");
+    let a = next(&rx, Duration::from_secs(120)).expect("the first line");
+    let b = next(&rx, Duration::from_secs(120)).expect("the third line");
     assert_eq!(a.fields["workers"], json!(3));
     assert_eq!(b.fields["workers"], json!(4));
     assert_eq!((a.instance.as_str(), a.source.as_str()), ("WorkerPool", "watch#1"));
@@ -70,16 +70,16 @@ fn a_periodic_command_reports_changes_and_resyncs_an_unchanged_reading() {
     std::fs::write(&file, r#"{"primary_status": "healthy"}"#).unwrap();
     let w = probe(&file);
     let (rx, stop) = start(w, Some(Duration::from_millis(400)));
-    let first = next(&rx, Duration::from_secs(10)).expect("a reading at start");
+    let first = next(&rx, Duration::from_secs(120)).expect("a reading at start");
     assert_eq!(first.fields["primary_status"], "healthy");
     // Unchanged readings every 20 ms are not reported ...
     let t = Instant::now();
-    let again = next(&rx, Duration::from_secs(10)).expect("the resync");
+    let again = next(&rx, Duration::from_secs(120)).expect("the resync");
     assert!(t.elapsed() >= Duration::from_millis(300), "an unchanged reading was reported early");
     assert_eq!(again.fields, first.fields, "... until the resync re-reports it");
     // A change is reported at the next reading.
     std::fs::write(&file, r#"{"primary_status": "failed"}"#).unwrap();
-    let changed = next(&rx, Duration::from_secs(10)).expect("the change");
+    let changed = next(&rx, Duration::from_secs(120)).expect("the change");
     assert_eq!(changed.fields["primary_status"], "failed");
     stop.store(true, Ordering::Relaxed);
     let _ = std::fs::remove_file(&file);
@@ -91,7 +91,7 @@ fn with_resync_off_an_unchanged_reading_is_reported_once() {
     std::fs::write(&file, r#"{"primary_status": "healthy"}"#).unwrap();
     let w = probe(&file);
     let (rx, stop) = start(w, None);
-    assert!(next(&rx, Duration::from_secs(10)).is_some());
+    assert!(next(&rx, Duration::from_secs(120)).is_some());
     assert!(next(&rx, Duration::from_millis(600)).is_none(), "resync is off: nothing more without a change");
     stop.store(true, Ordering::Relaxed);
     let _ = std::fs::remove_file(&file);
@@ -113,10 +113,10 @@ fn the_process_watcher_resyncs_its_count() {
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     std::thread::spawn(move || Box::new(w).run(tx, s, Some(Duration::from_millis(300))));
-    let a = next(&rx, Duration::from_secs(10)).expect("the count at start");
+    let a = next(&rx, Duration::from_secs(120)).expect("the count at start");
     assert_eq!(a.fields["workers"], json!(0));
     let t = Instant::now();
-    let b = next(&rx, Duration::from_secs(10)).expect("a resync");
+    let b = next(&rx, Duration::from_secs(120)).expect("a resync");
     assert!(t.elapsed() >= Duration::from_millis(200));
     assert_eq!(b.fields["workers"], json!(0));
     stop.store(true, Ordering::Relaxed);

@@ -134,7 +134,7 @@ fn a_real_postgres_outage_fails_over_pages_once_and_restores() {
         None,
     );
     let state = |d: &Daemon| d.get("/v1/instances/DatabaseRouting").1;
-    wait_for("the probe to see a healthy primary", Duration::from_secs(20), || {
+    wait_for("the probe to see a healthy primary", Duration::from_secs(120), || {
         let s = state(&d);
         s["state"]["primary_status"] == "healthy" && s["status"] == "stable"
     });
@@ -143,12 +143,12 @@ fn a_real_postgres_outage_fails_over_pages_once_and_restores() {
     // The primary goes down for real.
     let stopped = Instant::now();
     pg.stop();
-    wait_for("DNS to point at the replica", Duration::from_secs(20), || {
+    wait_for("DNS to point at the replica", Duration::from_secs(120), || {
         route_in(&hosts).as_deref() == Some("127.0.0.2")
     });
     let failed_over = Instant::now();
-    wait_for("the page to be accepted", Duration::from_secs(30), || pager.hits().iter().any(|h| h.status == 200));
-    wait_for("the routing to be stable", Duration::from_secs(20), || state(&d)["status"] == "stable");
+    wait_for("the page to be accepted", Duration::from_secs(120), || pager.hits().iter().any(|h| h.status == 200));
+    wait_for("the routing to be stable", Duration::from_secs(120), || state(&d)["status"] == "stable");
     let hits = pager.hits();
     let statuses: Vec<u16> = hits.iter().map(|h| h.status).collect();
     assert_eq!(statuses, vec![500, 500, 200], "paging retried until accepted, and accepted exactly once");
@@ -167,10 +167,10 @@ fn a_real_postgres_outage_fails_over_pages_once_and_restores() {
 
     // The primary comes back: the route is restored, and nobody is paged again.
     pg.start();
-    wait_for("DNS to point at the primary again", Duration::from_secs(20), || {
+    wait_for("DNS to point at the primary again", Duration::from_secs(120), || {
         route_in(&hosts).as_deref() == Some("127.0.0.1")
     });
-    wait_for("the routing to be stable", Duration::from_secs(20), || {
+    wait_for("the routing to be stable", Duration::from_secs(120), || {
         let s = state(&d);
         s["status"] == "stable" && s["state"]["active_route"] == "primary"
     });

@@ -15,7 +15,7 @@ use serde_json::Value as Json;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-const DEADLINE: Duration = Duration::from_secs(30);
+const DEADLINE: Duration = Duration::from_secs(120);
 const SERVER_IP: &str = "10.231.7.1";
 const CLIENT_IP: &str = "10.231.7.2";
 const PORTS: [u16; 4] = [22, 80, 443, 8080];
@@ -223,7 +223,7 @@ fn only_the_wanted_ports_accept_connections_whatever_is_done_to_the_firewall() {
     assert!(!nft_in_netns(&net.server).is_empty(), "ved runs `nft monitor` and `nft -i` in the namespace");
     let (code, events) = d.terminate();
     assert_eq!(code, 0);
-    wait_for("ved's nft children to end", Duration::from_secs(10), || nft_in_netns(&net.server).is_empty());
+    wait_for("ved's nft children to end", Duration::from_secs(120), || nft_in_netns(&net.server).is_empty());
     // Seed 000 byte for byte healed every drift without ever passing through `stuck`: no
     // such status event, and no audit entry that says so.
     let stuck: Vec<_> = events.iter().filter(|e| e["event"] == "stuck" || e["status"] == "stuck").collect();
@@ -244,7 +244,7 @@ fn a_killed_ved_leaves_no_nft_behind() {
     // SIGKILL: no shutdown path runs; PR_SET_PDEATHSIG must end the children.
     d.child.kill().unwrap();
     d.child.wait().unwrap();
-    wait_for("ved's nft children to end after SIGKILL", Duration::from_secs(10), || {
+    wait_for("ved's nft children to end after SIGKILL", Duration::from_secs(120), || {
         nft_in_netns(&net.server).is_empty()
     });
 }

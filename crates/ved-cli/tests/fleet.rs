@@ -10,7 +10,7 @@ use common::{processes_running, root, tempdir, wait_for, Daemon, Netns};
 use std::process::Command;
 use std::time::Duration;
 
-const DEADLINE: Duration = Duration::from_secs(30);
+const DEADLINE: Duration = Duration::from_secs(120);
 
 /// The example, pointed at this test's namespaces and at command lines no other test uses.
 fn fleet_config(dir: &std::path::Path, a: &Netns, b: &Netns, pool_a: &str, pool_b: &str) -> std::path::PathBuf {

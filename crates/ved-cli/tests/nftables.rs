@@ -32,20 +32,20 @@ fn a_rogue_rule_added_by_hand_disappears_and_is_audited() {
     let stable = |d: &Daemon| d.get("/v1/instances/SecurityPolicy").1["status"] == "stable";
 
     // From an empty namespace, Ved creates the chain and opens the desired ports.
-    wait_for("80 and 443 to be opened", Duration::from_secs(20), || ns.open_ports() == vec![80, 443]);
-    wait_for("the policy to be stable", Duration::from_secs(20), || stable(&d));
+    wait_for("80 and 443 to be opened", Duration::from_secs(120), || ns.open_ports() == vec![80, 443]);
+    wait_for("the policy to be stable", Duration::from_secs(120), || stable(&d));
 
     // A junior engineer opens SSH by hand.
     ns.nft(&["add", "rule", "inet", "ved", "input", "tcp", "dport", "22", "accept"]);
-    let lived = wait_for("the rogue rule to disappear", Duration::from_secs(20), || !ns.open_ports().contains(&22));
+    let lived = wait_for("the rogue rule to disappear", Duration::from_secs(120), || !ns.open_ports().contains(&22));
     eprintln!("the rogue `tcp dport 22 accept` rule lived {} ms", lived.as_millis());
     assert_eq!(ns.open_ports(), vec![80, 443], "the wanted ports stayed open");
-    wait_for("the policy to be stable again", Duration::from_secs(20), || stable(&d));
+    wait_for("the policy to be stable again", Duration::from_secs(120), || stable(&d));
 
     // A set rule is not a rule Ved writes: the adapter removes it at once (structural drift).
     ns.nft(&["add", "rule", "inet", "ved", "input", "tcp", "dport", "{ 443, 2222 }", "accept"]);
-    wait_for("the set rule to be removed", Duration::from_secs(20), || !ns.chain_text().contains("2222"));
-    wait_for("the policy to be stable again", Duration::from_secs(20), || stable(&d));
+    wait_for("the set rule to be removed", Duration::from_secs(120), || !ns.chain_text().contains("2222"));
+    wait_for("the policy to be stable again", Duration::from_secs(120), || stable(&d));
     assert_eq!(ns.open_ports(), vec![80, 443]);
     let chain = ns.chain_text();
     assert!(chain.contains("policy drop;"), "{chain}");

@@ -12,7 +12,7 @@ use common::processes_with_arg as with_marker;
 
 /// Waits until no process carries `marker`; otherwise kills the survivors and fails.
 fn wait_gone(marker: &str, what: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while !with_marker(marker).is_empty() {
         if std::time::Instant::now() >= deadline {
             let left = with_marker(marker);
@@ -59,7 +59,7 @@ fn a_pool_whose_command_execs_away_ends_degraded_with_a_bounded_number_of_starts
     let program = root().join("examples/demo/worker_pool/worker_pool.ved");
     let daemon = Daemon::start(&[program.to_str().unwrap(), "--ephemeral", "--config", config.to_str().unwrap()], None);
     let status = || daemon.get("/v1/instances/WorkerPool").1["status"].as_str().unwrap_or_default().to_string();
-    wait_for("the pool to be reported degraded", Duration::from_secs(60), || status() == "degraded");
+    wait_for("the pool to be reported degraded", Duration::from_secs(120), || status() == "degraded");
     // Nothing it started is running, and it started a bounded number of processes: one per
     // attempt until the breaker opened (the next probe is the cap, 10 minutes, away).
     let count = || std::fs::read_to_string(&starts).map(|s| s.lines().count()).unwrap_or(0);
@@ -108,7 +108,7 @@ fn a_clean_stop_ends_every_watcher_command_and_what_it_started() {
     .unwrap();
     let program = root().join("examples/demo/worker_pool/worker_pool.ved");
     let daemon = Daemon::start(&[program.to_str().unwrap(), "--ephemeral", "--config", config.to_str().unwrap()], None);
-    wait_for("both watchers' commands to run", Duration::from_secs(30), || {
+    wait_for("both watchers' commands to run", Duration::from_secs(120), || {
         !with_marker(&long).is_empty() && !with_marker(&probe).is_empty()
     });
     let (code, _) = daemon.terminate();
@@ -133,7 +133,7 @@ fn a_clean_stop_ends_an_intent_command_still_in_flight_with_its_children() {
     .unwrap();
     let program = root().join("examples/demo/worker_pool/worker_pool.ved");
     let daemon = Daemon::start(&[program.to_str().unwrap(), "--ephemeral", "--config", config.to_str().unwrap()], None);
-    wait_for("the intent's command to run", Duration::from_secs(30), || !with_marker(&marker).is_empty());
+    wait_for("the intent's command to run", Duration::from_secs(120), || !with_marker(&marker).is_empty());
     // Before the fix ved waited on that command for its whole timeout on the way out: fail, not hang.
     let mut daemon = daemon;
     std::process::Command::new("kill").args(["-TERM", &daemon.child.id().to_string()]).status().unwrap();

@@ -75,7 +75,7 @@ fn no_intent_reaches_an_adapter_before_its_slice_is_durable() {
     d.handle_line(1, r#"{"instance":"DatabaseRouting","set":{"primary_status":"failed"}}"#);
     d.handle_line(2, r#"{"instance":"DatabaseRouting","set":{"primary_status":"healthy"}}"#);
     while seen.lock().unwrap().len() < 3 {
-        rx.recv_timeout(std::time::Duration::from_secs(10)).expect("durability progresses");
+        rx.recv_timeout(std::time::Duration::from_secs(120)).expect("durability progresses");
         d.settle();
     }
     let out = String::from_utf8(d.finish().unwrap().into_inner()).unwrap();

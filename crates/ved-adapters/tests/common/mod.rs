@@ -32,7 +32,7 @@ pub fn kill_marked(marker: &str) {
 
 /// Polls `ok` until it holds; fails after a generous deadline.
 pub fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(120);
     while !ok() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(5));
@@ -42,7 +42,7 @@ pub fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
 /// Waits (generously) until no process carries `marker`; otherwise kills the
 /// survivors, so that a failing test leaves nothing running, and fails naming them.
 pub fn wait_gone(marker: &str, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let left = with_marker(marker);
         if left.is_empty() {
