@@ -143,7 +143,7 @@ impl fmt::Display for FrameError {
             }
             FrameError::OtherStore { found, expected } => write!(
                 f,
-                "its header (byte 0) says this file belongs to another store ({}), not this one ({})",
+                "its header (byte 0) says this file belongs to another store ({}), not this one ({}, as its manifest says)",
                 id_text(*found),
                 id_text(*expected)
             ),
