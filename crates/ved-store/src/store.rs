@@ -424,11 +424,19 @@ fn load(dir: &Path, mode: Mode) -> Result<(Recovered, Manifest), StoreError> {
             }
             Err(detail) if mode == Mode::Recover => {
                 rec.warnings.push(format!(
-                    "{} is damaged ({detail}); its records were not loaded and it was set aside as {}",
+                    "{} is damaged ({detail}); its records were not loaded, it was set aside as {} and an \
+                     empty checkpoint of this store takes its place",
                     cpath.display(),
                     cpath.with_extension("damaged").display()
                 ));
                 set_aside(&cpath)?;
+                // An empty checkpoint in its place keeps the generation whole: the next open (a
+                // crash may come before the next compaction) finds a checkpoint of this store,
+                // not a missing file.
+                let mut empty = frame::header(FileKind::Checkpoint, m.generation, m.id);
+                let end = serde_json::to_vec(&CheckpointEnd { end: 0 }).expect("serializes");
+                frame::write_record(&mut empty, &end);
+                write_atomic(dir, &checkpoint_name(m.generation), &empty)?;
             }
             Err(detail) => return Err(StoreError::Corrupt { path: cpath, detail }),
         }
@@ -561,8 +569,20 @@ fn load(dir: &Path, mode: Mode) -> Result<(Recovered, Manifest), StoreError> {
                     f.set_len(v.valid_len as u64).map_err(io(&apath))?;
                 }
             }
-            let have = v.entries.len() as u64;
-            let missing: String = loader.audit.iter().filter(|e| e.seq > have).map(|e| e.to_line()).collect();
+            // Only entries that continue the file's chain are restored. The log can also hold
+            // entries of a chain that `--recover` set aside (a damaged or foreign `audit.log`)
+            // until the next compaction; appending those would break the new chain. The
+            // manifest's count and head still catch any committed entry that is missing.
+            let mut want = v.entries.len() as u64 + 1;
+            let mut head = v.entries.last().map_or(genesis.as_str(), |e| e.hash.as_str());
+            let mut missing = String::new();
+            for e in &loader.audit {
+                if e.seq == want && e.prev == head {
+                    missing.push_str(&e.to_line());
+                    want += 1;
+                    head = &e.hash;
+                }
+            }
             if !missing.is_empty() {
                 text.push_str(&missing);
                 if mode != Mode::ReadOnly {

@@ -646,14 +646,17 @@ fn a_file_copied_in_from_another_store_is_refused_naming_it() {
             // The log after it still holds slices 6 to 8.
             "checkpoint-1" => assert_eq!(slice, 8),
             // The checkpoint's state stands; the log starts again, empty, as this store's.
-            "log-1" => {
-                assert_eq!(slice, 5);
-                let (_s, rec) = open(&dir).unwrap();
-                assert_eq!(rec.snapshots["WorkerPool"].snapshot.slice, 5);
-                assert_eq!(rec.store_id, Some(ida));
-            }
+            "log-1" => assert_eq!(slice, 5),
             _ => assert_eq!(slice, 8),
         }
+        // Repaired: a strict open works again, before any compaction, and keeps what it had.
+        // (After `audit.log` was set aside, the log still holds entries of the old chain: they
+        // are not restored onto the new one.)
+        let (s, again) = open(&dir).unwrap();
+        assert_eq!(again.snapshots["WorkerPool"].snapshot.slice, slice);
+        assert_eq!(again.store_id, Some(ida));
+        drop(s);
+        verify_audit(&dir).unwrap().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
     let _ = std::fs::remove_dir_all(&a);
