@@ -221,9 +221,39 @@ fn name_the_store(mut e: audit::AuditError, m: &Manifest) -> audit::AuditError {
     e
 }
 
+/// The identity in the header of `name`, when it has a readable header with one.
+fn id_in(dir: &Path, name: &str, kind: FileKind) -> Option<StoreId> {
+    let mut head = Vec::with_capacity(HEADER_LEN);
+    File::open(path_of(dir, name)).and_then(|f| f.take(HEADER_LEN as u64).read_to_end(&mut head)).ok()?;
+    frame::read_header(&head, kind).ok()?.id
+}
+
+/// A manifest copied in from another store makes every file of this one look foreign. When
+/// the checkpoint and the log agree on an identity that is not the manifest's, the manifest
+/// is the odd one out and is named, in every mode: `--recover` must not set the store's own
+/// files aside for it.
+fn check_manifest(dir: &Path, m: &Manifest) -> Result<(), StoreError> {
+    if m.generation == 0 {
+        return Ok(());
+    }
+    let checkpoint = id_in(dir, &checkpoint_name(m.generation), FileKind::Checkpoint);
+    match (checkpoint, id_in(dir, &log_name(m.generation), FileKind::Log)) {
+        (Some(c), Some(l)) if c == l && Some(c) != m.id => Err(StoreError::Corrupt {
+            path: path_of(dir, "manifest"),
+            detail: format!(
+                "its header (byte 0) names a store with {}, but this store's checkpoint and log both carry id {c}: \
+                 the manifest belongs to another store",
+                frame::id_text(m.id)
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Checks the headers of the current generation's checkpoint and log: they must be of
 /// that generation and of the store the manifest names. Reads only the headers.
 fn check_identity(dir: &Path, m: &Manifest) -> Result<(), StoreError> {
+    check_manifest(dir, m)?;
     let mut files = vec![(log_name(m.generation), FileKind::Log)];
     if m.generation > 0 {
         files.push((checkpoint_name(m.generation), FileKind::Checkpoint));
@@ -407,6 +437,7 @@ fn load(dir: &Path, mode: Mode) -> Result<(Recovered, Manifest), StoreError> {
     let mpath = path_of(dir, "manifest");
     let bytes = fs::read(&mpath).map_err(io(&mpath))?;
     let mut m = Manifest::decode(&mpath, &bytes)?;
+    check_manifest(dir, &m)?;
     let mut rec = Recovered { generation: m.generation, store_id: m.id, ..Recovered::default() };
     let mut loader = Loader::default();
 

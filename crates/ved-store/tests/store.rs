@@ -728,3 +728,29 @@ fn a_new_stores_audit_chain_starts_from_a_genesis_of_its_own() {
     let _ = std::fs::remove_dir_all(&a);
     let _ = std::fs::remove_dir_all(&b);
 }
+
+#[test]
+fn a_manifest_of_another_store_is_named_and_recover_sets_nothing_aside() {
+    // The checkpoint and the log agree with each other, not with the manifest: the manifest
+    // is the foreign file, and recovering must not set the store's own files aside for it.
+    let a = populated("ident-manifest-a");
+    let b = populated("ident-manifest-b");
+    let dir = with_file_of("ident-manifest", &a, &b, "manifest");
+    for e in [open(&dir).err(), read_only(&dir).err(), verify_audit(&dir).err()] {
+        match e {
+            Some(StoreError::Corrupt { path, detail }) => {
+                assert!(path.ends_with("manifest"), "blamed {}", path.display());
+                assert!(detail.contains("the manifest belongs to another store"), "{detail}");
+            }
+            other => panic!("expected the manifest to be named, got {other:?}"),
+        }
+    }
+    assert!(Store::open(&dir, Durability::Fsync, true, Box::new(|_| {})).is_err());
+    assert_eq!(files(&dir).len(), 4, "nothing set aside: {:?}", files(&dir));
+    for name in ["checkpoint-1", "log-1", "audit.log"] {
+        assert_eq!(std::fs::read(dir.join(name)).unwrap(), std::fs::read(a.join(name)).unwrap(), "{name}");
+    }
+    for d in [a, b, dir] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
