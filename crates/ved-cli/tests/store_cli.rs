@@ -197,6 +197,66 @@ fn a_corrupt_store_stops_ved_run_unless_told_to_recover() {
 }
 
 #[test]
+fn a_file_of_another_store_stops_run_inspect_and_audit_verify() {
+    // Two stores of the same program: every file of either is intact; only whose it is differs.
+    let mut stores = Vec::new();
+    for (tag, workers) in [("ident-a", 2), ("ident-b", 3)] {
+        let dir = tempdir(tag);
+        let input = format!("{{\"instance\":\"WorkerPool\",\"set\":{{\"workers\":{workers}}}}}\n");
+        let (code, _, err) =
+            ved(&["run", "examples/worker_pool.ved", "--stdin", "--data-dir", dir.to_str().unwrap()], &input);
+        assert_eq!(code, 0, "{err}");
+        stores.push(dir);
+    }
+    let (a, b) = (&stores[0], &stores[1]);
+    for name in ["checkpoint-1", "log-1", "audit.log"] {
+        let dir = tempdir(&format!("ident-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for e in std::fs::read_dir(a).unwrap() {
+            let p = e.unwrap().path();
+            if p.file_name().unwrap() != "lock" {
+                std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+            }
+        }
+        std::fs::copy(b.join(name), dir.join(name)).unwrap();
+        let d = dir.to_str().unwrap();
+        let named = |what: &str, err: &str| {
+            // `ved audit verify` names the chain's file by its line: "DIR: audit.log line 1: ...".
+            let file = err.contains(&format!("{d}/{name}")) || err.contains(&format!("{d}: {name} line 1:"));
+            assert!(file, "{what} with {name} of another store: {err}");
+            assert!(err.contains("another store") && err.contains("this one (id "), "{what}: {err}");
+        };
+
+        let (code, out, err) = common::ved_text(&["inspect", "--data-dir", d], "");
+        assert_eq!(code, 1, "inspect with {name} of another store: {out}{err}");
+        assert!(out.is_empty(), "{out}");
+        named("inspect", &err);
+
+        let (code, ev, err) = ved(&["run", "examples/worker_pool.ved", "--stdin", "--data-dir", d], "");
+        assert_eq!(code, 1, "run with {name} of another store: {err}");
+        assert!(ev.is_empty(), "{ev:?}");
+        named("run", &err);
+        assert!(err.contains("--recover"), "{err}");
+
+        let (code, out, err) = common::ved_text(&["audit", "verify", "--data-dir", d], "");
+        assert_eq!(code, 1, "audit verify with {name} of another store: {out}{err}");
+        assert!(!out.contains("ok:"), "{out}");
+        named("audit verify", &err);
+
+        // Refusing changed nothing.
+        assert_eq!(std::fs::read(dir.join(name)).unwrap(), std::fs::read(b.join(name)).unwrap());
+        // `--recover` sets it aside, as a damaged file, and the store is whole again.
+        let (code, _, err) = ved(&["run", "examples/worker_pool.ved", "--stdin", "--data-dir", d, "--recover"], "");
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains("another store") && err.contains(".damaged"), "{err}");
+        let (code, out, err) = common::ved_text(&["audit", "verify", "--data-dir", d], "");
+        assert_eq!(code, 0, "after --recover with {name} set aside: {out}{err}");
+        let (code, _, err) = common::ved_text(&["inspect", "--data-dir", d], "");
+        assert_eq!(code, 0, "{err}");
+    }
+}
+
+#[test]
 fn a_store_written_by_another_program_is_migrated_by_field_name_unless_a_type_changed() {
     let dir = tempdir("other-program");
     let d = dir.to_str().unwrap();

@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
 
-/// The `prev` of the first entry.
+/// The `prev` of the first entry in a chain not bound to a store (a cluster's per-instance
+/// chains, and stores begun before stores had an identity; a store's own genesis is
+/// derived from its identity, see `docs/store.md`).
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// What the runtime asks to be recorded; the store assigns the sequence and the hashes.
@@ -64,6 +66,9 @@ fn entry_hash(seq: u64, at_ms: u64, instance: &str, text: &str, prev: &str) -> S
     out
 }
 
+/// How [`verify_from`] says that the first entry does not start from the genesis asked for.
+pub const FOREIGN_GENESIS: &str = "its `prev` is not this chain's genesis: the log was begun by another store";
+
 /// The first entry that breaks the chain, and how.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuditError {
@@ -86,11 +91,16 @@ pub struct Verified {
     pub torn_tail: bool,
 }
 
-/// Checks the whole chain; `expect_count` and `expect_head` come from the
-/// manifest and catch entries removed from the end.
+/// Checks the whole chain from [`GENESIS`]; `expect_count` and `expect_head` come from
+/// the manifest and catch entries removed from the end.
 pub fn verify(text: &str, expect_count: u64, expect_head: &str) -> Result<Verified, AuditError> {
+    verify_from(text, GENESIS, expect_count, expect_head)
+}
+
+/// [`verify`] for a chain whose first `prev` is `genesis`.
+pub fn verify_from(text: &str, genesis: &str, expect_count: u64, expect_head: &str) -> Result<Verified, AuditError> {
     let mut entries: Vec<AuditEntry> = Vec::new();
-    let mut prev = GENESIS.to_string();
+    let mut prev = genesis.to_string();
     let mut offset = 0;
     let mut torn_tail = false;
     for (i, raw) in text.split_inclusive('\n').enumerate() {
@@ -107,6 +117,10 @@ pub fn verify(text: &str, expect_count: u64, expect_head: &str) -> Result<Verifi
                 line,
                 reason: format!("entry has sequence {}, expected {want_seq}: an entry was removed or reordered", e.seq),
             });
+        }
+        if e.prev != prev && line == 1 {
+            // The genesis names the chain's owner: a log begun elsewhere starts from another.
+            return Err(AuditError { line, reason: format!("{FOREIGN_GENESIS} ({})", e.prev) });
         }
         if e.prev != prev {
             return Err(AuditError {

@@ -10,10 +10,10 @@
 
 use crate::audit::{self, AuditDraft, AuditEntry, GENESIS};
 use crate::codec::{JournalEntry, Record, SnapshotRecord};
-use crate::frame::{self, FileKind, HEADER_LEN};
+use crate::frame::{self, FileKind, Header, StoreId, HEADER_LEN, HEADER_LEN_V2};
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,7 +38,11 @@ pub const JOURNAL_MAX: usize = 256;
 const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 /// Records one batch holds at most; more wait for the next batch.
 const BATCH_RECORDS_MAX: usize = 16_384;
-const MANIFEST_LEN: usize = HEADER_LEN + 8 + 8 + 64 + 4;
+/// The manifest's length from format 3 on: header, log length, audit count and head, the
+/// audit genesis byte, 3 reserved bytes, CRC.
+const MANIFEST_LEN: usize = HEADER_LEN + 8 + 8 + 64 + 1 + 3 + 4;
+/// The manifest's length in formats 1 and 2 (no identity, no genesis byte).
+const MANIFEST_LEN_V2: usize = HEADER_LEN_V2 + 8 + 8 + 64 + 4;
 
 /// Why the store cannot be used.
 #[derive(Debug)]
@@ -114,6 +118,9 @@ pub struct Recovered {
     pub retry: Option<(u64, u32, u64, u32)>,
     /// The confirmation deadline in force, when it was recorded.
     pub confirm_ms: Option<u64>,
+    /// The store's identity; `None` for a store from before identities until its next
+    /// compaction gives it one.
+    pub store_id: Option<StoreId>,
 }
 
 /// An instance's snapshots while a store is read: the latest, and older ones, oldest first.
@@ -127,38 +134,143 @@ struct Manifest {
     log_len: u64,
     audit_count: u64,
     audit_head: String,
+    /// The store's identity, which every file of the current generation carries in its
+    /// header. `None` for a store written before identities (format 2 or older).
+    id: Option<StoreId>,
+    /// The audit chain starts from [`GENESIS`] rather than from the identity's genesis: it
+    /// was begun before the store had an identity, and a chain is never rewritten.
+    legacy_genesis: bool,
 }
 
 impl Manifest {
+    /// The `prev` of this store's first audit entry: derived from the identity, so that an
+    /// `audit.log` begun by another store breaks at its first line.
+    fn genesis(&self) -> String {
+        match self.id {
+            Some(id) if !self.legacy_genesis => audit_genesis(id),
+            _ => GENESIS.to_string(),
+        }
+    }
+
     fn encode(&self) -> Vec<u8> {
-        let mut b = frame::header(FileKind::Manifest, self.generation).to_vec();
+        // A store without an identity keeps the manifest layout it had (version 2's).
+        let mut b = frame::header(FileKind::Manifest, self.generation, self.id);
+        let start = b.len();
         b.extend_from_slice(&self.log_len.to_le_bytes());
         b.extend_from_slice(&self.audit_count.to_le_bytes());
         let mut head = [b'0'; 64];
         head[..self.audit_head.len().min(64)]
             .copy_from_slice(&self.audit_head.as_bytes()[..self.audit_head.len().min(64)]);
         b.extend_from_slice(&head);
-        let crc = crc32fast::hash(&b[HEADER_LEN..]);
+        if self.id.is_some() {
+            b.push(self.legacy_genesis as u8);
+            b.extend_from_slice(&[0; 3]);
+        }
+        let crc = crc32fast::hash(&b[start..]);
         b.extend_from_slice(&crc.to_le_bytes());
         b
     }
 
     fn decode(path: &Path, b: &[u8]) -> Result<Manifest, StoreError> {
         let corrupt = |detail: String| StoreError::Corrupt { path: path.to_path_buf(), detail };
-        let generation = frame::read_header(b, FileKind::Manifest).map_err(|e| corrupt(e.to_string()))?;
-        if b.len() != MANIFEST_LEN {
-            return Err(corrupt(format!("it is {} bytes, expected {MANIFEST_LEN}", b.len())));
+        let h = frame::read_header(b, FileKind::Manifest).map_err(|e| corrupt(e.to_string()))?;
+        let len = if h.id.is_some() { MANIFEST_LEN } else { MANIFEST_LEN_V2 };
+        if b.len() != len {
+            return Err(corrupt(format!("it is {} bytes, expected {len}", b.len())));
         }
-        let body = &b[HEADER_LEN..MANIFEST_LEN - 4];
-        let crc = u32::from_le_bytes(b[MANIFEST_LEN - 4..].try_into().expect("4 bytes"));
+        let body = &b[h.len..len - 4];
+        let crc = u32::from_le_bytes(b[len - 4..].try_into().expect("4 bytes"));
         if crc32fast::hash(body) != crc {
             return Err(corrupt("checksum mismatch".into()));
         }
         let log_len = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
         let audit_count = u64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
         let audit_head = String::from_utf8_lossy(&body[16..80]).into_owned();
-        Ok(Manifest { generation, log_len, audit_count, audit_head })
+        let legacy_genesis = match body.get(80) {
+            None | Some(0) => false,
+            Some(1) => true,
+            Some(x) => return Err(corrupt(format!("{x} is not an audit genesis kind (byte {})", h.len + 80))),
+        };
+        Ok(Manifest { generation: h.generation, log_len, audit_count, audit_head, id: h.id, legacy_genesis })
     }
+
+    /// Checks that a header read from one of this store's files names this store.
+    fn check(&self, path: &Path, h: &Header) -> Result<(), StoreError> {
+        frame::check_store(h, self.id)
+            .map_err(|e| StoreError::Corrupt { path: path.to_path_buf(), detail: e.to_string() })
+    }
+}
+
+/// The genesis of the audit chain of the store `id`: the hex SHA-256 of a label and the
+/// identity. One-way, so an entry's `prev` does not tell a reader what the identity is;
+/// and no store's chain can be taken for another's, even when they record the same events.
+fn audit_genesis(id: StoreId) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"ved-store audit genesis\0");
+    h.update(id.0);
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An audit chain that does not start from this store's genesis was begun by another one:
+/// say which this one is.
+fn name_the_store(mut e: audit::AuditError, m: &Manifest) -> audit::AuditError {
+    if e.line == 1 && e.reason.starts_with(audit::FOREIGN_GENESIS) {
+        e.reason.push_str(&format!(", not by this one ({})", frame::id_text(m.id)));
+    }
+    e
+}
+
+/// The identity in the header of `name`, when it has a readable header with one.
+fn id_in(dir: &Path, name: &str, kind: FileKind) -> Option<StoreId> {
+    let mut head = Vec::with_capacity(HEADER_LEN);
+    File::open(path_of(dir, name)).and_then(|f| f.take(HEADER_LEN as u64).read_to_end(&mut head)).ok()?;
+    frame::read_header(&head, kind).ok()?.id
+}
+
+/// A manifest copied in from another store makes every file of this one look foreign. When
+/// the checkpoint and the log agree on an identity that is not the manifest's, the manifest
+/// is the odd one out and is named, in every mode: `--recover` must not set the store's own
+/// files aside for it.
+fn check_manifest(dir: &Path, m: &Manifest) -> Result<(), StoreError> {
+    if m.generation == 0 {
+        return Ok(());
+    }
+    let checkpoint = id_in(dir, &checkpoint_name(m.generation), FileKind::Checkpoint);
+    match (checkpoint, id_in(dir, &log_name(m.generation), FileKind::Log)) {
+        (Some(c), Some(l)) if c == l && Some(c) != m.id => Err(StoreError::Corrupt {
+            path: path_of(dir, "manifest"),
+            detail: format!(
+                "its header (byte 0) names a store with {}, but this store's checkpoint and log both carry id {c}: \
+                 the manifest belongs to another store",
+                frame::id_text(m.id)
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Checks the headers of the current generation's checkpoint and log: they must be of
+/// that generation and of the store the manifest names. Reads only the headers.
+fn check_identity(dir: &Path, m: &Manifest) -> Result<(), StoreError> {
+    check_manifest(dir, m)?;
+    let mut files = vec![(log_name(m.generation), FileKind::Log)];
+    if m.generation > 0 {
+        files.push((checkpoint_name(m.generation), FileKind::Checkpoint));
+    }
+    for (name, kind) in files {
+        let path = path_of(dir, &name);
+        let mut head = Vec::with_capacity(HEADER_LEN);
+        File::open(&path).and_then(|f| f.take(HEADER_LEN as u64).read_to_end(&mut head)).map_err(io(&path))?;
+        let h = frame::read_header(&head, kind)
+            .map_err(|e| StoreError::Corrupt { path: path.clone(), detail: e.to_string() })?;
+        m.check(&path, &h)?;
+        if h.generation != m.generation {
+            let detail = format!("it belongs to generation {}, the manifest says {}", h.generation, m.generation);
+            return Err(StoreError::Corrupt { path, detail });
+        }
+    }
+    Ok(())
 }
 
 fn path_of(dir: &Path, name: &str) -> PathBuf {
@@ -296,14 +408,17 @@ pub fn verify_audit(dir: &Path) -> Result<Result<usize, audit::AuditError>, Stor
     let mpath = path_of(dir, "manifest");
     let bytes = fs::read(&mpath).map_err(io(&mpath))?;
     let m = Manifest::decode(&mpath, &bytes)?;
+    // The log holds the latest entries too: a checkpoint or log of another store beside
+    // this chain is as untrustworthy as a broken link.
+    check_identity(dir, &m)?;
     let apath = path_of(dir, "audit.log");
     let text = match fs::read(&apath) {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(StoreError::Io { path: apath, err: e }),
     };
-    let found = audit::verify(&text, m.audit_count, &m.audit_head).map(|v| v.entries.len());
-    Ok(found.map_err(|mut e| {
+    let found = audit::verify_from(&text, &m.genesis(), m.audit_count, &m.audit_head).map(|v| v.entries.len());
+    Ok(found.map_err(|e| name_the_store(e, &m)).map_err(|mut e| {
         // `audit.log` is synced at compaction and on close; its latest entries are durable in
         // the log first. After a machine crash the file can lack them until the next start.
         let in_log = load(dir, Mode::ReadOnly).map(|(r, _)| r.audit.len() as u64).unwrap_or(0);
@@ -322,14 +437,15 @@ fn load(dir: &Path, mode: Mode) -> Result<(Recovered, Manifest), StoreError> {
     let mpath = path_of(dir, "manifest");
     let bytes = fs::read(&mpath).map_err(io(&mpath))?;
     let mut m = Manifest::decode(&mpath, &bytes)?;
-    let mut rec = Recovered { generation: m.generation, ..Recovered::default() };
+    check_manifest(dir, &m)?;
+    let mut rec = Recovered { generation: m.generation, store_id: m.id, ..Recovered::default() };
     let mut loader = Loader::default();
 
     // The checkpoint: all or nothing; it was written whole and renamed into place.
     if m.generation > 0 {
         let cpath = path_of(dir, &checkpoint_name(m.generation));
         let bytes = fs::read(&cpath).map_err(io(&cpath))?;
-        match read_checkpoint(&bytes, m.generation) {
+        match read_checkpoint(&bytes, m.generation, m.id) {
             Ok(records) => {
                 // About one instance per record in a fleet at rest: room for them once.
                 loader.reserve(records.len());
@@ -339,10 +455,19 @@ fn load(dir: &Path, mode: Mode) -> Result<(Recovered, Manifest), StoreError> {
             }
             Err(detail) if mode == Mode::Recover => {
                 rec.warnings.push(format!(
-                    "{} is damaged ({detail}); its records were not loaded and it was set aside",
-                    cpath.display()
+                    "{} is damaged ({detail}); its records were not loaded, it was set aside as {} and an \
+                     empty checkpoint of this store takes its place",
+                    cpath.display(),
+                    cpath.with_extension("damaged").display()
                 ));
                 set_aside(&cpath)?;
+                // An empty checkpoint in its place keeps the generation whole: the next open (a
+                // crash may come before the next compaction) finds a checkpoint of this store,
+                // not a missing file.
+                let mut empty = frame::header(FileKind::Checkpoint, m.generation, m.id);
+                let end = serde_json::to_vec(&CheckpointEnd { end: 0 }).expect("serializes");
+                frame::write_record(&mut empty, &end);
+                write_atomic(dir, &checkpoint_name(m.generation), &empty)?;
             }
             Err(detail) => return Err(StoreError::Corrupt { path: cpath, detail }),
         }
@@ -351,13 +476,36 @@ fn load(dir: &Path, mode: Mode) -> Result<(Recovered, Manifest), StoreError> {
     // The log: everything up to the committed length must be intact; past it, a crash may
     // have left an unfinished batch, which was never acknowledged.
     let lpath = path_of(dir, &log_name(m.generation));
-    let bytes = fs::read(&lpath).map_err(io(&lpath))?;
+    let mut bytes = fs::read(&lpath).map_err(io(&lpath))?;
     let corrupt = |detail: String| StoreError::Corrupt { path: lpath.clone(), detail };
-    match frame::read_header(&bytes, FileKind::Log) {
-        Ok(g) if g == m.generation => {}
-        Ok(g) => return Err(corrupt(format!("it belongs to generation {g}, the manifest says {}", m.generation))),
-        Err(e) => return Err(corrupt(e.to_string())),
-    }
+    // Whose file it is comes first: another store's file is foreign whatever its generation.
+    let header = frame::read_header(&bytes, FileKind::Log).map_err(|e| e.to_string()).and_then(|h| {
+        frame::check_store(&h, m.id).map_err(|e| e.to_string())?;
+        if h.generation != m.generation {
+            return Err(format!("it belongs to generation {}, the manifest says {}", h.generation, m.generation));
+        }
+        Ok(h)
+    });
+    let header = match header {
+        Ok(h) => h,
+        Err(detail) if mode == Mode::Recover => {
+            // A log whose header is damaged or names another store: none of its records can be
+            // trusted to be this store's. It is set aside whole and an empty log takes its place;
+            // the checkpoint's state stands.
+            set_aside(&lpath)?;
+            bytes = frame::header(FileKind::Log, m.generation, m.id);
+            write_atomic(dir, &log_name(m.generation), &bytes)?;
+            rec.warnings.push(format!(
+                "{} is damaged ({detail}); none of its records were loaded, it was moved to {} and an \
+                 empty log starts",
+                lpath.display(),
+                lpath.with_extension("damaged").display()
+            ));
+            m.log_len = bytes.len() as u64;
+            frame::read_header(&bytes, FileKind::Log).map_err(|e| corrupt(e.to_string()))?
+        }
+        Err(detail) => return Err(corrupt(detail)),
+    };
     if (bytes.len() as u64) < m.log_len && mode != Mode::Recover {
         return Err(corrupt(format!(
             "it is {} bytes long but {} bytes were committed: the file was truncated",
@@ -365,7 +513,7 @@ fn load(dir: &Path, mode: Mode) -> Result<(Recovered, Manifest), StoreError> {
             m.log_len
         )));
     }
-    let mut offset = HEADER_LEN;
+    let mut offset = header.len;
     let mut good_end = offset;
     // The records of the batch being read; applied at its `Commit`.
     let mut batch: Vec<Record> = Vec::new();
@@ -441,7 +589,8 @@ fn load(dir: &Path, mode: Mode) -> Result<(Recovered, Manifest), StoreError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(StoreError::Io { path: apath, err: e }),
     };
-    let checked = match audit::verify(&text, 0, GENESIS) {
+    let genesis = m.genesis();
+    let checked = match audit::verify_from(&text, &genesis, 0, &genesis) {
         Ok(v) => {
             if v.torn_tail {
                 text.truncate(v.valid_len);
@@ -451,8 +600,20 @@ fn load(dir: &Path, mode: Mode) -> Result<(Recovered, Manifest), StoreError> {
                     f.set_len(v.valid_len as u64).map_err(io(&apath))?;
                 }
             }
-            let have = v.entries.len() as u64;
-            let missing: String = loader.audit.iter().filter(|e| e.seq > have).map(|e| e.to_line()).collect();
+            // Only entries that continue the file's chain are restored. The log can also hold
+            // entries of a chain that `--recover` set aside (a damaged or foreign `audit.log`)
+            // until the next compaction; appending those would break the new chain. The
+            // manifest's count and head still catch any committed entry that is missing.
+            let mut want = v.entries.len() as u64 + 1;
+            let mut head = v.entries.last().map_or(genesis.as_str(), |e| e.hash.as_str());
+            let mut missing = String::new();
+            for e in &loader.audit {
+                if e.seq == want && e.prev == head {
+                    missing.push_str(&e.to_line());
+                    want += 1;
+                    head = &e.hash;
+                }
+            }
             if !missing.is_empty() {
                 text.push_str(&missing);
                 if mode != Mode::ReadOnly {
@@ -467,14 +628,15 @@ fn load(dir: &Path, mode: Mode) -> Result<(Recovered, Manifest), StoreError> {
                     ));
                 }
             }
-            audit::verify(&text, m.audit_count, &m.audit_head)
+            audit::verify_from(&text, &genesis, m.audit_count, &m.audit_head)
         }
         Err(e) => Err(e),
-    };
+    }
+    .map_err(|e| name_the_store(e, &m));
     match checked {
         Ok(v) => {
             m.audit_count = v.entries.len() as u64;
-            m.audit_head = v.entries.last().map(|e| e.hash.clone()).unwrap_or_else(|| GENESIS.to_string());
+            m.audit_head = v.entries.last().map_or(genesis, |e| e.hash.clone());
             rec.audit = v.entries;
         }
         Err(e) if mode == Mode::Recover => {
@@ -486,7 +648,7 @@ fn load(dir: &Path, mode: Mode) -> Result<(Recovered, Manifest), StoreError> {
                 aside.display()
             ));
             m.audit_count = 0;
-            m.audit_head = GENESIS.to_string();
+            m.audit_head = genesis;
         }
         Err(e) => return Err(StoreError::Corrupt { path: apath, detail: e.to_string() }),
     }
@@ -610,15 +772,16 @@ impl Loader {
     }
 }
 
-fn read_checkpoint(bytes: &[u8], generation: u64) -> Result<Vec<Record>, String> {
-    let g = frame::read_header(bytes, FileKind::Checkpoint).map_err(|e| e.to_string())?;
-    if g != generation {
-        return Err(format!("it belongs to generation {g}, expected {generation}"));
+fn read_checkpoint(bytes: &[u8], generation: u64, id: Option<StoreId>) -> Result<Vec<Record>, String> {
+    let h = frame::read_header(bytes, FileKind::Checkpoint).map_err(|e| e.to_string())?;
+    frame::check_store(&h, id).map_err(|e| e.to_string())?;
+    if h.generation != generation {
+        return Err(format!("it belongs to generation {}, expected {generation}", h.generation));
     }
     // First the frames, their checksums and the schemas, in order; then the records,
     // decoded on every core, since each needs only its bytes and the schemas.
-    let mut offset = HEADER_LEN;
-    let mut payloads: Vec<(usize, &[u8])> = Vec::with_capacity(count_frames(bytes));
+    let mut offset = h.len;
+    let mut payloads: Vec<(usize, &[u8])> = Vec::with_capacity(count_frames(bytes, h.len));
     let mut schemas = crate::bin::Schemas::default();
     loop {
         let (payload, next) = frame::read_record(bytes, offset).map_err(|e| e.to_string())?;
@@ -675,13 +838,13 @@ fn read_checkpoint(bytes: &[u8], generation: u64) -> Result<Vec<Record>, String>
     Ok(records)
 }
 
-/// About how many framed records follow the header, by their lengths alone (nothing is
+/// About how many framed records follow the header (ending at `start`), by their lengths alone (nothing is
 /// checked here; reading checks everything): room for a checkpoint's records is made once,
 /// not by doubling a million times over. It stops at the first frame that does not look
 /// like a record (a JSON object or a binary record's tag), and never counts more than one record per 32 bytes, so a damaged
 /// file cannot make it reserve more than the records it could hold.
-fn count_frames(bytes: &[u8]) -> usize {
-    let mut offset = HEADER_LEN;
+fn count_frames(bytes: &[u8], start: usize) -> usize {
+    let mut offset = start;
     let mut n = 0;
     while let Some(head) = bytes.get(offset..offset + frame::RECORD_HEADER_LEN) {
         let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
@@ -937,9 +1100,19 @@ impl Store {
             if !only_creation_leftovers(dir)? {
                 return Err(StoreError::Foreign { path: dir.to_path_buf() });
             }
-            // A new store: an empty log, then the manifest that makes it real.
-            write_atomic(dir, &log_name(0), &frame::header(FileKind::Log, 0))?;
-            let m = Manifest { generation: 0, log_len: HEADER_LEN as u64, audit_count: 0, audit_head: GENESIS.into() };
+            // A new store: its identity, an empty log, then the manifest that makes it real.
+            let id = StoreId::generate()
+                .map_err(|e| StoreError::Io { path: dir.to_path_buf(), err: std::io::Error::other(e) })?;
+            write_atomic(dir, &log_name(0), &frame::header(FileKind::Log, 0, Some(id)))?;
+            let mut m = Manifest {
+                generation: 0,
+                log_len: HEADER_LEN as u64,
+                audit_count: 0,
+                audit_head: String::new(),
+                id: Some(id),
+                legacy_genesis: false,
+            };
+            m.audit_head = m.genesis();
             write_atomic(dir, "manifest", &m.encode())?;
         }
         let (mut rec, manifest) = load(dir, if recover { Mode::Recover } else { Mode::Strict })?;
@@ -1255,7 +1428,8 @@ impl Writer {
     ) -> Result<Writer, StoreError> {
         let lpath = path_of(dir, &log_name(manifest.generation));
         let mut log = OpenOptions::new().read(true).write(true).open(&lpath).map_err(io(&lpath))?;
-        let mut head = [0u8; HEADER_LEN];
+        // The version is in the first bytes of every header, long or short.
+        let mut head = [0u8; HEADER_LEN_V2];
         log.read_exact_at(&mut head, 0).map_err(io(&lpath))?;
         let binary = frame::version(&head) >= 2;
         log.seek(SeekFrom::Start(manifest.log_len)).map_err(io(&lpath))?;
@@ -1525,7 +1699,17 @@ impl Writer {
         // The new generation's log holds no audit entries: `audit.log` must hold them first.
         self.sync_audit()?;
         let next = self.manifest.generation + 1;
-        let mut buf = frame::header(FileKind::Checkpoint, next).to_vec();
+        // A store from before identities gets one here, where every file of the generation
+        // it starts is written anew; its audit chain, if begun, keeps the genesis it has.
+        let id = match self.manifest.id {
+            Some(id) => id,
+            None => StoreId::generate().map_err(WriteError::Fatal)?,
+        };
+        let legacy_genesis = match self.manifest.id {
+            Some(_) => self.manifest.legacy_genesis,
+            None => self.manifest.audit_count > 0,
+        };
+        let mut buf = frame::header(FileKind::Checkpoint, next, Some(id));
         // The same encoding as a batch's, with numbers of its own: every schema first.
         let mut encoder = Encoder { binary: true, numbering: crate::bin::Numbering::default(), payload: Vec::new() };
         let encoded = encoder.encode(records).map_err(WriteError::Fatal)?;
@@ -1535,19 +1719,24 @@ impl Writer {
         buf.extend_from_slice(&encoded.frames);
         let end = serde_json::to_vec(&CheckpointEnd { end: records.len() as u64 }).expect("serializes");
         frame::write_record(&mut buf, &end);
-        let m = Manifest {
+        let mut m = Manifest {
             generation: next,
             log_len: HEADER_LEN as u64,
             audit_count: self.manifest.audit_count,
             audit_head: self.manifest.audit_head.clone(),
+            id: Some(id),
+            legacy_genesis,
         };
+        if m.audit_count == 0 {
+            m.audit_head = m.genesis();
+        }
         let (checkpoint, log) = (checkpoint_name(next), log_name(next));
         // Everything is written and synced before anything is renamed, and the manifest's
         // rename is the commit point of the new generation: until then nothing refers to the
         // new files, and a compaction that finds no space removes them all (opening would
         // too, but a long wait for space should not keep holding what they took).
         let staged = self.stage(&checkpoint, &buf).and_then(|c| {
-            let l = self.stage(&log, &frame::header(FileKind::Log, next))?;
+            let l = self.stage(&log, &frame::header(FileKind::Log, next, Some(id)))?;
             let mtmp = self.stage("manifest", &m.encode())?;
             self.commit_file(&c, &checkpoint)?;
             self.commit_file(&l, &log)?;
@@ -1611,16 +1800,16 @@ mod sizing {
 
     #[test]
     fn counting_frames_reserves_for_the_records_and_never_for_damage() {
-        let mut b = frame::header(FileKind::Checkpoint, 1).to_vec();
+        let mut b = frame::header(FileKind::Checkpoint, 1, Some(StoreId([7; 16])));
         for i in 0..5 {
             frame::write_record(&mut b, format!("{{\"kind\":\"commit\",\"at\":{i}}}").as_bytes());
         }
         frame::write_record(&mut b, b"{\"end\":5}");
-        assert_eq!(count_frames(&b), 6);
+        assert_eq!(count_frames(&b, HEADER_LEN), 6);
         // Zeros, garbage, a cut file: a bounded guess; reading reports the damage.
-        assert_eq!(count_frames(&vec![0; 1 << 20]), 0);
-        assert!(count_frames(&vec![0xff; 1 << 20]) <= (1 << 20) / 32);
-        assert_eq!(count_frames(&b[..b.len() - 3]), 6);
-        assert_eq!(count_frames(&b[..10]), 0);
+        assert_eq!(count_frames(&vec![0; 1 << 20], HEADER_LEN), 0);
+        assert!(count_frames(&vec![0xff; 1 << 20], HEADER_LEN) <= (1 << 20) / 32);
+        assert_eq!(count_frames(&b[..b.len() - 3], HEADER_LEN), 6);
+        assert_eq!(count_frames(&b[..10], HEADER_LEN), 0);
     }
 }

@@ -267,12 +267,13 @@ fn open_with_manifest_before(dir: &Path, before_batch: &[u8]) -> (Store, ved_sto
     let needle = b"{\"kind\":\"commit\"";
     let last = before_batch.windows(needle.len()).rposition(|w| w == needle).expect("an earlier commit");
     let end = last + before_batch[last..].iter().position(|b| *b == b'}').expect("closed") + 1;
-    // The manifest: a 24-byte header, the log length, the audit count and head, a CRC (docs/store.md).
+    // The manifest: a 40-byte header, the log length, the audit count and head, the genesis
+    // byte, 3 reserved, a CRC (docs/store.md).
     let mut m = std::fs::read(dir.join("manifest")).unwrap();
-    assert_eq!(m.len(), 108);
-    m[24..32].copy_from_slice(&(end as u64).to_le_bytes());
-    let crc = crc32fast::hash(&m[24..104]);
-    m[104..108].copy_from_slice(&crc.to_le_bytes());
+    assert_eq!(m.len(), 128);
+    m[40..48].copy_from_slice(&(end as u64).to_le_bytes());
+    let crc = crc32fast::hash(&m[40..124]);
+    m[124..128].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(dir.join("manifest"), &m).unwrap();
     open(dir).unwrap()
 }
@@ -400,7 +401,8 @@ fn latest(rec: &ved_store::Recovered) -> Vec<(String, u64, String)> {
 
 /// A header as format 1 wrote it (same layout, version 1, its own checksum).
 fn header_v1(kind: u8, generation: u64) -> Vec<u8> {
-    let mut h = ved_store::frame::header(ved_store::frame::FileKind::Log, generation).to_vec();
+    // Without an identity `header` writes version 2's 24 bytes.
+    let mut h = ved_store::frame::header(ved_store::frame::FileKind::Log, generation, None);
     h[8..10].copy_from_slice(&1u16.to_le_bytes());
     h[10] = kind;
     let crc = crc32fast::hash(&h[..20]);
@@ -409,7 +411,7 @@ fn header_v1(kind: u8, generation: u64) -> Vec<u8> {
 }
 
 #[test]
-fn a_format_1_store_is_read_and_rewritten_in_format_2_at_its_next_compaction() {
+fn a_format_1_store_is_read_and_rewritten_in_the_current_format_with_an_id_at_its_next_compaction() {
     let dir = tempdir("format1");
     std::fs::create_dir_all(&dir).unwrap();
     // A format-1 store, as an older ved left it: JSON records in log-0.
@@ -428,6 +430,7 @@ fn a_format_1_store_is_read_and_rewritten_in_format_2_at_its_next_compaction() {
 
     let (mut s, rec) = open(&dir).unwrap();
     assert_eq!(latest(&rec), [("a".to_string(), 1, "WorkerPool".to_string())]);
+    assert_eq!(rec.store_id, None, "an older store has no identity until its next compaction");
     // Appended to the format-1 log: still JSON there, so the file stays one format.
     let seq = s.append(vec![snap("a", 2, 4)], Vec::new());
     s.wait_durable(seq).unwrap();
@@ -438,9 +441,18 @@ fn a_format_1_store_is_read_and_rewritten_in_format_2_at_its_next_compaction() {
     s.wait_durable(seq).unwrap();
     s.close().unwrap();
     let cp = std::fs::read(dir.join("checkpoint-1")).unwrap();
-    assert_eq!(ved_store::frame::version(&cp), 2);
+    assert_eq!(ved_store::frame::version(&cp), ved_store::frame::VERSION);
     assert!(!cp.windows(8).any(|w| w == b"\"fields\""), "the checkpoint's snapshot is binary");
+    // The compaction gave the store its identity: the manifest and both new files carry it.
+    let id = |name: &str, kind| {
+        let bytes = std::fs::read(dir.join(name)).unwrap();
+        ved_store::frame::read_header(&bytes, kind).unwrap().id.expect("an identity")
+    };
+    use ved_store::frame::FileKind;
+    let store = id("manifest", FileKind::Manifest);
+    assert_eq!((id("checkpoint-1", FileKind::Checkpoint), id("log-1", FileKind::Log)), (store, store));
     let (_s, rec) = open(&dir).unwrap();
+    assert_eq!(rec.store_id, Some(store));
     assert_eq!(latest(&rec), [("a".to_string(), 2, "WorkerPool".to_string())]);
     assert_eq!(rec.snapshots["a"].snapshot.state, vec![Value::Int(4)]);
     assert_eq!(rec.journals["a"].len(), 1);
@@ -573,4 +585,171 @@ fn files_of_earlier_generations_are_removed_when_a_store_opens() {
     left.sort();
     assert_eq!(left, ["audit.log", "checkpoint-1", "lock", "log-0.damaged", "log-1", "manifest"]);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Copies every file of `from` (but its lock) into a new directory `tag`, then `name` from
+/// `other` over it.
+fn with_file_of(tag: &str, from: &Path, other: &Path, name: &str) -> PathBuf {
+    let dir = tempdir(tag);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in files(from) {
+        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(other.join(name), dir.join(name)).unwrap();
+    dir
+}
+
+#[test]
+fn a_file_copied_in_from_another_store_is_refused_naming_it() {
+    // Two stores with the same history: every file of one is intact, checksum for checksum,
+    // and the audit entries are the same ones; only the identity tells them apart.
+    let a = populated("ident-a");
+    let b = populated("ident-b");
+    let (ida, idb) = (read_only(&a).unwrap().store_id.unwrap(), read_only(&b).unwrap().store_id.unwrap());
+    assert_ne!(ida, idb, "each store draws its own identity");
+    for name in ["checkpoint-1", "log-1", "audit.log"] {
+        let dir = with_file_of(&format!("ident-{name}"), &a, &b, name);
+        let refused = |what: &str, e: StoreError| match e {
+            StoreError::Corrupt { path, detail } => {
+                assert!(path.ends_with(name), "{what} {name}: blamed {}", path.display());
+                assert!(detail.contains("another store") && detail.contains(&format!("id {ida}")), "{what}: {detail}");
+                if name != "audit.log" {
+                    // The header says whose the file is: both identities are named.
+                    assert!(detail.contains("header (byte 0)") && detail.contains(&format!("id {idb}")), "{detail}");
+                } else {
+                    assert!(detail.contains("line 1"), "{detail}");
+                }
+            }
+            other => panic!("{what} {name}: expected a corruption report, got {other}"),
+        };
+        refused("open", open(&dir).err().unwrap_or_else(|| panic!("{name} of another store was loaded")));
+        refused("read_only", read_only(&dir).err().unwrap_or_else(|| panic!("{name} of another store was read")));
+        match verify_audit(&dir) {
+            Err(e) => refused("verify_audit", e),
+            Ok(Err(e)) => {
+                assert_eq!((name, e.line), ("audit.log", 1), "{e}");
+                assert!(e.reason.contains("another store") && e.reason.contains(&format!("id {ida}")), "{e}");
+            }
+            Ok(Ok(n)) => panic!("audit verify passed with {name} of another store ({n} entries)"),
+        }
+        // Nothing was changed by refusing: every file is as it was.
+        assert_eq!(std::fs::read(dir.join(name)).unwrap(), std::fs::read(b.join(name)).unwrap());
+
+        // `--recover` treats it as a damaged file: set aside, none of it loaded, the rest kept.
+        let (s, rec) = Store::open(&dir, Durability::Fsync, true, Box::new(|_| {})).unwrap();
+        drop(s);
+        assert!(rec.warnings.iter().any(|w| w.contains(name) && w.contains("another store")), "{:?}", rec.warnings);
+        assert!(dir.join(Path::new(name).with_extension("damaged")).exists(), "{name} set aside");
+        let slice = rec.snapshots["WorkerPool"].snapshot.slice;
+        match name {
+            // The log after it still holds slices 6 to 8.
+            "checkpoint-1" => assert_eq!(slice, 8),
+            // The checkpoint's state stands; the log starts again, empty, as this store's.
+            "log-1" => assert_eq!(slice, 5),
+            _ => assert_eq!(slice, 8),
+        }
+        // Repaired: a strict open works again, before any compaction, and keeps what it had.
+        // (After `audit.log` was set aside, the log still holds entries of the old chain: they
+        // are not restored onto the new one.)
+        let (s, again) = open(&dir).unwrap();
+        assert_eq!(again.snapshots["WorkerPool"].snapshot.slice, slice);
+        assert_eq!(again.store_id, Some(ida));
+        drop(s);
+        verify_audit(&dir).unwrap().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let _ = std::fs::remove_dir_all(&a);
+    let _ = std::fs::remove_dir_all(&b);
+}
+
+#[test]
+fn a_store_from_before_identities_keeps_its_audit_chain_and_refuses_a_newer_stores_file() {
+    // A format-2 store with an audit chain from the constant genesis, as an older ved left it.
+    use ved_store::audit::GENESIS;
+    use ved_store::frame::{header, write_record, FileKind};
+    let dir = tempdir("pre-ident");
+    std::fs::create_dir_all(&dir).unwrap();
+    let e1 = ved_store::AuditEntry::new(1, GENESIS, &draft("old 1"));
+    let e2 = ved_store::AuditEntry::new(2, &e1.hash, &draft("old 2"));
+    let mut log = header(FileKind::Log, 0, None);
+    for r in [snap("a", 1, 3), Record::Audit(Box::new(e1.clone())), Record::Audit(Box::new(e2.clone()))] {
+        write_record(&mut log, &serde_json::to_vec(&r).unwrap());
+    }
+    write_record(&mut log, &serde_json::to_vec(&Record::Commit { at: 24 }).unwrap());
+    std::fs::write(dir.join("log-0"), &log).unwrap();
+    std::fs::write(dir.join("audit.log"), e1.to_line() + &e2.to_line()).unwrap();
+    let mut manifest = header(FileKind::Manifest, 0, None);
+    manifest.extend_from_slice(&(log.len() as u64).to_le_bytes());
+    manifest.extend_from_slice(&2u64.to_le_bytes());
+    manifest.extend_from_slice(e2.hash.as_bytes());
+    let crc = crc32fast::hash(&manifest[24..]);
+    manifest.extend_from_slice(&crc.to_le_bytes());
+    std::fs::write(dir.join("manifest"), &manifest).unwrap();
+    assert_eq!(verify_audit(&dir).unwrap().unwrap(), 2);
+
+    // A file of a store with an identity cannot be one of its own.
+    let newer = populated("pre-ident-newer");
+    std::fs::copy(newer.join("log-1"), dir.join("log-1")).unwrap();
+    std::fs::rename(dir.join("log-0"), dir.join("log-0.mine")).unwrap();
+    std::fs::copy(dir.join("log-1"), dir.join("log-0")).unwrap();
+    let err = read_only(&dir).expect_err("refused").to_string();
+    assert!(err.contains("another store") && err.contains("no id"), "{err}");
+    std::fs::rename(dir.join("log-0.mine"), dir.join("log-0")).unwrap();
+    std::fs::remove_file(dir.join("log-1")).unwrap();
+
+    // It runs, compacts (and so gets its identity), and its chain goes on from the old genesis.
+    let (mut s, rec) = open(&dir).unwrap();
+    assert_eq!((rec.store_id, rec.audit.len()), (None, 2));
+    s.append(vec![snap("a", 2, 4)], vec![draft("new 3")]);
+    let seq = s.compact(vec![snap("a", 2, 4)]);
+    s.wait_durable(seq).unwrap();
+    s.append(vec![snap("a", 3, 5)], vec![draft("new 4")]);
+    s.close().unwrap();
+    let (s, rec) = open(&dir).unwrap();
+    drop(s);
+    assert!(rec.store_id.is_some());
+    assert_eq!(rec.audit.iter().map(|e| e.text.as_str()).collect::<Vec<_>>(), ["old 1", "old 2", "new 3", "new 4"]);
+    assert_eq!(rec.audit[0].prev, GENESIS);
+    assert_eq!(verify_audit(&dir).unwrap().unwrap(), 4);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&newer);
+}
+
+#[test]
+fn a_new_stores_audit_chain_starts_from_a_genesis_of_its_own() {
+    let a = populated("genesis-a");
+    let b = populated("genesis-b");
+    let first = |d: &Path| read_only(d).unwrap().audit[0].clone();
+    let (fa, fb) = (first(&a), first(&b));
+    assert_eq!((fa.text.as_str(), fa.at_ms), (fb.text.as_str(), fb.at_ms), "the same event");
+    assert_ne!(fa.prev, fb.prev, "two stores' chains never start alike");
+    assert_ne!(fa.prev, ved_store::audit::GENESIS);
+    let _ = std::fs::remove_dir_all(&a);
+    let _ = std::fs::remove_dir_all(&b);
+}
+
+#[test]
+fn a_manifest_of_another_store_is_named_and_recover_sets_nothing_aside() {
+    // The checkpoint and the log agree with each other, not with the manifest: the manifest
+    // is the foreign file, and recovering must not set the store's own files aside for it.
+    let a = populated("ident-manifest-a");
+    let b = populated("ident-manifest-b");
+    let dir = with_file_of("ident-manifest", &a, &b, "manifest");
+    for e in [open(&dir).err(), read_only(&dir).err(), verify_audit(&dir).err()] {
+        match e {
+            Some(StoreError::Corrupt { path, detail }) => {
+                assert!(path.ends_with("manifest"), "blamed {}", path.display());
+                assert!(detail.contains("the manifest belongs to another store"), "{detail}");
+            }
+            other => panic!("expected the manifest to be named, got {other:?}"),
+        }
+    }
+    assert!(Store::open(&dir, Durability::Fsync, true, Box::new(|_| {})).is_err());
+    assert_eq!(files(&dir).len(), 4, "nothing set aside: {:?}", files(&dir));
+    for name in ["checkpoint-1", "log-1", "audit.log"] {
+        assert_eq!(std::fs::read(dir.join(name)).unwrap(), std::fs::read(a.join(name)).unwrap(), "{name}");
+    }
+    for d in [a, b, dir] {
+        let _ = std::fs::remove_dir_all(d);
+    }
 }
