@@ -260,23 +260,37 @@ pub fn run(
 }
 
 /// The audit key `ved run` authenticates entries with: `--audit-key`, else the config's
-/// `[store] audit_key`, else none.
+/// `[store] audit_key`, else none. A log already keyed goes on only with its own key.
 fn read_audit_key(opts: &RunOptions, flag: Option<&Path>) -> Result<Option<ved_store::AuditKey>, ExitCode> {
     let configured = opts.config.as_ref().and_then(|c| c.store.audit_key.as_deref());
-    let Some(path) = flag.or(configured) else { return Ok(None) };
+    let path = flag.or(configured);
     let Some(dir) = &opts.data_dir else {
-        // Only `[store] audit_key` gets here (`--audit-key` and `--ephemeral` exclude each other).
-        eprintln!("warning: `[store] audit_key` is ignored: with `--ephemeral` no audit log is written");
+        if path.is_some() {
+            // Only `[store] audit_key` gets here (`--audit-key` and `--ephemeral` exclude each other).
+            eprintln!("warning: `[store] audit_key` is ignored: with `--ephemeral` no audit log is written");
+        }
         return Ok(None);
     };
-    match ved_store::AuditKey::read(path, Some(dir)) {
-        Ok(k) => Ok(Some(k)),
+    let key = match path.map(|p| ved_store::AuditKey::read(p, Some(dir))).transpose() {
+        Ok(k) => k,
         Err(e) => {
             eprintln!("error: {e}");
             eprintln!("  = hint: {}", e.hint);
-            Err(ExitCode::from(2))
+            return Err(ExitCode::from(2));
         }
+    };
+    // A restart that forgot the key (or brought another) would break `ved audit verify --key`
+    // for good from its first entry: refused before anything is written.
+    let last = ved_store::audit::last_entry(&dir.join("audit.log")).unwrap_or(None);
+    if let Err(e) = ved_store::audit::check_continuity(last.as_ref(), key.as_ref()) {
+        eprintln!("error: {}: {e}", dir.display());
+        eprintln!(
+            "  = hint: pass `--audit-key FILE` (or `[store] audit_key` in ved.toml) with the key the log was \
+             written with; a data directory keeps one key for its lifetime"
+        );
+        return Err(ExitCode::from(2));
     }
+    Ok(key)
 }
 
 /// [`Driver::start`] on a store whose audit entries carry a `mac` made with `key`.
