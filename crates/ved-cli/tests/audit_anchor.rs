@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{guard_state_home, root, tempdir};
+use common::{guard_state_home, root, tempdir, wait_for, Daemon};
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -267,4 +267,33 @@ fn unusable_keys_and_anchors_are_usage_errors() {
     }
     // Nothing was written by the refused runs.
     assert_eq!(head(&dir), before);
+}
+
+#[test]
+fn a_running_daemon_keys_its_entries_and_its_anchor_can_be_taken_while_it_runs() {
+    const TOKEN: &str = "t0ken-for-tests";
+    let base = tempdir("anchor-daemon");
+    let key = base.join("audit.key");
+    std::fs::write(&key, "9d1c3f5e7a2b4d6f8e0a1c3e5f7b9d2a\n").unwrap();
+    let dir = base.join("data");
+    let (d, k) = (dir.to_str().unwrap(), key.to_str().unwrap());
+    let daemon = Daemon::start(&["examples/worker_pool.ved", "--data-dir", d, "--audit-key", k], Some(TOKEN));
+    let (s, r) = daemon.post("/v1/instances/WorkerPool/observations", Some(TOKEN), br#"{"workers": 2}"#);
+    assert_eq!(s, 200, "{r}");
+    // The boot entry and the drift's episode, committed while the daemon runs.
+    let mut anchor = String::new();
+    wait_for("two committed audit entries", std::time::Duration::from_secs(30), || {
+        anchor = head(&dir);
+        count(&anchor) >= 2
+    });
+    let out = audit(&dir, &["verify", "--head", &anchor, "--key", k]);
+    assert!(out.status.success(), "verified while the daemon runs: {}", text(&out.stderr));
+    let (s, a) = daemon.get("/v1/audit");
+    assert_eq!(s, 200);
+    let entries = a["entries"].as_array().unwrap();
+    assert!(entries.iter().all(|e| e["mac"].as_str().is_some_and(|m| m.len() == 64)), "{a}");
+    let (code, _) = daemon.terminate();
+    assert_eq!(code, 0);
+    let out = audit(&dir, &["verify", "--head", &anchor, "--key", k]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }
