@@ -390,6 +390,9 @@ fn audit_verify_chains(src: &Source, as_json: bool) -> ExitCode {
         let text: String = chain.iter().map(AuditEntry::to_line).collect();
         let head = chain.last().map_or(ved_store::audit::GENESIS, |e| e.hash.as_str());
         if let Err(e) = ved_store::audit::verify(&text, chain.len() as u64, head) {
+            if as_json {
+                println!("{}", json!({"ok": false, "instance": instance, "line": e.line, "error": e.reason}));
+            }
             eprintln!("error: the audit chain of `{instance}` in {}: {e}", src.name());
             eprintln!("  = hint: entries from this one on cannot be trusted; compare with an etcd backup");
             return ExitCode::from(1);

@@ -91,7 +91,8 @@ fn forge(dir: &Path, remove: u64, forged: &[&str], strip_macs: bool) {
         e["text"] = Json::from(*t);
         new.push(e);
     }
-    let mut prev = "0".repeat(64);
+    // The chain starts where the original did (the genesis is whatever its first `prev` was).
+    let mut prev = new[0]["prev"].as_str().unwrap().to_string();
     for (i, e) in new.iter_mut().enumerate() {
         e["seq"] = Json::from(i as u64 + 1);
         e["prev"] = Json::from(prev.clone());
