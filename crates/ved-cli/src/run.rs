@@ -279,6 +279,19 @@ fn read_audit_key(opts: &RunOptions, flag: Option<&Path>) -> Result<Option<ved_s
             return Err(ExitCode::from(2));
         }
     };
+    if let Some(p) = path {
+        use std::os::unix::fs::PermissionsExt;
+        // Warned, not refused (a key shared with a group of operators may be deliberate): a
+        // key anyone on the host can read authenticates nothing.
+        let mode = std::fs::metadata(p).map(|m| m.permissions().mode()).unwrap_or(0);
+        if mode & 0o077 != 0 {
+            eprintln!(
+                "warning: the audit key {} is readable or writable by others (mode {:o}); `chmod 400` it",
+                p.display(),
+                mode & 0o777
+            );
+        }
+    }
     // A restart that forgot the key (or brought another) would break `ved audit verify --key`
     // for good from its first entry: refused before anything is written.
     let last = ved_store::audit::last_entry(&dir.join("audit.log")).unwrap_or(None);

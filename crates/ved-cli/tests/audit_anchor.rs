@@ -298,3 +298,19 @@ fn a_running_daemon_keys_its_entries_and_its_anchor_can_be_taken_while_it_runs()
     let out = audit(&dir, &["verify", "--head", &anchor, "--key", k]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+#[test]
+fn a_key_others_can_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let base = tempdir("anchor-mode");
+    let key = base.join("audit.key");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef").unwrap();
+    let dir = base.join("data");
+    let (d, k) = (dir.to_str().unwrap(), key.to_str().unwrap());
+    for (mode, warned) in [(0o644, true), (0o400, false)] {
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+        let out = ved(&["run", "--stdin", "--data-dir", d, "--audit-key", k, PROGRAM], "");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stderr).contains("is readable or writable by others"), warned, "{mode:o}");
+    }
+}

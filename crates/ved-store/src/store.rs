@@ -1011,7 +1011,7 @@ impl Store {
     /// batch: a key that arrived mid-run would leave entries of one run on both sides of it.
     pub fn set_audit_key(&mut self, key: audit::AuditKey) -> Result<(), String> {
         if self.next_seq > 0 {
-            return Err("the audit key is set before the first batch".into());
+            return Err("the audit key must be set before the first batch".into());
         }
         self.shared.audit_key.set(key).map_err(|_| "the audit key is already set".to_string())
     }
