@@ -24,6 +24,8 @@ pub struct Config {
     pub resync: ResyncConfig,
     #[serde(default)]
     pub api: ApiConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
     /// `[[instance]]`: instances declared by name, with their domain, initial state and
     /// per-instance adapter overrides.
     #[serde(default, rename = "instance")]
@@ -300,6 +302,16 @@ impl Default for ApiConfig {
     }
 }
 
+/// `[store]`: settings of the data directory.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// A file holding the key that authenticates audit entries (`--audit-key` overrides
+    /// it). A relative path is taken from the directory of `ved.toml`.
+    #[serde(default)]
+    pub audit_key: Option<std::path::PathBuf>,
+}
+
 impl Config {
     /// A command given as a relative path with a `/` in it (`./probe.sh`, `scripts/dns.sh`)
     /// is taken relative to the directory of `ved.toml`, so a configuration and its scripts
@@ -315,6 +327,12 @@ impl Config {
         };
         for a in self.adapters.values_mut() {
             resolve(&mut a.command);
+        }
+        // The audit key too, for the same reason: `ved run` may start from any directory.
+        if let Some(k) = &mut self.store.audit_key {
+            if k.is_relative() {
+                *k = config_dir.join(&*k);
+            }
         }
         for w in &mut self.watch {
             resolve(&mut w.get_mut().command);
@@ -340,7 +358,7 @@ pub fn parse_config(file: FileId, text: &str) -> Result<Config, Diagnostic> {
         // toml's message repeats the location; keep its first line, which says what is wrong.
         let msg = e.message().lines().next().unwrap_or("invalid configuration").to_string();
         Diagnostic::error(at, format!("invalid ved.toml: {msg}")).with_hint(
-            "the sections are [adapters.NAME], [[watch]], [[instance]], [retry], [resync] and [api]; see docs/reference.md",
+            "the sections are [adapters.NAME], [[watch]], [[instance]], [retry], [resync], [api] and [store]; see docs/reference.md",
         )
     })
 }
@@ -791,5 +809,18 @@ mod tests {
         assert_eq!(cmd("B"), vec!["pg_isready".to_string()], "a bare name stays for PATH lookup");
         assert_eq!(c.watch[0].get_ref().command, vec!["/etc/ved/scripts/probe.sh".to_string()]);
         assert_eq!(c.watch[1].get_ref().command, vec!["/usr/bin/true".to_string()]);
+    }
+
+    #[test]
+    fn the_audit_key_path_is_taken_from_the_configuration_directory() {
+        let mut c = parse_config(FileId(0), "[store]\naudit_key = \"keys/audit.key\"\n").unwrap();
+        c.resolve_commands(std::path::Path::new("/etc/ved"));
+        assert_eq!(c.store.audit_key.as_deref(), Some(std::path::Path::new("/etc/ved/keys/audit.key")));
+        let mut c = parse_config(FileId(0), "[store]\naudit_key = \"/secure/audit.key\"\n").unwrap();
+        c.resolve_commands(std::path::Path::new("/etc/ved"));
+        assert_eq!(c.store.audit_key.as_deref(), Some(std::path::Path::new("/secure/audit.key")));
+        let e = parse_config(FileId(0), "[store]\naudit_keys = \"k\"\n").unwrap_err();
+        assert!(e.message.contains("audit_keys"), "{}", e.message);
+        assert_eq!(parse_config(FileId(0), "").unwrap().store.audit_key, None);
     }
 }

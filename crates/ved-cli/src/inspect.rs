@@ -4,11 +4,12 @@
 
 use serde_json::json;
 use std::collections::{BTreeMap, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use ved_runtime::Phase;
-use ved_store::{read_only, verify_audit, AuditEntry, JournalEntry, StoreError};
+use ved_store::audit::{check_macs, Chain};
+use ved_store::{read_only, verified_audit, Anchor, AuditEntry, AuditKey, JournalEntry, StoreError};
 
 /// Where the state is read from.
 pub enum Source {
@@ -237,33 +238,149 @@ pub fn audit(src: &Source, as_json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-pub fn audit_verify(src: &Source) -> ExitCode {
-    let dir = match src {
-        Source::Dir(d) => d,
-        Source::Cluster { .. } => return audit_verify_chains(src),
-    };
-    match verify_audit(dir) {
-        Ok(Ok(n)) => {
-            println!("ok: {n} audit entries, hash chain intact");
-            ExitCode::SUCCESS
-        }
-        Ok(Err(e)) => {
-            eprintln!("error: {}: {e}", dir.display());
-            eprintln!(
-                "  = hint: entries from this one on cannot be trusted; compare with a backup or an external copy"
-            );
-            ExitCode::from(1)
-        }
+/// A data directory's verified chain, or the exit code after saying why there is none.
+fn verified(dir: &Path, as_json: bool) -> Result<Chain, ExitCode> {
+    match verified_audit(dir) {
+        Ok(Ok(chain)) => Ok(chain),
+        Ok(Err(e)) => Err(failed(
+            dir,
+            &e,
+            "entries from this one on cannot be trusted; compare with a backup or an external copy",
+            as_json,
+        )),
         Err(e) => {
+            if as_json {
+                println!("{}", json!({"ok": false, "error": e.to_string()}));
+            }
             report(&e);
-            ExitCode::from(1)
+            Err(ExitCode::from(1))
         }
     }
 }
 
+/// Reports a check that failed: exit 1.
+fn failed(dir: &Path, e: &ved_store::AuditError, hint: &str, as_json: bool) -> ExitCode {
+    if as_json {
+        println!("{}", json!({"ok": false, "line": e.line, "error": e.reason}));
+    }
+    eprintln!("error: {}: {e}", dir.display());
+    eprintln!("  = hint: {hint}");
+    ExitCode::from(1)
+}
+
+/// `--head`, `--key` and `ved audit head` read a data directory's one chain.
+fn dir_only(src: &Source, what: &str) -> Result<PathBuf, ExitCode> {
+    match src {
+        Source::Dir(d) => Ok(d.clone()),
+        Source::Cluster { .. } => {
+            eprintln!(
+                "error: {what} reads a data directory's audit log; a cluster keeps one chain per instance in etcd"
+            );
+            eprintln!("  = hint: pass `--data-dir DIR`, or use `ved audit verify --cluster URLS` without it");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// `ved audit head`: the anchor of the committed log, once its chain is verified.
+pub fn audit_head(src: &Source, as_json: bool) -> ExitCode {
+    let dir = match dir_only(src, "`ved audit head`") {
+        Ok(d) => d,
+        Err(c) => return c,
+    };
+    let chain = match verified(&dir, as_json) {
+        Ok(c) => c,
+        Err(c) => return c,
+    };
+    let anchor = chain.anchor();
+    if as_json {
+        println!("{}", json!({"count": anchor.count, "hash": anchor.hash, "anchor": anchor.to_string()}));
+    } else {
+        println!("{anchor}");
+    }
+    ExitCode::SUCCESS
+}
+
+/// `ved audit verify`: the hash chain, and with `head` and `key`, what was kept outside
+/// the directory. Exit 0 ok, 1 a check failed or the log cannot be read, 2 a usage error.
+pub fn audit_verify(src: &Source, head: Option<&Anchor>, key: Option<&Path>, as_json: bool) -> ExitCode {
+    let dir = match src {
+        Source::Dir(d) => d.clone(),
+        Source::Cluster { .. } if head.is_none() && key.is_none() => return audit_verify_chains(src, as_json),
+        Source::Cluster { .. } => match dir_only(src, "`--head` or `--key`") {
+            Ok(d) => d,
+            Err(c) => return c,
+        },
+    };
+    // The key first: an unusable one is a usage error, whatever the log holds.
+    let key = match key.map(|k| AuditKey::read(k, Some(&dir))).transpose() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("  = hint: {}", e.hint);
+            return ExitCode::from(2);
+        }
+    };
+    let chain = match verified(&dir, as_json) {
+        Ok(c) => c,
+        Err(c) => return c,
+    };
+    let n = chain.entries.len();
+    let mut said = format!("ok: {n} audit entries, hash chain intact");
+    if let Some(anchor) = head {
+        if let Err(e) = chain.check_anchor(anchor) {
+            let hint = "the log no longer holds what it held when the anchor was recorded: it was rewritten or \
+                        cut since; compare with a backup or an external copy";
+            return failed(&dir, &e, hint, as_json);
+        }
+        said.push_str(&format!(", entry {} matches the anchor", anchor.count));
+    }
+    let mut keyed = None;
+    if let Some(key) = &key {
+        match check_macs(&chain.entries, key) {
+            Ok(r) => {
+                match r.first_keyed {
+                    Some(1) | None => said.push_str(&format!(", {} macs valid", r.keyed)),
+                    Some(f) => said.push_str(&format!(
+                        ", {} macs valid (entries 1-{} predate the key; entry {f}'s mac covers them)",
+                        r.keyed,
+                        f - 1
+                    )),
+                }
+                keyed = Some(r.keyed);
+            }
+            Err(e) => {
+                let hint = "entries from this one on were not written by a `ved run` holding this key; compare \
+                            with a backup or an external copy";
+                return failed(&dir, &e, hint, as_json);
+            }
+        }
+    }
+    if as_json {
+        let line = json!({
+            "ok": true, "entries": n, "anchor": chain.anchor().to_string(),
+            "head_checked": head.map(|a| a.to_string()), "macs_checked": keyed,
+        });
+        println!("{line}");
+    } else {
+        println!("{said}");
+    }
+    if head.is_none() && key.is_none() {
+        // Said every time, because it is what an `ok` here cannot mean.
+        let macs = chain.entries.iter().filter(|e| e.mac.is_some()).count();
+        eprintln!(
+            "note: the chain alone does not show a log rewritten by someone who can write {}; check it \
+             against an anchor kept elsewhere (`--head N:HASH`, from `ved audit head`){}",
+            dir.display(),
+            if macs > 0 { format!(" or the key ({macs} entries carry a mac: `--key FILE`)") } else { String::new() }
+        );
+    }
+    ExitCode::SUCCESS
+}
+
 /// A cluster keeps one chain per instance (it moves with the instance): each must link
 /// from the genesis hash, sequence by sequence.
-fn audit_verify_chains(src: &Source) -> ExitCode {
+fn audit_verify_chains(src: &Source, as_json: bool) -> ExitCode {
     let view = match open(src) {
         Ok(v) => v,
         Err(c) => return c,
@@ -273,12 +390,19 @@ fn audit_verify_chains(src: &Source) -> ExitCode {
         let text: String = chain.iter().map(AuditEntry::to_line).collect();
         let head = chain.last().map_or(ved_store::audit::GENESIS, |e| e.hash.as_str());
         if let Err(e) = ved_store::audit::verify(&text, chain.len() as u64, head) {
+            if as_json {
+                println!("{}", json!({"ok": false, "instance": instance, "line": e.line, "error": e.reason}));
+            }
             eprintln!("error: the audit chain of `{instance}` in {}: {e}", src.name());
             eprintln!("  = hint: entries from this one on cannot be trusted; compare with an etcd backup");
             return ExitCode::from(1);
         }
         total += chain.len();
     }
-    println!("ok: {total} audit entries in {} chains, each hash chain intact", view.chains.len());
+    if as_json {
+        println!("{}", json!({"ok": true, "entries": total, "chains": view.chains.len()}));
+    } else {
+        println!("ok: {total} audit entries in {} chains, each hash chain intact", view.chains.len());
+    }
     ExitCode::SUCCESS
 }

@@ -76,7 +76,7 @@ enum Command {
         listen: std::net::SocketAddr,
         /// Cluster mode: etcd client URLs, comma-separated. State lives in etcd, and the
         /// program's instances are shared among the nodes.
-        #[arg(long, value_name = "URLS", value_delimiter = ',', requires = "node_id", conflicts_with_all = ["stdin", "data_dir", "ephemeral", "durability", "recover"])]
+        #[arg(long, value_name = "URLS", value_delimiter = ',', requires = "node_id", conflicts_with_all = ["stdin", "data_dir", "ephemeral", "durability", "recover", "audit_key"])]
         cluster: Vec<String>,
         /// Cluster mode: this node's name, unique in the cluster.
         #[arg(long, value_name = "N")]
@@ -104,7 +104,7 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
         /// Keep no state at all: nothing is written, and a restart starts afresh.
-        #[arg(long, conflicts_with_all = ["data_dir", "durability", "recover"])]
+        #[arg(long, conflicts_with_all = ["data_dir", "durability", "recover", "audit_key"])]
         ephemeral: bool,
         /// `fsync`: a batch counts as durable once fsynced (default). `none`: once written
         /// (survives a crash of ved, not of the machine; for tests and benchmarks).
@@ -113,6 +113,11 @@ enum Command {
         /// Start even if the store is damaged: load the last good snapshots and set the damage aside.
         #[arg(long)]
         recover: bool,
+        /// Authenticate every new audit entry with the key in this file (an HMAC-SHA256 `mac`,
+        /// checked by `ved audit verify --key FILE`). The file must live outside the data
+        /// directory. Overrides `[store] audit_key` in the config.
+        #[arg(long, value_name = "FILE")]
+        audit_key: Option<PathBuf>,
     },
     /// Re-execute an instance's journaled messages from its retained snapshot and check
     /// that every state and intent comes out the same; report the first divergence.
@@ -166,13 +171,14 @@ enum Command {
         #[arg(long, value_name = "PREFIX", default_value = "/ved")]
         cluster_prefix: String,
     },
-    /// Print the audit log, or check its hash chain with `ved audit verify`.
+    /// Print the audit log, check it with `ved audit verify`, or print its anchor with
+    /// `ved audit head`.
     Audit {
         #[command(flatten)]
         from: From,
         #[command(subcommand)]
         action: Option<AuditAction>,
-        #[arg(long)]
+        #[arg(long, global = true)]
         json: bool,
         /// With `--cluster`: the nodes' key prefix in etcd.
         #[arg(long, value_name = "PREFIX", default_value = "/ved", global = true)]
@@ -206,8 +212,24 @@ impl From {
 
 #[derive(Subcommand)]
 enum AuditAction {
-    /// Check that no entry was edited, removed or reordered.
-    Verify,
+    /// Check that no entry was edited, removed or reordered. The chain alone cannot show a
+    /// log rewritten whole by someone who can write the data directory: `--head` and `--key`
+    /// check it against something kept outside. Exit 0 ok, 1 the check failed or the log
+    /// cannot be read, 2 a usage error (a bad anchor, an unusable key file).
+    Verify {
+        /// An anchor `N:HASH` printed earlier by `ved audit head` and kept outside the data
+        /// directory: entry N must still be there with that hash. Entries after it are fine.
+        #[arg(long, value_name = "N:HASH")]
+        head: Option<ved_store::Anchor>,
+        /// The audit key file `ved run` was given (`--audit-key`, `[store] audit_key`): every
+        /// entry's mac is checked.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
+    /// Print the anchor of the committed log, `N:HASH` (its entry count and the hash of its
+    /// last entry), once its chain is verified. Record it outside the data directory and
+    /// check the log against it later with `ved audit verify --head N:HASH`.
+    Head,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -240,6 +262,7 @@ fn main() -> ExitCode {
             ephemeral,
             durability,
             recover,
+            audit_key,
         } => {
             if !cluster.is_empty() {
                 let opts = run::RunOptions {
@@ -297,6 +320,7 @@ fn main() -> ExitCode {
                     flush: ved_store::Flush::Background,
                 },
                 mode,
+                audit_key.as_deref(),
             )
         }
         Command::Replay { data_dir, instance, program, json } => {
@@ -315,7 +339,10 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Audit { from, action, json, cluster_prefix } => match (from.source(cluster_prefix), action) {
-            (Ok(src), Some(AuditAction::Verify)) => inspect::audit_verify(&src),
+            (Ok(src), Some(AuditAction::Verify { head, key })) => {
+                inspect::audit_verify(&src, head.as_ref(), key.as_deref(), json)
+            }
+            (Ok(src), Some(AuditAction::Head)) => inspect::audit_head(&src, json),
             (Ok(src), None) => inspect::audit(&src, json),
             (Err(code), _) => code,
         },

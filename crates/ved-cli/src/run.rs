@@ -120,12 +120,19 @@ pub fn program_name(files: &[PathBuf]) -> String {
 
 /// `ved run --stdin`: observations as JSON lines in, events as JSON lines out.
 pub fn run_stdin(files: &[PathBuf], config: Option<&Path>, opts: RunOptions) -> ExitCode {
-    run(files, config, opts, Mode::Stdin)
+    run(files, config, opts, Mode::Stdin, None)
 }
 
 /// `ved run`: loads the program and its configuration, starts adapters and
 /// watchers, and feeds everything through one ordered channel to the driver.
-pub fn run(files: &[PathBuf], config: Option<&Path>, mut opts: RunOptions, mode: Mode) -> ExitCode {
+/// `audit_key` (`--audit-key`) overrides the config's `[store] audit_key`.
+pub fn run(
+    files: &[PathBuf],
+    config: Option<&Path>,
+    mut opts: RunOptions,
+    mode: Mode,
+    audit_key: Option<&Path>,
+) -> ExitCode {
     let mut loaded = match load::load(files) {
         Ok(l) => l,
         Err(code) => return code,
@@ -136,6 +143,12 @@ pub fn run(files: &[PathBuf], config: Option<&Path>, mut opts: RunOptions, mode:
             Err(code) => return code,
         }
     }
+    // Read before anything starts: a key that cannot be used stops `ved run` at once, rather
+    // than leaving it writing entries nobody can authenticate.
+    let key = match read_audit_key(&opts, audit_key) {
+        Ok(k) => k,
+        Err(code) => return code,
+    };
     // Bounded: a flood of input waits (stdin, watchers) or is told to retry (HTTP)
     // instead of growing memory without end.
     let (tx, rx) = mpsc::sync_channel::<Input>(INPUT_CAPACITY);
@@ -186,7 +199,11 @@ pub fn run(files: &[PathBuf], config: Option<&Path>, mut opts: RunOptions, mode:
     };
     let resync =
         opts.config.as_ref().map(|c| c.resync.interval_ms).filter(|ms| *ms > 0).map(std::time::Duration::from_millis);
-    let mut driver = match Driver::start(loaded, &opts, adapters, JsonLines::new(stdout), hook) {
+    let started = match key {
+        None => Driver::start(loaded, &opts, adapters, JsonLines::new(stdout), hook),
+        Some(key) => start_keyed(loaded, &opts, adapters, JsonLines::new(stdout), hook, key),
+    };
+    let mut driver = match started {
         Ok(d) => d,
         Err(e) => {
             report_start_error(&e);
@@ -240,6 +257,74 @@ pub fn run(files: &[PathBuf], config: Option<&Path>, mut opts: RunOptions, mode:
             ExitCode::from(1)
         }
     }
+}
+
+/// The audit key `ved run` authenticates entries with: `--audit-key`, else the config's
+/// `[store] audit_key`, else none. A log already keyed goes on only with its own key.
+fn read_audit_key(opts: &RunOptions, flag: Option<&Path>) -> Result<Option<ved_store::AuditKey>, ExitCode> {
+    let configured = opts.config.as_ref().and_then(|c| c.store.audit_key.as_deref());
+    let path = flag.or(configured);
+    let Some(dir) = &opts.data_dir else {
+        if path.is_some() {
+            // Only `[store] audit_key` gets here (`--audit-key` and `--ephemeral` exclude each other).
+            eprintln!("warning: `[store] audit_key` is ignored: with `--ephemeral` no audit log is written");
+        }
+        return Ok(None);
+    };
+    let key = match path.map(|p| ved_store::AuditKey::read(p, Some(dir))).transpose() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("  = hint: {}", e.hint);
+            return Err(ExitCode::from(2));
+        }
+    };
+    if let Some(p) = path {
+        use std::os::unix::fs::PermissionsExt;
+        // Warned, not refused (a key shared with a group of operators may be deliberate): a
+        // key anyone on the host can read authenticates nothing.
+        let mode = std::fs::metadata(p).map(|m| m.permissions().mode()).unwrap_or(0);
+        if mode & 0o077 != 0 {
+            eprintln!(
+                "warning: the audit key {} is readable or writable by others (mode {:o}); `chmod 400` it",
+                p.display(),
+                mode & 0o777
+            );
+        }
+    }
+    // A restart that forgot the key (or brought another) would break `ved audit verify --key`
+    // for good from its first entry: refused before anything is written.
+    let last = ved_store::audit::last_entry(&dir.join("audit.log")).unwrap_or(None);
+    if let Err(e) = ved_store::audit::check_continuity(last.as_ref(), key.as_ref()) {
+        eprintln!("error: {}: {e}", dir.display());
+        eprintln!(
+            "  = hint: pass `--audit-key FILE` (or `[store] audit_key` in ved.toml) with the key the log was \
+             written with; a data directory keeps one key for its lifetime"
+        );
+        return Err(ExitCode::from(2));
+    }
+    Ok(key)
+}
+
+/// [`Driver::start`] on a store whose audit entries carry a `mac` made with `key`.
+fn start_keyed<W: Write>(
+    loaded: load::Loaded,
+    opts: &RunOptions,
+    adapters: Adapters,
+    out: JsonLines<W>,
+    hook: ved_store::DurableHook,
+    key: ved_store::AuditKey,
+) -> Result<Driver<W>, StartError> {
+    let dir = opts.data_dir.as_deref().expect("a key is read only for a data directory");
+    let (mut store, recovered) =
+        ved_store::Store::open_with(dir, opts.durability, opts.recover, opts.flush, hook).map_err(StartError::Store)?;
+    if let Err(e) = store.set_audit_key(key) {
+        // Nothing was appended yet: it cannot fail, but a store that would write
+        // unauthenticated entries must not start if it ever did.
+        let err = std::io::Error::other(e);
+        return Err(StartError::Store(ved_store::StoreError::Io { path: dir.to_path_buf(), err }));
+    }
+    Driver::start_with(loaded, opts, adapters, out, Some(Box::new(store)), Some(recovered), ved_engine::Instances::All)
 }
 
 /// How long a stopping Ved waits for its watchers to end their commands: enough for an exec

@@ -16,10 +16,10 @@ pub mod frame;
 mod snapshots;
 mod store;
 
-pub use audit::{AuditDraft, AuditEntry, AuditError};
+pub use audit::{Anchor, AuditDraft, AuditEntry, AuditError, AuditKey};
 pub use codec::{JournalEntry, Origin, Record, Schema, SnapshotRecord};
 pub use snapshots::Snapshots;
 pub use store::{
-    read_only, verify_audit, AuditPage, AuditPages, Durability, DurableHook, Flush, Recovered, Store, StoreError,
-    JOURNAL_MAX,
+    read_only, verified_audit, verify_audit, AuditPage, AuditPages, Durability, DurableHook, Flush, Recovered, Store,
+    StoreError, JOURNAL_MAX,
 };

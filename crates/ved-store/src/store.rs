@@ -405,6 +405,11 @@ impl AuditPages {
 
 /// Verifies the audit chain of a store; returns the number of entries.
 pub fn verify_audit(dir: &Path) -> Result<Result<usize, audit::AuditError>, StoreError> {
+    verified_audit(dir).map(|r| r.map(|c| c.entries.len()))
+}
+
+/// Verifies the audit chain of a store; returns it, with what the manifest committed of it.
+pub fn verified_audit(dir: &Path) -> Result<Result<audit::Chain, audit::AuditError>, StoreError> {
     let mpath = path_of(dir, "manifest");
     let bytes = fs::read(&mpath).map_err(io(&mpath))?;
     let m = Manifest::decode(&mpath, &bytes)?;
@@ -417,7 +422,11 @@ pub fn verify_audit(dir: &Path) -> Result<Result<usize, audit::AuditError>, Stor
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(StoreError::Io { path: apath, err: e }),
     };
-    let found = audit::verify_from(&text, &m.genesis(), m.audit_count, &m.audit_head).map(|v| v.entries.len());
+    let found = audit::verify_from(&text, &m.genesis(), m.audit_count, &m.audit_head).map(|v| audit::Chain {
+        entries: v.entries,
+        committed: m.audit_count,
+        head: m.audit_head.clone(),
+    });
     Ok(found.map_err(|e| name_the_store(e, &m)).map_err(|mut e| {
         // `audit.log` is synced at compaction and on close; its latest entries are durable in
         // the log first. After a machine crash the file can lack them until the next start.
@@ -998,11 +1007,19 @@ struct Shared {
     failure: Mutex<Option<String>>,
     /// Why writes are waiting, while they find no space: see [`Store::stalled`].
     stalled: Mutex<Option<String>>,
+    /// Authenticates the audit entries the writer makes: see [`Store::set_audit_key`].
+    audit_key: std::sync::OnceLock<audit::AuditKey>,
 }
 
 impl Shared {
     fn new() -> Shared {
-        Shared { durable: Mutex::new(0), cond: Condvar::new(), failure: Mutex::new(None), stalled: Mutex::new(None) }
+        Shared {
+            durable: Mutex::new(0),
+            cond: Condvar::new(),
+            failure: Mutex::new(None),
+            stalled: Mutex::new(None),
+            audit_key: std::sync::OnceLock::new(),
+        }
     }
 
     fn stalled(&self) -> Option<String> {
@@ -1119,7 +1136,7 @@ impl Store {
         remove_old_generations(dir, manifest.generation, &mut rec.warnings)?;
         let shared = Arc::new(Shared::new());
         let fsyncs = Arc::new(AtomicU64::new(0));
-        let writer = Writer::new(dir, manifest, durability, fsyncs.clone())?;
+        let writer = Writer::new(dir, manifest, durability, fsyncs.clone(), shared.clone())?;
         let encoder =
             Encoder { binary: writer.binary, numbering: crate::bin::Numbering::default(), payload: Vec::new() };
         if flush == Flush::Manual {
@@ -1161,6 +1178,15 @@ impl Store {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// From now on every audit entry carries a `mac` made with `key`. Only before the first
+    /// batch: a key that arrived mid-run would leave entries of one run on both sides of it.
+    pub fn set_audit_key(&mut self, key: audit::AuditKey) -> Result<(), String> {
+        if self.next_seq > 0 {
+            return Err("the audit key must be set before the first batch".into());
+        }
+        self.shared.audit_key.set(key).map_err(|_| "the audit key is already set".to_string())
     }
 
     /// Queues records and audit entries as one batch; returns its sequence number.
@@ -1369,6 +1395,8 @@ struct Writer {
     payload: Vec<u8>,
     /// fsync and fdatasync calls made, for [`Store::fsyncs`].
     fsyncs: Arc<AtomicU64>,
+    /// What it shares with the store; the writer reads the audit key there.
+    shared: Arc<Shared>,
 }
 
 /// Why the writer could not write a group of commands.
@@ -1425,6 +1453,7 @@ impl Writer {
         manifest: Manifest,
         durability: Durability,
         fsyncs: Arc<AtomicU64>,
+        shared: Arc<Shared>,
     ) -> Result<Writer, StoreError> {
         let lpath = path_of(dir, &log_name(manifest.generation));
         let mut log = OpenOptions::new().read(true).write(true).open(&lpath).map_err(io(&lpath))?;
@@ -1452,6 +1481,7 @@ impl Writer {
             defined: Vec::new(),
             payload: Vec::new(),
             fsyncs,
+            shared,
         };
         // Recovery may have accepted intact records that were written but never synced
         // before the crash, and trimmed a torn tail. Make what was recovered durable before
@@ -1624,7 +1654,8 @@ impl Writer {
         // one fsync whether or not it audits. `audit.log` gets the same lines, synced later.
         let mut text = String::new();
         for d in drafts {
-            let e = AuditEntry::new(self.manifest.audit_count + 1, &self.manifest.audit_head, d);
+            let key = self.shared.audit_key.get();
+            let e = AuditEntry::new_keyed(self.manifest.audit_count + 1, &self.manifest.audit_head, d, key);
             self.manifest.audit_count += 1;
             self.manifest.audit_head = e.hash.clone();
             text.push_str(&e.to_line());
