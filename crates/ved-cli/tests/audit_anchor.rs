@@ -283,7 +283,7 @@ fn a_running_daemon_keys_its_entries_and_its_anchor_can_be_taken_while_it_runs()
     assert_eq!(s, 200, "{r}");
     // The boot entry and the drift's episode, committed while the daemon runs.
     let mut anchor = String::new();
-    wait_for("two committed audit entries", std::time::Duration::from_secs(30), || {
+    wait_for("two committed audit entries", std::time::Duration::from_secs(120), || {
         anchor = head(&dir);
         count(&anchor) >= 2
     });
