@@ -249,6 +249,7 @@ fn main() -> ExitCode {
                     recover: false,
                     config: None,
                     flush: ved_store::Flush::Background,
+                    limits: Default::default(),
                 };
                 let c = ved_cli::cluster_run::ClusterOptions {
                     endpoints: cluster,
@@ -295,6 +296,7 @@ fn main() -> ExitCode {
                     recover,
                     config: None,
                     flush: ved_store::Flush::Background,
+                    limits: Default::default(),
                 },
                 mode,
             )

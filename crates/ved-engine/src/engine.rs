@@ -46,6 +46,9 @@ pub struct RunOptions {
     pub config: Option<ved_adapters::config::Config>,
     /// `Background` for `ved run`; `Manual` lets a simulation decide when writes happen.
     pub flush: ved_store::Flush,
+    /// The scheduler's bounds (ticks per input, mailbox size), in force from the start: the
+    /// instances a start creates or restores already run under them.
+    pub limits: ved_runtime::Limits,
 }
 
 /// What to do once a batch is durable.
@@ -157,6 +160,7 @@ pub struct Builder {
     data_dir: Option<PathBuf>,
     retry: ved_runtime::RetryPolicy,
     seed: u64,
+    limits: ved_runtime::Limits,
 }
 
 impl Builder {
@@ -167,6 +171,7 @@ impl Builder {
             data_dir: None,
             retry: ved_runtime::RetryPolicy::default(),
             seed: 0,
+            limits: ved_runtime::Limits::default(),
         }
     }
 
@@ -194,6 +199,12 @@ impl Builder {
         self
     }
 
+    /// The scheduler's bounds, from the start (see [`RunOptions::limits`]).
+    pub fn limits(mut self, limits: ved_runtime::Limits) -> Builder {
+        self.limits = limits;
+        self
+    }
+
     /// Starts the engine; events go to `sink` (a `Vec<EngineEvent>` collects them,
     /// [`crate::JsonLines`] prints them). Actions run inline, on the caller's thread,
     /// when the engine releases them.
@@ -214,6 +225,7 @@ impl Builder {
             recover: false,
             config: Some(config),
             flush: ved_store::Flush::Background,
+            limits: self.limits,
         };
         let adapters = Adapters {
             by_name: self.adapters,
@@ -348,6 +360,8 @@ impl<S: Sink> Engine<S> {
         }
         let program = loaded.compiled.clone();
         let mut rt = Runtime::empty(program.clone(), opts.seed);
+        // Before any instance is created or restored: the first settle runs under them too.
+        rt.limits = opts.limits;
         if let Some(c) = &opts.config {
             rt.policy = ved_runtime::RetryPolicy {
                 initial_ms: c.retry.initial_ms,
@@ -659,6 +673,7 @@ impl<S: Sink> Engine<S> {
     }
 
     /// Waits until everything is durable and delivered, writes a checkpoint, and closes the store.
+    /// With `Flush::Manual` it flushes what is queued and then the checkpoint itself.
     /// Results still in flight are not awaited: their intents stay recorded as
     /// undelivered and go out again, same id, after a restart.
     pub fn finish(mut self) -> Result<S, EngineError> {
@@ -672,9 +687,9 @@ impl<S: Sink> Engine<S> {
             let records = self.all_records();
             if let Some(store) = self.store.as_mut() {
                 let seq = store.compact(records);
-                store
-                    .wait_durable(seq)
-                    .map_err(|e| EngineError::Store(format!("could not write the checkpoint: {e}")))?;
+                // A manual-flush store writes only on flush (a background one waits for its writer).
+                let written = store.flush().and_then(|_| store.wait_durable(seq));
+                written.map_err(|e| EngineError::Store(format!("could not write the checkpoint: {e}")))?;
             }
         }
         if let Some(store) = self.store.take() {
@@ -693,8 +708,8 @@ impl<S: Sink> Engine<S> {
         &self.rt
     }
 
-    /// Replaces the scheduler's bounds (ticks per input, mailbox size). A generator of
-    /// programs lowers them so that each of millions of cases stays small.
+    /// Replaces the scheduler's bounds (ticks per input, mailbox size) of a running engine.
+    /// The start already ran under [`RunOptions::limits`]: give them there to bound it too.
     pub fn set_limits(&mut self, limits: ved_runtime::Limits) {
         self.rt.limits = limits;
     }

@@ -645,6 +645,7 @@ fn opts(dir: Option<&Path>, seed: u64) -> RunOptions {
         recover: false,
         config: None,
         flush: ved_store::Flush::Manual,
+        limits: Default::default(),
     }
 }
 
