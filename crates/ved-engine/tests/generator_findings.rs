@@ -1,9 +1,12 @@
-//! Two things the program generator (`tests/fuzz.rs`) needed from the engine:
+//! What the program generator (`tests/fuzz.rs`) needed from the engine, or found in it:
 //! - the scheduler's bounds given before the start (`RunOptions::limits`) bound the start
 //!   itself: a program that never reaches its goal used to run 10,000 ticks at boot, whatever
 //!   a caller set afterwards;
 //! - `Engine::finish` on a store in manual flush mode writes its checkpoint (it waited for a
-//!   batch that only a flush would write: "batch N is queued; manual mode writes it only on flush").
+//!   batch that only a flush would write: "batch N is queued; manual mode writes it only on flush");
+//! - an episode's log is bounded: an intent failing every minute for hours made it grow
+//!   without bound, and every status change copied it whole (seed 6130758357573144410 of the
+//!   generator ran for minutes on one `advance_ms` of a day).
 
 use std::path::Path;
 use ved_engine::{Adapters, Engine, EngineEvent, RunOptions};
@@ -85,5 +88,50 @@ fn finish_checkpoints_a_store_in_manual_flush_mode() {
     let ved = start(POOL, &o);
     assert_eq!(ved.runtime().instance("Pool").unwrap().snapshot(), memory);
     ved.finish().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Fails its first `n` deliveries, then succeeds.
+struct FailFirst(std::sync::atomic::AtomicU64);
+
+impl ved_adapters::Actuator for FailFirst {
+    fn deliver(&self, _intent: &ved_adapters::IntentRequest) -> ved_adapters::ActionResult {
+        let left = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        if left > 0 {
+            self.0.store(left - 1, std::sync::atomic::Ordering::Relaxed);
+            return Err(ved_adapters::ActionError::failed("not yet"));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_long_episode_keeps_its_beginning_and_its_end_and_says_what_it_left_out() {
+    let dir = temp_dir("long-episode");
+    let o = opts(Some(&dir), ved_store::Flush::Manual, ved_runtime::Limits::default());
+    let loaded = ved_engine::load::check_texts(vec![("p.ved".into(), POOL.into())]).unwrap();
+    let failing = Adapters::single(std::sync::Arc::new(FailFirst(std::sync::atomic::AtomicU64::new(40))));
+    let mut ved = Engine::start(loaded, &o, failing, Vec::new(), Box::new(|_| {})).unwrap();
+    ved.run_until_idle().unwrap();
+    // 40 failures (an entry each, and one per emit), a retry at most a minute after another.
+    // In manual flush mode an advance releases the intents of one round: a minute per line.
+    for n in 1..=120 {
+        ved.handle_line(n, "{\"advance_ms\": 60000}");
+        ved.run_until_idle().unwrap();
+    }
+    let retries = ved.output().iter().filter(|e| matches!(e, EngineEvent::Retry { .. })).count();
+    assert_eq!(ved.status("Pool"), Some(ved_runtime::Status::Stable), "after {retries} retries");
+    ved.finish().unwrap();
+    let audit = ved_store::read_only(&dir).unwrap().audit;
+    let closing = audit.iter().find(|e| e.text.contains("stable again")).expect("the episode's closing entry");
+    let parts: Vec<&str> = closing.text.split("; ").collect();
+    // 64 entries, the gap and the end (a note of its own may hold a "; ").
+    assert!(parts.len() <= 70, "{} parts in one audit entry: {}", parts.len(), closing.text);
+    assert!(parts[0].starts_with("started at slice 0"), "{}", parts[0]);
+    assert!(parts.iter().any(|p| p.ends_with(" more entries")), "no word of what was left out: {}", closing.text);
+    assert!(parts.last().unwrap().starts_with("stable again"), "{}", closing.text);
+    for e in &audit {
+        assert!(e.text.len() < 16_384, "an audit entry of {} bytes", e.text.len());
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
