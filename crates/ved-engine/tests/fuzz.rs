@@ -982,9 +982,10 @@ fn generated_programs_and_observations_never_panic_and_the_store_agrees() {
         if ms > slowest.0 {
             slowest = (ms, seed);
         }
-        if k > 0 && (k as u64).is_multiple_of(PROGRESS_EVERY) {
+        if tally.cases.is_multiple_of(PROGRESS_EVERY) {
             eprintln!(
-                "progress: {k} cases, {} panics, {} mismatches, {:.0} s; {}",
+                "progress: {} cases, {} panics, {} mismatches, {:.0} s; {}",
+                tally.cases,
                 tally.panics,
                 tally.mismatches,
                 start.elapsed().as_secs_f64(),
