@@ -272,6 +272,7 @@ fn main() -> ExitCode {
                     recover: false,
                     config: None,
                     flush: ved_store::Flush::Background,
+                    limits: Default::default(),
                 };
                 let c = ved_cli::cluster_run::ClusterOptions {
                     endpoints: cluster,
@@ -318,6 +319,7 @@ fn main() -> ExitCode {
                     recover,
                     config: None,
                     flush: ved_store::Flush::Background,
+                    limits: Default::default(),
                 },
                 mode,
                 audit_key.as_deref(),

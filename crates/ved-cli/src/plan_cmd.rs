@@ -125,6 +125,7 @@ pub fn plan(src: &crate::inspect::Source, files: &[PathBuf], as_json: bool) -> E
         recover: false,
         config: None,
         flush: ved_store::Flush::Background,
+        limits: Default::default(),
     };
     let engine = match Engine::start_with(
         loaded,

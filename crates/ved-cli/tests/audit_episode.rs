@@ -30,6 +30,7 @@ impl Run {
             recover: false,
             config: None,
             flush: ved_store::Flush::Manual,
+            limits: Default::default(),
         };
         let Ok(driver) = Driver::start(
             loaded,

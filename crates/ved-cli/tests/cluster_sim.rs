@@ -183,6 +183,7 @@ impl World {
             recover: false,
             config: None,
             flush: ved_store::Flush::Background,
+            limits: Default::default(),
         };
         let Ok(mut node) = Node::new(m, loaded, &opts, Adapters::manual(queue.clone()), Vec::new()) else {
             self.fail("a node did not start")

@@ -67,6 +67,7 @@ fn opts(dir: &Path) -> RunOptions {
         recover: false,
         config: None,
         flush: ved_store::Flush::Manual,
+        limits: Default::default(),
     }
 }
 

@@ -62,6 +62,7 @@ fn no_intent_reaches_an_adapter_before_its_slice_is_durable() {
         recover: false,
         config: None,
         flush: ved_store::Flush::Background,
+        limits: Default::default(),
     };
     let mut d = Driver::start(
         loaded,
@@ -356,6 +357,7 @@ fn manual_driver(dir: &std::path::Path, program: &str, queue: Arc<Mutex<Vec<Inte
         recover: false,
         config: None,
         flush: ved_store::Flush::Manual,
+        limits: Default::default(),
     };
     match Driver::start(
         loaded,

@@ -91,6 +91,7 @@ fn start(dir: &Path, syncs: Arc<AtomicU64>) -> Engine<Null> {
         recover: false,
         config: None,
         flush: ved_store::Flush::Background,
+        limits: Default::default(),
     };
     let hook: ved_store::DurableHook = Box::new(move |_| {
         syncs.fetch_add(1, Ordering::Relaxed);

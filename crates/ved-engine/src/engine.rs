@@ -46,6 +46,9 @@ pub struct RunOptions {
     pub config: Option<ved_adapters::config::Config>,
     /// `Background` for `ved run`; `Manual` lets a simulation decide when writes happen.
     pub flush: ved_store::Flush,
+    /// The scheduler's bounds (ticks per input, mailbox size), in force from the start: the
+    /// instances a start creates or restores already run under them.
+    pub limits: ved_runtime::Limits,
 }
 
 /// What to do once a batch is durable.
@@ -86,11 +89,51 @@ struct Step {
 
 /// A drift and what was done about it, until the instance rests again.
 pub(crate) struct Episode {
-    /// What happened, in order: drifts, corrections, failures, later readings.
+    /// What happened, in order: drifts, corrections, failures, later readings. At most
+    /// [`EPISODE_LOG_MAX`]: past that, the first [`EPISODE_LOG_HEAD`] stay and the oldest
+    /// of the rest give way (an intent retried every minute for a day made it grow without
+    /// bound, and each status change copied it whole into an audit entry).
     log: Vec<String>,
+    /// Entries given way, told where they were.
+    omitted: u64,
     /// Whether Ved has acted yet: a reading after that reports an effect, not a drift.
     acted: bool,
     ticks_at_start: u64,
+}
+
+/// Entries an episode's log keeps (see [`Episode::log`]).
+const EPISODE_LOG_MAX: usize = 64;
+/// Of those, the first ones, always kept: how the episode began.
+const EPISODE_LOG_HEAD: usize = 16;
+
+impl Episode {
+    fn new(first: Option<String>, ticks_at_start: u64) -> Episode {
+        Episode { log: first.into_iter().collect(), omitted: 0, acted: false, ticks_at_start }
+    }
+
+    fn note(&mut self, text: String) {
+        if self.log.len() >= EPISODE_LOG_MAX {
+            self.log.remove(EPISODE_LOG_HEAD);
+            self.omitted += 1;
+        }
+        self.log.push(text);
+    }
+
+    /// The log as an audit entry tells it, `last` at the end.
+    fn told(&self, last: String) -> String {
+        let mut parts: Vec<&str> = Vec::with_capacity(self.log.len() + 2);
+        let gap = (self.omitted > 0).then(|| format!("{} more entries", self.omitted));
+        for (i, p) in self.log.iter().enumerate() {
+            if i == EPISODE_LOG_HEAD {
+                if let Some(g) = &gap {
+                    parts.push(g);
+                }
+            }
+            parts.push(p);
+        }
+        parts.push(&last);
+        parts.join("; ")
+    }
 }
 
 pub struct Engine<S: Sink> {
@@ -157,6 +200,7 @@ pub struct Builder {
     data_dir: Option<PathBuf>,
     retry: ved_runtime::RetryPolicy,
     seed: u64,
+    limits: ved_runtime::Limits,
 }
 
 impl Builder {
@@ -167,6 +211,7 @@ impl Builder {
             data_dir: None,
             retry: ved_runtime::RetryPolicy::default(),
             seed: 0,
+            limits: ved_runtime::Limits::default(),
         }
     }
 
@@ -194,6 +239,12 @@ impl Builder {
         self
     }
 
+    /// The scheduler's bounds, from the start (see [`RunOptions::limits`]).
+    pub fn limits(mut self, limits: ved_runtime::Limits) -> Builder {
+        self.limits = limits;
+        self
+    }
+
     /// Starts the engine; events go to `sink` (a `Vec<EngineEvent>` collects them,
     /// [`crate::JsonLines`] prints them). Actions run inline, on the caller's thread,
     /// when the engine releases them.
@@ -214,6 +265,7 @@ impl Builder {
             recover: false,
             config: Some(config),
             flush: ved_store::Flush::Background,
+            limits: self.limits,
         };
         let adapters = Adapters {
             by_name: self.adapters,
@@ -348,6 +400,8 @@ impl<S: Sink> Engine<S> {
         }
         let program = loaded.compiled.clone();
         let mut rt = Runtime::empty(program.clone(), opts.seed);
+        // Before any instance is created or restored: the first settle runs under them too.
+        rt.limits = opts.limits;
         if let Some(c) = &opts.config {
             rt.policy = ved_runtime::RetryPolicy {
                 initial_ms: c.retry.initial_ms,
@@ -545,9 +599,7 @@ impl<S: Sink> Engine<S> {
             }
             let started = if inst.slice == 0 { "started" } else { "resumed" };
             let what = format!("{started} at slice {}", inst.slice);
-            driver
-                .episodes
-                .insert(inst.name.to_string(), Episode { log: vec![what], acted: false, ticks_at_start: inst.ticks });
+            driver.episodes.insert(inst.name.to_string(), Episode::new(Some(what), inst.ticks));
         }
         driver.settle();
         Ok(driver)
@@ -659,6 +711,7 @@ impl<S: Sink> Engine<S> {
     }
 
     /// Waits until everything is durable and delivered, writes a checkpoint, and closes the store.
+    /// With `Flush::Manual` it flushes what is queued and then the checkpoint itself.
     /// Results still in flight are not awaited: their intents stay recorded as
     /// undelivered and go out again, same id, after a restart.
     pub fn finish(mut self) -> Result<S, EngineError> {
@@ -672,9 +725,9 @@ impl<S: Sink> Engine<S> {
             let records = self.all_records();
             if let Some(store) = self.store.as_mut() {
                 let seq = store.compact(records);
-                store
-                    .wait_durable(seq)
-                    .map_err(|e| EngineError::Store(format!("could not write the checkpoint: {e}")))?;
+                // A manual-flush store writes only on flush (a background one waits for its writer).
+                let written = store.flush().and_then(|_| store.wait_durable(seq));
+                written.map_err(|e| EngineError::Store(format!("could not write the checkpoint: {e}")))?;
             }
         }
         if let Some(store) = self.store.take() {
@@ -693,8 +746,8 @@ impl<S: Sink> Engine<S> {
         &self.rt
     }
 
-    /// Replaces the scheduler's bounds (ticks per input, mailbox size). A generator of
-    /// programs lowers them so that each of millions of cases stays small.
+    /// Replaces the scheduler's bounds (ticks per input, mailbox size) of a running engine.
+    /// The start already ran under [`RunOptions::limits`]: give them there to bound it too.
     pub fn set_limits(&mut self, limits: ved_runtime::Limits) {
         self.rt.limits = limits;
     }
@@ -1269,8 +1322,7 @@ impl<S: Sink> Engine<S> {
             }
             if !(resumed && stable) {
                 let what = format!("{} at slice {slice}", if resumed { "resumed" } else { "started" });
-                self.episodes
-                    .insert(name.to_string(), Episode { log: vec![what], acted: false, ticks_at_start: ticks });
+                self.episodes.insert(name.to_string(), Episode::new(Some(what), ticks));
             }
         }
         self.settle();
@@ -1340,15 +1392,11 @@ impl<S: Sink> Engine<S> {
                 let acted = self.episodes.get(name).is_some_and(|ep| ep.acted);
                 let verb = if acted { "observed as" } else { "drifted to" };
                 let text = changes_text(String::new(), dom, changes, verb);
-                let ep = slot_with(&mut self.episodes, name, || Episode {
-                    log: Vec::new(),
-                    acted: false,
-                    ticks_at_start: ticks,
-                });
+                let ep = slot_with(&mut self.episodes, name, || Episode::new(None, ticks));
                 if was_resting && ep.log.is_empty() {
                     ep.ticks_at_start = ticks;
                 }
-                ep.log.push(text);
+                ep.note(text);
                 set(&mut self.last_status, name, Status::Converging);
             }
             Event::Slice { cause: Cause::Transition(t), changes, .. } if !changes.is_empty() => {
@@ -1357,28 +1405,28 @@ impl<S: Sink> Engine<S> {
                 text.push_str(" set ");
                 let text = changes_text(text, dom, changes, "=");
                 if let Some(ep) = self.episodes.get_mut(name) {
-                    ep.log.push(text);
+                    ep.note(text);
                     ep.acted = true;
                 }
             }
             Event::Intent(i) => {
                 let text = format!("{} emitted {i}", transition_name(dom, i.transition));
                 if let Some(ep) = self.episodes.get_mut(name) {
-                    ep.log.push(text);
+                    ep.note(text);
                     ep.acted = true;
                 }
             }
             Event::Result { ok: false, id, error, .. } => {
                 let text = format!("{id} failed ({})", error.as_deref().unwrap_or("no reason given"));
                 if let Some(ep) = self.episodes.get_mut(name) {
-                    ep.log.push(text);
+                    ep.note(text);
                 }
             }
             // A correction lands when its intents succeed: the held changes apply now.
             Event::Slice { cause: Cause::Result(id), changes, .. } if !changes.is_empty() => {
                 let text = changes_text(format!("{id} succeeded: "), dom, changes, "=");
                 if let Some(ep) = self.episodes.get_mut(name) {
-                    ep.log.push(text);
+                    ep.note(text);
                 }
             }
             Event::Status { status, reason, .. } => {
@@ -1400,14 +1448,9 @@ impl<S: Sink> Engine<S> {
                                 "{status}: {}",
                                 reason.as_deref().unwrap_or("no transition can restore the goals")
                             );
-                            let mut parts = ep.log.clone();
-                            parts.push(format!("not at the goal yet: {note}"));
-                            ep.log.push(note);
-                            audit.push(AuditDraft {
-                                at_ms: self.now_ms,
-                                instance: name.to_string(),
-                                text: parts.join("; "),
-                            });
+                            let text = ep.told(format!("not at the goal yet: {note}"));
+                            ep.note(note);
+                            audit.push(AuditDraft { at_ms: self.now_ms, instance: name.to_string(), text });
                         }
                     }
                     return;
@@ -1418,9 +1461,7 @@ impl<S: Sink> Engine<S> {
                 }
                 let used = ticks.saturating_sub(ep.ticks_at_start);
                 let end = format!("stable again after {used} tick{}", if used == 1 { "" } else { "s" });
-                let mut parts = ep.log;
-                parts.push(end);
-                audit.push(AuditDraft { at_ms: self.now_ms, instance: name.to_string(), text: parts.join("; ") });
+                audit.push(AuditDraft { at_ms: self.now_ms, instance: name.to_string(), text: ep.told(end) });
             }
             _ => {}
         }

@@ -2,11 +2,13 @@
 //! (well-typed, or nearly: an expression of the wrong type, a mangled token) and of
 //! input streams (observations, relative ones, API calls, time, and bad lines: wrong
 //! types, unknown instances and fields, huge numbers, broken JSON). Each case goes
-//! through the parser and the checker, and a program that checks runs in the engine,
-//! the entry `ved run --stdin` uses for its lines. Some cases keep their state in a real
-//! store: the test then reopens it and compares what it recovered with the engine's
-//! memory, and sometimes damages a file (a flipped byte, a cut) first, which must give
-//! a clean error, never a panic.
+//! through the parser and the checker, and a program that checks runs in the in-memory
+//! engine, the entry `ved run --stdin` uses for its lines, under tight bounds from its
+//! start (8 ticks per input, a mailbox of 16). One checked program in 100, chosen by the
+//! seed, keeps its state in a real store instead: the test then stops the engine cleanly
+//! (a checkpoint) or as a crash after its last write, reads the store back and compares
+//! it with the engine's memory, and in one such case in three damages a file (a flipped
+//! byte, a cut) and opens it again, which must give a clean error, never a panic.
 //!
 //! Every case is caught on its own (`catch_unwind`) and every panic and mismatch is
 //! counted; the test fails on any, naming the seed that replays it.
@@ -15,19 +17,35 @@
 //! - `VED_FUZZ_GEN_FROM=K`: the first case's index, for a long run in shards;
 //! - `VED_FUZZ_SEED=S`: replays the one case whose seed is S, and prints its program and lines.
 //!
-//! The last line of output is the figures line: `N cases, 0 panics, 0 mismatches, T s`.
+//! - `VED_FUZZ_SLOW_MS=M`: names every case that takes M ms or more (default 500).
+//!
+//! The output ends with the figures: a line that says what went where (programs parsed,
+//! checked and run, observation lines and API calls fed, stores reopened and compared,
+//! damaged, the time in each phase, the slowest case, peak RSS), and the last line,
+//! `N cases, P panics, M mismatches, T s`. A long run prints a progress line every
+//! 250,000 cases, and each failure as it happens.
 
 use std::fmt::Write as _;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use ved_engine::{Adapters, Call, Engine, JsonLines, RunOptions};
 
-const DEFAULT_CASES: u64 = 300;
-/// One case in this many keeps its state in a real store (the rest run in memory):
-/// a store costs files and a reopen, the generator is cheap.
-const STORE_EVERY: u64 = 4;
+const DEFAULT_CASES: u64 = 20_000;
+/// One checked program in this many keeps its state in a real store (the rest run in
+/// memory): a store costs files, a write, a read back and sometimes a reopen.
+const STORE_EVERY: u64 = 100;
+/// The scheduler's bounds for every case, from the engine's start: a program that never
+/// reaches its goal stops after this many ticks per input instead of 10,000. Eight keeps
+/// a program that doubles a value on every tick (`f0 += f0`) small: its cost grows with
+/// the value, up to the VM's bound of a million elements, and such cases made most of the
+/// time at 50 ticks (see RELIABILITY.md).
+const LIMITS: ved_runtime::Limits = ved_runtime::Limits { ticks_per_input_max: 8, mailbox_max: 16 };
+/// A case that takes this long is named as it ends.
+const SLOW_MS: u128 = 500;
+/// A progress line every this many cases.
+const PROGRESS_EVERY: u64 = 250_000;
 
 // ---------------------------------------------------------------------------------------
 // Randomness: one seed per case, nothing else.
@@ -578,10 +596,13 @@ fn line(r: &mut Rng, domains: &[Domain], extra: &[String]) -> String {
             };
             serde_json::json!({"instance": inst, "add": {f.as_str(): delta}}).to_string()
         }
-        11 => format!(
-            "{{\"advance_ms\": {}}}",
-            *r.pick(&[0u64, 150, 1_000, 30_000, 120_000, 86_400_000, 86_400_001, u64::MAX])
-        ),
+        // An hour's or a day's advance runs every retry due in it (up to a minute apart, each
+        // a slice, a journal entry and events): one advance in 32 is that long, or longer
+        // than allowed.
+        11 if r.one_in(32) => {
+            format!("{{\"advance_ms\": {}}}", *r.pick(&[3_600_000u64, 86_400_000, 86_400_001, u64::MAX]))
+        }
+        11 => format!("{{\"advance_ms\": {}}}", *r.pick(&[0u64, 150, 1_000, 30_000, 120_000])),
         12 => {
             let (f, _) = &d.fields[r.below(d.fields.len())];
             format!("{{\"instance\": \"{inst}\", \"set\": {{\"{f}\": {}}}}}", bad_value(r))
@@ -619,22 +640,35 @@ impl ved_adapters::Actuator for Flaky {
     }
 }
 
+/// What went where, counted as it happened.
 #[derive(Default, Clone, Copy)]
 struct Tally {
     cases: u64,
+    /// Programs that passed the parser and the checker.
     checked: u64,
+    /// Checked programs whose engine started (a default that faults refuses the start).
+    started: u64,
+    /// Observation lines fed (`handle_line`), and API calls.
     lines: u64,
+    calls: u64,
+    /// Cases that kept a real store, read back and compared.
     stored: u64,
+    /// Of those: stopped cleanly (`finish`, a checkpoint) or crashed after the last write.
+    checkpointed: u64,
+    crashed: u64,
+    /// Stores with a byte flipped or a file cut, then opened again.
     damaged: u64,
     panics: u64,
     mismatches: u64,
 }
 
-/// What one case produced, to print when it is replayed.
-#[derive(Default)]
-struct Trace {
-    text: String,
-    lines: Vec<String>,
+/// Where the time went, summed over cases.
+#[derive(Default, Clone, Copy)]
+struct Times {
+    generate: Duration,
+    check: Duration,
+    engine: Duration,
+    store: Duration,
 }
 
 fn opts(dir: Option<&Path>, seed: u64) -> RunOptions {
@@ -645,6 +679,7 @@ fn opts(dir: Option<&Path>, seed: u64) -> RunOptions {
         recover: false,
         config: None,
         flush: ved_store::Flush::Manual,
+        limits: LIMITS,
     }
 }
 
@@ -659,51 +694,64 @@ fn snapshots<S: ved_engine::Sink>(e: &Engine<S>) -> Vec<ved_runtime::InstanceSna
     v
 }
 
+/// Whether case `seed`, if its program checks, keeps its state in a real store: one in
+/// [`STORE_EVERY`], chosen by the seed's high bits (the low ones seed the generator).
+fn keeps_a_store(seed: u64) -> bool {
+    (seed >> 40).is_multiple_of(STORE_EVERY)
+}
+
 /// Runs one case. `Err` is a mismatch (a panic unwinds out of it).
-fn run_case(seed: u64, store_dir: &Path, tally: &mut Tally, trace: &mut Trace) -> Result<(), String> {
+fn run_case(seed: u64, store_dir: &Path, tally: &mut Tally, times: &mut Times, show: bool) -> Result<(), String> {
+    let t0 = Instant::now();
     let mut r = Rng(seed);
     let (mut text, domains) = program(&mut r);
     if r.one_in(4) {
         text = mangle(&mut r, &text);
     }
-    trace.text = text.clone();
-    let show = std::env::var_os("VED_FUZZ_SEED").is_some();
     if show {
         eprintln!("program:\n{text}");
     }
-    let loaded = match ved_engine::load::check_texts(vec![("fuzz.ved".into(), text)]) {
-        Ok(l) => l,
+    let t1 = Instant::now();
+    times.generate += t1 - t0;
+    let checked = ved_engine::load::check_texts(vec![("fuzz.ved".into(), text)]);
+    let loaded = match checked {
+        Ok(l) => {
+            let _ = ved_syntax::diag::render_all(&l.warnings, &l.sources);
+            l
+        }
         Err(e) => {
             // Rendering must hold whatever the spans.
             let _ = e.to_string();
+            times.check += t1.elapsed();
             return Ok(());
         }
     };
     tally.checked += 1;
-    let _ = ved_syntax::diag::render_all(&loaded.warnings, &loaded.sources);
-    let stored = seed.is_multiple_of(STORE_EVERY);
-    let dir = stored.then_some(store_dir);
+    let t2 = Instant::now();
+    times.check += t2 - t1;
+    let dir = keeps_a_store(seed).then_some(store_dir);
     if let Some(d) = dir {
         let _ = std::fs::remove_dir_all(d);
     }
     let engine_seed = r.next();
-    let mut ved = match Engine::start(
+    // The limits are in the options: the start itself runs under them.
+    let started = Engine::start(
         loaded,
         &opts(dir, engine_seed),
         adapters(&mut r),
         JsonLines::new(std::io::sink()),
         Box::new(|_| {}),
-    ) {
+    );
+    let mut ved = match started {
         Ok(e) => e,
         // A default that faults stops the start, cleanly.
         Err(e) => {
-            let _ = e.to_string();
+            let _ = (e.to_string(), e.hint());
+            times.engine += t2.elapsed();
             return Ok(());
         }
     };
-    // The default (10,000 ticks per input) lets one program that grows a list on every tick
-    // take minutes per input; smaller bounds keep each case small (see RELIABILITY.md).
-    ved.set_limits(ved_runtime::Limits { ticks_per_input_max: 200, mailbox_max: 64 });
+    tally.started += 1;
     let mut extra: Vec<String> = Vec::new();
     let n_lines = r.below(13);
     for n in 1..=n_lines as u64 {
@@ -728,35 +776,56 @@ fn run_case(seed: u64, store_dir: &Path, tally: &mut Tally, trace: &mut Trace) -
                     max_instances: 8,
                 },
             };
-            trace.lines.push(format!("call {call:?}"));
+            if show {
+                eprintln!("call {n}: {call:?}");
+            }
             ved.call(call, Box::new(|_| {}));
+            tally.calls += 1;
             if !extra.contains(&name) {
                 extra.push(name);
             }
         } else {
             let l = line(&mut r, &domains, &extra);
-            trace.lines.push(l.clone());
             if show {
                 eprintln!("line {n}: {l}");
             }
             ved.handle_line(n, &l);
+            tally.lines += 1;
         }
-        tally.lines += 1;
         if r.one_in(3) {
             ved.run_until_idle().map_err(|e| format!("run_until_idle: {e}"))?;
         }
     }
     ved.run_until_idle().map_err(|e| format!("run_until_idle: {e}"))?;
+    let t3 = Instant::now();
+    times.engine += t3 - t2;
     let Some(dir) = dir else {
         return ved.finish().map(|_| ()).map_err(|e| format!("finish: {e}"));
     };
     tally.stored += 1;
     let memory = snapshots(&ved);
-    // A crash right after the last write: the log is what is read back. (A clean stop,
-    // `finish`, cannot write its checkpoint on a store in manual flush mode: it waits for a
-    // batch that only a flush would write. Not covered here yet; see RELIABILITY.md.)
-    let _ = r.one_in(2);
-    ved.crash();
+    let outcome = store_round(&mut r, ved, dir, &memory, tally);
+    times.store += t3.elapsed();
+    outcome
+}
+
+/// Stops the engine cleanly (`finish`: a checkpoint) or as a crash right after its last
+/// write, reads the store back and compares every instance with `memory`; in one case of
+/// three then damages a file and opens the store again.
+fn store_round<S: ved_engine::Sink>(
+    r: &mut Rng,
+    ved: Engine<S>,
+    dir: &Path,
+    memory: &[ved_runtime::InstanceSnapshot],
+    tally: &mut Tally,
+) -> Result<(), String> {
+    if r.one_in(2) {
+        ved.finish().map_err(|e| format!("finish on a manual-flush store: {e}"))?;
+        tally.checkpointed += 1;
+    } else {
+        ved.crash();
+        tally.crashed += 1;
+    }
     let rec = ved_store::read_only(dir).map_err(|e| format!("the store does not read back: {e}"))?;
     let mut disk: Vec<_> = rec.snapshots.values().map(|s| s.snapshot.clone()).collect();
     disk.sort_by(|a, b| a.name.cmp(&b.name));
@@ -765,18 +834,18 @@ fn run_case(seed: u64, store_dir: &Path, tally: &mut Tally, trace: &mut Trace) -
         let first = memory.iter().zip(&disk).find(|(m, d)| m != d);
         return Err(format!(
             "the store recovered other state than the engine held: memory {:?}, disk {:?}; first difference: {first:?}",
-            names(&memory),
+            names(memory),
             names(&disk)
         ));
     }
     if r.one_in(3) {
-        damage(&mut r, dir, tally)?;
+        damage(r, dir, tally)?;
     }
     Ok(())
 }
 
 /// Flips a byte in, or cuts, one file of a closed store; opening it must either work
-/// or say what is wrong, and an engine must start on it or refuse with an error.
+/// or say what is wrong.
 fn damage(r: &mut Rng, dir: &Path, tally: &mut Tally) -> Result<(), String> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| format!("{}: {e}", dir.display()))?
@@ -836,6 +905,28 @@ fn peak_rss_mb() -> u64 {
         .map_or(0, |kb| kb / 1024)
 }
 
+fn breakdown(t: &Tally, times: &Times, slowest: (u128, u64)) -> String {
+    format!(
+        "parsed {} programs, checked {}, ran {} in the engine; fed {} observation lines and {} API calls; {} stores reopened and compared ({} after a checkpoint, {} after a crash), {} damaged; time: generate {:.0} s, parse+check {:.0} s, engine {:.0} s, store {:.0} s; slowest case {} ms (VED_FUZZ_SEED={}); peak RSS {} MB",
+        t.cases,
+        t.checked,
+        t.started,
+        t.lines,
+        t.calls,
+        t.stored,
+        t.checkpointed,
+        t.crashed,
+        t.damaged,
+        times.generate.as_secs_f64(),
+        times.check.as_secs_f64(),
+        times.engine.as_secs_f64(),
+        times.store.as_secs_f64(),
+        slowest.0,
+        slowest.1,
+        peak_rss_mb()
+    )
+}
+
 #[test]
 fn generated_programs_and_observations_never_panic_and_the_store_agrees() {
     let replay = env_u64("VED_FUZZ_SEED");
@@ -848,17 +939,19 @@ fn generated_programs_and_observations_never_panic_and_the_store_agrees() {
     let base = std::env::temp_dir().join(format!("ved-fuzz-{}", std::process::id()));
     let store_dir = base.join("store");
     let mut tally = Tally::default();
+    let mut times = Times::default();
     let mut failures: Vec<String> = Vec::new();
     let start = Instant::now();
     let mut slowest = (0u128, 0u64);
     let verbose = std::env::var_os("VED_FUZZ_GEN_VERBOSE").is_some();
+    let show = replay.is_some();
+    let slow_ms = env_u64("VED_FUZZ_SLOW_MS").map_or(SLOW_MS, u128::from);
     for (k, seed) in seeds.enumerate() {
         if verbose {
             eprintln!("case {k}: VED_FUZZ_SEED={seed}");
         }
         let t0 = Instant::now();
-        let mut trace = Trace::default();
-        let outcome = catch_unwind(AssertUnwindSafe(|| run_case(seed, &store_dir, &mut tally, &mut trace)));
+        let outcome = catch_unwind(AssertUnwindSafe(|| run_case(seed, &store_dir, &mut tally, &mut times, show)));
         tally.cases += 1;
         let what = match outcome {
             Ok(Ok(())) => None,
@@ -877,21 +970,26 @@ fn generated_programs_and_observations_never_panic_and_the_store_agrees() {
             }
         };
         if let Some(w) = what {
-            failures.push(format!(
-                "{w}\n  replay: VED_FUZZ_SEED={seed} cargo test -p ved-engine --test fuzz -- --nocapture"
-            ));
+            let f = format!("{w}\n  replay: VED_FUZZ_SEED={seed} cargo test -p ved-engine --test fuzz -- --nocapture");
+            // At once, too: a long run's findings must not wait for its end.
+            eprintln!("{f}");
+            failures.push(f);
         }
         let ms = t0.elapsed().as_millis();
+        if ms >= slow_ms {
+            eprintln!("slow case: {ms} ms, VED_FUZZ_SEED={seed}");
+        }
         if ms > slowest.0 {
             slowest = (ms, seed);
         }
-        if k > 0 && (k as u64).is_multiple_of(100_000) {
+        if tally.cases.is_multiple_of(PROGRESS_EVERY) {
             eprintln!(
-                "{k} cases, {} panics, {} mismatches, {:.0} s, peak RSS {} MB",
+                "progress: {} cases, {} panics, {} mismatches, {:.0} s; {}",
+                tally.cases,
                 tally.panics,
                 tally.mismatches,
                 start.elapsed().as_secs_f64(),
-                peak_rss_mb()
+                breakdown(&tally, &times, slowest)
             );
         }
     }
@@ -900,16 +998,8 @@ fn generated_programs_and_observations_never_panic_and_the_store_agrees() {
         eprintln!("{f}");
     }
     let t = tally;
-    eprintln!(
-        "checked {} programs, fed {} lines and calls, {} stores reopened and compared, {} damaged; slowest case {} ms (VED_FUZZ_SEED={}); peak RSS {} MB",
-        t.checked,
-        t.lines,
-        t.stored,
-        t.damaged,
-        slowest.0,
-        slowest.1,
-        peak_rss_mb()
-    );
+    // The figures: the breakdown, then the last line.
+    eprintln!("{}", breakdown(&t, &times, slowest));
     eprintln!(
         "{} cases, {} panics, {} mismatches, {:.0} s",
         t.cases,
@@ -920,8 +1010,9 @@ fn generated_programs_and_observations_never_panic_and_the_store_agrees() {
     assert!(failures.is_empty(), "{} of {} cases failed; the first: {}", failures.len(), t.cases, failures[0]);
     if replay.is_none() {
         // The generator must reach the engine and the store, not only the parser.
-        assert!(t.checked * 5 > t.cases, "only {} of {} programs checked", t.checked, t.cases);
-        assert!(t.stored * 50 > t.cases, "only {} of {} cases used a store", t.stored, t.cases);
+        assert!(t.checked * 8 > t.cases, "only {} of {} programs checked", t.checked, t.cases);
+        assert!(t.started * 2 > t.checked, "only {} of {} checked programs started", t.started, t.checked);
+        assert!(t.stored > 0, "no case used a store");
     }
 }
 
