@@ -401,7 +401,7 @@ impl<S: Sink> Engine<S> {
         let program = loaded.compiled.clone();
         let mut rt = Runtime::empty(program.clone(), opts.seed);
         // Before any instance is created or restored: the first settle runs under them too.
-        rt.limits = opts.limits;
+        rt.set_limits(opts.limits);
         if let Some(c) = &opts.config {
             rt.policy = ved_runtime::RetryPolicy {
                 initial_ms: c.retry.initial_ms,
@@ -749,7 +749,7 @@ impl<S: Sink> Engine<S> {
     /// Replaces the scheduler's bounds (ticks per input, mailbox size) of a running engine.
     /// The start already ran under [`RunOptions::limits`]: give them there to bound it too.
     pub fn set_limits(&mut self, limits: ved_runtime::Limits) {
-        self.rt.limits = limits;
+        self.rt.set_limits(limits);
     }
 
     /// With `Flush::Manual`: writes and syncs what is queued, then releases what became

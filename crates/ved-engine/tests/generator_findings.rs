@@ -43,7 +43,7 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 
 #[test]
 fn limits_given_in_the_options_bound_the_start() {
-    let tight = ved_runtime::Limits { ticks_per_input_max: 20, mailbox_max: 8 };
+    let tight = ved_runtime::Limits { ticks_per_input_max: 20, mailbox_max: 8, ..Default::default() };
     let ved = start(GROWER, &opts(None, ved_store::Flush::Manual, tight));
     let d = ved.runtime().instance("D").unwrap();
     assert!(d.ticks <= 21, "the start ran {} ticks under a bound of 20", d.ticks);
@@ -52,7 +52,11 @@ fn limits_given_in_the_options_bound_the_start() {
     // ticks of a growing list, took the generator 34 s and 2.3 GB).
     let ved = start(
         GROWER,
-        &opts(None, ved_store::Flush::Manual, ved_runtime::Limits { ticks_per_input_max: 200, mailbox_max: 8 }),
+        &opts(
+            None,
+            ved_store::Flush::Manual,
+            ved_runtime::Limits { ticks_per_input_max: 200, mailbox_max: 8, ..Default::default() },
+        ),
     );
     let d = ved.runtime().instance("D").unwrap();
     assert!(d.ticks > 100, "a bound of 200: {} ticks", d.ticks);
@@ -62,7 +66,7 @@ fn limits_given_in_the_options_bound_the_start() {
 fn the_builder_passes_its_limits_to_the_start() {
     let loaded = ved_engine::load::check_texts(vec![("p.ved".into(), GROWER.into())]).unwrap();
     let ved = ved_engine::Builder::new(loaded)
-        .limits(ved_runtime::Limits { ticks_per_input_max: 10, mailbox_max: 8 })
+        .limits(ved_runtime::Limits { ticks_per_input_max: 10, mailbox_max: 8, ..Default::default() })
         .start(Vec::<EngineEvent>::new())
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(ved.runtime().instance("D").unwrap().ticks <= 11);

@@ -36,11 +36,15 @@ pub struct Limits {
     pub ticks_per_input_max: u64,
     /// Messages a mailbox holds; further observations are refused.
     pub mailbox_max: usize,
+    /// Elements (or bytes) one value may hold, at most [`ved_vm::SIZE_MAX`]; a stored
+    /// or emitted value may hold sixteen times as many through its nested values. A
+    /// step over either bound faults.
+    pub value_size_max: usize,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { ticks_per_input_max: 10_000, mailbox_max: 65_536 }
+        Limits { ticks_per_input_max: 10_000, mailbox_max: 65_536, value_size_max: ved_vm::SIZE_MAX }
     }
 }
 

@@ -107,6 +107,12 @@ impl Runtime {
         }
     }
 
+    /// Sets the scheduler's and the VM's bounds together.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.vm.set_size_max(limits.value_size_max);
+        self.limits = limits;
+    }
+
     /// Room for `n` more instances, made once (a restart knows how many it restores).
     pub fn reserve(&mut self, n: usize) {
         self.instances.reserve(n);

@@ -146,7 +146,7 @@ fn pipeline(text: &str) -> bool {
         return false;
     };
     let compiled = Arc::new(ved_vm::compile_program(&program));
-    let limits = Limits { ticks_per_input_max: 200, mailbox_max: 64 };
+    let limits = Limits { ticks_per_input_max: 200, mailbox_max: 64, ..Default::default() };
     if let Ok(mut rt) = Runtime::new(compiled.clone(), 7) {
         rt.limits = limits;
         let mut ev = Vec::new();

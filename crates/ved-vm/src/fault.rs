@@ -12,12 +12,28 @@ pub struct Fault {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FaultKind {
-    Overflow { op: &'static str },
+    Overflow {
+        op: &'static str,
+    },
     DivisionByZero,
-    IndexOutOfRange { index: i64, len: usize },
-    EmptyCollection { member: &'static str },
-    MissingKey { key: String },
-    TooLarge { limit: usize },
+    IndexOutOfRange {
+        index: i64,
+        len: usize,
+    },
+    EmptyCollection {
+        member: &'static str,
+    },
+    MissingKey {
+        key: String,
+    },
+    TooLarge {
+        limit: usize,
+    },
+    /// A stored or emitted value over [`crate::TOTAL_SIZE_MAX`], counted through its
+    /// nested values.
+    TooLargeInAll {
+        limit: usize,
+    },
 }
 
 impl fmt::Display for FaultKind {
@@ -34,6 +50,9 @@ impl fmt::Display for FaultKind {
             FaultKind::MissingKey { key } => write!(f, "key {key:?} is not in the map"),
             FaultKind::TooLarge { limit } => {
                 write!(f, "value exceeds the limit of {limit} elements")
+            }
+            FaultKind::TooLargeInAll { limit } => {
+                write!(f, "value holds more than {limit} elements and string bytes in all, counting nested values")
             }
         }
     }

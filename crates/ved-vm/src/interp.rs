@@ -2,8 +2,8 @@
 
 use crate::code::{Code, Op};
 use crate::fault::{Fault, FaultKind};
-use crate::value::Value;
-use crate::{CompiledDomain, SIZE_MAX};
+use crate::value::{total_size_exceeds, Value};
+use crate::{CompiledDomain, SIZE_MAX, TOTAL_SIZE_MAX};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use ved_check::hir::{ArithOp, Builtin, CmpOp};
@@ -34,12 +34,18 @@ impl StepOutcome {
 
 /// Reusable scratch space, so that evaluation in steady state allocates only
 /// what the program itself builds.
-#[derive(Default)]
 pub struct Vm {
+    /// The bound on one value's elements or bytes ([`SIZE_MAX`] unless set lower).
+    size_max: usize,
+    /// The bound on a stored or emitted value through its nested values
+    /// ([`TOTAL_SIZE_MAX`], sixteen times `size_max`).
+    total_size_max: usize,
     stack: Vec<Value>,
     locals: Vec<Value>,
     /// Copy-on-write view: a written field's new value, or `None`.
     overlay: Vec<Option<Value>>,
+    /// Where each written field was last assigned, to place a fault on its final value.
+    stored_at: Vec<Span>,
     dirty: Vec<u16>,
     intents: Vec<Intent>,
 }
@@ -50,9 +56,33 @@ fn fault(kind: FaultKind, span: Span) -> Fault {
     Fault { kind, span }
 }
 
+impl Default for Vm {
+    fn default() -> Vm {
+        Vm {
+            size_max: SIZE_MAX,
+            total_size_max: TOTAL_SIZE_MAX,
+            stack: Vec::new(),
+            locals: Vec::new(),
+            overlay: Vec::new(),
+            stored_at: Vec::new(),
+            dirty: Vec::new(),
+            intents: Vec::new(),
+        }
+    }
+}
+
 impl Vm {
     pub fn new() -> Vm {
         Vm::default()
+    }
+
+    /// Lowers the size bounds: one value holds at most `n` elements or bytes (at most
+    /// [`SIZE_MAX`]), and a stored or emitted one at most `16 n` through its nested values.
+    /// A tighter bound makes the same faults happen sooner and cheaper, for a harness that
+    /// runs millions of generated programs.
+    pub fn set_size_max(&mut self, n: usize) {
+        self.size_max = n.min(SIZE_MAX);
+        self.total_size_max = self.size_max.saturating_mul(TOTAL_SIZE_MAX / SIZE_MAX);
     }
 
     /// Evaluates an expression over `state`.
@@ -72,7 +102,10 @@ impl Vm {
     /// Runs a step against a copy-on-write view of `state`.
     pub fn run_step(&mut self, code: &Code, state: &[Value]) -> R<StepOutcome> {
         self.reset(code, state.len());
-        let r = self.exec(code, state);
+        let mut r = self.exec(code, state);
+        if r.is_ok() {
+            r = self.check_total_sizes();
+        }
         let mut out = StepOutcome::default();
         if r.is_ok() {
             self.dirty.sort_unstable();
@@ -94,12 +127,35 @@ impl Vm {
         r.map(|()| out)
     }
 
+    /// The final value of every field the step wrote must fit [`TOTAL_SIZE_MAX`]: it
+    /// goes whole into the journal, the store and the events. Checked once per field
+    /// at the step's end, not at every assignment, so a loop that builds a value pays
+    /// for the walk once.
+    fn check_total_sizes(&self) -> R<()> {
+        for &slot in &self.dirty {
+            if let Some(Some(v)) = self.overlay.get(slot as usize) {
+                if total_size_exceeds([v], self.total_size_max) {
+                    let span = self.stored_at.get(slot as usize).copied().unwrap_or_default();
+                    return Err(fault(FaultKind::TooLargeInAll { limit: self.total_size_max }, span));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The initial state of an instance: defaults, or zero values.
     pub fn initial_state(&mut self, d: &CompiledDomain) -> R<Vec<Value>> {
         let mut state = Vec::with_capacity(d.fields.len());
         for ((_, ty), default) in d.fields.iter().zip(&d.defaults) {
             state.push(match default {
-                Some(code) => self.eval(code, &[])?,
+                Some(code) => {
+                    let v = self.eval(code, &[])?;
+                    if total_size_exceeds([&v], self.total_size_max) {
+                        let span = code.spans.last().copied().unwrap_or_default();
+                        return Err(fault(FaultKind::TooLargeInAll { limit: self.total_size_max }, span));
+                    }
+                    v
+                }
                 None => Value::zero(ty),
             });
         }
@@ -113,6 +169,7 @@ impl Vm {
         self.locals.resize(code.locals as usize, Value::Int(0));
         if self.overlay.len() < fields {
             self.overlay.resize(fields, None);
+            self.stored_at.resize(fields, Span::default());
         }
     }
 
@@ -164,6 +221,7 @@ impl Vm {
                             self.dirty.push(s);
                         }
                         *cell = Some(v);
+                        self.stored_at[s as usize] = code.spans[pc - 1];
                     }
                 }
                 Op::Not => {
@@ -197,8 +255,8 @@ impl Vm {
                     let (Value::Str(l), Value::Str(r)) = (l, r) else {
                         continue;
                     };
-                    if l.len() + r.len() > SIZE_MAX {
-                        return Err(fault(FaultKind::TooLarge { limit: SIZE_MAX }, code.spans[pc - 1]));
+                    if l.len() + r.len() > self.size_max {
+                        return Err(fault(FaultKind::TooLarge { limit: self.size_max }, code.spans[pc - 1]));
                     }
                     let mut s = String::with_capacity(l.len() + r.len());
                     s.push_str(&l);
@@ -246,9 +304,9 @@ impl Vm {
                     let at = self.stack.len().saturating_sub(argc);
                     let args: Vec<Value> = self.stack.drain(at..).collect();
                     let recv = self.pop();
-                    let v = call(b, recv, args, span)?;
-                    if v.size() > SIZE_MAX {
-                        return Err(fault(FaultKind::TooLarge { limit: SIZE_MAX }, span));
+                    let v = call(b, recv, args, span, self.size_max)?;
+                    if v.size() > self.size_max {
+                        return Err(fault(FaultKind::TooLarge { limit: self.size_max }, span));
                     }
                     self.stack.push(v);
                 }
@@ -273,6 +331,10 @@ impl Vm {
                     let site = &code.emits[i as usize];
                     let at = self.stack.len().saturating_sub(site.argc as usize);
                     let args: Vec<Value> = self.stack.drain(at..).collect();
+                    if total_size_exceeds(&args, self.total_size_max) {
+                        let span = code.spans[pc - 1];
+                        return Err(fault(FaultKind::TooLargeInAll { limit: self.total_size_max }, span));
+                    }
                     self.intents.push(Intent { adapter: site.adapter.clone(), action: site.action.clone(), args });
                 }
                 Op::Jump(t) => pc = t as usize,
@@ -314,7 +376,7 @@ fn membership(v: &Value) -> BTreeSet<&Value> {
     elements(v).into_iter().collect()
 }
 
-fn call(b: Builtin, recv: Value, mut args: Vec<Value>, span: Span) -> R<Value> {
+fn call(b: Builtin, recv: Value, mut args: Vec<Value>, span: Span, size_max: usize) -> R<Value> {
     let arg = |args: &mut Vec<Value>| {
         if args.is_empty() {
             Value::Int(0)
@@ -364,8 +426,8 @@ fn call(b: Builtin, recv: Value, mut args: Vec<Value>, span: Span) -> R<Value> {
         (Builtin::AddAll, Value::List(mut l)) => {
             let more = arg(&mut args);
             let extra = elements(&more);
-            if l.len() + extra.len() > SIZE_MAX {
-                return Err(fault(FaultKind::TooLarge { limit: SIZE_MAX }, span));
+            if l.len() + extra.len() > size_max {
+                return Err(fault(FaultKind::TooLarge { limit: size_max }, span));
             }
             Arc::make_mut(&mut l).extend(extra.into_iter().cloned());
             Value::List(l)
@@ -435,8 +497,8 @@ fn call(b: Builtin, recv: Value, mut args: Vec<Value>, span: Span) -> R<Value> {
             let mut present: BTreeSet<Value> = l.iter().cloned().collect();
             let extra: Vec<Value> =
                 elements(&other).into_iter().filter(|e| present.insert((*e).clone())).cloned().collect();
-            if l.len() + extra.len() > SIZE_MAX {
-                return Err(fault(FaultKind::TooLarge { limit: SIZE_MAX }, span));
+            if l.len() + extra.len() > size_max {
+                return Err(fault(FaultKind::TooLarge { limit: size_max }, span));
             }
             if !extra.is_empty() {
                 Arc::make_mut(&mut l).extend(extra);

@@ -24,6 +24,14 @@ use ved_syntax::Span;
 /// The largest collection (elements) or string (bytes) a program may build.
 pub const SIZE_MAX: usize = 1_000_000;
 
+/// The most elements and string bytes, counted through every nested value, that a
+/// value a step stores in a field or emits may hold. [`SIZE_MAX`] bounds one level
+/// only, and values share their parts (`Arc`): a list of a million references to one
+/// megabyte string costs 24 MB to hold but is a terabyte to write into the journal,
+/// the store and the event stream. The bound keeps every such record below roughly
+/// this many bytes of text.
+pub const TOTAL_SIZE_MAX: usize = 16_000_000;
+
 #[derive(Clone, Debug)]
 pub struct CompiledTransition {
     pub name: String,

@@ -109,3 +109,29 @@ impl fmt::Display for Value {
         }
     }
 }
+
+/// Whether `values` hold more than `limit` elements and string bytes in all, counting
+/// through nested values (a scalar or an empty collection counts one). The walk stops
+/// as soon as the count passes `limit`, so it costs at most `limit` steps however large
+/// the values are: they share their parts, and a value that is small to hold can be
+/// enormous to write out.
+pub(crate) fn total_size_exceeds<'a>(values: impl IntoIterator<Item = &'a Value>, limit: usize) -> bool {
+    fn add(v: &Value, acc: &mut usize, limit: usize) -> bool {
+        match v {
+            Value::Int(_) | Value::Bool(_) => bump(acc, 1, limit),
+            Value::Str(s) => bump(acc, s.len().max(1), limit),
+            Value::List(l) if l.is_empty() => bump(acc, 1, limit),
+            Value::List(l) => l.iter().any(|x| add(x, acc, limit)),
+            Value::Set(s) if s.is_empty() => bump(acc, 1, limit),
+            Value::Set(s) => s.iter().any(|x| add(x, acc, limit)),
+            Value::Map(m) if m.is_empty() => bump(acc, 1, limit),
+            Value::Map(m) => m.iter().any(|(k, x)| bump(acc, k.len(), limit) || add(x, acc, limit)),
+        }
+    }
+    fn bump(acc: &mut usize, n: usize, limit: usize) -> bool {
+        *acc = acc.saturating_add(n);
+        *acc > limit
+    }
+    let mut acc = 0;
+    values.into_iter().any(|v| add(v, &mut acc, limit))
+}

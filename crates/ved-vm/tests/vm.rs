@@ -140,3 +140,36 @@ fn the_bytecode_is_compact_and_constants_are_prebuilt() {
     let default = disassemble(p.domains[0].defaults[0].as_ref().unwrap());
     assert_eq!(default, "   0  const [80, 443]\n");
 }
+
+/// Found by the generator (seed 11114397750797388268): a megabyte string inside a list
+/// doubled to a million elements is 24 MB to hold, since the elements share one string,
+/// but a terabyte to write into the journal and the events. A stored or emitted value is
+/// bounded through its nested values too, and a step over that bound faults.
+#[test]
+fn a_stored_or_emitted_value_is_bounded_through_its_nested_values() {
+    let src = "domain D {\n  state {\n    s: string\n    xs: list<string>\n  }\n  goal xs.length == 0\n  transition Store {\n    step {\n      xs = xs.add(xs)\n    }\n  }\n  transition Send {\n    step {\n      emit X.Y(xs, xs)\n    }\n  }\n}\n";
+    let p = program(src);
+    let d = &p.domains[0];
+    let mut vm = Vm::new();
+    let mb: std::sync::Arc<str> = std::sync::Arc::from("a".repeat(1_000_000));
+    let list = |n: usize| Value::List(std::sync::Arc::new(vec![Value::Str(mb.clone()); n]));
+
+    // Eight megabytes, doubled to sixteen: at the bound, allowed.
+    let state = vec![Value::Str(mb.clone()), list(8)];
+    let o = vm.run_step(&d.transitions[0].code, &state).unwrap();
+    assert_eq!(o.writes.len(), 1);
+    // Nine, doubled to eighteen: over it, and the fault points at the assignment.
+    let state = vec![Value::Str(mb.clone()), list(9)];
+    let err = vm.run_step(&d.transitions[0].code, &state).unwrap_err();
+    assert_eq!(err.kind, FaultKind::TooLargeInAll { limit: ved_vm::TOTAL_SIZE_MAX });
+    assert_eq!(&src[err.span.start as usize..err.span.end as usize], "xs = xs.add(xs)");
+    // An intent's arguments count together: two lists of nine are over the bound.
+    let err = vm.run_step(&d.transitions[1].code, &state).unwrap_err();
+    assert_eq!(err.kind, FaultKind::TooLargeInAll { limit: ved_vm::TOTAL_SIZE_MAX });
+    let state = vec![Value::Str(mb.clone()), list(7)];
+    assert_eq!(vm.run_step(&d.transitions[1].code, &state).unwrap().intents.len(), 1);
+    // A million references to the string: the walk stops at the bound, and the step faults.
+    let state = vec![Value::Str(mb.clone()), list(500_000)];
+    let err = vm.run_step(&d.transitions[0].code, &state).unwrap_err();
+    assert_eq!(err.kind, FaultKind::TooLargeInAll { limit: ved_vm::TOTAL_SIZE_MAX });
+}
