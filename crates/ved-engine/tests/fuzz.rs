@@ -4,7 +4,7 @@
 //! types, unknown instances and fields, huge numbers, broken JSON). Each case goes
 //! through the parser and the checker, and a program that checks runs in the in-memory
 //! engine, the entry `ved run --stdin` uses for its lines, under tight bounds from its
-//! start (8 ticks per input, a mailbox of 16). One checked program in 100, chosen by the
+//! start (8 ticks per input, a mailbox of 16, values of at most 10,000 elements). One checked program in 100, chosen by the
 //! seed, keeps its state in a real store instead: the test then stops the engine cleanly
 //! (a checkpoint) or as a crash after its last write, reads the store back and compares
 //! it with the engine's memory, and in one such case in three damages a file (a flipped
