@@ -176,7 +176,11 @@ pub fn journal(src: &Source, instance: &str, as_json: bool) -> ExitCode {
             let s = if e.quiet == 1 { "" } else { "s" };
             println!("({} observation{s} that changed nothing, not journaled)", e.quiet);
         }
-        let mut line = format!("slice {} at {}ms [{}", e.slice, e.at_ms, e.cause);
+        let at = match e.wall_ms {
+            Some(ms) => format!("{} ({}ms)", ved_store::time::rfc3339(ms), e.at_ms),
+            None => format!("{}ms", e.at_ms),
+        };
+        let mut line = format!("slice {} at {at} [{}", e.slice, e.cause);
         if let Some(d) = &e.detail {
             line.push_str(&format!(" {d}"));
         }
@@ -232,7 +236,10 @@ pub fn audit(src: &Source, as_json: bool) -> ExitCode {
         if as_json {
             println!("{}", serde_json::to_string(e).unwrap_or_default());
         } else {
-            println!("#{} {}ms {}: {}", e.seq, e.at_ms, e.instance, e.text);
+            match &e.time {
+                Some(t) => println!("#{} {t} ({}ms) {}: {}", e.seq, e.at_ms, e.instance, e.text),
+                None => println!("#{} {}ms {}: {}", e.seq, e.at_ms, e.instance, e.text),
+            }
         }
     }
     ExitCode::SUCCESS

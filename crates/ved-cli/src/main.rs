@@ -273,6 +273,7 @@ fn main() -> ExitCode {
                     config: None,
                     flush: ved_store::Flush::Background,
                     limits: Default::default(),
+                    wall_ms_at_start: Some(ved_store::time::unix_now_ms()),
                 };
                 let c = ved_cli::cluster_run::ClusterOptions {
                     endpoints: cluster,
@@ -320,6 +321,7 @@ fn main() -> ExitCode {
                     config: None,
                     flush: ved_store::Flush::Background,
                     limits: Default::default(),
+                    wall_ms_at_start: Some(ved_store::time::unix_now_ms()),
                 },
                 mode,
                 audit_key.as_deref(),

@@ -126,6 +126,7 @@ pub fn plan(src: &crate::inspect::Source, files: &[PathBuf], as_json: bool) -> E
         config: None,
         flush: ved_store::Flush::Background,
         limits: Default::default(),
+        wall_ms_at_start: None,
     };
     let engine = match Engine::start_with(
         loaded,

@@ -352,7 +352,7 @@ fn repeated_failures_open_the_breaker_and_report_degraded() {
     let retries: Vec<(u64, u64)> = ev
         .iter()
         .filter(|e| e["event"] == "retry" && e["transition"] == "TriggerPagerDuty")
-        .map(|e| (e["attempt"].as_u64().unwrap(), e["at_ms"].as_u64().unwrap()))
+        .map(|e| (e["attempt"].as_u64().unwrap(), e["due_ms"].as_u64().unwrap()))
         .collect();
     let probes: Vec<u64> = retries.iter().filter(|(a, _)| *a >= 3).map(|(_, at)| *at).collect();
     assert!(probes.len() >= 2, "{retries:?}");

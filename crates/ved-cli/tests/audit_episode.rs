@@ -31,6 +31,7 @@ impl Run {
             config: None,
             flush: ved_store::Flush::Manual,
             limits: Default::default(),
+            wall_ms_at_start: None,
         };
         let Ok(driver) = Driver::start(
             loaded,

@@ -184,6 +184,7 @@ impl World {
             config: None,
             flush: ved_store::Flush::Background,
             limits: Default::default(),
+            wall_ms_at_start: None,
         };
         let Ok(mut node) = Node::new(m, loaded, &opts, Adapters::manual(queue.clone()), Vec::new()) else {
             self.fail("a node did not start")

@@ -199,3 +199,30 @@ fn a_flood_of_lines_waits_for_the_runtime_and_every_line_is_applied_in_order() {
     assert_eq!(observed.len(), expected.len());
     assert_eq!(observed, expected);
 }
+
+/// Every event says when: `at_ms` on the engine's time line and `time` on the wall clock
+/// (RFC 3339, UTC). With `--stdin` time moves only by `advance_ms`, and the wall time moves
+/// with it from the moment the run started.
+#[test]
+fn every_event_carries_the_engines_time_and_the_wall_clock_time() {
+    let before = ved_store::time::unix_now_ms();
+    let input = "{\"instance\":\"WorkerPool\",\"set\":{\"workers\":3}}\n{\"advance_ms\": 60000}\n{\"instance\":\"WorkerPool\",\"set\":{\"workers\":4}}\n";
+    let (code, ev, err) = run(&["examples/worker_pool.ved"], input);
+    assert_eq!(code, 0, "{err}");
+    let after = ved_store::time::unix_now_ms();
+    let mut offsets = std::collections::BTreeSet::new();
+    for e in &ev {
+        let at = e["at_ms"].as_u64().unwrap_or_else(|| panic!("no at_ms: {e}"));
+        let time = e["time"].as_str().unwrap_or_else(|| panic!("no time: {e}"));
+        assert!(time.ends_with('Z'), "not UTC: {time}");
+        let wall = ved_store::time::parse_rfc3339(time).unwrap_or_else(|| panic!("not RFC 3339: {time}"));
+        offsets.insert(wall - at);
+    }
+    // One start time for the whole run, taken while it ran.
+    assert_eq!(offsets.len(), 1, "{offsets:?}");
+    let start = *offsets.first().unwrap();
+    assert!(before <= start && start <= after, "{start} not in {before}..{after}");
+    // The events after the advance are a minute later, on both clocks.
+    let last = ev.iter().rev().find(|e| e["event"] == "slice").unwrap();
+    assert_eq!(last["at_ms"], 60_000, "{last}");
+}

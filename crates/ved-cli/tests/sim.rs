@@ -68,6 +68,7 @@ fn opts(dir: &Path) -> RunOptions {
         config: None,
         flush: ved_store::Flush::Manual,
         limits: Default::default(),
+        wall_ms_at_start: None,
     }
 }
 

@@ -63,6 +63,7 @@ fn no_intent_reaches_an_adapter_before_its_slice_is_durable() {
         config: None,
         flush: ved_store::Flush::Background,
         limits: Default::default(),
+        wall_ms_at_start: None,
     };
     let mut d = Driver::start(
         loaded,
@@ -127,22 +128,60 @@ fn a_restart_resumes_every_instance_at_its_next_slice() {
     let out =
         Command::new(env!("CARGO_BIN_EXE_ved")).args(["journal", "--data-dir", d, "WorkerPool"]).output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("slice 10 at 0ms [observe from stdin]: workers = 4"), "{text}");
+    // Each entry says when, on the wall clock and on the engine's time line: `slice 10 at
+    // 2026-12-02T05:41:34.123Z (0ms) [...]`.
+    let (t10, t11) = (wall_time_of(&text, "slice 10 at "), wall_time_of(&text, "slice 11 at "));
+    let text = text.replace(&t10, "T").replace(&t11, "T");
+    assert!(text.contains("slice 10 at T (0ms) [observe from stdin]: workers = 4"), "{text}");
     assert!(
         text.contains(
-            "slice 11 at 0ms [transition scale_up] after slice 10 (observe from stdin): workers = 5\n    -> stable"
+            "slice 11 at T (0ms) [transition scale_up] after slice 10 (observe from stdin): workers = 5\n    -> stable"
         ),
         "{text}"
     );
     let out = Command::new(env!("CARGO_BIN_EXE_ved")).args(["audit", "--data-dir", d]).output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
+    let text = text.replace(&wall_time_of(&text, "#3 "), "T");
     assert!(
-        text.contains("WorkerPool: workers drifted to 4; scale_up set workers = 5; stable again after 1 tick"),
+        text.contains(
+            "#3 T (0ms) WorkerPool: workers drifted to 4; scale_up set workers = 5; stable again after 1 tick"
+        ),
         "{text}"
     );
+    // The same in JSON: every event, journal entry and audit entry has `time` beside `at_ms`.
+    for e in &ev {
+        assert!(e["at_ms"].is_u64(), "{e}");
+        assert_recent(e["time"].as_str().unwrap_or_else(|| panic!("no time: {e}")));
+    }
+    for cmd in [&["journal", "--data-dir", d, "WorkerPool", "--json"][..], &["audit", "--data-dir", d, "--json"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ved")).args(cmd).output().unwrap();
+        let lines = String::from_utf8(out.stdout).unwrap();
+        assert!(lines.lines().count() >= 2, "{cmd:?}: {lines}");
+        for l in lines.lines() {
+            let e: Json = serde_json::from_str(l).unwrap();
+            assert!(e["at_ms"].is_u64(), "{e}");
+            assert_recent(e["time"].as_str().unwrap_or_else(|| panic!("no time: {e}")));
+        }
+    }
     let out = Command::new(env!("CARGO_BIN_EXE_ved")).args(["audit", "verify", "--data-dir", d]).output().unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "ok: 3 audit entries, hash chain intact\n");
+}
+
+/// The wall-clock time that follows `prefix` in `text` (up to the next space).
+fn wall_time_of(text: &str, prefix: &str) -> String {
+    let at = text.find(prefix).unwrap_or_else(|| panic!("no `{prefix}` in {text}")) + prefix.len();
+    let t = text[at..].split(' ').next().unwrap().to_string();
+    assert_recent(&t);
+    t
+}
+
+/// `t` is an RFC 3339 time in UTC, with milliseconds, within the last hour.
+fn assert_recent(t: &str) {
+    assert!(t.ends_with('Z') && t.len() == "2026-12-02T05:41:34.123Z".len(), "not RFC 3339 UTC with ms: {t}");
+    let ms = ved_store::time::parse_rfc3339(t).unwrap_or_else(|| panic!("not RFC 3339: {t}"));
+    let now = ved_store::time::unix_now_ms();
+    assert!(ms <= now && now - ms < 3_600_000, "{t} is not the time of this run");
 }
 
 #[test]
@@ -358,6 +397,7 @@ fn manual_driver(dir: &std::path::Path, program: &str, queue: Arc<Mutex<Vec<Inte
         config: None,
         flush: ved_store::Flush::Manual,
         limits: Default::default(),
+        wall_ms_at_start: None,
     };
     match Driver::start(
         loaded,
@@ -464,11 +504,11 @@ fn the_journal_names_sources_origins_and_statuses_and_resyncs_cost_nothing() {
         .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     for says in [
-        "slice 1 at 0ms [observe from stdin]: want = 2",
-        "slice 2 at 0ms [transition SetA] after slice 1 (observe from stdin) (held: a = 2)",
+        "slice 1 at 1970-01-01T00:00:00.000Z (0ms) [observe from stdin]: want = 2",
+        "slice 2 at 1970-01-01T00:00:00.000Z (0ms) [transition SetA] after slice 1 (observe from stdin) (held: a = 2)",
         "    -> waiting",
-        "slice 4 at 0ms [observe from watch#1]",
-        "slice 6 at 0ms [result Batched/2/0] (batch 5)",
+        "slice 4 at 1970-01-01T00:00:00.000Z (0ms) [observe from watch#1]",
+        "slice 6 at 1970-01-01T00:00:00.000Z (0ms) [result Batched/2/0] (batch 5)",
         "[transition Finish] after slice 6 (result Batched/2/0): done = 2",
         "    -> stable",
         "[observe from stdin] add want +1: want = 3",

@@ -92,6 +92,7 @@ fn start(dir: &Path, syncs: Arc<AtomicU64>) -> Engine<Null> {
         config: None,
         flush: ved_store::Flush::Background,
         limits: Default::default(),
+        wall_ms_at_start: None,
     };
     let hook: ved_store::DurableHook = Box::new(move |_| {
         syncs.fetch_add(1, Ordering::Relaxed);

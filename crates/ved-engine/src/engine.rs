@@ -49,6 +49,10 @@ pub struct RunOptions {
     /// The scheduler's bounds (ticks per input, mailbox size), in force from the start: the
     /// instances a start creates or restores already run under them.
     pub limits: ved_runtime::Limits,
+    /// The wall-clock time (Unix ms) of the start: what the records a start writes
+    /// (migrations) carry, and the epoch of the engine's clock until [`Engine::set_clock`]
+    /// replaces it. `None`: the Unix epoch, so that a test's output is the same every time.
+    pub wall_ms_at_start: Option<u64>,
 }
 
 /// What to do once a batch is durable.
@@ -266,6 +270,7 @@ impl Builder {
             config: Some(config),
             flush: ved_store::Flush::Background,
             limits: self.limits,
+            wall_ms_at_start: None,
         };
         let adapters = Adapters {
             by_name: self.adapters,
@@ -396,6 +401,7 @@ impl<S: Sink> Engine<S> {
         if let Some(dir) = &opts.data_dir {
             // Where the state lives, given or the default: the first event of a durable run.
             let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+            out.time(0, opts.wall_ms_at_start.unwrap_or(0));
             out.event(EngineEvent::Store { dir });
         }
         let program = loaded.compiled.clone();
@@ -484,8 +490,9 @@ impl<S: Sink> Engine<S> {
             }
             journals = rec.journals.into_iter().map(|(n, q)| (n, q.into_iter().map(Arc::new).collect())).collect();
         }
+        let start_wall_ms = opts.wall_ms_at_start.unwrap_or(0);
         for m in &migrations {
-            journals.entry(m.instance.clone()).or_default().push_back(Arc::new(m.journal_entry()));
+            journals.entry(m.instance.clone()).or_default().push_back(Arc::new(m.journal_entry(start_wall_ms)));
         }
         // Instances `ved.toml` declares come first; a domain with declared instances runs
         // those instead of the one named after it.
@@ -552,6 +559,9 @@ impl<S: Sink> Engine<S> {
         driver.recover_journal_context();
         // Simulated time continues from the snapshots after a restart.
         driver.now_ms = driver.rt.instances().iter().map(|i| i.now_ms).max().unwrap_or(0);
+        // Until a real clock is set, the start's wall-clock time is the engine's time now.
+        driver.clock = Box::new(ManualClock::with_epoch(start_wall_ms.saturating_sub(driver.now_ms)));
+        driver.stamp();
         // A new store records the program; a changed program is recorded again.
         let retry = driver.retry();
         if let Some(store) = driver.store.as_mut() {
@@ -572,8 +582,8 @@ impl<S: Sink> Engine<S> {
             let mut audit = Vec::new();
             for m in &migrations {
                 records.push(Record::Snapshot(m.snapshot.clone()));
-                records.push(Record::Journal(Arc::new(m.journal_entry())));
-                audit.push(m.audit());
+                records.push(Record::Journal(Arc::new(m.journal_entry(start_wall_ms))));
+                audit.push(m.audit(start_wall_ms));
             }
             if !records.is_empty() {
                 store.append(records, audit);
@@ -696,7 +706,8 @@ impl<S: Sink> Engine<S> {
         let text = format!("{source} repaired the firewall: {}", what.join("; "));
         self.out.event(EngineEvent::Repaired { instance: instance.clone(), source, what });
         if let Some(store) = self.store.as_mut() {
-            store.append(Vec::new(), vec![AuditDraft { at_ms: self.now_ms, instance, text }]);
+            let wall_ms = Some(self.clock.wall_ms(self.now_ms));
+            store.append(Vec::new(), vec![AuditDraft { at_ms: self.now_ms, wall_ms, instance, text }]);
         }
     }
 
@@ -834,6 +845,13 @@ impl<S: Sink> Engine<S> {
     /// Replaces the engine's clock (a new engine's is a [`ManualClock`] at 0).
     pub fn set_clock(&mut self, clock: Box<dyn Clock>) {
         self.clock = clock;
+        self.stamp();
+    }
+
+    /// Tells the sink the time of the events that follow.
+    fn stamp(&mut self) {
+        let wall_ms = self.clock.wall_ms(self.now_ms);
+        self.out.time(self.now_ms, wall_ms);
     }
 
     /// The time of the latest snapshot or step: where a wall clock continues from.
@@ -858,6 +876,7 @@ impl<S: Sink> Engine<S> {
             return;
         }
         self.now_ms = now_ms;
+        self.stamp();
         let due = self.rt.next_timer_ms().is_some_and(|t| t <= now_ms);
         self.rt.advance_time(now_ms);
         if due {
@@ -984,10 +1003,14 @@ impl<S: Sink> Engine<S> {
         // Instances that ran a tick since their last message in this run.
         let mut ticked: FxHashSet<Arc<str>> = FxHashSet::with_capacity_and_hasher(stepped.len(), Default::default());
         let program = self.program.clone();
+        let wall_ms = self.clock.wall_ms(self.now_ms);
         for Step { name, domain, ticks, idle, events: evs, snap } in steps {
             let dom = &program.domains[domain];
             let feed = if evs.iter().any(is_observation_outcome) { self.take_feed(&name) } else { None };
-            let entry = entry_of(dom, &name, self.now_ms, &evs, feed);
+            let mut entry = entry_of(dom, &name, self.now_ms, &evs, feed);
+            if let Some(e) = entry.as_mut() {
+                e.wall_ms = Some(wall_ms);
+            }
             // An observation that changes nothing on a stable instance with nothing pending (a
             // periodic resync) is counted, not journaled: it must not push real history out.
             let quiet = entry.as_ref().is_some_and(|e| {
@@ -1275,11 +1298,14 @@ impl<S: Sink> Engine<S> {
                 let snapshot = m.snapshot.clone();
                 let mut journal = journal;
                 if m.changed() {
-                    journal.push(m.journal_entry());
+                    let wall_ms = self.clock.wall_ms(self.now_ms);
+                    journal.push(m.journal_entry(wall_ms));
                     if let Some(store) = self.store.as_mut() {
-                        let records =
-                            vec![Record::Snapshot(snapshot.clone()), Record::Journal(Arc::new(m.journal_entry()))];
-                        store.append(records, vec![m.audit()]);
+                        let records = vec![
+                            Record::Snapshot(snapshot.clone()),
+                            Record::Journal(Arc::new(m.journal_entry(wall_ms))),
+                        ];
+                        store.append(records, vec![m.audit(wall_ms)]);
                     }
                 }
                 // Time continues from the snapshot, so retry deadlines still hold.
@@ -1450,7 +1476,8 @@ impl<S: Sink> Engine<S> {
                             );
                             let text = ep.told(format!("not at the goal yet: {note}"));
                             ep.note(note);
-                            audit.push(AuditDraft { at_ms: self.now_ms, instance: name.to_string(), text });
+                            let wall_ms = Some(self.clock.wall_ms(self.now_ms));
+                            audit.push(AuditDraft { at_ms: self.now_ms, wall_ms, instance: name.to_string(), text });
                         }
                     }
                     return;
@@ -1461,7 +1488,9 @@ impl<S: Sink> Engine<S> {
                 }
                 let used = ticks.saturating_sub(ep.ticks_at_start);
                 let end = format!("stable again after {used} tick{}", if used == 1 { "" } else { "s" });
-                audit.push(AuditDraft { at_ms: self.now_ms, instance: name.to_string(), text: ep.told(end) });
+                let wall_ms = Some(self.clock.wall_ms(self.now_ms));
+                let text = ep.told(end);
+                audit.push(AuditDraft { at_ms: self.now_ms, wall_ms, instance: name.to_string(), text });
             }
             _ => {}
         }
@@ -1483,6 +1512,7 @@ impl<S: Sink> Engine<S> {
         while let Some(t) = self.rt.next_timer_ms().filter(|t| *t <= target) {
             self.rt.advance_time(t);
             self.now_ms = t;
+            self.stamp();
             let before = self.rt.instances().iter().map(|i| i.slice).sum::<u64>();
             self.run_and_persist();
             self.settle();
@@ -1491,6 +1521,7 @@ impl<S: Sink> Engine<S> {
             }
         }
         self.now_ms = target;
+        self.stamp();
         self.rt.advance_time(target);
     }
 

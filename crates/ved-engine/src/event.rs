@@ -161,7 +161,7 @@ impl EngineEvent {
                 m
             }
             EngineEvent::Retry { instance, transition, attempt, at_ms } => {
-                json!({"event": "retry", "instance": instance, "transition": transition, "attempt": attempt, "at_ms": at_ms})
+                json!({"event": "retry", "instance": instance, "transition": transition, "attempt": attempt, "due_ms": at_ms})
             }
             EngineEvent::Fault { instance, message, at, transition, goal } => {
                 let mut m = json!({"event": "fault", "instance": instance, "message": message, "at": at});
@@ -221,6 +221,9 @@ pub trait Sink {
     /// Called before an intent is handed to an adapter: whatever was reported must be
     /// out first (for the `log` adapter, the printed intent *is* the delivery).
     fn flush(&mut self) {}
+    /// The time of the events that follow: the engine's time (`at_ms`) and the wall-clock
+    /// time (Unix milliseconds). Called when the engine's time moves.
+    fn time(&mut self, _at_ms: u64, _wall_ms: u64) {}
 }
 
 /// Collects events in memory: for embedders and tests.
@@ -230,15 +233,21 @@ impl Sink for Vec<EngineEvent> {
     }
 }
 
-/// The wire format: one JSON object per line, `seq` first (1, 2, ...).
+/// The wire format: one JSON object per line, `seq` first (1, 2, ...), then `at_ms` (the
+/// engine's time) and `time` (wall-clock, RFC 3339 in UTC) as of the engine's last word on
+/// the time ([`Sink::time`]).
 pub struct JsonLines<W: Write> {
     w: W,
     seq: u64,
+    at_ms: u64,
+    wall_ms: u64,
+    /// `wall_ms` formatted, kept until it changes: many lines share one millisecond.
+    time: String,
 }
 
 impl<W: Write> JsonLines<W> {
     pub fn new(w: W) -> JsonLines<W> {
-        JsonLines { w, seq: 0 }
+        JsonLines { w, seq: 0, at_ms: 0, wall_ms: 0, time: ved_store::time::rfc3339(0) }
     }
 
     /// Writes a line of the client's own (`listening`, `acquired`, ...) in the same numbering.
@@ -246,6 +255,8 @@ impl<W: Write> JsonLines<W> {
         self.seq += 1;
         let mut line = Map::new();
         line.insert("seq".into(), json!(self.seq));
+        line.insert("at_ms".into(), json!(self.at_ms));
+        line.insert("time".into(), json!(self.time));
         line.append(&mut obj);
         // A closed stdout (e.g. piped into `head`) is not worth a panic.
         let _ = writeln!(self.w, "{}", Json::Object(line));
@@ -267,5 +278,50 @@ impl<W: Write> Sink for JsonLines<W> {
 
     fn flush(&mut self) {
         let _ = self.w.flush();
+    }
+
+    fn time(&mut self, at_ms: u64, wall_ms: u64) {
+        self.at_ms = at_ms;
+        if wall_ms != self.wall_ms {
+            self.wall_ms = wall_ms;
+            self.time = ved_store::time::rfc3339(wall_ms);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_line_carries_the_engines_time_and_the_wall_clock_time() {
+        let mut out = JsonLines::new(Vec::new());
+        out.event(EngineEvent::Ack { line: 1 });
+        out.time(13_493, 1_796_189_694_123);
+        out.event(EngineEvent::Created { instance: "I".into(), domain: "D".into() });
+        out.emit(Map::from_iter([("event".to_string(), json!("listening"))]));
+        let text = String::from_utf8(out.into_inner()).unwrap();
+        let lines: Vec<Json> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        // Before the engine says what time it is: its time line's start, at the Unix epoch.
+        assert_eq!(
+            (lines[0]["at_ms"].as_u64(), lines[0]["time"].as_str()),
+            (Some(0), Some("1970-01-01T00:00:00.000Z"))
+        );
+        for l in &lines[1..] {
+            assert_eq!(
+                (l["at_ms"].as_u64(), l["time"].as_str()),
+                (Some(13_493), Some("2026-12-02T05:34:54.123Z")),
+                "{l}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_retry_says_when_it_is_due_apart_from_when_it_was_reported() {
+        let mut out = JsonLines::new(Vec::new());
+        out.time(100, 1_000_100);
+        out.event(EngineEvent::Retry { instance: "I".into(), transition: "T".into(), attempt: 2, at_ms: 2_100 });
+        let line: Json = serde_json::from_slice(&out.into_inner()).unwrap();
+        assert_eq!((line["at_ms"].as_u64(), line["due_ms"].as_u64()), (Some(100), Some(2_100)));
     }
 }

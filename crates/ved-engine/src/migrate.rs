@@ -71,7 +71,7 @@ impl Migration {
 
     /// The journal entry that records the migration: cause `migrate`, the added fields as
     /// its changes, and the detail listing what was added and removed.
-    pub fn journal_entry(&self) -> JournalEntry {
+    pub fn journal_entry(&self, wall_ms: u64) -> JournalEntry {
         let s = &self.snapshot.snapshot;
         let mut detail = Vec::new();
         if !self.added.is_empty() {
@@ -89,6 +89,7 @@ impl Migration {
             instance: self.instance.clone(),
             slice: s.slice,
             at_ms: s.now_ms,
+            wall_ms: Some(wall_ms),
             cause: "migrate".to_string(),
             detail: Some(detail.join("; ")),
             changes: self.added.iter().map(|(n, _, d)| (n.clone(), d.to_string())).collect(),
@@ -97,9 +98,10 @@ impl Migration {
     }
 
     /// The audit entry: "program upgraded: ...".
-    pub fn audit(&self) -> AuditDraft {
+    pub fn audit(&self, wall_ms: u64) -> AuditDraft {
         AuditDraft {
             at_ms: self.snapshot.snapshot.now_ms,
+            wall_ms: Some(wall_ms),
             instance: self.instance.clone(),
             text: format!("program upgraded: {}", self.summary()),
         }
@@ -555,11 +557,11 @@ mod tests {
         assert_eq!(m.notes.len(), 2, "{:?}", m.notes);
         assert!(m.notes[1].contains("`gone` no longer exists: its retry due at 500ms is dropped"), "{:?}", m.notes);
         assert!(m.notes[0].contains("held write `b = 6` of transition `t1` is dropped"), "{:?}", m.notes);
-        let e = m.journal_entry();
-        assert_eq!((e.slice, e.cause.as_str()), (5, "migrate"));
+        let e = m.journal_entry(1_796_189_694_123);
+        assert_eq!((e.slice, e.cause.as_str(), e.wall_ms), (5, "migrate", Some(1_796_189_694_123)));
         assert_eq!(e.changes, vec![("c".to_string(), "3".to_string())]);
         assert!(m
-            .audit()
+            .audit(0)
             .text
             .starts_with("program upgraded: field `c: int` added with default 3, field `b: int` removed (was 5)"));
     }

@@ -691,6 +691,7 @@ fn opts(dir: Option<&Path>, seed: u64) -> RunOptions {
         config: None,
         flush: ved_store::Flush::Manual,
         limits: LIMITS,
+        wall_ms_at_start: None,
     }
 }
 

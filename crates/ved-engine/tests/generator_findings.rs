@@ -26,6 +26,7 @@ fn opts(dir: Option<&Path>, flush: ved_store::Flush, limits: ved_runtime::Limits
         config: None,
         flush,
         limits,
+        wall_ms_at_start: None,
     }
 }
 

@@ -23,6 +23,8 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuditDraft {
     pub at_ms: u64,
+    /// Wall-clock time, in Unix milliseconds.
+    pub wall_ms: Option<u64>,
     pub instance: String,
     pub text: String,
 }
@@ -31,6 +33,10 @@ pub struct AuditDraft {
 pub struct AuditEntry {
     pub seq: u64,
     pub at_ms: u64,
+    /// Wall-clock time, RFC 3339 in UTC. Part of the hash when present; absent in entries
+    /// written before entries had it, whose hashes are checked as they were made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
     pub instance: String,
     pub text: String,
     pub prev: String,
@@ -44,10 +50,12 @@ pub struct AuditEntry {
 
 impl AuditEntry {
     pub fn new(seq: u64, prev: &str, d: &AuditDraft) -> AuditEntry {
-        let hash = entry_hash(seq, d.at_ms, &d.instance, &d.text, prev);
+        let time = d.wall_ms.map(crate::time::rfc3339);
+        let hash = entry_hash(seq, d.at_ms, time.as_deref(), &d.instance, &d.text, prev);
         AuditEntry {
             seq,
             at_ms: d.at_ms,
+            time,
             instance: d.instance.clone(),
             text: d.text.clone(),
             prev: prev.to_string(),
@@ -70,10 +78,15 @@ impl AuditEntry {
     }
 }
 
-fn entry_hash(seq: u64, at_ms: u64, instance: &str, text: &str, prev: &str) -> String {
-    // Length-prefixed fields, so that no two different entries hash the same bytes.
+fn entry_hash(seq: u64, at_ms: u64, time: Option<&str>, instance: &str, text: &str, prev: &str) -> String {
+    // Length-prefixed fields, so that no two different entries hash the same bytes. The
+    // time goes in only when the entry has one: an entry from before times hashes as it
+    // did, and one with a time cannot lose it unnoticed (the count of parts differs, and
+    // each is length-prefixed).
     let mut h = Sha256::new();
-    for part in [seq.to_string().as_str(), at_ms.to_string().as_str(), instance, text, prev] {
+    let (seq, at_ms) = (seq.to_string(), at_ms.to_string());
+    let parts = [Some(seq.as_str()), Some(at_ms.as_str()), time, Some(instance), Some(text), Some(prev)];
+    for part in parts.into_iter().flatten() {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
     }
@@ -162,7 +175,7 @@ pub fn verify_from(text: &str, genesis: &str, expect_count: u64, expect_head: &s
                 reason: "its `prev` does not match the hash of the entry before it: the chain is broken here".into(),
             });
         }
-        let recomputed = entry_hash(e.seq, e.at_ms, &e.instance, &e.text, &e.prev);
+        let recomputed = entry_hash(e.seq, e.at_ms, e.time.as_deref(), &e.instance, &e.text, &e.prev);
         if recomputed != e.hash {
             return Err(AuditError { line, reason: "its contents do not match its hash: the entry was edited".into() });
         }
@@ -487,7 +500,12 @@ mod tests {
     use super::*;
 
     fn draft(i: u64) -> AuditDraft {
-        AuditDraft { at_ms: i * 10, instance: "I".into(), text: format!("episode {i}") }
+        AuditDraft {
+            at_ms: i * 10,
+            wall_ms: Some(1_796_189_694_000 + i),
+            instance: "I".into(),
+            text: format!("episode {i}"),
+        }
     }
 
     fn chain(n: u64, key: Option<&AuditKey>) -> Vec<AuditEntry> {
@@ -639,12 +657,30 @@ mod tests {
     }
 
     #[test]
+    fn an_entrys_wall_clock_time_is_written_and_part_of_its_hash() {
+        let entries = chain(3, None);
+        assert_eq!(entries[1].time.as_deref(), Some("2026-12-02T05:34:54.002Z"));
+        let text: String = entries.iter().map(|e| e.to_line()).collect();
+        assert!(text.lines().nth(1).unwrap().contains("\"time\":\"2026-12-02T05:34:54.002Z\""), "{text}");
+        let head = entries[2].hash.clone();
+        assert!(verify(&text, 3, &head).is_ok());
+        // A time edited, or removed, breaks the chain at that entry.
+        for forged in
+            [text.replace("05:34:54.002Z", "05:34:59.002Z"), text.replace(",\"time\":\"2026-12-02T05:34:54.002Z\"", "")]
+        {
+            assert_ne!(forged, text);
+            let Err(err) = verify(&forged, 3, &head) else { panic!("a forged time verified") };
+            assert_eq!(err.line, 2, "{err:?}");
+        }
+    }
+
+    #[test]
     fn old_entries_without_a_mac_read_and_verify_as_before() {
         let line = format!(
             "{{\"seq\":1,\"at_ms\":0,\"instance\":\"I\",\"text\":\"t\",\"prev\":\"{GENESIS}\",\"hash\":\"{}\"}}\n",
-            entry_hash(1, 0, "I", "t", GENESIS)
+            entry_hash(1, 0, None, "I", "t", GENESIS)
         );
-        let v = verify(&line, 1, &entry_hash(1, 0, "I", "t", GENESIS)).unwrap();
+        let v = verify(&line, 1, &entry_hash(1, 0, None, "I", "t", GENESIS)).unwrap();
         assert_eq!(v.entries[0].mac, None);
         assert_eq!(v.entries[0].to_line(), line, "an entry without a mac is written exactly as before");
     }

@@ -22,8 +22,12 @@ use ved_vm::Value;
 pub const SCHEMA: u8 = 1;
 /// First byte of a snapshot record.
 pub const SNAPSHOT: u8 = 2;
-/// First byte of a journal record.
+/// First byte of a journal record written before entries had a wall-clock time.
 pub const JOURNAL: u8 = 3;
+/// First byte of a journal record with its wall-clock time, as its last field. A kind
+/// of its own, rather than an optional tail, so that a record cut before its time is
+/// still an error and never reads as an older record.
+pub const JOURNAL_TIMED: u8 = 4;
 
 /// Nesting deeper than this is damage, not data: values come from programs whose
 /// types nest a few levels at most, and a bound keeps a crafted file from
@@ -241,7 +245,7 @@ fn put_pairs(b: &mut Vec<u8>, pairs: &[(String, String)]) {
 /// Appends a journal record: `JOURNAL`, then the entry's fields in order (an observed
 /// value as its JSON text).
 pub fn encode_journal(b: &mut Vec<u8>, e: &JournalEntry) {
-    b.push(JOURNAL);
+    b.push(if e.wall_ms.is_some() { JOURNAL_TIMED } else { JOURNAL });
     put_str(b, &e.instance);
     put_u64(b, e.slice);
     put_u64(b, e.at_ms);
@@ -288,6 +292,9 @@ pub fn encode_journal(b: &mut Vec<u8>, e: &JournalEntry) {
     put_u64(b, e.quiet);
     put_opt_str(b, &e.status);
     put_opt_str(b, &e.reason);
+    if let Some(ms) = e.wall_ms {
+        put_u64(b, ms);
+    }
 }
 
 // ---------------------------------------------------------------- decoding
@@ -506,9 +513,11 @@ impl<'a> Reader<'a> {
 /// Decodes a journal record.
 pub fn decode_journal(payload: &[u8]) -> Result<JournalEntry, DecodeError> {
     let mut r = Reader { b: payload, at: 0 };
-    if r.byte()? != JOURNAL {
-        return r.err("not a journal record");
-    }
+    let timed = match r.byte()? {
+        JOURNAL => false,
+        JOURNAL_TIMED => true,
+        _ => return r.err("not a journal record"),
+    };
     let instance = r.string()?;
     let (slice, at_ms) = (r.u64()?, r.u64()?);
     let cause = r.string()?;
@@ -544,6 +553,7 @@ pub fn decode_journal(payload: &[u8]) -> Result<JournalEntry, DecodeError> {
     let quiet = r.u64()?;
     let status = r.opt_string()?;
     let reason = r.opt_string()?;
+    let wall_ms = if timed { Some(r.u64()?) } else { None };
     if r.at != payload.len() {
         return r.err("bytes left over after the journal entry");
     }
@@ -551,6 +561,7 @@ pub fn decode_journal(payload: &[u8]) -> Result<JournalEntry, DecodeError> {
         instance,
         slice,
         at_ms,
+        wall_ms,
         cause,
         detail,
         changes,

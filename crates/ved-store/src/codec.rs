@@ -175,6 +175,10 @@ pub struct JournalEntry {
     pub instance: String,
     pub slice: u64,
     pub at_ms: u64,
+    /// Wall-clock time of the slice, in Unix milliseconds; RFC 3339 (`time`) in JSON.
+    /// Absent in entries written before entries had it.
+    #[serde(rename = "time", default, skip_serializing_if = "Option::is_none", with = "crate::time::opt_rfc3339")]
+    pub wall_ms: Option<u64>,
     /// `observe`, `transition`, `result` or `timer`.
     pub cause: String,
     /// The transition, intent id or source the cause names.
@@ -316,7 +320,7 @@ pub fn decode_payload(
 pub fn decode_with(payload: &[u8], schemas: &crate::bin::Schemas, scratch: &mut Vec<u8>) -> Result<Record, String> {
     match payload.first() {
         Some(&crate::bin::SNAPSHOT) => schemas.snapshot(payload).map(Record::Snapshot).map_err(|e| e.to_string()),
-        Some(&crate::bin::JOURNAL) => {
+        Some(&(crate::bin::JOURNAL | crate::bin::JOURNAL_TIMED)) => {
             crate::bin::decode_journal(payload).map(|j| Record::Journal(Arc::new(j))).map_err(|e| e.to_string())
         }
         _ => decode_record(payload, scratch).map_err(|e| e.to_string()),

@@ -15,6 +15,7 @@ pub mod codec;
 pub mod frame;
 mod snapshots;
 mod store;
+pub mod time;
 
 pub use audit::{Anchor, AuditDraft, AuditEntry, AuditError, AuditKey};
 pub use codec::{JournalEntry, Origin, Record, Schema, SnapshotRecord};

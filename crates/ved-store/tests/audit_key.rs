@@ -6,7 +6,7 @@ use ved_store::audit::check_macs;
 use ved_store::{read_only, verified_audit, AuditDraft, AuditKey, Durability, Store};
 
 fn draft(text: &str) -> AuditDraft {
-    AuditDraft { at_ms: 5, instance: "WorkerPool".into(), text: text.into() }
+    AuditDraft { at_ms: 5, wall_ms: Some(1_796_189_694_005), instance: "WorkerPool".into(), text: text.into() }
 }
 
 fn key() -> AuditKey {

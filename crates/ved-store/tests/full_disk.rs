@@ -50,7 +50,7 @@ fn journal(instance: &str, slice: u64) -> Record {
 }
 
 fn draft(text: &str) -> AuditDraft {
-    AuditDraft { at_ms: 5, instance: "WorkerPool".into(), text: text.into() }
+    AuditDraft { at_ms: 5, wall_ms: Some(1_796_189_694_005), instance: "WorkerPool".into(), text: text.into() }
 }
 
 /// A tmpfs of `size` at a directory of its own, unmounted (lazily, whatever holds it) and

@@ -379,7 +379,15 @@ mod binary {
                 .prop_map(|(slice, cause, detail, source)| ved_store::Origin { slice, cause, detail, source }),
         );
         (
-            (".{0,8}", any::<u64>(), any::<u64>(), ".{0,8}", opt(".{0,8}")),
+            (
+                ".{0,8}",
+                any::<u64>(),
+                any::<u64>(),
+                // Wall-clock times up to the year 9999, which RFC 3339 can write.
+                prop::option::of(0u64..253_402_300_799_999),
+                ".{0,8}",
+                opt(".{0,8}"),
+            ),
             (pairs(), pairs(), pairs()),
             prop::collection::vec((".{0,8}", any::<bool>(), opt(".{0,8}")), 0..3),
             (
@@ -391,7 +399,7 @@ mod binary {
         )
             .prop_map(
                 |(
-                    (instance, slice, at_ms, cause, detail),
+                    (instance, slice, at_ms, wall_ms, cause, detail),
                     (changes, held, intents),
                     results,
                     (caused_by, observed, added),
@@ -401,6 +409,7 @@ mod binary {
                         instance,
                         slice,
                         at_ms,
+                        wall_ms,
                         cause,
                         detail,
                         changes,

@@ -60,7 +60,7 @@ fn a_journal_entry_written_before_sources_and_batches_still_reads() {
 }
 
 fn draft(text: &str) -> AuditDraft {
-    AuditDraft { at_ms: 5, instance: "WorkerPool".into(), text: text.into() }
+    AuditDraft { at_ms: 5, wall_ms: Some(1_796_189_694_005), instance: "WorkerPool".into(), text: text.into() }
 }
 
 fn tempdir(tag: &str) -> PathBuf {
