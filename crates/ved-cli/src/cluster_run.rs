@@ -690,6 +690,8 @@ pub fn read_from_etcd(kv: &dyn KvStore, prefix: &str, call: &Call, m: Option<&Me
             Some(m) => api::error(503, format!("node `{}` is not acting: its lease may have lapsed", m.node)),
             None => Reply { status: 200, body: json!({"status": "ok"}) },
         },
+        // Never sent here: `GET /metrics` asks the node's own engine.
+        Call::Metrics => api::error(404, "metrics are each node's own: GET /metrics on that node"),
         // The API answers batch calls, paging and deletion with 501 in cluster mode for now.
         Call::Observe { .. } | Call::Create(_) | Call::CreateMany { .. } | Call::ObserveMany(_) | Call::Delete(_) => {
             api::error(503, "no node owns this instance right now; retry shortly")

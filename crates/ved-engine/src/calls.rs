@@ -34,6 +34,8 @@ pub enum Call {
     Journal(String),
     Audit,
     Health,
+    /// `GET /metrics`: the Prometheus text, as a JSON string.
+    Metrics,
     /// `GET /v1/instances` with paging and filters.
     Page(ListQuery),
     /// `POST /v1/instances`: one object (`single`, answered with the instance) or an array
@@ -188,6 +190,10 @@ impl<S: Sink> Engine<S> {
                     (None, None) => Reply { status: 200, body: json!({"status": "ok"}) },
                 };
                 reply(r);
+            }
+            Call::Metrics => {
+                let text = self.metrics_text();
+                reply(Reply { status: 200, body: Json::String(text) });
             }
             Call::Observe { .. }
             | Call::ObserveMany(_)

@@ -169,6 +169,8 @@ pub struct Engine<S: Sink> {
     pub(crate) compact_after: usize,
     /// Intents handed to the delivery pool whose results have not come back yet.
     pub(crate) in_flight: usize,
+    /// Counts for `GET /metrics`.
+    stats: crate::stats::Stats,
     /// Per instance, recent snapshots (oldest first), so that a checkpoint can keep the one
     /// before the oldest journal entry: where `ved replay` starts.
     pub(crate) history: BTreeMap<String, VecDeque<SnapshotRecord>>,
@@ -548,6 +550,7 @@ impl<S: Sink> Engine<S> {
             records_since_checkpoint: 0,
             compact_after,
             in_flight: 0,
+            stats: Default::default(),
             history,
             files: program_files,
             now_ms: 0,
@@ -667,6 +670,7 @@ impl<S: Sink> Engine<S> {
                         ved_adapters::request_reading(&iid.instance);
                     }
                     let (ok, error) = for_runtime(outcome);
+                    self.stats.result(&id, ok);
                     let _ = self.rt.deliver(&iid, ok, error);
                 }
                 None => self.out.event(EngineEvent::Error {
@@ -679,6 +683,7 @@ impl<S: Sink> Engine<S> {
             ved_adapters::Inbound::Repaired { instance, source, what } => self.record_repair(instance, source, what),
             ved_adapters::Inbound::Observed(o) => {
                 let source = o.source.clone();
+                self.stats.reading(&source, self.now_ms);
                 let obs = Observation {
                     instance: o.instance,
                     set: crate::input::entries(&o.fields),
@@ -848,6 +853,20 @@ impl<S: Sink> Engine<S> {
         self.stamp();
     }
 
+    /// The text of `GET /metrics` (Prometheus format): see `stats.rs`.
+    pub fn metrics_text(&self) -> String {
+        crate::stats::Scrape {
+            stats: &self.stats,
+            program: &self.program,
+            instances: self.rt.instances(),
+            policy: &self.rt.policy,
+            now_ms: self.now_ms,
+            in_flight: self.in_flight,
+            latencies: self.store.as_ref().map(|s| s.latencies()).unwrap_or_default(),
+        }
+        .render()
+    }
+
     /// Tells the sink the time of the events that follow.
     fn stamp(&mut self) {
         let wall_ms = self.clock.wall_ms(self.now_ms);
@@ -940,12 +959,17 @@ impl<S: Sink> Engine<S> {
             self.out.flush();
             let mut req = ved_adapters::IntentRequest::from_intent(&intent);
             req.fence = self.store.as_ref().and_then(|s| s.fence(&intent.id.instance));
+            let id = req.id.clone();
             match self.adapters.dispatch(req) {
                 Some(outcome) => {
                     let (ok, error) = for_runtime(outcome);
+                    self.stats.intent(&id, &intent.adapter, &intent.action, Some(ok));
                     let _ = self.rt.deliver(&intent.id, ok, error);
                 }
-                None => self.in_flight += 1,
+                None => {
+                    self.stats.intent(&id, &intent.adapter, &intent.action, None);
+                    self.in_flight += 1;
+                }
             }
         }
     }
@@ -1005,6 +1029,13 @@ impl<S: Sink> Engine<S> {
         let program = self.program.clone();
         let wall_ms = self.clock.wall_ms(self.now_ms);
         for Step { name, domain, ticks, idle, events: evs, snap } in steps {
+            for e in &evs {
+                match e {
+                    Event::Slice { .. } => self.stats.slice(domain),
+                    Event::Retry { .. } => self.stats.retry(domain),
+                    _ => {}
+                }
+            }
             let dom = &program.domains[domain];
             let feed = if evs.iter().any(is_observation_outcome) { self.take_feed(&name) } else { None };
             let mut entry = entry_of(dom, &name, self.now_ms, &evs, feed);

@@ -27,6 +27,7 @@ pub mod load;
 pub mod migrate;
 pub mod persist;
 pub mod persist_etcd;
+mod stats;
 pub mod strict_json;
 
 pub use ved_adapters::json;

@@ -44,9 +44,21 @@ pub trait Persistence: Send {
     fn close(self: Box<Self>) -> Result<(), String>;
     /// Stops as a crash would: nothing queued is written.
     fn abandon(self: Box<Self>);
+    /// Latency histograms for `GET /metrics`: (name, help, histogram).
+    fn latencies(&self) -> Vec<(&'static str, &'static str, prometheus_client::metrics::histogram::Histogram)> {
+        Vec::new()
+    }
 }
 
 impl Persistence for Store {
+    fn latencies(&self) -> Vec<(&'static str, &'static str, prometheus_client::metrics::histogram::Histogram)> {
+        vec![(
+            "ved_store_fsync_seconds",
+            "Time each fsync or fdatasync of the store took (one per group commit)",
+            self.fsync_seconds(),
+        )]
+    }
+
     fn append(&mut self, records: Vec<Record>, audit: Vec<AuditDraft>) -> u64 {
         Store::append(self, records, audit)
     }

@@ -593,6 +593,22 @@ fn audit_query(q: &HashMap<String, String>) -> Result<(u64, usize), Reply> {
     Ok((after, limit))
 }
 
+/// `GET /metrics`: this process's engine (a cluster node reports its own), in the
+/// Prometheus text format. A read: open unless a read token is configured.
+async fn metrics(State(app): Shared, headers: HeaderMap) -> Response {
+    if let Err(r) = app.authorize_read(&headers) {
+        return into_response(r);
+    }
+    match app.call_reply(Call::Metrics).await {
+        Some(Reply { status: 200, body: Json::String(text) }) => {
+            ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+                .into_response()
+        }
+        Some(r) => into_response(r),
+        None => into_response(error(503, "ved is busy or shutting down; scrape again")),
+    }
+}
+
 async fn openapi() -> Response {
     ([("content-type", "application/json")], OPENAPI).into_response()
 }
@@ -608,6 +624,7 @@ async fn not_allowed() -> Response {
 fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/instances", get(list).post(create).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)))
         .route("/v1/instances/{name}", get(get_instance).delete(delete_instance))
