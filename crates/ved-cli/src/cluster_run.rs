@@ -121,7 +121,7 @@ impl<W: Write> Node<W> {
         loaded: load::Loaded,
         opts: &RunOptions,
         adapters: Adapters,
-        out: W,
+        out: JsonLines<W>,
     ) -> Result<Node<W>, StartError> {
         let owned = Arc::new(Mutex::new(Owned::default()));
         let persistence = Box::new(EtcdPersistence::new(m.clone(), owned.clone()));
@@ -143,15 +143,7 @@ impl<W: Write> Node<W> {
             }
         }
         let fixed = targets.keys().cloned().collect();
-        let engine = Engine::start_with(
-            loaded,
-            opts,
-            adapters,
-            JsonLines::new(out),
-            Some(persistence),
-            None,
-            Instances::Adopted,
-        )?;
+        let engine = Engine::start_with(loaded, opts, adapters, out, Some(persistence), None, Instances::Adopted)?;
         Ok(Node {
             m,
             engine,
@@ -722,7 +714,8 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
     // The routes need the membership, which needs the advertised URL, which needs the bound
     // port: the server starts first and learns its routes once the node has joined.
     let routes: Arc<Mutex<Option<Arc<dyn api::Routes>>>> = Arc::new(Mutex::new(None));
-    let (addr, _server) = match api::serve_routed(c.listen, tokens, tx.clone(), routes.clone()) {
+    let hub = Arc::new(crate::run::events::EventHub::new(crate::run::events::EVENTS_KEPT));
+    let (addr, _server) = match api::serve_routed(c.listen, tokens, tx.clone(), routes.clone(), Some(hub.clone())) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
@@ -762,7 +755,9 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
         None => (Adapters::logging(), Vec::new()),
     };
     let resync = opts.config.as_ref().map(|c| c.resync.interval_ms).filter(|ms| *ms > 0).map(Duration::from_millis);
-    let mut node = match Node::new(m.clone(), loaded, &opts, adapters, std::io::stdout()) {
+    let out = JsonLines::new(std::io::stdout())
+        .with_tap(Box::new(move |seq, instance, line| hub.publish(seq, instance, line)));
+    let mut node = match Node::new(m.clone(), loaded, &opts, adapters, out) {
         Ok(n) => n,
         Err(e) => {
             report_start_error(&e);

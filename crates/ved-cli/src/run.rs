@@ -36,6 +36,7 @@ pub use ved_engine::{
 use ved_engine::{Call, Sink, WallClock};
 
 pub mod api;
+pub mod events;
 pub use api::{BODY_LIMIT, OPENAPI};
 
 /// The engine as `ved run` drives it: events out as JSON lines on `W`.
@@ -154,6 +155,8 @@ pub fn run(
     let (tx, rx) = mpsc::sync_channel::<Input>(INPUT_CAPACITY);
     // In daemon mode the port is bound before anything starts, so a busy port
     // is reported at once and the store is never opened for nothing.
+    // The daemon streams what it prints (`GET /v1/events`).
+    let hub = matches!(mode, Mode::Daemon { .. }).then(|| Arc::new(events::EventHub::new(events::EVENTS_KEPT)));
     let server = match &mode {
         Mode::Stdin => None,
         Mode::Daemon { listen } => {
@@ -164,6 +167,7 @@ pub fn run(
                     .as_ref()
                     .map_or(ved_adapters::config::MAX_INSTANCES_DEFAULT, |c| c.api.max_instances),
                 data_dir: opts.data_dir.clone(),
+                events: hub.clone(),
             };
             match api::serve(*listen, options, tx.clone()) {
                 Ok(s) => Some(s),
@@ -199,9 +203,13 @@ pub fn run(
     };
     let resync =
         opts.config.as_ref().map(|c| c.resync.interval_ms).filter(|ms| *ms > 0).map(std::time::Duration::from_millis);
+    let mut out = JsonLines::new(stdout);
+    if let Some(hub) = hub {
+        out = out.with_tap(Box::new(move |seq, instance, line| hub.publish(seq, instance, line)));
+    }
     let started = match key {
-        None => Driver::start(loaded, &opts, adapters, JsonLines::new(stdout), hook),
-        Some(key) => start_keyed(loaded, &opts, adapters, JsonLines::new(stdout), hook, key),
+        None => Driver::start(loaded, &opts, adapters, out, hook),
+        Some(key) => start_keyed(loaded, &opts, adapters, out, hook, key),
     };
     let mut driver = match started {
         Ok(d) => d,

@@ -186,7 +186,9 @@ impl World {
             limits: Default::default(),
             wall_ms_at_start: None,
         };
-        let Ok(mut node) = Node::new(m, loaded, &opts, Adapters::manual(queue.clone()), Vec::new()) else {
+        let Ok(mut node) =
+            Node::new(m, loaded, &opts, Adapters::manual(queue.clone()), ved_engine::JsonLines::new(Vec::new()))
+        else {
             self.fail("a node did not start")
         };
         let clock = ManualClock::default();

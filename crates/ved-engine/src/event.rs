@@ -238,6 +238,8 @@ impl Sink for Vec<EngineEvent> {
 /// the time ([`Sink::time`]).
 pub struct JsonLines<W: Write> {
     w: W,
+    /// Also handed each line as it is written: `(seq, instance, line)` (the daemon's event stream).
+    tap: Option<Tap>,
     seq: u64,
     at_ms: u64,
     wall_ms: u64,
@@ -245,9 +247,19 @@ pub struct JsonLines<W: Write> {
     time: String,
 }
 
+/// See [`JsonLines::with_tap`].
+pub type Tap = Box<dyn FnMut(u64, Option<&str>, &str) + Send>;
+
 impl<W: Write> JsonLines<W> {
     pub fn new(w: W) -> JsonLines<W> {
-        JsonLines { w, seq: 0, at_ms: 0, wall_ms: 0, time: ved_store::time::rfc3339(0) }
+        JsonLines { w, tap: None, seq: 0, at_ms: 0, wall_ms: 0, time: ved_store::time::rfc3339(0) }
+    }
+
+    /// Hands every line, once written, to `tap` too: its `seq`, its instance (if any) and its
+    /// text, without the newline. The line is serialized once for both.
+    pub fn with_tap(mut self, tap: Tap) -> JsonLines<W> {
+        self.tap = Some(tap);
+        self
     }
 
     /// Writes a line of the client's own (`listening`, `acquired`, ...) in the same numbering.
@@ -259,7 +271,17 @@ impl<W: Write> JsonLines<W> {
         line.insert("time".into(), json!(self.time));
         line.append(&mut obj);
         // A closed stdout (e.g. piped into `head`) is not worth a panic.
-        let _ = writeln!(self.w, "{}", Json::Object(line));
+        let Some(tap) = self.tap.as_mut() else {
+            let _ = writeln!(self.w, "{}", Json::Object(line));
+            return;
+        };
+        let instance = match line.get("instance") {
+            Some(Json::String(i)) => Some(i.clone()),
+            _ => None,
+        };
+        let text = Json::Object(line).to_string();
+        let _ = writeln!(self.w, "{text}");
+        tap(self.seq, instance.as_deref(), &text);
     }
 
     pub fn get_ref(&self) -> &W {

@@ -140,6 +140,8 @@ struct App {
     max_instances: usize,
     /// The store's audit log, paged off the driver's thread (none with `--ephemeral`).
     audit: Option<Arc<AuditLog>>,
+    /// The printed events, for `GET /v1/events`.
+    events: Option<Arc<super::events::EventHub>>,
 }
 
 /// The audit log as `GET /v1/audit` reads it. Pages are read one at a time: on a machine of two
@@ -609,6 +611,55 @@ async fn metrics(State(app): Shared, headers: HeaderMap) -> Response {
     }
 }
 
+/// `GET /v1/events?instance=NAME`: the events `ved run` prints, as Server-Sent Events,
+/// each with its `seq` as the SSE id and its JSON line as the data. A client that
+/// reconnects sends `Last-Event-ID` (or `?after=SEQ`) and first gets the events it
+/// missed, from the last 10,000; if some are no longer kept, a `gap` event says from
+/// which `seq` on they are. A client that falls far behind the live stream is
+/// disconnected, and resumes the same way.
+async fn events(State(app): Shared, Query(q): Query<HashMap<String, String>>, headers: HeaderMap) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures_util::StreamExt;
+    if let Err(r) = app.authorize_read(&headers) {
+        return into_response(r);
+    }
+    let Some(hub) = app.events.clone() else {
+        return into_response(error(404, "this server has no event stream"));
+    };
+    let last = headers.get("last-event-id").and_then(|v| v.to_str().ok()).or(q.get("after").map(String::as_str));
+    let after = match last.map(|s| s.trim().parse::<u64>()) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => return into_response(error(400, "`Last-Event-ID` (or `after`) must be an event's `seq`")),
+    };
+    let instance = q.get("instance").cloned();
+    let sub = hub.subscribe(after);
+    let wanted = move |p: &super::events::Published| instance.is_none() || p.instance == instance;
+    let as_event = |p: &super::events::Published| Event::default().id(p.seq.to_string()).data(p.line.as_str());
+    let gap = sub.gap.map(|first| {
+        Event::default().event("gap").data(json_line(
+            &serde_json::json!({"first_kept": first, "message": "events before this seq are no longer kept"}),
+        ))
+    });
+    let wanted_live = wanted.clone();
+    let backlog: Vec<Event> = sub.backlog.iter().filter(|p| wanted(p)).map(|p| as_event(p)).collect();
+    let live = match sub.live {
+        Some(rx) => tokio_stream::wrappers::BroadcastStream::new(rx)
+            // Lagging behind ends the stream; the client resumes from its last id.
+            .take_while(|r| std::future::ready(r.is_ok()))
+            .filter_map(move |r| std::future::ready(r.ok().filter(|p| wanted_live(p)).map(|p| as_event(&p))))
+            .boxed(),
+        None => futures_util::stream::empty().boxed(),
+    };
+    let stream =
+        futures_util::stream::iter(gap.into_iter().chain(backlog)).chain(live).map(Ok::<_, std::convert::Infallible>);
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+}
+
+fn json_line(v: &Json) -> String {
+    v.to_string()
+}
+
 async fn openapi() -> Response {
     ([("content-type", "application/json")], OPENAPI).into_response()
 }
@@ -632,6 +683,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/v1/instances/{name}/observations", axum::routing::post(observe))
         .route("/v1/instances/{name}/journal", get(journal))
         .route("/v1/audit", get(audit))
+        .route("/v1/events", get(events))
         .fallback(not_found)
         .method_not_allowed_fallback(not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -647,6 +699,8 @@ pub struct Options {
     /// The store's directory: `GET /v1/audit` pages through its `audit.log` itself, on the
     /// server's threads, so that reading history never holds up the driver.
     pub data_dir: Option<std::path::PathBuf>,
+    /// The events the engine prints, streamed by `GET /v1/events`.
+    pub events: Option<Arc<super::events::EventHub>>,
 }
 
 /// Binds `listen` now, so that a busy port is reported before anything starts, and
@@ -666,10 +720,12 @@ pub(crate) fn serve_routed(
     tokens: Tokens,
     inputs: mpsc::SyncSender<Input>,
     routes: SharedRoutes,
+    events: Option<Arc<super::events::EventHub>>,
 ) -> Result<(SocketAddr, std::thread::JoinHandle<()>), String> {
     // A node creates no instances through the API (501), so the bound is not consulted;
     // its audit log is the cluster's, in etcd.
-    let options = Options { tokens, max_instances: ved_adapters::config::MAX_INSTANCES_DEFAULT, data_dir: None };
+    let options =
+        Options { tokens, max_instances: ved_adapters::config::MAX_INSTANCES_DEFAULT, data_dir: None, events };
     serve_with(listen, options, inputs, routes)
 }
 
@@ -691,12 +747,14 @@ fn serve_with(
     let audit = options.data_dir.as_deref().map(|d| {
         Arc::new(AuditLog { pages: ved_store::AuditPages::new(d), one_at_a_time: tokio::sync::Semaphore::new(1) })
     });
+    let hub = options.events.clone();
     let app = Arc::new(App {
         inputs: inputs.clone(),
         tokens: options.tokens,
         routes,
         max_instances: options.max_instances,
         audit,
+        events: options.events,
     });
     let handle = std::thread::Builder::new()
         .name("ved-api".into())
@@ -709,6 +767,10 @@ fn serve_with(
                 let shutdown_inputs = inputs.clone();
                 let shutdown = async move {
                     wait_for_signal().await;
+                    // Open event streams would hold the graceful shutdown for ever.
+                    if let Some(hub) = hub {
+                        hub.close();
+                    }
                     let _ = shutdown_inputs.send(Input::Shutdown);
                 };
                 let _ = axum::serve(listener, router(app)).with_graceful_shutdown(shutdown).await;
@@ -746,6 +808,7 @@ mod tests {
             routes: Arc::new(std::sync::Mutex::new(None)),
             max_instances: ved_adapters::config::MAX_INSTANCES_DEFAULT,
             audit: None,
+            events: None,
         };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let r = rt.block_on(app.call(Call::List));
@@ -763,6 +826,7 @@ mod tests {
             routes: Arc::new(std::sync::Mutex::new(None)),
             max_instances: 1,
             audit: None,
+            events: None,
         }
     }
 
