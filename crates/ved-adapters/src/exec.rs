@@ -324,11 +324,11 @@ impl ExecWatcher {
                         }
                     }
                     None => {
-                        eprintln!("warning: {}: the command did not print a JSON object of field to value", self.source)
+                        tracing::warn!(source = %self.source, "the command did not print a JSON object of field to value")
                     }
                 },
                 Err(_) if stop.load(Ordering::Relaxed) => return,
-                Err(e) => eprintln!("warning: {}: {e}", self.source),
+                Err(e) => tracing::warn!(source = %self.source, "{e}"),
             }
             let until = Instant::now() + every;
             while Instant::now() < until && !stop.load(Ordering::Relaxed) {
@@ -345,7 +345,7 @@ impl ExecWatcher {
         let mut child = match cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn() {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("warning: {}: cannot start `{prog}`: {e}", self.source);
+                tracing::warn!(source = %self.source, "cannot start `{prog}`: {e}");
                 return;
             }
         };
@@ -388,9 +388,9 @@ impl ExecWatcher {
         loop {
             match read_line_bounded(&mut out, &mut line, STDOUT_KEPT_BYTES) {
                 Ok(None) | Err(_) => return,
-                Ok(Some(true)) => eprintln!(
-                    "warning: {}: a line longer than {} KiB was cut and is ignored",
-                    self.source,
+                Ok(Some(true)) => tracing::warn!(
+                    source = %self.source,
+                    "a line longer than {} KiB was cut and is ignored",
                     STDOUT_KEPT_BYTES / 1024
                 ),
                 Ok(Some(false)) => {
@@ -410,7 +410,7 @@ impl ExecWatcher {
                         }
                         None if text.trim().is_empty() => {}
                         None => {
-                            eprintln!("warning: {}: not a JSON object of field to value: {text}", self.source)
+                            tracing::warn!(source = %self.source, "not a JSON object of field to value: {text}")
                         }
                     }
                 }

@@ -8,6 +8,7 @@ pub mod cluster_run;
 pub mod inspect;
 pub use ved_adapters::json;
 pub mod load;
+pub mod logs;
 pub mod plan_cmd;
 pub mod replay_cmd;
 pub mod run;

@@ -118,6 +118,11 @@ enum Command {
         /// directory. Overrides `[store] audit_key` in the config.
         #[arg(long, value_name = "FILE")]
         audit_key: Option<PathBuf>,
+        /// How operational logs are written on stderr: `text` for people, `json` (one object
+        /// per line) for a log pipeline. Which ones: `RUST_LOG` (default `info`). The events
+        /// on stdout are not logs and do not change.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: ved_cli::logs::LogFormat,
     },
     /// Re-execute an instance's journaled messages from its retained snapshot and check
     /// that every state and intent comes out the same; report the first divergence.
@@ -263,7 +268,9 @@ fn main() -> ExitCode {
             durability,
             recover,
             audit_key,
+            log_format,
         } => {
+            ved_cli::logs::init(log_format);
             if !cluster.is_empty() {
                 let opts = run::RunOptions {
                     seed,

@@ -219,7 +219,7 @@ pub fn run(
         }
     };
     for w in &driver.warnings {
-        eprintln!("warning: {w}");
+        tracing::warn!("{w}");
     }
     if let Some((addr, _)) = &server {
         driver.sink_mut().emit(obj(json!({"event": "listening", "addr": addr.to_string()})));
@@ -275,7 +275,7 @@ fn read_audit_key(opts: &RunOptions, flag: Option<&Path>) -> Result<Option<ved_s
     let Some(dir) = &opts.data_dir else {
         if path.is_some() {
             // Only `[store] audit_key` gets here (`--audit-key` and `--ephemeral` exclude each other).
-            eprintln!("warning: `[store] audit_key` is ignored: with `--ephemeral` no audit log is written");
+            tracing::warn!("`[store] audit_key` is ignored: with `--ephemeral` no audit log is written");
         }
         return Ok(None);
     };
@@ -499,19 +499,21 @@ fn check_store<W: Write>(driver: &mut Driver<W>) -> Option<ExitCode> {
     Sink::flush(driver.sink_mut());
     match driver.store_stalled() {
         Some(why) if !STALL_REPORTED.swap(true, Relaxed) => {
-            eprintln!("error: the store cannot write: {why}");
-            eprintln!(
-                "  = hint: free space on that file system; writes wait and resume by themselves (nothing is acknowledged, no intent leaves, /healthz answers 503 meanwhile)"
+            tracing::error!(
+                hint = "free space on that file system; writes wait and resume by themselves (nothing is acknowledged, no intent leaves, /healthz answers 503 meanwhile)",
+                "the store cannot write: {why}"
             );
         }
         None if driver.store_failure().is_none() && STALL_REPORTED.swap(false, Relaxed) => {
-            eprintln!("info: the store writes again: space was freed, and what waited for it is being written");
+            tracing::info!("the store writes again: space was freed, and what waited for it is being written");
         }
         _ => {}
     }
     let f = driver.store_failure()?;
-    eprintln!("error: the store failed: {f}");
-    eprintln!("  = hint: nothing after the last acknowledged input is durable; fix the disk and restart");
+    tracing::error!(
+        hint = "nothing after the last acknowledged input is durable; fix the disk and restart",
+        "the store failed: {f}"
+    );
     Some(ExitCode::from(1))
 }
 

@@ -191,7 +191,10 @@ fn stall(s: &Setup, d: &Daemon, err: &Arc<Mutex<String>>) -> Poster {
     assert!(body["error"]["message"].as_str().unwrap().contains("the store cannot write"), "{body}");
     let (status, mirror) = d.get("/v1/instances/Mirror");
     assert_eq!(status, 200, "{mirror}");
-    wait_for("the stall on stderr", || err.lock().unwrap().contains("error: the store cannot write"));
+    wait_for("the stall on stderr", || {
+        let e = err.lock().unwrap();
+        e.contains("ERROR") && e.contains("the store cannot write")
+    });
     // Every acknowledged observation and the slice of every intent that left are on disk.
     let (acked, sent) = (p.acked.load(Ordering::SeqCst), delivered_slices(&s.hook));
     let disk = inspect(&s.data);
@@ -215,7 +218,7 @@ fn a_full_disk_stalls_writes_cleanly_and_ved_goes_on_once_space_returns() {
     wait_for("/healthz to recover", || d.get("/healthz").0 == 200);
     p.stop.store(true, Ordering::SeqCst);
     p.thread.join().unwrap();
-    wait_for("the recovery on stderr", || err.lock().unwrap().contains("info: the store writes again"));
+    wait_for("the recovery on stderr", || err.lock().unwrap().contains("the store writes again"));
     for _ in 0..5 {
         assert_eq!(add_one(&d).0, 200);
     }

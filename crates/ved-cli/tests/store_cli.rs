@@ -233,7 +233,7 @@ fn a_corrupt_store_stops_ved_run_unless_told_to_recover() {
     assert_eq!(out.status.code(), Some(1));
     let (code, _, err) = ved(&["run", "examples/worker_pool.ved", "--stdin", "--data-dir", d, "--recover"], "");
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("warning:") && err.contains("set aside"), "{err}");
+    assert!(err.contains("WARN") && err.contains("set aside"), "{err}");
 }
 
 #[test]

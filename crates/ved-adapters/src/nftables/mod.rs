@@ -547,7 +547,7 @@ impl NftWatcher {
         let e = effective_ports(doc);
         if e.warnings != *warned {
             for w in &e.warnings {
-                eprintln!("warning: {}: {w}", self.source);
+                tracing::warn!(source = %self.source, "{w}");
             }
             *warned = e.warnings;
         }
@@ -575,7 +575,7 @@ impl Watcher for NftWatcher {
                         read_now = true;
                     }
                     Err(e) => {
-                        eprintln!("warning: {}: {e}", self.source);
+                        tracing::warn!(source = %self.source, "{e}");
                         std::thread::sleep(FAILURE_PAUSE);
                         continue;
                     }
@@ -596,7 +596,7 @@ impl Watcher for NftWatcher {
                     }
                     Err(e) => {
                         drop(st);
-                        eprintln!("warning: {}: {e}", self.source);
+                        tracing::warn!(source = %self.source, "{e}");
                         read_now = true;
                         std::thread::sleep(FAILURE_PAUSE);
                         continue;
@@ -647,7 +647,7 @@ impl Watcher for NftWatcher {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    eprintln!("warning: {}: `nft monitor` ended; starting it again", self.source);
+                    tracing::warn!(source = %self.source, "`nft monitor` ended; starting it again");
                     monitor = None;
                     std::thread::sleep(FAILURE_PAUSE.min(STOP_CHECK));
                 }

@@ -672,6 +672,25 @@ async fn not_allowed() -> Response {
     into_response(error(405, "this route does not take that method; see /v1/openapi.json"))
 }
 
+/// The access log: one `info` line per request (target `ved::access`), with its method,
+/// path, status and time to the response's head. Never its headers, its query or its
+/// body: a bearer token must not end up in a log file.
+async fn access_log(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let t = std::time::Instant::now();
+    let resp = next.run(req).await;
+    tracing::info!(
+        target: "ved::access",
+        method = %method,
+        path = %path,
+        status = resp.status().as_u16(),
+        ms = t.elapsed().as_secs_f64() * 1000.0,
+        "{method} {path} {}",
+        resp.status().as_u16()
+    );
+    resp
+}
+
 fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -687,6 +706,7 @@ fn router(app: Arc<App>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(access_log))
         .with_state(app)
 }
 
