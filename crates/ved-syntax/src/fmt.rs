@@ -123,7 +123,16 @@ struct Printer<'a> {
 
 impl<'a> Printer<'a> {
     fn new(src: &'a str, comments: Vec<Comment>) -> Printer<'a> {
-        Printer { src, comments, next: 0, out: String::new(), indent: 0, last_end: 0, at_block_start: true, opens: Vec::new() }
+        Printer {
+            src,
+            comments,
+            next: 0,
+            out: String::new(),
+            indent: 0,
+            last_end: 0,
+            at_block_start: true,
+            opens: Vec::new(),
+        }
     }
 
     fn finish(mut self) -> String {
@@ -889,7 +898,7 @@ fn quote(s: &str) -> String {
 /// A duration in the largest unit that divides it exactly.
 fn duration(ms: u64) -> String {
     for (unit, factor) in [("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-        if ms != 0 && ms % factor == 0 {
+        if ms != 0 && ms.is_multiple_of(factor) {
             return format!("{}{unit}", ms / factor);
         }
     }

@@ -133,7 +133,10 @@ fn else_if_chains_and_nested_blocks() {
 
 #[test]
 fn empty_blocks_close_on_their_line() {
-    assert_eq!(fmt("domain D {\n  state {\n  }\n  transition t { step { } }\n}\n"), "domain D {\n  state {}\n  transition t {\n    step {}\n  }\n}\n");
+    assert_eq!(
+        fmt("domain D {\n  state {\n  }\n  transition t { step { } }\n}\n"),
+        "domain D {\n  state {}\n  transition t {\n    step {}\n  }\n}\n"
+    );
 }
 
 #[test]
@@ -151,7 +154,10 @@ fn comment_before_a_closing_brace_is_indented_inside() {
 #[test]
 fn comments_between_fields_and_at_line_ends() {
     let src = "domain D {\nstate {\n// first\nx: int // x\n\n\n// second\ny: int,   // y\n}\n}\n";
-    assert_eq!(fmt(src), "domain D {\n  state {\n    // first\n    x: int // x\n\n    // second\n    y: int // y\n  }\n}\n");
+    assert_eq!(
+        fmt(src),
+        "domain D {\n  state {\n    // first\n    x: int // x\n\n    // second\n    y: int // y\n  }\n}\n"
+    );
 }
 
 #[test]
@@ -190,7 +196,10 @@ fn blank_lines_between_items_are_kept_at_most_one() {
 #[test]
 fn multi_line_literals_get_one_element_per_line() {
     let src = "domain D {\nstate { m: map<string, int> = [\"a\": 1,\n \"b\": 2] }\n}\n";
-    assert_eq!(fmt(src), "domain D {\n  state {\n    m: map<string, int> = [\n      \"a\": 1,\n      \"b\": 2,\n    ]\n  }\n}\n");
+    assert_eq!(
+        fmt(src),
+        "domain D {\n  state {\n    m: map<string, int> = [\n      \"a\": 1,\n      \"b\": 2,\n    ]\n  }\n}\n"
+    );
 }
 
 #[test]
@@ -253,11 +262,7 @@ fn tree_shape_ignores_spans_but_not_parentheses() {
 
 /// Seed programs to mutate: the ones that parse.
 fn parsing_seeds() -> Vec<String> {
-    corpus()
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .filter(|s| parse_file(F, s).is_ok())
-        .collect()
+    corpus().iter().filter_map(|p| std::fs::read_to_string(p).ok()).filter(|s| parse_file(F, s).is_ok()).collect()
 }
 
 #[derive(Clone, Debug)]
@@ -413,4 +418,14 @@ fn expr_text() -> impl Strategy<Value = String> {
             prop::collection::vec(inner, 1..3).prop_map(|v| format!("set[{}]", v.join(" ,"))),
         ]
     })
+}
+
+#[test]
+fn lex_with_comments_returns_the_tokens_of_lex_and_every_comment() {
+    let src = "goal a // one \r\n// two\ngoal \"//not\" == b//three";
+    let (tokens, comments) = lex_with_comments(F, src).unwrap();
+    assert_eq!(tokens, ved_syntax::lexer::lex(F, src).unwrap());
+    let got: Vec<(&str, &str)> =
+        comments.iter().map(|c| (c.text.as_str(), &src[c.span.start as usize..c.span.end as usize])).collect();
+    assert_eq!(got, [("// one", "// one"), ("// two", "// two"), ("//three", "//three")]);
 }
