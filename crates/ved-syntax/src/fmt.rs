@@ -116,6 +116,10 @@ struct Printer<'a> {
     last_end: usize,
     /// Nothing has been printed yet in the current block: no blank line may come next.
     at_block_start: bool,
+    /// The expression about to be printed begins its own line (a predicate under its
+    /// `predicate`): the operands of its outermost chain of binary operators line up
+    /// under the first one instead of hanging one level deeper.
+    aligned: bool,
     /// For each open block, the output length just after its opening bracket: a block
     /// that ends at the same length is empty and closes as `{}`.
     opens: Vec<usize>,
@@ -131,6 +135,7 @@ impl<'a> Printer<'a> {
             indent: 0,
             last_end: 0,
             at_block_start: true,
+            aligned: false,
             opens: Vec::new(),
         }
     }
@@ -281,11 +286,11 @@ impl<'a> Printer<'a> {
     /// An inline break point before an operand at `pos`: breaks the line when a
     /// comment comes first or the author broke it there. Returns whether it broke;
     /// if so the continuation is one level deeper until [`Self::end_break`].
-    fn break_before(&mut self, from: usize, pos: usize) -> bool {
+    fn break_before(&mut self, step: usize, from: usize, pos: usize) -> bool {
         if !self.comment_pending_before(pos) && !self.has_newline(from, pos) {
             return false;
         }
-        self.indent += INDENT;
+        self.indent += step;
         let was = self.at_block_start;
         self.at_block_start = true;
         self.comments_before(pos);
@@ -294,9 +299,9 @@ impl<'a> Printer<'a> {
         true
     }
 
-    fn end_break(&mut self, broke: bool) {
+    fn end_break(&mut self, step: usize, broke: bool) {
         if broke {
-            self.indent -= INDENT;
+            self.indent -= step;
         }
     }
 
@@ -415,9 +420,22 @@ impl<'a> Printer<'a> {
         if self.has_newline(g.span.start as usize, close) {
             self.write(" ");
             self.open_block("{");
-            self.element_start(g.predicate.span.start as usize);
-            self.write("predicate ");
-            self.expr(&g.predicate, 0);
+            let start = g.predicate.span.start as usize;
+            // A predicate written under its `predicate` stays there (§2 shows that layout).
+            let line_start = self.src_slice(0, start).rfind('\n').map_or(0, |i| i + 1);
+            let own_line = self.src_slice(line_start, start).trim().is_empty();
+            self.element_start(start);
+            if own_line {
+                self.write("predicate");
+                self.end_line();
+                self.indent += INDENT;
+                self.aligned = true;
+                self.expr(&g.predicate, 0);
+                self.indent -= INDENT;
+            } else {
+                self.write("predicate ");
+                self.expr(&g.predicate, 0);
+            }
             self.last_end = g.predicate.span.end as usize;
             self.close_block(close, "}");
         } else {
@@ -561,6 +579,7 @@ impl<'a> Printer<'a> {
     /// Prints `e`, in parentheses if it binds more loosely than a context of
     /// precedence `ctx` allows (0: any; see [`level`]).
     fn expr(&mut self, e: &Expr, ctx: u8) {
+        let aligned = std::mem::take(&mut self.aligned);
         if precedence(e) < ctx {
             self.write("(");
             self.expr(e, 0);
@@ -601,25 +620,29 @@ impl<'a> Printer<'a> {
                 let l = level(*op);
                 // Equality and ordering do not chain, so both sides must bind tighter.
                 let (lctx, rctx) = if l == 3 || l == 4 { (l + 1, l + 1) } else { (l, l + 1) };
+                // The left operand of an aligned chain continues the chain.
+                self.aligned = aligned && matches!(lhs.kind, ExprKind::Binary { .. }) && precedence(lhs) >= lctx;
                 self.expr(lhs, lctx);
+                self.aligned = false;
                 self.write(" ");
                 self.write(op.symbol());
-                let broke = self.break_before(lhs.span.end as usize, rhs.span.start as usize);
+                let step = if aligned { 0 } else { INDENT };
+                let broke = self.break_before(step, lhs.span.end as usize, rhs.span.start as usize);
                 if !broke {
                     self.write(" ");
                 }
                 self.expr(rhs, rctx);
-                self.end_break(broke);
+                self.end_break(step, broke);
             }
             ExprKind::Member { receiver, name, args } => {
                 self.expr(receiver, POSTFIX);
-                let broke = self.break_before(receiver.span.end as usize, name.span.start as usize);
+                let broke = self.break_before(INDENT, receiver.span.end as usize, name.span.start as usize);
                 self.write(".");
                 self.write(&name.name);
                 if let Some(args) = args {
                     self.args(name.span.end as usize, args);
                 }
-                self.end_break(broke);
+                self.end_break(INDENT, broke);
             }
             ExprKind::Index { receiver, index } => {
                 self.expr(receiver, POSTFIX);

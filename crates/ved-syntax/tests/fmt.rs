@@ -205,7 +205,12 @@ fn multi_line_literals_get_one_element_per_line() {
 #[test]
 fn line_breaks_after_operators_are_kept() {
     let src = "goal G {\npredicate\n(a && b) ||\n(c && d)\n}\n";
-    assert_eq!(fmt(src), "goal G {\n  predicate (a && b) ||\n    (c && d)\n}\n");
+    assert_eq!(fmt(src), "goal G {\n  predicate\n    (a && b) ||\n    (c && d)\n}\n");
+    assert_eq!(fmt("goal G { predicate a ||\n b }"), "goal G {\n  predicate a ||\n    b\n}\n");
+    assert_eq!(
+        fmt("goal G {\npredicate\n a ||\n b &&\n c ||\n d}"),
+        "goal G {\n  predicate\n    a ||\n    b &&\n      c ||\n    d\n}\n"
+    );
     // A break before the operator moves after it: `||` at a line start also continues.
     assert_eq!(fmt("goal a\n  || b\n"), "goal a ||\n  b\n");
 }
