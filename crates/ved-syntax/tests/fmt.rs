@@ -265,9 +265,12 @@ fn tree_shape_ignores_spans_but_not_parentheses() {
 
 // ---------------------------------------------------------------- properties
 
-/// Seed programs to mutate: the ones that parse.
-fn parsing_seeds() -> Vec<String> {
-    corpus().iter().filter_map(|p| std::fs::read_to_string(p).ok()).filter(|s| parse_file(F, s).is_ok()).collect()
+/// Seed programs to mutate: the ones that parse, read once.
+fn parsing_seeds() -> &'static [String] {
+    static SEEDS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    SEEDS.get_or_init(|| {
+        corpus().iter().filter_map(|p| std::fs::read_to_string(p).ok()).filter(|s| parse_file(F, s).is_ok()).collect()
+    })
 }
 
 #[derive(Clone, Debug)]
@@ -284,6 +287,8 @@ enum Mutation {
     Dedent(usize),
     /// A newline after the `n`th binary operator, comma or opening bracket.
     BreakAfter(usize),
+    /// The `n`th newline replaced by `;` (two statements, fields or steps on one line).
+    Join(usize),
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {
@@ -295,6 +300,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         (any::<usize>(), "[ \t]{1,5}").prop_map(|(a, s)| Mutation::Spaces(a, s)),
         any::<usize>().prop_map(Mutation::Dedent),
         any::<usize>().prop_map(Mutation::BreakAfter),
+        any::<usize>().prop_map(Mutation::Join),
     ]
 }
 
@@ -345,6 +351,11 @@ fn apply(src: &str, m: &Mutation) -> String {
             let st = line_start(&s, at);
             let ws = s[st..].len() - s[st..].trim_start_matches([' ', '\t']).len();
             s.replace_range(st..st + ws, "");
+        }
+        Mutation::Join(n) => {
+            if let Some(i) = nth_match(&s, *n, |s, i| s.as_bytes()[i] == b'\n') {
+                s.replace_range(i..i + 1, "; ");
+            }
         }
         Mutation::BreakAfter(n) => {
             let breakable = |s: &str, i: usize| {
