@@ -22,15 +22,19 @@
 //!   written over several lines, it gets one element per line and a trailing comma.
 //! - A line break the author put inside an expression, after a binary operator or
 //!   before a `.member`, is kept (the break moves after the operator), with the
-//!   continuation indented one more level; other breaks inside expressions go.
+//!   continuation indented one more level; other breaks inside expressions go. A
+//!   predicate written on the line after `predicate` stays there, and the lines of
+//!   its outermost operator chain line up under its first operand (the layout §2 of
+//!   the reference shows).
 //! - Parentheses are printed where the tree has them: the parser records every pair
 //!   written, so the printed text parses back to the same tree. (A tree built by
 //!   hand without them gets the ones precedence needs.)
 //! - Blank lines between items, members, statements, fields, steps and comments are
 //!   kept, at most one in a row; none at the start or the end of a block.
 //! - Durations are written in the largest exact unit (`60s` becomes `1m`); `fail A.b
-//!   1 times` is `fail A.b`; counts are written `N times`.
-//! - A comment keeps its text. One that followed code on its line still does (after
+//!   1 times` is `fail A.b`; counts are written `N times`; `emit A.b()` is `emit A.b`
+//!   (the same tree; `expect emitted A.b()` is not, and keeps its parentheses).
+//! - A comment keeps its text, less trailing whitespace. One that followed code on its line still does (after
 //!   one space); one on a line of its own stays on a line of its own, indented with
 //!   the code around it.
 //! - The output ends with exactly one newline (an empty file stays empty).
@@ -270,7 +274,7 @@ impl<'a> Printer<'a> {
     }
 
     /// Closes a block whose closing bracket is at source offset `close`, after the
-    /// comments inside it. An empty block closes on its own line: `{}`.
+    /// comments inside it. An empty block closes on the line that opened it: `{}`.
     fn close_block(&mut self, close: usize, s: &str) {
         self.comments_before(close);
         self.indent -= INDENT;
@@ -314,6 +318,7 @@ impl<'a> Printer<'a> {
                 Item::Goal(g) => (g.span.start as usize, g.span.end as usize),
                 Item::Transition(t) => (t.span.start as usize, t.span.end as usize),
                 Item::Scenario(s) => (s.span.start as usize, s.span.end as usize),
+                // A verify block's span is its keyword; `verify` records its own end.
                 Item::Verify(v) => (v.span.start as usize, 0),
             };
             self.element_start(start);
