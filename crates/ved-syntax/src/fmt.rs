@@ -932,3 +932,24 @@ fn duration(ms: u64) -> String {
     }
     format!("{ms}ms")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The self-check refuses output that changes the tree, drops or reorders a
+    /// comment, or does not parse: `ved fmt` then leaves the file alone.
+    #[test]
+    fn the_self_check_refuses_output_that_is_not_the_same_program() {
+        let f = FileId(0);
+        let src = "goal a // one\n// two\n";
+        let tree = parse_file(f, src).unwrap();
+        let comments = ["// one".to_string(), "// two".to_string()];
+        assert!(verify_output(f, &tree, &comments, src, "goal a // one\n// two\n").is_ok());
+        for bad in ["goal b // one\n// two\n", "goal a // two\n// one\n", "goal a // one\n", "goal (a // one\n// two\n"]
+        {
+            let e = verify_output(f, &tree, &comments, src, bad).unwrap_err();
+            assert!(e.message.starts_with("internal error in `ved fmt`"), "{bad}: {}", e.message);
+        }
+    }
+}
