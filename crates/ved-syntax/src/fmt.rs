@@ -32,8 +32,8 @@
 //! - Blank lines between items, members, statements, fields, steps and comments are
 //!   kept, at most one in a row; none at the start or the end of a block.
 //! - Durations are written in the largest exact unit (`60s` becomes `1m`); `fail A.b
-//!   1 times` is `fail A.b`; counts are written `N times`; `emit A.b()` is `emit A.b`
-//!   (the same tree; `expect emitted A.b()` is not, and keeps its parentheses).
+//!   1 times` is `fail A.b`; counts are written `N times`; `emit A.b` is `emit A.b()`
+//!   (the same tree; `expect emitted A.b` and `A.b()` are not, and stay as written).
 //! - A comment keeps its text, less trailing whitespace. One that followed code on its line still does (after
 //!   one space); one on a line of its own stays on a line of its own, indented with
 //!   the code around it.
@@ -562,9 +562,13 @@ impl<'a> Printer<'a> {
                 self.write(&adapter.name);
                 self.write(".");
                 self.write(&action.name);
-                // `emit A.b()` and `emit A.b` are the same tree: empty parentheses go.
-                if !args.is_empty() {
-                    self.args(action.span.end as usize, args);
+                // `emit A.b()` and `emit A.b` are the same tree; the parentheses are
+                // canonical, like a call's (and most programs write them).
+                let after = action.span.end as usize;
+                if self.src_slice(after, s.span.end as usize).contains('(') {
+                    self.args(after, args);
+                } else {
+                    self.write("()");
                 }
             }
         }

@@ -111,6 +111,14 @@ fn spaces_operators_commas_and_colons() {
 }
 
 #[test]
+fn emit_always_has_parentheses() {
+    let wrap = |stmts: &str| format!("domain D {{\n  transition t {{\n    step {{\n{stmts}    }}\n  }}\n}}\n");
+    let src = wrap("emit A.b\nemit A.c( )\nemit A.d(1,\"x\")\nemit A.e( // none\n)\n");
+    let want = wrap("      emit A.b()\n      emit A.c()\n      emit A.d(1, \"x\")\n      emit A.e( // none\n      )\n");
+    assert_eq!(fmt(&src), want);
+}
+
+#[test]
 fn keeps_the_parentheses_the_tree_records() {
     assert_eq!(fmt("goal (a+b)*c\n"), "goal (a + b) * c\n");
     assert_eq!(fmt("goal a-(b-c)\n"), "goal a - (b - c)\n");
