@@ -2,7 +2,7 @@
 //! events, and wires the pure crates (syntax, check, vm, runtime) to the
 //! outside world. All I/O of the project lives at this edge.
 
-use ved_cli::{inspect, load, plan_cmd, replay_cmd, run, test_cmd, verify_cmd};
+use ved_cli::{fmt_cmd, inspect, load, plan_cmd, replay_cmd, run, test_cmd, verify_cmd};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -25,6 +25,18 @@ enum Command {
         /// Also check this `ved.toml` against the program: bindings, drivers, watched fields.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+    },
+    /// Format files canonically, keeping every comment (rewrites them in place).
+    Fmt {
+        /// The files to format; `-` formats standard input to standard output.
+        #[arg(required_unless_present = "stdin")]
+        files: Vec<PathBuf>,
+        /// Change nothing: print the files that would change and exit 1 if there are any.
+        #[arg(long)]
+        check: bool,
+        /// Format standard input to standard output (the same as the file `-`).
+        #[arg(long, conflicts_with = "files")]
+        stdin: bool,
     },
     /// Run the `scenario` blocks of a program as deterministic chaos tests.
     Test {
@@ -247,6 +259,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { files, config } => check(&files, config.as_deref()),
+        Command::Fmt { files, check, stdin } => {
+            let files = if stdin { vec![PathBuf::from("-")] } else { files };
+            fmt_cmd::fmt(&files, check)
+        }
         Command::Test { files, seed, filter, trace } => test_cmd::test(&files, seed, filter.as_deref(), trace),
         Command::Verify { files, domain, failures, max_states, margin, max_len } => {
             let opts = ved_verify::Options { shape: ved_verify::Shape { margin, max_len }, failures, max_states };

@@ -1,5 +1,7 @@
 //! The lexer: source text to tokens, with spans. Newlines are tokens because
-//! they end statements; comments and other whitespace are dropped.
+//! they end statements; other whitespace is dropped. Comments are not tokens
+//! either: [`lex`] drops them, and [`lex_with_comments`] hands them back beside the
+//! tokens (for `ved fmt`, which must keep them) without changing what the parser sees.
 
 use crate::diag::Diagnostic;
 use crate::span::{FileId, Span};
@@ -96,10 +98,26 @@ pub struct Token {
     pub span: Span,
 }
 
+/// A `//` comment: its span runs from the first `/` to the end of the line, line
+/// terminator excluded; `text` is that source text with trailing whitespace (a `\r`)
+/// removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Comment {
+    pub span: Span,
+    pub text: String,
+}
+
 /// Splits `text` into tokens, ending with `Eof`. Stops at the first error.
 pub fn lex(file: FileId, text: &str) -> Result<Vec<Token>, Diagnostic> {
+    lex_with_comments(file, text).map(|(tokens, _)| tokens)
+}
+
+/// As [`lex`], and also returns every comment, in source order. The tokens are
+/// exactly those [`lex`] returns: a comment never becomes a token.
+pub fn lex_with_comments(file: FileId, text: &str) -> Result<(Vec<Token>, Vec<Comment>), Diagnostic> {
     let bytes = text.as_bytes();
     let mut tokens = Vec::new();
+    let mut comments = Vec::new();
     let mut i = 0;
     let sp = |s: usize, e: usize| Span::new(file, s, e);
     while i < bytes.len() {
@@ -116,6 +134,8 @@ pub fn lex(file: FileId, text: &str) -> Result<Vec<Token>, Diagnostic> {
                 while i < bytes.len() && bytes[i] != b'\n' {
                     i += 1;
                 }
+                let body = text[start..i].trim_end();
+                comments.push(Comment { span: sp(start, start + body.len()), text: body.to_string() });
                 continue;
             }
             b'{' => single(TokenKind::LBrace),
@@ -229,7 +249,7 @@ pub fn lex(file: FileId, text: &str) -> Result<Vec<Token>, Diagnostic> {
         i = start + len;
     }
     tokens.push(Token { kind: TokenKind::Eof, span: sp(bytes.len(), bytes.len()) });
-    Ok(tokens)
+    Ok((tokens, comments))
 }
 
 /// Lexes a string starting at the opening quote; returns its value and the end offset.
