@@ -70,7 +70,11 @@ fn entry_hash(e: &Json) -> String {
     let mut h = Sha256::new();
     let seq = e["seq"].as_u64().unwrap().to_string();
     let at = e["at_ms"].as_u64().unwrap().to_string();
-    for part in [&seq, &at, e["instance"].as_str().unwrap(), e["text"].as_str().unwrap(), e["prev"].as_str().unwrap()] {
+    // The wall-clock `time` is hashed after `at_ms` when the entry has one.
+    let time = e["time"].as_str();
+    let parts =
+        [Some(seq.as_str()), Some(at.as_str()), time, e["instance"].as_str(), e["text"].as_str(), e["prev"].as_str()];
+    for part in parts.into_iter().flatten() {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
     }
