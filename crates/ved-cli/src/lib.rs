@@ -4,6 +4,7 @@
 //! parses arguments and calls in here; it is a library so that tests can drive the
 //! same code.
 
+pub mod client;
 pub mod cluster_run;
 pub mod fmt_cmd;
 pub mod inspect;

@@ -2,7 +2,7 @@
 //! events, and wires the pure crates (syntax, check, vm, runtime) to the
 //! outside world. All I/O of the project lives at this edge.
 
-use ved_cli::{fmt_cmd, inspect, load, plan_cmd, replay_cmd, run, test_cmd, verify_cmd};
+use ved_cli::{client, fmt_cmd, inspect, load, plan_cmd, replay_cmd, run, test_cmd, verify_cmd};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -165,6 +165,37 @@ enum Command {
         #[arg(long, value_name = "PREFIX", default_value = "/ved")]
         cluster_prefix: String,
     },
+    /// List a running daemon's instances (or one): name, domain, status, slice.
+    Get {
+        /// One instance; all of them if omitted.
+        instance: Option<String>,
+        #[command(flatten)]
+        conn: client::Connection,
+    },
+    /// Show an instance of a running daemon: its state, goals, pending work and recent journal.
+    Describe {
+        instance: String,
+        /// Journal entries to show, the most recent.
+        #[arg(long, default_value_t = 10)]
+        recent: usize,
+        #[command(flatten)]
+        conn: client::Connection,
+    },
+    /// Follow a running daemon's events as they happen (all instances, or one).
+    Watch {
+        instance: Option<String>,
+        #[command(flatten)]
+        conn: client::Connection,
+    },
+    /// Report an observation to a running daemon: `ved observe WorkerPool workers=3`.
+    /// A value is JSON if it reads as JSON, else a string. Needs the write token.
+    Observe {
+        instance: String,
+        #[arg(required = true, value_name = "FIELD=VALUE")]
+        values: Vec<String>,
+        #[command(flatten)]
+        conn: client::Connection,
+    },
     /// Print the latest snapshot of each instance in a data directory or a cluster (read-only).
     Inspect {
         #[command(flatten)]
@@ -259,6 +290,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { files, config } => check(&files, config.as_deref()),
+        Command::Get { instance, conn } => client::get(&conn, instance.as_deref()),
+        Command::Describe { instance, recent, conn } => client::describe(&conn, &instance, recent),
+        Command::Watch { instance, conn } => client::watch(&conn, instance.as_deref()),
+        Command::Observe { instance, values, conn } => client::observe(&conn, &instance, &values),
         Command::Fmt { files, check, stdin } => {
             let files = if stdin { vec![PathBuf::from("-")] } else { files };
             fmt_cmd::fmt(&files, check)
