@@ -766,7 +766,9 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
     };
     let clock = WallClock::starting_at(0);
     node.engine.set_clock(Box::new(clock.clone()));
-    node.emit(json!({"event": "listening", "addr": addr.to_string()}));
+    let page = format!("http://{}/", crate::run::browsable(&addr));
+    tracing::info!("the live page: {page}");
+    node.emit(json!({"event": "listening", "addr": addr.to_string(), "page": page}));
     node.emit(json!({"event": "joined", "node": c.node, "lease": m.lease(), "ttl_s": c.ttl, "url": advertise}));
     let forward_tx = tx.clone();
     std::thread::spawn(move || {

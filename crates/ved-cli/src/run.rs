@@ -222,7 +222,10 @@ pub fn run(
         tracing::warn!("{w}");
     }
     if let Some((addr, _)) = &server {
-        driver.sink_mut().emit(obj(json!({"event": "listening", "addr": addr.to_string()})));
+        // The live page, by an address a browser on this machine can open.
+        let page = format!("http://{}/", browsable(addr));
+        tracing::info!("the live page: {page}");
+        driver.sink_mut().emit(obj(json!({"event": "listening", "addr": addr.to_string(), "page": page})));
         Sink::flush(driver.sink_mut());
     }
     // Results and observations keep their order on the way to the main loop.
@@ -515,6 +518,19 @@ fn check_store<W: Write>(driver: &mut Driver<W>) -> Option<ExitCode> {
         "the store failed: {f}"
     );
     Some(ExitCode::from(1))
+}
+
+/// `addr` as a browser should be pointed at it: an unspecified address (`0.0.0.0`, `::`)
+/// is reachable on loopback.
+pub fn browsable(addr: &std::net::SocketAddr) -> std::net::SocketAddr {
+    let mut a = *addr;
+    if a.ip().is_unspecified() {
+        a.set_ip(match a {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    a
 }
 
 /// `--stdin`: at the end of input, keep going until every intent is durable and answered.

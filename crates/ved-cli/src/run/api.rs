@@ -31,6 +31,9 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub const BATCH_BODY_LIMIT: usize = 16 * 1024 * 1024;
 /// The OpenAPI 3.1 description of every route, served at `/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
+/// The live page served at `/`: plain HTML and script, built into the binary (nothing for
+/// a user to build), reading this same API and its event stream.
+pub const PAGE: &str = include_str!("page.html");
 
 pub type Responder = tokio::sync::oneshot::Sender<Reply>;
 
@@ -660,6 +663,12 @@ fn json_line(v: &Json) -> String {
     v.to_string()
 }
 
+/// `GET /`: the live page. It is static; what it shows it reads from the API with the
+/// browser's credentials, so it needs no token of its own while reads are open.
+async fn page() -> Response {
+    axum::response::Html(PAGE).into_response()
+}
+
 async fn openapi() -> Response {
     ([("content-type", "application/json")], OPENAPI).into_response()
 }
@@ -693,6 +702,7 @@ async fn access_log(req: axum::extract::Request, next: axum::middleware::Next) -
 
 fn router(app: Arc<App>) -> Router {
     Router::new()
+        .route("/", get(page))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
