@@ -7,8 +7,11 @@
 //! so that unit tests call them directly. [`run`] is the thin message loop around
 //! them, on `lsp-server` (rust-analyzer's synchronous JSON-RPC framing).
 //!
-//! Each open document is analysed alone, as a one-file program: a scenario file
-//! whose domain lives in another file reports that domain as unknown.
+//! A document is analysed as a program of its own, except that `NAME.test.ved` is
+//! checked after `NAME.ved` from the same directory (the examples' layout: scenarios
+//! beside the program they test), so that its domains, fields and transitions
+//! resolve. A feature takes the program's files as `(uri, text)` pairs, the
+//! document last; only the document's own diagnostics and names are reported.
 
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -70,16 +73,18 @@ impl<'a> LineIndex<'a> {
 
 /// The `publishDiagnostics` items of a document: parse and check errors, or the
 /// lints of a program that checks. An empty array clears earlier ones.
-pub fn diagnostics(uri: &str, text: &str) -> Value {
-    let items = match ved_engine::load::check_texts(vec![(uri.to_string(), text.to_string())]) {
+pub fn diagnostics(files: &[(String, String)]) -> Value {
+    let Some(me) = files.len().checked_sub(1) else { return json!([]) };
+    let items = match ved_engine::load::check_texts(files.to_vec()) {
         Ok(loaded) => loaded.warnings,
         Err(ved_engine::load::LoadError::Program(d)) => d.items,
         // A file problem cannot happen for text given in memory.
         Err(_) => Vec::new(),
     };
-    let index = LineIndex::new(text);
+    let indexes: Vec<LineIndex> = files.iter().map(|(_, t)| LineIndex::new(t)).collect();
     let out: Vec<Value> = items
         .iter()
+        .filter(|d| d.span.file.0 as usize == me)
         .map(|d| {
             let mut message = d.message.clone();
             if let Some(label) = &d.label {
@@ -91,14 +96,18 @@ pub fn diagnostics(uri: &str, text: &str) -> Value {
             let related: Vec<Value> = d
                 .notes
                 .iter()
-                .map(|(span, note)| json!({ "location": { "uri": uri, "range": index.range(*span) }, "message": note }))
+                .filter_map(|(span, note)| {
+                    let (uri, _) = files.get(span.file.0 as usize)?;
+                    let range = indexes[span.file.0 as usize].range(*span);
+                    Some(json!({ "location": { "uri": uri, "range": range }, "message": note }))
+                })
                 .collect();
             let severity = match d.severity {
                 Severity::Error => 1,
                 Severity::Warning => 2,
             };
             let mut v = json!({
-                "range": index.range(d.span),
+                "range": indexes[me].range(d.span),
                 "severity": severity,
                 "source": "ved",
                 "message": message,
@@ -147,18 +156,36 @@ struct Analysis {
     transitions: Vec<TransitionDecl>,
     uses: Vec<(Span, Target)>,
     /// Types of checked expressions by span, when the program checks.
-    types: HashMap<(u32, u32), Type>,
+    types: HashMap<Span, Type>,
 }
 
+/// The file id of a document analysed alone (formatting, parse checks).
 const FILE: FileId = FileId(0);
 
 impl Analysis {
-    fn new(text: &str) -> Option<Analysis> {
-        let tree = ved_syntax::parse_file(FILE, text).ok()?;
+    /// `None` when the document (the last file) does not parse. A companion file
+    /// that does not parse is left out.
+    fn new(files: &[(String, String)]) -> Option<Analysis> {
+        let me = files.len().checked_sub(1)?;
+        let mine = ved_syntax::parse_file(FileId(me as u32), &files[me].1).ok()?;
+        let mut trees: Vec<ast::File> = files[..me]
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, t))| ved_syntax::parse_file(FileId(i as u32), t).ok())
+            .collect();
+        trees.push(mine);
         let mut a = Analysis { fields: Vec::new(), transitions: Vec::new(), uses: Vec::new(), types: HashMap::new() };
-        a.declare(&tree);
-        a.resolve(&tree);
-        let checked = ved_check::check_program(std::slice::from_ref(&tree));
+        let domains: Vec<String> = trees.iter().flat_map(domain_names).collect();
+        let mut domain = String::new();
+        for tree in &trees {
+            a.declare(tree, &mut domain);
+        }
+        let mut domain = String::new();
+        for tree in &trees {
+            a.resolve(tree, &domains, &mut domain);
+        }
+        a.uses.retain(|(span, _)| span.file.0 as usize == me);
+        let checked = ved_check::check_program(&trees);
         if let Some(p) = &checked.program {
             for d in &p.domains {
                 for g in &d.goals {
@@ -172,12 +199,13 @@ impl Analysis {
         Some(a)
     }
 
-    fn declare(&mut self, tree: &ast::File) {
-        let mut domain = String::new();
+    /// `domain`: the domain declared last, to which top-level items belong; it
+    /// carries over from one file to the next, as in the checker.
+    fn declare(&mut self, tree: &ast::File, domain: &mut String) {
         for item in &tree.items {
             match item {
                 ast::Item::Domain(d) => {
-                    domain = d.name.name.clone();
+                    *domain = d.name.name.clone();
                     for m in &d.members {
                         match m {
                             ast::DomainMember::State(s) => {
@@ -190,12 +218,12 @@ impl Analysis {
                                     });
                                 }
                             }
-                            ast::DomainMember::Transition(t) => self.declare_transition(&domain, t),
+                            ast::DomainMember::Transition(t) => self.declare_transition(domain, t),
                             _ => {}
                         }
                     }
                 }
-                ast::Item::Transition(t) => self.declare_transition(&domain, t),
+                ast::Item::Transition(t) => self.declare_transition(domain, t),
                 _ => {}
             }
         }
@@ -218,38 +246,29 @@ impl Analysis {
         self.transitions.iter().position(|t| t.domain == domain && t.name == name)
     }
 
-    fn resolve(&mut self, tree: &ast::File) {
-        let domains: Vec<String> = tree
-            .items
-            .iter()
-            .filter_map(|i| match i {
-                ast::Item::Domain(d) => Some(d.name.name.clone()),
-                _ => None,
-            })
-            .collect();
-        let mut domain = String::new();
+    fn resolve(&mut self, tree: &ast::File, domains: &[String], domain: &mut String) {
         for item in &tree.items {
             match item {
                 ast::Item::Domain(d) => {
-                    domain = d.name.name.clone();
+                    *domain = d.name.name.clone();
                     for m in &d.members {
                         match m {
                             ast::DomainMember::State(s) => {
                                 for f in &s.fields {
                                     if let Some(e) = &f.default {
-                                        self.expr(&domain, e, &[]);
+                                        self.expr(domain, e, &[]);
                                     }
                                 }
                             }
-                            ast::DomainMember::Goal(g) => self.expr(&domain, &g.predicate, &[]),
-                            ast::DomainMember::Transition(t) => self.transition_body(&domain, t),
-                            ast::DomainMember::Verify(v) => self.verify(&domain, v),
+                            ast::DomainMember::Goal(g) => self.expr(domain, &g.predicate, &[]),
+                            ast::DomainMember::Transition(t) => self.transition_body(domain, t),
+                            ast::DomainMember::Verify(v) => self.verify(domain, v),
                         }
                     }
                 }
-                ast::Item::Goal(g) => self.expr(&domain, &g.predicate, &[]),
-                ast::Item::Transition(t) => self.transition_body(&domain, t),
-                ast::Item::Verify(v) => self.verify(&domain, v),
+                ast::Item::Goal(g) => self.expr(domain, &g.predicate, &[]),
+                ast::Item::Transition(t) => self.transition_body(domain, t),
+                ast::Item::Verify(v) => self.verify(domain, v),
                 ast::Item::Scenario(s) => {
                     // As the checker: the `domain` step, or the only domain.
                     let mut d = if domains.len() == 1 { domains[0].clone() } else { String::new() };
@@ -399,9 +418,9 @@ impl Analysis {
         }
     }
 
-    /// The use or declaration under a byte offset: its span and target.
-    fn at(&self, offset: usize) -> Option<(Span, Target)> {
-        let hit = |s: &Span| (s.start as usize) <= offset && offset <= s.end as usize;
+    /// The use or declaration under a byte offset of file `file`: its span and target.
+    fn at(&self, file: FileId, offset: usize) -> Option<(Span, Target)> {
+        let hit = |s: &Span| s.file == file && (s.start as usize) <= offset && offset <= s.end as usize;
         if let Some((s, t)) = self.uses.iter().find(|(s, _)| hit(s)) {
             return Some((*s, t.clone()));
         }
@@ -413,6 +432,16 @@ impl Analysis {
     }
 }
 
+fn domain_names(tree: &ast::File) -> Vec<String> {
+    tree.items
+        .iter()
+        .filter_map(|i| match i {
+            ast::Item::Domain(d) => Some(d.name.name.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 fn type_text(t: &ast::TypeExpr) -> String {
     if t.args.is_empty() {
         t.name.name.clone()
@@ -422,7 +451,7 @@ fn type_text(t: &ast::TypeExpr) -> String {
     }
 }
 
-fn collect_stmt_types(stmts: &[ved_check::hir::Stmt], out: &mut HashMap<(u32, u32), Type>) {
+fn collect_stmt_types(stmts: &[ved_check::hir::Stmt], out: &mut HashMap<Span, Type>) {
     use ved_check::hir::StmtKind as K;
     for s in stmts {
         match &s.kind {
@@ -439,9 +468,9 @@ fn collect_stmt_types(stmts: &[ved_check::hir::Stmt], out: &mut HashMap<(u32, u3
 
 /// Records the type of every checked expression by its span. The first one wins:
 /// an outer expression is visited before the inner ones that may share its span.
-fn collect_types(e: &ved_check::hir::Expr, out: &mut HashMap<(u32, u32), Type>) {
+fn collect_types(e: &ved_check::hir::Expr, out: &mut HashMap<Span, Type>) {
     use ved_check::hir::ExprKind as K;
-    out.entry((e.span.start, e.span.end)).or_insert_with(|| e.ty.clone());
+    out.entry(e.span).or_insert_with(|| e.ty.clone());
     match &e.kind {
         K::Int(_) | K::Bool(_) | K::Str(_) | K::Field(_) | K::Local(_) => {}
         K::List(xs) | K::Set(xs) => xs.iter().for_each(|x| collect_types(x, out)),
@@ -490,11 +519,12 @@ fn code_block(s: &str) -> Value {
 
 /// `textDocument/hover`: `name: type` for fields and `let` names, the kind of a
 /// transition, the type of a member expression. `null` elsewhere (keywords too).
-pub fn hover(text: &str, pos: &Value) -> Value {
+pub fn hover(files: &[(String, String)], pos: &Value) -> Value {
+    let Some((me, (_, text))) = files.iter().enumerate().next_back() else { return Value::Null };
     let index = LineIndex::new(text);
     let offset = index.offset(pos);
-    let Some(a) = Analysis::new(text) else { return Value::Null };
-    let Some((span, target)) = a.at(offset) else { return Value::Null };
+    let Some(a) = Analysis::new(files) else { return Value::Null };
+    let Some((span, target)) = a.at(FileId(me as u32), offset) else { return Value::Null };
     let mut v = match target {
         Target::Field(i) => {
             let f = &a.fields[i];
@@ -505,13 +535,13 @@ pub fn hover(text: &str, pos: &Value) -> Value {
             let kind = if t.optimistic { "optimistic transition" } else { "transition" };
             code_block(&format!("{kind} {}\n// in domain {}", t.name, t.domain))
         }
-        Target::Local { name, value, .. } => match a.types.get(&(value.start, value.end)) {
+        Target::Local { name, value, .. } => match a.types.get(&value) {
             Some(ty) => code_block(&format!("let {name}: {ty}")),
             None => code_block(&format!("let {name}")),
         },
         Target::Member { name, expr, receiver } => {
-            let result = a.types.get(&(expr.start, expr.end));
-            let recv = a.types.get(&(receiver.start, receiver.end));
+            let result = a.types.get(&expr);
+            let recv = a.types.get(&receiver);
             match (recv, result) {
                 (Some(r), Some(t)) => code_block(&format!("({r}).{name}: {t}")),
                 _ => match MEMBERS.iter().find(|m| m.0 == name) {
@@ -528,17 +558,18 @@ pub fn hover(text: &str, pos: &Value) -> Value {
 /// `textDocument/definition`: a field use goes to its declaration in `state { }`,
 /// a transition name (in `expect fired`/`expect faulted`) to the transition, a
 /// `let` name to its `let`. `null` when there is nothing to go to.
-pub fn definition(uri: &str, text: &str, pos: &Value) -> Value {
-    let index = LineIndex::new(text);
-    let offset = index.offset(pos);
-    let Some(a) = Analysis::new(text) else { return Value::Null };
-    let span = match a.at(offset) {
+pub fn definition(files: &[(String, String)], pos: &Value) -> Value {
+    let Some((me, (_, text))) = files.iter().enumerate().next_back() else { return Value::Null };
+    let offset = LineIndex::new(text).offset(pos);
+    let Some(a) = Analysis::new(files) else { return Value::Null };
+    let span = match a.at(FileId(me as u32), offset) {
         Some((_, Target::Field(i))) => a.fields[i].span,
         Some((_, Target::Transition(i))) => a.transitions[i].span,
         Some((_, Target::Local { decl, .. })) => decl,
         _ => return Value::Null,
     };
-    json!({ "uri": uri, "range": index.range(span) })
+    let Some((uri, decl_text)) = files.get(span.file.0 as usize) else { return Value::Null };
+    json!({ "uri": uri, "range": LineIndex::new(decl_text).range(span) })
 }
 
 fn is_ident(c: char) -> bool {
@@ -572,14 +603,27 @@ fn enclosing_domain(text: &str, offset: usize) -> Option<String> {
 /// receiver's type when the receiver is a field. Elsewhere: the fields of the
 /// enclosing domain. `last_good` is the latest version of the document that
 /// parsed, used while the current one does not (it rarely does mid-word).
-pub fn completion(text: &str, last_good: Option<&str>, pos: &Value) -> Value {
+pub fn completion(files: &[(String, String)], last_good: Option<&str>, pos: &Value) -> Value {
+    let Some((uri, text)) = files.last() else { return json!({ "isIncomplete": false, "items": [] }) };
     let index = LineIndex::new(text);
     let offset = index.offset(pos);
     let before = &text[..offset];
     let word_start = before.trim_end_matches(is_ident).len();
-    let fields_source = if ved_syntax::parse_file(FILE, text).is_ok() { Some(text) } else { last_good };
-    let analysis = fields_source.and_then(Analysis::new);
-    let domain = enclosing_domain(text, offset);
+    let mut program = files.to_vec();
+    if ved_syntax::parse_file(FILE, text).is_err() {
+        if let Some(good) = last_good {
+            *program.last_mut().unwrap() = (uri.clone(), good.to_string());
+        }
+    }
+    let analysis = Analysis::new(&program);
+    // The domain named last above the cursor, or the program's only one (a
+    // scenario file names none when there is one).
+    let domain = enclosing_domain(text, offset).or_else(|| {
+        let a = analysis.as_ref()?;
+        let mut names: Vec<&str> = a.fields.iter().map(|f| f.domain.as_str()).collect();
+        names.dedup();
+        (names.len() == 1).then(|| names[0].to_string())
+    });
     let field_type = |name: &str| -> Option<String> {
         let a = analysis.as_ref()?;
         let d = domain.as_deref()?;
@@ -668,6 +712,50 @@ pub fn run() -> ExitCode {
     }
 }
 
+/// The program a document belongs to, as `(uri, text)` pairs, the document last:
+/// for `NAME.test.ved`, `NAME.ved` first (its open version, else the file on disk).
+fn program_of(uri: &str, text: &str, docs: &HashMap<String, Doc>) -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    if let Some(stem) = uri.strip_suffix(".test.ved") {
+        let main = format!("{stem}.ved");
+        let main_text = match docs.get(&main) {
+            Some(d) => Some(d.text.clone()),
+            None => file_path(&main).and_then(|p| std::fs::read_to_string(p).ok()),
+        };
+        if let Some(t) = main_text {
+            files.push((main, t));
+        }
+    }
+    files.push((uri.to_string(), text.to_string()));
+    files
+}
+
+/// The path of a `file://` URI, percent-escapes decoded; `None` for other schemes.
+fn file_path(uri: &str) -> Option<std::path::PathBuf> {
+    let rest = uri.strip_prefix("file://")?;
+    let rest = rest.strip_prefix("localhost").unwrap_or(rest);
+    let bytes = rest.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = bytes
+            .get(i + 1..i + 3)
+            .filter(|_| bytes[i] == b'%')
+            .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+        match escaped {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    Some(std::path::PathBuf::from(String::from_utf8(out).ok()?))
+}
+
 /// The message loop: true when the client shut down properly.
 fn serve(conn: &lsp_server::Connection) -> bool {
     use lsp_server::{ErrorCode, Message, Notification, Response};
@@ -686,10 +774,13 @@ fn serve(conn: &lsp_server::Connection) -> bool {
                 let pos = &p["position"];
                 let doc = docs.get(uri);
                 let text = doc.map(|d| d.text.as_str()).unwrap_or_default();
+                let files = || program_of(uri, text, &docs);
                 let result = match req.method.as_str() {
-                    "textDocument/hover" => Some(hover(text, pos)),
-                    "textDocument/definition" => Some(definition(uri, text, pos)),
-                    "textDocument/completion" => Some(completion(text, doc.and_then(|d| d.last_good.as_deref()), pos)),
+                    "textDocument/hover" => Some(hover(&files(), pos)),
+                    "textDocument/definition" => Some(definition(&files(), pos)),
+                    "textDocument/completion" => {
+                        Some(completion(&files(), doc.and_then(|d| d.last_good.as_deref()), pos))
+                    }
                     "textDocument/formatting" => Some(formatting(text)),
                     _ => None,
                 };
@@ -726,14 +817,20 @@ fn serve(conn: &lsp_server::Connection) -> bool {
                 };
                 if let Some(text) = text {
                     let parses = ved_syntax::parse_file(FILE, &text).is_ok();
-                    let params = json!({ "uri": uri, "diagnostics": diagnostics(&uri, &text) });
-                    let doc = docs.entry(uri).or_insert(Doc { text: String::new(), last_good: None });
+                    let doc = docs.entry(uri.clone()).or_insert(Doc { text: String::new(), last_good: None });
                     if parses {
                         doc.last_good = Some(text.clone());
                     }
                     doc.text = text;
-                    let _ =
-                        conn.sender.send(Notification::new("textDocument/publishDiagnostics".into(), params).into());
+                    // The document, and its open scenario file, which is checked after it.
+                    let dependent = uri.strip_suffix(".ved").map(|stem| format!("{stem}.test.ved"));
+                    for u in std::iter::once(uri).chain(dependent.filter(|d| docs.contains_key(d))) {
+                        let files = program_of(&u, &docs[&u].text, &docs);
+                        let params = json!({ "uri": u, "diagnostics": diagnostics(&files) });
+                        let _ = conn
+                            .sender
+                            .send(Notification::new("textDocument/publishDiagnostics".into(), params).into());
+                    }
                 }
             }
             Message::Response(_) => {}
@@ -746,6 +843,11 @@ fn serve(conn: &lsp_server::Connection) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A one-file program.
+    fn one(text: &str) -> Vec<(String, String)> {
+        vec![("file:///p.ved".to_string(), text.to_string())]
+    }
 
     fn pos(line: u64, character: u64) -> Value {
         json!({ "line": line, "character": character })
@@ -767,50 +869,103 @@ mod tests {
 
     #[test]
     fn hover_field_transition_member_local() {
-        let h = hover(PROG, &pos(9, 10)).to_string();
+        let h = hover(&one(PROG), &pos(9, 10)).to_string();
         assert!(h.contains("workers: int"), "{h}");
-        let h = hover(PROG, &pos(3, 5)).to_string();
+        let h = hover(&one(PROG), &pos(3, 5)).to_string();
         assert!(h.contains("names: list<string>"), "{h}");
-        let h = hover(PROG, &pos(6, 14)).to_string();
+        let h = hover(&one(PROG), &pos(6, 14)).to_string();
         assert!(h.contains("transition grow"), "{h}");
-        let h = hover(PROG, &pos(8, 22)).to_string();
+        let h = hover(&one(PROG), &pos(8, 22)).to_string();
         assert!(h.contains(".length: int"), "{h}");
-        let h = hover(PROG, &pos(8, 10)).to_string();
+        let h = hover(&one(PROG), &pos(8, 10)).to_string();
         assert!(h.contains("let n: int"), "{h}");
         // A keyword: nothing.
-        assert_eq!(hover(PROG, &pos(0, 2)), Value::Null);
+        assert_eq!(hover(&one(PROG), &pos(0, 2)), Value::Null);
     }
 
     #[test]
     fn definition_of_field_and_transition() {
-        let d = definition("file:///p.ved", PROG, &pos(10, 8));
+        let d = definition(&one(PROG), &pos(10, 8));
         assert_eq!(d["range"]["start"], pos(2, 4));
         let prog = format!("{PROG}scenario \"s\" {{\n  given workers = 0\n  expect fired grow\n}}\n");
-        let d = definition("file:///p.ved", &prog, &pos(17, 16));
+        let d = definition(&one(&prog), &pos(17, 16));
         assert_eq!(d["range"]["start"], pos(6, 13), "{d}");
-        let d = definition("file:///p.ved", &prog, &pos(16, 9));
+        let d = definition(&one(&prog), &pos(16, 9));
         assert_eq!(d["range"]["start"], pos(2, 4), "{d}");
     }
 
     #[test]
     fn completion_members_and_fields() {
         let text = PROG.replace("names.length", "names.");
-        let c = completion(&text, Some(PROG), &pos(8, 20));
+        let c = completion(&one(&text), Some(PROG), &pos(8, 20));
         let labels: Vec<&str> = c["items"].as_array().unwrap().iter().map(|i| i["label"].as_str().unwrap()).collect();
         assert!(labels.contains(&"length") && labels.contains(&"add"), "{labels:?}");
         assert!(!labels.contains(&"keys"), "a list has no keys: {labels:?}");
-        let c = completion(PROG, None, &pos(9, 9));
+        let c = completion(&one(PROG), None, &pos(9, 9));
         let labels: Vec<&str> = c["items"].as_array().unwrap().iter().map(|i| i["label"].as_str().unwrap()).collect();
         assert_eq!(labels, ["workers", "names"]);
     }
 
     #[test]
+    fn a_scenario_file_resolves_against_its_program() {
+        let test = "scenario \"s\" {\n  given workers = 0\n  expect fired grow\n  expect nonsense\n}\n";
+        let files = vec![
+            ("file:///d/p.ved".to_string(), PROG.to_string()),
+            ("file:///d/p.test.ved".to_string(), test.to_string()),
+        ];
+        let d = definition(&files, &pos(2, 16));
+        assert_eq!(d["uri"], "file:///d/p.ved");
+        assert_eq!(d["range"]["start"], pos(6, 13), "{d}");
+        let h = hover(&files, &pos(1, 9)).to_string();
+        assert!(h.contains("workers: int"), "{h}");
+        let c = completion(&files, None, &pos(1, 8));
+        assert_eq!(c["items"].as_array().unwrap().len(), 2, "{c}");
+        // Only the scenario file's own diagnostic, on its line 3.
+        let diags = diagnostics(&files);
+        let diags = diags.as_array().unwrap();
+        assert!(!diags.is_empty());
+        assert!(diags.iter().all(|d| d["range"]["start"]["line"] == 3), "{diags:?}");
+    }
+
+    #[test]
+    fn file_uris_become_paths() {
+        assert_eq!(file_path("file:///a%20b/c.ved"), Some("/a b/c.ved".into()));
+        assert_eq!(file_path("file:///x%"), Some("/x%".into()));
+        assert_eq!(file_path("untitled:1"), None);
+    }
+
+    /// Every position of every example, and every prefix of one (text being typed):
+    /// the features answer, never panic.
+    #[test]
+    fn no_position_or_prefix_panics() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let text = std::fs::read_to_string(dir.join("database_routing.ved")).unwrap();
+        let test = std::fs::read_to_string(dir.join("database_routing.test.ved")).unwrap();
+        let files = vec![("file:///r.ved".to_string(), text.clone()), ("file:///r.test.ved".to_string(), test.clone())];
+        for (line, l) in test.lines().enumerate().chain(text.lines().enumerate()) {
+            for col in (0..=l.len() + 1).step_by(3) {
+                let p = pos(line as u64, col as u64);
+                hover(&files, &p);
+                definition(&files, &p);
+                completion(&files, Some(&test), &p);
+            }
+        }
+        let mut cut = 0;
+        while cut < text.len() {
+            let prefix = one(&text[..cut]);
+            diagnostics(&prefix);
+            completion(&prefix, Some(&text), &LineIndex::new(&text[..cut]).position(cut));
+            cut += 37;
+        }
+    }
+
+    #[test]
     fn diagnostics_and_formatting() {
         let bad = PROG.replace("goal workers == 5", "goal workers == \"five\"");
-        let d = diagnostics("file:///p.ved", &bad);
+        let d = diagnostics(&one(&bad));
         assert_eq!(d.as_array().unwrap().len(), 1, "{d}");
         assert_eq!(d[0]["severity"], 1);
-        assert_eq!(diagnostics("file:///p.ved", PROG), json!([]));
+        assert_eq!(diagnostics(&one(PROG)), json!([]));
         let ugly = "domain A {\nstate {\nx: int\n}\n}\n";
         let edits = formatting(ugly);
         assert_eq!(edits[0]["newText"], ved_syntax::fmt::format(FILE, ugly).unwrap());

@@ -216,6 +216,17 @@ fn a_scripted_session() {
     assert_eq!(edits[0]["newText"], ved_syntax::fmt::format(ved_syntax::FileId(0), &flat).unwrap());
     assert_eq!(edits[0]["range"]["start"], pos(0, 0));
 
+    // A scenario file opened alone is checked after its program, read from disk.
+    let examples = std::fs::canonicalize(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples")).unwrap();
+    let test_path = examples.join("worker_pool.test.ved");
+    let test_uri = format!("file://{}", test_path.display());
+    let test_text = std::fs::read_to_string(&test_path).unwrap();
+    c.notify(
+        "textDocument/didOpen",
+        json!({ "textDocument": { "uri": test_uri, "languageId": "ved", "version": 1, "text": test_text } }),
+    );
+    assert_eq!(c.diagnostics(&test_uri), Vec::<Value>::new(), "its domain and fields resolve");
+
     // Unknown requests and positions far out of range: answered, no crash.
     let r = c.request("textDocument/frobnicate", json!({}));
     assert_eq!(r["error"]["code"], -32601, "{r}");
