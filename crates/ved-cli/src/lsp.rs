@@ -884,6 +884,20 @@ mod tests {
     }
 
     #[test]
+    fn hover_methods_with_arguments() {
+        let text = "domain D {\n  state {\n    tags: set<string>\n    conf: map<string, int>\n  }\n  goal tags.contains(\"a\") && conf.get(\"k\", 0) == 1\n}\n";
+        let h = hover(&one(text), &pos(5, 13)).to_string();
+        assert!(h.contains("(set<string>).contains: bool"), "{h}");
+        let h = hover(&one(text), &pos(5, 35)).to_string();
+        assert!(h.contains("(map<string, int>).get: int"), "{h}");
+        // Completion after `conf.`: map members only.
+        let typing = text.replace("conf.get(\"k\", 0) == 1", "conf.");
+        let c = completion(&one(&typing), Some(text), &pos(5, 34));
+        let labels: Vec<&str> = c["items"].as_array().unwrap().iter().map(|i| i["label"].as_str().unwrap()).collect();
+        assert!(labels.contains(&"keys") && labels.contains(&"get") && !labels.contains(&"first"), "{labels:?}");
+    }
+
+    #[test]
     fn definition_of_field_and_transition() {
         let d = definition(&one(PROG), &pos(10, 8));
         assert_eq!(d["range"]["start"], pos(2, 4));
