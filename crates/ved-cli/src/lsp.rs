@@ -586,8 +586,11 @@ fn enclosing_domain(text: &str, offset: usize) -> Option<String> {
     while let Some(i) = rest.find("domain") {
         let at = base + i;
         let boundary_before = at == 0 || !before[..at].ends_with(is_ident);
+        // Not in a comment or a string ("// the domain sleeps").
+        let line_start = before[..at].rfind('\n').map_or(0, |i| i + 1);
+        let code = !before[line_start..at].contains(['/', '"']);
         let after = &text[at + "domain".len()..];
-        if boundary_before && after.starts_with([' ', '\t']) {
+        if boundary_before && code && after.starts_with([' ', '\t']) {
             let name: String = after.trim_start_matches([' ', '\t']).chars().take_while(|&c| is_ident(c)).collect();
             if !name.is_empty() {
                 found = Some(name);
@@ -618,7 +621,8 @@ pub fn completion(files: &[(String, String)], last_good: Option<&str>, pos: &Val
     let analysis = Analysis::new(&program);
     // The domain named last above the cursor, or the program's only one (a
     // scenario file names none when there is one).
-    let domain = enclosing_domain(text, offset).or_else(|| {
+    let known = |d: &String| analysis.as_ref().is_some_and(|a| a.fields.iter().any(|f| &f.domain == d));
+    let domain = enclosing_domain(text, offset).filter(known).or_else(|| {
         let a = analysis.as_ref()?;
         let mut names: Vec<&str> = a.fields.iter().map(|f| f.domain.as_str()).collect();
         names.dedup();
@@ -933,6 +937,10 @@ mod tests {
         let h = hover(&files, &pos(1, 9)).to_string();
         assert!(h.contains("workers: int"), "{h}");
         let c = completion(&files, None, &pos(1, 8));
+        assert_eq!(c["items"].as_array().unwrap().len(), 2, "{c}");
+        // A comment that says "domain" names none.
+        let commented = vec![files[0].clone(), (files[1].0.clone(), format!("// the domain sleeps\n{test}"))];
+        let c = completion(&commented, None, &pos(2, 8));
         assert_eq!(c["items"].as_array().unwrap().len(), 2, "{c}");
         // Only the scenario file's own diagnostic, on its line 3.
         let diags = diagnostics(&files);
