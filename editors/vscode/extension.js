@@ -1,4 +1,4 @@
-// The Ved extension's client: starts `ved lsp` (the path is the `ved.path`
+// The Ved extension's client: starts `ved lsp` (the executable is the `ved.path`
 // setting) and lets vscode-languageclient speak LSP to it over stdio. Highlighting
 // comes from the TextMate grammar in syntaxes/, which needs no server.
 const vscode = require("vscode");
@@ -6,21 +6,25 @@ const { LanguageClient, TransportKind } = require("vscode-languageclient/node");
 
 let client;
 
-function activate(context) {
+function startClient() {
   const command = vscode.workspace.getConfiguration("ved").get("path") || "ved";
   const serverOptions = { command, args: ["lsp"], transport: TransportKind.stdio };
   const clientOptions = { documentSelector: [{ scheme: "file", language: "ved" }] };
   client = new LanguageClient("ved", "Ved language server", serverOptions, clientOptions);
-  // Restart the server when its path changes.
+  return client.start();
+}
+
+function activate(context) {
+  // A new `ved.path` takes effect at once: stop the old server, start the new one.
   context.subscriptions.push(
     vscode.workspace.onDidChangeConfiguration(async (e) => {
       if (e.affectsConfiguration("ved.path")) {
         await deactivate();
-        activate(context);
+        await startClient();
       }
     })
   );
-  return client.start();
+  return startClient();
 }
 
 function deactivate() {
