@@ -38,6 +38,9 @@ enum Command {
         #[arg(long, conflicts_with = "files")]
         stdin: bool,
     },
+    /// A language server on stdin/stdout (LSP): diagnostics, hover, go to definition,
+    /// completion and formatting, for editors.
+    Lsp,
     /// Run the `scenario` blocks of a program as deterministic chaos tests.
     Test {
         /// The files of one program (scenarios may live in separate files).
@@ -298,6 +301,7 @@ fn main() -> ExitCode {
             let files = if stdin { vec![PathBuf::from("-")] } else { files };
             fmt_cmd::fmt(&files, check)
         }
+        Command::Lsp => ved_cli::lsp::run(),
         Command::Test { files, seed, filter, trace } => test_cmd::test(&files, seed, filter.as_deref(), trace),
         Command::Verify { files, domain, failures, max_states, margin, max_len } => {
             let opts = ved_verify::Options { shape: ved_verify::Shape { margin, max_len }, failures, max_states };
