@@ -15,5 +15,6 @@ pub mod lsp;
 pub mod plan_cmd;
 pub mod replay_cmd;
 pub mod run;
+pub mod systemd;
 pub mod test_cmd;
 pub mod verify_cmd;

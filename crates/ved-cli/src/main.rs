@@ -199,6 +199,10 @@ enum Command {
         #[command(flatten)]
         conn: client::Connection,
     },
+    /// Print a shell completion script: `ved completions bash > /etc/bash_completion.d/ved`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff): `ved man > /usr/local/share/man/man1/ved.1`.
+    Man,
     /// Print the latest snapshot of each instance in a data directory or a cluster (read-only).
     Inspect {
         #[command(flatten)]
@@ -293,6 +297,25 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { files, config } => check(&files, config.as_deref()),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "ved", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            // One page: the synopsis, every option, and the subcommands with what they do.
+            let mut out = Vec::new();
+            let rendered = clap_mangen::Man::new(cmd).render(&mut out);
+            match rendered.and_then(|()| std::io::Write::write_all(&mut std::io::stdout(), &out)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Get { instance, conn } => client::get(&conn, instance.as_deref()),
         Command::Describe { instance, recent, conn } => client::describe(&conn, &instance, recent),
         Command::Watch { instance, conn } => client::watch(&conn, instance.as_deref()),

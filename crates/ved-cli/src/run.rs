@@ -572,8 +572,13 @@ const ROUND_INPUTS: usize = 256;
 /// The one input loop of the daemon and of cluster nodes: wait for an input (or until the
 /// host's next deadline), run what came due, handle a bounded round of inputs.
 pub(crate) fn wall_clock_loop(host: &mut impl Host, rx: &mpsc::Receiver<Input>) -> Option<ExitCode> {
+    // Under systemd: ready now, and the watchdog pinged from this loop only, so that a
+    // driver that stops turning stops the pings.
+    let mut notify = crate::systemd::Notifier::from_env();
+    notify.ready();
     loop {
-        let first = match rx.recv_timeout(host.wait()) {
+        notify.tick();
+        let first = match rx.recv_timeout(host.wait().min(notify.wait_at_most())) {
             Ok(i) => Some(i),
             Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => return None,
@@ -588,6 +593,7 @@ pub(crate) fn wall_clock_loop(host: &mut impl Host, rx: &mpsc::Receiver<Input>) 
             return Some(code);
         }
         if stop {
+            notify.stopping();
             return None;
         }
     }
