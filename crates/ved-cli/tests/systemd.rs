@@ -25,7 +25,7 @@ fn the_daemon_speaks_systemds_notify_protocol() {
         .stderr(Stdio::null());
     common::guard_state_home(&mut cmd);
     let mut child = cmd.spawn().unwrap();
-    let mut recv = || -> String {
+    let recv = || -> String {
         let mut buf = [0u8; 512];
         let n = socket.recv(&mut buf).expect("a notification within 120 s");
         String::from_utf8_lossy(&buf[..n]).trim().to_string()
