@@ -254,6 +254,13 @@ impl Drop for VedNode {
 const API_TOKEN: &str = "cluster-secret";
 
 /// GET (or POST `body`, with the token) and the JSON answer.
+/// A node's `GET /metrics`, parsed as Prometheus would.
+fn node_metrics(n: &VedNode) -> prometheus_parse::Scrape {
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(LOADED)).build().into();
+    let text = agent.get(&format!("{}/metrics", n.url())).call().unwrap().body_mut().read_to_string().unwrap();
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
+}
+
 fn http(url: &str, body: Option<&str>) -> (u16, serde_json::Value) {
     let agent: ureq::Agent =
         ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(LOADED)).build().into();
@@ -418,6 +425,24 @@ fn a_joining_node_takes_its_share_and_sigterm_hands_over_without_waiting_for_the
     let urls = etcd.urls();
     let mut a = VedNode::start("a", &program, &config, &urls, ttl);
     wait_for("node a to hold every instance", LOADED, || a.holding().len() == INSTANCES);
+    // A node's /metrics are its own engine's: every instance it holds, and the time of each
+    // fenced write to etcd.
+    let metrics = node_metrics(&a);
+    let held: f64 = metrics
+        .samples
+        .iter()
+        .filter(|s| s.metric == "ved_instances")
+        .map(|s| match s.value {
+            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum();
+    assert_eq!(held, INSTANCES as f64);
+    let writes = metrics.samples.iter().find(|s| s.metric == "ved_etcd_write_seconds").map(|s| match &s.value {
+        prometheus_parse::Value::Histogram(b) => b.iter().map(|b| b.count).fold(0.0, f64::max),
+        _ => 0.0,
+    });
+    assert!(writes.unwrap_or(0.0) >= 1.0, "no timed etcd write: {writes:?}");
     // A second node joins: instances rebalance onto it.
     let mut b = VedNode::start("b", &program, &config, &urls, ttl);
     wait_for("node b to take its share", LOADED, || !b.holding().is_empty());

@@ -71,6 +71,10 @@ impl Daemon {
             cmd.env("VED_API_TOKEN", t);
         }
         let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        // The logs are read as they come (and dropped): a pipe nobody reads fills up, and the
+        // daemon, which logs every request, would block writing to it.
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || BufReader::new(err).lines().map_while(Result::ok).for_each(drop));
         let out = child.stdout.take().unwrap();
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
