@@ -5,6 +5,7 @@
 //! same code.
 
 pub mod cluster_run;
+pub mod exit;
 pub mod fmt_cmd;
 pub mod inspect;
 pub use ved_adapters::json;

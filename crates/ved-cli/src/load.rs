@@ -2,23 +2,31 @@
 //! and prints nothing; these wrappers print its diagnostics to stderr and give back
 //! the exit code.
 
+use crate::exit;
 use std::path::PathBuf;
 use std::process::ExitCode;
 pub use ved_engine::load::*;
 use ved_syntax::diag;
 
 /// [`read_program`] for the command line: diagnostics (warnings included) go to
-/// stderr; on any error the exit code to return is given back.
+/// stderr; on any error the exit code to return is given back: 66 for a file that
+/// cannot be read, 65 for one that is not UTF-8 text, 1 for a program with errors.
 pub fn load(files: &[PathBuf]) -> Result<Loaded, ExitCode> {
-    report(read_program(files))
+    load_or(files, exit::FAILED)
+}
+
+/// [`load`] for a command whose exit 1 means something else (a failed scenario, a
+/// counterexample): a program with errors exits `program_errors` instead.
+pub fn load_or(files: &[PathBuf], program_errors: u8) -> Result<Loaded, ExitCode> {
+    report(read_program(files), program_errors)
 }
 
 /// [`check_texts`] for the command line, as [`load`].
 pub fn load_texts(texts: Vec<(String, String)>) -> Result<Loaded, ExitCode> {
-    report(check_texts(texts))
+    report(check_texts(texts), exit::FAILED)
 }
 
-fn report(r: Result<Loaded, LoadError>) -> Result<Loaded, ExitCode> {
+fn report(r: Result<Loaded, LoadError>, program_errors: u8) -> Result<Loaded, ExitCode> {
     match r {
         Ok(loaded) => {
             if !loaded.warnings.is_empty() {
@@ -28,13 +36,18 @@ fn report(r: Result<Loaded, LoadError>) -> Result<Loaded, ExitCode> {
         }
         Err(e @ LoadError::File { .. }) => {
             eprintln!("{e}");
-            Err(ExitCode::from(1))
+            // A file that is there but is no source text is bad data, not a missing input.
+            let bad_data = matches!(
+                &e,
+                LoadError::File { problem: FileProblem::NotUtf8 { .. } | FileProblem::TooLarge { .. }, .. }
+            );
+            Err(exit::code(if bad_data { exit::DATA } else { exit::NO_INPUT }))
         }
         Err(LoadError::Program(d)) => {
             eprint!("{}", d.render());
             let errors = d.errors();
             print_summary(errors, d.items.len() - errors);
-            Err(ExitCode::from(1))
+            Err(exit::code(program_errors))
         }
     }
 }
@@ -50,7 +63,7 @@ pub fn load_config(loaded: &mut Loaded, path: &std::path::Path) -> Result<ved_ad
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: cannot read `{name}`: {e}");
-            return Err(ExitCode::from(1));
+            return Err(exit::code(exit::NO_INPUT));
         }
     };
     let id = loaded.sources.add(name, text.clone());

@@ -2,7 +2,7 @@
 //! events, and wires the pure crates (syntax, check, vm, runtime) to the
 //! outside world. All I/O of the project lives at this edge.
 
-use ved_cli::{fmt_cmd, inspect, load, plan_cmd, replay_cmd, run, test_cmd, verify_cmd};
+use ved_cli::{exit, fmt_cmd, inspect, load, plan_cmd, replay_cmd, run, test_cmd, verify_cmd};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -54,7 +54,8 @@ enum Command {
         trace: bool,
     },
     /// Prove that every domain converges from every state within a bound, or print a
-    /// shortest counterexample. Exit 0 proven, 1 counterexample, 2 inconclusive.
+    /// shortest counterexample. Exit 0 proven, 1 counterexample, 2 inconclusive, 64 a usage
+    /// error, 65 the program has errors, 66 a file cannot be read.
     Verify {
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -221,7 +222,7 @@ impl From {
             None if !self.cluster.is_empty() => Ok(inspect::Source::Cluster { endpoints: self.cluster, prefix }),
             None => {
                 eprintln!("error: say where the state is: `--data-dir DIR`, or `--cluster URLS` for a cluster's etcd");
-                Err(ExitCode::from(2))
+                Err(exit::code(exit::USAGE))
             }
         }
     }
@@ -232,7 +233,7 @@ enum AuditAction {
     /// Check that no entry was edited, removed or reordered. The chain alone cannot show a
     /// log rewritten whole by someone who can write the data directory: `--head` and `--key`
     /// check it against something kept outside. Exit 0 ok, 1 the check failed or the log
-    /// cannot be read, 2 a usage error (a bad anchor, an unusable key file).
+    /// cannot be read, 64 a usage error (a bad anchor, an unusable key file), 66 no data directory.
     Verify {
         /// An anchor `N:HASH` printed earlier by `ved audit head` and kept outside the data
         /// directory: entry N must still be there with that hash. Entries after it are fine.
@@ -256,7 +257,17 @@ enum DurabilityArg {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors exit 64, not clap's 2, which `ved verify` uses for "inconclusive".
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return exit::code(if e.use_stderr() { exit::USAGE } else { exit::OK });
+        }
+    };
+    if !matches!(cli.command, Command::Run { .. }) {
+        exit::die_quietly_on_closed_pipe();
+    }
     match cli.command {
         Command::Check { files, config } => check(&files, config.as_deref()),
         Command::Fmt { files, check, stdin } => {
@@ -329,7 +340,7 @@ fn main() -> ExitCode {
                     Err(e) => {
                         eprintln!("error: {e}");
                         eprintln!("  = hint: pass `--data-dir DIR`, or `--ephemeral` to keep no state");
-                        return ExitCode::from(2);
+                        return exit::code(exit::USAGE);
                     }
                 },
             };

@@ -1,13 +1,13 @@
 //! `ved test`: runs scenario blocks and reports like a test runner.
 
-use crate::load;
+use crate::{exit, load};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use ved_runtime::scenario::{run_scenario, ScenarioReport};
 use ved_syntax::SourceMap;
 
 pub fn test(files: &[PathBuf], seed: u64, filter: Option<&str>, trace: bool) -> ExitCode {
-    let loaded = match load::load(files) {
+    let loaded = match load::load_or(files, exit::DATA) {
         Ok(l) => l,
         Err(code) => return code,
     };
@@ -35,7 +35,7 @@ pub fn test(files: &[PathBuf], seed: u64, filter: Option<&str>, trace: bool) -> 
     println!();
     println!("{passed} passed, {failed} failed");
     if failed > 0 {
-        ExitCode::from(1)
+        exit::code(exit::FAILED)
     } else {
         ExitCode::SUCCESS
     }

@@ -1,6 +1,6 @@
 //! `ved verify`: prints what `ved-verify` proved or the counterexample it found.
 
-use crate::load;
+use crate::{exit, load};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +9,7 @@ use ved_verify::{Options, Problem, Report, TraceEdge, TraceStep};
 use ved_vm::Value;
 
 pub fn verify(files: &[PathBuf], domain: Option<&str>, opts: Options) -> ExitCode {
-    let loaded = match load::load(files) {
+    let loaded = match load::load_or(files, exit::DATA) {
         Ok(l) => l,
         Err(code) => return code,
     };
@@ -45,7 +45,7 @@ pub fn verify(files: &[PathBuf], domain: Option<&str>, opts: Options) -> ExitCod
         let names: Vec<String> = loaded.program.domains.iter().map(|d| format!("`{}`", d.name)).collect();
         eprintln!("error: no domain named `{}`", domain.unwrap_or(""));
         eprintln!("  = hint: the domains are {}", names.join(", "));
-        return ExitCode::from(2);
+        return exit::code(exit::USAGE);
     }
     ExitCode::from(worst)
 }
