@@ -4,6 +4,7 @@
 //! parses arguments and calls in here; it is a library so that tests can drive the
 //! same code.
 
+pub mod check_cmd;
 pub mod cluster_run;
 pub mod exit;
 pub mod fmt_cmd;
@@ -11,6 +12,7 @@ pub mod inspect;
 pub use ved_adapters::json;
 pub mod load;
 pub mod logs;
+pub mod output;
 pub mod plan_cmd;
 pub mod replay_cmd;
 pub mod run;

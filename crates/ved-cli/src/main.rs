@@ -7,6 +7,7 @@ use ved_cli::{exit, fmt_cmd, inspect, load, plan_cmd, replay_cmd, run, test_cmd,
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use ved_cli::output::{ColorChoice, Format};
 
 #[derive(Parser)]
 #[command(name = "ved", version, about = "Ved: declare the goal, the runtime converges reality to it")]
@@ -25,6 +26,12 @@ enum Command {
         /// Also check this `ved.toml` against the program: bindings, drivers, watched fields.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// `text` (rustc-style, on stderr) or `json` (one document on stdout).
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        /// Color the diagnostics: `auto` (on a terminal, unless `NO_COLOR`), `always`, `never`.
+        #[arg(long, value_enum, default_value = "auto")]
+        color: ColorChoice,
     },
     /// Format files canonically, keeping every comment (rewrites them in place).
     Fmt {
@@ -52,6 +59,15 @@ enum Command {
         /// Print the trace of every scenario, not only of failures.
         #[arg(long)]
         trace: bool,
+        /// `text`, or `json`: one JSON object per line, per scenario and a summary.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        /// Also write a JUnit XML report to this file, for CI systems.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// Color the diagnostics: `auto` (on a terminal, unless `NO_COLOR`), `always`, `never`.
+        #[arg(long, value_enum, default_value = "auto")]
+        color: ColorChoice,
     },
     /// Prove that every domain converges from every state within a bound, or print a
     /// shortest counterexample. Exit 0 proven, 1 counterexample, 2 inconclusive, 64 a usage
@@ -74,6 +90,12 @@ enum Command {
         /// Derived list and set bounds: at most this many elements.
         #[arg(long, default_value_t = 3)]
         max_len: usize,
+        /// `text`, or `json`: one document with the verdict and any counterexample's trace.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        /// Color the diagnostics: `auto` (on a terminal, unless `NO_COLOR`), `always`, `never`.
+        #[arg(long, value_enum, default_value = "auto")]
+        color: ColorChoice,
     },
     /// Run the program: one instance per domain, converging forever. Without `--stdin`
     /// it is a daemon serving the HTTP API until SIGTERM.
@@ -265,19 +287,32 @@ fn main() -> ExitCode {
             return exit::code(if e.use_stderr() { exit::USAGE } else { exit::OK });
         }
     };
-    if !matches!(cli.command, Command::Run { .. }) {
+    // `ved run` serves clients that may hang up; `ved test --junit` still has a file to
+    // write after its reader is gone (it stops printing on its own).
+    if !matches!(cli.command, Command::Run { .. } | Command::Test { junit: Some(_), .. }) {
         exit::die_quietly_on_closed_pipe();
     }
     match cli.command {
-        Command::Check { files, config } => check(&files, config.as_deref()),
+        Command::Check { files, config, format, color } => {
+            load::set_color(color.enabled());
+            match format {
+                Format::Text => check(&files, config.as_deref()),
+                Format::Json => ved_cli::check_cmd::check_json(&files, config.as_deref()),
+            }
+        }
         Command::Fmt { files, check, stdin } => {
             let files = if stdin { vec![PathBuf::from("-")] } else { files };
             fmt_cmd::fmt(&files, check)
         }
-        Command::Test { files, seed, filter, trace } => test_cmd::test(&files, seed, filter.as_deref(), trace),
-        Command::Verify { files, domain, failures, max_states, margin, max_len } => {
+        Command::Test { files, seed, filter, trace, format, junit, color } => {
+            load::set_color(color.enabled());
+            let out = test_cmd::Output { trace, format, junit };
+            test_cmd::test(&files, seed, filter.as_deref(), &out)
+        }
+        Command::Verify { files, domain, failures, max_states, margin, max_len, format, color } => {
+            load::set_color(color.enabled());
             let opts = ved_verify::Options { shape: ved_verify::Shape { margin, max_len }, failures, max_states };
-            verify_cmd::verify(&files, domain.as_deref(), opts)
+            verify_cmd::verify(&files, domain.as_deref(), opts, format)
         }
         Command::Run {
             files,
