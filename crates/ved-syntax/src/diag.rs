@@ -183,3 +183,43 @@ pub fn render_all(diags: &[Diagnostic], sources: &SourceMap) -> String {
 pub fn render_all_styled(diags: &[Diagnostic], sources: &SourceMap, color: bool) -> String {
     diags.iter().map(|d| d.render_styled(sources, color)).collect::<Vec<_>>().join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render_at(text: &str, start: usize, end: usize) -> Vec<String> {
+        let mut sources = SourceMap::new();
+        let file = sources.add("t.ved", text.to_string());
+        let span = Span { file, start: start as u32, end: end as u32 };
+        Diagnostic::error(span, "m").render(&sources).lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn carets_count_display_columns_of_wide_characters_and_keep_tabs() {
+        let text = "\tx = \"日本\" + 🎉y\n";
+        // The span is `日本`: two characters, four columns.
+        let start = text.find('日').unwrap();
+        let lines = render_at(text, start, start + "日本".len());
+        assert_eq!(lines[0], "t.ved:1:7: error: m");
+        assert_eq!(lines[3], "  | \t     ^^^^");
+        // After an emoji: `y` is one column further right than its character count says.
+        let y = text.find('y').unwrap();
+        let lines = render_at(text, y, y + 1);
+        // `x = "` 5, `日本` 4, `" + ` 4, `🎉` 2 columns.
+        assert_eq!(lines[3], format!("  | \t{}^", " ".repeat(5 + 4 + 4 + 2)));
+    }
+
+    #[test]
+    fn ascii_rendering_is_unchanged_and_color_only_adds_codes() {
+        let text = "goal worker == 5\n";
+        let mut sources = SourceMap::new();
+        let file = sources.add("t.ved", text.to_string());
+        let d = Diagnostic::error(Span { file, start: 5, end: 11 }, "unknown").with_label("here").with_hint("h");
+        let plain = d.render(&sources);
+        assert_eq!(plain, "t.ved:1:6: error: unknown\n  |\n1 | goal worker == 5\n  |      ^^^^^^ here\n  = hint: h\n");
+        let colored = d.render_styled(&sources, true);
+        assert!(colored.contains("\x1b[1;31m^^^^^^\x1b[0m"), "{colored:?}");
+        assert!(!plain.contains('\x1b'));
+    }
+}
