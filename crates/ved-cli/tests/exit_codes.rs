@@ -90,3 +90,24 @@ fn a_closed_pipe_never_panics() {
         assert!(!e.contains("panicked"), "{e}");
     }
 }
+
+/// With `--junit`, a closed pipe stops the printing, not the run: the report is still
+/// written and the exit code still says a scenario failed.
+#[test]
+fn a_closed_pipe_still_gets_the_junit_report_written() {
+    let report = common::tempdir("exit-junit-pipe").join("report.xml");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ved"))
+        .args(["test", "examples/worker_pool.ved", "tests/data/scenarios/failing.test.ved", "--junit"])
+        .arg(&report)
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", err(&out));
+    assert!(!err(&out).contains("panicked"), "{}", err(&out));
+    let xml = std::fs::read_to_string(&report).unwrap();
+    assert!(xml.contains("<testcase name=\"a wrong expectation\""), "{xml}");
+}
