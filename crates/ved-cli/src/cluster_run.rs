@@ -706,7 +706,7 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
         // Refused, not ignored: an operator who configured a key expects keyed entries.
         eprintln!("error: `[store] audit_key` applies to a data directory; a cluster's audit chains live in etcd and are not keyed");
         eprintln!("  = hint: remove `[store] audit_key` from the config of cluster nodes");
-        return ExitCode::from(2);
+        return crate::exit::code(crate::exit::USAGE);
     }
     let (tx, rx) = mpsc::sync_channel::<Input>(crate::run::INPUT_CAPACITY);
     let tokens = api::Tokens::configured(opts.config.as_ref());

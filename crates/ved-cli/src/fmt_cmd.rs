@@ -1,8 +1,9 @@
 //! `ved fmt`: rewrites files in the canonical layout of `ved_syntax::fmt`, or with
-//! `--check` only says which files it would change. Exit status: 0 nothing to do (or
-//! done), 1 `--check` found a file to change, 2 a file does not parse or cannot be
-//! read or written: CI can tell "unformatted" from "broken".
+//! `--check` only says which files it would change. Exit status (see `exit.rs`): 0 nothing
+//! to do (or done), 1 `--check` found a file to change, 65 a file does not parse, 66 a
+//! file cannot be read, 74 one cannot be written: CI can tell "unformatted" from "broken".
 
+use crate::exit;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,26 +13,27 @@ use ved_syntax::{fmt, SourceMap};
 enum Outcome {
     Unchanged,
     Changed,
-    Broken,
+    /// With the exit code that says why.
+    Broken(u8),
 }
 
 /// `ved fmt [--check] FILE...`; a file named `-` is standard input, formatted to
 /// standard output.
 pub fn fmt(files: &[PathBuf], check: bool) -> ExitCode {
     let mut changed = false;
-    let mut broken = false;
+    let mut broken = None;
     for path in files {
         let outcome = if path.as_os_str() == "-" { stdin(check) } else { file(path, check) };
         match outcome {
             Outcome::Unchanged => {}
             Outcome::Changed => changed = true,
-            Outcome::Broken => broken = true,
+            Outcome::Broken(code) => broken = broken.max(Some(code)),
         }
     }
-    if broken {
-        ExitCode::from(2)
+    if let Some(code) = broken {
+        exit::code(code)
     } else if changed && check {
-        ExitCode::from(1)
+        exit::code(exit::FAILED)
     } else {
         ExitCode::SUCCESS
     }
@@ -57,10 +59,10 @@ fn file(path: &Path, check: bool) -> Outcome {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: cannot read {name}: {e}");
-            return Outcome::Broken;
+            return Outcome::Broken(exit::NO_INPUT);
         }
     };
-    let Some((before, after)) = format_text(&name, text) else { return Outcome::Broken };
+    let Some((before, after)) = format_text(&name, text) else { return Outcome::Broken(exit::DATA) };
     if before == after {
         return Outcome::Unchanged;
     }
@@ -71,7 +73,7 @@ fn file(path: &Path, check: bool) -> Outcome {
     // Only a file that changes is written, so its modification time means something.
     if let Err(e) = std::fs::write(path, after) {
         eprintln!("error: cannot write {name}: {e}");
-        return Outcome::Broken;
+        return Outcome::Broken(exit::IO);
     }
     Outcome::Changed
 }
@@ -80,9 +82,9 @@ fn stdin(check: bool) -> Outcome {
     let mut text = String::new();
     if let Err(e) = std::io::stdin().read_to_string(&mut text) {
         eprintln!("error: cannot read standard input: {e}");
-        return Outcome::Broken;
+        return Outcome::Broken(exit::NO_INPUT);
     }
-    let Some((before, after)) = format_text("<stdin>", text) else { return Outcome::Broken };
+    let Some((before, after)) = format_text("<stdin>", text) else { return Outcome::Broken(exit::DATA) };
     if check {
         if before == after {
             return Outcome::Unchanged;
@@ -92,7 +94,7 @@ fn stdin(check: bool) -> Outcome {
     }
     let mut out = std::io::stdout().lock();
     if out.write_all(after.as_bytes()).and_then(|_| out.flush()).is_err() {
-        return Outcome::Broken;
+        return Outcome::Broken(exit::IO);
     }
     if before == after {
         Outcome::Unchanged

@@ -2,6 +2,7 @@
 //! `ved journal`, `ved audit`. They take no lock and change nothing, so they work
 //! while `ved run` holds the directory or the nodes run.
 
+use crate::exit;
 use serde_json::json;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -43,9 +44,10 @@ struct View {
 fn open(src: &Source) -> Result<View, ExitCode> {
     match src {
         Source::Dir(dir) => {
+            require_dir(dir)?;
             let rec = read_only(dir).map_err(|e| {
                 report(&e);
-                ExitCode::from(1)
+                exit::code(exit::FAILED)
             })?;
             let mut chains = BTreeMap::new();
             chains.insert(String::new(), rec.audit);
@@ -56,7 +58,7 @@ fn open(src: &Source) -> Result<View, ExitCode> {
             let fail = |e: String| {
                 eprintln!("error: cannot read {}: {e}", src.name());
                 eprintln!("  = hint: check that etcd is running and that `--cluster` lists its client URLs");
-                ExitCode::from(1)
+                exit::code(exit::FAILED)
             };
             let names = ved_cluster::list_instances(&*etcd, prefix).map_err(|e| fail(e.to_string()))?;
             let mut view =
@@ -72,6 +74,18 @@ fn open(src: &Source) -> Result<View, ExitCode> {
             Ok(view)
         }
     }
+}
+
+/// A data directory that is not there is a mistake in the path (or `ved run` never ran),
+/// not an empty store: said plainly, exit 66, rather than shown as nothing.
+fn require_dir(dir: &Path) -> Result<(), ExitCode> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let what = if dir.exists() { "is not a directory" } else { "does not exist" };
+    eprintln!("error: the data directory {} {what}", dir.display());
+    eprintln!("  = hint: check the path; `ved run --data-dir DIR` creates one");
+    Err(exit::code(exit::NO_INPUT))
 }
 
 fn report(e: &StoreError) {
@@ -96,7 +110,7 @@ pub fn inspect(src: &Source, instance: Option<&str>, as_json: bool) -> ExitCode 
                 "  = hint: the instances are {}",
                 if names.is_empty() { "none yet".into() } else { names.join(", ") }
             );
-            return ExitCode::from(1);
+            return exit::code(exit::NO_INPUT);
         }
     }
     for r in snaps {
@@ -165,7 +179,7 @@ pub fn journal(src: &Source, instance: &str, as_json: bool) -> ExitCode {
             "  = hint: journals exist for {}",
             if names.is_empty() { "no instance yet".into() } else { names.join(", ") }
         );
-        return ExitCode::from(1);
+        return exit::code(exit::NO_INPUT);
     };
     for e in entries {
         if as_json {
@@ -247,6 +261,7 @@ pub fn audit(src: &Source, as_json: bool) -> ExitCode {
 
 /// A data directory's verified chain, or the exit code after saying why there is none.
 fn verified(dir: &Path, as_json: bool) -> Result<Chain, ExitCode> {
+    require_dir(dir)?;
     match verified_audit(dir) {
         Ok(Ok(chain)) => Ok(chain),
         Ok(Err(e)) => Err(failed(
@@ -260,7 +275,7 @@ fn verified(dir: &Path, as_json: bool) -> Result<Chain, ExitCode> {
                 println!("{}", json!({"ok": false, "error": e.to_string()}));
             }
             report(&e);
-            Err(ExitCode::from(1))
+            Err(exit::code(exit::FAILED))
         }
     }
 }
@@ -272,7 +287,7 @@ fn failed(dir: &Path, e: &ved_store::AuditError, hint: &str, as_json: bool) -> E
     }
     eprintln!("error: {}: {e}", dir.display());
     eprintln!("  = hint: {hint}");
-    ExitCode::from(1)
+    exit::code(exit::FAILED)
 }
 
 /// `--head`, `--key` and `ved audit head` read a data directory's one chain.
@@ -284,7 +299,7 @@ fn dir_only(src: &Source, what: &str) -> Result<PathBuf, ExitCode> {
                 "error: {what} reads a data directory's audit log; a cluster keeps one chain per instance in etcd"
             );
             eprintln!("  = hint: pass `--data-dir DIR`, or use `ved audit verify --cluster URLS` without it");
-            Err(ExitCode::from(2))
+            Err(exit::code(exit::USAGE))
         }
     }
 }
@@ -309,7 +324,8 @@ pub fn audit_head(src: &Source, as_json: bool) -> ExitCode {
 }
 
 /// `ved audit verify`: the hash chain, and with `head` and `key`, what was kept outside
-/// the directory. Exit 0 ok, 1 a check failed or the log cannot be read, 2 a usage error.
+/// the directory. Exit 0 ok, 1 a check failed or the log cannot be read, 64 a usage error,
+/// 66 no data directory.
 pub fn audit_verify(src: &Source, head: Option<&Anchor>, key: Option<&Path>, as_json: bool) -> ExitCode {
     let dir = match src {
         Source::Dir(d) => d.clone(),
@@ -325,7 +341,7 @@ pub fn audit_verify(src: &Source, head: Option<&Anchor>, key: Option<&Path>, as_
         Err(e) => {
             eprintln!("error: {e}");
             eprintln!("  = hint: {}", e.hint);
-            return ExitCode::from(2);
+            return exit::code(exit::USAGE);
         }
     };
     let chain = match verified(&dir, as_json) {
@@ -402,7 +418,7 @@ fn audit_verify_chains(src: &Source, as_json: bool) -> ExitCode {
             }
             eprintln!("error: the audit chain of `{instance}` in {}: {e}", src.name());
             eprintln!("  = hint: entries from this one on cannot be trusted; compare with an etcd backup");
-            return ExitCode::from(1);
+            return exit::code(exit::FAILED);
         }
         total += chain.len();
     }

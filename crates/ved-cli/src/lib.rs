@@ -4,14 +4,17 @@
 //! `ved lsp`. `main.rs` only parses arguments and calls in here; it is a library so
 //! that tests can drive the same code.
 
+pub mod check_cmd;
 pub mod client;
 pub mod cluster_run;
+pub mod exit;
 pub mod fmt_cmd;
 pub mod inspect;
 pub use ved_adapters::json;
 pub mod load;
 pub mod logs;
 pub mod lsp;
+pub mod output;
 pub mod plan_cmd;
 pub mod replay_cmd;
 pub mod run;

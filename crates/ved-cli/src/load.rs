@@ -2,39 +2,63 @@
 //! and prints nothing; these wrappers print its diagnostics to stderr and give back
 //! the exit code.
 
+use crate::exit;
 use std::path::PathBuf;
 use std::process::ExitCode;
 pub use ved_engine::load::*;
 use ved_syntax::diag;
 
 /// [`read_program`] for the command line: diagnostics (warnings included) go to
-/// stderr; on any error the exit code to return is given back.
+/// stderr; on any error the exit code to return is given back: 66 for a file that
+/// cannot be read, 65 for one that is not UTF-8 text, 1 for a program with errors.
 pub fn load(files: &[PathBuf]) -> Result<Loaded, ExitCode> {
-    report(read_program(files))
+    load_or(files, exit::FAILED)
+}
+
+/// [`load`] for a command whose exit 1 means something else (a failed scenario, a
+/// counterexample): a program with errors exits `program_errors` instead.
+pub fn load_or(files: &[PathBuf], program_errors: u8) -> Result<Loaded, ExitCode> {
+    report(read_program(files), program_errors)
 }
 
 /// [`check_texts`] for the command line, as [`load`].
 pub fn load_texts(texts: Vec<(String, String)>) -> Result<Loaded, ExitCode> {
-    report(check_texts(texts))
+    report(check_texts(texts), exit::FAILED)
 }
 
-fn report(r: Result<Loaded, LoadError>) -> Result<Loaded, ExitCode> {
+/// Whether diagnostics printed here are colored; set once by `main` from `--color`.
+static COLOR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_color(on: bool) {
+    COLOR.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn render(diags: &[ved_syntax::Diagnostic], sources: &ved_syntax::SourceMap) -> String {
+    diag::render_all_styled(diags, sources, COLOR.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+fn report(r: Result<Loaded, LoadError>, program_errors: u8) -> Result<Loaded, ExitCode> {
     match r {
         Ok(loaded) => {
             if !loaded.warnings.is_empty() {
-                eprint!("{}", diag::render_all(&loaded.warnings, &loaded.sources));
+                eprint!("{}", render(&loaded.warnings, &loaded.sources));
             }
             Ok(loaded)
         }
         Err(e @ LoadError::File { .. }) => {
             eprintln!("{e}");
-            Err(ExitCode::from(1))
+            // A file that is there but is no source text is bad data, not a missing input.
+            let bad_data = matches!(
+                &e,
+                LoadError::File { problem: FileProblem::NotUtf8 { .. } | FileProblem::TooLarge { .. }, .. }
+            );
+            Err(exit::code(if bad_data { exit::DATA } else { exit::NO_INPUT }))
         }
         Err(LoadError::Program(d)) => {
-            eprint!("{}", d.render());
+            eprint!("{}", render(&d.items, &d.sources));
             let errors = d.errors();
             print_summary(errors, d.items.len() - errors);
-            Err(ExitCode::from(1))
+            Err(exit::code(program_errors))
         }
     }
 }
@@ -43,35 +67,44 @@ fn print_summary(errors: usize, warnings: usize) {
     eprintln!("{}", ved_engine::load::summary(errors, warnings));
 }
 
-/// Reads `ved.toml` and checks it against the loaded program. Diagnostics go to stderr.
-pub fn load_config(loaded: &mut Loaded, path: &std::path::Path) -> Result<ved_adapters::config::Config, ExitCode> {
+/// Why a `ved.toml` was refused, before anything is printed.
+pub enum ConfigError {
+    /// It cannot be read: the message.
+    Unreadable(String),
+    /// It does not parse, or does not fit the program: diagnostics into `loaded.sources`.
+    Invalid(Vec<ved_syntax::Diagnostic>),
+}
+
+/// Reads `ved.toml` and checks it against the loaded program, printing nothing.
+pub fn read_config(loaded: &mut Loaded, path: &std::path::Path) -> Result<ved_adapters::config::Config, ConfigError> {
     let name = path.display().to_string();
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: cannot read `{name}`: {e}");
-            return Err(ExitCode::from(1));
-        }
-    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable(format!("cannot read `{name}`: {e}")))?;
     let id = loaded.sources.add(name, text.clone());
-    let config = match ved_adapters::config::parse_config(id, &text) {
-        Ok(c) => c,
-        Err(d) => {
-            eprint!("{}", d.render(&loaded.sources));
-            print_summary(1, 0);
-            return Err(ExitCode::from(1));
-        }
-    };
+    let mut config = ved_adapters::config::parse_config(id, &text).map_err(|d| ConfigError::Invalid(vec![d]))?;
     let mut diags = ved_adapters::config::validate(&config, id, &loaded.program);
     if !diags.is_empty() {
         diags.sort_by_key(|d| (d.span.file, d.span.start));
-        eprint!("{}", diag::render_all(&diags, &loaded.sources));
-        print_summary(diags.len(), 0);
-        return Err(ExitCode::from(1));
+        return Err(ConfigError::Invalid(diags));
     }
-    let mut config = config;
     if let Some(dir) = path.parent() {
         config.resolve_commands(dir);
     }
     Ok(config)
+}
+
+/// Reads `ved.toml` and checks it against the loaded program. Diagnostics go to stderr.
+pub fn load_config(loaded: &mut Loaded, path: &std::path::Path) -> Result<ved_adapters::config::Config, ExitCode> {
+    match read_config(loaded, path) {
+        Ok(c) => Ok(c),
+        Err(ConfigError::Unreadable(msg)) => {
+            eprintln!("error: {msg}");
+            Err(exit::code(exit::NO_INPUT))
+        }
+        Err(ConfigError::Invalid(diags)) => {
+            eprint!("{}", render(&diags, &loaded.sources));
+            print_summary(diags.len(), 0);
+            Err(exit::code(exit::FAILED))
+        }
+    }
 }

@@ -2,11 +2,12 @@
 //! events, and wires the pure crates (syntax, check, vm, runtime) to the
 //! outside world. All I/O of the project lives at this edge.
 
-use ved_cli::{client, fmt_cmd, inspect, load, plan_cmd, replay_cmd, run, test_cmd, verify_cmd};
+use ved_cli::{client, exit, fmt_cmd, inspect, load, plan_cmd, replay_cmd, run, test_cmd, verify_cmd};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use ved_cli::output::{ColorChoice, Format};
 
 #[derive(Parser)]
 #[command(name = "ved", version, about = "Ved: declare the goal, the runtime converges reality to it")]
@@ -25,6 +26,12 @@ enum Command {
         /// Also check this `ved.toml` against the program: bindings, drivers, watched fields.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// `text` (rustc-style, on stderr) or `json` (one document on stdout).
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        /// Color the diagnostics: `auto` (on a terminal, unless `NO_COLOR`), `always`, `never`.
+        #[arg(long, value_enum, default_value = "auto")]
+        color: ColorChoice,
     },
     /// Format files canonically, keeping every comment (rewrites them in place).
     Fmt {
@@ -55,9 +62,19 @@ enum Command {
         /// Print the trace of every scenario, not only of failures.
         #[arg(long)]
         trace: bool,
+        /// `text`, or `json`: one JSON object per line, per scenario and a summary.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        /// Also write a JUnit XML report to this file, for CI systems.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// Color the diagnostics: `auto` (on a terminal, unless `NO_COLOR`), `always`, `never`.
+        #[arg(long, value_enum, default_value = "auto")]
+        color: ColorChoice,
     },
     /// Prove that every domain converges from every state within a bound, or print a
-    /// shortest counterexample. Exit 0 proven, 1 counterexample, 2 inconclusive.
+    /// shortest counterexample. Exit 0 proven, 1 counterexample, 2 inconclusive, 64 a usage
+    /// error, 65 the program has errors, 66 a file cannot be read.
     Verify {
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -76,6 +93,12 @@ enum Command {
         /// Derived list and set bounds: at most this many elements.
         #[arg(long, default_value_t = 3)]
         max_len: usize,
+        /// `text`, or `json`: one document with the verdict and any counterexample's trace.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        /// Color the diagnostics: `auto` (on a terminal, unless `NO_COLOR`), `always`, `never`.
+        #[arg(long, value_enum, default_value = "auto")]
+        color: ColorChoice,
     },
     /// Run the program: one instance per domain, converging forever. Without `--stdin`
     /// it is a daemon serving the HTTP API until SIGTERM.
@@ -259,7 +282,7 @@ impl From {
             None if !self.cluster.is_empty() => Ok(inspect::Source::Cluster { endpoints: self.cluster, prefix }),
             None => {
                 eprintln!("error: say where the state is: `--data-dir DIR`, or `--cluster URLS` for a cluster's etcd");
-                Err(ExitCode::from(2))
+                Err(exit::code(exit::USAGE))
             }
         }
     }
@@ -270,7 +293,7 @@ enum AuditAction {
     /// Check that no entry was edited, removed or reordered. The chain alone cannot show a
     /// log rewritten whole by someone who can write the data directory: `--head` and `--key`
     /// check it against something kept outside. Exit 0 ok, 1 the check failed or the log
-    /// cannot be read, 2 a usage error (a bad anchor, an unusable key file).
+    /// cannot be read, 64 a usage error (a bad anchor, an unusable key file), 66 no data directory.
     Verify {
         /// An anchor `N:HASH` printed earlier by `ved audit head` and kept outside the data
         /// directory: entry N must still be there with that hash. Entries after it are fine.
@@ -294,9 +317,27 @@ enum DurabilityArg {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors exit 64, not clap's 2, which `ved verify` uses for "inconclusive".
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return exit::code(if e.use_stderr() { exit::USAGE } else { exit::OK });
+        }
+    };
+    // `ved run` serves clients that may hang up; `ved test --junit` still has a file to
+    // write after its reader is gone (it stops printing on its own).
+    if !matches!(cli.command, Command::Run { .. } | Command::Test { junit: Some(_), .. }) {
+        exit::die_quietly_on_closed_pipe();
+    }
     match cli.command {
-        Command::Check { files, config } => check(&files, config.as_deref()),
+        Command::Check { files, config, format, color } => {
+            load::set_color(color.enabled());
+            match format {
+                Format::Text => check(&files, config.as_deref()),
+                Format::Json => ved_cli::check_cmd::check_json(&files, config.as_deref()),
+            }
+        }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "ved", &mut std::io::stdout());
@@ -325,10 +366,15 @@ fn main() -> ExitCode {
             fmt_cmd::fmt(&files, check)
         }
         Command::Lsp => ved_cli::lsp::run(),
-        Command::Test { files, seed, filter, trace } => test_cmd::test(&files, seed, filter.as_deref(), trace),
-        Command::Verify { files, domain, failures, max_states, margin, max_len } => {
+        Command::Test { files, seed, filter, trace, format, junit, color } => {
+            load::set_color(color.enabled());
+            let out = test_cmd::Output { trace, format, junit };
+            test_cmd::test(&files, seed, filter.as_deref(), &out)
+        }
+        Command::Verify { files, domain, failures, max_states, margin, max_len, format, color } => {
+            load::set_color(color.enabled());
             let opts = ved_verify::Options { shape: ved_verify::Shape { margin, max_len }, failures, max_states };
-            verify_cmd::verify(&files, domain.as_deref(), opts)
+            verify_cmd::verify(&files, domain.as_deref(), opts, format)
         }
         Command::Run {
             files,
@@ -391,7 +437,7 @@ fn main() -> ExitCode {
                     Err(e) => {
                         eprintln!("error: {e}");
                         eprintln!("  = hint: pass `--data-dir DIR`, or `--ephemeral` to keep no state");
-                        return ExitCode::from(2);
+                        return exit::code(exit::USAGE);
                     }
                 },
             };

@@ -65,7 +65,7 @@ fn fail(msg: impl std::fmt::Display, hint: &str) -> ExitCode {
     if !hint.is_empty() {
         eprintln!("  = hint: {hint}");
     }
-    ExitCode::from(2)
+    crate::exit::code(crate::exit::NO_INPUT)
 }
 
 pub fn plan(src: &crate::inspect::Source, files: &[PathBuf], as_json: bool) -> ExitCode {
@@ -203,7 +203,7 @@ pub fn plan(src: &crate::inspect::Source, files: &[PathBuf], as_json: bool) -> E
         if !as_json {
             eprintln!("error: `ved run` would refuse this data directory (see above)");
         }
-        return ExitCode::from(1);
+        return crate::exit::code(crate::exit::FAILED);
     }
     ExitCode::SUCCESS
 }

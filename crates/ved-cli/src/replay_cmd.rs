@@ -45,12 +45,13 @@ fn produced(dom: &ved_vm::CompiledDomain, out: &[Event]) -> Option<Produced> {
 }
 
 fn fail(msg: impl std::fmt::Display, hint: &str) -> ExitCode {
-    // Exit 2: the replay could not run, which is not a divergence.
+    // Exit 66: the replay could not run (no such directory, instance or file), which is
+    // not a divergence.
     eprintln!("error: {msg}");
     if !hint.is_empty() {
         eprintln!("  = hint: {hint}");
     }
-    ExitCode::from(2)
+    crate::exit::code(crate::exit::NO_INPUT)
 }
 
 /// How a replay ended.
@@ -231,7 +232,7 @@ pub fn replay(dir: &Path, instance: &str, program: &[std::path::PathBuf], as_jso
                     "  = hint: the program, the retry policy or the runtime changed since the journal was written"
                 );
             }
-            ExitCode::from(1)
+            crate::exit::code(crate::exit::FAILED)
         }
     }
 }

@@ -287,7 +287,7 @@ fn read_audit_key(opts: &RunOptions, flag: Option<&Path>) -> Result<Option<ved_s
         Err(e) => {
             eprintln!("error: {e}");
             eprintln!("  = hint: {}", e.hint);
-            return Err(ExitCode::from(2));
+            return Err(crate::exit::code(crate::exit::USAGE));
         }
     };
     if let Some(p) = path {
@@ -312,7 +312,7 @@ fn read_audit_key(opts: &RunOptions, flag: Option<&Path>) -> Result<Option<ved_s
             "  = hint: pass `--audit-key FILE` (or `[store] audit_key` in ved.toml) with the key the log was \
              written with; a data directory keeps one key for its lifetime"
         );
-        return Err(ExitCode::from(2));
+        return Err(crate::exit::code(crate::exit::USAGE));
     }
     Ok(key)
 }

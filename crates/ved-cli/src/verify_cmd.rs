@@ -1,6 +1,7 @@
 //! `ved verify`: prints what `ved-verify` proved or the counterexample it found.
 
-use crate::load;
+use crate::output::Format;
+use crate::{exit, load};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,25 +9,30 @@ use std::time::{Duration, Instant};
 use ved_verify::{Options, Problem, Report, TraceEdge, TraceStep};
 use ved_vm::Value;
 
-pub fn verify(files: &[PathBuf], domain: Option<&str>, opts: Options) -> ExitCode {
-    let loaded = match load::load(files) {
+pub fn verify(files: &[PathBuf], domain: Option<&str>, opts: Options, format: Format) -> ExitCode {
+    let loaded = match load::load_or(files, exit::DATA) {
         Ok(l) => l,
         Err(code) => return code,
     };
+    let json = format == Format::Json;
     let mut out = std::io::stdout().lock();
     let mut worst = 0u8;
     let mut any = false;
+    let mut domains = Vec::new();
     for (d, compiled) in loaded.program.domains.iter().zip(&loaded.compiled.domains) {
         if domain.is_some_and(|n| n != d.name) {
             continue;
         }
         any = true;
-        let _ = writeln!(out, "verifying {}", d.name);
-        // The bound first, so that a long run shows what it is exploring.
-        if let Ok(bounds) = ved_verify::bounds::field_bounds(d, compiled, opts.shape) {
-            print_bound(&mut out, &bounds);
+        let bounds = ved_verify::bounds::field_bounds(d, compiled, opts.shape).ok();
+        if !json {
+            let _ = writeln!(out, "verifying {}", d.name);
+            // The bound first, so that a long run shows what it is exploring.
+            if let Some(bounds) = &bounds {
+                print_bound(&mut out, bounds);
+            }
+            let _ = out.flush();
         }
-        let _ = out.flush();
         let mut progress = Progress::new();
         let report = match ved_verify::verify_domain(d, compiled, opts, &mut |done, seen| progress.show(done, seen)) {
             Ok(r) => r,
@@ -34,20 +40,151 @@ pub fn verify(files: &[PathBuf], domain: Option<&str>, opts: Options) -> ExitCod
                 progress.clear();
                 eprintln!("error: {e}");
                 eprintln!("  = hint: narrow the bound with `verify {{ field in LO..HI }}` inside the domain");
-                worst = worst.max(2);
+                worst = worst.max(exit::INCONCLUSIVE);
+                if json {
+                    domains
+                        .push(serde_json::json!({"domain": d.name, "result": "inconclusive", "error": e.to_string()}));
+                }
                 continue;
             }
         };
         progress.clear();
-        worst = worst.max(print_report(&mut out, &report, opts));
+        let verdict = if json {
+            let (v, doc) = report_json(&report, opts);
+            domains.push(doc);
+            v
+        } else {
+            print_report(&mut out, &report, opts)
+        };
+        worst = worst.max(verdict);
     }
     if !any {
         let names: Vec<String> = loaded.program.domains.iter().map(|d| format!("`{}`", d.name)).collect();
         eprintln!("error: no domain named `{}`", domain.unwrap_or(""));
         eprintln!("  = hint: the domains are {}", names.join(", "));
-        return ExitCode::from(2);
+        return exit::code(exit::USAGE);
     }
-    ExitCode::from(worst)
+    if json {
+        let _ = writeln!(out, "{}", serde_json::json!({"result": verdict_name(worst), "domains": domains}));
+    }
+    exit::code(worst)
+}
+
+fn verdict_name(v: u8) -> &'static str {
+    match v {
+        exit::OK => "proven",
+        exit::FAILED => "counterexample",
+        _ => "inconclusive",
+    }
+}
+
+/// One domain's report as `ved verify --format json` prints it, with its verdict as
+/// [`print_report`] computes it (schema in docs/reference.md §13).
+fn report_json(r: &Report, opts: Options) -> (u8, serde_json::Value) {
+    use serde_json::json;
+    let mut verdict = exit::OK;
+    let mut runs = Vec::new();
+    let mut problem = serde_json::Value::Null;
+    for run in &r.runs {
+        let status = if run.proven() {
+            "proven"
+        } else if !run.problems.is_empty() {
+            "counterexample"
+        } else {
+            "inconclusive"
+        };
+        runs.push(json!({
+            "failures": run.failures,
+            "result": status,
+            "states": run.states,
+            "complete": run.complete,
+            "depth": if run.proven() { Some(run.depth) } else { None },
+        }));
+        if !run.complete {
+            verdict = verdict.max(exit::INCONCLUSIVE);
+        }
+        if let Some(p) = run.problems.first() {
+            problem = problem_json(r, run.failures, p);
+            verdict = exit::FAILED;
+            break;
+        }
+    }
+    let doc = json!({
+        "domain": r.domain,
+        "result": verdict_name(verdict),
+        "states": r.states(),
+        "start_states": r.runs.first().map_or(0, |run| run.start_states),
+        "max_states": opts.max_states,
+        "bound": r.bounds.iter().map(|b| b.describe.clone()).collect::<Vec<_>>(),
+        "runs": runs,
+        "counterexample": problem,
+    });
+    (verdict, doc)
+}
+
+fn edge_json(e: &Option<TraceEdge>) -> serde_json::Value {
+    use serde_json::json;
+    match e {
+        None => json!({"kind": "start"}),
+        Some(TraceEdge::Fired { transition }) => json!({"kind": "fired", "transition": transition}),
+        Some(TraceEdge::Result { transition, ok }) => json!({"kind": "result", "transition": transition, "ok": ok}),
+        Some(TraceEdge::Observed { field }) => json!({"kind": "observed", "field": field}),
+        Some(TraceEdge::Timer { transition }) => json!({"kind": "timer", "transition": transition}),
+    }
+}
+
+/// A trace as structured steps: each with its edge, the whole state after it (field to
+/// value, as JSON), the fields it changed, and what is in flight.
+fn trace_json(r: &Report, trace: &[TraceStep], from: usize, before: Option<&[Value]>) -> serde_json::Value {
+    use serde_json::{json, Map};
+    let state = |s: &[Value]| -> Map<String, serde_json::Value> {
+        r.fields.iter().zip(s).map(|(n, v)| (n.clone(), crate::json::to_json(v))).collect()
+    };
+    let mut prev = before;
+    let steps: Vec<_> = trace
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let changed: Vec<&String> = match prev {
+                None => Vec::new(),
+                Some(p) => r.fields.iter().zip(p.iter().zip(&s.state)).filter(|(_, (a, b))| a != b).map(|(n, _)| n).collect(),
+            };
+            prev = Some(&s.state);
+            let in_flight: Vec<_> = s
+                .in_flight
+                .iter()
+                .map(|f| {
+                    let held: Map<_, _> = f.held.iter().map(|(n, v)| (n.clone(), crate::json::to_json(v))).collect();
+                    json!({"transition": f.transition, "held": held})
+                })
+                .collect();
+            json!({"step": from + i, "edge": edge_json(&s.edge), "state": state(&s.state), "changed": changed, "in_flight": in_flight})
+        })
+        .collect();
+    json!(steps)
+}
+
+fn problem_json(r: &Report, failures: u8, p: &Problem) -> serde_json::Value {
+    use serde_json::json;
+    let mut doc = match p {
+        Problem::Stuck { trace, false_goals, count, reached } => json!({
+            "kind": "stuck", "false_goals": false_goals, "count": count, "trace": trace_json(r, trace, 0, None),
+            "reached": reached.as_ref().map(|t| trace_json(r, t, 0, None)),
+        }),
+        Problem::Livelock { trace, cycle } => json!({
+            "kind": "livelock", "trace": trace_json(r, trace, 0, None), "cycle": trace_json(r, cycle, trace.len(), trace.last().map(|s| s.state.as_slice())),
+        }),
+        Problem::Fault { trace, what, message } => json!({
+            "kind": "fault", "what": what, "message": message, "trace": trace_json(r, trace, 0, None),
+        }),
+        Problem::LostUpdate { trace, transition, field, by, at, count } => json!({
+            "kind": "lost_update", "transition": transition, "field": field, "by": edge_json(&Some(by.clone())),
+            "at": at, "count": count, "trace": trace_json(r, trace, 0, None),
+        }),
+        Problem::Unsatisfiable { never } => json!({"kind": "unsatisfiable", "never": never}),
+    };
+    doc["failures"] = json!(failures);
+    doc
 }
 
 /// Progress on a terminal for long runs; nothing when stderr is not one.

@@ -223,7 +223,7 @@ fn an_anchor_holds_while_the_log_grows_and_old_logs_without_a_key_verify_as_befo
             args.extend(["--audit-key", k.to_str().unwrap()]);
         }
         let out = ved(&args, EPISODE);
-        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        assert_eq!(out.status.code(), Some(64), "{}", text(&out.stderr));
         let says = if with.is_none() { "no audit key is given" } else { "does not match the one the log was written" };
         assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
     }
@@ -253,21 +253,21 @@ fn unusable_keys_and_anchors_are_usage_errors() {
     let inside = dir.join("audit.key");
     std::fs::write(&inside, "0123456789abcdef0123456789abcdef").unwrap();
     let out = ved(&["run", "--stdin", "--data-dir", d, "--audit-key", inside.to_str().unwrap(), PROGRAM], "");
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("is inside the data directory"), "{}", text(&out.stderr));
     let out = audit(&dir, &["verify", "--key", inside.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out.stderr));
     let empty = base.join("empty.key");
     std::fs::write(&empty, "\n").unwrap();
     let out = ved(&["run", "--stdin", "--data-dir", d, "--audit-key", empty.to_str().unwrap(), PROGRAM], "");
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(64));
     assert!(text(&out.stderr).contains("cannot be used: it is empty"), "{}", text(&out.stderr));
     let out = audit(&dir, &["verify", "--key", base.join("missing.key").to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(64));
     assert!(text(&out.stderr).contains("cannot read the audit key"), "{}", text(&out.stderr));
     for bad in ["4", "x:ab", "4:abc"] {
         let out = audit(&dir, &["verify", "--head", bad]);
-        assert_eq!(out.status.code(), Some(2), "`{bad}`: {}", text(&out.stderr));
+        assert_eq!(out.status.code(), Some(64), "`{bad}`: {}", text(&out.stderr));
         assert!(text(&out.stderr).contains("--head"), "{}", text(&out.stderr));
     }
     // Nothing was written by the refused runs.

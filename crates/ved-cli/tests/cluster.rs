@@ -488,7 +488,7 @@ fn an_unreachable_etcd_is_a_clear_error_at_start() {
         .args(["--cluster", "http://127.0.0.1:9"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(64), "a usage error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--node-id"));
 }
 

@@ -117,7 +117,7 @@ fn ephemeral_keeps_nothing_and_refuses_a_data_dir() {
         let mut args = run.to_vec();
         args.extend(extra.iter().copied());
         let (code, _, err) = ved(&args, "", Some(&xdg), &home);
-        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(code, 64, "a usage error: {args:?}: {err}");
         assert!(err.contains("--ephemeral") && err.contains("cannot be used with"), "{err}");
     }
     assert!(!d.exists() && !xdg.exists());
@@ -135,6 +135,6 @@ fn with_no_home_at_all_it_asks_for_a_choice() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(out.status.code(), Some(64), "a usage error: {err}");
     assert!(err.contains("--ephemeral") && err.contains("--data-dir"), "{err}");
 }

@@ -134,14 +134,14 @@ fn check_rejects_a_bad_program_with_exit_1_and_a_located_error() {
 #[test]
 fn missing_and_non_utf8_files_are_clear_errors() {
     let (code, _, err) = ved(&["check", "examples/nope.ved"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 66, "no input, not a program with errors");
     assert!(err.contains("error: cannot read `examples/nope.ved`"), "{err}");
     let dir = std::env::temp_dir().join(format!("ved-bin-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bin = dir.join("bin.ved");
     std::fs::write(&bin, [0x64, 0x6f, 0xff, 0xfe, 0x0a]).unwrap();
     let (code, _, err) = ved(&["check", bin.to_str().unwrap()]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 65, "bad data, not a program with errors");
     assert!(err.contains("is not valid UTF-8 (first bad byte at offset 2)"), "{err}");
 }
 

@@ -1,4 +1,4 @@
-//! `ved fmt` as CI sees it: `--check` exits 0 (formatted), 1 (would change) or 2
+//! `ved fmt` as CI sees it: `--check` exits 0 (formatted), 1 (would change) or 65
 //! (does not parse); without `--check` files are rewritten in place, only when they
 //! change; `-` and `--stdin` format standard input to standard output.
 
@@ -32,7 +32,7 @@ const TIDY: &str = "domain D { // the domain\n  state { x: int }\n  goal x == 5\
 const BROKEN: &str = "domain D {\n  state { x: int }\n";
 
 #[test]
-fn check_exits_0_when_formatted_1_when_not_and_2_when_broken() {
+fn check_exits_0_when_formatted_1_when_not_and_65_when_broken() {
     let dir = common::tempdir("fmt-check");
     std::fs::write(dir.join("tidy.ved"), TIDY).unwrap();
     std::fs::write(dir.join("messy.ved"), MESSY).unwrap();
@@ -46,7 +46,7 @@ fn check_exits_0_when_formatted_1_when_not_and_2_when_broken() {
     assert_eq!(std::fs::read_to_string(dir.join("messy.ved")).unwrap(), MESSY, "--check changes nothing");
 
     let (code, _, err) = ved(&dir, &["fmt", "--check", "messy.ved", "broken.ved"], "");
-    assert_eq!(code, 2, "a file that does not parse wins over one that would change");
+    assert_eq!(code, 65, "a file that does not parse wins over one that would change");
     assert!(err.contains("broken.ved:") && err.contains("never closed"), "{err}");
 }
 
@@ -69,7 +69,7 @@ fn rewrites_files_in_place_only_when_they_change() {
     // A broken file is left as it is, and the exit status says so.
     std::fs::write(dir.join("broken.ved"), BROKEN).unwrap();
     let (code, _, _) = ved(&dir, &["fmt", "broken.ved"], "");
-    assert_eq!(code, 2);
+    assert_eq!(code, 65);
     assert_eq!(std::fs::read_to_string(dir.join("broken.ved")).unwrap(), BROKEN);
 }
 
@@ -85,7 +85,7 @@ fn stdin_formats_to_stdout() {
     let (code, out, _) = ved(&dir, &["fmt", "--check", "--stdin"], TIDY);
     assert_eq!((code, out.as_str()), (0, ""));
     let (code, out, err) = ved(&dir, &["fmt", "-"], BROKEN);
-    assert_eq!((code, out.as_str()), (2, ""), "nothing on stdout for a broken input");
+    assert_eq!((code, out.as_str()), (65, ""), "nothing on stdout for a broken input");
     assert!(err.contains("<stdin>:"), "{err}");
 }
 

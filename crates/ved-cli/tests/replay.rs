@@ -122,13 +122,13 @@ fn replay_explains_what_it_cannot_do() {
     let (code, _, _) = ved(&["run", "examples/worker_pool.ved", "--stdin", "--data-dir", data.to_str().unwrap()], "");
     assert_eq!(code, 0);
     let (code, _, err) = ved(&["replay", "--data-dir", data.to_str().unwrap(), "Nobody"], "");
-    assert_eq!(code, 2);
+    assert_eq!(code, 66, "no such instance: no input, not a divergence");
     assert!(
         err.contains("error: no journal for `Nobody`") && err.contains("= hint: journals exist for `WorkerPool`"),
         "{err}"
     );
     let (code, _, err) = ved(&["replay", "--data-dir", dir.join("nothing-here").to_str().unwrap(), "WorkerPool"], "");
-    assert_eq!(code, 2, "{err}");
+    assert_eq!(code, 66, "{err}");
 }
 
 /// The journal entries of `instance`, as `ved journal --json` prints them.
