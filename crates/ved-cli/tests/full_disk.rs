@@ -7,7 +7,7 @@ mod common;
 
 use common::{root, tempdir, Daemon, Webhook};
 use serde_json::Value as Json;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -101,14 +101,7 @@ fn start(s: &Setup) -> (Daemon, Arc<Mutex<String>>) {
         [s.program.to_str().unwrap(), "--config", s.config.to_str().unwrap(), "--data-dir", s.data.to_str().unwrap()];
     let mut d = Daemon::start(&args, Some(TOKEN));
     d.agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(LIMIT)).build().into();
-    let err = Arc::new(Mutex::new(String::new()));
-    let stderr = d.child.stderr.take().unwrap();
-    let keep = err.clone();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
-            keep.lock().unwrap().push_str(&(l + "\n"));
-        }
-    });
+    let err = d.stderr.clone();
     (d, err)
 }
 

@@ -24,6 +24,17 @@ impl Drop for Workers {
     }
 }
 
+/// The daemon, killed however the test ends: left running, it would keep starting workers
+/// under the next test's feet.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The arguments after `cargo run -q --` on the README's first line.
 fn first_command() -> Vec<String> {
     let readme = std::fs::read_to_string(common::root().join("README.md")).unwrap();
@@ -43,7 +54,7 @@ fn the_readme_first_command_heals_a_real_pool_and_prints_the_page() {
     let state = tempdir("quick-start");
     // As typed, with two changes a shared machine needs: any free port instead of 7410,
     // and the default store under a state directory of its own.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ved"))
+    let child = Command::new(env!("CARGO_BIN_EXE_ved"))
         .args(&args)
         .args(["--listen", "127.0.0.1:0"])
         .current_dir(common::root())
@@ -53,7 +64,8 @@ fn the_readme_first_command_heals_a_real_pool_and_prints_the_page() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut ved = Running(child);
+    let mut lines = BufReader::new(ved.0.stdout.take().unwrap()).lines();
     let mut next = || -> Json { serde_json::from_str(&lines.next().expect("an event").unwrap()).unwrap() };
     // The default store, announced first; then where to look.
     let store = next();
@@ -98,6 +110,6 @@ fn the_readme_first_command_heals_a_real_pool_and_prints_the_page() {
             && e["changes"].as_array().is_some_and(|c| c.iter().any(|x| x[0] == "workers" && x[1] == "4"))
     });
     assert!(drift, "the watcher's reading of 4 is in the journal: {journal}");
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(child.wait().unwrap().success());
+    Command::new("kill").args(["-TERM", &ved.0.id().to_string()]).status().unwrap();
+    assert!(ved.0.wait().unwrap().success());
 }

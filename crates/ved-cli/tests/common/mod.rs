@@ -53,6 +53,9 @@ pub struct Daemon {
     pub lines: Receiver<String>,
     pub base: String,
     pub agent: ureq::Agent,
+    /// Everything the daemon wrote on stderr so far (its logs), read as it comes: a pipe
+    /// nobody reads fills up, and the daemon, which logs every request, would block on it.
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Daemon {
@@ -74,7 +77,13 @@ impl Daemon {
         // The logs are read as they come (and dropped): a pipe nobody reads fills up, and the
         // daemon, which logs every request, would block writing to it.
         let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || BufReader::new(err).lines().map_while(Result::ok).for_each(drop));
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let keep = stderr.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                keep.lock().unwrap_or_else(|p| p.into_inner()).push_str(&(l + "\n"));
+            }
+        });
         let out = child.stdout.take().unwrap();
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -95,7 +104,7 @@ impl Daemon {
             .timeout_global(Some(Duration::from_secs(120)))
             .build()
             .into();
-        Daemon { child, lines, base: format!("http://{addr}"), agent }
+        Daemon { child, lines, base: format!("http://{addr}"), agent, stderr }
     }
 
     pub fn get(&self, path: &str) -> (u16, Json) {
