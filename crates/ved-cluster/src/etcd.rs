@@ -307,9 +307,9 @@ impl Router {
             };
             let meta = match self.meta(i, &ch).await {
                 Ok(m) => m,
-                Err(Some(refused)) => return Err(refused),
-                Err(None) => {
-                    last = format!("{url}: no answer to the authentication within {} ms", self.timeout.as_millis());
+                Err(Ok(refused)) => return Err(refused),
+                Err(Err(why)) => {
+                    last = format!("{url}: authentication: {why}");
                     order.next();
                     continue;
                 }
@@ -357,10 +357,10 @@ impl Router {
     }
 
     /// The metadata for a request to endpoint `i`, authenticating there first when the
-    /// client has credentials and no valid token. `Err(Some(_))`: etcd refused the user (a
-    /// wrong password is not worth another endpoint); `Err(None)`: the endpoint did not
-    /// answer in time, or not usefully.
-    async fn meta(&self, i: usize, ch: &Channel) -> Result<Meta, Option<EtcdError>> {
+    /// client has credentials and no valid token. `Err(Ok(_))`: etcd refused the user (a
+    /// wrong password is not worth another endpoint); `Err(Err(why))`: the endpoint did not
+    /// answer in time, or not usefully, so another may.
+    async fn meta(&self, i: usize, ch: &Channel) -> Result<Meta, Result<EtcdError, String>> {
         let Some(auth) = &self.auth else { return Ok(Meta { token: None }) };
         let known = auth.token.read().unwrap_or_else(|p| p.into_inner()).clone();
         match known {
@@ -374,14 +374,14 @@ impl Router {
             Ok(Ok(r)) => {
                 let t = r.into_inner().token;
                 let v = t.parse::<tonic::metadata::AsciiMetadataValue>().map_err(|_| {
-                    Some(EtcdError::Rejected(format!("{}: etcd gave a token that is not ASCII", self.endpoints[i])))
+                    Ok(EtcdError::Rejected(format!("{}: etcd gave a token that is not ASCII", self.endpoints[i])))
                 })?;
                 auth.authentications.fetch_add(1, Ordering::SeqCst);
                 Token::Valid(v)
             }
             Ok(Err(s)) if s.message().contains("authentication is not enabled") => Token::NotNeeded,
             Ok(Err(s)) if s.message().contains("authentication failed") => {
-                return Err(Some(EtcdError::Rejected(format!(
+                return Err(Ok(EtcdError::Rejected(format!(
                     "etcd refused the user `{}`: authentication failed ({}: {})",
                     auth.user,
                     self.endpoints[i],
@@ -389,14 +389,15 @@ impl Router {
                 ))))
             }
             Ok(Err(s)) if !retryable(&s) => {
-                return Err(Some(EtcdError::Rejected(format!(
+                return Err(Ok(EtcdError::Rejected(format!(
                     "etcd refused to authenticate the user `{}`: {}: {}",
                     auth.user,
                     self.endpoints[i],
                     s.message()
                 ))))
             }
-            Ok(Err(_)) | Err(_) => return Err(None),
+            Ok(Err(s)) => return Err(Err(status_text(&s))),
+            Err(_) => return Err(Err(format!("no answer within {} ms", self.timeout.as_millis()))),
         };
         *auth.token.write().unwrap_or_else(|p| p.into_inner()) = token.clone();
         Ok(Meta { token: if let Token::Valid(t) = token { Some(t) } else { None } })
