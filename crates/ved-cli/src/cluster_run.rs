@@ -40,6 +40,64 @@ pub struct ClusterOptions {
     pub listen: std::net::SocketAddr,
     /// The URL other nodes use to reach this node's API (default: from `listen`).
     pub advertise: Option<String>,
+    /// TLS and credentials for etcd.
+    pub etcd: ved_cluster::etcd::Options,
+}
+
+/// How to reach an etcd with TLS or authentication: the same flags for `ved run --cluster`
+/// and the read-only commands. The password comes from a file or the environment, never
+/// from a flag, which every user of the machine could read in `ps`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct EtcdFlags {
+    /// With `--cluster`: the CA certificate (PEM) that signed etcd's server certificate;
+    /// needed for `https://` URLs.
+    #[arg(long, value_name = "FILE", requires = "cluster", global = true)]
+    pub etcd_ca: Option<PathBuf>,
+    /// With `--cluster`: this client's certificate (PEM), when etcd checks client
+    /// certificates (`--client-cert-auth`).
+    #[arg(long, value_name = "FILE", requires_all = ["cluster", "etcd_key", "etcd_ca"], global = true)]
+    pub etcd_cert: Option<PathBuf>,
+    /// With `--cluster`: the key (PEM) of `--etcd-cert`.
+    #[arg(long, value_name = "FILE", requires_all = ["cluster", "etcd_cert"], global = true)]
+    pub etcd_key: Option<PathBuf>,
+    /// With `--cluster`: the etcd user, when etcd has authentication enabled. Its password
+    /// comes from `--etcd-password-file` or the environment variable VED_ETCD_PASSWORD.
+    #[arg(long, value_name = "USER", requires = "cluster", global = true)]
+    pub etcd_user: Option<String>,
+    /// With `--etcd-user`: a file holding the user's password (one line).
+    #[arg(long, value_name = "FILE", requires = "etcd_user", global = true)]
+    pub etcd_password_file: Option<PathBuf>,
+}
+
+/// The environment variable `--etcd-user`'s password may come from.
+pub const ETCD_PASSWORD_ENV: &str = "VED_ETCD_PASSWORD";
+
+impl EtcdFlags {
+    /// The client options these flags say, reading the password (the file wins over the
+    /// environment; a trailing newline is not part of it).
+    pub fn options(&self) -> Result<ved_cluster::etcd::Options, String> {
+        let tls = self.etcd_ca.as_ref().map(|ca| ved_cluster::etcd::Tls {
+            ca: ca.clone(),
+            cert: self.etcd_cert.clone(),
+            key: self.etcd_key.clone(),
+        });
+        let auth = match &self.etcd_user {
+            None => None,
+            Some(user) => {
+                let password = match &self.etcd_password_file {
+                    Some(f) => std::fs::read_to_string(f)
+                        .map_err(|e| format!("cannot read the etcd password file {}: {e}", f.display()))?
+                        .trim_end_matches(['\n', '\r'])
+                        .to_string(),
+                    None => std::env::var(ETCD_PASSWORD_ENV).map_err(|_| {
+                        format!("`--etcd-user {user}` needs a password: `--etcd-password-file FILE`, or the environment variable {ETCD_PASSWORD_ENV}")
+                    })?,
+                };
+                Some((user.clone(), password))
+            }
+        };
+        Ok(ved_cluster::etcd::Options { tls, auth })
+    }
 }
 
 /// Instances are balanced whenever the etcd watch reports a change of the node keys, owner
@@ -727,12 +785,18 @@ pub fn run_cluster(files: &[PathBuf], config: Option<&Path>, mut opts: RunOption
         let ip = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
         format!("http://{ip}:{}", addr.port())
     });
-    let etcd = Arc::new(Etcd::new(c.endpoints.clone(), ETCD_REQUEST_TIMEOUT));
+    let etcd = match Etcd::with_options(c.endpoints.clone(), ETCD_REQUEST_TIMEOUT, c.etcd.clone()) {
+        Ok(e) => Arc::new(e),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return crate::exit::code(crate::exit::USAGE);
+        }
+    };
     let m = match Membership::join_with(etcd, &c.prefix, &c.node, c.ttl, Some(advertise.clone())) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("error: cannot join the cluster at {}: {e}", c.endpoints.join(","));
-            eprintln!("  = hint: check that etcd is running and that `--cluster` lists its client URLs");
+            eprintln!("  = hint: check that etcd is running, that `--cluster` lists its client URLs, and the `--etcd-*` options if it has TLS or authentication");
             return ExitCode::from(1);
         }
     };

@@ -19,6 +19,8 @@ pub enum Source {
     Cluster {
         endpoints: Vec<String>,
         prefix: String,
+        /// TLS and credentials for etcd (`--etcd-ca` and the like).
+        etcd: ved_cluster::etcd::Options,
     },
 }
 
@@ -26,7 +28,7 @@ impl Source {
     fn name(&self) -> String {
         match self {
             Source::Dir(d) => d.display().to_string(),
-            Source::Cluster { endpoints, prefix } => {
+            Source::Cluster { endpoints, prefix, .. } => {
                 format!("the cluster at {} (prefix {prefix})", endpoints.join(","))
             }
         }
@@ -53,13 +55,19 @@ fn open(src: &Source) -> Result<View, ExitCode> {
             chains.insert(String::new(), rec.audit);
             Ok(View { snapshots: rec.snapshots, journals: rec.journals, chains })
         }
-        Source::Cluster { endpoints, prefix } => {
-            let etcd = Arc::new(ved_cluster::etcd::Etcd::new(endpoints.clone(), std::time::Duration::from_secs(2)));
+        Source::Cluster { endpoints, prefix, etcd } => {
             let fail = |e: String| {
                 eprintln!("error: cannot read {}: {e}", src.name());
-                eprintln!("  = hint: check that etcd is running and that `--cluster` lists its client URLs");
+                eprintln!("  = hint: check that etcd is running, that `--cluster` lists its client URLs, and the `--etcd-*` options if it has TLS or authentication");
                 exit::code(exit::FAILED)
             };
+            let etcd = ved_cluster::etcd::Etcd::with_options(
+                endpoints.clone(),
+                std::time::Duration::from_secs(2),
+                etcd.clone(),
+            )
+            .map_err(|e| fail(e.to_string()))?;
+            let etcd = Arc::new(etcd);
             let names = ved_cluster::list_instances(&*etcd, prefix).map_err(|e| fail(e.to_string()))?;
             let mut view =
                 View { snapshots: ved_store::Snapshots::default(), journals: BTreeMap::new(), chains: BTreeMap::new() };

@@ -130,6 +130,8 @@ enum Command {
         /// Cluster mode: key prefix in etcd.
         #[arg(long, value_name = "PREFIX", default_value = "/ved")]
         cluster_prefix: String,
+        #[command(flatten)]
+        etcd: ved_cli::cluster_run::EtcdFlags,
         /// Seed for retry jitter.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -190,6 +192,8 @@ enum Command {
         /// With `--cluster`: the nodes' key prefix in etcd.
         #[arg(long, value_name = "PREFIX", default_value = "/ved")]
         cluster_prefix: String,
+        #[command(flatten)]
+        etcd: ved_cli::cluster_run::EtcdFlags,
     },
     /// List a running daemon's instances (or one): name, domain, status, slice.
     Get {
@@ -237,6 +241,8 @@ enum Command {
         /// With `--cluster`: the nodes' key prefix in etcd.
         #[arg(long, value_name = "PREFIX", default_value = "/ved")]
         cluster_prefix: String,
+        #[command(flatten)]
+        etcd: ved_cli::cluster_run::EtcdFlags,
     },
     /// Print an instance's causal journal: its recent slices, why, and what they did.
     Journal {
@@ -248,6 +254,8 @@ enum Command {
         /// With `--cluster`: the nodes' key prefix in etcd.
         #[arg(long, value_name = "PREFIX", default_value = "/ved")]
         cluster_prefix: String,
+        #[command(flatten)]
+        etcd: ved_cli::cluster_run::EtcdFlags,
     },
     /// Print the audit log, check it with `ved audit verify`, or print its anchor with
     /// `ved audit head`.
@@ -261,6 +269,8 @@ enum Command {
         /// With `--cluster`: the nodes' key prefix in etcd.
         #[arg(long, value_name = "PREFIX", default_value = "/ved", global = true)]
         cluster_prefix: String,
+        #[command(flatten)]
+        etcd: ved_cli::cluster_run::EtcdFlags,
     },
 }
 
@@ -276,10 +286,16 @@ struct From {
 }
 
 impl From {
-    fn source(self, prefix: String) -> Result<inspect::Source, ExitCode> {
+    fn source(self, prefix: String, etcd: ved_cli::cluster_run::EtcdFlags) -> Result<inspect::Source, ExitCode> {
         match self.data_dir {
             Some(d) => Ok(inspect::Source::Dir(d)),
-            None if !self.cluster.is_empty() => Ok(inspect::Source::Cluster { endpoints: self.cluster, prefix }),
+            None if !self.cluster.is_empty() => match etcd.options() {
+                Ok(etcd) => Ok(inspect::Source::Cluster { endpoints: self.cluster, prefix, etcd }),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Err(exit::code(exit::USAGE))
+                }
+            },
             None => {
                 eprintln!("error: say where the state is: `--data-dir DIR`, or `--cluster URLS` for a cluster's etcd");
                 Err(exit::code(exit::USAGE))
@@ -384,6 +400,7 @@ fn main() -> ExitCode {
             node_id,
             lease_ttl,
             cluster_prefix,
+            etcd,
             advertise,
             seed,
             config,
@@ -406,6 +423,13 @@ fn main() -> ExitCode {
                     limits: Default::default(),
                     wall_ms_at_start: Some(ved_store::time::unix_now_ms()),
                 };
+                let etcd = match etcd.options() {
+                    Ok(o) => o,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return exit::code(exit::USAGE);
+                    }
+                };
                 let c = ved_cli::cluster_run::ClusterOptions {
                     endpoints: cluster,
                     node: node_id.unwrap_or_default(),
@@ -413,6 +437,7 @@ fn main() -> ExitCode {
                     prefix: cluster_prefix,
                     listen,
                     advertise,
+                    etcd,
                 };
                 return ved_cli::cluster_run::run_cluster(&files, config.as_deref(), opts, c);
             }
@@ -461,26 +486,28 @@ fn main() -> ExitCode {
         Command::Replay { data_dir, instance, program, json } => {
             replay_cmd::replay(&data_dir, &instance, &program, json)
         }
-        Command::Plan { from, files, json, cluster_prefix } => match from.source(cluster_prefix) {
+        Command::Plan { from, files, json, cluster_prefix, etcd } => match from.source(cluster_prefix, etcd) {
             Ok(src) => plan_cmd::plan(&src, &files, json),
             Err(code) => code,
         },
-        Command::Inspect { from, instance, json, cluster_prefix } => match from.source(cluster_prefix) {
+        Command::Inspect { from, instance, json, cluster_prefix, etcd } => match from.source(cluster_prefix, etcd) {
             Ok(src) => inspect::inspect(&src, instance.as_deref(), json),
             Err(code) => code,
         },
-        Command::Journal { from, instance, json, cluster_prefix } => match from.source(cluster_prefix) {
+        Command::Journal { from, instance, json, cluster_prefix, etcd } => match from.source(cluster_prefix, etcd) {
             Ok(src) => inspect::journal(&src, &instance, json),
             Err(code) => code,
         },
-        Command::Audit { from, action, json, cluster_prefix } => match (from.source(cluster_prefix), action) {
-            (Ok(src), Some(AuditAction::Verify { head, key })) => {
-                inspect::audit_verify(&src, head.as_ref(), key.as_deref(), json)
+        Command::Audit { from, action, json, cluster_prefix, etcd } => {
+            match (from.source(cluster_prefix, etcd), action) {
+                (Ok(src), Some(AuditAction::Verify { head, key })) => {
+                    inspect::audit_verify(&src, head.as_ref(), key.as_deref(), json)
+                }
+                (Ok(src), Some(AuditAction::Head)) => inspect::audit_head(&src, json),
+                (Ok(src), None) => inspect::audit(&src, json),
+                (Err(code), _) => code,
             }
-            (Ok(src), Some(AuditAction::Head)) => inspect::audit_head(&src, json),
-            (Ok(src), None) => inspect::audit(&src, json),
-            (Err(code), _) => code,
-        },
+        }
     }
 }
 

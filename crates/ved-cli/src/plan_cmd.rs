@@ -45,9 +45,15 @@ fn read_dir(dir: &Path) -> Result<ved_store::Recovered, ExitCode> {
 
 /// A cluster's instances as etcd has them: each one's last snapshot and journal. The
 /// program that wrote them is not recorded there, so transitions keep their positions.
-fn read_cluster(endpoints: &[String], prefix: &str) -> Result<ved_store::Recovered, ExitCode> {
-    let etcd = ved_cluster::etcd::Etcd::new(endpoints.to_vec(), std::time::Duration::from_secs(2));
-    let hint = "check that etcd is running and that `--cluster` lists its client URLs";
+fn read_cluster(
+    endpoints: &[String],
+    prefix: &str,
+    options: &ved_cluster::etcd::Options,
+) -> Result<ved_store::Recovered, ExitCode> {
+    let hint = "check that etcd is running, that `--cluster` lists its client URLs, and the `--etcd-*` options if it has TLS or authentication";
+    let etcd =
+        ved_cluster::etcd::Etcd::with_options(endpoints.to_vec(), std::time::Duration::from_secs(2), options.clone())
+            .map_err(|e| fail(format!("cannot reach etcd: {e}"), hint))?;
     let names = ved_cluster::list_instances(&etcd, prefix).map_err(|e| fail(format!("cannot read etcd: {e}"), hint))?;
     let mut rec = ved_store::Recovered::default();
     for name in names {
@@ -78,7 +84,7 @@ pub fn plan(src: &crate::inspect::Source, files: &[PathBuf], as_json: bool) -> E
             Ok(r) => r,
             Err(code) => return code,
         },
-        crate::inspect::Source::Cluster { endpoints, prefix } => match read_cluster(endpoints, prefix) {
+        crate::inspect::Source::Cluster { endpoints, prefix, etcd } => match read_cluster(endpoints, prefix, etcd) {
             Ok(r) => r,
             Err(code) => return code,
         },

@@ -27,15 +27,17 @@ mod pb {
 }
 
 use pb::etcdserverpb as rpc;
+use rpc::auth_client::AuthClient;
 use rpc::compare::{CompareResult, CompareTarget, TargetUnion};
 use rpc::kv_client::KvClient;
 use rpc::lease_client::LeaseClient;
 use rpc::watch_client::WatchClient;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// A key's value and metadata.
 #[derive(Clone, Debug, PartialEq)]
@@ -191,13 +193,72 @@ struct Router {
     /// since `epoch`. A suspect endpoint is tried last, and not at all when another one answered.
     suspect_until: Vec<AtomicU64>,
     epoch: std::time::Instant,
+    auth: Option<Auth>,
 }
 
-/// Asks the member to refuse at once ("no leader") a request it cannot serve for want of
-/// a leader, rather than hold it: etcd's `hasleader` metadata. Another member may have one.
-fn require_leader(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-    req.metadata_mut().insert("hasleader", tonic::metadata::MetadataValue::from_static("true"));
-    Ok(req)
+/// The metadata every request carries: etcd's `hasleader`, which asks the member to refuse
+/// at once ("no leader") a request it cannot serve for want of a leader rather than hold
+/// it (another member may have one), and, when etcd has authentication enabled, the
+/// `token` that [`Auth`] got for the user.
+#[derive(Clone)]
+pub(crate) struct Meta {
+    token: Option<tonic::metadata::AsciiMetadataValue>,
+}
+
+impl tonic::service::Interceptor for Meta {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("hasleader", tonic::metadata::MetadataValue::from_static("true"));
+        if let Some(t) = &self.token {
+            req.metadata_mut().insert("token", t.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// TLS to etcd's client URLs (`https://`): the CA that signed etcd's server certificate,
+/// and, when etcd asks for client certificates (`--client-cert-auth`), this client's
+/// certificate and key, all PEM files.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Tls {
+    pub ca: PathBuf,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// How to reach an etcd that has TLS or authentication enabled ([`Etcd::with_options`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Options {
+    pub tls: Option<Tls>,
+    /// A user and its password: the client gets a token with them (etcd's
+    /// `Auth.Authenticate`), sends it with every request, and gets a new one when etcd
+    /// says it is no longer valid.
+    pub auth: Option<(String, String)>,
+}
+
+/// What the client knows of its token.
+#[derive(Clone)]
+enum Token {
+    /// None yet, or the last one was refused: authenticate before the next request.
+    Unknown,
+    /// etcd said authentication is not enabled: send none.
+    NotNeeded,
+    Valid(tonic::metadata::AsciiMetadataValue),
+}
+
+/// The user's credentials and the token they got, shared by requests and watches.
+struct Auth {
+    user: String,
+    password: String,
+    token: RwLock<Token>,
+    /// How many tokens this client got (a renewal makes it 2 or more).
+    authentications: AtomicU64,
+}
+
+/// Whether etcd refused a request because its token expired or was never valid (a simple
+/// token lapses after `--auth-token-ttl` unused, a JWT at its expiry, and both when the
+/// member restarts): authenticating again fixes it.
+fn token_refused(s: &tonic::Status) -> bool {
+    s.message().contains("invalid auth token") || s.message().contains("auth token is expired")
 }
 
 /// Whether another endpoint may succeed where this answer failed.
@@ -213,7 +274,7 @@ impl Router {
     /// the request timeout.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, EtcdError>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(Channel, Meta) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
         let n = self.channels.len();
@@ -228,7 +289,10 @@ impl Router {
         let mut last = String::from("no endpoints");
         // Whether an etcd member answered at all (say, that it has no leader yet).
         let mut answered = false;
-        for i in order {
+        // A refused token is renewed once per request: a second refusal is etcd's answer.
+        let mut renewed = false;
+        let mut order = order.into_iter().peekable();
+        while let Some(&i) = order.peek() {
             if answered && suspect(i) {
                 break;
             }
@@ -237,18 +301,40 @@ impl Router {
                 Ok(c) => c.clone(),
                 Err(e) => {
                     last = format!("{url}: {e}");
+                    order.next();
                     continue;
                 }
             };
-            match tokio::time::timeout(self.timeout, f(ch)).await {
+            let meta = match self.meta(i, &ch).await {
+                Ok(m) => m,
+                Err(Ok(refused)) => return Err(refused),
+                Err(Err(why)) => {
+                    last = format!("{url}: authentication: {why}");
+                    order.next();
+                    continue;
+                }
+            };
+            match tokio::time::timeout(self.timeout, f(ch, meta)).await {
                 Ok(Ok(v)) => {
                     self.preferred.store(i, Ordering::SeqCst);
                     return Ok(v);
                 }
+                Ok(Err(s)) if token_refused(&s) && self.auth.is_some() && !renewed => {
+                    // Expired: get a new token, and send the request again to the same endpoint.
+                    renewed = true;
+                    self.forget_token();
+                    continue;
+                }
+                Ok(Err(s)) if s.message().contains("user name is empty") => {
+                    return Err(EtcdError::Rejected(format!(
+                        "{url}: etcd has authentication enabled and no user was given ({})",
+                        s.message()
+                    )))
+                }
                 Ok(Err(s)) if !retryable(&s) => return Err(EtcdError::Rejected(format!("{url}: {}", s.message()))),
                 Ok(Err(s)) => {
                     answered |= s.message().starts_with("etcdserver:");
-                    last = format!("{url}: {}", s.message());
+                    last = format!("{url}: {}", status_text(&s));
                 }
                 Err(_) => {
                     // Stalled: suspect it for a while, and start the next requests elsewhere.
@@ -258,8 +344,63 @@ impl Router {
                     last = format!("{url}: no answer within {} ms", self.timeout.as_millis());
                 }
             }
+            order.next();
         }
         Err(EtcdError::Unavailable(last))
+    }
+
+    /// Forgets a token etcd refused, so the next request authenticates first.
+    fn forget_token(&self) {
+        if let Some(a) = &self.auth {
+            *a.token.write().unwrap_or_else(|p| p.into_inner()) = Token::Unknown;
+        }
+    }
+
+    /// The metadata for a request to endpoint `i`, authenticating there first when the
+    /// client has credentials and no valid token. `Err(Ok(_))`: etcd refused the user (a
+    /// wrong password is not worth another endpoint); `Err(Err(why))`: the endpoint did not
+    /// answer in time, or not usefully, so another may.
+    async fn meta(&self, i: usize, ch: &Channel) -> Result<Meta, Result<EtcdError, String>> {
+        let Some(auth) = &self.auth else { return Ok(Meta { token: None }) };
+        let known = auth.token.read().unwrap_or_else(|p| p.into_inner()).clone();
+        match known {
+            Token::Valid(t) => return Ok(Meta { token: Some(t) }),
+            Token::NotNeeded => return Ok(Meta { token: None }),
+            Token::Unknown => {}
+        }
+        let req = rpc::AuthenticateRequest { name: auth.user.clone(), password: auth.password.clone() };
+        let mut client = AuthClient::new(ch.clone());
+        let token = match tokio::time::timeout(self.timeout, client.authenticate(req)).await {
+            Ok(Ok(r)) => {
+                let t = r.into_inner().token;
+                let v = t.parse::<tonic::metadata::AsciiMetadataValue>().map_err(|_| {
+                    Ok(EtcdError::Rejected(format!("{}: etcd gave a token that is not ASCII", self.endpoints[i])))
+                })?;
+                auth.authentications.fetch_add(1, Ordering::SeqCst);
+                Token::Valid(v)
+            }
+            Ok(Err(s)) if s.message().contains("authentication is not enabled") => Token::NotNeeded,
+            Ok(Err(s)) if s.message().contains("authentication failed") => {
+                return Err(Ok(EtcdError::Rejected(format!(
+                    "etcd refused the user `{}`: authentication failed ({}: {})",
+                    auth.user,
+                    self.endpoints[i],
+                    s.message()
+                ))))
+            }
+            Ok(Err(s)) if !retryable(&s) => {
+                return Err(Ok(EtcdError::Rejected(format!(
+                    "etcd refused to authenticate the user `{}`: {}: {}",
+                    auth.user,
+                    self.endpoints[i],
+                    s.message()
+                ))))
+            }
+            Ok(Err(s)) => return Err(Err(status_text(&s))),
+            Err(_) => return Err(Err(format!("no answer within {} ms", self.timeout.as_millis()))),
+        };
+        *auth.token.write().unwrap_or_else(|p| p.into_inner()) = token.clone();
+        Ok(Meta { token: if let Token::Valid(t) = token { Some(t) } else { None } })
     }
 
     /// What each range holds, read in one transaction (one revision).
@@ -278,9 +419,9 @@ impl Router {
             })
             .collect();
         let r = self
-            .call(|ch| {
+            .call(|ch, meta| {
                 let req = rpc::TxnRequest { success: ops.clone(), ..Default::default() };
-                async move { KvClient::with_interceptor(ch, require_leader).txn(req).await }
+                async move { KvClient::with_interceptor(ch, meta).txn(req).await }
             })
             .await?
             .into_inner();
@@ -312,9 +453,9 @@ impl Router {
                     ..Default::default()
                 };
                 let resp = self
-                    .call(|ch| {
+                    .call(|ch, meta| {
                         let req = req.clone();
-                        async move { KvClient::with_interceptor(ch, require_leader).range(req).await }
+                        async move { KvClient::with_interceptor(ch, meta).range(req).await }
                     })
                     .await?
                     .into_inner();
@@ -355,6 +496,37 @@ pub struct Etcd {
     /// How many keys one page of a watch's full read holds.
     watch_page: i64,
     rt: tokio::runtime::Runtime,
+}
+
+/// A gRPC status's message and what caused it: "transport error" alone does not say that
+/// the TLS handshake failed, nor why.
+fn status_text(s: &tonic::Status) -> String {
+    match std::error::Error::source(s) {
+        Some(cause) => {
+            let cause = source_chain(cause);
+            if cause.contains(s.message()) {
+                cause
+            } else {
+                format!("{}: {cause}", s.message())
+            }
+        }
+        None => s.message().to_string(),
+    }
+}
+
+/// An error and its causes, `: `-separated (tonic's transport errors say little at the top).
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        // Layers often repeat their cause's text; say it once.
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(&format!(": {text}"));
+        }
+        cause = c.source();
+    }
+    out
 }
 
 /// The key just past every key with this prefix (etcd's range end for a prefix).
@@ -410,6 +582,60 @@ impl Etcd {
     /// `endpoints` are client URLs such as `http://127.0.0.1:2379`; each attempt of a request on
     /// one endpoint has `timeout`.
     pub fn new(endpoints: Vec<String>, timeout: Duration) -> Etcd {
+        Etcd::build(endpoints, timeout, None, None)
+    }
+
+    /// As [`Etcd::new`], for an etcd with TLS (`https://` endpoints, which need
+    /// [`Options::tls`]) or authentication ([`Options::auth`]). Fails when a certificate or
+    /// key cannot be read or parsed, or when an `https://` endpoint has no TLS options; a
+    /// wrong password shows at the first request, as [`EtcdError::Rejected`].
+    pub fn with_options(endpoints: Vec<String>, timeout: Duration, options: Options) -> Result<Etcd, EtcdError> {
+        let tls = match &options.tls {
+            None => {
+                if let Some(url) = endpoints.iter().find(|u| u.starts_with("https://")) {
+                    return Err(EtcdError::Rejected(format!(
+                        "{url}: an https:// endpoint needs TLS options: the CA of etcd's certificate (--etcd-ca)"
+                    )));
+                }
+                None
+            }
+            Some(t) => {
+                let read = |what: &str, p: &PathBuf| {
+                    std::fs::read(p)
+                        .map_err(|e| EtcdError::Rejected(format!("cannot read the {what} {}: {e}", p.display())))
+                };
+                let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("etcd CA", &t.ca)?));
+                match (&t.cert, &t.key) {
+                    (Some(cert), Some(key)) => {
+                        config = config
+                            .identity(Identity::from_pem(read("client certificate", cert)?, read("client key", key)?));
+                    }
+                    (None, None) => {}
+                    _ => return Err(EtcdError::Rejected(
+                        "a client certificate needs its key, and a key its certificate (--etcd-cert and --etcd-key)"
+                            .into(),
+                    )),
+                }
+                Some(config)
+            }
+        };
+        let auth = options.auth.map(|(user, password)| Auth {
+            user,
+            password,
+            token: RwLock::new(Token::Unknown),
+            authentications: AtomicU64::new(0),
+        });
+        let etcd = Etcd::build(endpoints, timeout, tls, auth);
+        // A certificate that does not parse shows here, not at each request.
+        if let Some(Err(e)) = etcd.router.channels.iter().find(|c| c.is_err()) {
+            if e.starts_with("TLS") {
+                return Err(EtcdError::Rejected(e.clone()));
+            }
+        }
+        Ok(etcd)
+    }
+
+    fn build(endpoints: Vec<String>, timeout: Duration, tls: Option<ClientTlsConfig>, auth: Option<Auth>) -> Etcd {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("ved-etcd")
@@ -421,16 +647,19 @@ impl Etcd {
             endpoints
                 .iter()
                 .map(|url| {
-                    Endpoint::from_shared(url.clone())
-                        .map(|e| {
-                            e.connect_timeout(timeout)
-                                .tcp_nodelay(true)
-                                .http2_keep_alive_interval(Duration::from_secs(1))
-                                .keep_alive_timeout(timeout)
-                                .keep_alive_while_idle(true)
-                                .connect_lazy()
-                        })
-                        .map_err(|e| format!("not a URL: {e}"))
+                    let e = Endpoint::from_shared(url.clone()).map_err(|e| format!("not a URL: {e}"))?;
+                    let e = match &tls {
+                        Some(c) if url.starts_with("https://") => {
+                            e.tls_config(c.clone()).map_err(|e| format!("TLS options: {}", source_chain(&e)))?
+                        }
+                        _ => e,
+                    };
+                    Ok(e.connect_timeout(timeout)
+                        .tcp_nodelay(true)
+                        .http2_keep_alive_interval(Duration::from_secs(1))
+                        .keep_alive_timeout(timeout)
+                        .keep_alive_while_idle(true)
+                        .connect_lazy())
                 })
                 .collect()
         };
@@ -442,8 +671,34 @@ impl Etcd {
             preferred: AtomicUsize::new(0),
             suspect_until,
             epoch: std::time::Instant::now(),
+            auth,
         };
         Etcd { router: Arc::new(router), rt, watch_page: WATCH_READ_PAGE }
+    }
+
+    /// Turns authentication on in an etcd that has it off, with a `root` user of this
+    /// password holding the `root` role (what `etcdctl user add root`, `etcdctl user
+    /// grant-role root root` and `etcdctl auth enable` do): for setting up an etcd, and for
+    /// tests, without `etcdctl`.
+    pub fn enable_auth(&self, root_password: &str) -> Result<(), EtcdError> {
+        let password = root_password.to_string();
+        self.block(|ch, _| {
+            let password = password.clone();
+            async move {
+                let mut a = AuthClient::new(ch);
+                let add = rpc::AuthUserAddRequest { name: "root".into(), password, ..Default::default() };
+                a.user_add(add).await?;
+                a.user_grant_role(rpc::AuthUserGrantRoleRequest { user: "root".into(), role: "root".into() }).await?;
+                a.auth_enable(rpc::AuthEnableRequest {}).await
+            }
+        })
+        .map(|_| ())
+    }
+
+    /// How many tokens this client got from etcd: 1 after the first request to an etcd with
+    /// authentication, more after each renewal of an expired token; 0 without credentials.
+    pub fn authentications(&self) -> u64 {
+        self.router.auth.as_ref().map_or(0, |a| a.authentications.load(Ordering::SeqCst))
     }
 
     /// Reads a watch's full state in pages of `keys` keys (default 10,000).
@@ -454,7 +709,7 @@ impl Etcd {
 
     fn block<T, F, Fut>(&self, f: F) -> Result<T, EtcdError>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(Channel, Meta) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
         self.rt.block_on(self.router.call(f))
@@ -463,10 +718,8 @@ impl Etcd {
     /// A lease of `ttl` seconds; keys attached to it vanish when it expires.
     pub fn grant(&self, ttl: i64) -> Result<i64, EtcdError> {
         let r = self
-            .block(|ch| async move {
-                LeaseClient::with_interceptor(ch, require_leader)
-                    .lease_grant(rpc::LeaseGrantRequest { ttl, id: 0 })
-                    .await
+            .block(|ch, meta| async move {
+                LeaseClient::with_interceptor(ch, meta).lease_grant(rpc::LeaseGrantRequest { ttl, id: 0 }).await
             })?
             .into_inner();
         if !r.error.is_empty() {
@@ -477,14 +730,13 @@ impl Etcd {
 
     /// Renews a lease; returns the seconds left, 0 when it has already expired.
     pub fn keepalive(&self, lease: i64) -> Result<i64, EtcdError> {
-        self.block(|ch| async move {
+        self.block(|ch, meta| async move {
             // One renewal on a stream kept open until its answer has come.
             let req = tokio_stream::StreamExt::chain(
                 tokio_stream::once(rpc::LeaseKeepAliveRequest { id: lease }),
                 tokio_stream::pending(),
             );
-            let mut answers =
-                LeaseClient::with_interceptor(ch, require_leader).lease_keep_alive(req).await?.into_inner();
+            let mut answers = LeaseClient::with_interceptor(ch, meta).lease_keep_alive(req).await?.into_inner();
             match answers.message().await? {
                 Some(a) => Ok(a.ttl),
                 None => Err(tonic::Status::unavailable("keepalive stream closed")),
@@ -494,21 +746,21 @@ impl Etcd {
 
     /// Ends a lease at once, deleting its keys.
     pub fn revoke(&self, lease: i64) -> Result<(), EtcdError> {
-        self.block(|ch| async move {
-            LeaseClient::with_interceptor(ch, require_leader).lease_revoke(rpc::LeaseRevokeRequest { id: lease }).await
+        self.block(|ch, meta| async move {
+            LeaseClient::with_interceptor(ch, meta).lease_revoke(rpc::LeaseRevokeRequest { id: lease }).await
         })
         .map(|_| ())
     }
 
     fn range(&self, key: &str, range_end: Vec<u8>) -> Result<Vec<Kv>, EtcdError> {
         let r = self
-            .block(|ch| {
+            .block(|ch, meta| {
                 let req = rpc::RangeRequest {
                     key: key.as_bytes().to_vec(),
                     range_end: range_end.clone(),
                     ..Default::default()
                 };
-                async move { KvClient::with_interceptor(ch, require_leader).range(req).await }
+                async move { KvClient::with_interceptor(ch, meta).range(req).await }
             })?
             .into_inner();
         Ok(r.kvs.into_iter().map(Kv::from).collect())
@@ -529,14 +781,14 @@ impl Etcd {
 
     pub fn put(&self, key: &str, value: &[u8], lease: i64) -> Result<i64, EtcdError> {
         let r = self
-            .block(|ch| {
+            .block(|ch, meta| {
                 let req = rpc::PutRequest {
                     key: key.as_bytes().to_vec(),
                     value: value.to_vec(),
                     lease,
                     ..Default::default()
                 };
-                async move { KvClient::with_interceptor(ch, require_leader).put(req).await }
+                async move { KvClient::with_interceptor(ch, meta).put(req).await }
             })?
             .into_inner();
         Ok(r.header.map(|h| h.revision).unwrap_or(0))
@@ -550,9 +802,9 @@ impl Etcd {
             failure: Vec::new(),
         };
         let r = self
-            .block(|ch| {
+            .block(|ch, meta| {
                 let req = req.clone();
-                async move { KvClient::with_interceptor(ch, require_leader).txn(req).await }
+                async move { KvClient::with_interceptor(ch, meta).txn(req).await }
             })?
             .into_inner();
         Ok((r.succeeded, r.header.map(|h| h.revision).unwrap_or(0)))
@@ -647,6 +899,12 @@ async fn watch_on(
     sink: &impl Fn(WatchEvent),
 ) -> Ended {
     let Ok(ch) = router.channels[i].clone() else { return Ended::Silent };
+    // The token the watch streams carry; a refused one ends the watch (below), and the
+    // full read that follows gets a new one.
+    let meta = match router.meta(i, &ch).await {
+        Ok(m) => m,
+        Err(_) => return Ended::Silent,
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     for (p, start) in prefixes.iter().zip(from.iter()) {
         let create = rpc::WatchCreateRequest {
@@ -659,11 +917,15 @@ async fn watch_on(
             request_union: Some(rpc::watch_request::RequestUnion::CreateRequest(create)),
         });
     }
-    let mut client = WatchClient::with_interceptor(ch, require_leader);
+    let mut client = WatchClient::with_interceptor(ch, meta);
     let started = client.watch(tokio_stream::wrappers::ReceiverStream::new(rx));
     let mut answers = match tokio::time::timeout(router.timeout, started).await {
         Ok(Ok(r)) => r.into_inner(),
         // Refused or unreachable: as for silence, try another endpoint next.
+        Ok(Err(s)) if token_refused(&s) => {
+            router.forget_token();
+            return Ended::Lost;
+        }
         Ok(Err(_)) | Err(_) => return Ended::Silent,
     };
     // etcd creates the watches in the order asked: the k-th created is prefix k's.
@@ -677,6 +939,9 @@ async fn watch_on(
                 Ok(Some(resp)) => {
                     heard = tokio::time::Instant::now();
                     if resp.canceled || resp.compact_revision > 0 {
+                        if resp.cancel_reason.contains("auth token") {
+                            router.forget_token();
+                        }
                         return Ended::Lost;
                     }
                     if resp.created {
@@ -694,6 +959,10 @@ async fn watch_on(
                             sink(WatchEvent::Put(kv.into()));
                         }
                     }
+                }
+                Err(s) if token_refused(&s) => {
+                    router.forget_token();
+                    return Ended::Lost;
                 }
                 _ => return Ended::Broken,
             },
