@@ -7,18 +7,6 @@ use common::{processes_running as members, tempdir, wait_for, Daemon};
 use prometheus_parse::{Sample, Scrape, Value};
 use std::time::Duration;
 
-/// Kills the pool's members when the test ends, however it ends (they outlive Ved by design).
-struct Members(Vec<String>);
-
-impl Drop for Members {
-    fn drop(&mut self) {
-        let args: Vec<&str> = self.0.iter().map(String::as_str).collect();
-        for pid in members(&args) {
-            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
-        }
-    }
-}
-
 fn scrape(d: &Daemon, token: Option<&str>) -> (u16, String, String) {
     let mut req = d.agent.get(&format!("{}/metrics", d.base));
     if let Some(t) = token {
@@ -58,7 +46,7 @@ fn metrics_report_instances_slices_intents_readings_and_fsyncs_while_a_pool_heal
     // A marker only this test's pool uses, so that no other test's processes are counted.
     let marker = format!("86400.{}", std::process::id());
     let member = ["sleep", marker.as_str()];
-    let _cleanup = Members(member.iter().map(|s| s.to_string()).collect());
+    let _cleanup = common::Members::of(&member);
     let config = dir.join("ved.toml");
     std::fs::write(
         &config,

@@ -82,19 +82,7 @@ impl Browser {
 
     /// Evaluates `expr` in the page and returns its value.
     fn eval(&mut self, expr: &str) -> Json {
-        self.next_id += 1;
-        let id = self.next_id;
-        let call =
-            json!({"id": id, "method": "Runtime.evaluate", "params": {"expression": expr, "returnByValue": true}});
-        self.socket.send(tungstenite::Message::text(call.to_string())).unwrap();
-        loop {
-            let msg = self.socket.read().unwrap();
-            let Ok(text) = msg.to_text() else { continue };
-            let v: Json = serde_json::from_str(text).unwrap_or_default();
-            if v["id"] == id {
-                return v["result"]["result"]["value"].clone();
-            }
-        }
+        self.call("Runtime.evaluate", json!({"expression": expr, "returnByValue": true}))["result"]["value"].clone()
     }
 
     /// A DevTools call; its `result`.

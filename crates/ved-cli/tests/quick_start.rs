@@ -13,17 +13,6 @@ use std::time::Duration;
 const LIMIT: Duration = Duration::from_secs(120);
 const MEMBER: [&str; 2] = ["sleep", "86400.5"];
 
-/// Kills the demo's workers however the test ends (they outlive Ved by design).
-struct Workers;
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        for pid in processes_running(&MEMBER) {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-        }
-    }
-}
-
 /// The daemon, killed however the test ends: left running, it would keep starting workers
 /// under the next test's feet.
 struct Running(std::process::Child);
@@ -49,8 +38,8 @@ fn the_readme_first_command_heals_a_real_pool_and_prints_the_page() {
     let args = first_command();
     assert_eq!(args[0], "run", "{args:?}");
     // Workers left by an earlier run would be counted as this pool's.
-    drop(Workers);
-    let _workers = Workers;
+    drop(common::Members::of(&MEMBER));
+    let _workers = common::Members::of(&MEMBER);
     let state = tempdir("quick-start");
     // As typed, with two changes a shared machine needs: any free port instead of 7410,
     // and the default store under a state directory of its own.

@@ -11,19 +11,6 @@ const TOKEN: &str = "relative-t0ken";
 
 use common::processes_running as members;
 
-/// Kills the pool's members when the test ends, however it ends: the daemon leaves
-/// them running by design (members outlive Ved).
-struct Members(Vec<String>);
-
-impl Drop for Members {
-    fn drop(&mut self) {
-        let args: Vec<&str> = self.0.iter().map(String::as_str).collect();
-        for pid in members(&args) {
-            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
-        }
-    }
-}
-
 #[test]
 fn two_relative_alerts_on_stdin_are_both_applied_before_the_pool_reacts() {
     let input = concat!(
@@ -74,7 +61,7 @@ fn two_alerts_posted_together_to_the_daemon_repair_a_real_pool_without_overshoot
     // A marker only this test's pool uses, so parallel tests cannot be miscounted.
     let marker = format!("86400.{}", std::process::id());
     let member = ["sleep", marker.as_str()];
-    let _cleanup = Members(member.iter().map(|s| s.to_string()).collect());
+    let _cleanup = common::Members::of(&member);
     let config = dir.join("ved.toml");
     // No watcher: the alerts are the only news of deaths, as in seed 003.
     std::fs::write(&config, format!("[adapters.Workers]\ndriver = \"process\"\ncommand = [\"sleep\", \"{marker}\"]\n"))

@@ -285,6 +285,25 @@ pub fn processes_running(argv: &[&str]) -> Vec<u32> {
     processes_where(|args| args.len() == argv.len() && args.iter().zip(argv).all(|(a, b)| *a == b.as_bytes()))
 }
 
+/// Kills every live process whose command line is exactly these words when dropped, however
+/// the test ends: the processes a pool's adapter starts outlive Ved by design.
+pub struct Members(pub Vec<String>);
+
+impl Members {
+    pub fn of(argv: &[&str]) -> Members {
+        Members(argv.iter().map(|s| s.to_string()).collect())
+    }
+}
+
+impl Drop for Members {
+    fn drop(&mut self) {
+        let args: Vec<&str> = self.0.iter().map(String::as_str).collect();
+        for pid in processes_running(&args) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
 /// Pids of live processes with `arg` as one of their arguments.
 pub fn processes_with_arg(arg: &str) -> Vec<u32> {
     processes_where(|args| args.contains(&arg.as_bytes()))
