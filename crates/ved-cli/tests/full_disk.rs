@@ -128,9 +128,9 @@ struct Poster {
     thread: std::thread::JoinHandle<()>,
 }
 
-fn poster(d: &Daemon) -> Poster {
+fn poster(d: &Daemon, already: u64) -> Poster {
     let (acked, refused, stop) =
-        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+        (Arc::new(AtomicU64::new(already)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
     let (a, r, s) = (acked.clone(), refused.clone(), stop.clone());
     let (agent, base) = (d.agent.clone(), d.base.clone());
     let thread = std::thread::spawn(move || {
@@ -159,7 +159,9 @@ fn inspect(data: &Path) -> Json {
         .output()
         .unwrap();
     assert!(out.status.success(), "inspect: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap()
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().next().unwrap_or_else(|| panic!("no instance on disk in {}", data.display()));
+    serde_json::from_str(line).unwrap()
 }
 
 /// The slice each delivered intent came from (its id is `instance/slice/index`).
@@ -167,11 +169,23 @@ fn delivered_slices(hook: &Webhook) -> Vec<u64> {
     hook.hits().iter().map(|h| h.key.split('/').nth(1).and_then(|s| s.parse().ok()).unwrap()).collect()
 }
 
+/// A few acknowledged observations before the disk fills, so that `Mirror` is on disk: a
+/// daemon that has acknowledged nothing need not have written its instances yet (a fast
+/// machine filled the disk first, and `inspect` rightly showed no instance). Returns how many.
+fn durable_start(d: &Daemon) -> u64 {
+    for _ in 0..3 {
+        let (status, body) = add_one(d);
+        assert_eq!(status, 200, "{body}");
+    }
+    3
+}
+
 /// Stalls the store: fills the file system and posts until `/healthz` says it cannot write.
-/// Checks what holds meanwhile. Returns the poster, blocked on a POST that waits for space.
-fn stall(s: &Setup, d: &Daemon, err: &Arc<Mutex<String>>) -> Poster {
+/// Checks what holds meanwhile. Returns the poster, blocked on a POST that waits for space;
+/// its count of acknowledged observations starts at `already`.
+fn stall(s: &Setup, d: &Daemon, err: &Arc<Mutex<String>>, already: u64) -> Poster {
     fill(&s.mnt.join("ballast"));
-    let p = poster(d);
+    let p = poster(d, already);
     wait_for("/healthz to report the full disk", || d.get("/healthz").0 == 503);
     let (_, health) = d.get("/healthz");
     assert_eq!(health["status"], "degraded", "{health}");
@@ -203,7 +217,7 @@ fn a_full_disk_stalls_writes_cleanly_and_ved_goes_on_once_space_returns() {
     let Some(s) = setup("full-disk") else { return };
     let (d, err) = start(&s);
     wait_for("healthz", || d.get("/healthz").0 == 200);
-    let p = stall(&s, &d, &err);
+    let p = stall(&s, &d, &err, durable_start(&d));
     let at_stall = p.acked.load(Ordering::SeqCst);
 
     // Space returns: the waiting POST completes, /healthz is 200 again, no restart.
@@ -247,7 +261,7 @@ fn a_crash_while_the_disk_is_full_loses_nothing_acknowledged_and_ved_starts_agai
     let Some(s) = setup("full-disk-crash") else { return };
     let (d, err) = start(&s);
     wait_for("healthz", || d.get("/healthz").0 == 200);
-    let p = stall(&s, &d, &err);
+    let p = stall(&s, &d, &err, durable_start(&d));
 
     // SIGKILL while writes wait for space: the waiting POST gets no answer.
     let acked = p.acked.load(Ordering::SeqCst);
@@ -267,7 +281,7 @@ fn a_crash_while_the_disk_is_full_loses_nothing_acknowledged_and_ved_starts_agai
     let (d, err) = start(&s);
     let before = d.get("/v1/instances/Mirror").1["state"]["count"].as_u64().unwrap();
     assert!(before >= acked);
-    let p = stall(&s, &d, &err);
+    let p = stall(&s, &d, &err, 0);
     let acked = p.acked.load(Ordering::SeqCst);
     p.stop.store(true, Ordering::SeqCst);
     let (code, _) = d.terminate();
