@@ -32,6 +32,10 @@ enum Command {
         /// Color the diagnostics: `auto` (on a terminal, unless `NO_COLOR`), `always`, `never`.
         #[arg(long, value_enum, default_value = "auto")]
         color: ColorChoice,
+        /// Print the bytecode of every default, goal and transition on stdout, as the
+        /// runtime and `ved verify` run it (superinstructions included).
+        #[arg(long, conflicts_with = "format")]
+        bytecode: bool,
     },
     /// Format files canonically, keeping every comment (rewrites them in place).
     Fmt {
@@ -347,10 +351,10 @@ fn main() -> ExitCode {
         exit::die_quietly_on_closed_pipe();
     }
     match cli.command {
-        Command::Check { files, config, format, color } => {
+        Command::Check { files, config, format, color, bytecode } => {
             load::set_color(color.enabled());
             match format {
-                Format::Text => check(&files, config.as_deref()),
+                Format::Text => check(&files, config.as_deref(), bytecode),
                 Format::Json => ved_cli::check_cmd::check_json(&files, config.as_deref()),
             }
         }
@@ -511,13 +515,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(files: &[PathBuf], config: Option<&std::path::Path>) -> ExitCode {
+fn check(files: &[PathBuf], config: Option<&std::path::Path>, bytecode: bool) -> ExitCode {
     match load::load(files) {
         Ok(mut loaded) => {
             if let Some(path) = config {
                 if let Err(code) = load::load_config(&mut loaded, path) {
                     return code;
                 }
+            }
+            if bytecode {
+                print!("{}", listing(&loaded.compiled));
             }
             let p = &loaded.program;
             let transitions: usize = p.domains.iter().map(|d| d.transitions.len()).sum();
@@ -536,6 +543,26 @@ fn check(files: &[PathBuf], config: Option<&std::path::Path>) -> ExitCode {
         }
         Err(code) => code,
     }
+}
+
+/// `ved check --bytecode`: each domain's code, one block per default, goal and step.
+fn listing(p: &ved_vm::CompiledProgram) -> String {
+    let mut out = String::new();
+    for d in &p.domains {
+        out.push_str(&format!("domain {}\n", d.name));
+        for ((field, _), code) in d.fields.iter().zip(&d.defaults) {
+            if let Some(code) = code {
+                out.push_str(&format!("  default {field}:\n{}", ved_vm::disassemble(code)));
+            }
+        }
+        for g in &d.goals {
+            out.push_str(&format!("  goal {}:\n{}", g.name, ved_vm::disassemble(&g.code)));
+        }
+        for t in &d.transitions {
+            out.push_str(&format!("  transition {}:\n{}", t.name, ved_vm::disassemble(&t.code)));
+        }
+    }
+    out
 }
 
 fn plural(n: usize) -> &'static str {

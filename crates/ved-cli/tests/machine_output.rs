@@ -206,3 +206,21 @@ fn strip_ansi(s: &str) -> String {
     }
     out
 }
+
+#[test]
+fn check_bytecode_lists_the_code_the_runtime_runs_with_its_superinstructions() {
+    let out = ved(&["check", "--bytecode", "examples/worker_pool.ved"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let listing = text(&out.stdout);
+    assert_eq!(
+        listing,
+        "domain WorkerPool\n  goal goal#1:\n   0  field_eq 0 5\n  transition scale_up:\n   0  jump_unless_field_lt 0 5 2\n   1  field_add_const 0 1\n  transition scale_down:\n   0  jump_unless_field_gt 0 5 2\n   1  field_sub_const 0 1\n"
+    );
+    assert!(text(&out.stderr).starts_with("ok: 1 file"), "{}", text(&out.stderr));
+    // Defaults are listed too, and plain ops where no shape fuses.
+    let out = ved(&["check", "--bytecode", "examples/security_policy.ved"], &[]);
+    let listing = text(&out.stdout);
+    assert!(listing.contains("  default desired_ports:\n   0  const [80, 443]\n"), "{listing}");
+    assert!(listing.contains("field_eq_field 1 0"), "{listing}");
+    assert!(listing.contains("call .difference"), "{listing}");
+}

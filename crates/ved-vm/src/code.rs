@@ -39,6 +39,18 @@ pub enum Op {
     JumpIfFalseOrPop(u32),
     /// `||`: when the top is true, jump and keep it; otherwise pop it.
     JumpIfTrueOrPop(u32),
+    // Superinstructions: the shapes most goals and guards take, fused by [`fuse`] after
+    // lowering. Each does what the ops it replaces do, without cloning the field onto the
+    // stack or dispatching three or four times.
+    /// `LoadField(slot) Const(c) Cmp(op)`: push `field op consts[c]`.
+    FieldCmpConst(u16, CmpOp, u32),
+    /// `LoadField(a) LoadField(b) Cmp(op)`: push `a op b`.
+    FieldCmpField(u16, u16, CmpOp),
+    /// `LoadField(slot) Const(c) Cmp(op) JumpIfFalse(to)`: jump unless `field op consts[c]`.
+    JumpUnlessFieldCmpConst(u16, CmpOp, u32, u32),
+    /// `LoadField(slot) Const(c) Arith(op) StoreField(slot)` with an int constant:
+    /// `field = field op c` (`workers += 1`), faulting on overflow like `Arith`.
+    FieldArithConst(u16, ArithOp, u32),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,16 +75,24 @@ pub struct Code {
 
 /// Lowers a standalone expression (a goal, a default, a scenario expression).
 pub fn compile_expr(e: &hir::Expr) -> Code {
-    let mut l = Lower::default();
-    l.expr(e);
-    l.finish(0)
+    compile_expr_with(e, true)
 }
 
 /// Lowers a transition's step.
 pub fn compile_step(t: &hir::Transition) -> Code {
+    compile_step_with(t, true)
+}
+
+pub(crate) fn compile_expr_with(e: &hir::Expr, fused: bool) -> Code {
+    let mut l = Lower::default();
+    l.expr(e);
+    l.finish(0, fused)
+}
+
+pub(crate) fn compile_step_with(t: &hir::Transition, fused: bool) -> Code {
     let mut l = Lower::default();
     l.block(&t.body);
-    l.finish(t.locals)
+    l.finish(t.locals, fused)
 }
 
 #[derive(Default)]
@@ -83,10 +103,14 @@ struct Lower {
 }
 
 impl Lower {
-    fn finish(mut self, locals: u16) -> Code {
+    fn finish(mut self, locals: u16, fused: bool) -> Code {
         self.code.locals = locals;
         self.code.max_stack = self.max_depth as u32;
-        self.code
+        if fused {
+            fuse(self.code)
+        } else {
+            self.code
+        }
     }
 
     fn emit(&mut self, op: Op, span: Span) -> usize {
@@ -99,6 +123,8 @@ impl Lower {
             Op::MakeMap(n) => 1 - 2 * n as i64,
             Op::Call(b) => -(builtin_argc(b) as i64),
             Op::Emit(i) => -(self.code.emits[i as usize].argc as i64),
+            Op::FieldCmpConst(..) | Op::FieldCmpField(..) => 1,
+            Op::JumpUnlessFieldCmpConst(..) | Op::FieldArithConst(..) => 0,
         };
         self.depth += effect;
         self.max_depth = self.max_depth.max(self.depth).max(self.depth - effect);
@@ -263,6 +289,69 @@ impl Lower {
     }
 }
 
+/// Replaces the common op sequences with superinstructions (see [`Op`]). A sequence is
+/// fused only when no jump lands inside it, so every path through the code runs the same
+/// computation; jump targets are renumbered. Each fused op keeps the span of the op in it
+/// that can fault (`Arith`) or else of the comparison. The stack bound stays the unfused
+/// one, an upper bound.
+fn fuse(code: Code) -> Code {
+    let ops = &code.ops;
+    let mut target = vec![false; ops.len() + 1];
+    for op in ops {
+        if let Op::Jump(t) | Op::JumpIfFalse(t) | Op::JumpIfFalseOrPop(t) | Op::JumpIfTrueOrPop(t) = *op {
+            target[t as usize] = true;
+        }
+    }
+    // Whether none of the ops after `at` in a sequence of `n` is a jump target.
+    let whole = |at: usize, n: usize| at + n <= ops.len() && !target[at + 1..at + n].iter().any(|&t| t);
+    let int_const = |c: u32| matches!(code.consts.get(c as usize), Some(Value::Int(_)));
+    let mut out = Code { ops: Vec::with_capacity(ops.len()), spans: Vec::with_capacity(ops.len()), ..code.clone() };
+    // The new index of every old one (and of the end), for renumbering jumps.
+    let mut new_at = vec![0u32; ops.len() + 1];
+    let mut i = 0;
+    while i < ops.len() {
+        let at = |k: usize| ops.get(i + k).copied();
+        let (op, n, span) = match (at(0), at(1), at(2), at(3)) {
+            (Some(Op::LoadField(s)), Some(Op::Const(c)), Some(Op::Cmp(cmp)), Some(Op::JumpIfFalse(t)))
+                if whole(i, 4) =>
+            {
+                (Op::JumpUnlessFieldCmpConst(s, cmp, c, t), 4, code.spans[i + 2])
+            }
+            (Some(Op::LoadField(s)), Some(Op::Const(c)), Some(Op::Arith(a)), Some(Op::StoreField(d)))
+                if s == d && int_const(c) && whole(i, 4) =>
+            {
+                (Op::FieldArithConst(s, a, c), 4, code.spans[i + 2])
+            }
+            (Some(Op::LoadField(s)), Some(Op::Const(c)), Some(Op::Cmp(cmp)), _) if whole(i, 3) => {
+                (Op::FieldCmpConst(s, cmp, c), 3, code.spans[i + 2])
+            }
+            (Some(Op::LoadField(a)), Some(Op::LoadField(b)), Some(Op::Cmp(cmp)), _) if whole(i, 3) => {
+                (Op::FieldCmpField(a, b, cmp), 3, code.spans[i + 2])
+            }
+            (Some(op), ..) => (op, 1, code.spans[i]),
+            (None, ..) => break,
+        };
+        for k in 0..n {
+            new_at[i + k] = out.ops.len() as u32;
+        }
+        out.ops.push(op);
+        out.spans.push(span);
+        i += n;
+    }
+    new_at[ops.len()] = out.ops.len() as u32;
+    for op in &mut out.ops {
+        match op {
+            Op::Jump(t)
+            | Op::JumpIfFalse(t)
+            | Op::JumpIfFalseOrPop(t)
+            | Op::JumpIfTrueOrPop(t)
+            | Op::JumpUnlessFieldCmpConst(_, _, _, t) => *t = new_at[*t as usize],
+            _ => {}
+        }
+    }
+    out
+}
+
 /// How many arguments (besides the receiver) a builtin pops.
 pub(crate) fn builtin_argc(b: Builtin) -> u32 {
     match b {
@@ -327,6 +416,19 @@ pub fn disassemble(code: &Code) -> String {
             Op::JumpIfFalse(t) => writeln!(out, "jump_if_false {t}"),
             Op::JumpIfFalseOrPop(t) => writeln!(out, "jump_if_false_or_pop {t}"),
             Op::JumpIfTrueOrPop(t) => writeln!(out, "jump_if_true_or_pop {t}"),
+            Op::FieldCmpConst(s, c, k) => {
+                writeln!(out, "field_{} {s} {}", format!("{c:?}").to_lowercase(), code.consts[*k as usize])
+            }
+            Op::FieldCmpField(a, b, c) => writeln!(out, "field_{}_field {a} {b}", format!("{c:?}").to_lowercase()),
+            Op::JumpUnlessFieldCmpConst(s, c, k, t) => writeln!(
+                out,
+                "jump_unless_field_{} {s} {} {t}",
+                format!("{c:?}").to_lowercase(),
+                code.consts[*k as usize]
+            ),
+            Op::FieldArithConst(s, a, k) => {
+                writeln!(out, "field_{}_const {s} {}", format!("{a:?}").to_lowercase(), code.consts[*k as usize])
+            }
         };
     }
     out

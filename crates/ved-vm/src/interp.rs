@@ -190,6 +190,25 @@ impl Vm {
         matches!(self.pop(), Value::Bool(true))
     }
 
+    /// A field's value as the step sees it: its write so far, else the state's.
+    fn field<'a>(&'a self, slot: u16, state: &'a [Value]) -> &'a Value {
+        const ZERO: Value = Value::Int(0);
+        match self.overlay.get(slot as usize) {
+            Some(Some(v)) => v,
+            _ => state.get(slot as usize).unwrap_or(&ZERO),
+        }
+    }
+
+    fn store(&mut self, slot: u16, v: Value, span: Span) {
+        if let Some(cell) = self.overlay.get_mut(slot as usize) {
+            if cell.is_none() {
+                self.dirty.push(slot);
+            }
+            *cell = Some(v);
+            self.stored_at[slot as usize] = span;
+        }
+    }
+
     fn exec(&mut self, code: &Code, state: &[Value]) -> R<()> {
         let mut pc = 0usize;
         let ops = &code.ops;
@@ -216,13 +235,7 @@ impl Vm {
                 }
                 Op::StoreField(s) => {
                     let v = self.pop();
-                    if let Some(cell) = self.overlay.get_mut(s as usize) {
-                        if cell.is_none() {
-                            self.dirty.push(s);
-                        }
-                        *cell = Some(v);
-                        self.stored_at[s as usize] = code.spans[pc - 1];
-                    }
+                    self.store(s, v, code.spans[pc - 1]);
                 }
                 Op::Not => {
                     let b = self.pop_bool();
@@ -237,16 +250,7 @@ impl Vm {
                 Op::Arith(a) => {
                     let r = self.pop_int();
                     let l = self.pop_int();
-                    let span = code.spans[pc - 1];
-                    let (v, sym) = match a {
-                        ArithOp::Add => (l.checked_add(r), "+"),
-                        ArithOp::Sub => (l.checked_sub(r), "-"),
-                        ArithOp::Mul => (l.checked_mul(r), "*"),
-                        ArithOp::Div | ArithOp::Rem if r == 0 => return Err(fault(FaultKind::DivisionByZero, span)),
-                        ArithOp::Div => (l.checked_div(r), "/"),
-                        ArithOp::Rem => (l.checked_rem(r), "%"),
-                    };
-                    let v = v.ok_or_else(|| fault(FaultKind::Overflow { op: sym }, span))?;
+                    let v = arith(a, l, r, code.spans[pc - 1])?;
                     self.stack.push(Value::Int(v));
                 }
                 Op::Concat => {
@@ -266,15 +270,28 @@ impl Vm {
                 Op::Cmp(c) => {
                     let r = self.pop();
                     let l = self.pop();
-                    let b = match c {
-                        CmpOp::Eq => l == r,
-                        CmpOp::Ne => l != r,
-                        CmpOp::Lt => l < r,
-                        CmpOp::Le => l <= r,
-                        CmpOp::Gt => l > r,
-                        CmpOp::Ge => l >= r,
-                    };
+                    self.stack.push(Value::Bool(compare(c, &l, &r)));
+                }
+                Op::FieldCmpConst(s, c, k) => {
+                    let b = compare(c, self.field(s, state), &code.consts[k as usize]);
                     self.stack.push(Value::Bool(b));
+                }
+                Op::FieldCmpField(a, b, c) => {
+                    let b = compare(c, self.field(a, state), self.field(b, state));
+                    self.stack.push(Value::Bool(b));
+                }
+                Op::JumpUnlessFieldCmpConst(s, c, k, t) => {
+                    if !compare(c, self.field(s, state), &code.consts[k as usize]) {
+                        pc = t as usize;
+                    }
+                }
+                Op::FieldArithConst(s, a, k) => {
+                    let (&Value::Int(l), &Value::Int(r)) = (self.field(s, state), &code.consts[k as usize]) else {
+                        continue;
+                    };
+                    let span = code.spans[pc - 1];
+                    let v = arith(a, l, r, span)?;
+                    self.store(s, Value::Int(v), span);
                 }
                 Op::MakeList(n) => {
                     let at = self.stack.len().saturating_sub(n as usize);
@@ -300,11 +317,12 @@ impl Vm {
                 }
                 Op::Call(b) => {
                     let span = code.spans[pc - 1];
-                    let argc = crate::code::builtin_argc(b) as usize;
-                    let at = self.stack.len().saturating_sub(argc);
-                    let args: Vec<Value> = self.stack.drain(at..).collect();
+                    // At most two arguments: popped into place, no vector per call.
+                    let argc = crate::code::builtin_argc(b);
+                    let second = if argc >= 2 { Some(self.pop()) } else { None };
+                    let first = if argc >= 1 { Some(self.pop()) } else { None };
                     let recv = self.pop();
-                    let v = call(b, recv, args, span, self.size_max)?;
+                    let v = call(b, recv, [first, second], span, self.size_max)?;
                     if v.size() > self.size_max {
                         return Err(fault(FaultKind::TooLarge { limit: self.size_max }, span));
                     }
@@ -363,6 +381,29 @@ impl Vm {
     }
 }
 
+fn compare(c: CmpOp, l: &Value, r: &Value) -> bool {
+    match c {
+        CmpOp::Eq => l == r,
+        CmpOp::Ne => l != r,
+        CmpOp::Lt => l < r,
+        CmpOp::Le => l <= r,
+        CmpOp::Gt => l > r,
+        CmpOp::Ge => l >= r,
+    }
+}
+
+fn arith(a: ArithOp, l: i64, r: i64, span: Span) -> R<i64> {
+    let (v, sym) = match a {
+        ArithOp::Add => (l.checked_add(r), "+"),
+        ArithOp::Sub => (l.checked_sub(r), "-"),
+        ArithOp::Mul => (l.checked_mul(r), "*"),
+        ArithOp::Div | ArithOp::Rem if r == 0 => return Err(fault(FaultKind::DivisionByZero, span)),
+        ArithOp::Div => (l.checked_div(r), "/"),
+        ArithOp::Rem => (l.checked_rem(r), "%"),
+    };
+    v.ok_or_else(|| fault(FaultKind::Overflow { op: sym }, span))
+}
+
 /// Elements of a list or set argument.
 fn elements(v: &Value) -> Vec<&Value> {
     match v {
@@ -372,18 +413,63 @@ fn elements(v: &Value) -> Vec<&Value> {
     }
 }
 
-fn membership(v: &Value) -> BTreeSet<&Value> {
-    elements(v).into_iter().collect()
+/// Membership in a list or set argument, without building anything for a set or a short
+/// list (the usual case: ports, hosts), and with one ordered set for a long list.
+enum Members<'a> {
+    Slice(&'a [Value]),
+    Set(&'a BTreeSet<Value>),
+    Built(BTreeSet<&'a Value>),
 }
 
-fn call(b: Builtin, recv: Value, mut args: Vec<Value>, span: Span, size_max: usize) -> R<Value> {
-    let arg = |args: &mut Vec<Value>| {
-        if args.is_empty() {
-            Value::Int(0)
-        } else {
-            args.remove(0)
+impl<'a> Members<'a> {
+    fn of(v: &'a Value) -> Members<'a> {
+        match v {
+            Value::List(l) if l.len() <= 16 => Members::Slice(l),
+            Value::List(l) => Members::Built(l.iter().collect()),
+            Value::Set(s) => Members::Set(s),
+            _ => Members::Slice(&[]),
         }
-    };
+    }
+
+    fn contains(&self, x: &Value) -> bool {
+        match self {
+            Members::Slice(l) => l.contains(x),
+            Members::Set(s) => s.contains(x),
+            Members::Built(s) => s.contains(x),
+        }
+    }
+}
+
+/// `l` with `extra` appended: in place when `l` is not shared, else one allocation of
+/// the final size (not a copy that then grows).
+fn appended<'a>(mut l: Arc<Vec<Value>>, extra: impl ExactSizeIterator<Item = &'a Value>) -> Arc<Vec<Value>> {
+    match Arc::get_mut(&mut l) {
+        Some(v) => v.extend(extra.cloned()),
+        None => {
+            let mut v = Vec::with_capacity(l.len() + extra.len());
+            v.extend(l.iter().cloned());
+            v.extend(extra.cloned());
+            l = Arc::new(v);
+        }
+    }
+    l
+}
+
+/// `l` without the elements `drop` holds: unchanged (no copy) when it holds none of them.
+fn without(mut l: Arc<Vec<Value>>, drop: &Members) -> Arc<Vec<Value>> {
+    if !l.iter().any(|e| drop.contains(e)) {
+        return l;
+    }
+    match Arc::get_mut(&mut l) {
+        Some(v) => v.retain(|e| !drop.contains(e)),
+        None => l = Arc::new(l.iter().filter(|e| !drop.contains(e)).cloned().collect()),
+    }
+    l
+}
+
+fn call(b: Builtin, recv: Value, mut args: [Option<Value>; 2], span: Span, size_max: usize) -> R<Value> {
+    // The next argument, in order.
+    let arg = |args: &mut [Option<Value>; 2]| args.iter_mut().find_map(Option::take).unwrap_or(Value::Int(0));
     Ok(match (b, recv) {
         (Builtin::Length, v) => Value::Int(match &v {
             Value::Str(s) => s.chars().count() as i64,
@@ -423,14 +509,13 @@ fn call(b: Builtin, recv: Value, mut args: Vec<Value>, span: Span, size_max: usi
             Arc::make_mut(&mut s).insert(arg(&mut args));
             Value::Set(s)
         }
-        (Builtin::AddAll, Value::List(mut l)) => {
+        (Builtin::AddAll, Value::List(l)) => {
             let more = arg(&mut args);
             let extra = elements(&more);
             if l.len() + extra.len() > size_max {
                 return Err(fault(FaultKind::TooLarge { limit: size_max }, span));
             }
-            Arc::make_mut(&mut l).extend(extra.into_iter().cloned());
-            Value::List(l)
+            Value::List(appended(l, extra.into_iter()))
         }
         (Builtin::AddAll, Value::Set(mut s)) => {
             let more = arg(&mut args);
@@ -459,17 +544,13 @@ fn call(b: Builtin, recv: Value, mut args: Vec<Value>, span: Span, size_max: usi
             }
             Value::Map(m)
         }
-        (Builtin::RemoveAll | Builtin::Difference, Value::List(mut l)) => {
+        (Builtin::RemoveAll | Builtin::Difference, Value::List(l)) => {
             let other = arg(&mut args);
-            let drop = membership(&other);
-            if l.iter().any(|e| drop.contains(e)) {
-                Arc::make_mut(&mut l).retain(|e| !drop.contains(e));
-            }
-            Value::List(l)
+            Value::List(without(l, &Members::of(&other)))
         }
         (Builtin::RemoveAll | Builtin::Difference, Value::Set(mut s)) => {
             let other = arg(&mut args);
-            let drop = membership(&other);
+            let drop = Members::of(&other);
             if s.iter().any(|e| drop.contains(e)) {
                 Arc::make_mut(&mut s).retain(|e| !drop.contains(e));
             }
@@ -512,13 +593,13 @@ fn call(b: Builtin, recv: Value, mut args: Vec<Value>, span: Span, size_max: usi
         }
         (Builtin::Intersection, Value::List(mut l)) => {
             let other = arg(&mut args);
-            let keep = membership(&other);
+            let keep = Members::of(&other);
             Arc::make_mut(&mut l).retain(|e| keep.contains(e));
             Value::List(l)
         }
         (Builtin::Intersection, Value::Set(mut s)) => {
             let other = arg(&mut args);
-            let keep = membership(&other);
+            let keep = Members::of(&other);
             Arc::make_mut(&mut s).retain(|e| keep.contains(e));
             Value::Set(s)
         }

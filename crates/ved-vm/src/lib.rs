@@ -58,8 +58,13 @@ pub fn access_sets(code: &Code) -> (Vec<u16>, Vec<u16>) {
     let (mut reads, mut writes) = (Vec::new(), Vec::new());
     for op in &code.ops {
         match op {
-            Op::LoadField(f) => reads.push(*f),
+            Op::LoadField(f) | Op::FieldCmpConst(f, ..) | Op::JumpUnlessFieldCmpConst(f, ..) => reads.push(*f),
+            Op::FieldCmpField(a, b, _) => reads.extend([*a, *b]),
             Op::StoreField(f) => writes.push(*f),
+            Op::FieldArithConst(f, ..) => {
+                reads.push(*f);
+                writes.push(*f);
+            }
             _ => {}
         }
     }
@@ -93,6 +98,17 @@ pub struct CompiledProgram {
 
 /// Lowers every domain of a checked program (scenarios stay in the HIR).
 pub fn compile_program(p: &hir::Program) -> CompiledProgram {
+    compile_program_with(p, true)
+}
+
+/// The same program without superinstructions: only the plain ops. For tests that show
+/// the fused code computes exactly what the plain code does.
+#[doc(hidden)]
+pub fn compile_program_unfused(p: &hir::Program) -> CompiledProgram {
+    compile_program_with(p, false)
+}
+
+fn compile_program_with(p: &hir::Program, fused: bool) -> CompiledProgram {
     CompiledProgram {
         domains: p
             .domains
@@ -100,17 +116,25 @@ pub fn compile_program(p: &hir::Program) -> CompiledProgram {
             .map(|d| CompiledDomain {
                 name: d.name.clone(),
                 fields: code::field_types(d),
-                defaults: d.fields.iter().map(|f| f.default.as_ref().map(compile_expr)).collect(),
+                defaults: d
+                    .fields
+                    .iter()
+                    .map(|f| f.default.as_ref().map(|e| code::compile_expr_with(e, fused)))
+                    .collect(),
                 goals: d
                     .goals
                     .iter()
-                    .map(|g| CompiledGoal { name: g.name.clone(), code: compile_expr(&g.predicate), span: g.span })
+                    .map(|g| CompiledGoal {
+                        name: g.name.clone(),
+                        code: code::compile_expr_with(&g.predicate, fused),
+                        span: g.span,
+                    })
                     .collect(),
                 transitions: d
                     .transitions
                     .iter()
                     .map(|t| {
-                        let code = compile_step(t);
+                        let code = code::compile_step_with(t, fused);
                         let (reads, writes) = access_sets(&code);
                         CompiledTransition {
                             name: t.name.clone(),

@@ -2,14 +2,16 @@
 
 use ved_vm::{compile_program, disassemble, FaultKind, Op, Value, Vm};
 
-fn program(src: &str) -> ved_vm::CompiledProgram {
+fn checked(src: &str) -> ved_check::hir::Program {
     let mut sources = ved_syntax::SourceMap::new();
     let id = sources.add("t.ved", src);
     let ast = ved_syntax::parse_file(id, src).unwrap_or_else(|d| panic!("{}", d.render(&sources)));
     let checked = ved_check::check_program(&[ast]);
-    let p =
-        checked.program.unwrap_or_else(|| panic!("{}", ved_syntax::diag::render_all(&checked.diagnostics, &sources)));
-    compile_program(&p)
+    checked.program.unwrap_or_else(|| panic!("{}", ved_syntax::diag::render_all(&checked.diagnostics, &sources)))
+}
+
+fn program(src: &str) -> ved_vm::CompiledProgram {
+    compile_program(&checked(src))
 }
 
 const FIELDS: &str = "    xs: list<int> = [3, 1, 2, 1]\n    s: set<int> = set[5, 1, 3]\n    m: map<string, int> = [\"a\": 1, \"b\": 2]\n    e: list<int>\n    name: string = \"pool\"\n    big: int = 9223372036854775807\n    zero: int\n";
@@ -131,8 +133,11 @@ fn the_bytecode_is_compact_and_constants_are_prebuilt() {
     assert!(std::mem::size_of::<Op>() <= 16, "{}", std::mem::size_of::<Op>());
     let p = program(include_str!("../../../examples/worker_pool.ved"));
     let listing = disassemble(&p.domains[0].transitions[0].code);
+    // `if workers < 5 { workers += 1 }`: a guard and an update, one superinstruction each.
+    assert_eq!(listing, "   0  jump_unless_field_lt 0 5 2\n   1  field_add_const 0 1\n");
+    let plain = ved_vm::compile_program_unfused(&checked(include_str!("../../../examples/worker_pool.ved")));
     assert_eq!(
-        listing,
+        disassemble(&plain.domains[0].transitions[0].code),
         "   0  load_field 0\n   1  const 5\n   2  lt\n   3  jump_if_false 8\n   4  load_field 0\n   5  const 1\n   6  add\n   7  store_field 0\n"
     );
     // `[80, 443]` is one constant, not two pushes and a build.
