@@ -444,7 +444,7 @@ mod tests {
             transition,
             adapter: Arc::from("X"),
             action: Arc::from("Go"),
-            args: vec![Value::Int(1)],
+            args: vec![Value::Int(1)].into(),
         }
     }
 

@@ -90,7 +90,9 @@ pub struct Intent {
     pub transition: usize,
     pub adapter: Arc<str>,
     pub action: Arc<str>,
-    pub args: Vec<Value>,
+    /// Shared: the same arguments go out in the event and stay in the pending record
+    /// (to be sent again after a restart), without a copy.
+    pub args: Arc<[Value]>,
 }
 
 impl fmt::Display for Intent {

@@ -1066,7 +1066,7 @@ impl Instance {
         for (index, i) in outcome.intents.into_iter().enumerate() {
             let id = IntentId { instance: self.name.clone(), slice, index: index as u32 };
             outstanding.push(id.clone());
-            let intent = Intent { id, transition: t, adapter: i.adapter, action: i.action, args: i.args };
+            let intent = Intent { id, transition: t, adapter: i.adapter, action: i.action, args: i.args.into() };
             intents.push(intent.clone());
             out.push(Event::Intent(intent));
         }

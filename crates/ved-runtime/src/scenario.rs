@@ -380,7 +380,7 @@ impl Harness<'_> {
                         seen.push(i.to_string());
                         if &*i.adapter == adapter
                             && &*i.action == action
-                            && want_args.as_ref().is_none_or(|w| *w == i.args)
+                            && want_args.as_ref().is_none_or(|w| w[..] == i.args[..])
                         {
                             count += 1;
                         }

@@ -493,7 +493,7 @@ impl<'a> Reader<'a> {
                         transition: self.usize()?,
                         adapter: Arc::from(self.str()?),
                         action: Arc::from(self.str()?),
-                        args: self.values()?,
+                        args: self.values()?.into(),
                     });
                 }
                 Phase::InFlight { outstanding, held, intents, confirm: self.fields()? }

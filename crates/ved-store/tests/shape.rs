@@ -57,7 +57,7 @@ fn an_old_in_flight_record_reads_as_the_runtime_sees_it() {
                     transition: 1,
                     adapter: Arc::from("Firewall"),
                     action: Arc::from("OpenPorts"),
-                    args: vec![ports],
+                    args: vec![ports].into(),
                 }],
                 confirm: Vec::new(),
             },
@@ -92,7 +92,7 @@ fn everything() -> InstanceSnapshot {
         transition: 0,
         adapter: Arc::from("Cloud"),
         action: Arc::from("Scale"),
-        args: vec![Value::Int(-7), Value::Bool(true), map.clone()],
+        args: vec![Value::Int(-7), Value::Bool(true), map.clone()].into(),
     };
     InstanceSnapshot {
         name: name.into(),
@@ -292,7 +292,7 @@ mod binary {
                             transition,
                             adapter: Arc::from("A"),
                             action: Arc::from("Go"),
-                            args
+                            args: args.into()
                         }),
                     0..3
                 ),

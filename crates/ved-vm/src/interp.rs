@@ -96,6 +96,13 @@ impl Vm {
 
     /// Evaluates a boolean expression.
     pub fn eval_bool(&mut self, code: &Code, state: &[Value]) -> R<bool> {
+        // A goal that is one comparison of fields and constants (`workers == 5`, `actual
+        // == desired`) is answered without setting up the interpreter: it cannot fault.
+        match code.ops[..] {
+            [Op::FieldCmpConst(s, c, k)] => return Ok(compare(c, self.field(s, state), &code.consts[k as usize])),
+            [Op::FieldCmpField(a, b, c)] => return Ok(compare(c, self.field(a, state), self.field(b, state))),
+            _ => {}
+        }
         Ok(matches!(self.eval(code, state)?, Value::Bool(true)))
     }
 
@@ -162,11 +169,16 @@ impl Vm {
         Ok(state)
     }
 
+    #[inline]
     fn reset(&mut self, code: &Code, fields: usize) {
         self.stack.clear();
-        self.stack.reserve(code.max_stack as usize);
+        if self.stack.capacity() < code.max_stack as usize {
+            self.stack.reserve(code.max_stack as usize);
+        }
         self.locals.clear();
-        self.locals.resize(code.locals as usize, Value::Int(0));
+        if code.locals > 0 {
+            self.locals.resize(code.locals as usize, Value::Int(0));
+        }
         if self.overlay.len() < fields {
             self.overlay.resize(fields, None);
             self.stored_at.resize(fields, Span::default());
@@ -191,6 +203,7 @@ impl Vm {
     }
 
     /// A field's value as the step sees it: its write so far, else the state's.
+    #[inline]
     fn field<'a>(&'a self, slot: u16, state: &'a [Value]) -> &'a Value {
         const ZERO: Value = Value::Int(0);
         match self.overlay.get(slot as usize) {
@@ -199,6 +212,7 @@ impl Vm {
         }
     }
 
+    #[inline]
     fn store(&mut self, slot: u16, v: Value, span: Span) {
         if let Some(cell) = self.overlay.get_mut(slot as usize) {
             if cell.is_none() {
@@ -381,7 +395,19 @@ impl Vm {
     }
 }
 
+#[inline]
 fn compare(c: CmpOp, l: &Value, r: &Value) -> bool {
+    // Integers, the usual case, without the derived ordering's walk over the variants.
+    if let (Value::Int(a), Value::Int(b)) = (l, r) {
+        return match c {
+            CmpOp::Eq => a == b,
+            CmpOp::Ne => a != b,
+            CmpOp::Lt => a < b,
+            CmpOp::Le => a <= b,
+            CmpOp::Gt => a > b,
+            CmpOp::Ge => a >= b,
+        };
+    }
     match c {
         CmpOp::Eq => l == r,
         CmpOp::Ne => l != r,

@@ -155,6 +155,9 @@ fn fused_code_computes_exactly_what_the_plain_ops_do() {
                 for (gf, gp) in df.goals.iter().zip(&dp.goals) {
                     let (a, b) = (vm_fused.eval(&gf.code, &state), vm_plain.eval(&gp.code, &state));
                     assert_eq!(a, b, "goal `{}` on {state:?} in\n{src}", gf.name);
+                    // `eval_bool` answers a one-comparison goal without the interpreter.
+                    let (a, b) = (vm_fused.eval_bool(&gf.code, &state), vm_plain.eval_bool(&gp.code, &state));
+                    assert_eq!(a, b, "goal `{}` (eval_bool) on {state:?} in\n{src}", gf.name);
                     runs += 1;
                 }
                 let mut next = None;
