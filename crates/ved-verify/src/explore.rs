@@ -47,7 +47,7 @@
 //!   that changes forever is not a livelock).
 
 use hashbrown::HashTable;
-use rustc_hash::FxHasher;
+use rustc_hash::{FxHashMap, FxHasher};
 use std::hash::{Hash, Hasher};
 use ved_vm::{CompiledDomain, CompiledTransition, Fault, Value, Vm};
 
@@ -155,8 +155,33 @@ pub enum Edge {
     },
 }
 
-/// What a node is.
-#[derive(Clone, Debug, PartialEq)]
+impl Edge {
+    /// Four bytes: the variant in the top three bits, `ok` in bit 16, `t` or `slot` below.
+    fn pack(self) -> u32 {
+        match self {
+            Edge::Start => 0,
+            Edge::Fire { t } => 1 << 29 | u32::from(t),
+            Edge::Result { t, ok } => 2 << 29 | u32::from(ok) << 16 | u32::from(t),
+            Edge::Observe { slot } => 3 << 29 | u32::from(slot),
+            Edge::Timer { t } => 4 << 29 | u32::from(t),
+        }
+    }
+
+    fn unpack(x: u32) -> Edge {
+        let low = x as u16;
+        match x >> 29 {
+            0 => Edge::Start,
+            1 => Edge::Fire { t: low },
+            2 => Edge::Result { t: low, ok: x & 1 << 16 != 0 },
+            3 => Edge::Observe { slot: low },
+            _ => Edge::Timer { t: low },
+        }
+    }
+}
+
+/// What a node is: one byte per node; a fault's details are in [`Graph::faults`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Kind {
     /// Every goal holds and nothing is in flight.
     Stable,
@@ -166,10 +191,14 @@ pub enum Kind {
     /// Goals false, nothing can run, nothing in flight, nothing backing off.
     Stuck,
     /// A goal or a step faulted here.
-    Fault {
-        what: String,
-        fault: Fault,
-    },
+    Fault,
+}
+
+/// A goal or a step that faulted: which one, and the fault.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Faulted {
+    pub what: String,
+    pub fault: Fault,
 }
 
 /// A result that applied a held write over another slice's change.
@@ -186,12 +215,228 @@ pub struct LostUpdate {
 /// the world's move, which livelock cycles and the depth leave out.
 pub const WORLD: u32 = 1 << 31;
 
+/// One bit field of a packed node: in word `word`, `bits` wide from bit `shift`.
+#[derive(Clone, Copy, Debug)]
+struct Bits {
+    word: u8,
+    shift: u8,
+    bits: u8,
+}
+
+impl Bits {
+    fn mask(self) -> u64 {
+        if self.bits == 64 {
+            u64::MAX
+        } else {
+            (1u64 << self.bits) - 1
+        }
+    }
+
+    fn get(self, key: &[u64]) -> u64 {
+        (key[self.word as usize] >> self.shift) & self.mask()
+    }
+
+    fn set(self, key: &mut [u64], x: u64) {
+        let m = self.mask() << self.shift;
+        let w = &mut key[self.word as usize];
+        *w = (*w & !m) | (x << self.shift & m);
+    }
+}
+
+/// How one field's value becomes bits.
+#[derive(Clone, Debug)]
+enum Code {
+    /// `lo + n` for `n` that fits the bits.
+    Int {
+        lo: i64,
+    },
+    Bool,
+    /// The position in the field's bound (strings, lists, sets, a map's one value).
+    Index {
+        values: Vec<Value>,
+        of: FxHashMap<Value, u32>,
+    },
+}
+
+/// The packed form of a node: when every field's bound is finite (an int range,
+/// a bool, or a list of values), a node with nothing in flight is its fields'
+/// codes plus cursor, budget and backing-off mask, in one to [`MAX_WORDS`] `u64`s.
+/// Bit 63 of word 0 is never used, so that a stored key with it set can name a
+/// node kept whole instead (a value outside the bound, or something in flight).
+#[derive(Clone, Debug)]
+struct Codec {
+    fields: Vec<(Code, Bits)>,
+    cursor: Bits,
+    budget: Bits,
+    blocked: Bits,
+    words: usize,
+}
+
+/// Keys are at most this many words; a domain whose bounds need more keeps whole nodes.
+const MAX_WORDS: usize = 4;
+/// A stored key whose word 0 has this bit names a whole node: the rest is its index.
+const WHOLE: u64 = 1 << 63;
+
+/// Bits to count `n` distinct codes (0 for one).
+fn bits_for(n: u128) -> u32 {
+    128 - n.saturating_sub(1).leading_zeros()
+}
+
+impl Codec {
+    fn new(observable: &[Vec<Value>], transitions: usize) -> Option<Codec> {
+        let mut widths: Vec<u32> = Vec::new();
+        let mut codes = Vec::new();
+        for values in observable {
+            let ints: Vec<i64> =
+                values.iter().filter_map(|v| if let Value::Int(n) = v { Some(*n) } else { None }).collect();
+            let bools = values.iter().all(|v| matches!(v, Value::Bool(_)));
+            let (code, bits) = if !values.is_empty() && ints.len() == values.len() {
+                let (lo, hi) = (*ints.iter().min()?, *ints.iter().max()?);
+                (Code::Int { lo }, bits_for((hi as i128 - lo as i128 + 1) as u128))
+            } else if !values.is_empty() && bools {
+                (Code::Bool, 1)
+            } else {
+                let mut of = FxHashMap::default();
+                for (k, v) in values.iter().enumerate() {
+                    of.entry(v.clone()).or_insert(k as u32);
+                }
+                (Code::Index { values: values.clone(), of }, bits_for(values.len() as u128))
+            };
+            if bits > 63 {
+                return None;
+            }
+            codes.push(code);
+            widths.push(bits);
+        }
+        // cursor 0..=transitions, budget a u8, one backing-off bit per transition.
+        widths.extend([bits_for(transitions as u128 + 1), 8, transitions as u32]);
+        let mut at = Vec::with_capacity(widths.len());
+        let (mut word, mut used) = (0usize, 0u32);
+        for &w in &widths {
+            let room = if word == 0 { 63 } else { 64 };
+            if used + w > room {
+                word += 1;
+                used = 0;
+                if w > 64 {
+                    return None;
+                }
+            }
+            at.push(Bits { word: word as u8, shift: if w == 0 { 0 } else { used as u8 }, bits: w as u8 });
+            used += w;
+        }
+        let words = word + 1;
+        if words > MAX_WORDS {
+            return None;
+        }
+        let n = codes.len();
+        Some(Codec {
+            fields: codes.into_iter().zip(at.iter().copied()).collect(),
+            cursor: at[n],
+            budget: at[n + 1],
+            blocked: at[n + 2],
+            words,
+        })
+    }
+
+    fn encode_value(&self, slot: usize, v: &Value) -> Option<u64> {
+        let (code, bits) = &self.fields[slot];
+        let x = match (code, v) {
+            (Code::Int { lo }, Value::Int(n)) => u64::try_from(*n as i128 - *lo as i128).ok()?,
+            (Code::Bool, Value::Bool(b)) => u64::from(*b),
+            (Code::Index { of, .. }, v) => u64::from(*of.get(v)?),
+            _ => return None,
+        };
+        (x <= bits.mask()).then_some(x)
+    }
+
+    fn set_value(&self, key: &mut [u64], slot: usize, v: &Value) -> Option<()> {
+        let x = self.encode_value(slot, v)?;
+        self.fields[slot].1.set(key, x);
+        Some(())
+    }
+
+    fn set_meta(&self, key: &mut [u64], blocked: u64, cursor: u8, budget: u8) {
+        self.blocked.set(key, blocked);
+        self.cursor.set(key, u64::from(cursor));
+        self.budget.set(key, u64::from(budget));
+    }
+
+    /// The key of a node with nothing in flight, if each value fits its field.
+    fn encode(&self, values: &[Value], blocked: u64, cursor: u8, budget: u8) -> Option<[u64; MAX_WORDS]> {
+        let mut key = [0u64; MAX_WORDS];
+        for (slot, v) in values.iter().enumerate() {
+            self.set_value(&mut key, slot, v)?;
+        }
+        self.set_meta(&mut key, blocked, cursor, budget);
+        Some(key)
+    }
+
+    /// The values of a key, into `out` (cleared first).
+    fn decode_values(&self, key: &[u64], out: &mut Vec<Value>) {
+        out.clear();
+        out.extend(self.fields.iter().map(|(code, bits)| {
+            let x = bits.get(key);
+            match code {
+                Code::Int { lo } => Value::Int(lo.wrapping_add(x as i64)),
+                Code::Bool => Value::Bool(x != 0),
+                Code::Index { values, .. } => values[x as usize].clone(),
+            }
+        }));
+    }
+
+    fn meta(&self, key: &[u64]) -> (u64, u8, u8) {
+        (self.blocked.get(key), self.cursor.get(key) as u8, self.budget.get(key) as u8)
+    }
+}
+
+/// The nodes of a graph: a fixed-width key per node in one flat vector, packed
+/// by the [`Codec`] where the node allows it, else naming a whole [`Node`].
+struct Store {
+    codec: Option<Codec>,
+    words: usize,
+    keys: Vec<u64>,
+    whole: Vec<Node>,
+}
+
+impl Store {
+    fn len(&self) -> usize {
+        self.keys.len() / self.words
+    }
+
+    fn key(&self, i: usize) -> &[u64] {
+        &self.keys[i * self.words..(i + 1) * self.words]
+    }
+
+    /// The index into `whole` when node `i` is kept whole.
+    fn whole_index(&self, i: usize) -> Option<usize> {
+        let k0 = self.keys[i * self.words];
+        (k0 & WHOLE != 0).then_some((k0 & !WHOLE) as usize)
+    }
+
+    fn node(&self, i: usize) -> Node {
+        match (self.whole_index(i), &self.codec) {
+            (Some(w), _) => self.whole[w].clone(),
+            (None, Some(c)) => {
+                let key = self.key(i);
+                let mut values = Vec::with_capacity(c.fields.len());
+                c.decode_values(key, &mut values);
+                let (blocked, cursor, budget) = c.meta(key);
+                Node { values: values.into_boxed_slice(), blocked, flight: None, cursor, budget }
+            }
+            (None, None) => unreachable!("a packed key without a codec"),
+        }
+    }
+}
+
 /// The explored graph. Node 0.. are in breadth-first order, so indices grow with depth.
 pub struct Graph {
-    pub nodes: Vec<Node>,
+    store: Store,
+    /// Per expanded node.
     pub kinds: Vec<Kind>,
-    pub parent: Vec<(u32, Edge)>,
-    pub depth: Vec<u32>,
+    /// The faulted nodes, ascending, with what faulted.
+    pub faults: Vec<(u32, Faulted)>,
+    /// Per node: its parent and the edge from it, packed ([`Graph::parent`]).
+    parents: Vec<(u32, u32)>,
     /// Successors of node `i`: `succ[succ_off[i]..succ_off[i + 1]]`, observation
     /// edges marked with [`WORLD`].
     pub succ_off: Vec<u32>,
@@ -212,10 +457,66 @@ fn hash_node(n: &Node) -> u64 {
     h.finish()
 }
 
+fn hash_key(key: &[u64]) -> u64 {
+    let mut h = FxHasher::default();
+    key.hash(&mut h);
+    h.finish()
+}
+
+/// A successor as `expand` makes it.
+#[derive(Clone, Debug)]
+enum Succ {
+    /// The expanded node's values with these writes, nothing in flight: built
+    /// from the expanded node's key without unpacking it.
+    Delta {
+        writes: Vec<(u16, Value)>,
+        blocked: u64,
+        cursor: u8,
+        budget: u8,
+    },
+    Whole(Node),
+}
+
+/// The node being expanded.
+#[derive(Clone, Copy)]
+struct At<'n> {
+    values: &'n [Value],
+    blocked: u64,
+    flight: &'n Option<Box<Flights>>,
+    cursor: u8,
+    budget: u8,
+}
+
+impl<'n> At<'n> {
+    fn of(n: &'n Node) -> At<'n> {
+        At { values: &n.values, blocked: n.blocked, flight: &n.flight, cursor: n.cursor, budget: n.budget }
+    }
+
+    fn in_flight(&self) -> &'n [Flight] {
+        self.flight.as_deref().map_or(&[], |f| &f.0)
+    }
+
+    fn whole(&self, s: Succ) -> Node {
+        match s {
+            Succ::Whole(n) => n,
+            Succ::Delta { writes, blocked, cursor, budget } => {
+                let mut values: Box<[Value]> = self.values.into();
+                for (slot, v) in writes {
+                    values[slot as usize] = v;
+                }
+                Node { values, blocked, flight: None, cursor, budget }
+            }
+        }
+    }
+}
+
 pub struct Explorer<'a> {
     dom: &'a CompiledDomain,
     vm: Vm,
+    /// Packed nodes, by key.
     table: HashTable<u32>,
+    /// Nodes kept whole, by value.
+    whole_table: HashTable<u32>,
     g: Graph,
     /// Per transition: the transitions whose flight blocks it (R1), as a mask.
     conflicts: Vec<u64>,
@@ -225,10 +526,13 @@ pub struct Explorer<'a> {
     /// Set by `expand`: the successors (by position) whose result overwrote a
     /// change, with the transition and the field.
     lost_at: Vec<(usize, u16, u16)>,
+    /// The values of the node being expanded, when it is packed.
+    scratch: Vec<Value>,
 }
 
 impl<'a> Explorer<'a> {
     /// `observable[slot]`: the values the world may report for a field (its bound).
+    /// Nodes are stored packed when the bounds allow it (see [`Explorer::unpacked`]).
     pub fn new(dom: &'a CompiledDomain, model: Model, observable: Vec<Vec<Value>>) -> Explorer<'a> {
         // R1 is the runtime's own rule (`CompiledTransition::conflicts_with`), not a copy of it.
         let conflicts = dom
@@ -246,15 +550,22 @@ impl<'a> Explorer<'a> {
                 mask
             })
             .collect();
+        let codec = Codec::new(&observable, dom.transitions.len());
         Explorer {
             dom,
             vm: Vm::new(),
             table: HashTable::new(),
+            whole_table: HashTable::new(),
             g: Graph {
-                nodes: Vec::new(),
+                store: Store {
+                    words: codec.as_ref().map_or(1, |c| c.words),
+                    codec,
+                    keys: Vec::new(),
+                    whole: Vec::new(),
+                },
                 kinds: Vec::new(),
-                parent: Vec::new(),
-                depth: Vec::new(),
+                faults: Vec::new(),
+                parents: Vec::new(),
                 succ_off: vec![0],
                 succ: Vec::new(),
                 goal_ever_true: vec![false; dom.goals.len()],
@@ -266,51 +577,139 @@ impl<'a> Explorer<'a> {
             model,
             observable,
             lost_at: Vec::new(),
+            scratch: Vec::new(),
         }
     }
 
-    /// Adds a node if it is new; returns its index.
-    fn intern(&mut self, node: Node, parent: (u32, Edge), depth: u32) -> u32 {
-        let h = hash_node(&node);
-        let nodes = &self.g.nodes;
-        if let Some(&i) = self.table.find(h, |&i| nodes[i as usize] == node) {
+    /// Keeps every node whole (as a [`Node`]): the general representation, which
+    /// the packed one must match exactly (the tests compare the two graphs).
+    /// Call before adding start states.
+    pub fn unpacked(mut self) -> Explorer<'a> {
+        assert_eq!(self.g.store.len(), 0, "unpacked() comes before the start states");
+        self.g.store.codec = None;
+        self.g.store.words = 1;
+        self
+    }
+
+    fn push(&mut self, parent: (u32, Edge)) -> u32 {
+        self.g.parents.push((parent.0, parent.1.pack()));
+        (self.g.store.len() - 1) as u32
+    }
+
+    /// Adds a packed node if it is new; returns its index.
+    fn intern_key(&mut self, key: &[u64], parent: (u32, Edge)) -> u32 {
+        let h = hash_key(key);
+        let store = &self.g.store;
+        if let Some(&i) = self.table.find(h, |&i| store.key(i as usize) == key) {
             return i;
         }
-        let i = self.g.nodes.len() as u32;
-        self.g.nodes.push(node);
-        self.g.parent.push(parent);
-        self.g.depth.push(depth);
-        let nodes = &self.g.nodes;
-        self.table.insert_unique(h, i, |&j| hash_node(&nodes[j as usize]));
+        self.g.store.keys.extend_from_slice(key);
+        let i = self.push(parent);
+        let store = &self.g.store;
+        self.table.insert_unique(h, i, |&j| hash_key(store.key(j as usize)));
+        i
+    }
+
+    /// Adds a node if it is new; returns its index. Packed when it packs.
+    fn intern(&mut self, node: Node, parent: (u32, Edge)) -> u32 {
+        if let Some(c) = &self.g.store.codec {
+            if node.flight.is_none() {
+                if let Some(key) = c.encode(&node.values, node.blocked, node.cursor, node.budget) {
+                    let w = c.words;
+                    return self.intern_key(&key[..w], parent);
+                }
+            }
+        }
+        let h = hash_node(&node);
+        let store = &self.g.store;
+        let same = |&i: &u32| store.whole_index(i as usize).is_some_and(|w| store.whole[w] == node);
+        if let Some(&i) = self.whole_table.find(h, same) {
+            return i;
+        }
+        let words = self.g.store.words;
+        let w = self.g.store.whole.len() as u64;
+        self.g.store.keys.push(WHOLE | w);
+        self.g.store.keys.extend(std::iter::repeat_n(0, words - 1));
+        self.g.store.whole.push(node);
+        let i = self.push(parent);
+        let store = &self.g.store;
+        self.whole_table.insert_unique(h, i, |&j| hash_node(&store.whole[store.whole_index(j as usize).unwrap()]));
         i
     }
 
     pub fn add_start(&mut self, values: Vec<Value>, budget: u8) {
-        let node = Node { values: values.into_boxed_slice(), blocked: 0, flight: None, cursor: 0, budget };
-        self.intern(node, (u32::MAX, Edge::Start), 0);
+        self.add_start_from(&values, budget);
+    }
+
+    /// [`Explorer::add_start`] from borrowed values.
+    pub fn add_start_from(&mut self, values: &[Value], budget: u8) {
+        if let Some(c) = &self.g.store.codec {
+            if let Some(key) = c.encode(values, 0, 0, budget) {
+                let w = c.words;
+                self.intern_key(&key[..w], (u32::MAX, Edge::Start));
+                return;
+            }
+        }
+        let node = Node { values: values.into(), blocked: 0, flight: None, cursor: 0, budget };
+        self.intern(node, (u32::MAX, Edge::Start));
     }
 
     /// Explores breadth first until done or `max_states`; calls `progress` now and then.
     pub fn run(mut self, max_states: usize, progress: &mut dyn FnMut(usize, usize)) -> Graph {
         assert!(max_states < WORLD as usize, "node indices leave the top bit for observation edges");
         let mut i = 0usize;
-        let mut succs: Vec<(Node, Edge)> = Vec::new();
-        while i < self.g.nodes.len() {
+        let mut succs: Vec<(Succ, Edge)> = Vec::new();
+        let mut values = std::mem::take(&mut self.scratch);
+        let mut key = [0u64; MAX_WORDS];
+        let words = self.g.store.words;
+        while i < self.g.store.len() {
             if i.is_multiple_of(65_536) {
-                progress(i, self.g.nodes.len());
+                progress(i, self.g.store.len());
             }
-            let node = self.g.nodes[i].clone();
             succs.clear();
-            let kind = self.expand(&node, &mut succs);
+            let whole = self.g.store.whole_index(i).map(|w| self.g.store.whole[w].clone());
+            let kind = match &whole {
+                Some(node) => self.expand(At::of(node), &mut succs),
+                None => {
+                    let c = self.g.store.codec.as_ref().expect("a packed key has a codec");
+                    key[..words].copy_from_slice(self.g.store.key(i));
+                    c.decode_values(&key[..words], &mut values);
+                    let (blocked, cursor, budget) = c.meta(&key[..words]);
+                    self.expand(At { values: &values, blocked, flight: &None, cursor, budget }, &mut succs)
+                }
+            };
+            let kind = match kind {
+                Ok(k) => k,
+                Err(f) => {
+                    self.g.faults.push((i as u32, f));
+                    Kind::Fault
+                }
+            };
             self.g.kinds.push(kind);
-            let depth = self.g.depth[i] + 1;
-            for (k, (n, e)) in succs.drain(..).enumerate() {
-                if self.g.nodes.len() >= max_states {
+            for (k, (s, e)) in succs.drain(..).enumerate() {
+                if self.g.store.len() >= max_states {
                     self.g.complete = false;
                     break;
                 }
                 let world = matches!(e, Edge::Observe { .. });
-                let j = self.intern(n, (i as u32, e), depth);
+                let parent = (i as u32, e);
+                let j = match (s, &whole) {
+                    // The fast path: the expanded key with the step's writes.
+                    (Succ::Delta { writes, blocked, cursor, budget }, None) => {
+                        let c = self.g.store.codec.as_ref().expect("a packed key has a codec");
+                        let mut next = key;
+                        c.set_meta(&mut next[..words], blocked, cursor, budget);
+                        if writes.iter().all(|(slot, v)| c.set_value(&mut next[..words], *slot as usize, v).is_some()) {
+                            self.intern_key(&next[..words], parent)
+                        } else {
+                            let at = At { values: &values, blocked: 0, flight: &None, cursor: 0, budget: 0 };
+                            let node = at.whole(Succ::Delta { writes, blocked, cursor, budget });
+                            self.intern(node, parent)
+                        }
+                    }
+                    (s, Some(node)) => self.intern(At::of(node).whole(s), parent),
+                    (Succ::Whole(n), None) => self.intern(n, parent),
+                };
                 self.g.succ.push(if world { j | WORLD } else { j });
                 if let Some(&(_, t, slot)) = self.lost_at.iter().find(|(at, _, _)| *at == k) {
                     self.g.lost_count += 1;
@@ -325,43 +724,47 @@ impl<'a> Explorer<'a> {
             }
             i += 1;
         }
-        progress(self.g.kinds.len(), self.g.nodes.len());
+        progress(self.g.kinds.len(), self.g.store.len());
         self.g
     }
 
     /// The successors of any node, for reconstructing the edges of a trace.
     pub fn successors_of(&mut self, node: &Node, out: &mut Vec<(Node, Edge)>) {
-        self.expand(node, out);
+        let at = At::of(node);
+        let mut succs = Vec::new();
+        // A fault leaves no successors.
+        let _ = self.expand(at, &mut succs);
+        out.extend(succs.into_iter().map(|(s, e)| (at.whole(s), e)));
     }
 
-    /// The node's kind; its successors go to `out`.
-    fn expand(&mut self, node: &Node, out: &mut Vec<(Node, Edge)>) -> Kind {
+    /// The node's kind (or its fault); its successors go to `out`.
+    fn expand(&mut self, node: At<'_>, out: &mut Vec<(Succ, Edge)>) -> Result<Kind, Faulted> {
         self.lost_at.clear();
         let dom = self.dom;
         let mut all = true;
         for (gi, goal) in dom.goals.iter().enumerate() {
-            match self.vm.eval_bool(&goal.code, &node.values) {
+            match self.vm.eval_bool(&goal.code, node.values) {
                 Ok(true) => self.g.goal_ever_true[gi] = true,
                 Ok(false) => all = false,
-                Err(fault) => return Kind::Fault { what: format!("goal `{}`", goal.name), fault },
+                Err(fault) => return Err(Faulted { what: format!("goal `{}`", goal.name), fault }),
             }
         }
         let flying = node.in_flight();
         if all {
             if flying.is_empty() {
-                return Kind::Stable;
+                return Ok(Kind::Stable);
             }
             // R2: the goals hold, but not yet in the world. No tick runs; messages come.
             self.results(node, out);
             self.timer(node, out);
             self.observations(node, out);
-            return Kind::Waiting;
+            return Ok(Kind::Waiting);
         }
         let in_flight = flying.iter().fold(0u64, |m, f| m | 1 << f.t);
         if node.cursor > 0 {
             match self.scan(node, node.cursor as usize, in_flight, out) {
-                Err(kind) => return kind,
-                Ok(true) => return Kind::Moving,
+                Err(f) => return Err(f),
+                Ok(true) => return Ok(Kind::Moving),
                 Ok(false) => {}
             }
         }
@@ -369,38 +772,47 @@ impl<'a> Explorer<'a> {
         // a retry timer that came due included, whether or not a transition could run.
         self.results(node, out);
         match self.scan(node, 0, in_flight, out) {
-            Err(kind) => {
+            Err(f) => {
                 out.clear();
                 self.lost_at.clear();
-                return kind;
+                return Err(f);
             }
             Ok(_) => self.timer(node, out),
         }
         self.observations(node, out);
-        if out.is_empty() {
-            Kind::Stuck
-        } else {
-            Kind::Moving
-        }
+        Ok(if out.is_empty() { Kind::Stuck } else { Kind::Moving })
     }
 
     /// From transition `from` on, the first one that can run fires: its slice
     /// goes to `out`. `Ok(false)` when none can.
-    fn scan(&mut self, node: &Node, from: usize, in_flight: u64, out: &mut Vec<(Node, Edge)>) -> Result<bool, Kind> {
+    fn scan(
+        &mut self,
+        node: At<'_>,
+        from: usize,
+        in_flight: u64,
+        out: &mut Vec<(Succ, Edge)>,
+    ) -> Result<bool, Faulted> {
         let dom = self.dom;
         for t in from..dom.transitions.len() {
             if (node.blocked | in_flight) & (1 << t) != 0 || in_flight & self.conflicts[t] != 0 {
                 continue;
             }
             let tr = &dom.transitions[t];
-            let outcome = match self.vm.run_step(&tr.code, &node.values) {
+            let outcome = match self.vm.run_step(&tr.code, node.values) {
                 Ok(o) => o,
-                Err(fault) => return Err(Kind::Fault { what: format!("transition `{}`", tr.name), fault }),
+                Err(fault) => return Err(Faulted { what: format!("transition `{}`", tr.name), fault }),
             };
             if outcome.is_noop() {
                 continue;
             }
-            let mut values = node.values.clone();
+            let cursor = (t + 1) as u8;
+            if outcome.intents.is_empty() && node.flight.is_none() {
+                // Nothing in flight before or after: the writes, as a delta.
+                let s = Succ::Delta { writes: outcome.writes, blocked: node.blocked, cursor, budget: node.budget };
+                out.push((s, Edge::Fire { t: t as u16 }));
+                return Ok(true);
+            }
+            let mut values: Box<[Value]> = node.values.into();
             let mut flight = node.in_flight().to_vec();
             if outcome.intents.is_empty() || tr.optimistic {
                 for (slot, v) in outcome.writes {
@@ -415,9 +827,8 @@ impl<'a> Explorer<'a> {
                 flight.push(Flight { t: t as u16, held });
             }
             flight.sort_unstable_by_key(|f| f.t);
-            let cursor = (t + 1) as u8;
             out.push((
-                Node { values, blocked: node.blocked, flight: pack(flight), cursor, budget: node.budget },
+                Succ::Whole(Node { values, blocked: node.blocked, flight: pack(flight), cursor, budget: node.budget }),
                 Edge::Fire { t: t as u16 },
             ));
             return Ok(true);
@@ -426,14 +837,14 @@ impl<'a> Explorer<'a> {
     }
 
     /// Each transition in flight hears back: success, and failure while the budget lasts.
-    fn results(&mut self, node: &Node, out: &mut Vec<(Node, Edge)>) {
+    fn results(&mut self, node: At<'_>, out: &mut Vec<(Succ, Edge)>) {
         let flying = node.in_flight();
         for (k, f) in flying.iter().enumerate() {
             let others = || -> Vec<Flight> {
                 flying.iter().enumerate().filter(|(j, _)| *j != k).map(|(_, x)| x.clone()).collect()
             };
             let mut rest = others();
-            let mut values = node.values.clone();
+            let mut values: Box<[Value]> = node.values.into();
             let mut lost = None;
             for h in &f.held {
                 let cell = &mut values[h.slot as usize];
@@ -449,19 +860,19 @@ impl<'a> Explorer<'a> {
                 self.lost_at.push((out.len(), f.t, slot));
             }
             out.push((
-                Node { values, blocked: node.blocked, flight: pack(rest), cursor: 0, budget: node.budget },
+                Succ::Whole(Node { values, blocked: node.blocked, flight: pack(rest), cursor: 0, budget: node.budget }),
                 Edge::Result { t: f.t, ok: true },
             ));
             if node.budget > 0 {
                 // The held writes are dropped; the field values did not move, so no one else's did either.
                 out.push((
-                    Node {
-                        values: node.values.clone(),
+                    Succ::Whole(Node {
+                        values: node.values.into(),
                         blocked: node.blocked | 1 << f.t,
                         flight: pack(others()),
                         cursor: 0,
                         budget: node.budget - 1,
-                    },
+                    }),
                     Edge::Result { t: f.t, ok: false },
                 ));
             }
@@ -470,21 +881,24 @@ impl<'a> Explorer<'a> {
 
     /// With something backing off, a retry timer may come due at any tick boundary,
     /// each transition's on its own (as the runtime's timer messages do).
-    fn timer(&mut self, node: &Node, out: &mut Vec<(Node, Edge)>) {
+    fn timer(&mut self, node: At<'_>, out: &mut Vec<(Succ, Edge)>) {
         let mut blocked = node.blocked;
         while blocked != 0 {
             let t = blocked.trailing_zeros() as u16;
             blocked &= blocked - 1;
-            out.push((
-                Node {
-                    values: node.values.clone(),
-                    blocked: node.blocked & !(1u64 << t),
+            let unblocked = node.blocked & !(1u64 << t);
+            let s = if node.flight.is_none() {
+                Succ::Delta { writes: Vec::new(), blocked: unblocked, cursor: 0, budget: node.budget }
+            } else {
+                Succ::Whole(Node {
+                    values: node.values.into(),
+                    blocked: unblocked,
                     flight: node.flight.clone(),
                     cursor: 0,
                     budget: node.budget,
-                },
-                Edge::Timer { t },
-            ));
+                })
+            };
+            out.push((s, Edge::Timer { t }));
         }
     }
 
@@ -494,7 +908,7 @@ impl<'a> Explorer<'a> {
     /// acknowledgement), and one value of the bound that is neither that nor the
     /// current one (the world moved elsewhere), or every value of the bound with
     /// [`Model::every_observed_value`].
-    fn observations(&mut self, node: &Node, out: &mut Vec<(Node, Edge)>) {
+    fn observations(&mut self, node: At<'_>, out: &mut Vec<(Succ, Edge)>) {
         let flying = node.in_flight();
         let mut slots: Vec<u16> = flying.iter().flat_map(|f| f.held.iter().map(|h| h.slot)).collect();
         slots.sort_unstable();
@@ -518,14 +932,20 @@ impl<'a> Explorer<'a> {
                     }
                     others += 1;
                 }
-                let mut values = node.values.clone();
+                let mut values: Box<[Value]> = node.values.into();
                 values[s] = v.clone();
                 let flight: Vec<Flight> = flying
                     .iter()
                     .map(|f| Flight { t: f.t, held: f.held.iter().filter(|h| h.slot != slot).cloned().collect() })
                     .collect();
                 out.push((
-                    Node { values, blocked: node.blocked, flight: pack(flight), cursor: 0, budget: node.budget },
+                    Succ::Whole(Node {
+                        values,
+                        blocked: node.blocked,
+                        flight: pack(flight),
+                        cursor: 0,
+                        budget: node.budget,
+                    }),
                     Edge::Observe { slot },
                 ));
             }
@@ -534,6 +954,36 @@ impl<'a> Explorer<'a> {
 }
 
 impl Graph {
+    /// How many nodes were found (expanded or not).
+    pub fn len(&self) -> usize {
+        self.store.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.store.len() == 0
+    }
+
+    /// Node `i`, unpacked.
+    pub fn node(&self, i: u32) -> Node {
+        self.store.node(i as usize)
+    }
+
+    /// Whether node `i` is stored packed (the rest are kept whole).
+    pub fn is_packed(&self, i: u32) -> bool {
+        self.store.whole_index(i as usize).is_none()
+    }
+
+    /// The node that first reached `i`, and the edge; `(u32::MAX, Edge::Start)` for a start state.
+    pub fn parent(&self, i: u32) -> (u32, Edge) {
+        let (p, e) = self.parents[i as usize];
+        (p, Edge::unpack(e))
+    }
+
+    /// What faulted at node `i`, when it is a fault.
+    pub fn fault(&self, i: u32) -> Option<&Faulted> {
+        self.faults.binary_search_by_key(&i, |(j, _)| *j).ok().map(|k| &self.faults[k].1)
+    }
+
     pub fn successors(&self, i: usize) -> &[u32] {
         &self.succ[self.succ_off[i] as usize..self.succ_off[i + 1] as usize]
     }
@@ -543,7 +993,7 @@ impl Graph {
         let mut path = Vec::new();
         let mut cur = i;
         loop {
-            let (p, e) = self.parent[cur as usize];
+            let (p, e) = self.parent(cur);
             path.push((cur, e));
             if e == Edge::Start {
                 break;
@@ -564,7 +1014,7 @@ impl Graph {
         let mut stack: Vec<(u32, usize)> = Vec::new();
         let mut best = 0;
         for root in 0..n {
-            if dist[root].is_some() || self.parent[root].1 != Edge::Start {
+            if dist[root].is_some() || self.parents[root].1 != Edge::Start.pack() {
                 continue;
             }
             stack.push((root as u32, 0));
