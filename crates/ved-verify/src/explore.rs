@@ -49,7 +49,7 @@
 use hashbrown::HashTable;
 use rustc_hash::{FxHashMap, FxHasher};
 use std::hash::{Hash, Hasher};
-use ved_vm::{CompiledDomain, CompiledTransition, Fault, Value, Vm};
+use ved_vm::{CompiledDomain, CompiledTransition, Fault, StepOutcome, Value, Vm};
 
 /// The state fields a transition's step may read and may write, in any branch:
 /// every field it loads and every field it assigns, as sorted slots.
@@ -428,6 +428,64 @@ impl Store {
     }
 }
 
+/// A goal's or a step's result, remembered by the codes of the fields it loads
+/// and stores (the VM's own access sets, [`ved_vm::access_sets`]): the code is
+/// pure, so on a packed node those bits decide what it does. A dense table of
+/// `2^bits` entries, made on first use; code touching more bits is not remembered.
+struct Memo {
+    /// Where each touched field sits in a node key, and where in the memo index.
+    parts: Vec<(Bits, u8)>,
+    bits: u32,
+    table: Vec<u32>,
+}
+
+/// Memo entries: not yet known; a goal false / true; a step that is a no-op, or
+/// whose outcome has no packed form (intents, or a value outside its field's
+/// bound): run it. Step entries from `DELTA` on name `Explorer::deltas[e - DELTA]`.
+const UNKNOWN: u32 = 0;
+const FALSE: u32 = 1;
+const TRUE: u32 = 2;
+const NOOP: u32 = 1;
+const RUN: u32 = 2;
+const DELTA: u32 = 3;
+
+impl Memo {
+    fn new(codec: &Codec, slots: &[u16], max_bits: u32) -> Option<Memo> {
+        let mut parts = Vec::with_capacity(slots.len());
+        let mut bits = 0u32;
+        for &slot in slots {
+            let b = codec.fields.get(slot as usize)?.1;
+            parts.push((b, bits as u8));
+            bits += u32::from(b.bits);
+            if bits > max_bits {
+                return None;
+            }
+        }
+        Some(Memo { parts, bits, table: Vec::new() })
+    }
+
+    fn slot(&mut self, key: &[u64]) -> &mut u32 {
+        if self.table.is_empty() {
+            self.table = vec![UNKNOWN; 1 << self.bits];
+        }
+        let ix = self.parts.iter().fold(0usize, |ix, (b, at)| ix | (b.get(key) as usize) << at);
+        &mut self.table[ix]
+    }
+}
+
+/// Goals remembered up to this many bits (a table of 16 MiB at most) ...
+const GOAL_MEMO_BITS: u32 = 22;
+/// ... and steps up to this many (4 MiB each at most).
+const STEP_MEMO_BITS: u32 = 20;
+
+/// What a step does on a node.
+enum Stepped {
+    Noop,
+    /// Its writes, packed: `Explorer::deltas[_]`.
+    Packed(u32),
+    Ran(StepOutcome),
+}
+
 /// The explored graph. Node 0.. are in breadth-first order, so indices grow with depth.
 pub struct Graph {
     store: Store,
@@ -475,11 +533,20 @@ enum Succ {
         budget: u8,
     },
     Whole(Node),
+    /// The expanded (packed) node's key with a remembered step's packed writes.
+    Packed {
+        delta: u32,
+        blocked: u64,
+        cursor: u8,
+        budget: u8,
+    },
 }
 
 /// The node being expanded.
 #[derive(Clone, Copy)]
 struct At<'n> {
+    /// Its key, when it is packed.
+    key: Option<&'n [u64]>,
     values: &'n [Value],
     blocked: u64,
     flight: &'n Option<Box<Flights>>,
@@ -489,7 +556,7 @@ struct At<'n> {
 
 impl<'n> At<'n> {
     fn of(n: &'n Node) -> At<'n> {
-        At { values: &n.values, blocked: n.blocked, flight: &n.flight, cursor: n.cursor, budget: n.budget }
+        At { key: None, values: &n.values, blocked: n.blocked, flight: &n.flight, cursor: n.cursor, budget: n.budget }
     }
 
     fn in_flight(&self) -> &'n [Flight] {
@@ -506,6 +573,7 @@ impl<'n> At<'n> {
                 }
                 Node { values, blocked, flight: None, cursor, budget }
             }
+            Succ::Packed { .. } => unreachable!("a packed step on a node kept whole"),
         }
     }
 }
@@ -528,6 +596,11 @@ pub struct Explorer<'a> {
     lost_at: Vec<(usize, u16, u16)>,
     /// The values of the node being expanded, when it is packed.
     scratch: Vec<Value>,
+    /// Per goal and per transition, on packed nodes.
+    goal_memo: Vec<Option<Memo>>,
+    step_memo: Vec<Option<Memo>>,
+    /// The packed writes of remembered steps: (slot, code).
+    deltas: Vec<Box<[(u16, u64)]>>,
 }
 
 impl<'a> Explorer<'a> {
@@ -551,6 +624,18 @@ impl<'a> Explorer<'a> {
             })
             .collect();
         let codec = Codec::new(&observable, dom.transitions.len());
+        let memo = |slots: &[u16], bits| codec.as_ref().and_then(|c| Memo::new(c, slots, bits));
+        let goal_memo = dom.goals.iter().map(|g| memo(&ved_vm::access_sets(&g.code).0, GOAL_MEMO_BITS)).collect();
+        let step_memo = dom
+            .transitions
+            .iter()
+            .map(|tr| {
+                let mut touched: Vec<u16> = tr.reads.iter().chain(&tr.writes).copied().collect();
+                touched.sort_unstable();
+                touched.dedup();
+                memo(&touched, STEP_MEMO_BITS)
+            })
+            .collect();
         Explorer {
             dom,
             vm: Vm::new(),
@@ -578,6 +663,9 @@ impl<'a> Explorer<'a> {
             observable,
             lost_at: Vec::new(),
             scratch: Vec::new(),
+            goal_memo,
+            step_memo,
+            deltas: Vec::new(),
         }
     }
 
@@ -588,6 +676,8 @@ impl<'a> Explorer<'a> {
         assert_eq!(self.g.store.len(), 0, "unpacked() comes before the start states");
         self.g.store.codec = None;
         self.g.store.words = 1;
+        self.goal_memo.iter_mut().for_each(|m| *m = None);
+        self.step_memo.iter_mut().for_each(|m| *m = None);
         self
     }
 
@@ -675,7 +765,8 @@ impl<'a> Explorer<'a> {
                     key[..words].copy_from_slice(self.g.store.key(i));
                     c.decode_values(&key[..words], &mut values);
                     let (blocked, cursor, budget) = c.meta(&key[..words]);
-                    self.expand(At { values: &values, blocked, flight: &None, cursor, budget }, &mut succs)
+                    let at = At { key: Some(&key[..words]), values: &values, blocked, flight: &None, cursor, budget };
+                    self.expand(at, &mut succs)
                 }
             };
             let kind = match kind {
@@ -702,10 +793,19 @@ impl<'a> Explorer<'a> {
                         if writes.iter().all(|(slot, v)| c.set_value(&mut next[..words], *slot as usize, v).is_some()) {
                             self.intern_key(&next[..words], parent)
                         } else {
-                            let at = At { values: &values, blocked: 0, flight: &None, cursor: 0, budget: 0 };
+                            let at = At { key: None, values: &values, blocked: 0, flight: &None, cursor: 0, budget: 0 };
                             let node = at.whole(Succ::Delta { writes, blocked, cursor, budget });
                             self.intern(node, parent)
                         }
+                    }
+                    (Succ::Packed { delta, blocked, cursor, budget }, None) => {
+                        let c = self.g.store.codec.as_ref().expect("a packed key has a codec");
+                        let mut next = key;
+                        c.set_meta(&mut next[..words], blocked, cursor, budget);
+                        for &(slot, x) in self.deltas[delta as usize].iter() {
+                            c.fields[slot as usize].1.set(&mut next[..words], x);
+                        }
+                        self.intern_key(&next[..words], parent)
                     }
                     (s, Some(node)) => self.intern(At::of(node).whole(s), parent),
                     (Succ::Whole(n), None) => self.intern(n, parent),
@@ -743,7 +843,7 @@ impl<'a> Explorer<'a> {
         let dom = self.dom;
         let mut all = true;
         for (gi, goal) in dom.goals.iter().enumerate() {
-            match self.vm.eval_bool(&goal.code, node.values) {
+            match self.goal(gi, node) {
                 Ok(true) => self.g.goal_ever_true[gi] = true,
                 Ok(false) => all = false,
                 Err(fault) => return Err(Faulted { what: format!("goal `{}`", goal.name), fault }),
@@ -783,6 +883,71 @@ impl<'a> Explorer<'a> {
         Ok(if out.is_empty() { Kind::Stuck } else { Kind::Moving })
     }
 
+    /// Goal `gi` on the node, remembered when the node is packed.
+    fn goal(&mut self, gi: usize, node: At<'_>) -> Result<bool, Fault> {
+        let code = &self.dom.goals[gi].code;
+        let (Some(key), Some(memo)) = (node.key, &mut self.goal_memo[gi]) else {
+            return self.vm.eval_bool(code, node.values);
+        };
+        let entry = memo.slot(key);
+        match *entry {
+            FALSE => Ok(false),
+            TRUE => Ok(true),
+            _ => {
+                let r = self.vm.eval_bool(code, node.values);
+                if let Ok(b) = r {
+                    *entry = if b { TRUE } else { FALSE };
+                }
+                r
+            }
+        }
+    }
+
+    /// Transition `t`'s step on the node; on a packed node a no-op or packed writes
+    /// are remembered, so the VM runs once per combination of the fields it touches.
+    fn step(&mut self, t: usize, node: At<'_>) -> Result<Stepped, Fault> {
+        let code = &self.dom.transitions[t].code;
+        let (Some(key), Some(memo)) = (node.key, &mut self.step_memo[t]) else {
+            let o = self.vm.run_step(code, node.values)?;
+            return Ok(if o.is_noop() { Stepped::Noop } else { Stepped::Ran(o) });
+        };
+        let entry = memo.slot(key);
+        match *entry {
+            NOOP => return Ok(Stepped::Noop),
+            RUN => {}
+            UNKNOWN => {
+                let o = self.vm.run_step(code, node.values)?;
+                let codec = self.g.store.codec.as_ref().expect("a packed key has a codec");
+                *entry = if o.is_noop() {
+                    NOOP
+                } else if !o.intents.is_empty() {
+                    RUN
+                } else {
+                    let packed: Option<Box<[(u16, u64)]>> = o
+                        .writes
+                        .iter()
+                        .map(|(slot, v)| Some((*slot, codec.encode_value(*slot as usize, v)?)))
+                        .collect();
+                    match packed {
+                        Some(d) => {
+                            self.deltas.push(d);
+                            DELTA + (self.deltas.len() - 1) as u32
+                        }
+                        None => RUN,
+                    }
+                };
+                return Ok(match *entry {
+                    NOOP => Stepped::Noop,
+                    RUN => Stepped::Ran(o),
+                    d => Stepped::Packed(d - DELTA),
+                });
+            }
+            d => return Ok(Stepped::Packed(d - DELTA)),
+        }
+        let o = self.vm.run_step(code, node.values)?;
+        Ok(if o.is_noop() { Stepped::Noop } else { Stepped::Ran(o) })
+    }
+
     /// From transition `from` on, the first one that can run fires: its slice
     /// goes to `out`. `Ok(false)` when none can.
     fn scan(
@@ -798,14 +963,17 @@ impl<'a> Explorer<'a> {
                 continue;
             }
             let tr = &dom.transitions[t];
-            let outcome = match self.vm.run_step(&tr.code, node.values) {
-                Ok(o) => o,
+            let cursor = (t + 1) as u8;
+            let outcome = match self.step(t, node) {
+                Ok(Stepped::Noop) => continue,
+                Ok(Stepped::Packed(delta)) => {
+                    let s = Succ::Packed { delta, blocked: node.blocked, cursor, budget: node.budget };
+                    out.push((s, Edge::Fire { t: t as u16 }));
+                    return Ok(true);
+                }
+                Ok(Stepped::Ran(o)) => o,
                 Err(fault) => return Err(Faulted { what: format!("transition `{}`", tr.name), fault }),
             };
-            if outcome.is_noop() {
-                continue;
-            }
-            let cursor = (t + 1) as u8;
             if outcome.intents.is_empty() && node.flight.is_none() {
                 // Nothing in flight before or after: the writes, as a delta.
                 let s = Succ::Delta { writes: outcome.writes, blocked: node.blocked, cursor, budget: node.budget };
