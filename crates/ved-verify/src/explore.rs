@@ -45,6 +45,31 @@
 //!   explored anyway. Observation edges are the world's moves, not the
 //!   program's: they are left out of livelock cycles and of the depth (a world
 //!   that changes forever is not a livelock).
+//!
+//! How the graph is stored, for speed and memory (none of it changes the graph:
+//! `tests/packed.rs` compares it with the general representation on every
+//! program `ved verify` is tested on):
+//! - **Packed nodes.** When every field's bound is finite (an int range, bools, a
+//!   list of values), a node with nothing in flight whose values fit is a
+//!   fixed-width key of one to four `u64`s: each field's code (an int's offset
+//!   from the bound's least value, in as many bits as the bound needs, so
+//!   `0..99` takes 7 bits and holds 0..127; an index into the bound's list), the
+//!   cursor, the budget and the backing-off mask. Keys sit in one flat vector;
+//!   the hash table holds node numbers and the keys' 32-bit hashes. Any other
+//!   node (a value outside its field's code, something in flight) is kept whole,
+//!   as a [`Node`], in a second table; the key slot then names it. The same node
+//!   is always stored the same way, so each is found once.
+//! - **Remembered code.** A goal or a step is pure: what it does depends only on
+//!   the fields it loads and stores (`ved_vm::access_sets`, the sets the runtime
+//!   serializes on). On a packed node those fields' codes index a table per goal
+//!   (true, false) and per step (a no-op, or its writes as codes), so the VM runs
+//!   once per combination and a successor's key is its parent's with a few bit
+//!   fields replaced. Steps with intents, faults, and writes that do not pack run
+//!   the VM every time.
+//! - **Per node** besides its key: its kind (one byte; faults on the side), its
+//!   parent and edge (eight bytes), its successors (four bytes each, plus an
+//!   offset). Node numbers are given in breadth-first order, one at a time, so
+//!   they are the same on every run.
 
 use hashbrown::HashTable;
 use rustc_hash::{FxHashMap, FxHasher};
@@ -221,23 +246,29 @@ struct Bits {
     word: u8,
     shift: u8,
     bits: u8,
+    /// `bits` ones.
+    mask: u64,
 }
 
 impl Bits {
+    fn new(word: usize, shift: u32, bits: u32) -> Bits {
+        let mask = if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
+        Bits { word: word as u8, shift: shift as u8, bits: bits as u8, mask }
+    }
+
+    #[inline]
     fn mask(self) -> u64 {
-        if self.bits == 64 {
-            u64::MAX
-        } else {
-            (1u64 << self.bits) - 1
-        }
+        self.mask
     }
 
+    #[inline]
     fn get(self, key: &[u64]) -> u64 {
-        (key[self.word as usize] >> self.shift) & self.mask()
+        (key[self.word as usize] >> self.shift) & self.mask
     }
 
+    #[inline]
     fn set(self, key: &mut [u64], x: u64) {
-        let m = self.mask() << self.shift;
+        let m = self.mask << self.shift;
         let w = &mut key[self.word as usize];
         *w = (*w & !m) | (x << self.shift & m);
     }
@@ -321,7 +352,7 @@ impl Codec {
                     return None;
                 }
             }
-            at.push(Bits { word: word as u8, shift: if w == 0 { 0 } else { used as u8 }, bits: w as u8 });
+            at.push(Bits::new(word, if w == 0 { 0 } else { used }, w));
             used += w;
         }
         let words = word + 1;
@@ -355,6 +386,7 @@ impl Codec {
         Some(())
     }
 
+    #[inline]
     fn set_meta(&self, key: &mut [u64], blocked: u64, cursor: u8, budget: u8) {
         self.blocked.set(key, blocked);
         self.cursor.set(key, u64::from(cursor));
@@ -371,8 +403,26 @@ impl Codec {
         Some(key)
     }
 
-    /// The values of a key, into `out` (cleared first).
+    /// The values of a key, into `out`: in place when `out` holds a node's values
+    /// already (an int or a bool is overwritten, nothing allocated or dropped).
     fn decode_values(&self, key: &[u64], out: &mut Vec<Value>) {
+        if out.len() == self.fields.len() {
+            for ((code, bits), v) in self.fields.iter().zip(out.iter_mut()) {
+                let x = bits.get(key);
+                match (code, v) {
+                    (Code::Int { lo }, Value::Int(n)) => *n = lo.wrapping_add(x as i64),
+                    (Code::Bool, Value::Bool(b)) => *b = x != 0,
+                    (Code::Index { values, .. }, v) => {
+                        if *v != values[x as usize] {
+                            *v = values[x as usize].clone();
+                        }
+                    }
+                    (Code::Int { lo }, v) => *v = Value::Int(lo.wrapping_add(x as i64)),
+                    (Code::Bool, v) => *v = Value::Bool(x != 0),
+                }
+            }
+            return;
+        }
         out.clear();
         out.extend(self.fields.iter().map(|(code, bits)| {
             let x = bits.get(key);
@@ -384,6 +434,7 @@ impl Codec {
         }));
     }
 
+    #[inline]
     fn meta(&self, key: &[u64]) -> (u64, u8, u8) {
         (self.blocked.get(key), self.cursor.get(key) as u8, self.budget.get(key) as u8)
     }
@@ -394,13 +445,15 @@ impl Codec {
 struct Store {
     codec: Option<Codec>,
     words: usize,
+    /// Nodes stored: `keys.len() / words`, kept so as not to divide.
+    n: usize,
     keys: Vec<u64>,
     whole: Vec<Node>,
 }
 
 impl Store {
     fn len(&self) -> usize {
-        self.keys.len() / self.words
+        self.n
     }
 
     fn key(&self, i: usize) -> &[u64] {
@@ -431,26 +484,25 @@ impl Store {
 /// A goal's or a step's result, remembered by the codes of the fields it loads
 /// and stores (the VM's own access sets, [`ved_vm::access_sets`]): the code is
 /// pure, so on a packed node those bits decide what it does. A dense table of
-/// `2^bits` entries, made on first use; code touching more bits is not remembered.
-struct Memo {
+/// `2^bits` entries; code touching more bits is not remembered.
+struct Memo<T> {
     /// Where each touched field sits in a node key, and where in the memo index.
     parts: Vec<(Bits, u8)>,
-    bits: u32,
-    table: Vec<u32>,
+    table: Vec<T>,
 }
 
 /// Memo entries: not yet known; a goal false / true; a step that is a no-op, or
 /// whose outcome has no packed form (intents, or a value outside its field's
 /// bound): run it. Step entries from `DELTA` on name `Explorer::deltas[e - DELTA]`.
 const UNKNOWN: u32 = 0;
-const FALSE: u32 = 1;
-const TRUE: u32 = 2;
+const FALSE: u8 = 1;
+const TRUE: u8 = 2;
 const NOOP: u32 = 1;
 const RUN: u32 = 2;
 const DELTA: u32 = 3;
 
-impl Memo {
-    fn new(codec: &Codec, slots: &[u16], max_bits: u32) -> Option<Memo> {
+impl<T: Copy + Default> Memo<T> {
+    fn new(codec: &Codec, slots: &[u16], max_bits: u32) -> Option<Memo<T>> {
         let mut parts = Vec::with_capacity(slots.len());
         let mut bits = 0u32;
         for &slot in slots {
@@ -461,19 +513,18 @@ impl Memo {
                 return None;
             }
         }
-        Some(Memo { parts, bits, table: Vec::new() })
+        // Zeroed pages: only the entries used are ever touched.
+        Some(Memo { parts, table: vec![T::default(); 1 << bits] })
     }
 
-    fn slot(&mut self, key: &[u64]) -> &mut u32 {
-        if self.table.is_empty() {
-            self.table = vec![UNKNOWN; 1 << self.bits];
-        }
+    #[inline]
+    fn slot(&mut self, key: &[u64]) -> &mut T {
         let ix = self.parts.iter().fold(0usize, |ix, (b, at)| ix | (b.get(key) as usize) << at);
         &mut self.table[ix]
     }
 }
 
-/// Goals remembered up to this many bits (a table of 16 MiB at most) ...
+/// Goals remembered up to this many bits (a table of 4 MiB at most) ...
 const GOAL_MEMO_BITS: u32 = 22;
 /// ... and steps up to this many (4 MiB each at most).
 const STEP_MEMO_BITS: u32 = 20;
@@ -515,10 +566,25 @@ fn hash_node(n: &Node) -> u64 {
     h.finish()
 }
 
-fn hash_key(key: &[u64]) -> u64 {
-    let mut h = FxHasher::default();
-    key.hash(&mut h);
-    h.finish()
+/// A packed key's 32-bit hash: each word folded in and mixed (the finalizer of
+/// SplitMix64).
+#[inline]
+fn hash_key(key: &[u64]) -> u32 {
+    let mut h = 0u64;
+    for &w in key {
+        h = (h ^ w).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        h ^= h >> 31;
+    }
+    h as u32
+}
+
+/// The table's 64-bit hash from a stored 32-bit one: the same bits give the
+/// bucket (the low ones) and the control byte (the top seven).
+#[inline]
+fn spread(h: u32) -> u64 {
+    u64::from(h) << 32 | u64::from(h)
 }
 
 /// A successor as `expand` makes it.
@@ -542,10 +608,25 @@ enum Succ {
     },
 }
 
+/// The values of the node being expanded: a whole node's, or a packed node's
+/// unpacked into `scratch` (once per node).
+fn unpacked<'s>(store: &Store, scratch: &'s mut Vec<Value>, ok: &mut bool, node: At<'s>) -> &'s [Value] {
+    match (node.key, &store.codec) {
+        (Some(key), Some(c)) => {
+            if !*ok {
+                c.decode_values(key, scratch);
+                *ok = true;
+            }
+            scratch
+        }
+        _ => node.values,
+    }
+}
+
 /// The node being expanded.
 #[derive(Clone, Copy)]
 struct At<'n> {
-    /// Its key, when it is packed.
+    /// Its key, when it is packed; then `values` is empty (see [`unpacked`]).
     key: Option<&'n [u64]>,
     values: &'n [Value],
     blocked: u64,
@@ -581,8 +662,9 @@ impl<'n> At<'n> {
 pub struct Explorer<'a> {
     dom: &'a CompiledDomain,
     vm: Vm,
-    /// Packed nodes, by key.
-    table: HashTable<u32>,
+    /// Packed nodes, by key: (node, the key's 32-bit hash), so that growing the
+    /// table never reads the keys again.
+    table: HashTable<(u32, u32)>,
     /// Nodes kept whole, by value.
     whole_table: HashTable<u32>,
     g: Graph,
@@ -594,11 +676,13 @@ pub struct Explorer<'a> {
     /// Set by `expand`: the successors (by position) whose result overwrote a
     /// change, with the transition and the field.
     lost_at: Vec<(usize, u16, u16)>,
-    /// The values of the node being expanded, when it is packed.
+    /// The values of the node being expanded, when it is packed: unpacked only
+    /// when the VM runs (`scratch_ok`), which remembered code makes rare.
     scratch: Vec<Value>,
+    scratch_ok: bool,
     /// Per goal and per transition, on packed nodes.
-    goal_memo: Vec<Option<Memo>>,
-    step_memo: Vec<Option<Memo>>,
+    goal_memo: Vec<Option<Memo<u8>>>,
+    step_memo: Vec<Option<Memo<u32>>>,
     /// The packed writes of remembered steps: (slot, code).
     deltas: Vec<Box<[(u16, u64)]>>,
 }
@@ -624,8 +708,11 @@ impl<'a> Explorer<'a> {
             })
             .collect();
         let codec = Codec::new(&observable, dom.transitions.len());
-        let memo = |slots: &[u16], bits| codec.as_ref().and_then(|c| Memo::new(c, slots, bits));
-        let goal_memo = dom.goals.iter().map(|g| memo(&ved_vm::access_sets(&g.code).0, GOAL_MEMO_BITS)).collect();
+        let goal_memo = dom
+            .goals
+            .iter()
+            .map(|g| codec.as_ref().and_then(|c| Memo::new(c, &ved_vm::access_sets(&g.code).0, GOAL_MEMO_BITS)))
+            .collect();
         let step_memo = dom
             .transitions
             .iter()
@@ -633,7 +720,7 @@ impl<'a> Explorer<'a> {
                 let mut touched: Vec<u16> = tr.reads.iter().chain(&tr.writes).copied().collect();
                 touched.sort_unstable();
                 touched.dedup();
-                memo(&touched, STEP_MEMO_BITS)
+                codec.as_ref().and_then(|c| Memo::new(c, &touched, STEP_MEMO_BITS))
             })
             .collect();
         Explorer {
@@ -644,6 +731,7 @@ impl<'a> Explorer<'a> {
             g: Graph {
                 store: Store {
                     words: codec.as_ref().map_or(1, |c| c.words),
+                    n: 0,
                     codec,
                     keys: Vec::new(),
                     whole: Vec::new(),
@@ -663,6 +751,7 @@ impl<'a> Explorer<'a> {
             observable,
             lost_at: Vec::new(),
             scratch: Vec::new(),
+            scratch_ok: false,
             goal_memo,
             step_memo,
             deltas: Vec::new(),
@@ -683,20 +772,20 @@ impl<'a> Explorer<'a> {
 
     fn push(&mut self, parent: (u32, Edge)) -> u32 {
         self.g.parents.push((parent.0, parent.1.pack()));
-        (self.g.store.len() - 1) as u32
+        self.g.store.n += 1;
+        (self.g.store.n - 1) as u32
     }
 
     /// Adds a packed node if it is new; returns its index.
     fn intern_key(&mut self, key: &[u64], parent: (u32, Edge)) -> u32 {
         let h = hash_key(key);
         let store = &self.g.store;
-        if let Some(&i) = self.table.find(h, |&i| store.key(i as usize) == key) {
+        if let Some(&(i, _)) = self.table.find(spread(h), |&(i, hi)| hi == h && store.key(i as usize) == key) {
             return i;
         }
         self.g.store.keys.extend_from_slice(key);
         let i = self.push(parent);
-        let store = &self.g.store;
-        self.table.insert_unique(h, i, |&j| hash_key(store.key(j as usize)));
+        self.table.insert_unique(spread(h), (i, h), |&(_, hj)| spread(hj));
         i
     }
 
@@ -727,6 +816,13 @@ impl<'a> Explorer<'a> {
         i
     }
 
+    /// Makes room for `n` more nodes in the tables (the start states, say).
+    pub fn reserve(&mut self, n: usize) {
+        self.table.reserve(n, |&(_, h)| spread(h));
+        self.g.store.keys.reserve(n * self.g.store.words);
+        self.g.parents.reserve(n);
+    }
+
     pub fn add_start(&mut self, values: Vec<Value>, budget: u8) {
         self.add_start_from(&values, budget);
     }
@@ -749,7 +845,6 @@ impl<'a> Explorer<'a> {
         assert!(max_states < WORLD as usize, "node indices leave the top bit for observation edges");
         let mut i = 0usize;
         let mut succs: Vec<(Succ, Edge)> = Vec::new();
-        let mut values = std::mem::take(&mut self.scratch);
         let mut key = [0u64; MAX_WORDS];
         let words = self.g.store.words;
         while i < self.g.store.len() {
@@ -763,9 +858,9 @@ impl<'a> Explorer<'a> {
                 None => {
                     let c = self.g.store.codec.as_ref().expect("a packed key has a codec");
                     key[..words].copy_from_slice(self.g.store.key(i));
-                    c.decode_values(&key[..words], &mut values);
                     let (blocked, cursor, budget) = c.meta(&key[..words]);
-                    let at = At { key: Some(&key[..words]), values: &values, blocked, flight: &None, cursor, budget };
+                    self.scratch_ok = false;
+                    let at = At { key: Some(&key[..words]), values: &[], blocked, flight: &None, cursor, budget };
                     self.expand(at, &mut succs)
                 }
             };
@@ -793,7 +888,15 @@ impl<'a> Explorer<'a> {
                         if writes.iter().all(|(slot, v)| c.set_value(&mut next[..words], *slot as usize, v).is_some()) {
                             self.intern_key(&next[..words], parent)
                         } else {
-                            let at = At { key: None, values: &values, blocked: 0, flight: &None, cursor: 0, budget: 0 };
+                            c.decode_values(&key[..words], &mut self.scratch);
+                            let at = At {
+                                key: None,
+                                values: &self.scratch,
+                                blocked: 0,
+                                flight: &None,
+                                cursor: 0,
+                                budget: 0,
+                            };
                             let node = at.whole(Succ::Delta { writes, blocked, cursor, budget });
                             self.intern(node, parent)
                         }
@@ -894,7 +997,8 @@ impl<'a> Explorer<'a> {
             FALSE => Ok(false),
             TRUE => Ok(true),
             _ => {
-                let r = self.vm.eval_bool(code, node.values);
+                let values = unpacked(&self.g.store, &mut self.scratch, &mut self.scratch_ok, node);
+                let r = self.vm.eval_bool(code, values);
                 if let Ok(b) = r {
                     *entry = if b { TRUE } else { FALSE };
                 }
@@ -916,7 +1020,8 @@ impl<'a> Explorer<'a> {
             NOOP => return Ok(Stepped::Noop),
             RUN => {}
             UNKNOWN => {
-                let o = self.vm.run_step(code, node.values)?;
+                let values = unpacked(&self.g.store, &mut self.scratch, &mut self.scratch_ok, node);
+                let o = self.vm.run_step(code, values)?;
                 let codec = self.g.store.codec.as_ref().expect("a packed key has a codec");
                 *entry = if o.is_noop() {
                     NOOP
@@ -944,7 +1049,8 @@ impl<'a> Explorer<'a> {
             }
             d => return Ok(Stepped::Packed(d - DELTA)),
         }
-        let o = self.vm.run_step(code, node.values)?;
+        let values = unpacked(&self.g.store, &mut self.scratch, &mut self.scratch_ok, node);
+        let o = self.vm.run_step(code, values)?;
         Ok(if o.is_noop() { Stepped::Noop } else { Stepped::Ran(o) })
     }
 
@@ -980,7 +1086,8 @@ impl<'a> Explorer<'a> {
                 out.push((s, Edge::Fire { t: t as u16 }));
                 return Ok(true);
             }
-            let mut values: Box<[Value]> = node.values.into();
+            let mut values: Box<[Value]> =
+                unpacked(&self.g.store, &mut self.scratch, &mut self.scratch_ok, node).into();
             let mut flight = node.in_flight().to_vec();
             if outcome.intents.is_empty() || tr.optimistic {
                 for (slot, v) in outcome.writes {
@@ -1007,6 +1114,9 @@ impl<'a> Explorer<'a> {
     /// Each transition in flight hears back: success, and failure while the budget lasts.
     fn results(&mut self, node: At<'_>, out: &mut Vec<(Succ, Edge)>) {
         let flying = node.in_flight();
+        if flying.is_empty() {
+            return;
+        }
         for (k, f) in flying.iter().enumerate() {
             let others = || -> Vec<Flight> {
                 flying.iter().enumerate().filter(|(j, _)| *j != k).map(|(_, x)| x.clone()).collect()
@@ -1078,6 +1188,9 @@ impl<'a> Explorer<'a> {
     /// [`Model::every_observed_value`].
     fn observations(&mut self, node: At<'_>, out: &mut Vec<(Succ, Edge)>) {
         let flying = node.in_flight();
+        if flying.is_empty() {
+            return;
+        }
         let mut slots: Vec<u16> = flying.iter().flat_map(|f| f.held.iter().map(|h| h.slot)).collect();
         slots.sort_unstable();
         slots.dedup();
@@ -1172,9 +1285,52 @@ impl Graph {
         path
     }
 
+    /// The expanded nodes in an order in which every program edge (observations
+    /// left out) goes forward, or `None` when those edges make a cycle (Kahn's
+    /// algorithm: in-degrees, then a queue, with no stack of the graph's depth).
+    pub fn topological_order(&self) -> Option<Vec<u32>> {
+        let n = self.kinds.len();
+        let mut indegree = vec![0u32; n];
+        for &w in &self.succ[..self.succ_off[n] as usize] {
+            if let Some(d) = indegree.get_mut(w as usize) {
+                *d += 1;
+            }
+        }
+        let mut order: Vec<u32> = (0..n as u32).filter(|&v| indegree[v as usize] == 0).collect();
+        let mut head = 0;
+        while let Some(&v) = order.get(head) {
+            head += 1;
+            for &w in self.successors(v as usize) {
+                if let Some(d) = indegree.get_mut(w as usize) {
+                    *d -= 1;
+                    if *d == 0 {
+                        order.push(w);
+                    }
+                }
+            }
+        }
+        (order.len() == n).then_some(order)
+    }
+
+    /// [`Graph::longest_path`] given [`Graph::topological_order`]: longest
+    /// distances to rest in reverse order, the most from a start state.
+    pub fn longest_path_in(&self, order: &[u32]) -> u32 {
+        let n = self.kinds.len();
+        let mut dist = vec![0u32; n];
+        for &v in order.iter().rev() {
+            let succ = self.successors(v as usize);
+            dist[v as usize] = succ.iter().filter_map(|&w| dist.get(w as usize)).map(|d| d + 1).max().unwrap_or(0);
+        }
+        let start = Edge::Start.pack();
+        (0..n).filter(|&v| self.parents[v].1 == start).map(|v| dist[v]).max().unwrap_or(0)
+    }
+
     /// The most slices any start state can take to come to rest (stable, stuck or
     /// faulted), over every choice of failures. Only meaningful without cycles.
     pub fn longest_path(&self) -> u32 {
+        if let Some(order) = self.topological_order() {
+            return self.longest_path_in(&order);
+        }
         let n = self.kinds.len();
         // Longest distance to a node without successors, computed in post-order.
         let mut dist: Vec<Option<u32>> = vec![None; n];
@@ -1211,6 +1367,8 @@ impl Graph {
 
     /// A cycle among expanded nodes, if any: the nodes on it, starting from the one
     /// entered first. Stable nodes have no successors, so a cycle never reaches the goals.
+    /// Depth first, so the cycle reported is the one this search meets first; call it
+    /// only when [`Graph::topological_order`] says there is one (that is cheaper).
     pub fn find_cycle(&self) -> Option<Vec<u32>> {
         let n = self.kinds.len();
         // 0 unvisited, 1 on the stack, 2 done.

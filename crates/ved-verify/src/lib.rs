@@ -208,6 +208,7 @@ fn verify(
             continue;
         }
         let mut ex = explorer();
+        ex.reserve(starts as usize);
         let mut count = 0;
         for_each_start(&observable, &initial, &mut |s| {
             ex.add_start_from(s, failures);
@@ -378,7 +379,8 @@ fn judge<'a>(
             });
         problems.push(Problem::Stuck { trace, false_goals, count: stuck.len(), reached });
     }
-    if let Some(cycle) = g.find_cycle() {
+    let order = g.topological_order();
+    if let Some(cycle) = if order.is_some() { None } else { g.find_cycle() } {
         let entry = cycle[0];
         let trace = trace_of(compiled, g, &g.path_to(entry));
         // Round the cycle once: each node after the entry, then back to it.
@@ -395,7 +397,10 @@ fn judge<'a>(
         failures,
         states: g.len(),
         start_states,
-        depth: if problems.is_empty() && g.complete { g.longest_path() } else { 0 },
+        depth: match order {
+            Some(order) if problems.is_empty() && g.complete => g.longest_path_in(&order),
+            _ => 0,
+        },
         complete: g.complete,
         problems,
     }
