@@ -560,6 +560,15 @@ pub struct Graph {
     pub complete: bool,
 }
 
+/// Key equality without a call to `bcmp` for the usual one word.
+#[inline]
+fn same_key(a: &[u64], b: &[u64]) -> bool {
+    match (a, b) {
+        ([x], [y]) => x == y,
+        _ => a == b,
+    }
+}
+
 fn hash_node(n: &Node) -> u64 {
     let mut h = FxHasher::default();
     n.hash(&mut h);
@@ -780,10 +789,14 @@ impl<'a> Explorer<'a> {
     fn intern_key(&mut self, key: &[u64], parent: (u32, Edge)) -> u32 {
         let h = hash_key(key);
         let store = &self.g.store;
-        if let Some(&(i, _)) = self.table.find(spread(h), |&(i, hi)| hi == h && store.key(i as usize) == key) {
+        if let Some(&(i, _)) = self.table.find(spread(h), |&(i, hi)| hi == h && same_key(store.key(i as usize), key)) {
             return i;
         }
-        self.g.store.keys.extend_from_slice(key);
+        if let [k] = key {
+            self.g.store.keys.push(*k);
+        } else {
+            self.g.store.keys.extend_from_slice(key);
+        }
         let i = self.push(parent);
         self.table.insert_unique(spread(h), (i, h), |&(_, hj)| spread(hj));
         i
@@ -857,7 +870,10 @@ impl<'a> Explorer<'a> {
                 Some(node) => self.expand(At::of(node), &mut succs),
                 None => {
                     let c = self.g.store.codec.as_ref().expect("a packed key has a codec");
-                    key[..words].copy_from_slice(self.g.store.key(i));
+                    match self.g.store.key(i) {
+                        [k] => key[0] = *k,
+                        k => key[..words].copy_from_slice(k),
+                    }
                     let (blocked, cursor, budget) = c.meta(&key[..words]);
                     self.scratch_ok = false;
                     let at = At { key: Some(&key[..words]), values: &[], blocked, flight: &None, cursor, budget };
@@ -987,6 +1003,7 @@ impl<'a> Explorer<'a> {
     }
 
     /// Goal `gi` on the node, remembered when the node is packed.
+    #[inline]
     fn goal(&mut self, gi: usize, node: At<'_>) -> Result<bool, Fault> {
         let code = &self.dom.goals[gi].code;
         let (Some(key), Some(memo)) = (node.key, &mut self.goal_memo[gi]) else {
@@ -1009,6 +1026,7 @@ impl<'a> Explorer<'a> {
 
     /// Transition `t`'s step on the node; on a packed node a no-op or packed writes
     /// are remembered, so the VM runs once per combination of the fields it touches.
+    #[inline]
     fn step(&mut self, t: usize, node: At<'_>) -> Result<Stepped, Fault> {
         let code = &self.dom.transitions[t].code;
         let (Some(key), Some(memo)) = (node.key, &mut self.step_memo[t]) else {
