@@ -829,6 +829,14 @@ impl<'a> Explorer<'a> {
         i
     }
 
+    /// Runs the VM for every goal and step, remembering nothing: for tests that
+    /// check the remembered results against it. Call before adding start states.
+    pub fn forgetful(mut self) -> Explorer<'a> {
+        self.goal_memo.iter_mut().for_each(|m| *m = None);
+        self.step_memo.iter_mut().for_each(|m| *m = None);
+        self
+    }
+
     /// Makes room for `n` more nodes in the tables (the start states, say).
     pub fn reserve(&mut self, n: usize) {
         self.table.reserve(n, |&(_, h)| spread(h));
@@ -1007,7 +1015,8 @@ impl<'a> Explorer<'a> {
     fn goal(&mut self, gi: usize, node: At<'_>) -> Result<bool, Fault> {
         let code = &self.dom.goals[gi].code;
         let (Some(key), Some(memo)) = (node.key, &mut self.goal_memo[gi]) else {
-            return self.vm.eval_bool(code, node.values);
+            let values = unpacked(&self.g.store, &mut self.scratch, &mut self.scratch_ok, node);
+            return self.vm.eval_bool(code, values);
         };
         let entry = memo.slot(key);
         match *entry {
@@ -1030,7 +1039,8 @@ impl<'a> Explorer<'a> {
     fn step(&mut self, t: usize, node: At<'_>) -> Result<Stepped, Fault> {
         let code = &self.dom.transitions[t].code;
         let (Some(key), Some(memo)) = (node.key, &mut self.step_memo[t]) else {
-            let o = self.vm.run_step(code, node.values)?;
+            let values = unpacked(&self.g.store, &mut self.scratch, &mut self.scratch_ok, node);
+            let o = self.vm.run_step(code, values)?;
             return Ok(if o.is_noop() { Stepped::Noop } else { Stepped::Ran(o) });
         };
         let entry = memo.slot(key);

@@ -41,12 +41,34 @@ fn programs() -> Vec<(String, String)> {
     let grid = std::fs::read_to_string(root().join("benches/verify_grid.ved")).unwrap();
     out.push(("grid 45..54 (packed as 0..63 with the initial 0)".into(), grid.replace("0..99", "45..54")));
     out.push(("grid 0..19, leaving the packed range (0..31)".into(), grid.replace("0..99", "0..19")));
+    // Wide fields (0..300 takes nine bits): the goal reads 27 bits and `all_down`
+    // touches 27, too many to remember, so the VM runs on unpacked values.
+    let wide = grid
+        .replace("verify { x in 0..99, y in 0..99, z in 0..99 }", "verify { x in [0, 49, 300], y in [50, 52], z in [51, 300] }")
+        .replace(
+            "transition x_up",
+            "transition all_down { step { if x > 50 && y > 50 && z > 50 { x -= 1\n y -= 1\n z -= 1 } } }\n  transition x_up",
+        );
+    assert_ne!(wide, grid);
+    out.push(("grid with wide fields".into(), wide));
     out
 }
 
-fn explore(dom: &CompiledDomain, bounds: &[Vec<Value>], budget: u8, model: Model, packed: bool) -> Graph {
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Way {
+    Packed,
+    /// Packed, but the VM runs for every goal and step.
+    Forgetful,
+    Whole,
+}
+
+fn explore(dom: &CompiledDomain, bounds: &[Vec<Value>], budget: u8, model: Model, way: Way) -> Graph {
     let ex = Explorer::new(dom, model, bounds.to_vec());
-    let mut ex = if packed { ex } else { ex.unpacked() };
+    let mut ex = match way {
+        Way::Packed => ex,
+        Way::Forgetful => ex.forgetful(),
+        Way::Whole => ex.unpacked(),
+    };
     // Every start state of the product, in the product's order.
     let mut starts: Vec<Vec<Value>> = vec![Vec::new()];
     for b in bounds {
@@ -90,9 +112,11 @@ fn packed_and_whole_nodes_give_the_same_graph_and_report() {
             for model in models {
                 for budget in [0, 2] {
                     let what = format!("{name}, {}, {model:?}, budget {budget}", d.name);
-                    let p = explore(&c, &bounds, budget, model, true);
-                    let w = explore(&c, &bounds, budget, model, false);
+                    let p = explore(&c, &bounds, budget, model, Way::Packed);
+                    let w = explore(&c, &bounds, budget, model, Way::Whole);
                     assert_same_graph(&what, &p, &w);
+                    let f = explore(&c, &bounds, budget, model, Way::Forgetful);
+                    assert_same_graph(&format!("{what}, forgetful"), &f, &w);
                     assert!((0..w.len() as u32).all(|i| !w.is_packed(i)), "{what}: unpacked keeps every node whole");
                     packed_nodes += (0..p.len() as u32).filter(|&i| p.is_packed(i)).count();
                     whole_nodes += (0..p.len() as u32).filter(|&i| !p.is_packed(i)).count();
@@ -117,7 +141,7 @@ fn the_grid_packs_inside_its_range_and_keeps_whole_outside_it() {
         let (d, c) = &doms[0];
         let bounds: Vec<Vec<Value>> =
             ved_verify::bounds::field_bounds(d, c, Shape::default()).unwrap().into_iter().map(|b| b.values).collect();
-        let g = explore(c, &bounds, 0, Model::default(), true);
+        let g = explore(c, &bounds, 0, Model::default(), Way::Packed);
         let packed = (0..g.len() as u32).filter(|&i| g.is_packed(i)).count();
         if all_packed {
             assert_eq!(packed, g.len());
