@@ -45,11 +45,36 @@
 //!   explored anyway. Observation edges are the world's moves, not the
 //!   program's: they are left out of livelock cycles and of the depth (a world
 //!   that changes forever is not a livelock).
+//!
+//! How the graph is stored, for speed and memory (none of it changes the graph:
+//! `tests/packed.rs` compares it with the general representation on every
+//! program `ved verify` is tested on):
+//! - **Packed nodes.** When every field's bound is finite (an int range, bools, a
+//!   list of values), a node with nothing in flight whose values fit is a
+//!   fixed-width key of one to four `u64`s: each field's code (an int's offset
+//!   from the bound's least value, in as many bits as the bound needs, so
+//!   `0..99` takes 7 bits and holds 0..127; an index into the bound's list), the
+//!   cursor, the budget and the backing-off mask. Keys sit in one flat vector;
+//!   the hash table holds node numbers and the keys' 32-bit hashes. Any other
+//!   node (a value outside its field's code, something in flight) is kept whole,
+//!   as a [`Node`], in a second table; the key slot then names it. The same node
+//!   is always stored the same way, so each is found once.
+//! - **Remembered code.** A goal or a step is pure: what it does depends only on
+//!   the fields it loads and stores (`ved_vm::access_sets`, the sets the runtime
+//!   serializes on). On a packed node those fields' codes index a table per goal
+//!   (true, false) and per step (a no-op, or its writes as codes), so the VM runs
+//!   once per combination and a successor's key is its parent's with a few bit
+//!   fields replaced. Steps with intents, faults, and writes that do not pack run
+//!   the VM every time.
+//! - **Per node** besides its key: its kind (one byte; faults on the side), its
+//!   parent and edge (eight bytes), its successors (four bytes each, plus an
+//!   offset). Node numbers are given in breadth-first order, one at a time, so
+//!   they are the same on every run.
 
 use hashbrown::HashTable;
-use rustc_hash::FxHasher;
+use rustc_hash::{FxHashMap, FxHasher};
 use std::hash::{Hash, Hasher};
-use ved_vm::{CompiledDomain, CompiledTransition, Fault, Value, Vm};
+use ved_vm::{CompiledDomain, CompiledTransition, Fault, StepOutcome, Value, Vm};
 
 /// The state fields a transition's step may read and may write, in any branch:
 /// every field it loads and every field it assigns, as sorted slots.
@@ -155,8 +180,33 @@ pub enum Edge {
     },
 }
 
-/// What a node is.
-#[derive(Clone, Debug, PartialEq)]
+impl Edge {
+    /// Four bytes: the variant in the top three bits, `ok` in bit 16, `t` or `slot` below.
+    fn pack(self) -> u32 {
+        match self {
+            Edge::Start => 0,
+            Edge::Fire { t } => 1 << 29 | u32::from(t),
+            Edge::Result { t, ok } => 2 << 29 | u32::from(ok) << 16 | u32::from(t),
+            Edge::Observe { slot } => 3 << 29 | u32::from(slot),
+            Edge::Timer { t } => 4 << 29 | u32::from(t),
+        }
+    }
+
+    fn unpack(x: u32) -> Edge {
+        let low = x as u16;
+        match x >> 29 {
+            0 => Edge::Start,
+            1 => Edge::Fire { t: low },
+            2 => Edge::Result { t: low, ok: x & 1 << 16 != 0 },
+            3 => Edge::Observe { slot: low },
+            _ => Edge::Timer { t: low },
+        }
+    }
+}
+
+/// What a node is: one byte per node; a fault's details are in [`Graph::faults`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Kind {
     /// Every goal holds and nothing is in flight.
     Stable,
@@ -166,10 +216,14 @@ pub enum Kind {
     /// Goals false, nothing can run, nothing in flight, nothing backing off.
     Stuck,
     /// A goal or a step faulted here.
-    Fault {
-        what: String,
-        fault: Fault,
-    },
+    Fault,
+}
+
+/// A goal or a step that faulted: which one, and the fault.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Faulted {
+    pub what: String,
+    pub fault: Fault,
 }
 
 /// A result that applied a held write over another slice's change.
@@ -186,12 +240,312 @@ pub struct LostUpdate {
 /// the world's move, which livelock cycles and the depth leave out.
 pub const WORLD: u32 = 1 << 31;
 
+/// One bit field of a packed node: in word `word`, `bits` wide from bit `shift`.
+#[derive(Clone, Copy, Debug)]
+struct Bits {
+    word: u8,
+    shift: u8,
+    bits: u8,
+    /// `bits` ones.
+    mask: u64,
+}
+
+impl Bits {
+    fn new(word: usize, shift: u32, bits: u32) -> Bits {
+        let mask = if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
+        Bits { word: word as u8, shift: shift as u8, bits: bits as u8, mask }
+    }
+
+    #[inline]
+    fn mask(self) -> u64 {
+        self.mask
+    }
+
+    #[inline]
+    fn get(self, key: &[u64]) -> u64 {
+        (key[self.word as usize] >> self.shift) & self.mask
+    }
+
+    #[inline]
+    fn set(self, key: &mut [u64], x: u64) {
+        let m = self.mask << self.shift;
+        let w = &mut key[self.word as usize];
+        *w = (*w & !m) | (x << self.shift & m);
+    }
+}
+
+/// How one field's value becomes bits.
+#[derive(Clone, Debug)]
+enum Code {
+    /// `lo + n` for `n` that fits the bits.
+    Int {
+        lo: i64,
+    },
+    Bool,
+    /// The position in the field's bound (strings, lists, sets, a map's one value).
+    Index {
+        values: Vec<Value>,
+        of: FxHashMap<Value, u32>,
+    },
+}
+
+/// The packed form of a node: when every field's bound is finite (an int range,
+/// a bool, or a list of values), a node with nothing in flight is its fields'
+/// codes plus cursor, budget and backing-off mask, in one to [`MAX_WORDS`] `u64`s.
+/// Bit 63 of word 0 is never used, so that a stored key with it set can name a
+/// node kept whole instead (a value outside the bound, or something in flight).
+#[derive(Clone, Debug)]
+struct Codec {
+    fields: Vec<(Code, Bits)>,
+    cursor: Bits,
+    budget: Bits,
+    blocked: Bits,
+    words: usize,
+}
+
+/// Keys are at most this many words; a domain whose bounds need more keeps whole nodes.
+const MAX_WORDS: usize = 4;
+/// A stored key whose word 0 has this bit names a whole node: the rest is its index.
+const WHOLE: u64 = 1 << 63;
+
+/// Bits to count `n` distinct codes (0 for one).
+fn bits_for(n: u128) -> u32 {
+    128 - n.saturating_sub(1).leading_zeros()
+}
+
+impl Codec {
+    fn new(observable: &[Vec<Value>], transitions: usize) -> Option<Codec> {
+        let mut widths: Vec<u32> = Vec::new();
+        let mut codes = Vec::new();
+        for values in observable {
+            let ints: Vec<i64> =
+                values.iter().filter_map(|v| if let Value::Int(n) = v { Some(*n) } else { None }).collect();
+            let bools = values.iter().all(|v| matches!(v, Value::Bool(_)));
+            let (code, bits) = if !values.is_empty() && ints.len() == values.len() {
+                let (lo, hi) = (*ints.iter().min()?, *ints.iter().max()?);
+                (Code::Int { lo }, bits_for((hi as i128 - lo as i128 + 1) as u128))
+            } else if !values.is_empty() && bools {
+                (Code::Bool, 1)
+            } else {
+                let mut of = FxHashMap::default();
+                for (k, v) in values.iter().enumerate() {
+                    of.entry(v.clone()).or_insert(k as u32);
+                }
+                (Code::Index { values: values.clone(), of }, bits_for(values.len() as u128))
+            };
+            if bits > 63 {
+                return None;
+            }
+            codes.push(code);
+            widths.push(bits);
+        }
+        // cursor 0..=transitions, budget a u8, one backing-off bit per transition.
+        widths.extend([bits_for(transitions as u128 + 1), 8, transitions as u32]);
+        let mut at = Vec::with_capacity(widths.len());
+        let (mut word, mut used) = (0usize, 0u32);
+        for &w in &widths {
+            let room = if word == 0 { 63 } else { 64 };
+            if used + w > room {
+                word += 1;
+                used = 0;
+                if w > 64 {
+                    return None;
+                }
+            }
+            at.push(Bits::new(word, if w == 0 { 0 } else { used }, w));
+            used += w;
+        }
+        let words = word + 1;
+        if words > MAX_WORDS {
+            return None;
+        }
+        let n = codes.len();
+        Some(Codec {
+            fields: codes.into_iter().zip(at.iter().copied()).collect(),
+            cursor: at[n],
+            budget: at[n + 1],
+            blocked: at[n + 2],
+            words,
+        })
+    }
+
+    fn encode_value(&self, slot: usize, v: &Value) -> Option<u64> {
+        let (code, bits) = &self.fields[slot];
+        let x = match (code, v) {
+            (Code::Int { lo }, Value::Int(n)) => u64::try_from(*n as i128 - *lo as i128).ok()?,
+            (Code::Bool, Value::Bool(b)) => u64::from(*b),
+            (Code::Index { of, .. }, v) => u64::from(*of.get(v)?),
+            _ => return None,
+        };
+        (x <= bits.mask()).then_some(x)
+    }
+
+    fn set_value(&self, key: &mut [u64], slot: usize, v: &Value) -> Option<()> {
+        let x = self.encode_value(slot, v)?;
+        self.fields[slot].1.set(key, x);
+        Some(())
+    }
+
+    #[inline]
+    fn set_meta(&self, key: &mut [u64], blocked: u64, cursor: u8, budget: u8) {
+        self.blocked.set(key, blocked);
+        self.cursor.set(key, u64::from(cursor));
+        self.budget.set(key, u64::from(budget));
+    }
+
+    /// The key of a node with nothing in flight, if each value fits its field.
+    fn encode(&self, values: &[Value], blocked: u64, cursor: u8, budget: u8) -> Option<[u64; MAX_WORDS]> {
+        let mut key = [0u64; MAX_WORDS];
+        for (slot, v) in values.iter().enumerate() {
+            self.set_value(&mut key, slot, v)?;
+        }
+        self.set_meta(&mut key, blocked, cursor, budget);
+        Some(key)
+    }
+
+    /// The values of a key, into `out`: in place when `out` holds a node's values
+    /// already (an int or a bool is overwritten, nothing allocated or dropped).
+    fn decode_values(&self, key: &[u64], out: &mut Vec<Value>) {
+        if out.len() == self.fields.len() {
+            for ((code, bits), v) in self.fields.iter().zip(out.iter_mut()) {
+                let x = bits.get(key);
+                match (code, v) {
+                    (Code::Int { lo }, Value::Int(n)) => *n = lo.wrapping_add(x as i64),
+                    (Code::Bool, Value::Bool(b)) => *b = x != 0,
+                    (Code::Index { values, .. }, v) => {
+                        if *v != values[x as usize] {
+                            *v = values[x as usize].clone();
+                        }
+                    }
+                    (Code::Int { lo }, v) => *v = Value::Int(lo.wrapping_add(x as i64)),
+                    (Code::Bool, v) => *v = Value::Bool(x != 0),
+                }
+            }
+            return;
+        }
+        out.clear();
+        out.extend(self.fields.iter().map(|(code, bits)| {
+            let x = bits.get(key);
+            match code {
+                Code::Int { lo } => Value::Int(lo.wrapping_add(x as i64)),
+                Code::Bool => Value::Bool(x != 0),
+                Code::Index { values, .. } => values[x as usize].clone(),
+            }
+        }));
+    }
+
+    #[inline]
+    fn meta(&self, key: &[u64]) -> (u64, u8, u8) {
+        (self.blocked.get(key), self.cursor.get(key) as u8, self.budget.get(key) as u8)
+    }
+}
+
+/// The nodes of a graph: a fixed-width key per node in one flat vector, packed
+/// by the [`Codec`] where the node allows it, else naming a whole [`Node`].
+struct Store {
+    codec: Option<Codec>,
+    words: usize,
+    /// Nodes stored: `keys.len() / words`, kept so as not to divide.
+    n: usize,
+    keys: Vec<u64>,
+    whole: Vec<Node>,
+}
+
+impl Store {
+    fn len(&self) -> usize {
+        self.n
+    }
+
+    fn key(&self, i: usize) -> &[u64] {
+        &self.keys[i * self.words..(i + 1) * self.words]
+    }
+
+    /// The index into `whole` when node `i` is kept whole.
+    fn whole_index(&self, i: usize) -> Option<usize> {
+        let k0 = self.keys[i * self.words];
+        (k0 & WHOLE != 0).then_some((k0 & !WHOLE) as usize)
+    }
+
+    fn node(&self, i: usize) -> Node {
+        match (self.whole_index(i), &self.codec) {
+            (Some(w), _) => self.whole[w].clone(),
+            (None, Some(c)) => {
+                let key = self.key(i);
+                let mut values = Vec::with_capacity(c.fields.len());
+                c.decode_values(key, &mut values);
+                let (blocked, cursor, budget) = c.meta(key);
+                Node { values: values.into_boxed_slice(), blocked, flight: None, cursor, budget }
+            }
+            (None, None) => unreachable!("a packed key without a codec"),
+        }
+    }
+}
+
+/// A goal's or a step's result, remembered by the codes of the fields it loads
+/// and stores (the VM's own access sets, [`ved_vm::access_sets`]): the code is
+/// pure, so on a packed node those bits decide what it does. A dense table of
+/// `2^bits` entries; code touching more bits is not remembered.
+struct Memo<T> {
+    /// Where each touched field sits in a node key, and where in the memo index.
+    parts: Vec<(Bits, u8)>,
+    table: Vec<T>,
+}
+
+/// Memo entries: not yet known; a goal false / true; a step that is a no-op, or
+/// whose outcome has no packed form (intents, or a value outside its field's
+/// bound): run it. Step entries from `DELTA` on name `Explorer::deltas[e - DELTA]`.
+const UNKNOWN: u32 = 0;
+const FALSE: u8 = 1;
+const TRUE: u8 = 2;
+const NOOP: u32 = 1;
+const RUN: u32 = 2;
+const DELTA: u32 = 3;
+
+impl<T: Copy + Default> Memo<T> {
+    fn new(codec: &Codec, slots: &[u16], max_bits: u32) -> Option<Memo<T>> {
+        let mut parts = Vec::with_capacity(slots.len());
+        let mut bits = 0u32;
+        for &slot in slots {
+            let b = codec.fields.get(slot as usize)?.1;
+            parts.push((b, bits as u8));
+            bits += u32::from(b.bits);
+            if bits > max_bits {
+                return None;
+            }
+        }
+        // Zeroed pages: only the entries used are ever touched.
+        Some(Memo { parts, table: vec![T::default(); 1 << bits] })
+    }
+
+    #[inline]
+    fn slot(&mut self, key: &[u64]) -> &mut T {
+        let ix = self.parts.iter().fold(0usize, |ix, (b, at)| ix | (b.get(key) as usize) << at);
+        &mut self.table[ix]
+    }
+}
+
+/// Goals remembered up to this many bits (a table of 4 MiB at most) ...
+const GOAL_MEMO_BITS: u32 = 22;
+/// ... and steps up to this many (4 MiB each at most).
+const STEP_MEMO_BITS: u32 = 20;
+
+/// What a step does on a node.
+enum Stepped {
+    Noop,
+    /// Its writes, packed: `Explorer::deltas[_]`.
+    Packed(u32),
+    Ran(StepOutcome),
+}
+
 /// The explored graph. Node 0.. are in breadth-first order, so indices grow with depth.
 pub struct Graph {
-    pub nodes: Vec<Node>,
+    store: Store,
+    /// Per expanded node.
     pub kinds: Vec<Kind>,
-    pub parent: Vec<(u32, Edge)>,
-    pub depth: Vec<u32>,
+    /// The faulted nodes, ascending, with what faulted.
+    pub faults: Vec<(u32, Faulted)>,
+    /// Per node: its parent and the edge from it, packed ([`Graph::parent`]).
+    parents: Vec<(u32, u32)>,
     /// Successors of node `i`: `succ[succ_off[i]..succ_off[i + 1]]`, observation
     /// edges marked with [`WORLD`].
     pub succ_off: Vec<u32>,
@@ -206,16 +560,122 @@ pub struct Graph {
     pub complete: bool,
 }
 
+/// Key equality without a call to `bcmp` for the usual one word.
+#[inline]
+fn same_key(a: &[u64], b: &[u64]) -> bool {
+    match (a, b) {
+        ([x], [y]) => x == y,
+        _ => a == b,
+    }
+}
+
 fn hash_node(n: &Node) -> u64 {
     let mut h = FxHasher::default();
     n.hash(&mut h);
     h.finish()
 }
 
+/// A packed key's 32-bit hash: each word folded in and mixed (the finalizer of
+/// SplitMix64).
+#[inline]
+fn hash_key(key: &[u64]) -> u32 {
+    let mut h = 0u64;
+    for &w in key {
+        h = (h ^ w).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        h ^= h >> 31;
+    }
+    h as u32
+}
+
+/// The table's 64-bit hash from a stored 32-bit one: the same bits give the
+/// bucket (the low ones) and the control byte (the top seven).
+#[inline]
+fn spread(h: u32) -> u64 {
+    u64::from(h) << 32 | u64::from(h)
+}
+
+/// A successor as `expand` makes it.
+#[derive(Clone, Debug)]
+enum Succ {
+    /// The expanded node's values with these writes, nothing in flight: built
+    /// from the expanded node's key without unpacking it.
+    Delta {
+        writes: Vec<(u16, Value)>,
+        blocked: u64,
+        cursor: u8,
+        budget: u8,
+    },
+    Whole(Node),
+    /// The expanded (packed) node's key with a remembered step's packed writes.
+    Packed {
+        delta: u32,
+        blocked: u64,
+        cursor: u8,
+        budget: u8,
+    },
+}
+
+/// The values of the node being expanded: a whole node's, or a packed node's
+/// unpacked into `scratch` (once per node).
+fn unpacked<'s>(store: &Store, scratch: &'s mut Vec<Value>, ok: &mut bool, node: At<'s>) -> &'s [Value] {
+    match (node.key, &store.codec) {
+        (Some(key), Some(c)) => {
+            if !*ok {
+                c.decode_values(key, scratch);
+                *ok = true;
+            }
+            scratch
+        }
+        _ => node.values,
+    }
+}
+
+/// The node being expanded.
+#[derive(Clone, Copy)]
+struct At<'n> {
+    /// Its key, when it is packed; then `values` is empty (see [`unpacked`]).
+    key: Option<&'n [u64]>,
+    values: &'n [Value],
+    blocked: u64,
+    flight: &'n Option<Box<Flights>>,
+    cursor: u8,
+    budget: u8,
+}
+
+impl<'n> At<'n> {
+    fn of(n: &'n Node) -> At<'n> {
+        At { key: None, values: &n.values, blocked: n.blocked, flight: &n.flight, cursor: n.cursor, budget: n.budget }
+    }
+
+    fn in_flight(&self) -> &'n [Flight] {
+        self.flight.as_deref().map_or(&[], |f| &f.0)
+    }
+
+    fn whole(&self, s: Succ) -> Node {
+        match s {
+            Succ::Whole(n) => n,
+            Succ::Delta { writes, blocked, cursor, budget } => {
+                let mut values: Box<[Value]> = self.values.into();
+                for (slot, v) in writes {
+                    values[slot as usize] = v;
+                }
+                Node { values, blocked, flight: None, cursor, budget }
+            }
+            Succ::Packed { .. } => unreachable!("a packed step on a node kept whole"),
+        }
+    }
+}
+
 pub struct Explorer<'a> {
     dom: &'a CompiledDomain,
     vm: Vm,
-    table: HashTable<u32>,
+    /// Packed nodes, by key: (node, the key's 32-bit hash), so that growing the
+    /// table never reads the keys again.
+    table: HashTable<(u32, u32)>,
+    /// Nodes kept whole, by value.
+    whole_table: HashTable<u32>,
     g: Graph,
     /// Per transition: the transitions whose flight blocks it (R1), as a mask.
     conflicts: Vec<u64>,
@@ -225,10 +685,20 @@ pub struct Explorer<'a> {
     /// Set by `expand`: the successors (by position) whose result overwrote a
     /// change, with the transition and the field.
     lost_at: Vec<(usize, u16, u16)>,
+    /// The values of the node being expanded, when it is packed: unpacked only
+    /// when the VM runs (`scratch_ok`), which remembered code makes rare.
+    scratch: Vec<Value>,
+    scratch_ok: bool,
+    /// Per goal and per transition, on packed nodes.
+    goal_memo: Vec<Option<Memo<u8>>>,
+    step_memo: Vec<Option<Memo<u32>>>,
+    /// The packed writes of remembered steps: (slot, code).
+    deltas: Vec<Box<[(u16, u64)]>>,
 }
 
 impl<'a> Explorer<'a> {
     /// `observable[slot]`: the values the world may report for a field (its bound).
+    /// Nodes are stored packed when the bounds allow it (see [`Explorer::unpacked`]).
     pub fn new(dom: &'a CompiledDomain, model: Model, observable: Vec<Vec<Value>>) -> Explorer<'a> {
         // R1 is the runtime's own rule (`CompiledTransition::conflicts_with`), not a copy of it.
         let conflicts = dom
@@ -246,15 +716,38 @@ impl<'a> Explorer<'a> {
                 mask
             })
             .collect();
+        let codec = Codec::new(&observable, dom.transitions.len());
+        let goal_memo = dom
+            .goals
+            .iter()
+            .map(|g| codec.as_ref().and_then(|c| Memo::new(c, &ved_vm::access_sets(&g.code).0, GOAL_MEMO_BITS)))
+            .collect();
+        let step_memo = dom
+            .transitions
+            .iter()
+            .map(|tr| {
+                let mut touched: Vec<u16> = tr.reads.iter().chain(&tr.writes).copied().collect();
+                touched.sort_unstable();
+                touched.dedup();
+                codec.as_ref().and_then(|c| Memo::new(c, &touched, STEP_MEMO_BITS))
+            })
+            .collect();
         Explorer {
             dom,
             vm: Vm::new(),
             table: HashTable::new(),
+            whole_table: HashTable::new(),
             g: Graph {
-                nodes: Vec::new(),
+                store: Store {
+                    words: codec.as_ref().map_or(1, |c| c.words),
+                    n: 0,
+                    codec,
+                    keys: Vec::new(),
+                    whole: Vec::new(),
+                },
                 kinds: Vec::new(),
-                parent: Vec::new(),
-                depth: Vec::new(),
+                faults: Vec::new(),
+                parents: Vec::new(),
                 succ_off: vec![0],
                 succ: Vec::new(),
                 goal_ever_true: vec![false; dom.goals.len()],
@@ -266,51 +759,184 @@ impl<'a> Explorer<'a> {
             model,
             observable,
             lost_at: Vec::new(),
+            scratch: Vec::new(),
+            scratch_ok: false,
+            goal_memo,
+            step_memo,
+            deltas: Vec::new(),
         }
     }
 
-    /// Adds a node if it is new; returns its index.
-    fn intern(&mut self, node: Node, parent: (u32, Edge), depth: u32) -> u32 {
-        let h = hash_node(&node);
-        let nodes = &self.g.nodes;
-        if let Some(&i) = self.table.find(h, |&i| nodes[i as usize] == node) {
+    /// Keeps every node whole (as a [`Node`]): the general representation, which
+    /// the packed one must match exactly (the tests compare the two graphs).
+    /// Call before adding start states.
+    pub fn unpacked(mut self) -> Explorer<'a> {
+        assert_eq!(self.g.store.len(), 0, "unpacked() comes before the start states");
+        self.g.store.codec = None;
+        self.g.store.words = 1;
+        self.goal_memo.iter_mut().for_each(|m| *m = None);
+        self.step_memo.iter_mut().for_each(|m| *m = None);
+        self
+    }
+
+    fn push(&mut self, parent: (u32, Edge)) -> u32 {
+        self.g.parents.push((parent.0, parent.1.pack()));
+        self.g.store.n += 1;
+        (self.g.store.n - 1) as u32
+    }
+
+    /// Adds a packed node if it is new; returns its index.
+    fn intern_key(&mut self, key: &[u64], parent: (u32, Edge)) -> u32 {
+        let h = hash_key(key);
+        let store = &self.g.store;
+        if let Some(&(i, _)) = self.table.find(spread(h), |&(i, hi)| hi == h && same_key(store.key(i as usize), key)) {
             return i;
         }
-        let i = self.g.nodes.len() as u32;
-        self.g.nodes.push(node);
-        self.g.parent.push(parent);
-        self.g.depth.push(depth);
-        let nodes = &self.g.nodes;
-        self.table.insert_unique(h, i, |&j| hash_node(&nodes[j as usize]));
+        if let [k] = key {
+            self.g.store.keys.push(*k);
+        } else {
+            self.g.store.keys.extend_from_slice(key);
+        }
+        let i = self.push(parent);
+        self.table.insert_unique(spread(h), (i, h), |&(_, hj)| spread(hj));
         i
     }
 
+    /// Adds a node if it is new; returns its index. Packed when it packs.
+    fn intern(&mut self, node: Node, parent: (u32, Edge)) -> u32 {
+        if let Some(c) = &self.g.store.codec {
+            if node.flight.is_none() {
+                if let Some(key) = c.encode(&node.values, node.blocked, node.cursor, node.budget) {
+                    let w = c.words;
+                    return self.intern_key(&key[..w], parent);
+                }
+            }
+        }
+        let h = hash_node(&node);
+        let store = &self.g.store;
+        let same = |&i: &u32| store.whole_index(i as usize).is_some_and(|w| store.whole[w] == node);
+        if let Some(&i) = self.whole_table.find(h, same) {
+            return i;
+        }
+        let words = self.g.store.words;
+        let w = self.g.store.whole.len() as u64;
+        self.g.store.keys.push(WHOLE | w);
+        self.g.store.keys.extend(std::iter::repeat_n(0, words - 1));
+        self.g.store.whole.push(node);
+        let i = self.push(parent);
+        let store = &self.g.store;
+        self.whole_table.insert_unique(h, i, |&j| hash_node(&store.whole[store.whole_index(j as usize).unwrap()]));
+        i
+    }
+
+    /// Runs the VM for every goal and step, remembering nothing: for tests that
+    /// check the remembered results against it. Call before adding start states.
+    pub fn forgetful(mut self) -> Explorer<'a> {
+        self.goal_memo.iter_mut().for_each(|m| *m = None);
+        self.step_memo.iter_mut().for_each(|m| *m = None);
+        self
+    }
+
+    /// Makes room for `n` more nodes in the tables (the start states, say).
+    pub fn reserve(&mut self, n: usize) {
+        self.table.reserve(n, |&(_, h)| spread(h));
+        self.g.store.keys.reserve(n * self.g.store.words);
+        self.g.parents.reserve(n);
+    }
+
     pub fn add_start(&mut self, values: Vec<Value>, budget: u8) {
-        let node = Node { values: values.into_boxed_slice(), blocked: 0, flight: None, cursor: 0, budget };
-        self.intern(node, (u32::MAX, Edge::Start), 0);
+        self.add_start_from(&values, budget);
+    }
+
+    /// [`Explorer::add_start`] from borrowed values.
+    pub fn add_start_from(&mut self, values: &[Value], budget: u8) {
+        if let Some(c) = &self.g.store.codec {
+            if let Some(key) = c.encode(values, 0, 0, budget) {
+                let w = c.words;
+                self.intern_key(&key[..w], (u32::MAX, Edge::Start));
+                return;
+            }
+        }
+        let node = Node { values: values.into(), blocked: 0, flight: None, cursor: 0, budget };
+        self.intern(node, (u32::MAX, Edge::Start));
     }
 
     /// Explores breadth first until done or `max_states`; calls `progress` now and then.
     pub fn run(mut self, max_states: usize, progress: &mut dyn FnMut(usize, usize)) -> Graph {
         assert!(max_states < WORLD as usize, "node indices leave the top bit for observation edges");
         let mut i = 0usize;
-        let mut succs: Vec<(Node, Edge)> = Vec::new();
-        while i < self.g.nodes.len() {
+        let mut succs: Vec<(Succ, Edge)> = Vec::new();
+        let mut key = [0u64; MAX_WORDS];
+        let words = self.g.store.words;
+        while i < self.g.store.len() {
             if i.is_multiple_of(65_536) {
-                progress(i, self.g.nodes.len());
+                progress(i, self.g.store.len());
             }
-            let node = self.g.nodes[i].clone();
             succs.clear();
-            let kind = self.expand(&node, &mut succs);
+            let whole = self.g.store.whole_index(i).map(|w| self.g.store.whole[w].clone());
+            let kind = match &whole {
+                Some(node) => self.expand(At::of(node), &mut succs),
+                None => {
+                    let c = self.g.store.codec.as_ref().expect("a packed key has a codec");
+                    match self.g.store.key(i) {
+                        [k] => key[0] = *k,
+                        k => key[..words].copy_from_slice(k),
+                    }
+                    let (blocked, cursor, budget) = c.meta(&key[..words]);
+                    self.scratch_ok = false;
+                    let at = At { key: Some(&key[..words]), values: &[], blocked, flight: &None, cursor, budget };
+                    self.expand(at, &mut succs)
+                }
+            };
+            let kind = match kind {
+                Ok(k) => k,
+                Err(f) => {
+                    self.g.faults.push((i as u32, f));
+                    Kind::Fault
+                }
+            };
             self.g.kinds.push(kind);
-            let depth = self.g.depth[i] + 1;
-            for (k, (n, e)) in succs.drain(..).enumerate() {
-                if self.g.nodes.len() >= max_states {
+            for (k, (s, e)) in succs.drain(..).enumerate() {
+                if self.g.store.len() >= max_states {
                     self.g.complete = false;
                     break;
                 }
                 let world = matches!(e, Edge::Observe { .. });
-                let j = self.intern(n, (i as u32, e), depth);
+                let parent = (i as u32, e);
+                let j = match (s, &whole) {
+                    // The fast path: the expanded key with the step's writes.
+                    (Succ::Delta { writes, blocked, cursor, budget }, None) => {
+                        let c = self.g.store.codec.as_ref().expect("a packed key has a codec");
+                        let mut next = key;
+                        c.set_meta(&mut next[..words], blocked, cursor, budget);
+                        if writes.iter().all(|(slot, v)| c.set_value(&mut next[..words], *slot as usize, v).is_some()) {
+                            self.intern_key(&next[..words], parent)
+                        } else {
+                            c.decode_values(&key[..words], &mut self.scratch);
+                            let at = At {
+                                key: None,
+                                values: &self.scratch,
+                                blocked: 0,
+                                flight: &None,
+                                cursor: 0,
+                                budget: 0,
+                            };
+                            let node = at.whole(Succ::Delta { writes, blocked, cursor, budget });
+                            self.intern(node, parent)
+                        }
+                    }
+                    (Succ::Packed { delta, blocked, cursor, budget }, None) => {
+                        let c = self.g.store.codec.as_ref().expect("a packed key has a codec");
+                        let mut next = key;
+                        c.set_meta(&mut next[..words], blocked, cursor, budget);
+                        for &(slot, x) in self.deltas[delta as usize].iter() {
+                            c.fields[slot as usize].1.set(&mut next[..words], x);
+                        }
+                        self.intern_key(&next[..words], parent)
+                    }
+                    (s, Some(node)) => self.intern(At::of(node).whole(s), parent),
+                    (Succ::Whole(n), None) => self.intern(n, parent),
+                };
                 self.g.succ.push(if world { j | WORLD } else { j });
                 if let Some(&(_, t, slot)) = self.lost_at.iter().find(|(at, _, _)| *at == k) {
                     self.g.lost_count += 1;
@@ -325,43 +951,47 @@ impl<'a> Explorer<'a> {
             }
             i += 1;
         }
-        progress(self.g.kinds.len(), self.g.nodes.len());
+        progress(self.g.kinds.len(), self.g.store.len());
         self.g
     }
 
     /// The successors of any node, for reconstructing the edges of a trace.
     pub fn successors_of(&mut self, node: &Node, out: &mut Vec<(Node, Edge)>) {
-        self.expand(node, out);
+        let at = At::of(node);
+        let mut succs = Vec::new();
+        // A fault leaves no successors.
+        let _ = self.expand(at, &mut succs);
+        out.extend(succs.into_iter().map(|(s, e)| (at.whole(s), e)));
     }
 
-    /// The node's kind; its successors go to `out`.
-    fn expand(&mut self, node: &Node, out: &mut Vec<(Node, Edge)>) -> Kind {
+    /// The node's kind (or its fault); its successors go to `out`.
+    fn expand(&mut self, node: At<'_>, out: &mut Vec<(Succ, Edge)>) -> Result<Kind, Faulted> {
         self.lost_at.clear();
         let dom = self.dom;
         let mut all = true;
         for (gi, goal) in dom.goals.iter().enumerate() {
-            match self.vm.eval_bool(&goal.code, &node.values) {
+            match self.goal(gi, node) {
                 Ok(true) => self.g.goal_ever_true[gi] = true,
                 Ok(false) => all = false,
-                Err(fault) => return Kind::Fault { what: format!("goal `{}`", goal.name), fault },
+                Err(fault) => return Err(Faulted { what: format!("goal `{}`", goal.name), fault }),
             }
         }
         let flying = node.in_flight();
         if all {
             if flying.is_empty() {
-                return Kind::Stable;
+                return Ok(Kind::Stable);
             }
             // R2: the goals hold, but not yet in the world. No tick runs; messages come.
             self.results(node, out);
             self.timer(node, out);
             self.observations(node, out);
-            return Kind::Waiting;
+            return Ok(Kind::Waiting);
         }
         let in_flight = flying.iter().fold(0u64, |m, f| m | 1 << f.t);
         if node.cursor > 0 {
             match self.scan(node, node.cursor as usize, in_flight, out) {
-                Err(kind) => return kind,
-                Ok(true) => return Kind::Moving,
+                Err(f) => return Err(f),
+                Ok(true) => return Ok(Kind::Moving),
                 Ok(false) => {}
             }
         }
@@ -369,38 +999,123 @@ impl<'a> Explorer<'a> {
         // a retry timer that came due included, whether or not a transition could run.
         self.results(node, out);
         match self.scan(node, 0, in_flight, out) {
-            Err(kind) => {
+            Err(f) => {
                 out.clear();
                 self.lost_at.clear();
-                return kind;
+                return Err(f);
             }
             Ok(_) => self.timer(node, out),
         }
         self.observations(node, out);
-        if out.is_empty() {
-            Kind::Stuck
-        } else {
-            Kind::Moving
+        Ok(if out.is_empty() { Kind::Stuck } else { Kind::Moving })
+    }
+
+    /// Goal `gi` on the node, remembered when the node is packed.
+    #[inline]
+    fn goal(&mut self, gi: usize, node: At<'_>) -> Result<bool, Fault> {
+        let code = &self.dom.goals[gi].code;
+        let (Some(key), Some(memo)) = (node.key, &mut self.goal_memo[gi]) else {
+            let values = unpacked(&self.g.store, &mut self.scratch, &mut self.scratch_ok, node);
+            return self.vm.eval_bool(code, values);
+        };
+        let entry = memo.slot(key);
+        match *entry {
+            FALSE => Ok(false),
+            TRUE => Ok(true),
+            _ => {
+                let values = unpacked(&self.g.store, &mut self.scratch, &mut self.scratch_ok, node);
+                let r = self.vm.eval_bool(code, values);
+                if let Ok(b) = r {
+                    *entry = if b { TRUE } else { FALSE };
+                }
+                r
+            }
         }
+    }
+
+    /// Transition `t`'s step on the node; on a packed node a no-op or packed writes
+    /// are remembered, so the VM runs once per combination of the fields it touches.
+    #[inline]
+    fn step(&mut self, t: usize, node: At<'_>) -> Result<Stepped, Fault> {
+        let code = &self.dom.transitions[t].code;
+        let (Some(key), Some(memo)) = (node.key, &mut self.step_memo[t]) else {
+            let values = unpacked(&self.g.store, &mut self.scratch, &mut self.scratch_ok, node);
+            let o = self.vm.run_step(code, values)?;
+            return Ok(if o.is_noop() { Stepped::Noop } else { Stepped::Ran(o) });
+        };
+        let entry = memo.slot(key);
+        match *entry {
+            NOOP => return Ok(Stepped::Noop),
+            RUN => {}
+            UNKNOWN => {
+                let values = unpacked(&self.g.store, &mut self.scratch, &mut self.scratch_ok, node);
+                let o = self.vm.run_step(code, values)?;
+                let codec = self.g.store.codec.as_ref().expect("a packed key has a codec");
+                *entry = if o.is_noop() {
+                    NOOP
+                } else if !o.intents.is_empty() {
+                    RUN
+                } else {
+                    let packed: Option<Box<[(u16, u64)]>> = o
+                        .writes
+                        .iter()
+                        .map(|(slot, v)| Some((*slot, codec.encode_value(*slot as usize, v)?)))
+                        .collect();
+                    match packed {
+                        Some(d) => {
+                            self.deltas.push(d);
+                            DELTA + (self.deltas.len() - 1) as u32
+                        }
+                        None => RUN,
+                    }
+                };
+                return Ok(match *entry {
+                    NOOP => Stepped::Noop,
+                    RUN => Stepped::Ran(o),
+                    d => Stepped::Packed(d - DELTA),
+                });
+            }
+            d => return Ok(Stepped::Packed(d - DELTA)),
+        }
+        let values = unpacked(&self.g.store, &mut self.scratch, &mut self.scratch_ok, node);
+        let o = self.vm.run_step(code, values)?;
+        Ok(if o.is_noop() { Stepped::Noop } else { Stepped::Ran(o) })
     }
 
     /// From transition `from` on, the first one that can run fires: its slice
     /// goes to `out`. `Ok(false)` when none can.
-    fn scan(&mut self, node: &Node, from: usize, in_flight: u64, out: &mut Vec<(Node, Edge)>) -> Result<bool, Kind> {
+    fn scan(
+        &mut self,
+        node: At<'_>,
+        from: usize,
+        in_flight: u64,
+        out: &mut Vec<(Succ, Edge)>,
+    ) -> Result<bool, Faulted> {
         let dom = self.dom;
         for t in from..dom.transitions.len() {
             if (node.blocked | in_flight) & (1 << t) != 0 || in_flight & self.conflicts[t] != 0 {
                 continue;
             }
             let tr = &dom.transitions[t];
-            let outcome = match self.vm.run_step(&tr.code, &node.values) {
-                Ok(o) => o,
-                Err(fault) => return Err(Kind::Fault { what: format!("transition `{}`", tr.name), fault }),
+            let cursor = (t + 1) as u8;
+            let outcome = match self.step(t, node) {
+                Ok(Stepped::Noop) => continue,
+                Ok(Stepped::Packed(delta)) => {
+                    let s = Succ::Packed { delta, blocked: node.blocked, cursor, budget: node.budget };
+                    out.push((s, Edge::Fire { t: t as u16 }));
+                    return Ok(true);
+                }
+                Ok(Stepped::Ran(o)) => o,
+                Err(fault) => return Err(Faulted { what: format!("transition `{}`", tr.name), fault }),
             };
-            if outcome.is_noop() {
-                continue;
+            if outcome.intents.is_empty() && node.flight.is_none() {
+                // Nothing in flight before or after: the writes, as a delta.
+                let s = Succ::Delta { writes: outcome.writes, blocked: node.blocked, cursor, budget: node.budget };
+                out.push((s, Edge::Fire { t: t as u16 }));
+                return Ok(true);
             }
-            let mut values = node.values.clone();
+            let mut values: Box<[Value]> =
+                unpacked(&self.g.store, &mut self.scratch, &mut self.scratch_ok, node).into();
             let mut flight = node.in_flight().to_vec();
             if outcome.intents.is_empty() || tr.optimistic {
                 for (slot, v) in outcome.writes {
@@ -415,9 +1130,8 @@ impl<'a> Explorer<'a> {
                 flight.push(Flight { t: t as u16, held });
             }
             flight.sort_unstable_by_key(|f| f.t);
-            let cursor = (t + 1) as u8;
             out.push((
-                Node { values, blocked: node.blocked, flight: pack(flight), cursor, budget: node.budget },
+                Succ::Whole(Node { values, blocked: node.blocked, flight: pack(flight), cursor, budget: node.budget }),
                 Edge::Fire { t: t as u16 },
             ));
             return Ok(true);
@@ -426,14 +1140,17 @@ impl<'a> Explorer<'a> {
     }
 
     /// Each transition in flight hears back: success, and failure while the budget lasts.
-    fn results(&mut self, node: &Node, out: &mut Vec<(Node, Edge)>) {
+    fn results(&mut self, node: At<'_>, out: &mut Vec<(Succ, Edge)>) {
         let flying = node.in_flight();
+        if flying.is_empty() {
+            return;
+        }
         for (k, f) in flying.iter().enumerate() {
             let others = || -> Vec<Flight> {
                 flying.iter().enumerate().filter(|(j, _)| *j != k).map(|(_, x)| x.clone()).collect()
             };
             let mut rest = others();
-            let mut values = node.values.clone();
+            let mut values: Box<[Value]> = node.values.into();
             let mut lost = None;
             for h in &f.held {
                 let cell = &mut values[h.slot as usize];
@@ -449,19 +1166,19 @@ impl<'a> Explorer<'a> {
                 self.lost_at.push((out.len(), f.t, slot));
             }
             out.push((
-                Node { values, blocked: node.blocked, flight: pack(rest), cursor: 0, budget: node.budget },
+                Succ::Whole(Node { values, blocked: node.blocked, flight: pack(rest), cursor: 0, budget: node.budget }),
                 Edge::Result { t: f.t, ok: true },
             ));
             if node.budget > 0 {
                 // The held writes are dropped; the field values did not move, so no one else's did either.
                 out.push((
-                    Node {
-                        values: node.values.clone(),
+                    Succ::Whole(Node {
+                        values: node.values.into(),
                         blocked: node.blocked | 1 << f.t,
                         flight: pack(others()),
                         cursor: 0,
                         budget: node.budget - 1,
-                    },
+                    }),
                     Edge::Result { t: f.t, ok: false },
                 ));
             }
@@ -470,21 +1187,24 @@ impl<'a> Explorer<'a> {
 
     /// With something backing off, a retry timer may come due at any tick boundary,
     /// each transition's on its own (as the runtime's timer messages do).
-    fn timer(&mut self, node: &Node, out: &mut Vec<(Node, Edge)>) {
+    fn timer(&mut self, node: At<'_>, out: &mut Vec<(Succ, Edge)>) {
         let mut blocked = node.blocked;
         while blocked != 0 {
             let t = blocked.trailing_zeros() as u16;
             blocked &= blocked - 1;
-            out.push((
-                Node {
-                    values: node.values.clone(),
-                    blocked: node.blocked & !(1u64 << t),
+            let unblocked = node.blocked & !(1u64 << t);
+            let s = if node.flight.is_none() {
+                Succ::Delta { writes: Vec::new(), blocked: unblocked, cursor: 0, budget: node.budget }
+            } else {
+                Succ::Whole(Node {
+                    values: node.values.into(),
+                    blocked: unblocked,
                     flight: node.flight.clone(),
                     cursor: 0,
                     budget: node.budget,
-                },
-                Edge::Timer { t },
-            ));
+                })
+            };
+            out.push((s, Edge::Timer { t }));
         }
     }
 
@@ -494,8 +1214,11 @@ impl<'a> Explorer<'a> {
     /// acknowledgement), and one value of the bound that is neither that nor the
     /// current one (the world moved elsewhere), or every value of the bound with
     /// [`Model::every_observed_value`].
-    fn observations(&mut self, node: &Node, out: &mut Vec<(Node, Edge)>) {
+    fn observations(&mut self, node: At<'_>, out: &mut Vec<(Succ, Edge)>) {
         let flying = node.in_flight();
+        if flying.is_empty() {
+            return;
+        }
         let mut slots: Vec<u16> = flying.iter().flat_map(|f| f.held.iter().map(|h| h.slot)).collect();
         slots.sort_unstable();
         slots.dedup();
@@ -518,14 +1241,20 @@ impl<'a> Explorer<'a> {
                     }
                     others += 1;
                 }
-                let mut values = node.values.clone();
+                let mut values: Box<[Value]> = node.values.into();
                 values[s] = v.clone();
                 let flight: Vec<Flight> = flying
                     .iter()
                     .map(|f| Flight { t: f.t, held: f.held.iter().filter(|h| h.slot != slot).cloned().collect() })
                     .collect();
                 out.push((
-                    Node { values, blocked: node.blocked, flight: pack(flight), cursor: 0, budget: node.budget },
+                    Succ::Whole(Node {
+                        values,
+                        blocked: node.blocked,
+                        flight: pack(flight),
+                        cursor: 0,
+                        budget: node.budget,
+                    }),
                     Edge::Observe { slot },
                 ));
             }
@@ -534,6 +1263,36 @@ impl<'a> Explorer<'a> {
 }
 
 impl Graph {
+    /// How many nodes were found (expanded or not).
+    pub fn len(&self) -> usize {
+        self.store.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.store.len() == 0
+    }
+
+    /// Node `i`, unpacked.
+    pub fn node(&self, i: u32) -> Node {
+        self.store.node(i as usize)
+    }
+
+    /// Whether node `i` is stored packed (the rest are kept whole).
+    pub fn is_packed(&self, i: u32) -> bool {
+        self.store.whole_index(i as usize).is_none()
+    }
+
+    /// The node that first reached `i`, and the edge; `(u32::MAX, Edge::Start)` for a start state.
+    pub fn parent(&self, i: u32) -> (u32, Edge) {
+        let (p, e) = self.parents[i as usize];
+        (p, Edge::unpack(e))
+    }
+
+    /// What faulted at node `i`, when it is a fault.
+    pub fn fault(&self, i: u32) -> Option<&Faulted> {
+        self.faults.binary_search_by_key(&i, |(j, _)| *j).ok().map(|k| &self.faults[k].1)
+    }
+
     pub fn successors(&self, i: usize) -> &[u32] {
         &self.succ[self.succ_off[i] as usize..self.succ_off[i + 1] as usize]
     }
@@ -543,7 +1302,7 @@ impl Graph {
         let mut path = Vec::new();
         let mut cur = i;
         loop {
-            let (p, e) = self.parent[cur as usize];
+            let (p, e) = self.parent(cur);
             path.push((cur, e));
             if e == Edge::Start {
                 break;
@@ -554,9 +1313,52 @@ impl Graph {
         path
     }
 
+    /// The expanded nodes in an order in which every program edge (observations
+    /// left out) goes forward, or `None` when those edges make a cycle (Kahn's
+    /// algorithm: in-degrees, then a queue, with no stack of the graph's depth).
+    pub fn topological_order(&self) -> Option<Vec<u32>> {
+        let n = self.kinds.len();
+        let mut indegree = vec![0u32; n];
+        for &w in &self.succ[..self.succ_off[n] as usize] {
+            if let Some(d) = indegree.get_mut(w as usize) {
+                *d += 1;
+            }
+        }
+        let mut order: Vec<u32> = (0..n as u32).filter(|&v| indegree[v as usize] == 0).collect();
+        let mut head = 0;
+        while let Some(&v) = order.get(head) {
+            head += 1;
+            for &w in self.successors(v as usize) {
+                if let Some(d) = indegree.get_mut(w as usize) {
+                    *d -= 1;
+                    if *d == 0 {
+                        order.push(w);
+                    }
+                }
+            }
+        }
+        (order.len() == n).then_some(order)
+    }
+
+    /// [`Graph::longest_path`] given [`Graph::topological_order`]: longest
+    /// distances to rest in reverse order, the most from a start state.
+    pub fn longest_path_in(&self, order: &[u32]) -> u32 {
+        let n = self.kinds.len();
+        let mut dist = vec![0u32; n];
+        for &v in order.iter().rev() {
+            let succ = self.successors(v as usize);
+            dist[v as usize] = succ.iter().filter_map(|&w| dist.get(w as usize)).map(|d| d + 1).max().unwrap_or(0);
+        }
+        let start = Edge::Start.pack();
+        (0..n).filter(|&v| self.parents[v].1 == start).map(|v| dist[v]).max().unwrap_or(0)
+    }
+
     /// The most slices any start state can take to come to rest (stable, stuck or
     /// faulted), over every choice of failures. Only meaningful without cycles.
     pub fn longest_path(&self) -> u32 {
+        if let Some(order) = self.topological_order() {
+            return self.longest_path_in(&order);
+        }
         let n = self.kinds.len();
         // Longest distance to a node without successors, computed in post-order.
         let mut dist: Vec<Option<u32>> = vec![None; n];
@@ -564,7 +1366,7 @@ impl Graph {
         let mut stack: Vec<(u32, usize)> = Vec::new();
         let mut best = 0;
         for root in 0..n {
-            if dist[root].is_some() || self.parent[root].1 != Edge::Start {
+            if dist[root].is_some() || self.parents[root].1 != Edge::Start.pack() {
                 continue;
             }
             stack.push((root as u32, 0));
@@ -593,6 +1395,8 @@ impl Graph {
 
     /// A cycle among expanded nodes, if any: the nodes on it, starting from the one
     /// entered first. Stable nodes have no successors, so a cycle never reaches the goals.
+    /// Depth first, so the cycle reported is the one this search meets first; call it
+    /// only when [`Graph::topological_order`] says there is one (that is cheaper).
     pub fn find_cycle(&self) -> Option<Vec<u32>> {
         let n = self.kinds.len();
         // 0 unvisited, 1 on the stack, 2 done.

@@ -161,6 +161,29 @@ pub fn verify_domain_in(
     model: Model,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Report, VerifyError> {
+    verify(d, compiled, opts, model, true, progress)
+}
+
+/// [`verify_domain_in`] with every node kept whole ([`Explorer::unpacked`]): the
+/// general representation, against which tests check the packed one.
+pub fn verify_domain_unpacked(
+    d: &hir::Domain,
+    compiled: &CompiledDomain,
+    opts: Options,
+    model: Model,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Report, VerifyError> {
+    verify(d, compiled, opts, model, false, progress)
+}
+
+fn verify(
+    d: &hir::Domain,
+    compiled: &CompiledDomain,
+    opts: Options,
+    model: Model,
+    packed: bool,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Report, VerifyError> {
     if compiled.transitions.len() > 64 {
         return Err(VerifyError::TooManyTransitions { domain: d.name.clone(), count: compiled.transitions.len() });
     }
@@ -170,19 +193,29 @@ pub fn verify_domain_in(
         return Err(VerifyError::TooManyStarts { domain: d.name.clone(), starts, limit: opts.max_states });
     }
     let initial = Vm::new().initial_state(compiled).map_err(|f| VerifyError::Bound(f.to_string()))?;
-    let starts = start_states(&bounds, &initial);
     let observable: Vec<Vec<Value>> = bounds.iter().map(|b| b.values.clone()).collect();
+    let explorer = || {
+        let ex = Explorer::new(compiled, model, observable.clone());
+        if packed {
+            ex
+        } else {
+            ex.unpacked()
+        }
+    };
     let mut runs = Vec::new();
     for failures in [0, opts.failures] {
         if failures == 0 && !runs.is_empty() {
             continue;
         }
-        let mut ex = Explorer::new(compiled, model, observable.clone());
-        for s in &starts {
-            ex.add_start(s.clone(), failures);
-        }
+        let mut ex = explorer();
+        ex.reserve(starts as usize);
+        let mut count = 0;
+        for_each_start(&observable, &initial, &mut |s| {
+            ex.add_start_from(s, failures);
+            count += 1;
+        });
         let g = ex.run(opts.max_states, progress);
-        runs.push(judge(compiled, &g, failures, starts.len(), &|| Explorer::new(compiled, model, observable.clone())));
+        runs.push(judge(compiled, &g, failures, count, &explorer));
         if failures == opts.failures {
             break;
         }
@@ -195,31 +228,61 @@ pub fn verify_domain_in(
     })
 }
 
-/// The cartesian product of the bounds; start states nearest the declared initial
-/// state come first, so that among equally short counterexamples the one closest to
-/// what the program declares is found.
-fn start_states(bounds: &[FieldBound], initial: &[Value]) -> Vec<Vec<Value>> {
-    let mut all: Vec<Vec<Value>> = vec![Vec::new()];
-    for b in bounds {
-        let mut next = Vec::with_capacity(all.len() * b.values.len().max(1));
-        for prefix in &all {
-            for v in &b.values {
-                let mut s = prefix.clone();
-                s.push(v.clone());
-                next.push(s);
+/// Calls `f` on each state of the cartesian product of the bounds, start states
+/// nearest the declared initial state first (those that differ from it in fewer
+/// fields; within that, the product's order), so that among equally short
+/// counterexamples the one closest to what the program declares is found. The
+/// states are made one at a time, never all at once.
+fn for_each_start(bounds: &[Vec<Value>], initial: &[Value], f: &mut dyn FnMut(&[Value])) {
+    if bounds.iter().any(Vec::is_empty) {
+        return;
+    }
+    // Per field and value: whether it differs from the initial value.
+    let differs: Vec<Vec<bool>> =
+        bounds.iter().zip(initial).map(|(vs, init)| vs.iter().map(|v| v != init).collect()).collect();
+    let n = bounds.len();
+    let mut state: Vec<Value> = bounds.iter().map(|vs| vs[0].clone()).collect();
+    for distance in 0..=n {
+        let mut at = vec![0usize; n];
+        let mut off: usize = (0..n).map(|k| usize::from(differs[k][0])).sum();
+        for (k, vs) in bounds.iter().enumerate() {
+            state[k] = vs[0].clone();
+        }
+        loop {
+            if off == distance {
+                f(&state);
+            }
+            // The next state of the product: the last field moves fastest.
+            let mut k = n;
+            loop {
+                if k == 0 {
+                    break;
+                }
+                k -= 1;
+                off -= usize::from(differs[k][at[k]]);
+                at[k] += 1;
+                if at[k] < bounds[k].len() {
+                    off += usize::from(differs[k][at[k]]);
+                    state[k] = bounds[k][at[k]].clone();
+                    k += 1;
+                    break;
+                }
+                at[k] = 0;
+                off += usize::from(differs[k][0]);
+                state[k] = bounds[k][0].clone();
+            }
+            if k == 0 {
+                break;
             }
         }
-        all = next;
     }
-    all.sort_by_key(|s| s.iter().zip(initial).filter(|(a, b)| a != b).count());
-    all
 }
 
 fn trace_of(compiled: &CompiledDomain, g: &Graph, path: &[(u32, Edge)]) -> Vec<TraceStep> {
     let name = |t: u16| compiled.transitions[t as usize].name.clone();
     path.iter()
         .map(|(i, e)| {
-            let node = &g.nodes[*i as usize];
+            let node = g.node(*i);
             let edge = match *e {
                 Edge::Start => None,
                 Edge::Timer { t } => Some(TraceEdge::Timer { transition: name(t) }),
@@ -263,11 +326,9 @@ fn judge<'a>(
             .collect();
         problems.push(Problem::Unsatisfiable { never });
     }
-    if let Some(i) = g.kinds.iter().position(|k| matches!(k, Kind::Fault { .. })) {
-        if let Kind::Fault { what, fault } = &g.kinds[i] {
-            let trace = trace_of(compiled, g, &g.path_to(i as u32));
-            problems.push(Problem::Fault { trace, what: what.clone(), message: fault.to_string() });
-        }
+    if let Some((i, f)) = g.faults.first() {
+        let trace = trace_of(compiled, g, &g.path_to(*i));
+        problems.push(Problem::Fault { trace, what: f.what.clone(), message: f.fault.to_string() });
     }
     // A lost update is wrong whatever happens next, so it comes before stuck states and cycles.
     if let Some(lost) = g.lost {
@@ -292,7 +353,7 @@ fn judge<'a>(
     if let Some(&i) = stuck.first() {
         let trace = trace_of(compiled, g, &g.path_to(i as u32));
         let mut vm = Vm::new();
-        let values = &g.nodes[i].values;
+        let values = &g.node(i as u32).values;
         let false_goals = compiled
             .goals
             .iter()
@@ -318,7 +379,8 @@ fn judge<'a>(
             });
         problems.push(Problem::Stuck { trace, false_goals, count: stuck.len(), reached });
     }
-    if let Some(cycle) = g.find_cycle() {
+    let order = g.topological_order();
+    if let Some(cycle) = if order.is_some() { None } else { g.find_cycle() } {
         let entry = cycle[0];
         let trace = trace_of(compiled, g, &g.path_to(entry));
         // Round the cycle once: each node after the entry, then back to it.
@@ -333,9 +395,12 @@ fn judge<'a>(
     }
     Run {
         failures,
-        states: g.nodes.len(),
+        states: g.len(),
         start_states,
-        depth: if problems.is_empty() && g.complete { g.longest_path() } else { 0 },
+        depth: match order {
+            Some(order) if problems.is_empty() && g.complete => g.longest_path_in(&order),
+            _ => 0,
+        },
         complete: g.complete,
         problems,
     }
@@ -344,11 +409,11 @@ fn judge<'a>(
 /// The edge by which `to` follows `from` (not an observation: cycles leave those out),
 /// found again by expanding `from`.
 fn edge_between(ex: &mut Explorer<'_>, g: &Graph, from: u32, to: u32) -> Edge {
-    let target = &g.nodes[to as usize];
+    let target = g.node(to);
     let mut out = Vec::new();
-    ex.successors_of(&g.nodes[from as usize], &mut out);
+    ex.successors_of(&g.node(from), &mut out);
     out.into_iter()
-        .find(|(n, e)| n == target && !matches!(e, Edge::Observe { .. }))
+        .find(|(n, e)| *n == target && !matches!(e, Edge::Observe { .. }))
         .map(|(_, e)| e)
         .unwrap_or(Edge::Start)
 }
