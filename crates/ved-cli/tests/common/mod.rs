@@ -56,6 +56,8 @@ pub struct Daemon {
     /// Everything the daemon wrote on stderr so far (its logs), read as it comes: a pipe
     /// nobody reads fills up, and the daemon, which logs every request, would block on it.
     pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Set once stderr reached its end (the daemon exited): `stderr` is then whole.
+    pub stderr_closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Daemon {
@@ -79,10 +81,13 @@ impl Daemon {
         let err = child.stderr.take().unwrap();
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let keep = stderr.clone();
+        let stderr_closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let closed = stderr_closed.clone();
         std::thread::spawn(move || {
             for l in BufReader::new(err).lines().map_while(Result::ok) {
                 keep.lock().unwrap_or_else(|p| p.into_inner()).push_str(&(l + "\n"));
             }
+            closed.store(true, std::sync::atomic::Ordering::SeqCst);
         });
         let out = child.stdout.take().unwrap();
         let (tx, lines) = std::sync::mpsc::channel();
@@ -104,7 +109,7 @@ impl Daemon {
             .timeout_global(Some(Duration::from_secs(120)))
             .build()
             .into();
-        Daemon { child, lines, base: format!("http://{addr}"), agent, stderr }
+        Daemon { child, lines, base: format!("http://{addr}"), agent, stderr, stderr_closed }
     }
 
     pub fn get(&self, path: &str) -> (u16, Json) {
