@@ -112,7 +112,7 @@ fn fused_ops(p: &CompiledProgram) -> usize {
 #[test]
 fn fused_code_computes_exactly_what_the_plain_ops_do() {
     let mut r = Rng(0x5eed_f00d);
-    let (mut programs, mut runs, mut fused) = (0, 0, 0);
+    let (mut programs, mut runs, mut fused, mut predicates) = (0, 0, 0, 0);
     let mut vm_fused = Vm::new();
     let mut vm_plain = Vm::new();
     while programs < 400 {
@@ -120,6 +120,22 @@ fn fused_code_computes_exactly_what_the_plain_ops_do() {
         let Some((f, p)) = lower(&src) else { continue };
         programs += 1;
         fused += fused_ops(&f);
+        // Goals `eval_bool` answers without the interpreter: comparisons joined by `&&`/`||`.
+        predicates += f.domains[0]
+            .goals
+            .iter()
+            .filter(|g| {
+                g.code.ops.iter().all(|o| {
+                    matches!(
+                        o,
+                        Op::FieldCmpConst(..)
+                            | Op::FieldCmpField(..)
+                            | Op::JumpIfFalseOrPop(_)
+                            | Op::JumpIfTrueOrPop(_)
+                    )
+                })
+            })
+            .count();
         let (df, dp) = (&f.domains[0], &p.domains[0]);
         assert_eq!(
             df.transitions.iter().map(|t| (&t.reads, &t.writes)).collect::<Vec<_>>(),
@@ -163,5 +179,6 @@ fn fused_code_computes_exactly_what_the_plain_ops_do() {
     }
     // The generator reaches the superinstructions, often.
     assert!(fused > 400, "only {fused} fused ops in {programs} programs");
-    eprintln!("{programs} programs, {fused} fused ops, {runs} goal and step runs compared");
+    assert!(predicates > 100, "only {predicates} goals of comparisons joined by && and ||");
+    eprintln!("{programs} programs, {fused} fused ops, {predicates} such goals, {runs} goal and step runs compared");
 }
