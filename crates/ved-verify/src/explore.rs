@@ -341,9 +341,15 @@ impl Codec {
         }
         // cursor 0..=transitions, budget a u8, one backing-off bit per transition.
         widths.extend([bits_for(transitions as u128 + 1), 8, transitions as u32]);
-        let mut at = Vec::with_capacity(widths.len());
+        // The last field in the lowest bits: start states are made with the last
+        // field moving fastest, so consecutive nodes' keys differ in their low bits,
+        // which keeps them near one another in the table (see `hash_key`).
+        let n = codes.len();
+        let order = (0..n).rev().chain(n..widths.len());
+        let mut at = vec![Bits::new(0, 0, 0); widths.len()];
         let (mut word, mut used) = (0usize, 0u32);
-        for &w in &widths {
+        for k in order {
+            let w = widths[k];
             let room = if word == 0 { 63 } else { 64 };
             if used + w > room {
                 word += 1;
@@ -352,14 +358,13 @@ impl Codec {
                     return None;
                 }
             }
-            at.push(Bits::new(word, if w == 0 { 0 } else { used }, w));
+            at[k] = Bits::new(word, if w == 0 { 0 } else { used }, w);
             used += w;
         }
         let words = word + 1;
         if words > MAX_WORDS {
             return None;
         }
-        let n = codes.len();
         Some(Codec {
             fields: codes.into_iter().zip(at.iter().copied()).collect(),
             cursor: at[n],
@@ -575,18 +580,27 @@ fn hash_node(n: &Node) -> u64 {
     h.finish()
 }
 
-/// A packed key's 32-bit hash: each word folded in and mixed (the finalizer of
-/// SplitMix64).
+/// A packed key's 32-bit hash, for a table that keys which differ only in their
+/// low four bits share: bits 4..25 are a mix (the finalizer of SplitMix64) of
+/// the key without those four bits, bits 0..4 are the four bits themselves, and
+/// bits 25..32, the table's control byte, mix them too. Breadth first, nodes met
+/// one after the other mostly differ in their low bits (the last field, see
+/// [`Codec::new`]), so their lookups land in the same few cache lines instead of
+/// one random line each; at most sixteen keys share a block of sixteen buckets,
+/// so no cluster grows longer than a probe group.
 #[inline]
 fn hash_key(key: &[u64]) -> u32 {
+    let low = key[0] & 15;
     let mut h = 0u64;
-    for &w in key {
+    for (k, &w) in key.iter().enumerate() {
+        let w = if k == 0 { w >> 4 } else { w };
         h = (h ^ w).wrapping_add(0x9E37_79B9_7F4A_7C15);
         h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         h ^= h >> 31;
     }
-    h as u32
+    let tag = ((h >> 57) as u32 ^ low as u32) & 0x7F;
+    (h as u32 & 0x01FF_FFF0) | low as u32 | tag << 25
 }
 
 /// The table's 64-bit hash from a stored 32-bit one: the same bits give the
