@@ -74,7 +74,7 @@
 use hashbrown::HashTable;
 use rustc_hash::{FxHashMap, FxHasher};
 use std::hash::{Hash, Hasher};
-use ved_vm::{CompiledDomain, CompiledTransition, Fault, StepOutcome, Value, Vm};
+use ved_vm::{CompiledDomain, CompiledTransition, Fault, Op, StepOutcome, Value, Vm};
 
 /// The state fields a transition's step may read and may write, in any branch:
 /// every field it loads and every field it assigns, as sorted slots.
@@ -181,7 +181,7 @@ pub enum Edge {
 }
 
 impl Edge {
-    /// Four bytes: the variant in the top three bits, `ok` in bit 16, `t` or `slot` below.
+    /// Four bytes (as `expand` hands successors on, and as parents are kept): the variant in the top three bits, `ok` in bit 16, `t` or `slot` below.
     fn pack(self) -> u32 {
         match self {
             Edge::Start => 0,
@@ -510,7 +510,9 @@ impl<T: Copy + Default> Memo<T> {
     fn new(codec: &Codec, slots: &[u16], max_bits: u32) -> Option<Memo<T>> {
         let mut parts = Vec::with_capacity(slots.len());
         let mut bits = 0u32;
-        for &slot in slots {
+        // The last field in the lowest bits, as in the keys (see `Codec::new`):
+        // nodes met one after the other then use entries near one another.
+        for &slot in slots.iter().rev() {
             let b = codec.fields.get(slot as usize)?.1;
             parts.push((b, bits as u8));
             bits += u32::from(b.bits);
@@ -533,6 +535,51 @@ impl<T: Copy + Default> Memo<T> {
 const GOAL_MEMO_BITS: u32 = 22;
 /// ... and steps up to this many (4 MiB each at most).
 const STEP_MEMO_BITS: u32 = 20;
+
+/// A goal that is `a && b && ...` of single comparisons of a field with a
+/// constant or another field, as the comparisons, each a goal of its own; `None`
+/// for any other goal. The goal holds exactly when each of them does, and none
+/// can fault (a comparison of values never does), so on a packed node each is
+/// remembered over the fields it reads alone: tables of a few entries that fill
+/// at once, where one table over every field the goal reads needs the VM once
+/// per combination of their values.
+///
+/// `x == 50 && y == 50 && z == 50` lowers to `FieldCmpConst, JumpIfFalseOrPop,
+/// FieldCmpConst, JumpIfFalseOrPop, FieldCmpConst`: each jump, taken on false,
+/// keeps the false and lands at the end or on a later such jump.
+fn conjuncts(code: &ved_vm::Code) -> Option<Vec<ved_vm::Code>> {
+    let ops = &code.ops;
+    if ops.len() < 3 || ops.len() % 2 == 0 {
+        return None;
+    }
+    let mut parts = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        if i % 2 == 1 {
+            let Op::JumpIfFalseOrPop(to) = *op else { return None };
+            let to = to as usize;
+            if to <= i || !(to == ops.len() || matches!(ops.get(to), Some(Op::JumpIfFalseOrPop(_)))) {
+                return None;
+            }
+            continue;
+        }
+        let (op, consts) = match *op {
+            Op::FieldCmpConst(slot, cmp, k) => {
+                (Op::FieldCmpConst(slot, cmp, 0), vec![code.consts.get(k as usize)?.clone()])
+            }
+            Op::FieldCmpField(a, b, cmp) => (Op::FieldCmpField(a, b, cmp), Vec::new()),
+            _ => return None,
+        };
+        parts.push(ved_vm::Code {
+            ops: vec![op],
+            spans: vec![*code.spans.get(i)?],
+            consts,
+            emits: Vec::new(),
+            locals: 0,
+            max_stack: 1,
+        });
+    }
+    Some(parts)
+}
 
 /// What a step does on a node.
 enum Stepped {
@@ -705,6 +752,10 @@ pub struct Explorer<'a> {
     scratch_ok: bool,
     /// Per goal and per transition, on packed nodes.
     goal_memo: Vec<Option<Memo<u8>>>,
+    /// Per goal that is a conjunction of single comparisons (`x == 50 && y == 50`):
+    /// each comparison with its own table, over the one or two fields it reads, in
+    /// place of one table over all of them (see [`conjuncts`]).
+    goal_parts: Vec<Option<Vec<(ved_vm::Code, Memo<u8>)>>>,
     step_memo: Vec<Option<Memo<u32>>>,
     /// The packed writes of remembered steps: (slot, code).
     deltas: Vec<Box<[(u16, u64)]>>,
@@ -731,10 +782,28 @@ impl<'a> Explorer<'a> {
             })
             .collect();
         let codec = Codec::new(&observable, dom.transitions.len());
+        let goal_parts: Vec<Option<Vec<(ved_vm::Code, Memo<u8>)>>> = dom
+            .goals
+            .iter()
+            .map(|g| {
+                let c = codec.as_ref()?;
+                conjuncts(&g.code)?
+                    .into_iter()
+                    .map(|part| {
+                        let memo = Memo::new(c, &ved_vm::access_sets(&part).0, GOAL_MEMO_BITS)?;
+                        Some((part, memo))
+                    })
+                    .collect()
+            })
+            .collect();
         let goal_memo = dom
             .goals
             .iter()
-            .map(|g| codec.as_ref().and_then(|c| Memo::new(c, &ved_vm::access_sets(&g.code).0, GOAL_MEMO_BITS)))
+            .zip(&goal_parts)
+            .map(|(g, parts)| {
+                let c = codec.as_ref().filter(|_| parts.is_none())?;
+                Memo::new(c, &ved_vm::access_sets(&g.code).0, GOAL_MEMO_BITS)
+            })
             .collect();
         let step_memo = dom
             .transitions
@@ -776,6 +845,7 @@ impl<'a> Explorer<'a> {
             scratch: Vec::new(),
             scratch_ok: false,
             goal_memo,
+            goal_parts,
             step_memo,
             deltas: Vec::new(),
         }
@@ -789,6 +859,7 @@ impl<'a> Explorer<'a> {
         self.g.store.codec = None;
         self.g.store.words = 1;
         self.goal_memo.iter_mut().for_each(|m| *m = None);
+        self.goal_parts.iter_mut().for_each(|m| *m = None);
         self.step_memo.iter_mut().for_each(|m| *m = None);
         self
     }
@@ -847,6 +918,7 @@ impl<'a> Explorer<'a> {
     /// check the remembered results against it. Call before adding start states.
     pub fn forgetful(mut self) -> Explorer<'a> {
         self.goal_memo.iter_mut().for_each(|m| *m = None);
+        self.goal_parts.iter_mut().for_each(|m| *m = None);
         self.step_memo.iter_mut().for_each(|m| *m = None);
         self
     }
@@ -879,7 +951,7 @@ impl<'a> Explorer<'a> {
     pub fn run(mut self, max_states: usize, progress: &mut dyn FnMut(usize, usize)) -> Graph {
         assert!(max_states < WORLD as usize, "node indices leave the top bit for observation edges");
         let mut i = 0usize;
-        let mut succs: Vec<(Succ, Edge)> = Vec::new();
+        let mut succs: Vec<(Succ, u32)> = Vec::new();
         let mut key = [0u64; MAX_WORDS];
         let words = self.g.store.words;
         while i < self.g.store.len() {
@@ -915,6 +987,7 @@ impl<'a> Explorer<'a> {
                     self.g.complete = false;
                     break;
                 }
+                let e = Edge::unpack(e);
                 let world = matches!(e, Edge::Observe { .. });
                 let parent = (i as u32, e);
                 let j = match (s, &whole) {
@@ -975,11 +1048,11 @@ impl<'a> Explorer<'a> {
         let mut succs = Vec::new();
         // A fault leaves no successors.
         let _ = self.expand(at, &mut succs);
-        out.extend(succs.into_iter().map(|(s, e)| (at.whole(s), e)));
+        out.extend(succs.into_iter().map(|(s, e)| (at.whole(s), Edge::unpack(e))));
     }
 
     /// The node's kind (or its fault); its successors go to `out`.
-    fn expand(&mut self, node: At<'_>, out: &mut Vec<(Succ, Edge)>) -> Result<Kind, Faulted> {
+    fn expand(&mut self, node: At<'_>, out: &mut Vec<(Succ, u32)>) -> Result<Kind, Faulted> {
         self.lost_at.clear();
         let dom = self.dom;
         let mut all = true;
@@ -1028,6 +1101,25 @@ impl<'a> Explorer<'a> {
     #[inline]
     fn goal(&mut self, gi: usize, node: At<'_>) -> Result<bool, Fault> {
         let code = &self.dom.goals[gi].code;
+        if let (Some(key), Some(parts)) = (node.key, &mut self.goal_parts[gi]) {
+            for (part, memo) in parts.iter_mut() {
+                let entry = memo.slot(key);
+                let b = match *entry {
+                    FALSE => false,
+                    TRUE => true,
+                    _ => {
+                        let values = unpacked(&self.g.store, &mut self.scratch, &mut self.scratch_ok, node);
+                        let b = self.vm.eval_bool(part, values)?;
+                        *entry = if b { TRUE } else { FALSE };
+                        b
+                    }
+                };
+                if !b {
+                    return Ok(false);
+                }
+            }
+            return Ok(true);
+        }
         let (Some(key), Some(memo)) = (node.key, &mut self.goal_memo[gi]) else {
             let values = unpacked(&self.g.store, &mut self.scratch, &mut self.scratch_ok, node);
             return self.vm.eval_bool(code, values);
@@ -1098,13 +1190,7 @@ impl<'a> Explorer<'a> {
 
     /// From transition `from` on, the first one that can run fires: its slice
     /// goes to `out`. `Ok(false)` when none can.
-    fn scan(
-        &mut self,
-        node: At<'_>,
-        from: usize,
-        in_flight: u64,
-        out: &mut Vec<(Succ, Edge)>,
-    ) -> Result<bool, Faulted> {
+    fn scan(&mut self, node: At<'_>, from: usize, in_flight: u64, out: &mut Vec<(Succ, u32)>) -> Result<bool, Faulted> {
         let dom = self.dom;
         for t in from..dom.transitions.len() {
             if (node.blocked | in_flight) & (1 << t) != 0 || in_flight & self.conflicts[t] != 0 {
@@ -1116,7 +1202,7 @@ impl<'a> Explorer<'a> {
                 Ok(Stepped::Noop) => continue,
                 Ok(Stepped::Packed(delta)) => {
                     let s = Succ::Packed { delta, blocked: node.blocked, cursor, budget: node.budget };
-                    out.push((s, Edge::Fire { t: t as u16 }));
+                    out.push((s, Edge::Fire { t: t as u16 }.pack()));
                     return Ok(true);
                 }
                 Ok(Stepped::Ran(o)) => o,
@@ -1125,7 +1211,7 @@ impl<'a> Explorer<'a> {
             if outcome.intents.is_empty() && node.flight.is_none() {
                 // Nothing in flight before or after: the writes, as a delta.
                 let s = Succ::Delta { writes: outcome.writes, blocked: node.blocked, cursor, budget: node.budget };
-                out.push((s, Edge::Fire { t: t as u16 }));
+                out.push((s, Edge::Fire { t: t as u16 }.pack()));
                 return Ok(true);
             }
             let mut values: Box<[Value]> =
@@ -1146,7 +1232,7 @@ impl<'a> Explorer<'a> {
             flight.sort_unstable_by_key(|f| f.t);
             out.push((
                 Succ::Whole(Node { values, blocked: node.blocked, flight: pack(flight), cursor, budget: node.budget }),
-                Edge::Fire { t: t as u16 },
+                Edge::Fire { t: t as u16 }.pack(),
             ));
             return Ok(true);
         }
@@ -1154,7 +1240,7 @@ impl<'a> Explorer<'a> {
     }
 
     /// Each transition in flight hears back: success, and failure while the budget lasts.
-    fn results(&mut self, node: At<'_>, out: &mut Vec<(Succ, Edge)>) {
+    fn results(&mut self, node: At<'_>, out: &mut Vec<(Succ, u32)>) {
         let flying = node.in_flight();
         if flying.is_empty() {
             return;
@@ -1181,7 +1267,7 @@ impl<'a> Explorer<'a> {
             }
             out.push((
                 Succ::Whole(Node { values, blocked: node.blocked, flight: pack(rest), cursor: 0, budget: node.budget }),
-                Edge::Result { t: f.t, ok: true },
+                Edge::Result { t: f.t, ok: true }.pack(),
             ));
             if node.budget > 0 {
                 // The held writes are dropped; the field values did not move, so no one else's did either.
@@ -1193,7 +1279,7 @@ impl<'a> Explorer<'a> {
                         cursor: 0,
                         budget: node.budget - 1,
                     }),
-                    Edge::Result { t: f.t, ok: false },
+                    Edge::Result { t: f.t, ok: false }.pack(),
                 ));
             }
         }
@@ -1201,7 +1287,7 @@ impl<'a> Explorer<'a> {
 
     /// With something backing off, a retry timer may come due at any tick boundary,
     /// each transition's on its own (as the runtime's timer messages do).
-    fn timer(&mut self, node: At<'_>, out: &mut Vec<(Succ, Edge)>) {
+    fn timer(&mut self, node: At<'_>, out: &mut Vec<(Succ, u32)>) {
         let mut blocked = node.blocked;
         while blocked != 0 {
             let t = blocked.trailing_zeros() as u16;
@@ -1218,7 +1304,7 @@ impl<'a> Explorer<'a> {
                     budget: node.budget,
                 })
             };
-            out.push((s, Edge::Timer { t }));
+            out.push((s, Edge::Timer { t }.pack()));
         }
     }
 
@@ -1228,7 +1314,7 @@ impl<'a> Explorer<'a> {
     /// acknowledgement), and one value of the bound that is neither that nor the
     /// current one (the world moved elsewhere), or every value of the bound with
     /// [`Model::every_observed_value`].
-    fn observations(&mut self, node: At<'_>, out: &mut Vec<(Succ, Edge)>) {
+    fn observations(&mut self, node: At<'_>, out: &mut Vec<(Succ, u32)>) {
         let flying = node.in_flight();
         if flying.is_empty() {
             return;
@@ -1269,7 +1355,7 @@ impl<'a> Explorer<'a> {
                         cursor: 0,
                         budget: node.budget,
                     }),
-                    Edge::Observe { slot },
+                    Edge::Observe { slot }.pack(),
                 ));
             }
         }
@@ -1449,5 +1535,26 @@ impl Graph {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn goals(src: &str) -> Vec<ved_vm::Code> {
+        let mut sources = ved_syntax::SourceMap::new();
+        let id = sources.add("g.ved", src.to_string());
+        let ast = ved_syntax::parse_file(id, src).expect("parses");
+        let program = ved_check::check_program(&[ast]).program.expect("checks");
+        let compiled = ved_vm::compile_program(&program);
+        compiled.domains[0].goals.iter().map(|g| g.code.clone()).collect()
+    }
+
+    #[test]
+    fn conjunctions_of_comparisons_split_and_nothing_else_does() {
+        let src = "domain D {\n  state {\n    x: int\n    y: int\n  }\n  goal x == 50 && y == 50 && x <= y\n  goal x == 1\n  goal x == 1 || y == 2\n  goal x + 1 == 2 && y == 1\n  goal x == 1 && (y == 2 || y == 3)\n  transition t { step { if x < 50 { x += 1 } } }\n}\n";
+        let parts: Vec<Option<usize>> = goals(src).iter().map(|c| conjuncts(c).map(|p| p.len())).collect();
+        assert_eq!(parts, [Some(3), None, None, None, None]);
     }
 }

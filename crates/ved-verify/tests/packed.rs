@@ -51,6 +51,14 @@ fn programs() -> Vec<(String, String)> {
         );
     assert_ne!(wide, grid);
     out.push(("grid with wide fields".into(), wide));
+    // Goals of single comparisons joined by `&&` are remembered one comparison at a
+    // time: field with field, field with constant, and a goal that does not split.
+    let goal = "goal x == 50 && y == 50 && z == 50";
+    assert!(grid.contains(goal));
+    let split = grid.replace("0..99", "44..53").replace(goal, "goal x == y && y == z && z >= 50 && x <= 50");
+    out.push(("grid with a goal of comparisons of fields".into(), split));
+    let mixed = grid.replace("0..99", "46..52").replace(goal, "goal x == 50 && y + 0 == 50\n  goal z != 49 && z < 51");
+    out.push(("grid with a goal that does not split, and a second goal".into(), mixed));
     out
 }
 
