@@ -759,6 +759,9 @@ pub struct Explorer<'a> {
     step_memo: Vec<Option<Memo<u32>>>,
     /// The packed writes of remembered steps: (slot, code).
     deltas: Vec<Box<[(u16, u64)]>>,
+    /// Per field and bound value: its bits in a key, `None` when it does not
+    /// pack; made at the first [`Explorer::add_start_at`].
+    start_codes: Vec<Vec<Option<[u64; MAX_WORDS]>>>,
 }
 
 impl<'a> Explorer<'a> {
@@ -846,6 +849,7 @@ impl<'a> Explorer<'a> {
             scratch_ok: false,
             goal_memo,
             goal_parts,
+            start_codes: Vec::new(),
             step_memo,
             deltas: Vec::new(),
         }
@@ -945,6 +949,46 @@ impl<'a> Explorer<'a> {
         }
         let node = Node { values: values.into(), blocked: 0, flight: None, cursor: 0, budget };
         self.intern(node, (u32::MAX, Edge::Start));
+    }
+
+    /// [`Explorer::add_start`] of the state whose field `k` is the `at[k]`th value of
+    /// its bound (`observable[k]`): packed without making the values when they pack.
+    pub fn add_start_at(&mut self, at: &[usize], budget: u8) {
+        if let Some(c) = &self.g.store.codec {
+            if self.start_codes.is_empty() {
+                // Each bound value's bits, in place in a key.
+                self.start_codes = self
+                    .observable
+                    .iter()
+                    .enumerate()
+                    .map(|(slot, values)| {
+                        values
+                            .iter()
+                            .map(|v| {
+                                let mut key = [0u64; MAX_WORDS];
+                                c.set_value(&mut key, slot, v).map(|()| key)
+                            })
+                            .collect()
+                    })
+                    .collect();
+            }
+            let mut key = [0u64; MAX_WORDS];
+            let mut fits = true;
+            for (codes, &i) in self.start_codes.iter().zip(at) {
+                match &codes[i] {
+                    Some(bits) => key.iter_mut().zip(bits).for_each(|(k, b)| *k |= b),
+                    None => fits = false,
+                }
+            }
+            if fits {
+                let w = c.words;
+                c.set_meta(&mut key[..w], 0, 0, budget);
+                self.intern_key(&key[..w], (u32::MAX, Edge::Start));
+                return;
+            }
+        }
+        let values: Vec<Value> = self.observable.iter().zip(at).map(|(vs, &i)| vs[i].clone()).collect();
+        self.add_start_from(&values, budget);
     }
 
     /// Explores breadth first until done or `max_states`; calls `progress` now and then.
@@ -1438,6 +1482,46 @@ impl Graph {
             }
         }
         (order.len() == n).then_some(order)
+    }
+
+    /// [`Graph::longest_path`] when the program edges make no cycle, `None` when they
+    /// do: [`Graph::topological_order`] and [`Graph::longest_path_in`] in one pass.
+    /// Kahn's algorithm, carrying forward, from each start state, the most slices
+    /// taken to reach each node: the longest path from a start state ends at the
+    /// node where it comes to rest, so the most over every node is the depth.
+    pub fn acyclic_depth(&self) -> Option<u32> {
+        let n = self.kinds.len();
+        let mut indegree = vec![0u32; n];
+        for &w in &self.succ[..self.succ_off[n] as usize] {
+            if let Some(d) = indegree.get_mut(w as usize) {
+                *d += 1;
+            }
+        }
+        // Per node: 1 + the most slices from a start state to it; 0 when no start
+        // state reaches it by the program's moves.
+        let start = Edge::Start.pack();
+        let mut reach: Vec<u32> = (0..n).map(|v| u32::from(self.parents[v].1 == start)).collect();
+        let mut queue: Vec<u32> = (0..n as u32).filter(|&v| indegree[v as usize] == 0).collect();
+        let mut head = 0;
+        let mut best = 0;
+        while let Some(&v) = queue.get(head) {
+            head += 1;
+            let r = reach[v as usize];
+            best = best.max(r);
+            for &w in self.successors(v as usize) {
+                if let Some(d) = indegree.get_mut(w as usize) {
+                    if r > 0 {
+                        let rw = &mut reach[w as usize];
+                        *rw = (*rw).max(r + 1);
+                    }
+                    *d -= 1;
+                    if *d == 0 {
+                        queue.push(w);
+                    }
+                }
+            }
+        }
+        (queue.len() == n).then(|| best.saturating_sub(1))
     }
 
     /// [`Graph::longest_path`] given [`Graph::topological_order`]: longest
