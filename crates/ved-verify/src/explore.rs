@@ -996,6 +996,7 @@ impl<'a> Explorer<'a> {
         assert!(max_states < WORLD as usize, "node indices leave the top bit for observation edges");
         let mut i = 0usize;
         let mut succs: Vec<(Succ, u32)> = Vec::new();
+        let mut next: Vec<([u64; MAX_WORDS], u32)> = Vec::new();
         let mut key = [0u64; MAX_WORDS];
         let words = self.g.store.words;
         while i < self.g.store.len() {
@@ -1015,6 +1016,24 @@ impl<'a> Explorer<'a> {
                     let (blocked, cursor, budget) = c.meta(&key[..words]);
                     self.scratch_ok = false;
                     let at = At { key: Some(&key[..words]), values: &[], blocked, flight: &None, cursor, budget };
+                    if let Some(kind) = self.expand_packed(at, &mut next) {
+                        // The fast path: every successor a packed key, none a result.
+                        self.g.kinds.push(kind);
+                        for &(k, e) in &next {
+                            if self.g.store.len() >= max_states {
+                                self.g.complete = false;
+                                break;
+                            }
+                            let j = self.intern_key(&k[..words], (i as u32, Edge::unpack(e)));
+                            self.g.succ.push(j);
+                        }
+                        self.g.succ_off.push(self.g.succ.len() as u32);
+                        if !self.g.complete {
+                            break;
+                        }
+                        i += 1;
+                        continue;
+                    }
                     self.expand(at, &mut succs)
                 }
             };
@@ -1093,6 +1112,80 @@ impl<'a> Explorer<'a> {
         // A fault leaves no successors.
         let _ = self.expand(at, &mut succs);
         out.extend(succs.into_iter().map(|(s, e)| (at.whole(s), Edge::unpack(e))));
+    }
+
+    /// [`Explorer::expand`] of a packed node (so nothing is in flight) whose goals and
+    /// steps are all remembered with packed results: its kind, and its successors'
+    /// keys with their edges in `out`, made by replacing bit fields of its key. `None`
+    /// when it is not that simple (a fault, a step that must run, a goal or step not
+    /// remembered): then `expand` does it all again, the same way (remembered results
+    /// and `goal_ever_true` come out the same whichever of the two sets them).
+    ///
+    /// With nothing in flight there are no results and no observations, and no
+    /// transition is held back by another's flight (R1): only the tick's slices and
+    /// the retry timers, as in `expand`.
+    fn expand_packed(&mut self, node: At<'_>, out: &mut Vec<([u64; MAX_WORDS], u32)>) -> Option<Kind> {
+        out.clear();
+        let mut all = true;
+        for gi in 0..self.dom.goals.len() {
+            if self.goal_parts[gi].is_none() && self.goal_memo[gi].is_none() {
+                return None;
+            }
+            match self.goal(gi, node) {
+                Ok(true) => self.g.goal_ever_true[gi] = true,
+                Ok(false) => all = false,
+                Err(_) => return None,
+            }
+        }
+        if all {
+            return Some(Kind::Stable);
+        }
+        if node.cursor > 0 && self.scan_packed(node, node.cursor as usize, out)? {
+            return Some(Kind::Moving);
+        }
+        self.scan_packed(node, 0, out)?;
+        let c = self.g.store.codec.as_ref()?;
+        let key = node.key?;
+        let mut blocked = node.blocked;
+        while blocked != 0 {
+            let t = blocked.trailing_zeros() as u16;
+            blocked &= blocked - 1;
+            let mut next = [0u64; MAX_WORDS];
+            next[..key.len()].copy_from_slice(key);
+            c.set_meta(&mut next[..key.len()], node.blocked & !(1u64 << t), 0, node.budget);
+            out.push((next, Edge::Timer { t }.pack()));
+        }
+        Some(if out.is_empty() { Kind::Stuck } else { Kind::Moving })
+    }
+
+    /// [`Explorer::scan`] for [`Explorer::expand_packed`]: `None` when a step must
+    /// run (its result has no packed form, or it is not remembered) or faults.
+    fn scan_packed(&mut self, node: At<'_>, from: usize, out: &mut Vec<([u64; MAX_WORDS], u32)>) -> Option<bool> {
+        let key = node.key?;
+        for t in from..self.dom.transitions.len() {
+            if node.blocked & (1 << t) != 0 {
+                continue;
+            }
+            if *self.step_memo[t].as_mut()?.slot(key) == RUN {
+                return None;
+            }
+            match self.step(t, node) {
+                Ok(Stepped::Noop) => continue,
+                Ok(Stepped::Packed(delta)) => {
+                    let c = self.g.store.codec.as_ref()?;
+                    let mut next = [0u64; MAX_WORDS];
+                    next[..key.len()].copy_from_slice(key);
+                    c.set_meta(&mut next[..key.len()], node.blocked, (t + 1) as u8, node.budget);
+                    for &(slot, x) in self.deltas[delta as usize].iter() {
+                        c.fields[slot as usize].1.set(&mut next[..key.len()], x);
+                    }
+                    out.push((next, Edge::Fire { t: t as u16 }.pack()));
+                    return Some(true);
+                }
+                Ok(Stepped::Ran(_)) | Err(_) => return None,
+            }
+        }
+        Some(false)
     }
 
     /// The node's kind (or its fault); its successors go to `out`.
