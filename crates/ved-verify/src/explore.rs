@@ -549,7 +549,7 @@ const STEP_MEMO_BITS: u32 = 20;
 /// keeps the false and lands at the end or on a later such jump.
 fn conjuncts(code: &ved_vm::Code) -> Option<Vec<ved_vm::Code>> {
     let ops = &code.ops;
-    if ops.len() < 3 || ops.len() % 2 == 0 {
+    if ops.len() < 3 || ops.len().is_multiple_of(2) {
         return None;
     }
     let mut parts = Vec::new();
@@ -580,6 +580,9 @@ fn conjuncts(code: &ved_vm::Code) -> Option<Vec<ved_vm::Code>> {
     }
     Some(parts)
 }
+
+/// A goal's comparisons (see [`conjuncts`]), each with its table.
+type GoalParts = Vec<(ved_vm::Code, Memo<u8>)>;
 
 /// What a step does on a node.
 enum Stepped {
@@ -755,7 +758,7 @@ pub struct Explorer<'a> {
     /// Per goal that is a conjunction of single comparisons (`x == 50 && y == 50`):
     /// each comparison with its own table, over the one or two fields it reads, in
     /// place of one table over all of them (see [`conjuncts`]).
-    goal_parts: Vec<Option<Vec<(ved_vm::Code, Memo<u8>)>>>,
+    goal_parts: Vec<Option<GoalParts>>,
     step_memo: Vec<Option<Memo<u32>>>,
     /// The packed writes of remembered steps: (slot, code).
     deltas: Vec<Box<[(u16, u64)]>>,
@@ -785,7 +788,7 @@ impl<'a> Explorer<'a> {
             })
             .collect();
         let codec = Codec::new(&observable, dom.transitions.len());
-        let goal_parts: Vec<Option<Vec<(ved_vm::Code, Memo<u8>)>>> = dom
+        let goal_parts: Vec<Option<GoalParts>> = dom
             .goals
             .iter()
             .map(|g| {
