@@ -65,7 +65,13 @@
 //!   (true, false) and per step (a no-op, or its writes as codes), so the VM runs
 //!   once per combination and a successor's key is its parent's with a few bit
 //!   fields replaced. Steps with intents, faults, and writes that do not pack run
-//!   the VM every time.
+//!   the VM every time. A goal of single comparisons joined by `&&` has a table
+//!   per comparison instead (`conjuncts`). A packed node whose goals and steps
+//!   are all remembered this way is expanded on a fast path that writes its
+//!   successors' keys directly (`expand_packed`); any other goes through `expand`.
+//! - **A hash with locality.** Keys that differ only in their low bits share a
+//!   block of buckets (`hash_key`), and the last field sits lowest: consecutive
+//!   nodes, breadth first, are looked up in the same cache lines.
 //! - **Per node** besides its key: its kind (one byte; faults on the side), its
 //!   parent and edge (eight bytes), its successors (four bytes each, plus an
 //!   offset). Node numbers are given in breadth-first order, one at a time, so
