@@ -7,12 +7,12 @@ mod common;
 
 use common::{root, tempdir, Daemon, Webhook};
 use serde_json::Value as Json;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use ved_testkit::{fill, Tmpfs};
 
 const TOKEN: &str = "full-disk";
 const LIMIT: Duration = Duration::from_secs(120);
@@ -20,49 +20,6 @@ const LIMIT: Duration = Duration::from_secs(120);
 /// Every observation adds one to `count`; each new count is sent to the webhook.
 const PROGRAM: &str = "domain Mirror {\nstate {\ncount: int = 0\nsent: int = 0\n}\n}\ngoal sent == count\n\
 transition Send {\nstep {\nif sent != count {\nemit Sink.Apply(count)\nsent = count\n}\n}\n}\n";
-
-/// A tmpfs at a directory of its own, unmounted (lazily) and removed when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: PathBuf, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(&at).unwrap();
-        let out = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(&at).output();
-        match out {
-            Ok(o) if o.status.success() => Some(Tmpfs(at)),
-            Ok(o) => {
-                eprintln!("SKIPPED: cannot mount a tmpfs (root is needed): {}", String::from_utf8_lossy(&o.stderr));
-                None
-            }
-            Err(e) => {
-                eprintln!("SKIPPED: cannot run mount: {e}");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
-    }
-}
-
-/// Fills the file system holding `path` to its last byte.
-fn fill(path: &Path) {
-    let mut f = std::fs::File::create(path).unwrap();
-    let chunk = vec![0x5a; 4096];
-    loop {
-        match f.write(&chunk) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) => {
-                assert_eq!(e.kind(), std::io::ErrorKind::StorageFull, "{e}");
-                break;
-            }
-        }
-    }
-}
 
 fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
     let start = Instant::now();

@@ -4,60 +4,40 @@
 
 mod common;
 
+use common::{wait_for, Daemon};
 use serde_json::Value as Json;
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 const TOKEN: &str = "s3cret-log-t0ken";
 
 /// Runs the daemon with `args` and `RUST_LOG=filter`, makes `requests` (method, path, body)
-/// with the token, stops it, and returns (stdout lines, stderr text).
+/// with the token, stops it, and returns (stdout lines after `listening`, stderr text).
 fn run(args: &[&str], filter: &str, requests: &[(&str, &str, &str)]) -> (Vec<Json>, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ved"));
-    cmd.args(["run", "examples/worker_pool.ved", "--ephemeral", "--listen", "127.0.0.1:0"])
-        .args(args)
-        .current_dir(common::root())
-        .env("RUST_LOG", filter)
-        .env("VED_API_TOKEN", TOKEN)
-        .env_remove("VED_API_READ_TOKEN");
-    common::guard_state_home(&mut cmd);
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut events = Vec::new();
-    let addr = loop {
-        let e: Json = serde_json::from_str(&out.next().expect("a listening event").unwrap()).unwrap();
-        events.push(e.clone());
-        if e["event"] == "listening" {
-            break e["addr"].as_str().unwrap().to_string();
-        }
-    };
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(120)))
-        .build()
-        .into();
+    let mut argv = vec!["examples/worker_pool.ved", "--ephemeral"];
+    argv.extend_from_slice(args);
+    let mut d = Daemon::start_with_env(&argv, Some(TOKEN), &[("RUST_LOG", filter)]);
+    let auth = format!("Bearer {TOKEN}");
     for (method, path, body) in requests {
-        let url = format!("http://{addr}{path}");
-        let auth = format!("Bearer {TOKEN}");
+        let url = format!("{}{path}", d.base);
         let status = match *method {
-            "POST" => agent.post(&url).header("Authorization", &auth).send(body.as_bytes()).unwrap().status(),
-            _ => agent.get(&url).header("Authorization", &auth).call().unwrap().status(),
+            "POST" => d.agent.post(&url).header("Authorization", &auth).send(body.as_bytes()).unwrap().status(),
+            _ => d.agent.get(&url).header("Authorization", &auth).call().unwrap().status(),
         };
         assert!(status.as_u16() > 0);
     }
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    for l in out.map_while(Result::ok) {
-        events.push(serde_json::from_str(&l).unwrap_or_else(|e| panic!("stdout is events only: {l}: {e}")));
-    }
-    assert!(child.wait().unwrap().success());
-    (events, err.join().unwrap())
+    Command::new("kill").args(["-TERM", &d.child.id().to_string()]).status().unwrap();
+    assert!(d.child.wait().unwrap().success());
+    // Every line on stdout is an event: logs never go there.
+    let events = d
+        .lines
+        .iter()
+        .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("stdout is events only: {l}: {e}")))
+        .collect();
+    wait_for("the end of stderr", Duration::from_secs(120), || d.stderr_closed.load(Ordering::SeqCst));
+    let err = d.stderr.lock().unwrap().clone();
+    (events, err)
 }
 
 #[test]

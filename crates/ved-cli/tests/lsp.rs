@@ -1,10 +1,12 @@
 //! `ved lsp` spoken to as an editor would: JSON-RPC with `Content-Length` framing on
 //! the child's stdin and stdout, one scripted session from `initialize` to `exit`.
 
+mod common;
+
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::process::{ChildStdin, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 /// Generous: the machine may be busy with other builds. Nothing here sleeps.
@@ -55,38 +57,6 @@ impl Client {
     }
 }
 
-/// Reads framed messages from the server's stdout into a channel.
-fn read_messages(out: impl Read + Send + 'static) -> Receiver<Value> {
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        let mut r = BufReader::new(out);
-        loop {
-            let mut len = None;
-            loop {
-                let mut line = String::new();
-                if r.read_line(&mut line).unwrap_or(0) == 0 {
-                    return;
-                }
-                let line = line.trim_end();
-                if line.is_empty() {
-                    break;
-                }
-                if let Some(v) = line.strip_prefix("Content-Length: ") {
-                    len = v.parse::<usize>().ok();
-                }
-            }
-            let mut body = vec![0; len.expect("a Content-Length header")];
-            if r.read_exact(&mut body).is_err() {
-                return;
-            }
-            if tx.send(serde_json::from_slice(&body).expect("a JSON body")).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
 const URI: &str = "file:///tmp/pool.ved";
 
 /// Line 5 compares the int field `workers` with a string: a type error.
@@ -124,7 +94,7 @@ fn a_scripted_session() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("ved lsp starts");
-    let incoming = read_messages(child.stdout.take().unwrap());
+    let incoming = common::lsp_messages(child.stdout.take().unwrap());
     let mut c = Client { stdin: child.stdin.take().unwrap(), incoming, next_id: 0 };
 
     let init = c.request("initialize", json!({ "processId": null, "rootUri": null, "capabilities": {} }));

@@ -44,28 +44,8 @@ fn one(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
 fn metrics_report_instances_slices_intents_readings_and_fsyncs_while_a_pool_heals() {
     let dir = tempdir("metrics");
     // A marker only this test's pool uses, so that no other test's processes are counted.
-    let marker = format!("86400.{}", std::process::id());
+    let (d, _cleanup, marker) = common::worker_pool_daemon(&dir, true, None);
     let member = ["sleep", marker.as_str()];
-    let _cleanup = common::Members::of(&member);
-    let config = dir.join("ved.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[adapters.Workers]\ndriver = \"process\"\ncommand = [\"sleep\", \"{marker}\"]\n\n\
-             [[watch]]\nfields = [\"workers\"]\ndriver = \"process\"\nadapter = \"Workers\"\n"
-        ),
-    )
-    .unwrap();
-    let d = Daemon::start(
-        &[
-            "examples/demo/worker_pool/worker_pool.ved",
-            "--config",
-            config.to_str().unwrap(),
-            "--data-dir",
-            dir.join("data").to_str().unwrap(),
-        ],
-        None,
-    );
     let state = |d: &Daemon| d.get("/v1/instances/WorkerPool").1;
     wait_for("the pool to boot to 5", Duration::from_secs(120), || {
         state(&d)["status"] == "stable" && members(&member).len() == 5
@@ -124,7 +104,7 @@ fn metrics_report_instances_slices_intents_readings_and_fsyncs_while_a_pool_heal
         &[
             "examples/demo/worker_pool/worker_pool.ved",
             "--config",
-            config.to_str().unwrap(),
+            dir.join("ved.toml").to_str().unwrap(),
             "--data-dir",
             dir.join("data").to_str().unwrap(),
         ],

@@ -64,24 +64,7 @@ use ved_runtime::{Event, Instance, IntentId, Limits, Message, Phase, Progress, R
 use ved_verify::explore::{Edge, Explorer, Flight, Flights, Held, Model, Node};
 use ved_vm::{CompiledDomain, Value, Vm};
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
+use ved_testkit::Rng;
 
 /// A domain: its name, its code, each field's bound, its initial state.
 type Domain = (String, CompiledDomain, Vec<Vec<Value>>, Vec<Value>);
@@ -223,7 +206,7 @@ fn run_seed(programs: &[Program], seed: u64) -> [usize; 5] {
         (!vals.is_empty()).then(|| vals[rng.below(vals.len())].clone())
     };
     let start: Vec<Value> = (0..initial.len())
-        .map(|s| if rng.chance(20) { None } else { pick(&mut rng, s) }.unwrap_or(initial[s].clone()))
+        .map(|s| if rng.percent(20) { None } else { pick(&mut rng, s) }.unwrap_or(initial[s].clone()))
         .collect();
     let mut inst = Instance::new("I", 0, start, seed);
     let policy = RetryPolicy::default();
@@ -329,9 +312,9 @@ fn run_seed(programs: &[Program], seed: u64) -> [usize; 5] {
             checked[k] += 1;
         } else if r < 75 {
             // Answer an outstanding intent, or (now and then) repeat an answer.
-            if !answered.is_empty() && rng.chance(10) {
+            if !answered.is_empty() && rng.percent(10) {
                 let id = answered[rng.below(answered.len())].clone();
-                let ok = rng.chance(50);
+                let ok = rng.percent(50);
                 inst.enqueue(Message::IntentResult { id, ok, error: None }, &limits).unwrap();
                 queue.push_back(Queued::Result(false));
                 continue;
@@ -341,7 +324,7 @@ fn run_seed(programs: &[Program], seed: u64) -> [usize; 5] {
             }
             let id = outstanding.remove(rng.below(outstanding.len()));
             // A failure is injected only while the budget lasts, counting those queued.
-            let ok = shadow.budget <= queued_failures || rng.chance(70);
+            let ok = shadow.budget <= queued_failures || rng.percent(70);
             if !ok {
                 queued_failures += 1;
             }

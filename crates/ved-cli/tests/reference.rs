@@ -14,7 +14,7 @@ use common::{root, tempdir, ved_text, wait_for, Daemon};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::Duration;
@@ -315,33 +315,6 @@ fn every_toml_block_parses_and_every_ved_toml_loads_and_checks_with_a_program() 
     assert_eq!((toml_blocks, configs, checked), (7, 7, 6), "(```toml blocks, ved.toml loaded, checked with a program)");
 }
 
-/// The pool of `examples/demo/worker_pool` with real `sleep` workers (a marker only this test
-/// uses), watched by the process watcher: it has an adapter, intents with results, a watcher.
-fn worker_pool_daemon(dir: &Path) -> (Daemon, common::Members, String) {
-    let marker = format!("86400.{}", std::process::id());
-    let members = common::Members::of(&["sleep", &marker]);
-    let config = dir.join("ved.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[adapters.Workers]\ndriver = \"process\"\ncommand = [\"sleep\", \"{marker}\"]\n\n\
-             [[watch]]\nfields = [\"workers\"]\ndriver = \"process\"\nadapter = \"Workers\"\n"
-        ),
-    )
-    .unwrap();
-    let d = Daemon::start(
-        &[
-            "examples/demo/worker_pool/worker_pool.ved",
-            "--config",
-            config.to_str().unwrap(),
-            "--data-dir",
-            dir.join("data").to_str().unwrap(),
-        ],
-        None,
-    );
-    (d, members, marker)
-}
-
 fn get_text(d: &Daemon, path: &str) -> (u16, String) {
     let mut r = d.agent.get(&format!("{}{path}", d.base)).call().unwrap();
     (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
@@ -364,7 +337,7 @@ fn the_metrics_table_lists_exactly_the_metrics_a_scrape_has_with_their_types_and
     assert_eq!(table.len(), 9, "metrics in the table: {table:?}");
 
     let dir = tempdir("reference-metrics");
-    let (d, _members, marker) = worker_pool_daemon(&dir);
+    let (d, _members, marker) = common::worker_pool_daemon(&dir, true, None);
     let (mut text, mut scrape) = (String::new(), None);
     // Every series is there once the pool is up, an intent came back and the watcher read.
     wait_for("the pool to boot to 5 and be scraped whole", DEADLINE, || {
@@ -687,36 +660,6 @@ fn on_path(program: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
 
-/// Reads `Content-Length`-framed messages from a language server's stdout.
-fn lsp_messages(out: impl Read + Send + 'static) -> Receiver<Value> {
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        let mut r = BufReader::new(out);
-        loop {
-            let mut len = None;
-            loop {
-                let mut line = String::new();
-                if r.read_line(&mut line).unwrap_or(0) == 0 {
-                    return;
-                }
-                let line = line.trim_end();
-                if line.is_empty() {
-                    break;
-                }
-                if let Some(v) = line.strip_prefix("Content-Length: ") {
-                    len = v.parse::<usize>().ok();
-                }
-            }
-            let mut body = vec![0; len.expect("a Content-Length header")];
-            if r.read_exact(&mut body).is_err() || tx.send(serde_json::from_slice(&body).expect("a JSON body")).is_err()
-            {
-                return;
-            }
-        }
-    });
-    rx
-}
-
 fn lsp_send(to: &mut impl Write, msg: Value) {
     let body = msg.to_string();
     write!(to, "Content-Length: {}\r\n\r\n{body}", body.len()).unwrap();
@@ -779,7 +722,7 @@ fn the_vscode_extension_starts_ved_lsp_from_its_setting_and_the_server_initializ
             .spawn()
             .unwrap(),
     );
-    let incoming = lsp_messages(server.0.stdout.take().unwrap());
+    let incoming = common::lsp_messages(server.0.stdout.take().unwrap());
     let mut stdin = server.0.stdin.take().unwrap();
     lsp_send(
         &mut stdin,

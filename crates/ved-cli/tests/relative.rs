@@ -58,24 +58,10 @@ fn bad_relative_observations_are_refused_with_a_reason() {
 #[test]
 fn two_alerts_posted_together_to_the_daemon_repair_a_real_pool_without_overshoot() {
     let dir = tempdir("relative");
-    // A marker only this test's pool uses, so parallel tests cannot be miscounted.
-    let marker = format!("86400.{}", std::process::id());
+    // A marker only this test's pool uses, so parallel tests cannot be miscounted. No
+    // watcher: the alerts are the only news of deaths, as in seed 003.
+    let (d, _cleanup, marker) = common::worker_pool_daemon(&dir, false, Some(TOKEN));
     let member = ["sleep", marker.as_str()];
-    let _cleanup = common::Members::of(&member);
-    let config = dir.join("ved.toml");
-    // No watcher: the alerts are the only news of deaths, as in seed 003.
-    std::fs::write(&config, format!("[adapters.Workers]\ndriver = \"process\"\ncommand = [\"sleep\", \"{marker}\"]\n"))
-        .unwrap();
-    let d = Daemon::start(
-        &[
-            "examples/demo/worker_pool/worker_pool.ved",
-            "--config",
-            config.to_str().unwrap(),
-            "--data-dir",
-            dir.join("data").to_str().unwrap(),
-        ],
-        Some(TOKEN),
-    );
     let state = |d: &Daemon| d.get("/v1/instances/WorkerPool").1;
     wait_for("the pool to boot to 5", Duration::from_secs(120), || state(&d)["status"] == "stable");
     assert_eq!(members(&member).len(), 5);

@@ -2,13 +2,12 @@
 //! goes on by itself once space is freed (issue 13, defect 8). Runs on a tiny tmpfs, so it
 //! needs root (`mount`); without it the test says so and passes nothing off as checked.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 use ved_runtime::{InstanceSnapshot, Status};
 use ved_store::codec::{JournalEntry, Record, SnapshotRecord};
 use ved_store::{read_only, verify_audit, AuditDraft, Durability, Store};
+use ved_testkit::{fill, Tmpfs};
 use ved_vm::Value;
 
 fn snap(instance: &str, slice: u64, workers: i64) -> Record {
@@ -53,56 +52,9 @@ fn draft(text: &str) -> AuditDraft {
     AuditDraft { at_ms: 5, wall_ms: Some(1_796_189_694_005), instance: "WorkerPool".into(), text: text.into() }
 }
 
-/// A tmpfs of `size` at a directory of its own, unmounted (lazily, whatever holds it) and
-/// removed when dropped, however the test ends.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(tag: &str, size: &str) -> Option<Tmpfs> {
-        let dir = std::env::temp_dir().join(format!("ved-store-{tag}-{}", std::process::id()));
-        let _ = Command::new("umount").arg("-l").arg(&dir).output();
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let out =
-            Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(&dir).output();
-        match out {
-            Ok(o) if o.status.success() => Some(Tmpfs(dir)),
-            Ok(o) => {
-                eprintln!("SKIPPED: cannot mount a tmpfs (root is needed): {}", String::from_utf8_lossy(&o.stderr));
-                let _ = std::fs::remove_dir_all(&dir);
-                None
-            }
-            Err(e) => {
-                eprintln!("SKIPPED: cannot run mount: {e}");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Fills the file system holding `path` to the last byte; returns how much it wrote.
-fn fill(path: &Path) -> u64 {
-    let mut f = std::fs::File::create(path).unwrap();
-    let chunk = vec![0x5a; 4096];
-    let mut n = 0;
-    loop {
-        match f.write(&chunk) {
-            Ok(0) => break,
-            Ok(k) => n += k as u64,
-            Err(e) => {
-                assert_eq!(e.kind(), std::io::ErrorKind::StorageFull, "filling {}: {e}", path.display());
-                break;
-            }
-        }
-    }
-    n
+/// A tmpfs for one test, at a directory of its own under the temp dir.
+fn tmpfs(tag: &str, size: &str) -> Option<Tmpfs> {
+    Tmpfs::mount(std::env::temp_dir().join(format!("ved-store-{tag}-{}", std::process::id())), size)
 }
 
 fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
@@ -127,7 +79,7 @@ fn names(dir: &Path) -> Vec<String> {
 
 #[test]
 fn a_write_that_finds_no_space_is_taken_back_kept_and_written_once_space_returns() {
-    let Some(fs) = Tmpfs::mount("full", "1m") else { return };
+    let Some(fs) = tmpfs("full", "1m") else { return };
     let dir = fs.0.join("store");
     let (mut s, _) = Store::open(&dir, Durability::Fsync, false, Box::new(|_| {})).unwrap();
     for i in 1..=3 {

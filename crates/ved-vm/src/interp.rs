@@ -96,14 +96,34 @@ impl Vm {
 
     /// Evaluates a boolean expression.
     pub fn eval_bool(&mut self, code: &Code, state: &[Value]) -> R<bool> {
-        // A goal that is one comparison of fields and constants (`workers == 5`, `actual
-        // == desired`) is answered without setting up the interpreter: it cannot fault.
-        match code.ops[..] {
-            [Op::FieldCmpConst(s, c, k)] => return Ok(compare(c, self.field(s, state), &code.consts[k as usize])),
-            [Op::FieldCmpField(a, b, c)] => return Ok(compare(c, self.field(a, state), self.field(b, state))),
-            _ => {}
+        if let Some(b) = self.predicate(code, state) {
+            return Ok(b);
         }
         Ok(matches!(self.eval(code, state)?, Value::Bool(true)))
+    }
+
+    /// A goal made only of comparisons of fields with constants or fields, joined by `&&`
+    /// and `||` (`workers == 5`, `(p == "healthy" && r == "primary") || ...`), answered
+    /// without the value stack: in such code the stack never holds more than one bool (each
+    /// comparison pushes one; each `&&`/`||` jump keeps it or pops it), so one register is
+    /// the whole stack, and nothing in it can fault. `None` for any other op: the caller
+    /// runs the interpreter, which computes the same answer.
+    fn predicate(&self, code: &Code, state: &[Value]) -> Option<bool> {
+        let (ops, consts) = (&code.ops, &code.consts);
+        let mut top = false;
+        let mut pc = 0;
+        while let Some(&op) = ops.get(pc) {
+            pc += 1;
+            match op {
+                Op::FieldCmpConst(s, c, k) => top = compare(c, self.field(s, state), consts.get(k as usize)?),
+                Op::FieldCmpField(a, b, c) => top = compare(c, self.field(a, state), self.field(b, state)),
+                Op::JumpIfFalseOrPop(t) if !top => pc = t as usize,
+                Op::JumpIfTrueOrPop(t) if top => pc = t as usize,
+                Op::JumpIfFalseOrPop(_) | Op::JumpIfTrueOrPop(_) => {}
+                _ => return None,
+            }
+        }
+        (!ops.is_empty()).then_some(top)
     }
 
     /// Runs a step against a copy-on-write view of `state`.

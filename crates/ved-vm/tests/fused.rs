@@ -3,34 +3,17 @@
 //! by zero, strings, booleans) are lowered twice, fused and plain, and every goal and
 //! every step is run by both on the same states, including states the steps lead to: the
 //! values, the writes, the intents and every fault with its span must be the same.
-//! Deterministic: a fixed seed, a generator of its own.
+//! Deterministic: a fixed seed.
 
+use ved_testkit::Rng;
 use ved_vm::{compile_program, compile_program_unfused, CompiledProgram, Op, Value, Vm};
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
-        xs[self.below(xs.len() as u64) as usize]
-    }
-    fn int(&mut self) -> i64 {
-        match self.below(6) {
-            0 => i64::MAX - self.below(3) as i64,
-            1 => i64::MIN + self.below(3) as i64,
-            2 => 0,
-            _ => self.below(11) as i64 - 5,
-        }
+fn int(r: &mut Rng) -> i64 {
+    match r.below(6) {
+        0 => i64::MAX - r.below(3) as i64,
+        1 => i64::MIN + r.below(3) as i64,
+        2 => 0,
+        _ => r.below(11) as i64 - 5,
     }
 }
 
@@ -38,12 +21,12 @@ const CMP: &[&str] = &["==", "!=", "<", "<=", ">", ">="];
 
 fn cond(r: &mut Rng, depth: u32) -> String {
     let atom = |r: &mut Rng| match r.below(7) {
-        0 | 1 => format!("{} {} {}", r.pick(&["a", "b"]), r.pick(CMP), r.int()),
+        0 | 1 => format!("{} {} {}", r.pick(&["a", "b"]), r.pick(CMP), int(r)),
         2 => format!("a {} b", r.pick(CMP)),
         3 => format!("s {} {:?}", r.pick(&["==", "!="]), r.pick(&["", "x", "xx"])),
         4 => format!("c == {}", r.pick(&["true", "false"])),
         5 => r.pick(&["c", "!c", "a + 1 > b"]).to_string(),
-        _ => format!("{} {} {}", r.int(), r.pick(CMP), r.pick(&["a", "b"])),
+        _ => format!("{} {} {}", int(r), r.pick(CMP), r.pick(&["a", "b"])),
     };
     if depth == 0 || r.below(3) == 0 {
         return atom(r);
@@ -56,13 +39,13 @@ fn stmts(r: &mut Rng, depth: u32, out: &mut String, indent: usize) {
     let pad = " ".repeat(indent);
     for _ in 0..1 + r.below(3) {
         match r.below(if depth == 0 { 6 } else { 8 }) {
-            0 => out.push_str(&format!("{pad}{} {} {}\n", r.pick(&["a", "b"]), r.pick(&["+=", "-="]), r.int())),
+            0 => out.push_str(&format!("{pad}{} {} {}\n", r.pick(&["a", "b"]), r.pick(&["+=", "-="]), int(r))),
             1 => out.push_str(&format!(
                 "{pad}{} = {} {} {}\n",
                 r.pick(&["a", "b"]),
                 r.pick(&["a", "b"]),
                 r.pick(&["+", "-", "*", "/", "%"]),
-                r.int()
+                int(r)
             )),
             2 => out.push_str(&format!("{pad}s = s + {:?}\n", r.pick(&["", "x"]))),
             3 => out.push_str(&format!("{pad}c = {}\n", cond(r, 1))),
@@ -129,7 +112,7 @@ fn fused_ops(p: &CompiledProgram) -> usize {
 #[test]
 fn fused_code_computes_exactly_what_the_plain_ops_do() {
     let mut r = Rng(0x5eed_f00d);
-    let (mut programs, mut runs, mut fused) = (0, 0, 0);
+    let (mut programs, mut runs, mut fused, mut predicates) = (0, 0, 0, 0);
     let mut vm_fused = Vm::new();
     let mut vm_plain = Vm::new();
     while programs < 400 {
@@ -137,6 +120,22 @@ fn fused_code_computes_exactly_what_the_plain_ops_do() {
         let Some((f, p)) = lower(&src) else { continue };
         programs += 1;
         fused += fused_ops(&f);
+        // Goals `eval_bool` answers without the interpreter: comparisons joined by `&&`/`||`.
+        predicates += f.domains[0]
+            .goals
+            .iter()
+            .filter(|g| {
+                g.code.ops.iter().all(|o| {
+                    matches!(
+                        o,
+                        Op::FieldCmpConst(..)
+                            | Op::FieldCmpField(..)
+                            | Op::JumpIfFalseOrPop(_)
+                            | Op::JumpIfTrueOrPop(_)
+                    )
+                })
+            })
+            .count();
         let (df, dp) = (&f.domains[0], &p.domains[0]);
         assert_eq!(
             df.transitions.iter().map(|t| (&t.reads, &t.writes)).collect::<Vec<_>>(),
@@ -145,10 +144,10 @@ fn fused_code_computes_exactly_what_the_plain_ops_do() {
         );
         for _ in 0..8 {
             let mut state = vec![
-                Value::Int(r.int()),
-                Value::Int(r.int()),
+                Value::Int(int(&mut r)),
+                Value::Int(int(&mut r)),
                 Value::Bool(r.below(2) == 0),
-                Value::Str(["", "x", "xx"][r.below(3) as usize].into()),
+                Value::Str(["", "x", "xx"][r.below(3)].into()),
             ];
             // Follow the steps for a while, so that states they lead to are compared too.
             for _ in 0..6 {
@@ -180,5 +179,6 @@ fn fused_code_computes_exactly_what_the_plain_ops_do() {
     }
     // The generator reaches the superinstructions, often.
     assert!(fused > 400, "only {fused} fused ops in {programs} programs");
-    eprintln!("{programs} programs, {fused} fused ops, {runs} goal and step runs compared");
+    assert!(predicates > 100, "only {predicates} goals of comparisons joined by && and ||");
+    eprintln!("{programs} programs, {fused} fused ops, {predicates} such goals, {runs} goal and step runs compared");
 }

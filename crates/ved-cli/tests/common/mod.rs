@@ -2,10 +2,10 @@
 #![allow(dead_code)]
 
 use serde_json::Value as Json;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 pub fn root() -> PathBuf {
@@ -56,6 +56,8 @@ pub struct Daemon {
     /// Everything the daemon wrote on stderr so far (its logs), read as it comes: a pipe
     /// nobody reads fills up, and the daemon, which logs every request, would block on it.
     pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Set once stderr reached its end (the daemon exited): `stderr` is then whole.
+    pub stderr_closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Daemon {
@@ -79,10 +81,13 @@ impl Daemon {
         let err = child.stderr.take().unwrap();
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let keep = stderr.clone();
+        let stderr_closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let closed = stderr_closed.clone();
         std::thread::spawn(move || {
             for l in BufReader::new(err).lines().map_while(Result::ok) {
                 keep.lock().unwrap_or_else(|p| p.into_inner()).push_str(&(l + "\n"));
             }
+            closed.store(true, std::sync::atomic::Ordering::SeqCst);
         });
         let out = child.stdout.take().unwrap();
         let (tx, lines) = std::sync::mpsc::channel();
@@ -104,7 +109,7 @@ impl Daemon {
             .timeout_global(Some(Duration::from_secs(120)))
             .build()
             .into();
-        Daemon { child, lines, base: format!("http://{addr}"), agent, stderr }
+        Daemon { child, lines, base: format!("http://{addr}"), agent, stderr, stderr_closed }
     }
 
     pub fn get(&self, path: &str) -> (u16, Json) {
@@ -258,27 +263,8 @@ pub fn ved_events(args: &[&str], input: &str) -> (i32, Vec<Json>, String) {
     (code, out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect(), err)
 }
 
-/// Randomness for tests that a seed reproduces.
-/// SplitMix64: small, fast, and the same everywhere.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    pub fn percent(&mut self, p: u64) -> bool {
-        self.next() % 100 < p
-    }
-}
+#[allow(unused_imports)]
+pub use ved_testkit::Rng;
 
 /// Pids of live processes whose command line is exactly `argv` (a zombie's is empty).
 pub fn processes_running(argv: &[&str]) -> Vec<u32> {
@@ -359,4 +345,61 @@ pub fn security_policy_in(netns: &str, dir: &Path, extra_toml: &str) -> Daemon {
         &["examples/security_policy.ved", "--config", config.to_str().unwrap(), "--data-dir", data.to_str().unwrap()],
         None,
     )
+}
+
+/// Reads `Content-Length`-framed JSON-RPC messages from a language server's stdout into a
+/// channel, until the stream ends.
+pub fn lsp_messages(out: impl Read + Send + 'static) -> Receiver<Json> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(out);
+        loop {
+            let mut len = None;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let line = line.trim_end();
+                if line.is_empty() {
+                    break;
+                }
+                if let Some(v) = line.strip_prefix("Content-Length: ") {
+                    len = v.parse::<usize>().ok();
+                }
+            }
+            let mut body = vec![0; len.expect("a Content-Length header")];
+            if r.read_exact(&mut body).is_err() || tx.send(serde_json::from_slice(&body).expect("a JSON body")).is_err()
+            {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The pool of `examples/demo/worker_pool` on real `sleep` workers with a marker only this
+/// test process uses (so no other test's processes count), on a data directory in `dir`;
+/// `watched` adds the process watcher. Returns the daemon, the guard that kills the
+/// workers, and the marker.
+pub fn worker_pool_daemon(dir: &Path, watched: bool, token: Option<&str>) -> (Daemon, Members, String) {
+    let marker = format!("86400.{}", std::process::id());
+    let members = Members::of(&["sleep", &marker]);
+    let config = dir.join("ved.toml");
+    let watch =
+        if watched { "\n[[watch]]\nfields = [\"workers\"]\ndriver = \"process\"\nadapter = \"Workers\"\n" } else { "" };
+    std::fs::write(
+        &config,
+        format!("[adapters.Workers]\ndriver = \"process\"\ncommand = [\"sleep\", \"{marker}\"]\n{watch}"),
+    )
+    .unwrap();
+    let data = dir.join("data");
+    let args = [
+        "examples/demo/worker_pool/worker_pool.ved",
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    (Daemon::start(&args, token), members, marker)
 }
