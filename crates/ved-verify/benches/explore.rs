@@ -97,7 +97,12 @@ const RUNS: usize = 3;
 fn main() {
     println!("| bound | states | Ved states/s | native states/s | Ved / native (time) |");
     println!("|---|---:|---:|---:|---:|");
-    for side in [40, 70, 100] {
+    // `VERIFY_BENCH_SIDES=40,70` measures only those sizes (for profiling one).
+    let sides: Vec<i64> = match std::env::var("VERIFY_BENCH_SIDES") {
+        Ok(s) => s.split(',').map(|x| x.trim().parse().expect("VERIFY_BENCH_SIDES: sizes, comma-separated")).collect(),
+        Err(_) => vec![40, 70, 100],
+    };
+    for side in sides {
         let (mut vt, mut nt) = (f64::INFINITY, f64::INFINITY);
         let mut vs = 0;
         for _ in 0..RUNS {

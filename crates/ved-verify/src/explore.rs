@@ -65,7 +65,13 @@
 //!   (true, false) and per step (a no-op, or its writes as codes), so the VM runs
 //!   once per combination and a successor's key is its parent's with a few bit
 //!   fields replaced. Steps with intents, faults, and writes that do not pack run
-//!   the VM every time.
+//!   the VM every time. A goal of single comparisons joined by `&&` has a table
+//!   per comparison instead (`conjuncts`). A packed node whose goals and steps
+//!   are all remembered this way is expanded on a fast path that writes its
+//!   successors' keys directly (`expand_packed`); any other goes through `expand`.
+//! - **A hash with locality.** Keys that differ only in their low bits share a
+//!   block of buckets (`hash_key`), and the last field sits lowest: consecutive
+//!   nodes, breadth first, are looked up in the same cache lines.
 //! - **Per node** besides its key: its kind (one byte; faults on the side), its
 //!   parent and edge (eight bytes), its successors (four bytes each, plus an
 //!   offset). Node numbers are given in breadth-first order, one at a time, so
@@ -74,7 +80,7 @@
 use hashbrown::HashTable;
 use rustc_hash::{FxHashMap, FxHasher};
 use std::hash::{Hash, Hasher};
-use ved_vm::{CompiledDomain, CompiledTransition, Fault, StepOutcome, Value, Vm};
+use ved_vm::{CompiledDomain, CompiledTransition, Fault, Op, StepOutcome, Value, Vm};
 
 /// The state fields a transition's step may read and may write, in any branch:
 /// every field it loads and every field it assigns, as sorted slots.
@@ -181,7 +187,7 @@ pub enum Edge {
 }
 
 impl Edge {
-    /// Four bytes: the variant in the top three bits, `ok` in bit 16, `t` or `slot` below.
+    /// Four bytes (as `expand` hands successors on, and as parents are kept): the variant in the top three bits, `ok` in bit 16, `t` or `slot` below.
     fn pack(self) -> u32 {
         match self {
             Edge::Start => 0,
@@ -341,9 +347,15 @@ impl Codec {
         }
         // cursor 0..=transitions, budget a u8, one backing-off bit per transition.
         widths.extend([bits_for(transitions as u128 + 1), 8, transitions as u32]);
-        let mut at = Vec::with_capacity(widths.len());
+        // The last field in the lowest bits: start states are made with the last
+        // field moving fastest, so consecutive nodes' keys differ in their low bits,
+        // which keeps them near one another in the table (see `hash_key`).
+        let n = codes.len();
+        let order = (0..n).rev().chain(n..widths.len());
+        let mut at = vec![Bits::new(0, 0, 0); widths.len()];
         let (mut word, mut used) = (0usize, 0u32);
-        for &w in &widths {
+        for k in order {
+            let w = widths[k];
             let room = if word == 0 { 63 } else { 64 };
             if used + w > room {
                 word += 1;
@@ -352,14 +364,13 @@ impl Codec {
                     return None;
                 }
             }
-            at.push(Bits::new(word, if w == 0 { 0 } else { used }, w));
+            at[k] = Bits::new(word, if w == 0 { 0 } else { used }, w);
             used += w;
         }
         let words = word + 1;
         if words > MAX_WORDS {
             return None;
         }
-        let n = codes.len();
         Some(Codec {
             fields: codes.into_iter().zip(at.iter().copied()).collect(),
             cursor: at[n],
@@ -505,7 +516,9 @@ impl<T: Copy + Default> Memo<T> {
     fn new(codec: &Codec, slots: &[u16], max_bits: u32) -> Option<Memo<T>> {
         let mut parts = Vec::with_capacity(slots.len());
         let mut bits = 0u32;
-        for &slot in slots {
+        // The last field in the lowest bits, as in the keys (see `Codec::new`):
+        // nodes met one after the other then use entries near one another.
+        for &slot in slots.iter().rev() {
             let b = codec.fields.get(slot as usize)?.1;
             parts.push((b, bits as u8));
             bits += u32::from(b.bits);
@@ -528,6 +541,54 @@ impl<T: Copy + Default> Memo<T> {
 const GOAL_MEMO_BITS: u32 = 22;
 /// ... and steps up to this many (4 MiB each at most).
 const STEP_MEMO_BITS: u32 = 20;
+
+/// A goal that is `a && b && ...` of single comparisons of a field with a
+/// constant or another field, as the comparisons, each a goal of its own; `None`
+/// for any other goal. The goal holds exactly when each of them does, and none
+/// can fault (a comparison of values never does), so on a packed node each is
+/// remembered over the fields it reads alone: tables of a few entries that fill
+/// at once, where one table over every field the goal reads needs the VM once
+/// per combination of their values.
+///
+/// `x == 50 && y == 50 && z == 50` lowers to `FieldCmpConst, JumpIfFalseOrPop,
+/// FieldCmpConst, JumpIfFalseOrPop, FieldCmpConst`: each jump, taken on false,
+/// keeps the false and lands at the end or on a later such jump.
+fn conjuncts(code: &ved_vm::Code) -> Option<Vec<ved_vm::Code>> {
+    let ops = &code.ops;
+    if ops.len() < 3 || ops.len().is_multiple_of(2) {
+        return None;
+    }
+    let mut parts = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        if i % 2 == 1 {
+            let Op::JumpIfFalseOrPop(to) = *op else { return None };
+            let to = to as usize;
+            if to <= i || !(to == ops.len() || matches!(ops.get(to), Some(Op::JumpIfFalseOrPop(_)))) {
+                return None;
+            }
+            continue;
+        }
+        let (op, consts) = match *op {
+            Op::FieldCmpConst(slot, cmp, k) => {
+                (Op::FieldCmpConst(slot, cmp, 0), vec![code.consts.get(k as usize)?.clone()])
+            }
+            Op::FieldCmpField(a, b, cmp) => (Op::FieldCmpField(a, b, cmp), Vec::new()),
+            _ => return None,
+        };
+        parts.push(ved_vm::Code {
+            ops: vec![op],
+            spans: vec![*code.spans.get(i)?],
+            consts,
+            emits: Vec::new(),
+            locals: 0,
+            max_stack: 1,
+        });
+    }
+    Some(parts)
+}
+
+/// A goal's comparisons (see [`conjuncts`]), each with its table.
+type GoalParts = Vec<(ved_vm::Code, Memo<u8>)>;
 
 /// What a step does on a node.
 enum Stepped {
@@ -575,18 +636,27 @@ fn hash_node(n: &Node) -> u64 {
     h.finish()
 }
 
-/// A packed key's 32-bit hash: each word folded in and mixed (the finalizer of
-/// SplitMix64).
+/// A packed key's 32-bit hash, for a table that keys which differ only in their
+/// low four bits share: bits 4..25 are a mix (the finalizer of SplitMix64) of
+/// the key without those four bits, bits 0..4 are the four bits themselves, and
+/// bits 25..32, the table's control byte, mix them too. Breadth first, nodes met
+/// one after the other mostly differ in their low bits (the last field, see
+/// [`Codec::new`]), so their lookups land in the same few cache lines instead of
+/// one random line each; at most sixteen keys share a block of sixteen buckets,
+/// so no cluster grows longer than a probe group.
 #[inline]
 fn hash_key(key: &[u64]) -> u32 {
+    let low = key[0] & 15;
     let mut h = 0u64;
-    for &w in key {
+    for (k, &w) in key.iter().enumerate() {
+        let w = if k == 0 { w >> 4 } else { w };
         h = (h ^ w).wrapping_add(0x9E37_79B9_7F4A_7C15);
         h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         h ^= h >> 31;
     }
-    h as u32
+    let tag = ((h >> 57) as u32 ^ low as u32) & 0x7F;
+    (h as u32 & 0x01FF_FFF0) | low as u32 | tag << 25
 }
 
 /// The table's 64-bit hash from a stored 32-bit one: the same bits give the
@@ -691,9 +761,16 @@ pub struct Explorer<'a> {
     scratch_ok: bool,
     /// Per goal and per transition, on packed nodes.
     goal_memo: Vec<Option<Memo<u8>>>,
+    /// Per goal that is a conjunction of single comparisons (`x == 50 && y == 50`):
+    /// each comparison with its own table, over the one or two fields it reads, in
+    /// place of one table over all of them (see [`conjuncts`]).
+    goal_parts: Vec<Option<GoalParts>>,
     step_memo: Vec<Option<Memo<u32>>>,
     /// The packed writes of remembered steps: (slot, code).
     deltas: Vec<Box<[(u16, u64)]>>,
+    /// Per field and bound value: its bits in a key, `None` when it does not
+    /// pack; made at the first [`Explorer::add_start_at`].
+    start_codes: Vec<Vec<Option<[u64; MAX_WORDS]>>>,
 }
 
 impl<'a> Explorer<'a> {
@@ -717,10 +794,28 @@ impl<'a> Explorer<'a> {
             })
             .collect();
         let codec = Codec::new(&observable, dom.transitions.len());
+        let goal_parts: Vec<Option<GoalParts>> = dom
+            .goals
+            .iter()
+            .map(|g| {
+                let c = codec.as_ref()?;
+                conjuncts(&g.code)?
+                    .into_iter()
+                    .map(|part| {
+                        let memo = Memo::new(c, &ved_vm::access_sets(&part).0, GOAL_MEMO_BITS)?;
+                        Some((part, memo))
+                    })
+                    .collect()
+            })
+            .collect();
         let goal_memo = dom
             .goals
             .iter()
-            .map(|g| codec.as_ref().and_then(|c| Memo::new(c, &ved_vm::access_sets(&g.code).0, GOAL_MEMO_BITS)))
+            .zip(&goal_parts)
+            .map(|(g, parts)| {
+                let c = codec.as_ref().filter(|_| parts.is_none())?;
+                Memo::new(c, &ved_vm::access_sets(&g.code).0, GOAL_MEMO_BITS)
+            })
             .collect();
         let step_memo = dom
             .transitions
@@ -762,6 +857,8 @@ impl<'a> Explorer<'a> {
             scratch: Vec::new(),
             scratch_ok: false,
             goal_memo,
+            goal_parts,
+            start_codes: Vec::new(),
             step_memo,
             deltas: Vec::new(),
         }
@@ -775,6 +872,7 @@ impl<'a> Explorer<'a> {
         self.g.store.codec = None;
         self.g.store.words = 1;
         self.goal_memo.iter_mut().for_each(|m| *m = None);
+        self.goal_parts.iter_mut().for_each(|m| *m = None);
         self.step_memo.iter_mut().for_each(|m| *m = None);
         self
     }
@@ -833,6 +931,7 @@ impl<'a> Explorer<'a> {
     /// check the remembered results against it. Call before adding start states.
     pub fn forgetful(mut self) -> Explorer<'a> {
         self.goal_memo.iter_mut().for_each(|m| *m = None);
+        self.goal_parts.iter_mut().for_each(|m| *m = None);
         self.step_memo.iter_mut().for_each(|m| *m = None);
         self
     }
@@ -861,11 +960,52 @@ impl<'a> Explorer<'a> {
         self.intern(node, (u32::MAX, Edge::Start));
     }
 
+    /// [`Explorer::add_start`] of the state whose field `k` is the `at[k]`th value of
+    /// its bound (`observable[k]`): packed without making the values when they pack.
+    pub fn add_start_at(&mut self, at: &[usize], budget: u8) {
+        if let Some(c) = &self.g.store.codec {
+            if self.start_codes.is_empty() {
+                // Each bound value's bits, in place in a key.
+                self.start_codes = self
+                    .observable
+                    .iter()
+                    .enumerate()
+                    .map(|(slot, values)| {
+                        values
+                            .iter()
+                            .map(|v| {
+                                let mut key = [0u64; MAX_WORDS];
+                                c.set_value(&mut key, slot, v).map(|()| key)
+                            })
+                            .collect()
+                    })
+                    .collect();
+            }
+            let mut key = [0u64; MAX_WORDS];
+            let mut fits = true;
+            for (codes, &i) in self.start_codes.iter().zip(at) {
+                match &codes[i] {
+                    Some(bits) => key.iter_mut().zip(bits).for_each(|(k, b)| *k |= b),
+                    None => fits = false,
+                }
+            }
+            if fits {
+                let w = c.words;
+                c.set_meta(&mut key[..w], 0, 0, budget);
+                self.intern_key(&key[..w], (u32::MAX, Edge::Start));
+                return;
+            }
+        }
+        let values: Vec<Value> = self.observable.iter().zip(at).map(|(vs, &i)| vs[i].clone()).collect();
+        self.add_start_from(&values, budget);
+    }
+
     /// Explores breadth first until done or `max_states`; calls `progress` now and then.
     pub fn run(mut self, max_states: usize, progress: &mut dyn FnMut(usize, usize)) -> Graph {
         assert!(max_states < WORLD as usize, "node indices leave the top bit for observation edges");
         let mut i = 0usize;
-        let mut succs: Vec<(Succ, Edge)> = Vec::new();
+        let mut succs: Vec<(Succ, u32)> = Vec::new();
+        let mut next: Vec<([u64; MAX_WORDS], u32)> = Vec::new();
         let mut key = [0u64; MAX_WORDS];
         let words = self.g.store.words;
         while i < self.g.store.len() {
@@ -885,6 +1025,24 @@ impl<'a> Explorer<'a> {
                     let (blocked, cursor, budget) = c.meta(&key[..words]);
                     self.scratch_ok = false;
                     let at = At { key: Some(&key[..words]), values: &[], blocked, flight: &None, cursor, budget };
+                    if let Some(kind) = self.expand_packed(at, &mut next) {
+                        // The fast path: every successor a packed key, none a result.
+                        self.g.kinds.push(kind);
+                        for &(k, e) in &next {
+                            if self.g.store.len() >= max_states {
+                                self.g.complete = false;
+                                break;
+                            }
+                            let j = self.intern_key(&k[..words], (i as u32, Edge::unpack(e)));
+                            self.g.succ.push(j);
+                        }
+                        self.g.succ_off.push(self.g.succ.len() as u32);
+                        if !self.g.complete {
+                            break;
+                        }
+                        i += 1;
+                        continue;
+                    }
                     self.expand(at, &mut succs)
                 }
             };
@@ -901,6 +1059,7 @@ impl<'a> Explorer<'a> {
                     self.g.complete = false;
                     break;
                 }
+                let e = Edge::unpack(e);
                 let world = matches!(e, Edge::Observe { .. });
                 let parent = (i as u32, e);
                 let j = match (s, &whole) {
@@ -961,11 +1120,85 @@ impl<'a> Explorer<'a> {
         let mut succs = Vec::new();
         // A fault leaves no successors.
         let _ = self.expand(at, &mut succs);
-        out.extend(succs.into_iter().map(|(s, e)| (at.whole(s), e)));
+        out.extend(succs.into_iter().map(|(s, e)| (at.whole(s), Edge::unpack(e))));
+    }
+
+    /// [`Explorer::expand`] of a packed node (so nothing is in flight) whose goals and
+    /// steps are all remembered with packed results: its kind, and its successors'
+    /// keys with their edges in `out`, made by replacing bit fields of its key. `None`
+    /// when it is not that simple (a fault, a step that must run, a goal or step not
+    /// remembered): then `expand` does it all again, the same way (remembered results
+    /// and `goal_ever_true` come out the same whichever of the two sets them).
+    ///
+    /// With nothing in flight there are no results and no observations, and no
+    /// transition is held back by another's flight (R1): only the tick's slices and
+    /// the retry timers, as in `expand`.
+    fn expand_packed(&mut self, node: At<'_>, out: &mut Vec<([u64; MAX_WORDS], u32)>) -> Option<Kind> {
+        out.clear();
+        let mut all = true;
+        for gi in 0..self.dom.goals.len() {
+            if self.goal_parts[gi].is_none() && self.goal_memo[gi].is_none() {
+                return None;
+            }
+            match self.goal(gi, node) {
+                Ok(true) => self.g.goal_ever_true[gi] = true,
+                Ok(false) => all = false,
+                Err(_) => return None,
+            }
+        }
+        if all {
+            return Some(Kind::Stable);
+        }
+        if node.cursor > 0 && self.scan_packed(node, node.cursor as usize, out)? {
+            return Some(Kind::Moving);
+        }
+        self.scan_packed(node, 0, out)?;
+        let c = self.g.store.codec.as_ref()?;
+        let key = node.key?;
+        let mut blocked = node.blocked;
+        while blocked != 0 {
+            let t = blocked.trailing_zeros() as u16;
+            blocked &= blocked - 1;
+            let mut next = [0u64; MAX_WORDS];
+            next[..key.len()].copy_from_slice(key);
+            c.set_meta(&mut next[..key.len()], node.blocked & !(1u64 << t), 0, node.budget);
+            out.push((next, Edge::Timer { t }.pack()));
+        }
+        Some(if out.is_empty() { Kind::Stuck } else { Kind::Moving })
+    }
+
+    /// [`Explorer::scan`] for [`Explorer::expand_packed`]: `None` when a step must
+    /// run (its result has no packed form, or it is not remembered) or faults.
+    fn scan_packed(&mut self, node: At<'_>, from: usize, out: &mut Vec<([u64; MAX_WORDS], u32)>) -> Option<bool> {
+        let key = node.key?;
+        for t in from..self.dom.transitions.len() {
+            if node.blocked & (1 << t) != 0 {
+                continue;
+            }
+            if *self.step_memo[t].as_mut()?.slot(key) == RUN {
+                return None;
+            }
+            match self.step(t, node) {
+                Ok(Stepped::Noop) => continue,
+                Ok(Stepped::Packed(delta)) => {
+                    let c = self.g.store.codec.as_ref()?;
+                    let mut next = [0u64; MAX_WORDS];
+                    next[..key.len()].copy_from_slice(key);
+                    c.set_meta(&mut next[..key.len()], node.blocked, (t + 1) as u8, node.budget);
+                    for &(slot, x) in self.deltas[delta as usize].iter() {
+                        c.fields[slot as usize].1.set(&mut next[..key.len()], x);
+                    }
+                    out.push((next, Edge::Fire { t: t as u16 }.pack()));
+                    return Some(true);
+                }
+                Ok(Stepped::Ran(_)) | Err(_) => return None,
+            }
+        }
+        Some(false)
     }
 
     /// The node's kind (or its fault); its successors go to `out`.
-    fn expand(&mut self, node: At<'_>, out: &mut Vec<(Succ, Edge)>) -> Result<Kind, Faulted> {
+    fn expand(&mut self, node: At<'_>, out: &mut Vec<(Succ, u32)>) -> Result<Kind, Faulted> {
         self.lost_at.clear();
         let dom = self.dom;
         let mut all = true;
@@ -1014,6 +1247,25 @@ impl<'a> Explorer<'a> {
     #[inline]
     fn goal(&mut self, gi: usize, node: At<'_>) -> Result<bool, Fault> {
         let code = &self.dom.goals[gi].code;
+        if let (Some(key), Some(parts)) = (node.key, &mut self.goal_parts[gi]) {
+            for (part, memo) in parts.iter_mut() {
+                let entry = memo.slot(key);
+                let b = match *entry {
+                    FALSE => false,
+                    TRUE => true,
+                    _ => {
+                        let values = unpacked(&self.g.store, &mut self.scratch, &mut self.scratch_ok, node);
+                        let b = self.vm.eval_bool(part, values)?;
+                        *entry = if b { TRUE } else { FALSE };
+                        b
+                    }
+                };
+                if !b {
+                    return Ok(false);
+                }
+            }
+            return Ok(true);
+        }
         let (Some(key), Some(memo)) = (node.key, &mut self.goal_memo[gi]) else {
             let values = unpacked(&self.g.store, &mut self.scratch, &mut self.scratch_ok, node);
             return self.vm.eval_bool(code, values);
@@ -1084,13 +1336,7 @@ impl<'a> Explorer<'a> {
 
     /// From transition `from` on, the first one that can run fires: its slice
     /// goes to `out`. `Ok(false)` when none can.
-    fn scan(
-        &mut self,
-        node: At<'_>,
-        from: usize,
-        in_flight: u64,
-        out: &mut Vec<(Succ, Edge)>,
-    ) -> Result<bool, Faulted> {
+    fn scan(&mut self, node: At<'_>, from: usize, in_flight: u64, out: &mut Vec<(Succ, u32)>) -> Result<bool, Faulted> {
         let dom = self.dom;
         for t in from..dom.transitions.len() {
             if (node.blocked | in_flight) & (1 << t) != 0 || in_flight & self.conflicts[t] != 0 {
@@ -1102,7 +1348,7 @@ impl<'a> Explorer<'a> {
                 Ok(Stepped::Noop) => continue,
                 Ok(Stepped::Packed(delta)) => {
                     let s = Succ::Packed { delta, blocked: node.blocked, cursor, budget: node.budget };
-                    out.push((s, Edge::Fire { t: t as u16 }));
+                    out.push((s, Edge::Fire { t: t as u16 }.pack()));
                     return Ok(true);
                 }
                 Ok(Stepped::Ran(o)) => o,
@@ -1111,7 +1357,7 @@ impl<'a> Explorer<'a> {
             if outcome.intents.is_empty() && node.flight.is_none() {
                 // Nothing in flight before or after: the writes, as a delta.
                 let s = Succ::Delta { writes: outcome.writes, blocked: node.blocked, cursor, budget: node.budget };
-                out.push((s, Edge::Fire { t: t as u16 }));
+                out.push((s, Edge::Fire { t: t as u16 }.pack()));
                 return Ok(true);
             }
             let mut values: Box<[Value]> =
@@ -1132,7 +1378,7 @@ impl<'a> Explorer<'a> {
             flight.sort_unstable_by_key(|f| f.t);
             out.push((
                 Succ::Whole(Node { values, blocked: node.blocked, flight: pack(flight), cursor, budget: node.budget }),
-                Edge::Fire { t: t as u16 },
+                Edge::Fire { t: t as u16 }.pack(),
             ));
             return Ok(true);
         }
@@ -1140,7 +1386,7 @@ impl<'a> Explorer<'a> {
     }
 
     /// Each transition in flight hears back: success, and failure while the budget lasts.
-    fn results(&mut self, node: At<'_>, out: &mut Vec<(Succ, Edge)>) {
+    fn results(&mut self, node: At<'_>, out: &mut Vec<(Succ, u32)>) {
         let flying = node.in_flight();
         if flying.is_empty() {
             return;
@@ -1167,7 +1413,7 @@ impl<'a> Explorer<'a> {
             }
             out.push((
                 Succ::Whole(Node { values, blocked: node.blocked, flight: pack(rest), cursor: 0, budget: node.budget }),
-                Edge::Result { t: f.t, ok: true },
+                Edge::Result { t: f.t, ok: true }.pack(),
             ));
             if node.budget > 0 {
                 // The held writes are dropped; the field values did not move, so no one else's did either.
@@ -1179,7 +1425,7 @@ impl<'a> Explorer<'a> {
                         cursor: 0,
                         budget: node.budget - 1,
                     }),
-                    Edge::Result { t: f.t, ok: false },
+                    Edge::Result { t: f.t, ok: false }.pack(),
                 ));
             }
         }
@@ -1187,7 +1433,7 @@ impl<'a> Explorer<'a> {
 
     /// With something backing off, a retry timer may come due at any tick boundary,
     /// each transition's on its own (as the runtime's timer messages do).
-    fn timer(&mut self, node: At<'_>, out: &mut Vec<(Succ, Edge)>) {
+    fn timer(&mut self, node: At<'_>, out: &mut Vec<(Succ, u32)>) {
         let mut blocked = node.blocked;
         while blocked != 0 {
             let t = blocked.trailing_zeros() as u16;
@@ -1204,7 +1450,7 @@ impl<'a> Explorer<'a> {
                     budget: node.budget,
                 })
             };
-            out.push((s, Edge::Timer { t }));
+            out.push((s, Edge::Timer { t }.pack()));
         }
     }
 
@@ -1214,7 +1460,7 @@ impl<'a> Explorer<'a> {
     /// acknowledgement), and one value of the bound that is neither that nor the
     /// current one (the world moved elsewhere), or every value of the bound with
     /// [`Model::every_observed_value`].
-    fn observations(&mut self, node: At<'_>, out: &mut Vec<(Succ, Edge)>) {
+    fn observations(&mut self, node: At<'_>, out: &mut Vec<(Succ, u32)>) {
         let flying = node.in_flight();
         if flying.is_empty() {
             return;
@@ -1255,7 +1501,7 @@ impl<'a> Explorer<'a> {
                         cursor: 0,
                         budget: node.budget,
                     }),
-                    Edge::Observe { slot },
+                    Edge::Observe { slot }.pack(),
                 ));
             }
         }
@@ -1338,6 +1584,46 @@ impl Graph {
             }
         }
         (order.len() == n).then_some(order)
+    }
+
+    /// [`Graph::longest_path`] when the program edges make no cycle, `None` when they
+    /// do: [`Graph::topological_order`] and [`Graph::longest_path_in`] in one pass.
+    /// Kahn's algorithm, carrying forward, from each start state, the most slices
+    /// taken to reach each node: the longest path from a start state ends at the
+    /// node where it comes to rest, so the most over every node is the depth.
+    pub fn acyclic_depth(&self) -> Option<u32> {
+        let n = self.kinds.len();
+        let mut indegree = vec![0u32; n];
+        for &w in &self.succ[..self.succ_off[n] as usize] {
+            if let Some(d) = indegree.get_mut(w as usize) {
+                *d += 1;
+            }
+        }
+        // Per node: 1 + the most slices from a start state to it; 0 when no start
+        // state reaches it by the program's moves.
+        let start = Edge::Start.pack();
+        let mut reach: Vec<u32> = (0..n).map(|v| u32::from(self.parents[v].1 == start)).collect();
+        let mut queue: Vec<u32> = (0..n as u32).filter(|&v| indegree[v as usize] == 0).collect();
+        let mut head = 0;
+        let mut best = 0;
+        while let Some(&v) = queue.get(head) {
+            head += 1;
+            let r = reach[v as usize];
+            best = best.max(r);
+            for &w in self.successors(v as usize) {
+                if let Some(d) = indegree.get_mut(w as usize) {
+                    if r > 0 {
+                        let rw = &mut reach[w as usize];
+                        *rw = (*rw).max(r + 1);
+                    }
+                    *d -= 1;
+                    if *d == 0 {
+                        queue.push(w);
+                    }
+                }
+            }
+        }
+        (queue.len() == n).then(|| best.saturating_sub(1))
     }
 
     /// [`Graph::longest_path`] given [`Graph::topological_order`]: longest
@@ -1435,5 +1721,26 @@ impl Graph {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn goals(src: &str) -> Vec<ved_vm::Code> {
+        let mut sources = ved_syntax::SourceMap::new();
+        let id = sources.add("g.ved", src.to_string());
+        let ast = ved_syntax::parse_file(id, src).expect("parses");
+        let program = ved_check::check_program(&[ast]).program.expect("checks");
+        let compiled = ved_vm::compile_program(&program);
+        compiled.domains[0].goals.iter().map(|g| g.code.clone()).collect()
+    }
+
+    #[test]
+    fn conjunctions_of_comparisons_split_and_nothing_else_does() {
+        let src = "domain D {\n  state {\n    x: int\n    y: int\n  }\n  goal x == 50 && y == 50 && x <= y\n  goal x == 1\n  goal x == 1 || y == 2\n  goal x + 1 == 2 && y == 1\n  goal x == 1 && (y == 2 || y == 3)\n  transition t { step { if x < 50 { x += 1 } } }\n}\n";
+        let parts: Vec<Option<usize>> = goals(src).iter().map(|c| conjuncts(c).map(|p| p.len())).collect();
+        assert_eq!(parts, [Some(3), None, None, None, None]);
     }
 }

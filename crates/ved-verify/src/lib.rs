@@ -210,8 +210,8 @@ fn verify(
         let mut ex = explorer();
         ex.reserve(starts as usize);
         let mut count = 0;
-        for_each_start(&observable, &initial, &mut |s| {
-            ex.add_start_from(s, failures);
+        for_each_start(&observable, &initial, &mut |at| {
+            ex.add_start_at(at, failures);
             count += 1;
         });
         let g = ex.run(opts.max_states, progress);
@@ -228,12 +228,14 @@ fn verify(
     })
 }
 
-/// Calls `f` on each state of the cartesian product of the bounds, start states
-/// nearest the declared initial state first (those that differ from it in fewer
-/// fields; within that, the product's order), so that among equally short
-/// counterexamples the one closest to what the program declares is found. The
-/// states are made one at a time, never all at once.
-fn for_each_start(bounds: &[Vec<Value>], initial: &[Value], f: &mut dyn FnMut(&[Value])) {
+/// Calls `f` on each state of the cartesian product of the bounds, as the
+/// position of each field's value in its bound: start states nearest the
+/// declared initial state first (those that differ from it in fewer fields;
+/// within that, the product's order, the last field moving fastest), so that
+/// among equally short counterexamples the one closest to what the program
+/// declares is found. The states are made one at a time, never all at once, and
+/// each distance visits only the states at that distance.
+fn for_each_start(bounds: &[Vec<Value>], initial: &[Value], f: &mut dyn FnMut(&[usize])) {
     if bounds.iter().any(Vec::is_empty) {
         return;
     }
@@ -241,39 +243,37 @@ fn for_each_start(bounds: &[Vec<Value>], initial: &[Value], f: &mut dyn FnMut(&[
     let differs: Vec<Vec<bool>> =
         bounds.iter().zip(initial).map(|(vs, init)| vs.iter().map(|v| v != init).collect()).collect();
     let n = bounds.len();
-    let mut state: Vec<Value> = bounds.iter().map(|vs| vs[0].clone()).collect();
-    for distance in 0..=n {
-        let mut at = vec![0usize; n];
-        let mut off: usize = (0..n).map(|k| usize::from(differs[k][0])).sum();
-        for (k, vs) in bounds.iter().enumerate() {
-            state[k] = vs[0].clone();
+    // From field k on: how many fields must differ (every value does), and may.
+    let mut must = vec![0usize; n + 1];
+    let mut may = vec![0usize; n + 1];
+    for k in (0..n).rev() {
+        must[k] = must[k + 1] + usize::from(differs[k].iter().all(|&d| d));
+        may[k] = may[k + 1] + usize::from(differs[k].iter().any(|&d| d));
+    }
+    struct Walk<'w> {
+        differs: &'w [Vec<bool>],
+        must: &'w [usize],
+        may: &'w [usize],
+        at: Vec<usize>,
+    }
+    /// Fields `k..` with `left` of them still to differ, in the product's order.
+    fn walk(w: &mut Walk<'_>, k: usize, left: usize, f: &mut dyn FnMut(&[usize])) {
+        if k == w.differs.len() {
+            f(&w.at);
+            return;
         }
-        loop {
-            if off == distance {
-                f(&state);
+        for (i, &d) in w.differs[k].iter().enumerate() {
+            let Some(rest) = left.checked_sub(usize::from(d)) else { continue };
+            if w.must[k + 1] <= rest && rest <= w.may[k + 1] {
+                w.at[k] = i;
+                walk(w, k + 1, rest, f);
             }
-            // The next state of the product: the last field moves fastest.
-            let mut k = n;
-            loop {
-                if k == 0 {
-                    break;
-                }
-                k -= 1;
-                off -= usize::from(differs[k][at[k]]);
-                at[k] += 1;
-                if at[k] < bounds[k].len() {
-                    off += usize::from(differs[k][at[k]]);
-                    state[k] = bounds[k][at[k]].clone();
-                    k += 1;
-                    break;
-                }
-                at[k] = 0;
-                off += usize::from(differs[k][0]);
-                state[k] = bounds[k][0].clone();
-            }
-            if k == 0 {
-                break;
-            }
+        }
+    }
+    let mut w = Walk { differs: &differs, must: &must, may: &may, at: vec![0; n] };
+    for distance in 0..=n {
+        if must[0] <= distance && distance <= may[0] {
+            walk(&mut w, 0, distance, f);
         }
     }
 }
@@ -379,8 +379,8 @@ fn judge<'a>(
             });
         problems.push(Problem::Stuck { trace, false_goals, count: stuck.len(), reached });
     }
-    let order = g.topological_order();
-    if let Some(cycle) = if order.is_some() { None } else { g.find_cycle() } {
+    let depth = g.acyclic_depth();
+    if let Some(cycle) = if depth.is_some() { None } else { g.find_cycle() } {
         let entry = cycle[0];
         let trace = trace_of(compiled, g, &g.path_to(entry));
         // Round the cycle once: each node after the entry, then back to it.
@@ -397,8 +397,8 @@ fn judge<'a>(
         failures,
         states: g.len(),
         start_states,
-        depth: match order {
-            Some(order) if problems.is_empty() && g.complete => g.longest_path_in(&order),
+        depth: match depth {
+            Some(depth) if problems.is_empty() && g.complete => depth,
             _ => 0,
         },
         complete: g.complete,
@@ -416,4 +416,39 @@ fn edge_between(ex: &mut Explorer<'_>, g: &Graph, from: u32, to: u32) -> Edge {
         .find(|(n, e)| *n == target && !matches!(e, Edge::Observe { .. }))
         .map(|(_, e)| e)
         .unwrap_or(Edge::Start)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The start states in order, the slow way: every distance, the whole product.
+    fn by_distance(bounds: &[Vec<Value>], initial: &[Value]) -> Vec<Vec<usize>> {
+        let mut product: Vec<Vec<usize>> = vec![Vec::new()];
+        for b in bounds {
+            product = product.iter().flat_map(|p| (0..b.len()).map(move |i| [p.clone(), vec![i]].concat())).collect();
+        }
+        let distance = |at: &Vec<usize>| at.iter().enumerate().filter(|(k, &i)| bounds[*k][i] != initial[*k]).count();
+        (0..=bounds.len()).flat_map(|d| product.iter().filter(move |at| distance(at) == d).cloned()).collect()
+    }
+
+    #[test]
+    fn start_states_come_nearest_the_initial_state_first_in_the_products_order() {
+        let ints = |r: std::ops::Range<i64>| r.map(Value::Int).collect::<Vec<_>>();
+        let cases = [
+            (vec![ints(0..3), ints(0..4), ints(0..2)], vec![Value::Int(0), Value::Int(2), Value::Int(1)]),
+            // The initial value outside one bound: that field always differs.
+            (vec![ints(0..3), ints(5..8), ints(0..1)], vec![Value::Int(1), Value::Int(0), Value::Int(0)]),
+            // A bound of the initial value alone: that field never differs.
+            (vec![ints(4..5), ints(0..3)], vec![Value::Int(4), Value::Int(9)]),
+            (vec![ints(0..1)], vec![Value::Int(0)]),
+            (vec![ints(0..2), Vec::new()], vec![Value::Int(0), Value::Int(0)]),
+        ];
+        for (bounds, initial) in cases {
+            let mut got = Vec::new();
+            for_each_start(&bounds, &initial, &mut |at| got.push(at.to_vec()));
+            let want = if bounds.iter().any(Vec::is_empty) { Vec::new() } else { by_distance(&bounds, &initial) };
+            assert_eq!(got, want, "{bounds:?} from {initial:?}");
+        }
+    }
 }

@@ -51,6 +51,14 @@ fn programs() -> Vec<(String, String)> {
         );
     assert_ne!(wide, grid);
     out.push(("grid with wide fields".into(), wide));
+    // Goals of single comparisons joined by `&&` are remembered one comparison at a
+    // time: field with field, field with constant, and a goal that does not split.
+    let goal = "goal x == 50 && y == 50 && z == 50";
+    assert!(grid.contains(goal));
+    let split = grid.replace("0..99", "44..53").replace(goal, "goal x == y && y == z && z >= 50 && x <= 50");
+    out.push(("grid with a goal of comparisons of fields".into(), split));
+    let mixed = grid.replace("0..99", "46..52").replace(goal, "goal x == 50 && y + 0 == 50\n  goal z != 49 && z < 51");
+    out.push(("grid with a goal that does not split, and a second goal".into(), mixed));
     out
 }
 
@@ -103,7 +111,7 @@ fn packed_and_whole_nodes_give_the_same_graph_and_report() {
         Model { serialize_conflicts: false, ..Model::default() },
         Model { every_observed_value: true, ..Model::default() },
     ];
-    let (mut packed_nodes, mut whole_nodes) = (0, 0);
+    let (mut packed_nodes, mut whole_nodes, mut cycles) = (0, 0, 0);
     for (name, src) in programs() {
         for (d, c) in load_src(&name, &src) {
             let shape = Shape { margin: 1, max_len: 2 };
@@ -115,6 +123,12 @@ fn packed_and_whole_nodes_give_the_same_graph_and_report() {
                     let p = explore(&c, &bounds, budget, model, Way::Packed);
                     let w = explore(&c, &bounds, budget, model, Way::Whole);
                     assert_same_graph(&what, &p, &w);
+                    // The cycle check and depth in one pass, as the two passes give them.
+                    let two_passes = p.topological_order().map(|order| p.longest_path_in(&order));
+                    assert_eq!(p.acyclic_depth(), two_passes, "{what}: depth");
+                    if two_passes.is_none() {
+                        cycles += 1;
+                    }
                     let f = explore(&c, &bounds, budget, model, Way::Forgetful);
                     assert_same_graph(&format!("{what}, forgetful"), &f, &w);
                     assert!((0..w.len() as u32).all(|i| !w.is_packed(i)), "{what}: unpacked keeps every node whole");
@@ -131,6 +145,7 @@ fn packed_and_whole_nodes_give_the_same_graph_and_report() {
     // Both representations, and nodes of both kinds in one graph, were exercised.
     assert!(packed_nodes > 10_000, "{packed_nodes} packed nodes");
     assert!(whole_nodes > 1_000, "{whole_nodes} whole nodes");
+    assert!(cycles > 0, "some graph has a cycle");
 }
 
 #[test]
