@@ -67,10 +67,6 @@ impl Tmpfs {
             }
         }
     }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
 }
 
 impl Drop for Tmpfs {
