@@ -128,6 +128,9 @@ impl Vm {
 
     /// Runs a step against a copy-on-write view of `state`.
     pub fn run_step(&mut self, code: &Code, state: &[Value]) -> R<StepOutcome> {
+        if skips_whole(code, state) {
+            return Ok(StepOutcome::default());
+        }
         self.reset(code, state.len());
         let mut r = self.exec(code, state);
         if r.is_ok() {
@@ -670,4 +673,71 @@ fn call(b: Builtin, recv: Value, mut args: [Option<Value>; 2], span: Span, size_
         // Unreachable for checked programs; a neutral value instead of a panic.
         (_, v) => v,
     })
+}
+
+/// Whether a step's opening condition is false and jumps to its end: a step shaped
+/// `if <comparisons joined by && and ||> { ... }` (most guards) with the comparison false
+/// does nothing, which is what the scheduler's dry run of a disabled transition finds. The
+/// condition is evaluated as [`Vm::predicate`] evaluates a goal, on the state itself (no
+/// write has happened yet), so the answer needs no VM setup; anything else answers `false`
+/// and the step runs in full, which computes the same outcome.
+fn skips_whole(code: &Code, state: &[Value]) -> bool {
+    const ZERO: Value = Value::Int(0);
+    let (ops, consts) = (&code.ops, &code.consts);
+    let field = |s: u16| state.get(s as usize).unwrap_or(&ZERO);
+    let end = ops.len();
+    let mut top = false;
+    let mut pc = 0;
+    while let Some(&op) = ops.get(pc) {
+        pc += 1;
+        match op {
+            // Only first: it expects an empty stack, which the register model has there.
+            Op::JumpUnlessFieldCmpConst(s, c, k, to) if pc == 1 => {
+                return consts.get(k as usize).is_some_and(|k| !compare(c, field(s), k) && to as usize >= end);
+            }
+            Op::FieldCmpConst(s, c, k) => match consts.get(k as usize) {
+                Some(k) => top = compare(c, field(s), k),
+                None => return false,
+            },
+            Op::FieldCmpField(a, b, c) => top = compare(c, field(a), field(b)),
+            Op::JumpIfFalseOrPop(to) if !top => pc = to as usize,
+            Op::JumpIfTrueOrPop(to) if top => pc = to as usize,
+            Op::JumpIfFalseOrPop(_) | Op::JumpIfTrueOrPop(_) => {}
+            Op::JumpIfFalse(to) => return !top && to as usize >= end,
+            _ => return false,
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn steps(src: &str) -> Vec<Code> {
+        let mut sources = ved_syntax::SourceMap::new();
+        let id = sources.add("t.ved", src);
+        let ast = ved_syntax::parse_file(id, src).expect("parses");
+        let program = ved_check::check_program(&[ast]).program.expect("checks");
+        crate::compile_program(&program).domains[0].transitions.iter().map(|t| t.code.clone()).collect()
+    }
+
+    #[test]
+    fn a_guard_that_is_false_skips_the_step_and_one_that_is_true_does_not() {
+        let code = steps(
+            "domain D {\nstate {\na: int\ns: string\n}\n}\n\
+             transition up { step { if a < 5 { a += 1 } } }\n\
+             transition both { step { if s == \"x\" && a > 1 || a == 9 { a = 0 } } }\n\
+             transition tail { step { if a < 5 { a += 1 } \n a += 0 } }\n",
+        );
+        let state = |a: i64, s: &str| vec![Value::Int(a), Value::Str(s.into())];
+        assert!(skips_whole(&code[0], &state(5, "")));
+        assert!(!skips_whole(&code[0], &state(4, "")));
+        assert!(skips_whole(&code[1], &state(2, "y")));
+        assert!(skips_whole(&code[1], &state(1, "x")));
+        assert!(!skips_whole(&code[1], &state(2, "x")));
+        assert!(!skips_whole(&code[1], &state(9, "y")));
+        // The condition does not cover the whole step: it always runs.
+        assert!(!skips_whole(&code[2], &state(5, "")));
+    }
 }
