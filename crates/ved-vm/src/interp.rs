@@ -164,6 +164,10 @@ impl Vm {
     fn check_total_sizes(&self) -> R<()> {
         for &slot in &self.dirty {
             if let Some(Some(v)) = self.overlay.get(slot as usize) {
+                // A scalar counts one: nothing to walk.
+                if matches!(v, Value::Int(_) | Value::Bool(_)) {
+                    continue;
+                }
                 if total_size_exceeds([v], self.total_size_max) {
                     let span = self.stored_at.get(slot as usize).copied().unwrap_or_default();
                     return Err(fault(FaultKind::TooLargeInAll { limit: self.total_size_max }, span));
