@@ -189,7 +189,8 @@ pub struct Instance {
     /// What the goals were found to be on the state of slice `n`: `(n + 1) << 1 | holds`,
     /// 0 for not known. The state changes only in [`Instance::commit`], which numbers a
     /// new slice, so a slice number names a state and the goals need evaluating once per
-    /// state, not at the end of every slice and again when the next step looks. A goal
+    /// state, not at the end of every slice and again when the next step looks; a commit
+    /// that changes no field a goal reads carries the verdict to its new number. A goal
     /// that faulted is not remembered: it is evaluated again, to report the fault.
     goals_known: u64,
     ticks_since_input: u64,
@@ -681,7 +682,17 @@ impl Instance {
     pub fn goals_hold(&mut self, dom: &CompiledDomain, vm: &mut Vm, out: &mut Vec<Event>) -> bool {
         let key = (self.slice + 1) << 1;
         if self.goals_known & !1 == key {
-            return self.goals_known & 1 == 1;
+            let holds = self.goals_known & 1 == 1;
+            // The remembered verdict is the one a fresh evaluation gives (checked in debug
+            // builds, so the whole test suite holds the cache to it).
+            debug_assert_eq!(
+                holds,
+                dom.goals.iter().all(|g| matches!(vm.eval_bool(&g.code, &self.state), Ok(true))),
+                "`{}` slice {}: a remembered goal verdict went stale",
+                self.name,
+                self.slice
+            );
+            return holds;
         }
         for (i, g) in dom.goals.iter().enumerate() {
             match vm.eval_bool(&g.code, &self.state) {
@@ -732,8 +743,6 @@ impl Instance {
                 );
             }
         }
-        #[cfg(not(debug_assertions))]
-        let _ = dom;
         let before = self.slice;
         let slice = self.next_slice();
         debug_assert!(slice > before, "`{}`: slice numbers strictly increase ({before} -> {slice})", self.name);
@@ -747,6 +756,15 @@ impl Instance {
             }
             changed
         });
+        // A slice that changes no field a goal reads (held writes only, a result that moved
+        // nothing, a write to a field no goal looks at) leaves the goals' verdict standing:
+        // it carries over to the new slice number instead of being evaluated again.
+        if self.goals_known != 0
+            && self.goals_known & !1 == (before + 1) << 1
+            && applied.iter().all(|(s, _)| dom.goal_reads.binary_search(s).is_err())
+        {
+            self.goals_known = (slice + 1) << 1 | (self.goals_known & 1);
+        }
         out.push(Event::Slice { instance: self.name.clone(), slice, cause, changes: applied, held });
         slice
     }

@@ -138,6 +138,8 @@ impl Vm {
         }
         let mut out = StepOutcome::default();
         if r.is_ok() {
+            // Sized once: the push below would otherwise grow it from nothing.
+            out.writes.reserve_exact(self.dirty.len());
             self.dirty.sort_unstable();
             for &slot in &self.dirty {
                 if let Some(v) = self.overlay[slot as usize].take() {

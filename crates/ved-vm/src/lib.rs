@@ -88,6 +88,9 @@ pub struct CompiledDomain {
     pub fields: Vec<(String, Type)>,
     pub defaults: Vec<Option<Code>>,
     pub goals: Vec<CompiledGoal>,
+    /// Every field any goal reads, sorted: a slice that changes none of them leaves the
+    /// goals' verdict as it was.
+    pub goal_reads: Vec<u16>,
     pub transitions: Vec<CompiledTransition>,
 }
 
@@ -130,6 +133,16 @@ fn compile_program_with(p: &hir::Program, fused: bool) -> CompiledProgram {
                         span: g.span,
                     })
                     .collect(),
+                goal_reads: {
+                    let mut reads: Vec<u16> = d
+                        .goals
+                        .iter()
+                        .flat_map(|g| access_sets(&code::compile_expr_with(&g.predicate, fused)).0)
+                        .collect();
+                    reads.sort_unstable();
+                    reads.dedup();
+                    reads
+                },
                 transitions: d
                     .transitions
                     .iter()
