@@ -17,6 +17,11 @@ for group, n in slices.items():
         return est["mean"]["point_estimate"]
     ved, native, floor = mean("ved"), mean("native"), mean("reporting")
     print(f"| {group} | {n} | {ved:,.0f} | {native:,.0f} | {n / ved * 1e9:,.0f} | {ved / native:,.1f}x | {floor:,.0f} | {ved / floor:,.1f}x |")
+def unit(fn):
+    return json.loads((root / "unit_costs" / fn / "new" / "estimates.json").read_text())["mean"]["point_estimate"]
+print()
+print(f"Unit costs: an Arc<str> clone and drop {unit('arc_str_clone_and_drop'):.1f} ns, "
+      f"a one-change list allocated and freed {unit('change_list_alloc_and_free'):.1f} ns.")
 PY
 echo
 # `ved verify`: exploration speed against a hand-written explorer of the same model.

@@ -197,9 +197,9 @@ impl Runtime {
     /// Queues an observation for the named instance.
     pub fn observe(&mut self, name: &str, writes: Vec<(u16, Value)>) -> Result<(), ObserveError> {
         let idx = self.index_of(name).ok_or_else(|| ObserveError::UnknownInstance(name.to_string()))?;
-        let program = self.program.clone();
-        let inst = &mut self.instances[idx];
-        inst.observe(&program.domains[inst.domain], writes, &self.limits).map_err(ObserveError::Rejected)?;
+        let Runtime { program, instances, limits, .. } = self;
+        let inst = &mut instances[idx];
+        inst.observe(&program.domains[inst.domain], writes, limits).map_err(ObserveError::Rejected)?;
         self.mark_ready(idx);
         Ok(())
     }
@@ -213,9 +213,9 @@ impl Runtime {
         version: u64,
     ) -> Result<(), ObserveError> {
         let idx = self.index_of(name).ok_or_else(|| ObserveError::UnknownInstance(name.to_string()))?;
-        let program = self.program.clone();
-        let inst = &mut self.instances[idx];
-        inst.observe_versioned(&program.domains[inst.domain], writes, source, version, &self.limits)
+        let Runtime { program, instances, limits, .. } = self;
+        let inst = &mut instances[idx];
+        inst.observe_versioned(&program.domains[inst.domain], writes, source, version, limits)
             .map_err(ObserveError::Rejected)?;
         self.mark_ready(idx);
         Ok(())
@@ -235,9 +235,9 @@ impl Runtime {
     /// Queues relative changes to `int` fields of the named instance.
     pub fn observe_add(&mut self, name: &str, deltas: Vec<(u16, i64)>) -> Result<(), ObserveError> {
         let idx = self.index_of(name).ok_or_else(|| ObserveError::UnknownInstance(name.to_string()))?;
-        let program = self.program.clone();
-        let inst = &mut self.instances[idx];
-        inst.observe_add(&program.domains[inst.domain], deltas, &self.limits).map_err(ObserveError::Rejected)?;
+        let Runtime { program, instances, limits, .. } = self;
+        let inst = &mut instances[idx];
+        inst.observe_add(&program.domains[inst.domain], deltas, limits).map_err(ObserveError::Rejected)?;
         self.mark_ready(idx);
         Ok(())
     }
@@ -422,10 +422,10 @@ impl Runtime {
 
     /// Does one unit of work on one instance (see [`Instance::step`]).
     pub fn step_instance(&mut self, idx: usize, out: &mut Vec<Event>) -> Progress {
-        let program = self.program.clone();
         self.catch_up(idx);
-        let inst = &mut self.instances[idx];
-        let p = inst.step(&program.domains[inst.domain], &mut self.vm, &self.policy, &self.limits, out);
+        let Runtime { program, instances, vm, policy, limits, .. } = self;
+        let inst = &mut instances[idx];
+        let p = inst.step(&program.domains[inst.domain], vm, policy, limits, out);
         self.rearm(idx);
         p
     }
