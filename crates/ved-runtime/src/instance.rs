@@ -1229,4 +1229,35 @@ mod invariants {
         });
         i.settle(Status::Stable, None, &mut Vec::new());
     }
+
+    #[test]
+    fn a_goal_verdict_carries_over_only_a_slice_that_misses_the_goal_fields() {
+        let src = "domain D {\nstate {\nworkers: int\nnote: string\n}\n}\ngoal workers == 5\n";
+        let mut sources = ved_syntax::SourceMap::new();
+        let id = sources.add("t.ved", src);
+        let ast = ved_syntax::parse_file(id, src).unwrap();
+        let program = ved_check::check_program(&[ast]).program.unwrap();
+        let dom = ved_vm::compile_program(&program).domains[0].clone();
+        assert_eq!(dom.goal_reads, vec![0]);
+        let (mut vm, mut out) = (Vm::new(), Vec::new());
+        let mut i = Instance::new("p", 0, vec![Value::Int(5), Value::Str("".into())], 0);
+        assert!(i.goals_hold(&dom, &mut vm, &mut out));
+        // A change to a field no goal reads: the verdict is carried to slice 1.
+        i.commit(&dom, Cause::Observe, vec![(1, Value::Str("x".into()))], Vec::new(), &mut out);
+        assert_eq!(i.goals_known, (1 + 1) << 1 | 1);
+        // A change to the goal's field: forgotten, and evaluated afresh.
+        i.commit(&dom, Cause::Observe, vec![(0, Value::Int(4))], Vec::new(), &mut out);
+        assert_eq!(i.goals_known, (1 + 1) << 1 | 1, "still the verdict of slice 1, not carried to 2");
+        assert!(!i.goals_hold(&dom, &mut vm, &mut out));
+    }
+
+    #[test]
+    #[should_panic(expected = "a remembered goal verdict went stale")]
+    fn a_stale_goal_verdict_is_caught() {
+        let dom = pool();
+        let mut i = Instance::new("p", 0, vec![Value::Int(0)], 0);
+        // Remember "holds" for slice 0, which is false: `workers` is 0.
+        i.goals_known = 1 << 1 | 1;
+        i.goals_hold(&dom, &mut Vm::new(), &mut Vec::new());
+    }
 }
