@@ -426,6 +426,7 @@ fn main() -> ExitCode {
                     flush: ved_store::Flush::Background,
                     limits: Default::default(),
                     wall_ms_at_start: Some(ved_store::time::unix_now_ms()),
+                    audit_key: None,
                 };
                 let etcd = match etcd.options() {
                     Ok(o) => o,
@@ -482,6 +483,7 @@ fn main() -> ExitCode {
                     flush: ved_store::Flush::Background,
                     limits: Default::default(),
                     wall_ms_at_start: Some(ved_store::time::unix_now_ms()),
+                    audit_key: None,
                 },
                 mode,
                 audit_key.as_deref(),

@@ -133,6 +133,7 @@ pub fn plan(src: &crate::inspect::Source, files: &[PathBuf], as_json: bool) -> E
         flush: ved_store::Flush::Background,
         limits: Default::default(),
         wall_ms_at_start: None,
+        audit_key: None,
     };
     let engine = match Engine::start_with(
         loaded,

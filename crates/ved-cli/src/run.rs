@@ -146,7 +146,7 @@ pub fn run(
     }
     // Read before anything starts: a key that cannot be used stops `ved run` at once, rather
     // than leaving it writing entries nobody can authenticate.
-    let key = match read_audit_key(&opts, audit_key) {
+    opts.audit_key = match read_audit_key(&opts, audit_key) {
         Ok(k) => k,
         Err(code) => return code,
     };
@@ -207,15 +207,16 @@ pub fn run(
     if let Some(hub) = hub {
         out = out.with_tap(Box::new(move |seq, instance, line| hub.publish(seq, instance, line)));
     }
-    let started = match key {
-        None => Driver::start(loaded, &opts, adapters, out, hook),
-        Some(key) => start_keyed(loaded, &opts, adapters, out, hook, key),
-    };
-    let mut driver = match started {
+    let mut driver = match Driver::start(loaded, &opts, adapters, out, hook) {
         Ok(d) => d,
         Err(e) => {
             report_start_error(&e);
-            return ExitCode::from(1);
+            // A key that does not continue the log is a usage error, like a key file that
+            // cannot be read.
+            return match e {
+                StartError::AuditKey { .. } => crate::exit::code(crate::exit::USAGE),
+                _ => ExitCode::from(1),
+            };
         }
     };
     for w in &driver.warnings {
@@ -271,7 +272,8 @@ pub fn run(
 }
 
 /// The audit key `ved run` authenticates entries with: `--audit-key`, else the config's
-/// `[store] audit_key`, else none. A log already keyed goes on only with its own key.
+/// `[store] audit_key`, else none. Whether it continues the store's log (a log already keyed
+/// goes on only with its own key) is the engine's check at start ([`StartError::AuditKey`]).
 fn read_audit_key(opts: &RunOptions, flag: Option<&Path>) -> Result<Option<ved_store::AuditKey>, ExitCode> {
     let configured = opts.config.as_ref().and_then(|c| c.store.audit_key.as_deref());
     let path = flag.or(configured);
@@ -303,39 +305,7 @@ fn read_audit_key(opts: &RunOptions, flag: Option<&Path>) -> Result<Option<ved_s
             );
         }
     }
-    // A restart that forgot the key (or brought another) would break `ved audit verify --key`
-    // for good from its first entry: refused before anything is written.
-    let last = ved_store::audit::last_entry(&dir.join("audit.log")).unwrap_or(None);
-    if let Err(e) = ved_store::audit::check_continuity(last.as_ref(), key.as_ref()) {
-        eprintln!("error: {}: {e}", dir.display());
-        eprintln!(
-            "  = hint: pass `--audit-key FILE` (or `[store] audit_key` in ved.toml) with the key the log was \
-             written with; a data directory keeps one key for its lifetime"
-        );
-        return Err(crate::exit::code(crate::exit::USAGE));
-    }
     Ok(key)
-}
-
-/// [`Driver::start`] on a store whose audit entries carry a `mac` made with `key`.
-fn start_keyed<W: Write>(
-    loaded: load::Loaded,
-    opts: &RunOptions,
-    adapters: Adapters,
-    out: JsonLines<W>,
-    hook: ved_store::DurableHook,
-    key: ved_store::AuditKey,
-) -> Result<Driver<W>, StartError> {
-    let dir = opts.data_dir.as_deref().expect("a key is read only for a data directory");
-    let (mut store, recovered) =
-        ved_store::Store::open_with(dir, opts.durability, opts.recover, opts.flush, hook).map_err(StartError::Store)?;
-    if let Err(e) = store.set_audit_key(key) {
-        // Nothing was appended yet: it cannot fail, but a store that would write
-        // unauthenticated entries must not start if it ever did.
-        let err = std::io::Error::other(e);
-        return Err(StartError::Store(ved_store::StoreError::Io { path: dir.to_path_buf(), err }));
-    }
-    Driver::start_with(loaded, opts, adapters, out, Some(Box::new(store)), Some(recovered), ved_engine::Instances::All)
 }
 
 /// How long a stopping Ved waits for its watchers to end their commands: enough for an exec

@@ -32,6 +32,7 @@ impl Run {
             flush: ved_store::Flush::Manual,
             limits: Default::default(),
             wall_ms_at_start: None,
+            audit_key: None,
         };
         let Ok(driver) = Driver::start(
             loaded,

@@ -185,6 +185,7 @@ impl World {
             flush: ved_store::Flush::Background,
             limits: Default::default(),
             wall_ms_at_start: None,
+            audit_key: None,
         };
         let Ok(mut node) =
             Node::new(m, loaded, &opts, Adapters::manual(queue.clone()), ved_engine::JsonLines::new(Vec::new()))

@@ -69,6 +69,7 @@ fn opts(dir: &Path) -> RunOptions {
         flush: ved_store::Flush::Manual,
         limits: Default::default(),
         wall_ms_at_start: None,
+        audit_key: None,
     }
 }
 

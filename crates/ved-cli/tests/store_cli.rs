@@ -64,6 +64,7 @@ fn no_intent_reaches_an_adapter_before_its_slice_is_durable() {
         flush: ved_store::Flush::Background,
         limits: Default::default(),
         wall_ms_at_start: None,
+        audit_key: None,
     };
     let mut d = Driver::start(
         loaded,
@@ -398,6 +399,7 @@ fn manual_driver(dir: &std::path::Path, program: &str, queue: Arc<Mutex<Vec<Inte
         flush: ved_store::Flush::Manual,
         limits: Default::default(),
         wall_ms_at_start: None,
+        audit_key: None,
     };
     match Driver::start(
         loaded,

@@ -93,6 +93,7 @@ fn start(dir: &Path, syncs: Arc<AtomicU64>) -> Engine<Null> {
         flush: ved_store::Flush::Background,
         limits: Default::default(),
         wall_ms_at_start: None,
+        audit_key: None,
     };
     let hook: ved_store::DurableHook = Box::new(move |_| {
         syncs.fetch_add(1, Ordering::Relaxed);

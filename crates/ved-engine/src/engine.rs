@@ -53,6 +53,10 @@ pub struct RunOptions {
     /// (migrations) carry, and the epoch of the engine's clock until [`Engine::set_clock`]
     /// replaces it. `None`: the Unix epoch, so that a test's output is the same every time.
     pub wall_ms_at_start: Option<u64>,
+    /// The key audit entries are authenticated with (`ved run --audit-key`), set on the store
+    /// before its first batch. A data directory whose audit log is keyed starts only with
+    /// that same key (see [`StartError::AuditKey`]).
+    pub audit_key: Option<ved_store::AuditKey>,
 }
 
 /// What to do once a batch is durable.
@@ -273,6 +277,7 @@ impl Builder {
             flush: ved_store::Flush::Background,
             limits: self.limits,
             wall_ms_at_start: None,
+            audit_key: None,
         };
         let adapters = Adapters {
             by_name: self.adapters,
@@ -334,6 +339,10 @@ pub enum StartError {
     Restore { instance: String, reason: String },
     /// A domain's instance could not be created (its initial state faults).
     Create { instance: String, reason: String },
+    /// The audit key does not continue the store's audit chain: the log is keyed and no key,
+    /// or another key, was given. Entries written now would fail `ved audit verify --key`
+    /// for good, so nothing is.
+    AuditKey { dir: String, reason: String },
 }
 
 impl StartError {
@@ -345,6 +354,11 @@ impl StartError {
                 Some("run the program that wrote it, or start a new `--data-dir`".to_string())
             }
             StartError::Upgrade { error, .. } => Some(error.hint()),
+            StartError::AuditKey { .. } => Some(
+                "pass `--audit-key FILE` (or `[store] audit_key` in ved.toml) with the key the log was written \
+                 with; a data directory keeps one key for its lifetime"
+                    .to_string(),
+            ),
             _ => None,
         }
     }
@@ -362,6 +376,7 @@ impl std::fmt::Display for StartError {
             }
             StartError::Restore { instance, reason } => write!(f, "cannot restore `{instance}`: {reason}"),
             StartError::Create { instance, reason } => write!(f, "cannot start `{instance}`: {reason}"),
+            StartError::AuditKey { dir, reason } => write!(f, "{dir}: {reason}"),
         }
     }
 }
@@ -380,7 +395,16 @@ impl<S: Sink> Engine<S> {
     ) -> Result<Engine<S>, StartError> {
         let (store, recovered): (Option<Box<dyn Persistence>>, _) = match &opts.data_dir {
             Some(dir) => match Store::open_with(dir, opts.durability, opts.recover, opts.flush, on_durable) {
-                Ok((s, r)) => (Some(Box::new(s)), Some(r)),
+                Ok((mut s, r)) => {
+                    // Checked on the chain the store recovered (entries restored from its log after
+                    // a crash included), before the first batch: a keyed log goes on only with its key.
+                    let refused = |reason| StartError::AuditKey { dir: dir.display().to_string(), reason };
+                    ved_store::audit::check_continuity(r.audit.last(), opts.audit_key.as_ref()).map_err(refused)?;
+                    if let Some(key) = &opts.audit_key {
+                        s.set_audit_key(key.clone()).map_err(refused)?;
+                    }
+                    (Some(Box::new(s)), Some(r))
+                }
                 Err(e) => return Err(StartError::Store(e)),
             },
             None => (None, None),

@@ -670,6 +670,7 @@ fn opts(dir: Option<&Path>, seed: u64) -> RunOptions {
         flush: ved_store::Flush::Manual,
         limits: LIMITS,
         wall_ms_at_start: None,
+        audit_key: None,
     }
 }
 

@@ -27,6 +27,7 @@ fn opts(dir: Option<&Path>, flush: ved_store::Flush, limits: ved_runtime::Limits
         flush,
         limits,
         wall_ms_at_start: None,
+        audit_key: None,
     }
 }
 
