@@ -109,21 +109,10 @@ impl Vm {
     /// the whole stack, and nothing in it can fault. `None` for any other op: the caller
     /// runs the interpreter, which computes the same answer.
     fn predicate(&self, code: &Code, state: &[Value]) -> Option<bool> {
-        let (ops, consts) = (&code.ops, &code.consts);
-        let mut top = false;
-        let mut pc = 0;
-        while let Some(&op) = ops.get(pc) {
-            pc += 1;
-            match op {
-                Op::FieldCmpConst(s, c, k) => top = compare(c, self.field(s, state), consts.get(k as usize)?),
-                Op::FieldCmpField(a, b, c) => top = compare(c, self.field(a, state), self.field(b, state)),
-                Op::JumpIfFalseOrPop(t) if !top => pc = t as usize,
-                Op::JumpIfTrueOrPop(t) if top => pc = t as usize,
-                Op::JumpIfFalseOrPop(_) | Op::JumpIfTrueOrPop(_) => {}
-                _ => return None,
-            }
+        match in_one_register(code, |s| self.field(s, state)) {
+            Register::End(top) if !code.ops.is_empty() => Some(top),
+            _ => None,
         }
-        (!ops.is_empty()).then_some(top)
     }
 
     /// Runs a step against a copy-on-write view of `state`.
@@ -427,16 +416,15 @@ impl Vm {
 #[inline]
 fn compare(c: CmpOp, l: &Value, r: &Value) -> bool {
     // Integers, the usual case, without the derived ordering's walk over the variants.
-    if let (Value::Int(a), Value::Int(b)) = (l, r) {
-        return match c {
-            CmpOp::Eq => a == b,
-            CmpOp::Ne => a != b,
-            CmpOp::Lt => a < b,
-            CmpOp::Le => a <= b,
-            CmpOp::Gt => a > b,
-            CmpOp::Ge => a >= b,
-        };
+    match (l, r) {
+        (Value::Int(a), Value::Int(b)) => compare_as(c, a, b),
+        _ => compare_as(c, l, r),
     }
+}
+
+/// `l op r` for any ordered type: `==` and `!=` compare for equality, not through the ordering.
+#[inline]
+fn compare_as<T: PartialOrd + ?Sized>(c: CmpOp, l: &T, r: &T) -> bool {
     match c {
         CmpOp::Eq => l == r,
         CmpOp::Ne => l != r,
@@ -689,31 +677,58 @@ fn call(b: Builtin, recv: Value, mut args: [Option<Value>; 2], span: Span, size_
 /// and the step runs in full, which computes the same outcome.
 fn skips_whole(code: &Code, state: &[Value]) -> bool {
     const ZERO: Value = Value::Int(0);
-    let (ops, consts) = (&code.ops, &code.consts);
     let field = |s: u16| state.get(s as usize).unwrap_or(&ZERO);
-    let end = ops.len();
+    let end = code.ops.len();
+    // Only as the first op: it expects an empty stack, which is what the step has there.
+    if let Some(&Op::JumpUnlessFieldCmpConst(s, c, k, to)) = code.ops.first() {
+        return code.consts.get(k as usize).is_some_and(|k| !compare(c, field(s), k) && to as usize >= end);
+    }
+    match in_one_register(code, field) {
+        Register::At(pc, top) => matches!(code.ops[pc], Op::JumpIfFalse(to) if !top && to as usize >= end),
+        Register::End(_) | Register::Unknown => false,
+    }
+}
+
+/// Where [`in_one_register`] stopped.
+enum Register {
+    /// It ran off the end of the code; the bool is the value left.
+    End(bool),
+    /// It reached op `pc`, which is not one it runs, with the bool on top of the stack.
+    At(usize, bool),
+    /// A constant is missing (not made by the compiler): no answer.
+    Unknown,
+}
+
+/// Runs code from its start as long as it is comparisons of fields with constants or with
+/// fields, joined by the jumps of `&&` and `||`: in such code the stack never holds more than
+/// one bool (each comparison pushes one; each jump keeps it or pops it), so one register is the
+/// whole stack, and nothing in it can fault. Goals of that shape are answered this way
+/// ([`Vm::predicate`]), and so are the guards that open steps ([`skips_whole`]).
+fn in_one_register<'a>(code: &Code, field: impl Fn(u16) -> &'a Value) -> Register {
+    let (ops, consts) = (&code.ops, &code.consts);
     let mut top = false;
     let mut pc = 0;
     while let Some(&op) = ops.get(pc) {
-        pc += 1;
         match op {
-            // Only first: it expects an empty stack, which the register model has there.
-            Op::JumpUnlessFieldCmpConst(s, c, k, to) if pc == 1 => {
-                return consts.get(k as usize).is_some_and(|k| !compare(c, field(s), k) && to as usize >= end);
-            }
             Op::FieldCmpConst(s, c, k) => match consts.get(k as usize) {
                 Some(k) => top = compare(c, field(s), k),
-                None => return false,
+                None => return Register::Unknown,
             },
             Op::FieldCmpField(a, b, c) => top = compare(c, field(a), field(b)),
-            Op::JumpIfFalseOrPop(to) if !top => pc = to as usize,
-            Op::JumpIfTrueOrPop(to) if top => pc = to as usize,
+            Op::JumpIfFalseOrPop(to) if !top => {
+                pc = to as usize;
+                continue;
+            }
+            Op::JumpIfTrueOrPop(to) if top => {
+                pc = to as usize;
+                continue;
+            }
             Op::JumpIfFalseOrPop(_) | Op::JumpIfTrueOrPop(_) => {}
-            Op::JumpIfFalse(to) => return !top && to as usize >= end,
-            _ => return false,
+            _ => return Register::At(pc, top),
         }
+        pc += 1;
     }
-    false
+    Register::End(top)
 }
 
 #[cfg(test)]
