@@ -396,32 +396,7 @@ fn is_inside(path: &Path, dir: &Path) -> bool {
     file.starts_with(dir)
 }
 
-/// The last whole entry of the audit log at `path`, read from the file's end: what `ved run`
-/// checks the key it was given against before it appends. `None` for a missing or empty log,
-/// or a last line that does not read as an entry (opening the store reports that).
-pub fn last_entry(path: &Path) -> std::io::Result<Option<AuditEntry>> {
-    use std::io::{Read, Seek, SeekFrom};
-    // An entry is one episode's text: far below this, so the last line fits whole.
-    const TAIL: u64 = 1 << 20;
-    let mut f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let len = f.metadata()?.len();
-    f.seek(SeekFrom::Start(len.saturating_sub(TAIL)))?;
-    let mut tail = Vec::new();
-    f.read_to_end(&mut tail)?;
-    // An unfinished last line (a torn write) is not an entry: the one before it is the last.
-    let whole = match tail.iter().rposition(|&b| b == b'\n') {
-        Some(end) => &tail[..end],
-        None => return Ok(None),
-    };
-    let line = whole.rsplit(|&b| b == b'\n').next().unwrap_or(whole);
-    Ok(serde_json::from_slice(line).ok())
-}
-
-/// Whether `ved run` may append to a log whose last entry is `last` with `key` (or none):
+/// Whether the engine may append to a log whose last entry is `last` with `key` (or none):
 /// a keyed log must go on with the key it was written with, or `ved audit verify --key`
 /// would fail for good from the first entry written otherwise.
 pub fn check_continuity(last: Option<&AuditEntry>, key: Option<&AuditKey>) -> Result<(), String> {
@@ -629,7 +604,7 @@ mod tests {
     }
 
     #[test]
-    fn a_keyed_log_goes_on_only_with_its_key_and_its_last_entry_is_read_from_the_end() {
+    fn a_keyed_log_goes_on_only_with_its_key() {
         let k = key();
         let keyed = chain(3, Some(&k));
         let plain = chain(3, None);
@@ -642,18 +617,6 @@ mod tests {
         let other = AuditKey::from_bytes(b"another key, long enough").unwrap();
         let e = check_continuity(keyed.last(), Some(&other)).unwrap_err();
         assert!(e.contains("does not match the one the log was written with"), "{e}");
-
-        let path = std::env::temp_dir().join(format!("ved-audit-last-{}.log", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        assert_eq!(last_entry(&path).unwrap(), None);
-        std::fs::write(&path, text(&keyed)).unwrap();
-        assert_eq!(last_entry(&path).unwrap().as_ref(), keyed.last());
-        // A torn last line: the entry before it is the last.
-        std::fs::write(&path, format!("{}{{\"seq\":4,", text(&keyed))).unwrap();
-        assert_eq!(last_entry(&path).unwrap().as_ref(), keyed.last());
-        std::fs::write(&path, "").unwrap();
-        assert_eq!(last_entry(&path).unwrap(), None);
-        let _ = std::fs::remove_file(&path);
     }
 
     #[test]
