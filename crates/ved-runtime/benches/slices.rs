@@ -26,41 +26,35 @@ fn compile(src: &str) -> Arc<CompiledProgram> {
     Arc::new(ved_vm::compile_program(&program))
 }
 
-/// Runs until idle, acknowledging every intent; returns the number of slices.
-fn converge(rt: &mut Runtime, ev: &mut Vec<Event>) -> usize {
-    let mut slices = 0;
+/// Runs until idle, acknowledging every intent, and hands each run's events to `each`.
+fn drive(rt: &mut Runtime, ev: &mut Vec<Event>, mut each: impl FnMut(&mut Vec<Event>)) {
     loop {
         ev.clear();
         rt.run(ev);
         if ev.is_empty() {
-            return slices;
-        }
-        for e in ev.iter() {
-            match e {
-                Event::Slice { .. } => slices += 1,
-                Event::Intent(i) => rt.deliver(&i.id, true, None).unwrap(),
-                _ => {}
-            }
-        }
-    }
-}
-
-/// [`converge`], keeping every event of the run.
-fn converge_keeping(rt: &mut Runtime) -> Vec<Event> {
-    let (mut all, mut ev) = (Vec::new(), Vec::new());
-    loop {
-        ev.clear();
-        rt.run(&mut ev);
-        if ev.is_empty() {
-            return all;
+            return;
         }
         for e in ev.iter() {
             if let Event::Intent(i) = e {
                 rt.deliver(&i.id, true, None).unwrap();
             }
         }
-        all.append(&mut ev);
+        each(ev);
     }
+}
+
+/// Runs until idle, acknowledging every intent; returns the number of slices.
+fn converge(rt: &mut Runtime, ev: &mut Vec<Event>) -> usize {
+    let mut slices = 0;
+    drive(rt, ev, |ev| slices += ev.iter().filter(|e| matches!(e, Event::Slice { .. })).count());
+    slices
+}
+
+/// [`converge`], keeping every event of the run.
+fn converge_keeping(rt: &mut Runtime) -> Vec<Event> {
+    let mut all = Vec::new();
+    drive(rt, &mut Vec::new(), |ev| all.append(ev));
+    all
 }
 
 /// A reporter that continues where the runtime's instance stands.
