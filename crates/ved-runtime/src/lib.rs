@@ -187,6 +187,16 @@ impl Runtime {
         &self.program.domains[self.instances[instance].domain]
     }
 
+    /// Instance `idx` beside its domain and the scheduler's parts, borrowed apart from each
+    /// other rather than through a clone of the program's `Arc` (an atomic count per call,
+    /// as much as a small step costs).
+    fn parts(&mut self, idx: usize) -> (&mut Instance, &CompiledDomain, &mut Vm, &RetryPolicy, &Limits) {
+        let Runtime { program, instances, vm, policy, limits, .. } = self;
+        let inst = &mut instances[idx];
+        let dom = &program.domains[inst.domain];
+        (inst, dom, vm, policy, limits)
+    }
+
     fn mark_ready(&mut self, idx: usize) {
         if !self.queued[idx] {
             self.queued[idx] = true;
@@ -197,9 +207,8 @@ impl Runtime {
     /// Queues an observation for the named instance.
     pub fn observe(&mut self, name: &str, writes: Vec<(u16, Value)>) -> Result<(), ObserveError> {
         let idx = self.index_of(name).ok_or_else(|| ObserveError::UnknownInstance(name.to_string()))?;
-        let Runtime { program, instances, limits, .. } = self;
-        let inst = &mut instances[idx];
-        inst.observe(&program.domains[inst.domain], writes, limits).map_err(ObserveError::Rejected)?;
+        let (inst, dom, _, _, limits) = self.parts(idx);
+        inst.observe(dom, writes, limits).map_err(ObserveError::Rejected)?;
         self.mark_ready(idx);
         Ok(())
     }
@@ -213,10 +222,8 @@ impl Runtime {
         version: u64,
     ) -> Result<(), ObserveError> {
         let idx = self.index_of(name).ok_or_else(|| ObserveError::UnknownInstance(name.to_string()))?;
-        let Runtime { program, instances, limits, .. } = self;
-        let inst = &mut instances[idx];
-        inst.observe_versioned(&program.domains[inst.domain], writes, source, version, limits)
-            .map_err(ObserveError::Rejected)?;
+        let (inst, dom, _, _, limits) = self.parts(idx);
+        inst.observe_versioned(dom, writes, source, version, limits).map_err(ObserveError::Rejected)?;
         self.mark_ready(idx);
         Ok(())
     }
@@ -235,9 +242,8 @@ impl Runtime {
     /// Queues relative changes to `int` fields of the named instance.
     pub fn observe_add(&mut self, name: &str, deltas: Vec<(u16, i64)>) -> Result<(), ObserveError> {
         let idx = self.index_of(name).ok_or_else(|| ObserveError::UnknownInstance(name.to_string()))?;
-        let Runtime { program, instances, limits, .. } = self;
-        let inst = &mut instances[idx];
-        inst.observe_add(&program.domains[inst.domain], deltas, limits).map_err(ObserveError::Rejected)?;
+        let (inst, dom, _, _, limits) = self.parts(idx);
+        inst.observe_add(dom, deltas, limits).map_err(ObserveError::Rejected)?;
         self.mark_ready(idx);
         Ok(())
     }
@@ -330,7 +336,6 @@ impl Runtime {
         mut before: impl FnMut(&Instance),
         mut after_step: impl FnMut(&Instance, &mut Vec<Event>),
     ) {
-        let program = self.program.clone();
         let mut buf = Vec::new();
         while let Some(idx) = self.ready.pop_front() {
             self.queued[idx] = false;
@@ -338,8 +343,8 @@ impl Runtime {
             before(&self.instances[idx]);
             loop {
                 buf.clear();
-                let inst = &mut self.instances[idx];
-                let p = inst.step(&program.domains[inst.domain], &mut self.vm, &self.policy, &self.limits, &mut buf);
+                let (inst, dom, vm, policy, limits) = self.parts(idx);
+                let p = inst.step(dom, vm, policy, limits, &mut buf);
                 if !buf.is_empty() {
                     after_step(&self.instances[idx], &mut buf);
                 }
@@ -411,11 +416,8 @@ impl Runtime {
     /// Runs one instance until it is idle.
     pub fn run_instance(&mut self, idx: usize, out: &mut Vec<Event>) -> Status {
         self.catch_up(idx);
-        // Borrowed field by field rather than through a clone of the program's `Arc`: an
-        // atomic count costs as much as a small step on this path.
-        let Runtime { program, instances, vm, policy, limits, .. } = self;
-        let inst = &mut instances[idx];
-        let status = inst.run(&program.domains[inst.domain], vm, policy, limits, out);
+        let (inst, dom, vm, policy, limits) = self.parts(idx);
+        let status = inst.run(dom, vm, policy, limits, out);
         self.rearm(idx);
         status
     }
@@ -423,9 +425,8 @@ impl Runtime {
     /// Does one unit of work on one instance (see [`Instance::step`]).
     pub fn step_instance(&mut self, idx: usize, out: &mut Vec<Event>) -> Progress {
         self.catch_up(idx);
-        let Runtime { program, instances, vm, policy, limits, .. } = self;
-        let inst = &mut instances[idx];
-        let p = inst.step(&program.domains[inst.domain], vm, policy, limits, out);
+        let (inst, dom, vm, policy, limits) = self.parts(idx);
+        let p = inst.step(dom, vm, policy, limits, out);
         self.rearm(idx);
         p
     }
