@@ -116,15 +116,8 @@ fn compile_program_with(p: &hir::Program, fused: bool) -> CompiledProgram {
         domains: p
             .domains
             .iter()
-            .map(|d| CompiledDomain {
-                name: d.name.clone(),
-                fields: code::field_types(d),
-                defaults: d
-                    .fields
-                    .iter()
-                    .map(|f| f.default.as_ref().map(|e| code::compile_expr_with(e, fused)))
-                    .collect(),
-                goals: d
+            .map(|d| {
+                let goals: Vec<CompiledGoal> = d
                     .goals
                     .iter()
                     .map(|g| CompiledGoal {
@@ -132,33 +125,37 @@ fn compile_program_with(p: &hir::Program, fused: bool) -> CompiledProgram {
                         code: code::compile_expr_with(&g.predicate, fused),
                         span: g.span,
                     })
-                    .collect(),
-                goal_reads: {
-                    let mut reads: Vec<u16> = d
-                        .goals
+                    .collect();
+                let mut goal_reads: Vec<u16> = goals.iter().flat_map(|g| access_sets(&g.code).0).collect();
+                goal_reads.sort_unstable();
+                goal_reads.dedup();
+                CompiledDomain {
+                    name: d.name.clone(),
+                    fields: code::field_types(d),
+                    defaults: d
+                        .fields
                         .iter()
-                        .flat_map(|g| access_sets(&code::compile_expr_with(&g.predicate, fused)).0)
-                        .collect();
-                    reads.sort_unstable();
-                    reads.dedup();
-                    reads
-                },
-                transitions: d
-                    .transitions
-                    .iter()
-                    .map(|t| {
-                        let code = code::compile_step_with(t, fused);
-                        let (reads, writes) = access_sets(&code);
-                        CompiledTransition {
-                            name: t.name.clone(),
-                            optimistic: t.optimistic,
-                            code,
-                            span: t.span,
-                            reads,
-                            writes,
-                        }
-                    })
-                    .collect(),
+                        .map(|f| f.default.as_ref().map(|e| code::compile_expr_with(e, fused)))
+                        .collect(),
+                    goals,
+                    goal_reads,
+                    transitions: d
+                        .transitions
+                        .iter()
+                        .map(|t| {
+                            let code = code::compile_step_with(t, fused);
+                            let (reads, writes) = access_sets(&code);
+                            CompiledTransition {
+                                name: t.name.clone(),
+                                optimistic: t.optimistic,
+                                code,
+                                span: t.span,
+                                reads,
+                                writes,
+                            }
+                        })
+                        .collect(),
+                }
             })
             .collect(),
     }
