@@ -202,6 +202,8 @@ impl<W: Write> Node<W> {
         }
         let fixed = targets.keys().cloned().collect();
         let engine = Engine::start_with(loaded, opts, adapters, out, Some(persistence), None, Instances::Adopted)?;
+        // As `ved run` does after its recovery (see `memory`).
+        crate::memory::return_freed();
         Ok(Node {
             m,
             engine,

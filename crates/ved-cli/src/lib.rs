@@ -14,6 +14,7 @@ pub use ved_adapters::json;
 pub mod load;
 pub mod logs;
 pub mod lsp;
+pub mod memory;
 pub mod output;
 pub mod plan_cmd;
 pub mod replay_cmd;

@@ -9,6 +9,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use ved_cli::output::{ColorChoice, Format};
 
+/// mimalloc, not the system allocator: the engine's batch of a busy fleet allocates and
+/// frees millions of small records a second, where glibc's malloc spent about a third of
+/// the engine thread's time (BENCHMARKS.md, "Scale"). See `ved_cli::memory`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "ved", version, about = "Ved: declare the goal, the runtime converges reality to it")]
 struct Cli {

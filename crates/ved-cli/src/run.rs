@@ -219,6 +219,8 @@ pub fn run(
             };
         }
     };
+    // The recovery's temporaries are gone: give their pages back before serving.
+    crate::memory::return_freed();
     for w in &driver.warnings {
         tracing::warn!("{w}");
     }
