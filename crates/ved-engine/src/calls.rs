@@ -433,7 +433,7 @@ impl<S: Sink> Engine<S> {
             let dom = &self.program.domains[inst.domain];
             if self.store.is_some() {
                 let snap = ved_store::SnapshotRecord::new(inst.snapshot(), &self.schemas[inst.domain]);
-                records.push(ved_store::Record::Snapshot(snap));
+                records.push(ved_store::Record::snapshot(snap));
             }
             let domain = dom.name.clone();
             self.out.event(EngineEvent::Created { instance: name, domain });

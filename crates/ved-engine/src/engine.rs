@@ -92,7 +92,7 @@ struct Step {
     idle: bool,
     events: Vec<Event>,
     /// With a store: the instance after the step.
-    snap: Option<SnapshotRecord>,
+    snap: Option<Arc<SnapshotRecord>>,
 }
 
 /// A drift and what was done about it, until the instance rests again.
@@ -177,7 +177,7 @@ pub struct Engine<S: Sink> {
     stats: crate::stats::Stats,
     /// Per instance, recent snapshots (oldest first), so that a checkpoint can keep the one
     /// before the oldest journal entry: where `ved replay` starts.
-    pub(crate) history: BTreeMap<String, VecDeque<SnapshotRecord>>,
+    pub(crate) history: BTreeMap<String, VecDeque<Arc<SnapshotRecord>>>,
     /// The program's sources, recorded in the store.
     pub(crate) files: Vec<(String, String)>,
     pub(crate) now_ms: u64,
@@ -446,7 +446,7 @@ impl<S: Sink> Engine<S> {
         let mut journals: BTreeMap<String, VecDeque<Arc<JournalEntry>>> = BTreeMap::new();
         // Each restored instance's status, in name order: the map is built in one pass at the end.
         let mut statuses: Vec<(String, Status)> = Vec::new();
-        let mut history: BTreeMap<String, VecDeque<SnapshotRecord>> = BTreeMap::new();
+        let mut history: BTreeMap<String, VecDeque<Arc<SnapshotRecord>>> = BTreeMap::new();
         let mut recorded_program = None;
         let mut warnings = Vec::new();
         let program_files = loaded.files.clone();
@@ -457,7 +457,7 @@ impl<S: Sink> Engine<S> {
             // A base is where `ved replay` starts: only an instance with a journal needs one.
             for (name, base) in &rec.bases {
                 if rec.journals.get(name).is_some_and(|q| !q.is_empty()) {
-                    remember_new(&mut history, name, base.clone());
+                    remember_new(&mut history, name, Arc::new(base.clone()));
                 }
             }
             warnings = rec.warnings.clone();
@@ -487,7 +487,7 @@ impl<S: Sink> Engine<S> {
                 if d == Some(snap.snapshot.domain) && crate::migrate::in_range(&program, &snap.snapshot) {
                     statuses.push((name.clone(), snap.snapshot.status));
                     if rec.journals.get(&name).is_some_and(|q| !q.is_empty()) {
-                        remember_new(&mut history, &name, snap.clone());
+                        remember_new(&mut history, &name, Arc::new(snap.clone()));
                     }
                     if let Err(e) = rt.restore_instance(snap.snapshot) {
                         return Err(StartError::Restore { instance: name, reason: e.to_string() });
@@ -508,7 +508,7 @@ impl<S: Sink> Engine<S> {
                 let s = snap.snapshot.clone();
                 statuses.push((name.clone(), s.status));
                 if keep {
-                    remember_new(&mut history, &name, snap.clone());
+                    remember_new(&mut history, &name, Arc::new(snap.clone()));
                 }
                 if let Err(e) = rt.restore_instance(s) {
                     return Err(StartError::Restore { instance: name, reason: e.to_string() });
@@ -602,13 +602,13 @@ impl<S: Sink> Engine<S> {
             // already, and writing a fleet's state again on every start would cost its size.
             for name in &created {
                 let Some(inst) = driver.rt.instance(name) else { continue };
-                records.push(Record::Snapshot(SnapshotRecord::new(inst.snapshot(), &driver.schemas[inst.domain])));
+                records.push(Record::snapshot(SnapshotRecord::new(inst.snapshot(), &driver.schemas[inst.domain])));
             }
             // A migrated instance: its new snapshot, the journal entry and the audit entry that
             // say what changed, durable before it runs.
             let mut audit = Vec::new();
             for m in &migrations {
-                records.push(Record::Snapshot(m.snapshot.clone()));
+                records.push(Record::snapshot(m.snapshot.clone()));
                 records.push(Record::Journal(Arc::new(m.journal_entry(start_wall_ms))));
                 audit.push(m.audit(start_wall_ms));
             }
@@ -1021,7 +1021,7 @@ impl<S: Sink> Engine<S> {
                 // An instance at rest with no journal keeps no snapshot in memory; the one
                 // `ved replay` will start from is its state now, before it changes.
                 if persist && !history.contains_key(&*inst.name) {
-                    let snap = SnapshotRecord::new(inst.snapshot(), &schemas[inst.domain]);
+                    let snap = Arc::new(SnapshotRecord::new(inst.snapshot(), &schemas[inst.domain]));
                     remember_new(history, &inst.name, snap);
                     based.push(inst.name.clone());
                 }
@@ -1034,7 +1034,7 @@ impl<S: Sink> Engine<S> {
                     idle: inst.pending.is_empty(),
                     // Taken, not copied: the runtime starts the next step with a new vector.
                     events: std::mem::take(evs),
-                    snap: persist.then(|| SnapshotRecord::new(inst.snapshot(), &schemas[inst.domain])),
+                    snap: persist.then(|| Arc::new(SnapshotRecord::new(inst.snapshot(), &schemas[inst.domain]))),
                 });
             },
         );
@@ -1350,7 +1350,7 @@ impl<S: Sink> Engine<S> {
                 // not record the program, so transitions keep their indices.
                 let m = crate::migrate::migrate(&self.program, None, &snapshot)
                     .map_err(|error| StartError::Upgrade { dir: "etcd".into(), error })?;
-                let snapshot = m.snapshot.clone();
+                let snapshot = Arc::new(m.snapshot.clone());
                 let mut journal = journal;
                 if m.changed() {
                     let wall_ms = self.clock.wall_ms(self.now_ms);
@@ -1378,7 +1378,7 @@ impl<S: Sink> Engine<S> {
                     .map_err(|e| StartError::Create { instance: name.to_string(), reason: e.to_string() })?;
                 if let (Some(store), Some(inst)) = (self.store.as_mut(), self.rt.instance(name)) {
                     let snap = SnapshotRecord::new(inst.snapshot(), &self.schemas[inst.domain]);
-                    store.append(vec![Record::Snapshot(snap)], Vec::new());
+                    store.append(vec![Record::snapshot(snap)], Vec::new());
                 }
             }
         }
@@ -1395,7 +1395,7 @@ impl<S: Sink> Engine<S> {
             // not by what this node last heard.
             let snap = SnapshotRecord::new(inst.snapshot(), &self.schemas[inst.domain]);
             let seq = match self.store.as_mut() {
-                Some(store) if !undelivered.is_empty() => store.append(vec![Record::Snapshot(snap)], Vec::new()),
+                Some(store) if !undelivered.is_empty() => store.append(vec![Record::snapshot(snap)], Vec::new()),
                 _ => 0,
             };
             for i in undelivered {
@@ -1864,7 +1864,7 @@ fn compact_after_records(var: Option<String>, warnings: &mut Vec<String>) -> usi
 fn live_records_of(
     insts: &[Instance],
     journals: &BTreeMap<String, VecDeque<Arc<JournalEntry>>>,
-    history: &BTreeMap<String, VecDeque<SnapshotRecord>>,
+    history: &BTreeMap<String, VecDeque<Arc<SnapshotRecord>>>,
     schemas: &[Arc<ved_store::Schema>],
     records: &mut Vec<Record>,
 ) {
@@ -1879,7 +1879,7 @@ fn live_records_of(
         if let Some(q) = journal {
             records.extend(q.iter().map(|e| Record::Journal(e.clone())));
         }
-        records.push(Record::Snapshot(SnapshotRecord::new(inst.snapshot(), &schemas[inst.domain])));
+        records.push(Record::snapshot(SnapshotRecord::new(inst.snapshot(), &schemas[inst.domain])));
     }
 }
 
@@ -1887,7 +1887,7 @@ fn live_records_of(
 /// journaled (an observation that changed nothing) is needed only until the next one, so a
 /// run of them keeps its last: periodic resyncs never push out the snapshot `ved replay`
 /// starts from. `last_entry`: the slice of the instance's latest journal entry.
-fn remember(q: &mut VecDeque<SnapshotRecord>, snap: SnapshotRecord, last_entry: u64) {
+fn remember(q: &mut VecDeque<Arc<SnapshotRecord>>, snap: Arc<SnapshotRecord>, last_entry: u64) {
     if q.back().is_some_and(|b| {
         let (b, s) = (&b.snapshot, &snap.snapshot);
         b.slice == s.slice
@@ -1903,7 +1903,11 @@ fn remember(q: &mut VecDeque<SnapshotRecord>, snap: SnapshotRecord, last_entry: 
 
 /// The first snapshot an instance's history holds: room for one, not a deque's default
 /// four (a fleet at rest keeps one each; the queue grows when the instance is busy).
-pub(crate) fn remember_new(history: &mut BTreeMap<String, VecDeque<SnapshotRecord>>, name: &str, snap: SnapshotRecord) {
+pub(crate) fn remember_new(
+    history: &mut BTreeMap<String, VecDeque<Arc<SnapshotRecord>>>,
+    name: &str,
+    snap: Arc<SnapshotRecord>,
+) {
     history.entry(name.to_string()).or_insert_with(|| VecDeque::with_capacity(1)).push_back(snap);
 }
 

@@ -206,7 +206,7 @@ impl Persistence for EtcdPersistence {
             match r {
                 Record::Snapshot(s) => {
                     let name = s.snapshot.name.clone();
-                    parts.entry(name).or_default().snapshot = Some(s);
+                    parts.entry(name).or_default().snapshot = Some(std::sync::Arc::unwrap_or_clone(s));
                 }
                 Record::Journal(e) => {
                     parts.entry(e.instance.clone()).or_default().journal.push(std::sync::Arc::unwrap_or_clone(e))

@@ -265,23 +265,20 @@ impl std::fmt::Display for Origin {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Record {
-    Snapshot(SnapshotRecord),
+    /// Shared: the engine keeps the same snapshot in its recent history (where `ved replay`
+    /// starts), so a slice's snapshot is made once, not copied into the batch and the history.
+    Snapshot(Arc<SnapshotRecord>),
     /// Shared: the engine keeps the same entry in its in-memory journal, and a checkpoint
     /// copies every retained entry (an entry is also larger than a snapshot).
     Journal(Arc<JournalEntry>),
     /// The instance's journal was trimmed to its last `keep` entries.
-    Trim {
-        instance: String,
-        keep_from_slice: u64,
-    },
+    Trim { instance: String, keep_from_slice: u64 },
     /// The source files of the program that wrote the store: name, text. `ved replay`
     /// runs them again.
     /// Ends a batch in the log. Recovery applies a batch's records only when its
     /// `Commit` is there too, so a batch is all or nothing even when a crash tears it.
     /// `at`: the log offset where the batch began.
-    Commit {
-        at: u64,
-    },
+    Commit { at: u64 },
     Program {
         files: Vec<(String, String)>,
         /// The retry policy in force: initial ms, factor, cap ms, breaker threshold.
@@ -297,9 +294,14 @@ pub enum Record {
     Audit(Box<crate::audit::AuditEntry>),
     /// The instance was deleted (`DELETE /v1/instances/{name}`): recovery forgets its
     /// snapshots and journal, so a restart does not bring it back. Its audit entries stay.
-    Remove {
-        instance: String,
-    },
+    Remove { instance: String },
+}
+
+impl Record {
+    /// A snapshot record, shared from here on (see [`Record::Snapshot`]).
+    pub fn snapshot(s: SnapshotRecord) -> Record {
+        Record::Snapshot(Arc::new(s))
+    }
 }
 
 /// Decodes one payload of either format: a binary schema record defines a number in
@@ -319,7 +321,7 @@ pub fn decode_payload(
 /// Decodes one record (not a schema) against the schemas defined so far.
 pub fn decode_with(payload: &[u8], schemas: &crate::bin::Schemas, scratch: &mut Vec<u8>) -> Result<Record, String> {
     match payload.first() {
-        Some(&crate::bin::SNAPSHOT) => schemas.snapshot(payload).map(Record::Snapshot).map_err(|e| e.to_string()),
+        Some(&crate::bin::SNAPSHOT) => schemas.snapshot(payload).map(Record::snapshot).map_err(|e| e.to_string()),
         Some(&(crate::bin::JOURNAL | crate::bin::JOURNAL_TIMED)) => {
             crate::bin::decode_journal(payload).map(|j| Record::Journal(Arc::new(j))).map_err(|e| e.to_string())
         }
@@ -345,7 +347,7 @@ pub fn decode_record(payload: &[u8], scratch: &mut Vec<u8>) -> serde_json::Resul
     if payload.starts_with(SNAPSHOT) {
         rest(SNAPSHOT, scratch);
         if let Ok(s) = serde_json::from_slice::<SnapshotRecord>(scratch) {
-            return Ok(Record::Snapshot(s));
+            return Ok(Record::snapshot(s));
         }
     } else if payload.starts_with(JOURNAL) {
         rest(JOURNAL, scratch);

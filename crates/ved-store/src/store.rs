@@ -689,7 +689,9 @@ impl Loader {
 
     fn apply(&mut self, rec: &mut Recovered, r: Record) {
         match r {
-            Record::Snapshot(mut s) => {
+            Record::Snapshot(s) => {
+                // Just decoded, so not shared: taken out without a copy.
+                let mut s = Arc::unwrap_or_clone(s);
                 match self.interned.iter().find(|k| Arc::ptr_eq(k, &s.schema) || ***k == *s.schema) {
                     Some(k) => s.schema = k.clone(),
                     None => self.interned.push(s.schema.clone()),

@@ -11,7 +11,7 @@ use ved_testkit::{fill, Tmpfs};
 use ved_vm::Value;
 
 fn snap(instance: &str, slice: u64, workers: i64) -> Record {
-    Record::Snapshot(SnapshotRecord {
+    Record::snapshot(SnapshotRecord {
         schema: std::sync::Arc::new(ved_store::Schema {
             domain: "WorkerPool".into(),
             fields: vec![("workers".into(), "int".into())],

@@ -8,7 +8,7 @@ use ved_store::{read_only, verify_audit, AuditDraft, Durability, Store, StoreErr
 use ved_vm::Value;
 
 fn snap(instance: &str, slice: u64, workers: i64) -> Record {
-    Record::Snapshot(SnapshotRecord {
+    Record::snapshot(SnapshotRecord {
         schema: std::sync::Arc::new(ved_store::Schema {
             domain: "WorkerPool".into(),
             fields: vec![("workers".into(), "int".into())],
@@ -387,12 +387,13 @@ fn batches_queued_while_a_flush_is_under_way_share_one_fsync() {
 
 /// A domain other than `snap`'s, for logs that hold two schemas.
 fn other_snap(instance: &str, slice: u64) -> Record {
-    let Record::Snapshot(mut s) = snap(instance, slice, 1) else { unreachable!() };
+    let Record::Snapshot(s) = snap(instance, slice, 1) else { unreachable!() };
+    let mut s = std::sync::Arc::unwrap_or_clone(s);
     s.schema = std::sync::Arc::new(ved_store::Schema {
         domain: "SecurityPolicy".into(),
         fields: vec![("ports".into(), "set<int>".into())],
     });
-    Record::Snapshot(s)
+    Record::snapshot(s)
 }
 
 fn latest(rec: &ved_store::Recovered) -> Vec<(String, u64, String)> {
@@ -476,7 +477,7 @@ fn a_schema_is_written_once_per_file_and_shared_in_memory() {
     for (i, r) in records.iter().enumerate() {
         let Record::Snapshot(w) = r else { unreachable!() };
         let got = &rec.snapshots[&format!("w{i}")];
-        assert_eq!(got, w);
+        assert_eq!(got, &**w);
         assert!(std::sync::Arc::ptr_eq(&got.schema, &first), "one schema in memory for the domain");
     }
     let _ = std::fs::remove_dir_all(&dir);
