@@ -790,16 +790,14 @@ impl Instance {
                 // arrives later cannot overwrite what was observed meanwhile. A report that
                 // merely repeats the committed value says nothing about the intent in flight
                 // (the world has not caught up yet), so the prediction stands.
-                let news: Vec<u16> = writes
-                    .iter()
-                    .filter(|(slot, v)| self.state.get(usize::from(*slot)) != Some(v))
-                    .map(|(slot, _)| *slot)
-                    .collect();
-                if !news.is_empty() {
-                    for p in &mut self.pending {
-                        if let Phase::InFlight { held, .. } = &mut p.phase {
-                            held.retain(|(slot, _)| !news.contains(slot));
-                        }
+                // (Asked of the held writes directly: an observation with nothing in flight, the
+                // common case, builds no list of news.)
+                let state = &self.state;
+                let is_news =
+                    |slot: u16| writes.iter().any(|(s, v)| *s == slot && state.get(usize::from(*s)) != Some(v));
+                for p in &mut self.pending {
+                    if let Phase::InFlight { held, .. } = &mut p.phase {
+                        held.retain(|(slot, _)| !is_news(*slot));
                     }
                 }
                 // A reading of a watched field confirms the effects waiting on it, whatever
