@@ -26,6 +26,12 @@ use ved_store::{AuditDraft, Durability, JournalEntry, Origin, Record, SnapshotRe
 use ved_syntax::SourceMap;
 use ved_vm::CompiledProgram;
 
+/// The engine's per-instance bookkeeping, by instance name. Hashed, not ordered: every
+/// step of a busy instance looks itself up in several of these, and a `BTreeMap<String, _>`
+/// paid a dozen string comparisons per lookup on a fleet of thousands (BENCHMARKS.md,
+/// "Scale"); nothing iterates them in an order that matters.
+pub(crate) type ByName<V> = FxHashMap<String, V>;
+
 /// Journal entries an instance keeps once it is stable again.
 const JOURNAL_STABLE_KEEP: usize = 64;
 /// Records written after which the store is compacted into a checkpoint (see [`should_compact`]).
@@ -162,11 +168,11 @@ pub struct Engine<S: Sink> {
     pub(crate) outbox: VecDeque<(u64, Intent)>,
     /// Input lines and API calls waiting for their batch to be durable.
     pub(crate) acks: VecDeque<(u64, Ack)>,
-    pub(crate) journals: BTreeMap<String, VecDeque<Arc<JournalEntry>>>,
-    pub(crate) episodes: BTreeMap<String, Episode>,
-    pub(crate) last_status: BTreeMap<String, Status>,
+    pub(crate) journals: ByName<VecDeque<Arc<JournalEntry>>>,
+    pub(crate) episodes: ByName<Episode>,
+    pub(crate) last_status: ByName<Status>,
     /// Why each instance is not stable, when the runtime said (stuck, livelock, degraded).
-    pub(crate) reasons: BTreeMap<String, String>,
+    pub(crate) reasons: ByName<String>,
     /// Records written since the last checkpoint.
     pub(crate) records_since_checkpoint: usize,
     /// Records after which a compaction is due: [`COMPACT_AFTER_RECORDS`], or the override.
@@ -177,18 +183,18 @@ pub struct Engine<S: Sink> {
     stats: crate::stats::Stats,
     /// Per instance, recent snapshots (oldest first), so that a checkpoint can keep the one
     /// before the oldest journal entry: where `ved replay` starts.
-    pub(crate) history: BTreeMap<String, VecDeque<Arc<SnapshotRecord>>>,
+    pub(crate) history: ByName<VecDeque<Arc<SnapshotRecord>>>,
     /// The program's sources, recorded in the store.
     pub(crate) files: Vec<(String, String)>,
     pub(crate) now_ms: u64,
     /// Observations queued and not yet applied, oldest first.
     pub(crate) feeds: VecDeque<Feed>,
     /// Per instance, the last outside input applied: the origin of the ticks that follow.
-    pub(crate) last_input: BTreeMap<String, Origin>,
+    pub(crate) last_input: ByName<Origin>,
     /// Per instance, the last status journaled.
-    pub(crate) journal_status: BTreeMap<String, Status>,
+    pub(crate) journal_status: ByName<Status>,
     /// Per instance, observations that changed nothing since the last journal entry.
-    pub(crate) quiet: BTreeMap<String, u64>,
+    pub(crate) quiet: ByName<u64>,
 }
 
 /// Builds an [`Engine`] for a program that embeds Ved: named adapters, where the
@@ -443,10 +449,10 @@ impl<S: Sink> Engine<S> {
                 confirm_ms: c.retry.confirm_ms,
             };
         }
-        let mut journals: BTreeMap<String, VecDeque<Arc<JournalEntry>>> = BTreeMap::new();
+        let mut journals: ByName<VecDeque<Arc<JournalEntry>>> = ByName::default();
         // Each restored instance's status, in name order: the map is built in one pass at the end.
         let mut statuses: Vec<(String, Status)> = Vec::new();
-        let mut history: BTreeMap<String, VecDeque<Arc<SnapshotRecord>>> = BTreeMap::new();
+        let mut history: ByName<VecDeque<Arc<SnapshotRecord>>> = ByName::default();
         let mut recorded_program = None;
         let mut warnings = Vec::new();
         let program_files = loaded.files.clone();
@@ -568,9 +574,9 @@ impl<S: Sink> Engine<S> {
             outbox: VecDeque::new(),
             acks: VecDeque::new(),
             journals,
-            episodes: BTreeMap::new(),
+            episodes: ByName::default(),
             last_status: statuses.into_iter().collect(),
-            reasons: BTreeMap::new(),
+            reasons: ByName::default(),
             records_since_checkpoint: 0,
             compact_after,
             in_flight: 0,
@@ -579,9 +585,9 @@ impl<S: Sink> Engine<S> {
             files: program_files,
             now_ms: 0,
             feeds: VecDeque::new(),
-            last_input: BTreeMap::new(),
-            journal_status: BTreeMap::new(),
-            quiet: BTreeMap::new(),
+            last_input: ByName::default(),
+            journal_status: ByName::default(),
+            quiet: ByName::default(),
         };
         driver.recover_journal_context();
         // Simulated time continues from the snapshots after a restart.
@@ -1298,10 +1304,10 @@ impl<S: Sink> Engine<S> {
             .filter(|i| !self.journal_status.contains_key(&*i.name))
             .map(|i| (i.name.to_string(), i.status))
             .collect();
-        // Built in one pass (restored instances come in name order), then merged.
-        let mut all: BTreeMap<String, Status> = rest.into_iter().collect();
-        all.append(&mut self.journal_status);
-        self.journal_status = all;
+        // `rest` holds only instances without a journaled status, so nothing is overwritten.
+        // Sized once: a restart of a large fleet would otherwise rehash it as it grows.
+        self.journal_status.reserve(rest.len());
+        self.journal_status.extend(rest);
     }
 
     /// [`Engine::recover_journal_context`] for one instance.
@@ -1863,8 +1869,8 @@ fn compact_after_records(var: Option<String>, warnings: &mut Vec<String>) -> usi
 /// oldest journal entry (replay starts there), its retained journal, and its latest snapshot.
 fn live_records_of(
     insts: &[Instance],
-    journals: &BTreeMap<String, VecDeque<Arc<JournalEntry>>>,
-    history: &BTreeMap<String, VecDeque<Arc<SnapshotRecord>>>,
+    journals: &ByName<VecDeque<Arc<JournalEntry>>>,
+    history: &ByName<VecDeque<Arc<SnapshotRecord>>>,
     schemas: &[Arc<ved_store::Schema>],
     records: &mut Vec<Record>,
 ) {
@@ -1903,17 +1909,13 @@ fn remember(q: &mut VecDeque<Arc<SnapshotRecord>>, snap: Arc<SnapshotRecord>, la
 
 /// The first snapshot an instance's history holds: room for one, not a deque's default
 /// four (a fleet at rest keeps one each; the queue grows when the instance is busy).
-pub(crate) fn remember_new(
-    history: &mut BTreeMap<String, VecDeque<Arc<SnapshotRecord>>>,
-    name: &str,
-    snap: Arc<SnapshotRecord>,
-) {
+pub(crate) fn remember_new(history: &mut ByName<VecDeque<Arc<SnapshotRecord>>>, name: &str, snap: Arc<SnapshotRecord>) {
     history.entry(name.to_string()).or_insert_with(|| VecDeque::with_capacity(1)).push_back(snap);
 }
 
 /// `map[name] = value`, allocating the key only for a name not there yet (a busy instance's
 /// entries are there already, and this runs for every step); returns the value it replaced.
-fn set<V>(map: &mut BTreeMap<String, V>, name: &str, value: V) -> Option<V> {
+fn set<V>(map: &mut ByName<V>, name: &str, value: V) -> Option<V> {
     match map.get_mut(name) {
         Some(v) => Some(std::mem::replace(v, value)),
         None => map.insert(name.to_string(), value),
@@ -1921,12 +1923,12 @@ fn set<V>(map: &mut BTreeMap<String, V>, name: &str, value: V) -> Option<V> {
 }
 
 /// `map.entry(name).or_default()`, allocating the key only for a name not there yet.
-fn slot<'a, V: Default>(map: &'a mut BTreeMap<String, V>, name: &str) -> &'a mut V {
+fn slot<'a, V: Default>(map: &'a mut ByName<V>, name: &str) -> &'a mut V {
     slot_with(map, name, V::default)
 }
 
 /// `map.entry(name).or_insert_with(make)`, allocating the key only for a name not there yet.
-fn slot_with<'a, V>(map: &'a mut BTreeMap<String, V>, name: &str, make: impl FnOnce() -> V) -> &'a mut V {
+fn slot_with<'a, V>(map: &'a mut ByName<V>, name: &str, make: impl FnOnce() -> V) -> &'a mut V {
     if !map.contains_key(name) {
         map.insert(name.to_string(), make());
     }
