@@ -32,6 +32,15 @@ use ved_vm::CompiledProgram;
 /// "Scale"); nothing iterates them in an order that matters.
 pub(crate) type ByName<V> = FxHashMap<String, V>;
 
+/// What the engine remembers of an instance's status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Statuses {
+    /// The last status the runtime reported (an episode starts when it leaves a resting one).
+    pub(crate) last: Option<Status>,
+    /// The last status journaled (the next entry records a status only when it differs).
+    pub(crate) journaled: Option<Status>,
+}
+
 /// Journal entries an instance keeps once it is stable again.
 const JOURNAL_STABLE_KEEP: usize = 64;
 /// Records written after which the store is compacted into a checkpoint (see [`should_compact`]).
@@ -170,7 +179,9 @@ pub struct Engine<S: Sink> {
     pub(crate) acks: VecDeque<(u64, Ack)>,
     pub(crate) journals: ByName<VecDeque<Arc<JournalEntry>>>,
     pub(crate) episodes: ByName<Episode>,
-    pub(crate) last_status: ByName<Status>,
+    /// Per instance, the last status reported and the last one journaled, in one map: two
+    /// maps that each hold every instance cost a hash table's slots twice.
+    pub(crate) statuses: ByName<Statuses>,
     /// Why each instance is not stable, when the runtime said (stuck, livelock, degraded).
     pub(crate) reasons: ByName<String>,
     /// Records written since the last checkpoint.
@@ -191,8 +202,6 @@ pub struct Engine<S: Sink> {
     pub(crate) feeds: VecDeque<Feed>,
     /// Per instance, the last outside input applied: the origin of the ticks that follow.
     pub(crate) last_input: ByName<Origin>,
-    /// Per instance, the last status journaled.
-    pub(crate) journal_status: ByName<Status>,
     /// Per instance, observations that changed nothing since the last journal entry.
     pub(crate) quiet: ByName<u64>,
 }
@@ -575,7 +584,7 @@ impl<S: Sink> Engine<S> {
             acks: VecDeque::new(),
             journals,
             episodes: ByName::default(),
-            last_status: statuses.into_iter().collect(),
+            statuses: statuses.into_iter().map(|(n, s)| (n, Statuses { last: Some(s), journaled: None })).collect(),
             reasons: ByName::default(),
             records_since_checkpoint: 0,
             compact_after,
@@ -586,7 +595,6 @@ impl<S: Sink> Engine<S> {
             now_ms: 0,
             feeds: VecDeque::new(),
             last_input: ByName::default(),
-            journal_status: ByName::default(),
             quiet: ByName::default(),
         };
         driver.recover_journal_context();
@@ -1080,7 +1088,7 @@ impl<S: Sink> Engine<S> {
                     && e.caused_by.is_none()
                     && e.added.is_empty()
                     && idle
-                    && self.journal_status.get(&*name) == Some(&Status::Stable)
+                    && self.statuses.get(&*name).and_then(|s| s.journaled) == Some(Status::Stable)
             });
             if let Some(snap) = snap {
                 let last_entry = open
@@ -1113,7 +1121,7 @@ impl<S: Sink> Engine<S> {
                     ticked.remove(&name);
                     // The input wakes the instance: the status it rests in next is news, even
                     // if it is the one it had before.
-                    set(&mut self.journal_status, &name, Status::Converging);
+                    slot(&mut self.statuses, &name).journaled = Some(Status::Converging);
                     match self.last_input.get_mut(&*name) {
                         // In place: the cause and source are mostly those of the last input.
                         Some(o) => {
@@ -1141,7 +1149,7 @@ impl<S: Sink> Engine<S> {
             for ev in &evs {
                 self.track_episode(dom, &name, ticks, ev, &mut audit);
                 if let Event::Status { status, reason, .. } = ev {
-                    if set(&mut self.journal_status, &name, *status) != Some(*status) {
+                    if slot(&mut self.statuses, &name).journaled.replace(*status) != Some(*status) {
                         if let Some((_, e)) = open.get_mut(&name) {
                             e.status = Some(status.as_str().to_string());
                             e.reason = reason.clone();
@@ -1301,13 +1309,13 @@ impl<S: Sink> Engine<S> {
             .rt
             .instances()
             .iter()
-            .filter(|i| !self.journal_status.contains_key(&*i.name))
+            .filter(|i| self.statuses.get(&*i.name).is_none_or(|s| s.journaled.is_none()))
             .map(|i| (i.name.to_string(), i.status))
             .collect();
         // `rest` holds only instances without a journaled status, so nothing is overwritten.
-        // Sized once: a restart of a large fleet would otherwise rehash it as it grows.
-        self.journal_status.reserve(rest.len());
-        self.journal_status.extend(rest);
+        for (name, status) in rest {
+            slot(&mut self.statuses, &name).journaled = Some(status);
+        }
     }
 
     /// [`Engine::recover_journal_context`] for one instance.
@@ -1334,7 +1342,7 @@ impl<S: Sink> Engine<S> {
             }
             // The last entry's status if it came to rest after it; otherwise what the snapshot says.
             let status = q.back().and_then(|e| e.status.as_deref()).and_then(parse_status);
-            self.journal_status.insert(name, status.unwrap_or(inst.status));
+            slot(&mut self.statuses, &name).journaled = Some(status.unwrap_or(inst.status));
         }
     }
 
@@ -1395,7 +1403,7 @@ impl<S: Sink> Engine<S> {
         if let Some(inst) = self.rt.instance(name) {
             let undelivered = inst.undelivered();
             let (slice, ticks, stable) = (inst.slice, inst.ticks, inst.status == Status::Stable);
-            self.last_status.insert(name.to_string(), inst.status);
+            slot(&mut self.statuses, name).last = Some(inst.status);
             // Intents the last owner never saw answered go out again, but only after a write
             // under this node's ownership succeeded: ownership is proven by a fenced write,
             // not by what this node last heard.
@@ -1421,9 +1429,7 @@ impl<S: Sink> Engine<S> {
     pub fn drop_instance(&mut self, name: &str) {
         self.rt.remove_instance(name);
         self.outbox.retain(|(_, i)| &*i.id.instance != name);
-        for map in [&mut self.last_status, &mut self.journal_status] {
-            map.remove(name);
-        }
+        self.statuses.remove(name);
         self.journals.remove(name);
         self.episodes.remove(name);
         self.reasons.remove(name);
@@ -1475,7 +1481,7 @@ impl<S: Sink> Engine<S> {
     ) {
         match ev {
             Event::Slice { cause: Cause::Observe, changes, .. } if !changes.is_empty() => {
-                let was_resting = self.last_status.get(name).is_some_and(|s| *s != Status::Converging);
+                let was_resting = self.statuses.get(name).and_then(|s| s.last).is_some_and(|s| s != Status::Converging);
                 let acted = self.episodes.get(name).is_some_and(|ep| ep.acted);
                 let verb = if acted { "observed as" } else { "drifted to" };
                 let text = changes_text(String::new(), dom, changes, verb);
@@ -1484,7 +1490,7 @@ impl<S: Sink> Engine<S> {
                     ep.ticks_at_start = ticks;
                 }
                 ep.note(text);
-                set(&mut self.last_status, name, Status::Converging);
+                slot(&mut self.statuses, name).last = Some(Status::Converging);
             }
             Event::Slice { cause: Cause::Transition(t), changes, .. } if !changes.is_empty() => {
                 let mut text = String::with_capacity(64);
@@ -1517,7 +1523,7 @@ impl<S: Sink> Engine<S> {
                 }
             }
             Event::Status { status, reason, .. } => {
-                let before = set(&mut self.last_status, name, *status);
+                let before = slot(&mut self.statuses, name).last.replace(*status);
                 match reason {
                     Some(r) => set(&mut self.reasons, name, r.clone()),
                     None => self.reasons.remove(name),
