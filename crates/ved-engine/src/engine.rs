@@ -1305,16 +1305,14 @@ impl<S: Sink> Engine<S> {
                 self.quiet.insert(inst.name.to_string(), inst.slice);
             }
         }
-        let rest: Vec<(String, Status)> = self
-            .rt
-            .instances()
-            .iter()
-            .filter(|i| self.statuses.get(&*i.name).is_none_or(|s| s.journaled.is_none()))
-            .map(|i| (i.name.to_string(), i.status))
-            .collect();
-        // `rest` holds only instances without a journaled status, so nothing is overwritten.
-        for (name, status) in rest {
-            slot(&mut self.statuses, &name).journaled = Some(status);
+        // The others rest as restored. In place: a restored instance has its entry already, so a
+        // restart of a large fleet allocates nothing here.
+        let statuses = &mut self.statuses;
+        for i in self.rt.instances() {
+            let s = slot(statuses, &i.name);
+            if s.journaled.is_none() {
+                s.journaled = Some(i.status);
+            }
         }
     }
 
