@@ -1248,8 +1248,10 @@ impl<S: Sink> Engine<S> {
         // the instances' order).
         let (front, back) = insts.split_at(insts.len() / 2);
         let rest = std::thread::scope(|s| {
-            let helper = s.spawn(|| {
-                let mut rest = Vec::new();
+            // About half of all, sized once: grown from nothing it was copied over and over.
+            let half = records.capacity() / 2;
+            let helper = s.spawn(move || {
+                let mut rest = Vec::with_capacity(half);
                 live_records_of(back, journals, history, schemas, &mut rest);
                 rest
             });
