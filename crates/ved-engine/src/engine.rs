@@ -459,7 +459,7 @@ impl<S: Sink> Engine<S> {
             };
         }
         let mut journals: ByName<VecDeque<Arc<JournalEntry>>> = ByName::default();
-        // Each restored instance's status, in name order: the map is built in one pass at the end.
+        // Each restored instance's status, collected as they are restored: the map is built once, at the end.
         let mut statuses: Vec<(String, Status)> = Vec::new();
         let mut history: ByName<VecDeque<Arc<SnapshotRecord>>> = ByName::default();
         let mut recorded_program = None;
